@@ -1,0 +1,193 @@
+"""``python -m alignlab``: the whole lab headless, for scripts, CI and the curious.
+
+    python -m alignlab lab --model smollm2-135m-instruct --preset seed-lab --out report.json
+    python -m alignlab presets
+    python -m alignlab tiny-model DIR
+
+Bad input ends with one sentence on stderr and exit code 2; nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+
+
+class CliError(Exception):
+    """Bad input: printed as one clear message, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from alignlab.models import EMBEDDED_DEFAULT
+    from alignlab.training import LOSS_TYPES, TrainingSettings
+
+    defaults = TrainingSettings()
+    parser = argparse.ArgumentParser(prog="python -m alignlab", description="AlignLab: see DPO change a model.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    lab = sub.add_parser("lab", help="run baseline -> train -> compare and print the report")
+    lab.add_argument("--model", default=EMBEDDED_DEFAULT, help=f"model spec (default: {EMBEDDED_DEFAULT})")
+    source = lab.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help="preset id (see `python -m alignlab presets`)")
+    source.add_argument("--dataset", help="a preset-format JSON file, or JSON/JSONL/CSV pairs")
+    lab.add_argument("--steps", type=int, default=defaults.steps, help=f"DPO steps (default {defaults.steps})")
+    lab.add_argument("--beta", type=float, default=defaults.beta, help=f"DPO beta (default {defaults.beta})")
+    lab.add_argument("--lr", type=float, default=defaults.learning_rate, help=f"learning rate (default {defaults.learning_rate})")
+    lab.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"pairs per step (default {defaults.batch_size})")
+    lab.add_argument("--seed", type=int, default=defaults.seed, help=f"seed (default {defaults.seed})")
+    lab.add_argument("--loss", default=defaults.loss_type, help=f"loss type: {', '.join(LOSS_TYPES)}")
+    lab.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
+    lab.add_argument("--max-new-tokens", type=int, default=64, help="answer length for eval prompts (default 64)")
+    lab.add_argument("--out", help="write the report JSON here")
+
+    sub.add_parser("presets", help="list the presets")
+    tiny = sub.add_parser("tiny-model", help="save a tiny random model (for tests and demos without weights)")
+    tiny.add_argument("directory")
+    tiny.add_argument("--base", action="store_true", help="a base model without chat template (like GPT-2)")
+    return parser
+
+
+def _wrap(text: str, indent: str) -> str:
+    text = " ".join(text.split()) or "(empty)"
+    return textwrap.fill(text, width=96, initial_indent=indent, subsequent_indent=indent)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a person reads it in a terminal."""
+    lines = [f"\n=== Before vs after ({report['changed']} of {len(report['baseline_outputs'])} answers changed) ==="]
+    for before, after in zip(report["baseline_outputs"], report["aligned_outputs"]):
+        mark = "changed" if before["text"].strip() != after["text"].strip() else "same"
+        lines += [f"\n> {before['prompt']}  [{mark}]", "  before:", _wrap(before["text"], "    "), "  after:", _wrap(after["text"], "    ")]
+    ev = report["eval"]
+
+    def fmt(value: Any, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    lines += [
+        "\n=== Evidence ===",
+        f"  held-out preference accuracy : {fmt(ev['heldout_reward_accuracy'], '.2f')}"
+        f"  (mean reward margin {fmt(ev['heldout_mean_margin'], '+.3f')})",
+        f"  KL to reference (nats/token) : {fmt(ev['kl_to_reference'], '.3f')}",
+        f"  perplexity on neutral text   : {fmt(ev['perplexity_before'], '.2f')} -> {fmt(ev['perplexity_after'], '.2f')}",
+        f"\n=== Health: {report['health']['verdict'].upper()} ===",
+    ]
+    lines += [_wrap(f, "  - ").replace("  - ", "  - ", 1) for f in report["health"]["findings"]]
+    t = report["timings"]
+    lines.append("\n=== Timings (s) ===\n  " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    return "\n".join(lines)
+
+
+def _run_lab(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from alignlab.generation import GenerationSettings, GenerationSettingsError
+    from alignlab.lab import run_lab
+    from alignlab.presets import load_dataset_file, load_preset
+    from alignlab.training import SettingsError, TrainingSettings
+
+    try:
+        settings = TrainingSettings(
+            beta=args.beta,
+            learning_rate=args.lr,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            loss_type=args.loss,
+            use_lora=args.lora,
+        )
+        generation = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    except (SettingsError, GenerationSettingsError) as exc:
+        raise CliError(str(exc)) from exc
+    preset = load_preset(args.preset) if args.preset else load_dataset_file(args.dataset, seed=args.seed)
+    if args.out:
+        out_dir = Path(args.out).resolve().parent
+        if not out_dir.is_dir():
+            raise CliError(f"Cannot write --out {args.out}: the directory {out_dir} does not exist.")
+
+    print(f"AlignLab: {args.model} on '{preset.id}' ({len(preset.pairs)} pairs, {len(preset.heldout_pairs)} held out)")
+    bar: dict[str, Any] = {}
+    labels = {
+        "load_model": "Loading the model",
+        "baseline": "Capturing baseline answers",
+        "train": "Training with DPO",
+        "evaluate": "Comparing before and after",
+    }
+
+    def on_stage(name: str) -> None:
+        print(f"[{list(labels).index(name) + 1}/4] {labels[name]}...", flush=True)
+
+    def on_event(event: Any) -> None:
+        if event.kind != "log":
+            return
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=event.total_steps, unit="step", file=sys.stdout, dynamic_ncols=True)
+        bar["bar"].update(event.step - bar["bar"].n)
+        bar["bar"].set_postfix(loss=f"{event.row.get('loss', 0):.3f}", margin=f"{event.row.get('rewards/margins', 0):+.2f}")
+
+    try:
+        report, _ = run_lab(args.model, preset, settings, generation, on_stage=on_stage, on_event=on_event)
+    finally:
+        if "bar" in bar:
+            bar["bar"].close()
+    print(format_report(report))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2), encoding="utf-8")
+        print(f"\nReport written to {args.out}")
+    return 0
+
+
+def _list_presets() -> int:
+    from alignlab.presets import list_presets
+
+    for preset in list_presets():
+        print(f"{preset.id:<12} {preset.title}: {len(preset.pairs)} pairs, {len(preset.heldout_pairs)} held out, "
+              f"{len(preset.eval_prompts)} eval prompts")
+        print(_wrap(preset.description, "             "))
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for the lab's own progress and report, not library chatter."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    warnings.filterwarnings("ignore")
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    logging.getLogger("trl").setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    _quiet_libraries()
+    from alignlab.models import ModelLoadError
+    from alignlab.presets import DatasetError
+
+    try:
+        if args.command == "presets":
+            return _list_presets()
+        if args.command == "tiny-model":
+            from alignlab.tiny import build_tiny_model
+
+            print(build_tiny_model(args.directory, chat=not args.base))
+            return 0
+        return _run_lab(args)
+    except (CliError, DatasetError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130

@@ -1,0 +1,143 @@
+"""The four steps of the lab in one place: baseline -> dataset -> train -> compare.
+
+The CLI and the app's "run the whole lab" button both call :func:`run_lab`; the app's tabs call
+the same step functions one at a time. :func:`build_report` assembles the report JSON whose
+fields are the public contract (DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+from typing import Any, Callable
+
+from alignlab.evaluation import Evidence, count_changed, gather_evidence, read_health
+from alignlab.generation import GenerationSettings, generate
+from alignlab.models import LoadedModel, load_model
+from alignlab.presets import DatasetError, Preset, validate_preset
+from alignlab.training import CancelToken, TrainingEvent, TrainingResult, TrainingSettings, train_dpo
+
+STAGES = ("load_model", "baseline", "train", "evaluate")
+
+
+def outputs_table(prompts: list[str], texts: list[str]) -> list[dict[str, str]]:
+    return [{"prompt": p, "text": t} for p, t in zip(prompts, texts)]
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: undefined figures (e.g. no held-out pairs) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def compare(
+    loaded: LoadedModel,
+    result: TrainingResult,
+    preset: Preset,
+    baseline_outputs: list[str],
+    generation: GenerationSettings,
+) -> tuple[list[str], Evidence]:
+    """Step 4: the trained policy's answers on the same prompts, and the numeric evidence."""
+    aligned = generate(loaded, preset.eval_prompts, generation, model=result.policy)
+    evidence = gather_evidence(
+        result.policy, loaded, preset.heldout_pairs, preset.eval_prompts, aligned, result.settings.beta
+    )
+    return aligned, evidence
+
+
+def build_report(
+    loaded: LoadedModel,
+    preset: Preset,
+    settings: TrainingSettings,
+    generation: GenerationSettings,
+    baseline_outputs: list[str],
+    aligned_outputs: list[str],
+    result: TrainingResult,
+    evidence: Evidence,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The report JSON (DESIGN.md §6), with NaN written as null."""
+    changed = count_changed(baseline_outputs, aligned_outputs)
+    health = read_health(
+        result.log_history,
+        heldout_accuracy=evidence.heldout_reward_accuracy,
+        changed=changed,
+        kl_to_reference=evidence.kl_to_reference,
+        perplexity_before=evidence.perplexity_before,
+        perplexity_after=evidence.perplexity_after,
+    )
+    report = {
+        "model": {
+            "spec": loaded.spec,
+            "source": loaded.source,
+            "parameters": loaded.num_parameters,
+            "chat_template": loaded.is_chat,
+            "device": str(loaded.device),
+        },
+        "settings": {
+            "preset": preset.id,
+            "training": settings.to_dict(),
+            "generation": asdict(generation),
+            "train_pairs": len(preset.pairs),
+            "heldout_pairs": len(preset.heldout_pairs),
+            "steps_done": result.steps_done,
+            "stopped_early": result.stopped_early,
+        },
+        "baseline_outputs": outputs_table(preset.eval_prompts, baseline_outputs),
+        "aligned_outputs": outputs_table(preset.eval_prompts, aligned_outputs),
+        "changed": changed,
+        "log_history": result.log_history,
+        "health": health.to_dict(),
+        "eval": evidence.to_dict(),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    return _finite(report)
+
+
+def run_lab(
+    model_spec: str,
+    preset: Preset,
+    settings: TrainingSettings | None = None,
+    generation: GenerationSettings | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    on_event: Callable[[TrainingEvent], None] | None = None,
+    cancel: CancelToken | None = None,
+) -> tuple[dict[str, Any], TrainingResult]:
+    """Run the whole lab headless; returns (report, training result)."""
+    settings = settings or TrainingSettings()
+    generation = generation or GenerationSettings()
+    problems = validate_preset(preset)
+    if problems:
+        raise DatasetError(problems)
+    timings: dict[str, float] = {}
+
+    def stage(name: str) -> float:
+        if on_stage is not None:
+            on_stage(name)
+        return time.perf_counter()
+
+    started = stage("load_model")
+    loaded = load_model(model_spec)
+    timings["load_model"] = time.perf_counter() - started
+
+    started = stage("baseline")
+    baseline = generate(loaded, preset.eval_prompts, generation)
+    timings["baseline"] = time.perf_counter() - started
+
+    started = stage("train")
+    result = train_dpo(loaded, preset.pairs, settings, on_event=on_event, cancel=cancel)
+    timings["train"] = time.perf_counter() - started
+
+    started = stage("evaluate")
+    aligned, evidence = compare(loaded, result, preset, baseline, generation)
+    timings["evaluate"] = time.perf_counter() - started
+    timings["total"] = sum(timings.values())
+
+    report = build_report(loaded, preset, settings, generation, baseline, aligned, result, evidence, timings)
+    return report, result

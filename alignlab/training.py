@@ -1,0 +1,380 @@
+"""A real, short DPO run on TRL, streamed to the caller one logged step at a time.
+
+:class:`TrainingSettings` is the one place where the lab's knobs live (UI defaults, CLI flags and
+the TRL config all come from it) and :meth:`TrainingSettings.to_dpo_config` the one place where a
+``DPOConfig`` is built. :func:`train_dpo` runs ``trl.DPOTrainer`` synchronously;
+:func:`stream_dpo` runs it in a thread and yields a :class:`TrainingEvent` per logged step, which
+is what a live plot (or a progress bar) consumes. Both stop cleanly within one optimizer step
+when asked to.
+
+The reference model (DPO's anchor, pi_ref) is handled in one of two ways, both of which avoid
+TRL's fallback of reloading the reference from ``config._name_or_path``:
+- full fine-tuning with ``precompute_ref_log_probs=True``: the reference log-probs of every pair
+  are computed with the untouched policy before the first step, so no second model is kept;
+- LoRA (``use_lora``): the reference is the same network with the adapter switched off.
+"""
+
+from __future__ import annotations
+
+import queue
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel, TrainerCallback, set_seed
+from transformers.trainer_callback import PrinterCallback
+
+from alignlab.models import LoadedModel, copy_for_training
+from alignlab.presets import PreferencePair
+
+#: DPO and its siblings, as TRL's ``DPOConfig.loss_type`` names them.
+LOSS_TYPES: dict[str, str] = {
+    "sigmoid": "DPO: logistic loss on the reward margin (the original paper)",
+    "ipo": "IPO: squared loss that keeps the margin near 1/(2*beta); resists overfitting",
+    "hinge": "SLiC hinge: stops pushing once the margin exceeds 1/beta",
+    "robust": "Robust DPO: tolerates some flipped labels (uses label smoothing)",
+    "apo_zero": "APO-zero: raises chosen and lowers rejected likelihood directly",
+    "sppo_hard": "SPPO (hard labels): pushes chosen/rejected rewards to +-1/2",
+    "nca_pair": "NCA: noise-contrastive; keeps chosen likelihood from falling",
+    "bco_pair": "BCO: binary classifier on each response's reward",
+}
+
+
+class SettingsError(ValueError):
+    """A training setting is out of range; the message names each bad field."""
+
+
+@dataclass
+class TrainingSettings:
+    """Everything that shapes a lab's DPO run. Defaults are chosen by ``make bench``."""
+
+    beta: float = 0.1
+    """How tightly the policy is held to the reference (0.01-1.0). Small beta lets it move far;
+    large beta keeps it close and needs a bigger log-prob gap for the same reward."""
+    learning_rate: float = 5e-5
+    """Adam step size (1e-7 to 1e-3). A lab run has few steps, so it is higher than a real run's."""
+    steps: int | None = 12
+    """Optimizer steps to run (1-500). Set this or ``epochs``, not both."""
+    epochs: float | None = None
+    """Passes over the pairs (0.1-50), instead of ``steps``."""
+    batch_size: int = 4
+    """Pairs per optimizer step (1-64)."""
+    loss_type: str = "sigmoid"
+    """One of :data:`LOSS_TYPES`; ``sigmoid`` is DPO."""
+    seed: int = 42
+    """Seeds data order and initialisation: same seed and data, same run."""
+    max_length: int = 256
+    """Tokens kept per prompt+answer (32-2048); longer pairs are cut at the end."""
+    use_lora: bool = False
+    """Train a LoRA adapter instead of every weight; the reference is the adapter switched off."""
+    lora_rank: int = 16
+    """LoRA rank (1-256), when ``use_lora``."""
+    precompute_ref_log_probs: bool = True
+    """Full fine-tuning: score the pairs with the reference once before training instead of
+    keeping a second model in memory (measured faster, see bench/)."""
+    precision: str = "auto"
+    """'auto' (bf16 on a GPU that has it, else fp32), 'fp32' or 'bf16'."""
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise SettingsError(" ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Each out-of-range field as a sentence; empty when the settings are usable."""
+        out: list[str] = []
+
+        def check(name: str, ok: bool, what: str) -> None:
+            if not ok:
+                out.append(f"{name} must be {what} (got {getattr(self, name)!r}).")
+
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+        check("beta", number(self.beta) and 0.01 <= self.beta <= 1.0, "between 0.01 and 1.0")
+        check("learning_rate", number(self.learning_rate) and 1e-7 <= self.learning_rate <= 1e-3, "between 1e-7 and 1e-3")
+        if (self.steps is None) == (self.epochs is None):
+            out.append("Give either steps or epochs (exactly one).")
+        if self.steps is not None:
+            check("steps", isinstance(self.steps, int) and not isinstance(self.steps, bool) and 1 <= self.steps <= 500, "a whole number from 1 to 500")
+        if self.epochs is not None:
+            check("epochs", number(self.epochs) and 0.1 <= self.epochs <= 50, "between 0.1 and 50")
+        check("batch_size", isinstance(self.batch_size, int) and 1 <= self.batch_size <= 64, "a whole number from 1 to 64")
+        check("loss_type", self.loss_type in LOSS_TYPES, f"one of {', '.join(LOSS_TYPES)}")
+        check("seed", isinstance(self.seed, int) and 0 <= self.seed < 2**32, "a whole number from 0 to 2^32-1")
+        check("max_length", isinstance(self.max_length, int) and 32 <= self.max_length <= 2048, "from 32 to 2048")
+        check("lora_rank", isinstance(self.lora_rank, int) and 1 <= self.lora_rank <= 256, "from 1 to 256")
+        check("precision", self.precision in ("auto", "fp32", "bf16"), "'auto', 'fp32' or 'bf16'")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainingSettings":
+        """Settings from a (possibly partial) dict; unknown keys are an error, not ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SettingsError(f"Unknown setting(s): {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+        return cls(**data)
+
+    def use_bf16(self, device: torch.device) -> bool:
+        if self.precision == "bf16":
+            return True
+        if self.precision == "fp32":
+            return False
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def total_steps(self, n_pairs: int) -> int:
+        """Optimizer steps this run will take on ``n_pairs`` pairs."""
+        if self.steps is not None:
+            return self.steps
+        per_epoch = max(1, -(-n_pairs // self.batch_size))
+        return max(1, int(round(per_epoch * float(self.epochs))))
+
+    def to_dpo_config(self, output_dir: str | Path, device: torch.device) -> Any:
+        """The only place where TRL's ``DPOConfig`` is built (see DESIGN.md §3 for each choice)."""
+        from trl import DPOConfig
+
+        bf16 = self.use_bf16(device)
+        return DPOConfig(
+            output_dir=str(output_dir),
+            beta=self.beta,
+            learning_rate=self.learning_rate,
+            max_steps=self.steps if self.steps is not None else -1,
+            num_train_epochs=float(self.epochs) if self.epochs is not None else 1.0,
+            per_device_train_batch_size=self.batch_size,
+            gradient_accumulation_steps=1,
+            loss_type=[self.loss_type],
+            label_smoothing=0.1 if self.loss_type == "robust" else 0.0,
+            seed=self.seed,
+            data_seed=self.seed,
+            max_length=self.max_length,
+            # A short run wants the full rate on every step and no warm-up.
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            logging_steps=1,  # TRL's default of 10 would plot almost nothing
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=device.type != "cuda",
+            bf16=bf16,
+            fp16=False,
+            # Measured: checkpointing only costs time at these sizes (bench/).
+            gradient_checkpointing=False,
+            precompute_ref_log_probs=self.precompute_ref_log_probs and not self.use_lora,
+            dataloader_num_workers=0,
+        )
+
+
+@dataclass
+class TrainingEvent:
+    """One logged optimizer step (``kind='log'``) or the end of the run (``kind='end'``)."""
+
+    kind: str
+    step: int
+    total_steps: int
+    elapsed: float
+    row: dict[str, float] = field(default_factory=dict)
+    result: "TrainingResult | None" = None
+
+    @property
+    def steps_left(self) -> int:
+        return max(0, self.total_steps - self.step)
+
+
+@dataclass
+class TrainingResult:
+    """What a run produced: the trained policy and TRL's log history."""
+
+    policy: PreTrainedModel
+    log_history: list[dict[str, Any]]
+    steps_done: int
+    total_steps: int
+    stopped_early: bool
+    seconds: float
+    settings: TrainingSettings
+
+    @property
+    def step_rows(self) -> list[dict[str, Any]]:
+        return training_rows(self.log_history)
+
+
+class CancelToken:
+    """Set from any thread to stop a run at the end of the current step."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+def training_rows(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-step rows of TRL's ``log_history`` (the final summary row has no ``loss``)."""
+    return [row for row in log_history if "loss" in row and "step" in row]
+
+
+def to_trl_dataset(loaded: LoadedModel, pairs: list[PreferencePair]) -> Dataset:
+    """Pairs in the format TRL expects for this model.
+
+    Chat models get TRL's *conversational* format, so TRL applies the same chat template that
+    generation uses; base models get the *standard* format with our plain-text prompt
+    (TRL appends the eos token to each completion).
+    """
+    if loaded.is_chat:
+        rows = [
+            {
+                "prompt": [{"role": "user", "content": p.prompt}],
+                "chosen": [{"role": "assistant", "content": p.chosen}],
+                "rejected": [{"role": "assistant", "content": p.rejected}],
+            }
+            for p in pairs
+        ]
+    else:
+        rows = [
+            {"prompt": loaded.format_prompt(p.prompt), "chosen": " " + p.chosen.strip(), "rejected": " " + p.rejected.strip()}
+            for p in pairs
+        ]
+    return Dataset.from_list(rows)
+
+
+class _StreamCallback(TrainerCallback):
+    """Forwards each logged step to ``on_event`` and honours a cancel request between steps."""
+
+    def __init__(self, on_event: Callable[[TrainingEvent], None] | None, cancel: CancelToken | None, started: float):
+        self.on_event = on_event
+        self.cancel = cancel
+        self.started = started
+        self.stopped_early = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - TrainerCallback API
+        if self.on_event is not None and logs and "loss" in logs:
+            row = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+            row["step"] = state.global_step
+            self.on_event(
+                TrainingEvent("log", state.global_step, state.max_steps, time.perf_counter() - self.started, row)
+            )
+        return self._maybe_stop(state, control)  # a cancel sent while this step was logged stops here
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        return self._maybe_stop(state, control)
+
+    def _maybe_stop(self, state, control):  # noqa: ANN001
+        if self.cancel is not None and self.cancel.cancelled and state.global_step < state.max_steps:
+            self.stopped_early = True
+            control.should_training_stop = True
+        return control
+
+
+def train_dpo(
+    loaded: LoadedModel,
+    pairs: list[PreferencePair],
+    settings: TrainingSettings,
+    on_event: Callable[[TrainingEvent], None] | None = None,
+    cancel: CancelToken | None = None,
+    output_dir: str | Path | None = None,
+) -> TrainingResult:
+    """Run DPO on a private copy of ``loaded.model``; the loaded model stays the reference."""
+    from trl import DPOTrainer
+
+    if not pairs:
+        raise SettingsError("There are no training pairs: add at least one pair before training.")
+    started = time.perf_counter()
+    set_seed(settings.seed)
+    device = loaded.device
+    policy = copy_for_training(loaded)
+    peft_config = None
+    if settings.use_lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=settings.lora_rank,
+            lora_alpha=2 * settings.lora_rank,
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+    callback = _StreamCallback(on_event, cancel, started)
+    with tempfile.TemporaryDirectory(prefix="alignlab-dpo-") as scratch:
+        trainer = DPOTrainer(
+            model=policy,
+            ref_model=None,
+            args=settings.to_dpo_config(output_dir or scratch, device),
+            train_dataset=to_trl_dataset(loaded, pairs),
+            processing_class=loaded.tokenizer,
+            peft_config=peft_config,
+            callbacks=[callback],
+        )
+        trainer.remove_callback(PrinterCallback)  # rows reach the caller as events, not as prints
+        trainer.train()
+        trained = trainer.model
+    loaded.tokenizer.padding_side = "left"  # the trainer may have changed it; generation needs left
+    trained.eval()
+    log_history = [dict(row) for row in trainer.state.log_history]
+    result = TrainingResult(
+        policy=trained,
+        log_history=log_history,
+        steps_done=trainer.state.global_step,
+        total_steps=trainer.state.max_steps,
+        stopped_early=callback.stopped_early,
+        seconds=time.perf_counter() - started,
+        settings=settings,
+    )
+    if on_event is not None:
+        on_event(TrainingEvent("end", result.steps_done, result.total_steps, result.seconds, result=result))
+    return result
+
+
+def stream_dpo(
+    loaded: LoadedModel,
+    pairs: list[PreferencePair],
+    settings: TrainingSettings,
+    cancel: CancelToken | None = None,
+) -> Iterator[TrainingEvent]:
+    """Yield one event per logged step while training runs, then an ``end`` event with the result.
+
+    If the consumer stops iterating (a closed generator, a cancelled request), the run is
+    cancelled and the thread joined before this generator finishes.
+    """
+    cancel = cancel or CancelToken()
+    events: queue.Queue[TrainingEvent | BaseException] = queue.Queue()
+
+    def work() -> None:
+        try:
+            train_dpo(loaded, pairs, settings, on_event=events.put, cancel=cancel)
+        except BaseException as exc:  # re-raised in the consumer's thread
+            events.put(exc)
+
+    thread = threading.Thread(target=work, name="alignlab-dpo", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = events.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item.kind == "end":
+                return
+    finally:
+        cancel.cancel()
+        thread.join()
+
+
+def save_policy(policy: PreTrainedModel, tokenizer: Any, directory: str | Path) -> Path:
+    """Save a trained policy (or LoRA adapter) so that another process can load it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    policy.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

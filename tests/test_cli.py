@@ -1,0 +1,95 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alignlab.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT_FIELDS = {"model", "settings", "baseline_outputs", "aligned_outputs", "changed", "log_history", "health",
+                 "eval", "timings"}
+EVAL_FIELDS = {"heldout_reward_accuracy", "heldout_mean_margin", "kl_to_reference", "perplexity_before",
+               "perplexity_after"}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alignlab", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_presets_are_listed():
+    out = run_cli("presets")
+    assert out.returncode == 0
+    assert "seed-lab" in out.stdout and "concise" in out.stdout and "warm-tone" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--preset", "nope"], "Unknown preset 'nope'"),
+        (["--preset", "seed-lab", "--steps", "0"], "steps must be a whole number from 1 to 500"),
+        (["--preset", "seed-lab", "--beta", "0"], "beta must be between 0.01 and 1.0"),
+        (["--preset", "seed-lab", "--beta", "-1"], "beta must be"),
+        (["--preset", "seed-lab", "--loss", "magic"], "loss_type must be one of"),
+        (["--preset", "seed-lab", "--model", "/no/such/model"], "There is no directory"),
+        (["--dataset", "/no/such/file.jsonl"], "There is no file"),
+    ],
+)
+def test_bad_input_ends_with_one_clear_message(capsys, args, message):
+    assert main(["lab", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_malformed_dataset_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\nnot json\n')
+    out = run_cli("lab", "--dataset", str(bad), "--steps", "1")
+    assert out.returncode == 2
+    assert "bad.jsonl: line 2 is not valid JSON" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_lab_on_tiny_model_writes_every_report_field(tmp_path, tiny_chat_dir, capsys):
+    out = tmp_path / "r.json"
+    code = main(["lab", "--model", str(tiny_chat_dir), "--preset", "seed-lab", "--steps", "3", "--lr", "1e-3",
+                 "--max-new-tokens", "8", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "=== Before vs after" in printed and "=== Health:" in printed
+    report = json.loads(out.read_text())
+    assert REPORT_FIELDS <= set(report)
+    assert EVAL_FIELDS <= set(report["eval"])
+    assert report["health"]["verdict"] in {"healthy", "warning", "failed"}
+    assert len(report["baseline_outputs"]) == len(report["aligned_outputs"]) == 7
+    assert [r["prompt"] for r in report["baseline_outputs"]] == [r["prompt"] for r in report["aligned_outputs"]]
+    assert report["changed"] == sum(b["text"] != a["text"] for b, a in
+                                    zip(report["baseline_outputs"], report["aligned_outputs"]))
+    assert len([r for r in report["log_history"] if "loss" in r]) == 3
+    assert set(report["timings"]) >= {"load_model", "baseline", "train", "evaluate", "total"}
+
+
+def test_lab_on_a_list_of_pairs_holds_out_a_quarter(tmp_path, tiny_base_dir, pairs):
+    from alignlab.presets import export_jsonl
+
+    many = pairs + [type(pairs[0])(f"Extra question {i}?", "Sure! Here is a full answer.", "No.") for i in range(4)]
+    data = export_jsonl(many, tmp_path / "mine.jsonl")
+    out = tmp_path / "r.json"
+    assert main(["lab", "--model", str(tiny_base_dir), "--dataset", str(data), "--steps", "2",
+                 "--max-new-tokens", "4", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["heldout_pairs"] == 2 and report["settings"]["train_pairs"] == 6
+
+
+@pytest.mark.slow
+def test_full_lab_on_the_embedded_model_shows_a_real_shift(tmp_path):
+    out = tmp_path / "r.json"
+    proc = run_cli("lab", "--model", "smollm2-135m-instruct", "--preset", "seed-lab", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["changed"] >= 1
+    assert report["eval"]["heldout_reward_accuracy"] > 0.5
+    assert report["health"]["verdict"] in {"healthy", "warning"}

@@ -1,0 +1,143 @@
+import pickle
+
+import pytest
+import torch
+
+from alignlab.training import (
+    LOSS_TYPES,
+    CancelToken,
+    SettingsError,
+    TrainingSettings,
+    stream_dpo,
+    to_trl_dataset,
+    train_dpo,
+)
+
+FAST = {"steps": 3, "batch_size": 2, "learning_rate": 1e-3, "max_length": 64}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"beta": 0}, "beta must be between 0.01 and 1.0 \\(got 0\\)"),
+        ({"beta": -1}, "beta must be"),
+        ({"learning_rate": 1.0}, "learning_rate must be between 1e-7 and 1e-3"),
+        ({"steps": 0}, "steps must be a whole number from 1 to 500"),
+        ({"steps": None}, "Give either steps or epochs"),
+        ({"epochs": 2.0}, "Give either steps or epochs"),
+        ({"loss_type": "magic"}, "loss_type must be one of sigmoid"),
+        ({"batch_size": 0}, "batch_size must be"),
+        ({"beta": float("nan")}, "beta must be"),
+    ],
+)
+def test_settings_are_validated_with_named_fields(kwargs, message):
+    with pytest.raises(SettingsError, match=message):
+        TrainingSettings(**kwargs)
+
+
+def test_settings_round_trip_and_reject_unknown_keys():
+    settings = TrainingSettings(beta=0.2, steps=None, epochs=2.0)
+    assert TrainingSettings.from_dict(settings.to_dict()) == settings
+    with pytest.raises(SettingsError, match="Unknown setting\\(s\\): bogus"):
+        TrainingSettings.from_dict({"bogus": 1})
+    assert settings.total_steps(n_pairs=10) == 6  # ceil(10/4) * 2
+
+
+def test_dpo_config_is_built_for_a_short_visible_run():
+    config = TrainingSettings(**FAST, loss_type="ipo").to_dpo_config("/tmp/x", torch.device("cpu"))
+    assert config.logging_steps == 1
+    assert config.loss_type == ["ipo"]
+    assert config.max_steps == 3 and config.learning_rate == 1e-3
+    assert config.use_cpu and not config.bf16 and not config.gradient_checkpointing
+    assert config.precompute_ref_log_probs
+
+
+def test_every_loss_type_is_accepted_by_trl():
+    from trl import DPOConfig  # noqa: F401 - DPOConfig validates loss names itself
+
+    for loss in LOSS_TYPES:
+        TrainingSettings(loss_type=loss).to_dpo_config("/tmp/x", torch.device("cpu"))
+
+
+def test_chat_models_get_conversational_data_and_base_models_plain_text(tiny_chat, tiny_base, pairs):
+    chat_row = to_trl_dataset(tiny_chat, pairs)[0]
+    assert chat_row["prompt"] == [{"role": "user", "content": pairs[0].prompt}]
+    base_row = to_trl_dataset(tiny_base, pairs)[0]
+    assert base_row["prompt"] == f"Question: {pairs[0].prompt}\nAnswer:"
+    assert base_row["chosen"] == " " + pairs[0].chosen
+
+
+def test_training_changes_weights_streams_each_step_and_keeps_reference(tiny_chat, pairs):
+    reference_before = {k: v.clone() for k, v in tiny_chat.model.state_dict().items()}
+    events = []
+    result = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST), on_event=events.append)
+    logs = [e for e in events if e.kind == "log"]
+    assert [e.step for e in logs] == [1, 2, 3]
+    assert [e.row["step"] for e in logs] == [r["step"] for r in result.step_rows]
+    assert all("loss" in e.row and "rewards/margins" in e.row for e in logs)
+    assert logs[-1].steps_left == 0 and logs[0].steps_left == 2
+    assert events[-1].kind == "end" and events[-1].result is result
+    assert result.steps_done == 3 and not result.stopped_early
+    trained = result.policy.state_dict()
+    assert any(not torch.equal(trained[k], reference_before[k]) for k in reference_before)
+    # the cached model is the reference and must not move
+    assert all(torch.equal(v, reference_before[k]) for k, v in tiny_chat.model.state_dict().items())
+
+
+def test_base_model_trains_on_plain_text(tiny_base, pairs):
+    result = train_dpo(tiny_base, pairs, TrainingSettings(**FAST))
+    assert len(result.step_rows) == 3
+
+
+def test_same_seed_same_run(tiny_chat, pairs):
+    first = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST, seed=7))
+    second = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST, seed=7))
+    assert [r["loss"] for r in first.step_rows] == [r["loss"] for r in second.step_rows]
+    for (name, a), (_, b) in zip(first.policy.named_parameters(), second.policy.named_parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_cancel_stops_within_one_step(tiny_chat, pairs):
+    cancel = CancelToken()
+    seen = []
+
+    def on_event(event):
+        seen.append(event)
+        if event.kind == "log" and event.step == 2:
+            cancel.cancel()
+
+    result = train_dpo(tiny_chat, pairs, TrainingSettings(**(FAST | {"steps": 50})), on_event=on_event, cancel=cancel)
+    assert result.stopped_early
+    assert result.steps_done == 2
+    assert result.total_steps == 50
+
+
+def test_stream_yields_while_training_and_stops_when_closed(tiny_chat, pairs):
+    stream = stream_dpo(tiny_chat, pairs, TrainingSettings(**(FAST | {"steps": 50})))
+    first = next(stream)
+    assert first.kind == "log" and first.step == 1
+    stream.close()  # the consumer went away: training must stop, not run 49 more steps in the background
+    events = list(stream_dpo(tiny_chat, pairs, TrainingSettings(**FAST)))
+    assert [e.kind for e in events] == ["log", "log", "log", "end"]
+
+
+def test_stream_reraises_training_errors(tiny_chat):
+    with pytest.raises(SettingsError, match="no training pairs"):
+        list(stream_dpo(tiny_chat, [], TrainingSettings(**FAST)))
+
+
+def test_lora_trains_an_adapter_and_leaves_base_weights(tiny_chat, pairs):
+    result = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST, use_lora=True, lora_rank=4))
+    names = [n for n, _ in result.policy.named_parameters()]
+    assert any("lora_" in n for n in names)
+    assert len(result.step_rows) == 3
+
+
+def test_events_and_settings_are_picklable(tiny_chat, pairs):
+    """ZeroGPU pickles what crosses its boundary; local runs never do, so check it here."""
+    settings = TrainingSettings(**FAST)
+    assert pickle.loads(pickle.dumps(settings)) == settings
+    events = []
+    train_dpo(tiny_chat, pairs, TrainingSettings(**(FAST | {"steps": 1})), on_event=events.append)
+    log = pickle.loads(pickle.dumps(events[0]))
+    assert log.row == events[0].row
