@@ -40,8 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--dataset", help="a preset-format JSON file, or JSON/JSONL/CSV pairs")
     lab.add_argument("--steps", type=int, default=defaults.steps, help=f"DPO steps (default {defaults.steps})")
     lab.add_argument("--beta", type=float, default=defaults.beta, help=f"DPO beta (default {defaults.beta})")
-    lab.add_argument("--lr", type=float, default=defaults.learning_rate, help=f"learning rate (default {defaults.learning_rate})")
-    lab.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"pairs per step (default {defaults.batch_size})")
+    lab.add_argument(
+        "--lr", type=float, default=defaults.learning_rate, help=f"learning rate (default {defaults.learning_rate})"
+    )
+    lab.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help=f"pairs per step (default {defaults.batch_size})"
+    )
     lab.add_argument("--seed", type=int, default=defaults.seed, help=f"seed (default {defaults.seed})")
     lab.add_argument("--loss", default=defaults.loss_type, help=f"loss type: {', '.join(LOSS_TYPES)}")
     lab.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
@@ -55,9 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _wrap(text: str, indent: str) -> str:
+def _wrap(text: str, indent: str, subsequent: str | None = None) -> str:
     text = " ".join(text.split()) or "(empty)"
-    return textwrap.fill(text, width=96, initial_indent=indent, subsequent_indent=indent)
+    return textwrap.fill(text, width=96, initial_indent=indent, subsequent_indent=subsequent or indent)
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -65,7 +69,13 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"\n=== Before vs after ({report['changed']} of {len(report['baseline_outputs'])} answers changed) ==="]
     for before, after in zip(report["baseline_outputs"], report["aligned_outputs"]):
         mark = "changed" if before["text"].strip() != after["text"].strip() else "same"
-        lines += [f"\n> {before['prompt']}  [{mark}]", "  before:", _wrap(before["text"], "    "), "  after:", _wrap(after["text"], "    ")]
+        lines += [
+            f"\n> {before['prompt']}  [{mark}]",
+            "  before:",
+            _wrap(before["text"], "    "),
+            "  after:",
+            _wrap(after["text"], "    "),
+        ]
     ev = report["eval"]
 
     def fmt(value: Any, spec: str) -> str:
@@ -76,10 +86,11 @@ def format_report(report: dict[str, Any]) -> str:
         f"  held-out preference accuracy : {fmt(ev['heldout_reward_accuracy'], '.2f')}"
         f"  (mean reward margin {fmt(ev['heldout_mean_margin'], '+.3f')})",
         f"  KL to reference (nats/token) : {fmt(ev['kl_to_reference'], '.3f')}",
-        f"  perplexity on neutral text   : {fmt(ev['perplexity_before'], '.2f')} -> {fmt(ev['perplexity_after'], '.2f')}",
+        f"  perplexity on neutral text   : {fmt(ev['perplexity_before'], '.2f')}"
+        f" -> {fmt(ev['perplexity_after'], '.2f')}",
         f"\n=== Health: {report['health']['verdict'].upper()} ===",
     ]
-    lines += [_wrap(f, "  - ").replace("  - ", "  - ", 1) for f in report["health"]["findings"]]
+    lines += [_wrap(f, "  - ", "    ") for f in report["health"]["findings"]]
     t = report["timings"]
     lines.append("\n=== Timings (s) ===\n  " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()))
     return "\n".join(lines)
@@ -125,12 +136,16 @@ def _run_lab(args: argparse.Namespace) -> int:
         print(f"[{list(labels).index(name) + 1}/4] {labels[name]}...", flush=True)
 
     def on_event(event: Any) -> None:
-        if event.kind != "log":
+        if event.kind == "end":
+            if "bar" in bar:
+                bar.pop("bar").close()
             return
         if "bar" not in bar:
-            bar["bar"] = tqdm(total=event.total_steps, unit="step", file=sys.stdout, dynamic_ncols=True)
+            bar["bar"] = tqdm(total=event.total_steps, unit="step", file=sys.stdout, dynamic_ncols=True, disable=False)
         bar["bar"].update(event.step - bar["bar"].n)
-        bar["bar"].set_postfix(loss=f"{event.row.get('loss', 0):.3f}", margin=f"{event.row.get('rewards/margins', 0):+.2f}")
+        bar["bar"].set_postfix(
+            loss=f"{event.row.get('loss', 0):.3f}", margin=f"{event.row.get('rewards/margins', 0):+.2f}"
+        )
 
     try:
         report, _ = run_lab(args.model, preset, settings, generation, on_stage=on_stage, on_event=on_event)
@@ -148,8 +163,10 @@ def _list_presets() -> int:
     from alignlab.presets import list_presets
 
     for preset in list_presets():
-        print(f"{preset.id:<12} {preset.title}: {len(preset.pairs)} pairs, {len(preset.heldout_pairs)} held out, "
-              f"{len(preset.eval_prompts)} eval prompts")
+        print(
+            f"{preset.id:<12} {preset.title}: {len(preset.pairs)} pairs, {len(preset.heldout_pairs)} held out, "
+            f"{len(preset.eval_prompts)} eval prompts"
+        )
         print(_wrap(preset.description, "             "))
     return 0
 
@@ -162,7 +179,9 @@ def _quiet_libraries() -> None:
     import transformers
 
     warnings.filterwarnings("ignore")
+    os.environ["TQDM_DISABLE"] = "1"  # TRL's and datasets' own bars; ours passes disable=False
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     datasets.disable_progress_bars()
     logging.getLogger("trl").setLevel(logging.ERROR)
 

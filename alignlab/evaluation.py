@@ -56,7 +56,9 @@ def _encode_pair(loaded: LoadedModel, prompt: str, completion: str) -> tuple[lis
     return full_ids, max(start, 1)  # the first token has no prediction to score
 
 
-def _batched_logits(model: torch.nn.Module, sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _batched_logits(
+    model: torch.nn.Module, sequences: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded forward pass: (logits (B, T, V), attention mask (B, T))."""
     device = next(model.parameters()).device
     width = max(len(s) for s in sequences)
@@ -82,7 +84,10 @@ def completion_logps(
     pad_id = loaded.tokenizer.pad_token_id
     out = []
     for start in range(0, len(prompts), batch_size):
-        encoded = [_encode_pair(loaded, p, c) for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size])]
+        encoded = [
+            _encode_pair(loaded, p, c)
+            for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size])
+        ]
         logits, _ = _batched_logits(model, [ids for ids, _ in encoded], pad_id)
         logps = F.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V): position t predicts token t+1
         for i, (ids, begin) in enumerate(encoded):
@@ -123,7 +128,9 @@ def heldout_preference(
         completion_logps(policy, loaded, prompts, chosen), completion_logps(reference, loaded, prompts, chosen), beta
     )
     r_rejected = implicit_rewards(
-        completion_logps(policy, loaded, prompts, rejected), completion_logps(reference, loaded, prompts, rejected), beta
+        completion_logps(policy, loaded, prompts, rejected),
+        completion_logps(reference, loaded, prompts, rejected),
+        beta,
     )
     accuracy, margin = preference_accuracy(r_chosen, r_rejected)
     return HeldoutResult(accuracy, margin, r_chosen.tolist(), r_rejected.tolist())
@@ -285,7 +292,12 @@ def read_health(
                 f"Memorised, not generalised: training pairs are all ranked right (accuracy {train_accuracy:.2f}) "
                 f"but held-out pairs only {heldout_accuracy:.2f}, near chance."
             )
-        elif heldout_accuracy > CHANCE_BAND[1]:
+        elif heldout_accuracy <= CHANCE_BAND[1]:
+            warnings.append(
+                f"No generalisation: only {heldout_accuracy:.0%} of held-out pairs are ranked right, about chance; "
+                "the preference was not learnt beyond the training pairs (train longer, or check the pairs agree)."
+            )
+        else:
             good.append(f"Generalises: {heldout_accuracy:.0%} of held-out pairs, never trained on, are ranked right.")
 
     chosen_logps, rejected_logps = _series(rows, "logps/chosen"), _series(rows, "logps/rejected")

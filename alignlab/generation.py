@@ -45,7 +45,9 @@ class GenerationSettings:
     def problems(self) -> list[str]:
         out = []
         if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-            out.append(f"max_new_tokens must be a whole number from 1 to {MAX_NEW_TOKENS_LIMIT} (got {self.max_new_tokens!r}).")
+            out.append(
+                f"max_new_tokens must be a whole number from 1 to {MAX_NEW_TOKENS_LIMIT} (got {self.max_new_tokens!r})."
+            )
         if not 0.05 <= float(self.temperature) <= 2.0:
             out.append(f"temperature must be between 0.05 and 2.0 (got {self.temperature!r}).")
         if not 0.05 <= float(self.top_p) <= 1.0:

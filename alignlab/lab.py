@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any
 
 from alignlab.evaluation import Evidence, count_changed, gather_evidence, read_health
 from alignlab.generation import GenerationSettings, generate

@@ -21,9 +21,10 @@ import io
 import json
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -93,12 +94,14 @@ def validate_pairs(pairs: list[PreferencePair], section: str = "pairs") -> list[
             elif not value.strip():
                 problems.append(f"{where}: '{name}' is empty.")
             elif len(value) > MAX_TEXT_CHARS:
-                problems.append(
-                    f"{where}: '{name}' is {len(value)} characters long; the limit is {MAX_TEXT_CHARS}."
-                )
-        if isinstance(pair.chosen, str) and isinstance(pair.rejected, str):
-            if pair.chosen.strip() and pair.chosen.strip() == pair.rejected.strip():
-                problems.append(f"{where}: 'chosen' and 'rejected' are identical, so there is nothing to prefer.")
+                problems.append(f"{where}: '{name}' is {len(value)} characters long; the limit is {MAX_TEXT_CHARS}.")
+        if (
+            isinstance(pair.chosen, str)
+            and isinstance(pair.rejected, str)
+            and pair.chosen.strip()
+            and pair.chosen.strip() == pair.rejected.strip()
+        ):
+            problems.append(f"{where}: 'chosen' and 'rejected' are identical, so there is nothing to prefer.")
         key = (str(pair.prompt).strip(), str(pair.chosen).strip(), str(pair.rejected).strip())
         if key in seen and all(key):
             problems.append(f"{where}: duplicate of row {seen[key]}.")
@@ -129,9 +132,7 @@ def validate_preset(preset: Preset, require_training_pairs: bool = True) -> list
     trained = {(p.prompt.strip(), p.chosen.strip(), p.rejected.strip()) for p in preset.pairs}
     for row, pair in enumerate(preset.heldout_pairs, start=1):
         if (pair.prompt.strip(), pair.chosen.strip(), pair.rejected.strip()) in trained:
-            problems.append(
-                f"held-out pairs row {row}: also a training pair, so it cannot measure generalisation."
-            )
+            problems.append(f"held-out pairs row {row}: also a training pair, so it cannot measure generalisation.")
     return problems
 
 
@@ -356,7 +357,7 @@ def import_pairs(path: str | Path) -> ImportResult:
     path = Path(path)
     data = _read_records(read_text_file(path), path.name)
     if isinstance(data, dict):
-        data = data["pairs"] if "pairs" in data else [data]  # a preset file: take its training pairs
+        data = data.get("pairs", [data])  # a preset file: take its training pairs
     if not isinstance(data, list) or not data:
         raise DatasetError(f"{path.name}: no preference pairs found.")
     pairs: list[PreferencePair] = []

@@ -63,7 +63,11 @@ def build_tiny_model(directory: str | Path, chat: bool = True, seed: int = 0, hi
     directory = Path(directory)
     tokenizer = build_tokenizer(chat=chat)
     torch.manual_seed(seed)
-    common = {"vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id}
+    common = {
+        "vocab_size": len(tokenizer),
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+    }
     if chat:
         config = LlamaConfig(
             hidden_size=hidden,

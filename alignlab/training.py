@@ -20,9 +20,10 @@ import queue
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from datasets import Dataset
@@ -58,7 +59,7 @@ class TrainingSettings:
     large beta keeps it close and needs a bigger log-prob gap for the same reward."""
     learning_rate: float = 5e-5
     """Adam step size (1e-7 to 1e-3). A lab run has few steps, so it is higher than a real run's."""
-    steps: int | None = 12
+    steps: int | None = 6
     """Optimizer steps to run (1-500). Set this or ``epochs``, not both."""
     epochs: float | None = None
     """Passes over the pairs (0.1-50), instead of ``steps``."""
@@ -97,14 +98,22 @@ class TrainingSettings:
             return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
         check("beta", number(self.beta) and 0.01 <= self.beta <= 1.0, "between 0.01 and 1.0")
-        check("learning_rate", number(self.learning_rate) and 1e-7 <= self.learning_rate <= 1e-3, "between 1e-7 and 1e-3")
+        check(
+            "learning_rate", number(self.learning_rate) and 1e-7 <= self.learning_rate <= 1e-3, "between 1e-7 and 1e-3"
+        )
         if (self.steps is None) == (self.epochs is None):
             out.append("Give either steps or epochs (exactly one).")
         if self.steps is not None:
-            check("steps", isinstance(self.steps, int) and not isinstance(self.steps, bool) and 1 <= self.steps <= 500, "a whole number from 1 to 500")
+            check(
+                "steps",
+                isinstance(self.steps, int) and not isinstance(self.steps, bool) and 1 <= self.steps <= 500,
+                "a whole number from 1 to 500",
+            )
         if self.epochs is not None:
             check("epochs", number(self.epochs) and 0.1 <= self.epochs <= 50, "between 0.1 and 50")
-        check("batch_size", isinstance(self.batch_size, int) and 1 <= self.batch_size <= 64, "a whole number from 1 to 64")
+        check(
+            "batch_size", isinstance(self.batch_size, int) and 1 <= self.batch_size <= 64, "a whole number from 1 to 64"
+        )
         check("loss_type", self.loss_type in LOSS_TYPES, f"one of {', '.join(LOSS_TYPES)}")
         check("seed", isinstance(self.seed, int) and 0 <= self.seed < 2**32, "a whole number from 0 to 2^32-1")
         check("max_length", isinstance(self.max_length, int) and 32 <= self.max_length <= 2048, "from 32 to 2048")
@@ -116,7 +125,7 @@ class TrainingSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainingSettings":
+    def from_dict(cls, data: dict[str, Any]) -> TrainingSettings:
         """Settings from a (possibly partial) dict; unknown keys are an error, not ignored."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
@@ -182,7 +191,7 @@ class TrainingEvent:
     total_steps: int
     elapsed: float
     row: dict[str, float] = field(default_factory=dict)
-    result: "TrainingResult | None" = None
+    result: TrainingResult | None = None
 
     @property
     def steps_left(self) -> int:
@@ -243,7 +252,11 @@ def to_trl_dataset(loaded: LoadedModel, pairs: list[PreferencePair]) -> Dataset:
         ]
     else:
         rows = [
-            {"prompt": loaded.format_prompt(p.prompt), "chosen": " " + p.chosen.strip(), "rejected": " " + p.rejected.strip()}
+            {
+                "prompt": loaded.format_prompt(p.prompt),
+                "chosen": " " + p.chosen.strip(),
+                "rejected": " " + p.rejected.strip(),
+            }
             for p in pairs
         ]
     return Dataset.from_list(rows)

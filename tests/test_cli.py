@@ -8,15 +8,35 @@ import pytest
 from alignlab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORT_FIELDS = {"model", "settings", "baseline_outputs", "aligned_outputs", "changed", "log_history", "health",
-                 "eval", "timings"}
-EVAL_FIELDS = {"heldout_reward_accuracy", "heldout_mean_margin", "kl_to_reference", "perplexity_before",
-               "perplexity_after"}
+REPORT_FIELDS = {
+    "model",
+    "settings",
+    "baseline_outputs",
+    "aligned_outputs",
+    "changed",
+    "log_history",
+    "health",
+    "eval",
+    "timings",
+}
+EVAL_FIELDS = {
+    "heldout_reward_accuracy",
+    "heldout_mean_margin",
+    "kl_to_reference",
+    "perplexity_before",
+    "perplexity_after",
+}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "alignlab", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "alignlab", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def test_presets_are_listed():
@@ -55,19 +75,35 @@ def test_malformed_dataset_file_is_a_clear_error(tmp_path):
 
 def test_lab_on_tiny_model_writes_every_report_field(tmp_path, tiny_chat_dir, capsys):
     out = tmp_path / "r.json"
-    code = main(["lab", "--model", str(tiny_chat_dir), "--preset", "seed-lab", "--steps", "3", "--lr", "1e-3",
-                 "--max-new-tokens", "8", "--out", str(out)])
+    code = main(
+        [
+            "lab",
+            "--model",
+            str(tiny_chat_dir),
+            "--preset",
+            "seed-lab",
+            "--steps",
+            "3",
+            "--lr",
+            "1e-3",
+            "--max-new-tokens",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "=== Before vs after" in printed and "=== Health:" in printed
     report = json.loads(out.read_text())
-    assert REPORT_FIELDS <= set(report)
-    assert EVAL_FIELDS <= set(report["eval"])
+    assert set(report) >= REPORT_FIELDS
+    assert set(report["eval"]) >= EVAL_FIELDS
     assert report["health"]["verdict"] in {"healthy", "warning", "failed"}
     assert len(report["baseline_outputs"]) == len(report["aligned_outputs"]) == 7
     assert [r["prompt"] for r in report["baseline_outputs"]] == [r["prompt"] for r in report["aligned_outputs"]]
-    assert report["changed"] == sum(b["text"] != a["text"] for b, a in
-                                    zip(report["baseline_outputs"], report["aligned_outputs"]))
+    assert report["changed"] == sum(
+        b["text"] != a["text"] for b, a in zip(report["baseline_outputs"], report["aligned_outputs"])
+    )
     assert len([r for r in report["log_history"] if "loss" in r]) == 3
     assert set(report["timings"]) >= {"load_model", "baseline", "train", "evaluate", "total"}
 
@@ -78,8 +114,24 @@ def test_lab_on_a_list_of_pairs_holds_out_a_quarter(tmp_path, tiny_base_dir, pai
     many = pairs + [type(pairs[0])(f"Extra question {i}?", "Sure! Here is a full answer.", "No.") for i in range(4)]
     data = export_jsonl(many, tmp_path / "mine.jsonl")
     out = tmp_path / "r.json"
-    assert main(["lab", "--model", str(tiny_base_dir), "--dataset", str(data), "--steps", "2",
-                 "--max-new-tokens", "4", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "lab",
+                "--model",
+                str(tiny_base_dir),
+                "--dataset",
+                str(data),
+                "--steps",
+                "2",
+                "--max-new-tokens",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["settings"]["heldout_pairs"] == 2 and report["settings"]["train_pairs"] == 6
 

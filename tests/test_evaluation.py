@@ -90,8 +90,15 @@ def rows(n=6, **series):
     """A synthetic TRL log history: each keyword is a list (or a constant) per step."""
     out = []
     for i in range(n):
-        row = {"step": i + 1, "loss": 0.6, "grad_norm": 1.0, "rewards/accuracies": 1.0,
-               "rewards/margins": 0.1 * (i + 1), "logps/chosen": -50.0, "logps/rejected": -60.0 - i}
+        row = {
+            "step": i + 1,
+            "loss": 0.6,
+            "grad_norm": 1.0,
+            "rewards/accuracies": 1.0,
+            "rewards/margins": 0.1 * (i + 1),
+            "logps/chosen": -50.0,
+            "logps/rejected": -60.0 - i,
+        }
         for key, value in series.items():
             row[key.replace("__", "/")] = value[i] if isinstance(value, list) else value
         out.append(row)
@@ -99,8 +106,9 @@ def rows(n=6, **series):
 
 
 def test_healthy_run_reads_healthy():
-    health = read_health(rows(), heldout_accuracy=0.9, changed=3, kl_to_reference=0.1,
-                         perplexity_before=20, perplexity_after=21)
+    health = read_health(
+        rows(), heldout_accuracy=0.9, changed=3, kl_to_reference=0.1, perplexity_before=20, perplexity_after=21
+    )
     assert health.verdict == "healthy"
     assert any("Learning signal" in f for f in health.findings)
     assert any("90% of held-out pairs" in f for f in health.findings)
@@ -120,6 +128,12 @@ def test_memorised_not_generalised():
     health = read_health(rows(), heldout_accuracy=0.5)
     assert health.verdict == "warning"
     assert any(f.startswith("Memorised, not generalised") for f in health.findings)
+
+
+def test_heldout_at_chance_is_no_generalisation():
+    health = read_health(rows(rewards__accuracies=[0, 1, 0, 1, 1, 0]), heldout_accuracy=0.5)
+    assert health.verdict == "warning"
+    assert any(f.startswith("No generalisation: only 50%") for f in health.findings)
 
 
 def test_likelihood_displacement():

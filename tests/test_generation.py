@@ -19,7 +19,9 @@ def test_batched_equals_one_at_a_time(request, fixture):
 def test_greedy_is_deterministic_and_sampling_is_seeded(tiny_chat):
     greedy = GenerationSettings(max_new_tokens=10)
     assert generate(tiny_chat, PROMPTS, greedy) == generate(tiny_chat, PROMPTS, greedy)
-    sampled = [generate(tiny_chat, PROMPTS, GenerationSettings(max_new_tokens=10, do_sample=True, seed=s)) for s in (1, 1, 2)]
+    sampled = [
+        generate(tiny_chat, PROMPTS, GenerationSettings(max_new_tokens=10, do_sample=True, seed=s)) for s in (1, 1, 2)
+    ]
     assert sampled[0] == sampled[1]
     assert sampled[0] != sampled[2]
 

@@ -53,8 +53,11 @@ def test_validation_names_row_and_problem():
 
 
 def test_preset_file_problems_are_reported_with_their_section():
-    data = {"eval_prompts": ["hi"], "pairs": [{"prompt": "q", "chosen": "a", "rejected": "a"}],
-            "heldout_pairs": [{"prompt": "q", "chosen": "a"}]}
+    data = {
+        "eval_prompts": ["hi"],
+        "pairs": [{"prompt": "q", "chosen": "a", "rejected": "a"}],
+        "heldout_pairs": [{"prompt": "q", "chosen": "a"}],
+    }
     with pytest.raises(DatasetError, match="held-out pairs row 1: missing 'rejected'"):
         preset_from_dict(data, "mine.json")
 
@@ -65,19 +68,26 @@ def test_import_standard_jsonl_and_export_round_trip(tmp_path, pairs):
 
 
 def test_import_conversational_json(tmp_path):
-    rows = [{"prompt": [{"role": "user", "content": "Hi?"}],
-             "chosen": [{"role": "assistant", "content": "Hello!"}],
-             "rejected": [{"role": "assistant", "content": "Go away."}]}]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": "Hi?"}],
+            "chosen": [{"role": "assistant", "content": "Hello!"}],
+            "rejected": [{"role": "assistant", "content": "Go away."}],
+        }
+    ]
     path = tmp_path / "conv.json"
     path.write_text(json.dumps(rows))
     assert import_pairs(path).pairs == [PreferencePair("Hi?", "Hello!", "Go away.")]
 
 
 def test_import_ultrafeedback_binarized_messages(tmp_path):
-    row = {"prompt": "Name a colour.",
-           "chosen": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
-           "rejected": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "No."}],
-           "score_chosen": 8.0, "score_rejected": 2.0}
+    row = {
+        "prompt": "Name a colour.",
+        "chosen": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
+        "rejected": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "No."}],
+        "score_chosen": 8.0,
+        "score_rejected": 2.0,
+    }
     path = tmp_path / "uf.jsonl"
     path.write_text(json.dumps(row) + "\n" + json.dumps(row | {"prompt": "Name a fruit."}) + "\n")
     got = import_pairs(path).pairs
@@ -121,7 +131,11 @@ def test_hh_transcript_single_turn_keeps_plain_prompt(tmp_path):
         ('{"prompt": "q", "chosen": "a"', "broken.json", "not valid JSON \\(line 1"),
         ('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{oops}\n', "rows.jsonl", "line 2 is not valid JSON"),
         ('[{"text": "hello"}]', "other.json", "row 1: needs 'chosen' and 'rejected'"),
-        ('[{"prompt": "q", "chosen": "a", "rejected": "a"}]', "same.json", "row 1: 'chosen' and 'rejected' are identical"),
+        (
+            '[{"prompt": "q", "chosen": "a", "rejected": "a"}]',
+            "same.json",
+            "row 1: 'chosen' and 'rejected' are identical",
+        ),
         ("[]", "empty.json", "no preference pairs"),
     ],
 )
@@ -166,12 +180,14 @@ def test_dataset_file_in_preset_format_is_used_as_given(tmp_path):
 
 
 def test_unusable_rows_are_skipped_and_named(tmp_path):
-    rows = [{"prompt": "q1", "chosen": "a", "rejected": "b"}, {"prompt": "q2", "chosen": "", "rejected": "b"},
-            {"prompt": "q1", "chosen": "a", "rejected": "b"}]
+    rows = [
+        {"prompt": "q1", "chosen": "a", "rejected": "b"},
+        {"prompt": "q2", "chosen": "", "rejected": "b"},
+        {"prompt": "q1", "chosen": "a", "rejected": "b"},
+    ]
     path = tmp_path / "rows.json"
     path.write_text(json.dumps(rows))
     result = import_pairs(path)
     assert result.pairs == [PreferencePair("q1", "a", "b")]
-    assert result.skipped == ["rows.json row 2: 'chosen' is empty.",
-                              "rows.json row 3: duplicate of an earlier row."]
+    assert result.skipped == ["rows.json row 2: 'chosen' is empty.", "rows.json row 3: duplicate of an earlier row."]
     assert "Skipped 2 unusable rows" in result.summary("rows.json")
