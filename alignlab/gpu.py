@@ -1,0 +1,138 @@
+"""ZeroGPU glue: ``spaces.GPU`` where it exists, a no-op elsewhere, and duration estimates.
+
+On a ZeroGPU Space the heavy functions (baseline generation, training, evaluation) run in a
+forked worker that holds a GPU for a *duration* we must declare up front; asking for too little
+kills the run, asking for too much costs the user's quota and queue position. The estimates here
+are computed from the request itself (how many steps, how big the model, how many prompts), so
+a 3-step run on a 135M model asks for far less than 200 steps on a 0.5B one.
+
+Everything else in this module is plain Python: no gradio, no torch at import time, so that it
+can be imported first (``spaces`` wants to be imported before torch initialises CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+try:  # the package is a no-op outside a ZeroGPU Space, but it may not be installed at all
+    import spaces
+except ImportError:  # pragma: no cover - exercised only where spaces is absent
+    spaces = None
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Shortest and longest GPU lease we ask for, in seconds.
+MIN_DURATION = 20
+MAX_DURATION = int(os.environ.get("ALIGNLAB_MAX_GPU_SECONDS", "300"))
+
+#: Parameter counts of the models the app offers by name.
+KNOWN_PARAMETERS: dict[str, int] = {
+    "smollm2-135m-instruct": 135_000_000,
+    "gpt2": 124_000_000,
+    "smollm2-360m-instruct": 362_000_000,
+    "qwen2.5-0.5b-instruct": 494_000_000,
+}
+UNKNOWN_PARAMETERS = 1_000_000_000  # an unknown hub model: assume a large one rather than run out
+
+# Costs on a ZeroGPU slice (H200 MIG), measured on an H200 with margin (DESIGN.md §2-3):
+# one DPO step on 8 pairs of a 135M model ~0.22 s, TRL warm-up 2-4 s, batched generation fast.
+_REFERENCE_PARAMETERS = 135_000_000
+_STEP_SECONDS_PER_PAIR = 0.06  # at the reference size, with a 2x margin
+_TOKEN_SECONDS = 0.03  # one decoding step of a batch at the reference size, with margin
+_LOAD_SECONDS = 8.0  # weights from disk to the GPU, plus the worker's start
+_TRAIN_OVERHEAD_SECONDS = 12.0  # TRL set-up, reference log-probs, saving the policy
+
+
+def on_zero_gpu() -> bool:
+    """True inside a ZeroGPU Space (``SPACES_ZERO_GPU`` set by the platform)."""
+    return spaces is not None and os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+
+
+def gpu(duration: Callable[..., float] | float) -> Callable[[F], F]:
+    """Decorate a heavy function with ``spaces.GPU(duration=...)``; unchanged outside ZeroGPU.
+
+    ``duration`` may be a callable taking the same arguments as the function.
+    """
+
+    def decorate(fn: F) -> F:
+        if spaces is None:
+            return fn
+        return spaces.GPU(duration=duration)(fn)  # returns ``fn`` itself outside ZeroGPU
+
+    return decorate
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+def estimate_parameters(spec: str) -> int:
+    """A model's parameter count without loading it: known names, a local config, or the name."""
+    spec = (spec or "").strip()
+    if spec in KNOWN_PARAMETERS:
+        return KNOWN_PARAMETERS[spec]
+    config_path = Path(spec).expanduser() / "config.json"
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return UNKNOWN_PARAMETERS
+        hidden = config.get("hidden_size") or config.get("n_embd") or 768
+        layers = config.get("num_hidden_layers") or config.get("n_layer") or 12
+        vocab = config.get("vocab_size") or 50_000
+        return int(12 * layers * hidden * hidden + vocab * hidden)
+    match = re.search(r"(\d+(?:\.\d+)?)\s*([mb])\b", spec.lower().replace("-", " ").replace("_", " "))
+    if match:
+        return int(float(match.group(1)) * (1e6 if match.group(2) == "m" else 1e9))
+    return UNKNOWN_PARAMETERS
+
+
+def _scale(spec: str) -> float:
+    return max(0.05, estimate_parameters(spec) / _REFERENCE_PARAMETERS)
+
+
+def _clamp(seconds: float) -> int:
+    return int(min(MAX_DURATION, max(MIN_DURATION, math.ceil(seconds))))
+
+
+def generation_seconds(spec: str, n_prompts: int, max_new_tokens: int) -> float:
+    batches = max(1, math.ceil(n_prompts / 16))
+    return batches * max_new_tokens * _TOKEN_SECONDS * max(1.0, _scale(spec) ** 0.5)
+
+
+def baseline_duration(spec: str, prompts: list[str], generation: dict[str, Any], *args: Any, **kwargs: Any) -> int:
+    """GPU seconds for loading ``spec`` and answering ``prompts`` once."""
+    tokens = int(generation.get("max_new_tokens", 64))
+    return _clamp(_LOAD_SECONDS * _scale(spec) ** 0.5 + generation_seconds(spec, len(prompts), tokens))
+
+
+def train_duration(spec: str, pairs: list[dict[str, str]], settings: dict[str, Any], *args: Any, **kwargs: Any) -> int:
+    """GPU seconds for a DPO run: steps x pairs per step x model size, plus set-up and saving."""
+    batch = int(settings.get("batch_size", 4))
+    steps = settings.get("steps")
+    if steps is None:  # epochs instead of steps
+        steps = math.ceil(max(1, len(pairs)) / batch * float(settings.get("epochs") or 1))
+    per_step = _STEP_SECONDS_PER_PAIR * batch * _scale(spec)
+    return _clamp(_LOAD_SECONDS + _TRAIN_OVERHEAD_SECONDS * _scale(spec) ** 0.5 + int(steps) * per_step)
+
+
+def compare_duration(
+    spec: str,
+    policy_dir: str,
+    preset: dict[str, Any],
+    baseline_outputs: list[str],
+    generation: dict[str, Any],
+    *args: Any,
+    **kwargs: Any,
+) -> int:
+    """GPU seconds for the after-answers and the evidence (held-out scoring, KL, perplexity)."""
+    n_prompts = len(preset.get("eval_prompts", []))
+    n_heldout = len(preset.get("heldout_pairs", []))
+    tokens = int(generation.get("max_new_tokens", 64))
+    scoring = (n_heldout * 4 + n_prompts * 2) * 0.05 * _scale(spec)
+    return _clamp(2 * _LOAD_SECONDS + generation_seconds(spec, n_prompts, tokens) + scoring)

@@ -1,0 +1,212 @@
+"""Step 1, Baseline: pick a model, write eval prompts, record the model's answers before training."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from alignlab.generation import MAX_NEW_TOKENS_LIMIT
+from alignlab.models import ModelLoadError, load_model
+from alignlab.presets import validate_eval_prompts
+from alignlab.ui import jobs
+from alignlab.ui.common import (
+    HEAVY,
+    HEAVY_LIMIT,
+    api_doc,
+    default_model,
+    fail,
+    model_choices,
+    problems_markdown,
+    prompts_from_text,
+    real_number,
+    session_of,
+    whole_number,
+)
+from alignlab.ui.state import Session
+
+INTRO = (
+    "**Step 1 — Baseline.** Record how the model answers *before* training. "
+    "Greedy decoding makes this “before” exactly repeatable, so any change later is caused by training."
+)
+GREEDY, SAMPLING = "greedy (repeatable)", "sampling (seeded)"
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def _load(session: Session, model: str) -> str:
+    """Load ``model`` for ``session`` and describe it in one line."""
+    spec = (model or "").strip() if isinstance(model, str) else ""
+    if not spec:
+        raise fail("Pick a model from the list, or type a Hub id or a local path.", "No model")
+    if len(spec) > 500:
+        raise fail("That model name is too long to be a Hub id or a path.", "Bad model name")
+    if session.training_now:
+        raise fail("Training is running in this session: wait for it to end or press Stop first.")
+    try:
+        loaded = load_model(spec)
+    except ModelLoadError as exc:
+        raise gr.Error(str(exc), title="Model not loaded") from exc
+    except Exception as exc:  # a directory or Hub repo that is not a causal LM, a broken config...
+        raise gr.Error(f"'{spec}' could not be loaded as a language model: {exc}", title="Model not loaded") from exc
+    if session.model_spec != spec:  # another model: earlier answers and training are not comparable
+        session.baseline_outputs = None
+        session.forget_training()
+    session.model_spec = spec
+    session.model_info = {
+        "spec": spec,
+        "parameters": loaded.num_parameters,
+        "chat_template": loaded.is_chat,
+        "source": loaded.source,
+    }
+    kind = "chat model (its chat template wraps each prompt)" if loaded.is_chat else "base model (plain-text prompts)"
+    return f"**Loaded `{spec}`** — {loaded.num_parameters / 1e6:,.1f} M parameters, {kind}."
+
+
+def load_model_ui(model: str, request: gr.Request) -> str:
+    """Load a model for this session (weights are cached, so reloading is fast).
+
+    Args:
+        model: a listed name (smollm2-135m-instruct, gpt2, ...), a Hub id ('owner/name') or a local model path.
+    Returns:
+        One line describing the loaded model (size, chat or base).
+    """
+    return _load(session_of(request), model)
+
+
+def generation_settings(max_new_tokens: Any, decoding: str, seed: Any) -> dict[str, Any]:
+    """Plain generation settings from the widgets, each checked with a message naming its range."""
+    if decoding not in (GREEDY, SAMPLING):
+        raise fail(f"decoding must be '{GREEDY}' or '{SAMPLING}' (got {decoding!r}).", "Out of range")
+    return {
+        "max_new_tokens": whole_number(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS_LIMIT),
+        "do_sample": decoding == SAMPLING,
+        "seed": whole_number(seed, "seed", 0, 2**31 - 1),
+        "temperature": real_number(0.7, "temperature", 0.05, 2.0),
+    }
+
+
+def baseline_ui(
+    model: str, eval_prompts: str, max_new_tokens: float, decoding: str, seed: float, request: gr.Request
+) -> tuple[pd.DataFrame, str]:
+    """Load the model and record its answers to every eval prompt in one batched call.
+
+    Args:
+        model: model spec, as for /load_model.
+        eval_prompts: the prompts to answer, one per line (at most 32).
+        max_new_tokens: answer length cap in tokens (1-512).
+        decoding: 'greedy (repeatable)' or 'sampling (seeded)'.
+        seed: seed for sampling (ignored when greedy).
+    Returns:
+        A table of (prompt, answer) rows, and a status line.
+    """
+    session = session_of(request)
+    prompts = prompts_from_text(eval_prompts)
+    if not prompts:
+        raise fail("Write at least one eval prompt (one per line) before recording the baseline.", "No prompts")
+    problems = validate_eval_prompts(prompts)
+    if problems:
+        raise gr.Error(problems_markdown(problems), title="Eval prompts")
+    generation = generation_settings(max_new_tokens, decoding, seed)
+    _load(session, model)
+    started = time.perf_counter()
+    outputs = jobs.baseline_job(session.model_spec, prompts, generation)
+    seconds = time.perf_counter() - started
+    session.eval_prompts, session.generation, session.baseline_outputs = prompts, generation, outputs
+    session.report = None
+    session.timings = {"baseline": seconds}
+    table = pd.DataFrame({"prompt": prompts, "answer before training": outputs})
+    status = (
+        f"**Recorded {len(outputs)} answers** from `{session.model_spec}` in {seconds:.1f} s. "
+        "Next: check the preference pairs on the **Dataset** tab, then **Train**."
+    )
+    return table, status
+
+
+# --------------------------------------------------------------------------- layout and events
+
+
+def build(eval_prompts: list[str]) -> SimpleNamespace:
+    gr.Markdown(INTRO, elem_classes="al-intro")
+    with gr.Row():
+        model = gr.Dropdown(
+            model_choices(),
+            value=default_model(),
+            allow_custom_value=True,
+            label="Model",
+            info="The embedded SmolLM2-135M runs offline. Or type a Hub id (owner/name) or a local path.",
+            scale=3,
+        )
+        record = gr.Button("Load model and record answers", variant="primary", scale=1, elem_id="baseline-button")
+    model_status = gr.Markdown(label="model", elem_id="model-status")
+    prompts = gr.Textbox(
+        "\n".join(eval_prompts),
+        lines=6,
+        max_lines=14,
+        label="Eval prompts (one per line)",
+        info="The same prompts are answered again after training. They come from the preset on the Dataset tab.",
+        elem_id="eval-prompts",
+    )
+    with gr.Row():
+        max_new_tokens = gr.Number(
+            64, label="Max new tokens", info=f"Answer length cap, 1-{MAX_NEW_TOKENS_LIMIT}. Longer costs time."
+        )
+        decoding = gr.Radio([GREEDY, SAMPLING], value=GREEDY, label="Decoding")
+        seed = gr.Number(0, label="Sampling seed", info="Used only when sampling.")
+    status = gr.Markdown(label="status", elem_id="baseline-status")
+    outputs = gr.Dataframe(
+        headers=["prompt", "answer before training"],
+        column_count=2,
+        interactive=False,
+        wrap=True,
+        label="answers before training",
+        elem_id="baseline-table",
+    )
+    return SimpleNamespace(
+        model=model,
+        record=record,
+        model_status=model_status,
+        prompts=prompts,
+        max_new_tokens=max_new_tokens,
+        decoding=decoding,
+        seed=seed,
+        status=status,
+        outputs=outputs,
+    )
+
+
+def loading_note(model: str) -> str:
+    return f"Loading `{(model or '').strip()}` and answering the prompts…"
+
+
+def load_failed() -> str:
+    return "Nothing recorded: the model could not be loaded (see the message above)."
+
+
+def wire(tab: SimpleNamespace) -> tuple[Any, Any]:
+    """Record = load (``/load_model``) then answer (``/baseline``); returns both events."""
+    note = tab.record.click(loading_note, tab.model, tab.status, api_visibility="private", queue=False)
+    load = note.then(
+        load_model_ui,
+        tab.model,
+        tab.model_status,
+        api_name="load_model",
+        api_description=api_doc(load_model_ui),
+        concurrency_id=HEAVY,
+        concurrency_limit=HEAVY_LIMIT,
+    )
+    load.failure(load_failed, None, tab.status, api_visibility="private", queue=False)
+    record = load.success(
+        baseline_ui,
+        [tab.model, tab.prompts, tab.max_new_tokens, tab.decoding, tab.seed],
+        [tab.outputs, tab.status],
+        api_name="baseline",
+        api_description=api_doc(baseline_ui),
+        concurrency_id=HEAVY,
+        concurrency_limit=HEAVY_LIMIT,
+    )
+    return load, record

@@ -1,0 +1,200 @@
+"""The app: a header, the four tabs, the presenter's "Run the whole lab" button, and the wiring.
+
+Each tab lives in its own module (layout + handlers); this file joins them, adds the events that
+cross tabs (Stop, the whole-lab chain, session clean-up) and the public ``/run_lab`` endpoint.
+No ``from __future__ import annotations`` here: ``gr.api`` reads the real type hints of
+:func:`run_lab` to type the endpoint.
+"""
+
+import os
+from typing import Any
+
+import gradio as gr
+
+from alignlab.presets import DatasetError, load_preset
+from alignlab.training import TrainingSettings
+from alignlab.ui import baseline_tab, compare_tab, dataset_tab, train_tab
+from alignlab.ui.common import (
+    HEAVY,
+    HEAVY_LIMIT,
+    STORE,
+    api_doc,
+    close_session,
+    default_model,
+    fail,
+    session_of,
+    table_from_pairs,
+)
+
+DEFAULTS = TrainingSettings()
+
+HEADER = (
+    "# AlignLab\n"
+    "Watch preference training (**DPO**) change a small language model, live. "
+    "Record its answers, write pairs of better and worse answers, train, then see what changed — and what it cost."
+)
+
+CSS = """
+.gradio-container { font-size: 1.15rem; max-width: 1400px !important; }
+.al-intro p { font-size: 1.2rem; line-height: 1.5; }
+#train-status p, #compare-summary h2 { font-size: 1.35rem; }
+table.al-compare { width: 100%; border-collapse: collapse; font-size: 1.1rem; }
+table.al-compare th { text-align: left; padding: 6px; border-bottom: 2px solid #888; width: 50%; }
+table.al-compare td { vertical-align: top; padding: 6px 8px; }
+td.al-prompt { font-weight: 600; padding-top: 16px !important; border-top: 1px solid #ccc; }
+del.al-del { background: #fdd; color: #900; text-decoration: line-through; }
+ins.al-ins { background: #dfd; color: #060; text-decoration: none; font-weight: 600; }
+.al-badge { font-size: 0.85rem; padding: 1px 8px; border-radius: 10px; margin-left: 8px; font-weight: 500; }
+.al-changed { background: #2563eb; color: white; }
+.al-same { background: #ddd; color: #333; }
+"""
+
+
+def launch_options() -> dict[str, Any]:
+    """Arguments for ``demo.launch``: in Gradio 6 the theme and CSS go here, not to ``Blocks``."""
+    return {
+        "theme": gr.themes.Soft(primary_hue="indigo", text_size=gr.themes.sizes.text_lg),
+        "css": CSS,
+        "footer_links": ["api", "gradio"],
+        "max_file_size": "20mb",  # the importer's own limit; larger uploads are refused before they land
+    }
+
+
+def run_lab(
+    model: str = "",
+    preset: str = dataset_tab.DEFAULT_PRESET,
+    steps: int = DEFAULTS.steps,
+    beta: float = DEFAULTS.beta,
+    learning_rate: float = DEFAULTS.learning_rate,
+    batch_size: int = DEFAULTS.batch_size,
+    loss_type: str = DEFAULTS.loss_type,
+    seed: int = DEFAULTS.seed,
+    max_new_tokens: int = 64,
+    request: gr.Request = None,
+) -> dict:
+    """Run the whole lab on a preset: baseline, train, compare. Returns the report JSON.
+
+    Args:
+        model: model spec (a listed name, a Hub id or a local path); empty means the app's default model.
+        preset: preset id: seed-lab, concise or warm-tone.
+        steps: DPO optimizer steps, 1-500.
+        beta: DPO β, 0.01-1.0.
+        learning_rate: 1e-7 to 1e-3.
+        batch_size: pairs per step, 1-64.
+        loss_type: sigmoid (DPO), ipo, hinge, robust, apo_zero, sppo_hard, nca_pair or bco_pair.
+        seed: training seed.
+        max_new_tokens: answer length for the eval prompts, 1-512.
+    Returns:
+        The report: model, settings, baseline_outputs, aligned_outputs, changed, log_history, health, eval, timings.
+    """
+    try:
+        lab = load_preset(preset)
+    except DatasetError as exc:
+        raise gr.Error(str(exc), title="Unknown preset") from exc
+    train_tab.settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed)  # fail before loading
+    baseline_tab.baseline_ui(
+        model or default_model(), "\n".join(lab.eval_prompts), max_new_tokens, baseline_tab.GREEDY, 0, request
+    )
+    for _ in train_tab.train_ui(
+        table_from_pairs(lab.pairs),
+        table_from_pairs(lab.heldout_pairs),
+        beta,
+        learning_rate,
+        steps,
+        batch_size,
+        loss_type,
+        seed,
+        request,
+    ):
+        pass
+    session = session_of(request)
+    if session.policy_dir is None:
+        raise fail("Training stopped before the first step ended, so there is nothing to compare.", "Stopped")
+    session.preset_id = lab.id
+    compare_tab.compare_ui(request)
+    return session.report
+
+
+def prepare_lab(preset_id: str) -> tuple[Any, ...]:
+    """The presenter chain's first link: load the chosen preset into every tab, show the Baseline tab."""
+    return (*dataset_tab.load_preset_ui(preset_id), gr.Tabs(selected="baseline"))
+
+
+def show_tab(name: str) -> Any:
+    def select() -> Any:
+        return gr.Tabs(selected=name)
+
+    return select
+
+
+def build_app() -> gr.Blocks:
+    """The whole app, queued. Launch it with ``demo.launch(**launch_options())``."""
+    preset = load_preset(os.environ.get("ALIGNLAB_DEFAULT_PRESET", dataset_tab.DEFAULT_PRESET))
+    # delete_cache: Gradio's copies of downloads (reports, exports) older than 2 h, checked hourly.
+    with gr.Blocks(title="AlignLab — see DPO change a model", delete_cache=(3600, 7200)) as demo:
+        with gr.Row(equal_height=True):
+            gr.Markdown(HEADER, elem_id="header")
+            run_all = gr.Button(
+                "Run the whole lab", variant="secondary", scale=0, min_width=260, elem_id="run-lab-button"
+            )
+        with gr.Tabs() as tabs:
+            with gr.Tab("1 · Baseline", id="baseline"):
+                baseline = baseline_tab.build(preset.eval_prompts)
+            with gr.Tab("2 · Dataset", id="dataset"):
+                dataset = dataset_tab.build(preset)
+            with gr.Tab("3 · Train", id="train"):
+                train = train_tab.build()
+            with gr.Tab("4 · Compare", id="compare"):
+                compare = compare_tab.build()
+
+        baseline_tab.wire(baseline)
+        dataset_tab.wire(dataset, baseline.prompts)
+        train_event = train_tab.wire(train, dataset)
+        compare_tab.wire(compare)
+
+        # Presenter mode: the same handlers as the tabs, chained, each tab shown as its step runs.
+        heavy = {"concurrency_id": HEAVY, "concurrency_limit": HEAVY_LIMIT, "api_visibility": "private"}
+        private = {"api_visibility": "private", "queue": False}
+        lab_train = (
+            run_all.click(
+                prepare_lab,
+                dataset.preset_id,
+                [dataset.description, dataset.pairs, dataset.heldout, baseline.prompts, dataset.validation, tabs],
+                **private,
+            )
+            .success(baseline_tab.load_model_ui, baseline.model, baseline.model_status, **heavy)
+            .success(
+                baseline_tab.baseline_ui,
+                [baseline.model, baseline.prompts, baseline.max_new_tokens, baseline.decoding, baseline.seed],
+                [baseline.outputs, baseline.status],
+                **heavy,
+            )
+            .success(show_tab("train"), None, tabs, **private)
+            .success(train_tab.train_ui, train_tab.inputs(train, dataset), train_tab.outputs(train), **heavy)
+        )
+        lab_train.success(show_tab("compare"), None, tabs, **private).success(
+            compare_tab.compare_ui, None, compare_tab.outputs(compare), **heavy
+        )
+
+        # Stop: cancel this session's streaming event, and tell its training thread to stop now.
+        train.stop.click(None, None, None, cancels=[train_event, lab_train])
+        train.stop.click(
+            train_tab.stop_ui,
+            None,
+            train_tab.outputs(train),
+            api_name="stop",
+            api_description=api_doc(train_tab.stop_ui),
+            concurrency_limit=None,
+        )
+
+        gr.api(
+            run_lab,
+            api_name="run_lab",
+            api_description=api_doc(run_lab),
+            concurrency_id=HEAVY,
+            concurrency_limit=HEAVY_LIMIT,
+        )
+        demo.unload(close_session)
+    demo.queue(default_concurrency_limit=None, max_size=int(os.environ.get("ALIGNLAB_QUEUE_SIZE", "64")))
+    demo.session_store = STORE  # for tests and operators: who is here, and clean-up
+    return demo

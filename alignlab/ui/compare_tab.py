@@ -1,0 +1,171 @@
+"""Step 4, Compare: before vs after on the same prompts, and the evidence that the change is real."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import gradio as gr
+
+from alignlab.evaluation import HEAVY_KL, HEAVY_PPL_RATIO
+from alignlab.ui import jobs
+from alignlab.ui.common import HEAVY, HEAVY_LIMIT, api_doc, fail, session_of
+from alignlab.ui.diff import comparison_html
+from alignlab.ui.train_tab import health_markdown
+
+INTRO = (
+    "**Step 4 — Compare.** The same prompts, before and after. The **alignment tax** is what training cost "
+    "elsewhere: drift from the original model (KL) and worse fluency on unrelated text (perplexity)."
+)
+
+
+# --------------------------------------------------------------------------- readings
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def heldout_reading(accuracy: float | None, margin: float | None) -> str:
+    if accuracy is None or not math.isfinite(accuracy):
+        return "No held-out pairs: add some on the Dataset tab to test whether the preference generalises."
+    if accuracy >= 0.75:
+        reading = "most pairs it never saw are ranked the right way: the preference generalises."
+    elif accuracy > 0.5:
+        reading = "better than a coin flip, but the preference only partly generalises."
+    else:
+        reading = "no better than a coin flip: it learned the training pairs, not the preference."
+    return f"**{accuracy:.0%}** of held-out pairs preferred correctly (mean margin {_fmt(margin, '+.3f')}) — {reading}"
+
+
+def kl_reading(kl: float | None) -> str:
+    if kl is None or not math.isfinite(kl):
+        return "KL drift could not be measured."
+    if kl < 0.05:
+        reading = "the model barely moved from the original."
+    elif kl <= HEAVY_KL:
+        reading = "a moderate, deliberate move away from the original."
+    else:
+        reading = "a large move away from the original: a high alignment tax (raise β or train fewer steps)."
+    return f"**KL drift {kl:.3f}** nats/token — {reading}"
+
+
+def perplexity_reading(before: float | None, after: float | None) -> str:
+    if not before or not after or not math.isfinite(before) or not math.isfinite(after):
+        return "Perplexity could not be measured."
+    ratio = after / before
+    if ratio < 1.1:
+        reading = "general fluency on unrelated text is intact."
+    elif ratio <= HEAVY_PPL_RATIO:
+        reading = "a small loss of fluency on unrelated text."
+    else:
+        reading = "fluency on unrelated text got much worse: training damaged general ability."
+    return f"**Perplexity {before:.1f} → {after:.1f}** (×{ratio:.2f}) — {reading}"
+
+
+def evidence_markdown(evaluation: dict[str, Any]) -> str:
+    return "\n\n".join(
+        [
+            "### Evidence",
+            "- " + heldout_reading(evaluation.get("heldout_reward_accuracy"), evaluation.get("heldout_mean_margin")),
+            "- " + kl_reading(evaluation.get("kl_to_reference")),
+            "- " + perplexity_reading(evaluation.get("perplexity_before"), evaluation.get("perplexity_after")),
+        ]
+    )
+
+
+def report_views(report: dict[str, Any], report_path: str | None) -> tuple[Any, ...]:
+    """The Compare tab's outputs from a report dict."""
+    prompts = [row["prompt"] for row in report["baseline_outputs"]]
+    before = [row["text"] for row in report["baseline_outputs"]]
+    after = [row["text"] for row in report["aligned_outputs"]]
+    stopped = " (training was stopped early)" if report["settings"].get("stopped_early") else ""
+    summary = f"## {report['changed']} of {len(prompts)} answers changed{stopped}"
+    health = report["health"]
+    return (
+        summary,
+        comparison_html(prompts, before, after),
+        evidence_markdown(report["eval"]),
+        health_markdown(health["verdict"], health["findings"], "Health verdict"),
+        report_path,
+        report,
+    )
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def compare_ui(request: gr.Request) -> tuple[Any, ...]:
+    """Answer the baseline's prompts with the trained model and gather the evidence; needs /train first.
+
+    Returns:
+        (summary, before/after HTML, evidence, health verdict, report file, report JSON).
+    """
+    session = session_of(request)
+    if not session.baseline_outputs or not session.model_spec:
+        raise fail("Record the baseline first (Baseline tab), then train (Train tab), then compare.")
+    if session.training_now:
+        raise fail("Training is still running: wait for it to finish (or press Stop), then compare.")
+    if session.training is None or session.policy_dir is None or not session.policy_dir.is_dir():
+        raise fail("Train first (Train tab): there is no trained model to compare with yet.")
+    preset = {
+        "id": session.preset_id or "custom",
+        "eval_prompts": session.eval_prompts,
+        "pairs": jobs.pairs_to_dicts(session.pairs),
+        "heldout_pairs": jobs.pairs_to_dicts(session.heldout_pairs),
+    }
+    report = jobs.compare_job(
+        session.model_spec,
+        str(session.policy_dir),
+        preset,
+        session.baseline_outputs,
+        session.generation,
+        session.training,
+        dict(session.timings),
+    )
+    session.report = report
+    path = session.path("alignlab-report.json")
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    return report_views(report, str(path))
+
+
+# --------------------------------------------------------------------------- layout and events
+
+
+def build() -> SimpleNamespace:
+    gr.Markdown(INTRO, elem_classes="al-intro")
+    run = gr.Button("Compare before and after", variant="primary", elem_id="compare-button")
+    summary = gr.Markdown(label="summary", elem_id="compare-summary")
+    health = gr.Markdown(label="health", elem_id="compare-health")
+    evidence = gr.Markdown(label="evidence", elem_id="compare-evidence")
+    table = gr.HTML(label="before and after", elem_id="compare-table")
+    report_file = gr.File(label="report file", interactive=False, elem_id="report-file")
+    with gr.Accordion("Report JSON", open=False):
+        report_json = gr.JSON(label="report", elem_id="report-json")
+    return SimpleNamespace(
+        run=run,
+        summary=summary,
+        table=table,
+        evidence=evidence,
+        health=health,
+        report_file=report_file,
+        report_json=report_json,
+    )
+
+
+def outputs(tab: SimpleNamespace) -> list[Any]:
+    return [tab.summary, tab.table, tab.evidence, tab.health, tab.report_file, tab.report_json]
+
+
+def wire(tab: SimpleNamespace) -> Any:
+    return tab.run.click(
+        compare_ui,
+        None,
+        outputs(tab),
+        api_name="compare",
+        api_description=api_doc(compare_ui),
+        concurrency_id=HEAVY,
+        concurrency_limit=HEAVY_LIMIT,
+    )

@@ -1,0 +1,173 @@
+"""The heavy work, each piece a function that may run in a ZeroGPU worker.
+
+On ZeroGPU these functions run in a forked process: their arguments, return values and every
+yielded value are pickled, nothing they change flows back, and only a ``gr.Error`` reaches the
+user with its message (any other exception becomes a generic worker error). So they take and
+return plain data (strings, lists, dicts), the trained policy is *saved to the session's
+directory* rather than returned, and every expected failure is turned into a ``gr.Error``.
+Locally (no ZeroGPU) the decorator is a no-op and they are ordinary functions.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import torch
+from transformers import AutoModelForCausalLM
+
+from alignlab import gpu
+from alignlab.evaluation import gather_evidence
+from alignlab.generation import GenerationSettings, GenerationSettingsError, generate
+from alignlab.lab import build_report
+from alignlab.models import LoadedModel, ModelLoadError, load_model
+from alignlab.presets import DatasetError, PreferencePair, Preset
+from alignlab.training import (
+    CancelToken,
+    SettingsError,
+    TrainingResult,
+    TrainingSettings,
+    save_policy,
+    stream_dpo,
+)
+from alignlab.ui.state import RUN_TOKENS
+
+_EXPECTED = (ModelLoadError, DatasetError, SettingsError, GenerationSettingsError)
+
+
+def _load(spec: str) -> LoadedModel:
+    try:
+        return load_model(spec)
+    except ModelLoadError as exc:
+        raise gr.Error(str(exc), title="Model not loaded") from exc
+
+
+def pairs_to_dicts(pairs: list[PreferencePair]) -> list[dict[str, str]]:
+    return [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+
+
+def pairs_from_dicts(rows: list[dict[str, str]]) -> list[PreferencePair]:
+    return [PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+
+
+@gpu.gpu(duration=gpu.baseline_duration)
+def baseline_job(spec: str, prompts: list[str], generation: dict[str, Any]) -> list[str]:
+    """Load ``spec`` and answer every prompt in one batched call."""
+    loaded = _load(spec)
+    try:
+        return generate(loaded, prompts, GenerationSettings(**generation))
+    except GenerationSettingsError as exc:
+        raise gr.Error(str(exc), title="Generation settings") from exc
+
+
+def save_trained_policy(policy: torch.nn.Module, tokenizer: Any, directory: str | Path) -> str:
+    """Save the policy as a complete model (a LoRA adapter is merged first) and return the path."""
+    directory = Path(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+    if hasattr(policy, "merge_and_unload"):  # a PEFT model: keep one self-contained model
+        policy = policy.merge_and_unload()
+    save_policy(policy, tokenizer, directory)
+    return str(directory)
+
+
+@gpu.gpu(duration=gpu.train_duration)
+def train_job(
+    spec: str, pairs: list[dict[str, str]], settings: dict[str, Any], policy_dir: str, run_id: str
+) -> Iterator[dict[str, Any]]:
+    """Stream a DPO run as plain dicts: one ``log`` per step, then ``end`` (policy saved to disk).
+
+    Closing this generator stops the run at the end of the current step.
+    """
+    loaded = _load(spec)
+    try:
+        training = TrainingSettings.from_dict(settings)
+    except (SettingsError, TypeError) as exc:
+        raise gr.Error(str(exc), title="Training settings") from exc
+    cancel = RUN_TOKENS.get(run_id) or CancelToken()
+    events = stream_dpo(loaded, pairs_from_dicts(pairs), training, cancel)
+    try:
+        for event in events:
+            if event.kind == "log":
+                yield {
+                    "kind": "log",
+                    "step": event.step,
+                    "total_steps": event.total_steps,
+                    "elapsed": event.elapsed,
+                    "row": dict(event.row),
+                }
+                continue
+            result = event.result
+            saved = None
+            if result is not None and result.steps_done > 0:
+                saved = save_trained_policy(result.policy, loaded.tokenizer, policy_dir)
+            yield {
+                "kind": "end",
+                "step": event.step,
+                "total_steps": event.total_steps,
+                "elapsed": event.elapsed,
+                "log_history": [dict(row) for row in result.log_history] if result else [],
+                "steps_done": result.steps_done if result else 0,
+                "stopped_early": result.stopped_early if result else True,
+                "seconds": result.seconds if result else event.elapsed,
+                "policy_dir": saved,
+            }
+            return
+    except _EXPECTED as exc:
+        raise gr.Error(str(exc), title="Training") from exc
+    except (RuntimeError, ValueError) as exc:  # e.g. a model TRL cannot train; say what happened
+        raise gr.Error(f"Training failed: {exc}", title="Training failed") from exc
+    finally:
+        cancel.cancel()
+        events.close()
+
+
+@gpu.gpu(duration=gpu.compare_duration)
+def compare_job(
+    spec: str,
+    policy_dir: str,
+    preset: dict[str, Any],
+    baseline_outputs: list[str],
+    generation: dict[str, Any],
+    training: dict[str, Any],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """Answer the eval prompts with the trained policy, gather the evidence, return the report."""
+    loaded = _load(spec)
+    started = time.perf_counter()
+    policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).to(loaded.device)
+    policy.eval()
+    lab_preset = Preset(
+        id=preset.get("id", "custom"),
+        title=preset.get("title", "custom"),
+        description=preset.get("description", ""),
+        eval_prompts=list(preset["eval_prompts"]),
+        pairs=pairs_from_dicts(preset["pairs"]),
+        heldout_pairs=pairs_from_dicts(preset.get("heldout_pairs", [])),
+    )
+    try:
+        generation_settings = GenerationSettings(**generation)
+        settings = TrainingSettings.from_dict(training["settings"])
+    except _EXPECTED as exc:
+        raise gr.Error(str(exc)) from exc
+    aligned = generate(loaded, lab_preset.eval_prompts, generation_settings, model=policy)
+    evidence = gather_evidence(
+        policy, loaded, lab_preset.heldout_pairs, lab_preset.eval_prompts, aligned, settings.beta
+    )
+    result = TrainingResult(
+        policy=policy,
+        log_history=training["log_history"],
+        steps_done=training["steps_done"],
+        total_steps=training["total_steps"],
+        stopped_early=training["stopped_early"],
+        seconds=training["seconds"],
+        settings=settings,
+    )
+    timings = {**timings, "evaluate": time.perf_counter() - started}
+    timings["total"] = sum(v for k, v in timings.items() if k != "total")
+    return build_report(
+        loaded, lab_preset, settings, generation_settings, baseline_outputs, aligned, result, evidence, timings
+    )

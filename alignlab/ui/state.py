@@ -1,0 +1,179 @@
+"""Per-session state: what one visitor (or one API client) has done so far.
+
+Module globals are shared by every user of a Space, so all per-user data lives in a
+:class:`Session`, kept in a :class:`SessionStore` keyed by Gradio's ``session_hash`` (a browser
+tab, or one ``gradio_client.Client``). Each session owns a directory for its trained policy, its
+report and its exports; the directory is deleted when the tab closes (``demo.unload``), when the
+session has been idle longer than ``ttl`` seconds, or when the app exits.
+
+Nothing here imports gradio: the store is plain Python and is tested as such.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignlab.presets import PreferencePair
+from alignlab.training import CancelToken
+
+#: Cancel tokens of the runs in progress, by run id. A heavy job looks its token up here: in the
+#: same process (a local run) Stop reaches it at once; in a forked ZeroGPU worker it finds a copy
+#: that never fires, and closing the stream is what stops the run.
+RUN_TOKENS: dict[str, CancelToken] = {}
+
+
+@dataclass
+class Run:
+    """A training run in progress: how to stop it and how to know it has finished."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    cancel: CancelToken = field(default_factory=CancelToken)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        RUN_TOKENS[self.id] = self.cancel
+
+    def finish(self) -> None:
+        RUN_TOKENS.pop(self.id, None)
+        self.done.set()
+
+
+@dataclass
+class Session:
+    """Everything one user's lab has produced; the handlers read and update it."""
+
+    key: str
+    directory: Path
+    last_seen: float = field(default_factory=time.monotonic)
+    model_spec: str | None = None
+    model_info: dict[str, Any] | None = None
+    eval_prompts: list[str] = field(default_factory=list)
+    generation: dict[str, Any] = field(default_factory=dict)
+    baseline_outputs: list[str] | None = None
+    pairs: list[PreferencePair] = field(default_factory=list)
+    heldout_pairs: list[PreferencePair] = field(default_factory=list)
+    preset_id: str = ""
+    log_rows: list[dict[str, Any]] = field(default_factory=list)
+    training: dict[str, Any] | None = None
+    policy_dir: Path | None = None
+    report: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    run: Run | None = None
+
+    @property
+    def training_now(self) -> bool:
+        return self.run is not None and not self.run.done.is_set()
+
+    def path(self, name: str) -> Path:
+        """A file or folder inside this session's private directory (created on first use)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return self.directory / name
+
+    def forget_training(self) -> None:
+        """A new baseline or a new run makes earlier results stale."""
+        self.log_rows = []
+        self.training = None
+        self.report = None
+        if self.policy_dir is not None:
+            shutil.rmtree(self.policy_dir, ignore_errors=True)
+            self.policy_dir = None
+
+
+class SessionStore:
+    """Sessions by key, each with its own directory under ``root``; idle ones expire."""
+
+    def __init__(self, root: Path | None = None, ttl: float = 2 * 3600) -> None:
+        self._root = Path(root) if root is not None else None
+        self.ttl = ttl
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def root(self) -> Path:
+        """Where session directories go: ``$ALIGNLAB_SESSIONS``, else the system's temp directory.
+
+        Gradio serves downloads only from the working directory or the temp directory, and
+        session files are disposable, so they do not belong in the model cache.
+        """
+        if self._root is not None:
+            return self._root
+        return Path(os.environ.get("ALIGNLAB_SESSIONS") or Path(tempfile.gettempdir()) / "alignlab-sessions")
+
+    @root.setter
+    def root(self, value: Path) -> None:
+        self._root = Path(value)
+
+    def get(self, key: str | None) -> Session:
+        """The session for ``key``, created on first use; also expires idle sessions."""
+        key = key or "anonymous"
+        self.expire()
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is None:
+                session = Session(key=key, directory=self.root / uuid.uuid4().hex)
+                self._sessions[key] = session
+            session.last_seen = time.monotonic()
+            return session
+
+    def peek(self, key: str | None) -> Session | None:
+        with self._lock:
+            return self._sessions.get(key or "anonymous")
+
+    def sessions(self) -> dict[str, Session]:
+        """A snapshot of the live sessions by key (for operators and tests)."""
+        with self._lock:
+            return dict(self._sessions)
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._sessions
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def close(self, key: str | None) -> None:
+        """End a session: stop its run, then delete its directory (after the run has stopped)."""
+        with self._lock:
+            session = self._sessions.pop(key or "anonymous", None)
+        if session is not None:
+            _dispose(session)
+
+    def expire(self, now: float | None = None) -> list[str]:
+        """Close every session idle for longer than ``ttl``; returns their keys."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            stale = [k for k, s in self._sessions.items() if now - s.last_seen > self.ttl and not s.training_now]
+            sessions = [self._sessions.pop(k) for k in stale]
+        for session in sessions:
+            _dispose(session)
+        return stale
+
+    def close_all(self) -> None:
+        with self._lock:
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        for session in sessions:
+            _dispose(session)
+
+
+def _dispose(session: Session) -> None:
+    run = session.run
+    if run is not None and not run.done.is_set():
+        run.cancel.cancel()
+
+        def wait_then_delete() -> None:
+            run.done.wait(timeout=600)
+            shutil.rmtree(session.directory, ignore_errors=True)
+
+        threading.Thread(target=wait_then_delete, name="alignlab-session-cleanup", daemon=True).start()
+    else:
+        shutil.rmtree(session.directory, ignore_errors=True)

@@ -1,0 +1,264 @@
+"""End-to-end API tests: the real app on a real Gradio server, driven through gradio_client.
+
+The app runs in-process on the tiny random model (``ALIGNLAB_DEFAULT_MODEL``), so every endpoint,
+including the streaming ``/train``, Stop and the error paths, runs for real in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+gr = pytest.importorskip("gradio")
+from gradio_client import Client  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+from gradio_client.utils import Status  # noqa: E402
+
+ENDPOINTS = {"/load_model", "/baseline", "/validate_dataset", "/train", "/compare", "/run_lab", "/export", "/stop"}
+REPORT_KEYS = {
+    "model",
+    "settings",
+    "baseline_outputs",
+    "aligned_outputs",
+    "changed",
+    "log_history",
+    "health",
+    "eval",
+    "timings",
+}
+
+
+@pytest.fixture(scope="module")
+def app(tiny_chat_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The app on the tiny model, launched in this process; yields (demo, url)."""
+    os.environ["ALIGNLAB_DEFAULT_MODEL"] = str(tiny_chat_dir)
+    from alignlab.ui import build_app, launch_options, train_tab
+
+    redraw, train_tab.MIN_REDRAW_SECONDS = train_tab.MIN_REDRAW_SECONDS, 0.0  # one update per step, however fast
+    demo = build_app()
+    demo.session_store.root = tmp_path_factory.mktemp("sessions")
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_options())
+    yield demo, url
+    demo.close()
+    demo.session_store.close_all()
+    train_tab.MIN_REDRAW_SECONDS = redraw
+
+
+@pytest.fixture(scope="module")
+def trained(app):
+    """One client that has recorded a baseline and trained (shared by the tests that need it)."""
+    _, url = app
+    client = Client(url, verbose=False)
+    client.predict(api_name="/baseline")
+    *_, last = list(client.submit(steps=4, api_name="/train"))
+    assert "Finished 4 of 4 steps" in last[0]
+    return client
+
+
+def error_of(call) -> str:
+    with pytest.raises(AppError) as info:
+        call()
+    return str(info.value)
+
+
+def wait_until(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_every_contract_endpoint_is_public_and_documented(app) -> None:
+    client = Client(app[1], verbose=False)
+    api = client.view_api(return_format="dict", print_info=False)
+    assert set(api["named_endpoints"]) >= ENDPOINTS
+    train = api["named_endpoints"]["/train"]
+    names = [p["parameter_name"] for p in train["parameters"]]
+    assert names == ["pairs", "heldout_pairs", "beta", "learning_rate", "steps", "batch_size", "loss_type", "seed"]
+    for name in ENDPOINTS:
+        assert api["named_endpoints"][name]["description"], f"{name} has no description"
+    assert "beta — DPO β, 0.01-1.0" in train["description"]  # each input's range is documented
+    lab = api["named_endpoints"]["/run_lab"]
+    assert {p["parameter_name"]: p["type"]["type"] for p in lab["parameters"]}["steps"] == "integer"
+
+
+def test_out_of_order_clicks_say_what_to_do_first(app) -> None:
+    client = Client(app[1], verbose=False)
+    assert "Record the baseline first" in error_of(lambda: client.predict(api_name="/compare"))
+    assert "Record the baseline first" in error_of(lambda: client.submit(api_name="/train").result())
+    client.predict(api_name="/baseline")
+    assert "Train first" in error_of(lambda: client.predict(api_name="/compare"))
+    empty = {"headers": ["prompt", "chosen", "rejected"], "data": []}
+    assert "no training pairs" in error_of(lambda: client.submit(pairs=empty, api_name="/train").result())
+
+
+def test_journey_load_baseline_train_streams_compare_export(app, tiny_chat_dir: Path) -> None:
+    client = Client(app[1], verbose=False)
+    assert "Loaded" in client.predict(str(tiny_chat_dir), api_name="/load_model")
+
+    table, status = client.predict(max_new_tokens=16, api_name="/baseline")
+    assert "Recorded 7 answers" in status
+    assert len(table["data"]) == 7 and all(row[1] for row in table["data"])
+    assert "Ready" in client.predict(api_name="/validate_dataset")
+
+    job = client.submit(steps=5, api_name="/train")
+    updates = list(job)
+    statuses = [u[0] for u in updates]
+    assert "Starting" in statuses[0]
+    for step in range(1, 6):  # one streamed update per logged step, with steps left
+        left = f"{5 - step} step{'' if step == 4 else 's'} left"
+        assert any(f"Step {step} of 5" in s and left in s for s in statuses), statuses
+    points = [len(u[1]["data"]) for u in updates]  # the loss plot grows step by step
+    assert points[0] == 0 and max(points) == 5 and points == sorted(points)
+    final = updates[-1]
+    assert "Finished 5 of 5 steps" in final[0]
+    assert len(final[5]["data"]) == 5  # log table
+    assert "Training health" in final[6]
+    assert {row[2] for row in final[3]["data"]} == {"chosen", "rejected"}  # rewards plot series
+
+    summary, table_html, evidence, health, report_path, report = client.predict(api_name="/compare")
+    assert "answers changed" in summary
+    assert "<del" in table_html or "<ins" in table_html or "same" in table_html
+    assert "held-out pairs preferred correctly" in evidence and "KL drift" in evidence and "Perplexity" in evidence
+    assert "Health verdict" in health
+    assert set(report) >= REPORT_KEYS
+    assert report["health"]["verdict"] in {"healthy", "warning", "failed"}
+    assert set(report["eval"]) >= {
+        "heldout_reward_accuracy",
+        "heldout_mean_margin",
+        "kl_to_reference",
+        "perplexity_before",
+        "perplexity_after",
+    }
+    assert len(report["aligned_outputs"]) == len(report["baseline_outputs"]) == 7
+    assert json.loads(Path(report_path).read_text())["changed"] == report["changed"]
+
+    exported = Path(client.predict(api_name="/export"))
+    lines = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert len(lines) == 10 and set(lines[0]) == {"prompt", "chosen", "rejected"}
+
+
+def test_stop_ends_only_this_sessions_run_and_the_session_keeps_working(app, trained) -> None:
+    demo, url = app
+    client = Client(url, verbose=False)
+    client.predict(api_name="/baseline")
+    job = client.submit(steps=400, api_name="/train")
+    wait_until(lambda: any("Step " in str(u[0]) for u in job.outputs()))
+    other = trained.predict(api_name="/validate_dataset")  # another session is not blocked or touched
+    assert "Ready" in other
+    waiting = trained.submit(max_new_tokens=8, api_name="/baseline")  # model work waits its turn, and is told so
+    wait_until(lambda: waiting.status().code == Status.IN_QUEUE and waiting.status().rank is not None)
+    stopped = client.predict(api_name="/stop")
+    assert "Stopped after" in stopped[0] and "of 400 steps" in stopped[0]
+    assert "Training health" in stopped[6]
+    wait_until(lambda: job.done(), timeout=30)
+    assert "Stopped after" in job.outputs()[-1][0]
+    assert "Recorded 7 answers" in waiting.result(timeout=60)[1]  # the queued job ran once the slot was free
+    session = demo.session_store.peek(client.session_hash)
+    assert not session.training_now and session.policy_dir.is_dir()
+    assert "answers changed" in client.predict(api_name="/compare")[0]  # a stopped run can still be compared
+
+
+def test_a_client_cancel_closes_the_stream_and_stops_training(app) -> None:
+    demo, url = app
+    client = Client(url, verbose=False)
+    client.predict(api_name="/baseline")
+    job = client.submit(steps=400, api_name="/train")
+    wait_until(lambda: any("Step " in str(u[0]) for u in job.outputs()))
+    job.cancel()
+    session = demo.session_store.peek(client.session_hash)
+    wait_until(lambda: not session.training_now, timeout=60)
+    assert session.run.cancel.cancelled
+    *_, last = list(client.submit(steps=2, api_name="/train"))  # the session is free to train again
+    assert "Finished 2 of 2 steps" in last[0]
+
+
+def test_bad_input_gets_a_clear_message_and_the_session_keeps_working(app) -> None:
+    client = Client(app[1], verbose=False)
+    assert "Pick a model" in error_of(lambda: client.predict("  ", api_name="/load_model"))
+    assert "There is no directory" in error_of(lambda: client.predict("/no/such/model", api_name="/load_model"))
+    message = error_of(lambda: client.predict("not a model id!", api_name="/load_model"))
+    assert "neither a known model" in message
+    message = error_of(lambda: client.predict("no-such-owner/no-such-model-xyz", api_name="/load_model"))
+    assert "no-such-owner/no-such-model-xyz" in message
+    message = error_of(lambda: client.predict(eval_prompts=" \n ", api_name="/baseline"))
+    assert "Write at least one eval prompt" in message
+    assert "limit is 4000" in error_of(lambda: client.predict(eval_prompts="x" * 5000, api_name="/baseline"))
+    assert "under" in error_of(lambda: client.predict(eval_prompts="x" * 300_000, api_name="/baseline"))
+    assert "max new tokens" in error_of(lambda: client.predict(max_new_tokens=10_000, api_name="/baseline"))
+
+    rows = [[f"prompt {i}", f"good {i}", f"bad {i}"] for i in range(3000)]
+    huge = {"headers": ["prompt", "chosen", "rejected"], "data": rows}
+    assert "3000 rows is too many" in client.predict(pairs=huge, api_name="/validate_dataset")
+    broken = {"headers": ["prompt", "chosen", "rejected"], "data": [["", "same", "same"]]}
+    message = client.predict(pairs=broken, api_name="/validate_dataset")
+    assert "pairs row 1: 'prompt' is empty" in message and "identical" in message
+
+    client.predict(api_name="/baseline")
+    message = error_of(lambda: client.submit(beta=5, api_name="/train").result())
+    assert "β (beta) must be a number from 0.01 to 1" in message
+    assert "steps must be a whole number" in error_of(lambda: client.submit(steps=0, api_name="/train").result())
+    assert "steps must be a whole number" in error_of(lambda: client.submit(steps=2.5, api_name="/train").result())
+    assert "learning rate" in error_of(lambda: client.submit(learning_rate=1.0, api_name="/train").result())
+    assert "Fix the dataset first" in error_of(lambda: client.submit(pairs=broken, api_name="/train").result())
+    assert "Unknown preset" in error_of(lambda: client.predict(preset="nope", api_name="/run_lab"))
+
+    assert "Ready" in client.predict(api_name="/validate_dataset")  # still working after all that
+    *_, last = list(client.submit(steps=1, api_name="/train"))
+    assert "Finished 1 of 1 steps" in last[0]
+
+
+def test_uploads_good_malformed_and_binary(tmp_path: Path, shared_dir: Path) -> None:
+    from alignlab.ui.dataset_tab import import_file_ui
+
+    pairs, heldout, prompts, note = import_file_ui(str(shared_dir / "data" / "hh-rlhf-harmless-test-300.jsonl"))
+    assert len(pairs) + len(heldout) > 250 and "Imported" in note and prompts.strip()
+    binary = tmp_path / "weights.jsonl"
+    binary.write_bytes(b"\x00\x01\x02" * 100)
+    with pytest.raises(gr.Error, match="binary"):
+        import_file_ui(str(binary))
+    malformed = tmp_path / "broken.json"
+    malformed.write_text('[{"prompt": "a", "chosen": ')
+    with pytest.raises(gr.Error, match="not valid JSON"):
+        import_file_ui(str(malformed))
+    with pytest.raises(gr.Error, match="Choose"):
+        import_file_ui(None)
+
+
+def test_two_sessions_do_not_see_each_others_state(app, trained) -> None:
+    demo, url = app
+    stranger = Client(url, verbose=False)
+    assert "Record the baseline first" in error_of(lambda: stranger.predict(api_name="/compare"))
+    mine = demo.session_store.peek(trained.session_hash)
+    theirs = demo.session_store.peek(stranger.session_hash)
+    assert mine is not theirs and mine.directory != theirs.directory
+    assert mine.training is not None and theirs.training is None and theirs.baseline_outputs is None
+    assert Path(trained.predict(api_name="/export")).read_text() != ""
+    assert "answers changed" in trained.predict(api_name="/compare")[0]  # the first session is unaffected
+
+
+def test_run_lab_returns_the_report_and_fills_the_session(app) -> None:
+    demo, url = app
+    client = Client(url, verbose=False)
+    report = client.predict(preset="concise", steps=2, max_new_tokens=12, api_name="/run_lab")
+    assert set(report) >= REPORT_KEYS
+    assert report["settings"]["preset"] == "concise" and report["settings"]["steps_done"] == 2
+    assert len(report["log_history"]) >= 2
+    session = demo.session_store.peek(client.session_hash)
+    assert session.report == report and session.policy_dir.is_dir()
+
+
+def test_session_files_are_deleted_when_the_session_ends(app) -> None:
+    demo, url = app
+    client = Client(url, verbose=False)
+    client.predict(steps=1, max_new_tokens=8, api_name="/run_lab")
+    directory = demo.session_store.peek(client.session_hash).directory
+    assert (directory / "policy" / "config.json").is_file()
+    demo.session_store.close(client.session_hash)  # what demo.unload and expiry call
+    assert not directory.exists() and client.session_hash not in demo.session_store

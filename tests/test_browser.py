@@ -1,0 +1,190 @@
+"""The whole journey in a real browser: headless Chromium (Debian's) driven by Playwright.
+
+Baseline -> edit a pair -> train (the plots redraw while it runs) -> compare, on the tiny model,
+asserting only on what a person sees. A screenshot of each tab goes to ``test-output/``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+playwright_api.expect.set_options(timeout=60_000)  # model work on 2 shared cores takes seconds
+CHROMIUM = os.environ.get("ALIGNLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+STEPS = 80  # long enough on the tiny model to watch the plots redraw several times
+
+
+@pytest.fixture(scope="module")
+def app(tiny_chat_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(demo, url): the app on the tiny model."""
+    os.environ["ALIGNLAB_DEFAULT_MODEL"] = str(tiny_chat_dir)
+    from alignlab.ui import build_app, launch_options
+
+    demo = build_app()
+    demo.session_store.root = tmp_path_factory.mktemp("browser-sessions")
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_options())
+    yield demo, url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(app, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(app[1])
+    yield page
+    page.close()
+
+
+def edit_cell(page, table: str, row: int, col: int, text: str) -> None:
+    """Double-click a table cell, replace its text, and press Enter, as a person would."""
+    page.locator(f"{table} [data-testid='cell-{row}-{col}']").dblclick()
+    editor = page.get_by_role("textbox", name="Edit cell")
+    editor.fill(text)
+    editor.press("Enter")
+
+
+WATCH_TRAINING = """() => {
+    // Record, in the page itself, every redraw of the status line and the loss plot during the run:
+    // what a person watching the screen would have seen, without the test's polling lag.
+    const status = document.querySelector('#train-status');
+    const plot = document.querySelector('#plot-loss');
+    const picture = () => {
+        const c = plot.querySelector('canvas');
+        const text = c ? c.toDataURL() : (plot.querySelector('svg') || {outerHTML: ''}).outerHTML;
+        let h = 0;
+        for (let i = 0; i < text.length; i++) h = (h * 31 + text.charCodeAt(i)) | 0;
+        return text.length + ':' + h;
+    };
+    window.__seen = [];
+    const record = () => window.__seen.push({status: status.innerText, picture: picture()});
+    const observer = new MutationObserver(record);
+    observer.observe(status, {subtree: true, childList: true, characterData: true});
+    observer.observe(plot, {subtree: true, childList: true, attributes: true});
+}"""
+
+
+def test_whole_journey_in_a_browser(page, output_dir: Path) -> None:
+    expect = playwright_api.expect
+    expect(page.get_by_role("heading", name="AlignLab")).to_be_visible()
+
+    # 1. Baseline: one click loads the model and records the answers.
+    expect(page.get_by_text("Step 1 — Baseline.")).to_be_visible()
+    page.get_by_role("button", name="Load model and record answers").click()
+    expect(page.locator("#baseline-status")).to_contain_text("Recorded 7 answers")
+    expect(page.locator("#model-status")).to_contain_text("Loaded")
+    expect(page.locator("#baseline-table")).to_contain_text("What is the capital of France?")
+    page.screenshot(path=str(output_dir / "browser-1-baseline.png"), full_page=True)
+
+    # 2. Dataset: a bad edit is named by row, a good one makes the dataset ready again.
+    page.get_by_role("tab", name="2 · Dataset").click()
+    validation = page.locator("#dataset-validation")
+    expect(validation).to_contain_text("Ready: 10 training pairs, 6 held-out pairs")
+    edit_cell(page, "#pairs-table", 0, 1, "Figure it out yourself.")
+    expect(validation).to_contain_text("pairs row 1")
+    expect(validation).to_contain_text("identical")
+    new_answer = "Sure! Simmer the egg for ten minutes, then cool it in cold water. Hope that helps!"
+    edit_cell(page, "#pairs-table", 0, 1, new_answer)
+    expect(validation).to_contain_text("Ready: 10 training pairs")
+    expect(page.locator("#pairs-table")).to_contain_text("Simmer the egg for ten minutes")
+    page.screenshot(path=str(output_dir / "browser-2-dataset.png"), full_page=True)
+
+    # 3. Train: the plots and the log redraw while the run goes on; health appears at the end.
+    page.get_by_role("tab", name="3 · Train").click()
+    steps_box = page.get_by_label("Steps")
+    steps_box.fill(str(STEPS))
+    steps_box.press("Tab")
+    page.evaluate(WATCH_TRAINING)
+    page.get_by_role("button", name="Start training").click()
+    status = page.locator("#train-status")
+    expect(status).to_contain_text(f"Finished {STEPS} of {STEPS} steps", timeout=240_000)
+    seen = page.evaluate("window.__seen")
+    during_run = [s for s in seen if f"of {STEPS}" in s["status"] and " left" in s["status"]]
+    shown_steps = {s["status"].split(" of ")[0] for s in during_run}
+    assert len(shown_steps) >= 3, f"the progress line showed only {sorted(shown_steps)} while training"
+    pictures = {s["picture"] for s in during_run}
+    assert len(pictures) >= 3, "the loss plot did not redraw while training ran"
+    expect(page.locator("#train-health")).to_contain_text("Training health")
+    expect(page.locator("#train-log")).to_contain_text(str(STEPS))
+    page.screenshot(path=str(output_dir / "browser-3-train.png"), full_page=True)
+
+    # 4. Compare: before vs after, the changed count, the evidence, the verdict, the report.
+    page.get_by_role("tab", name="4 · Compare").click()
+    page.get_by_role("button", name="Compare before and after").click()
+    expect(page.locator("#compare-summary")).to_contain_text("answers changed")
+    expect(page.locator("#compare-table")).to_contain_text("Before training")
+    expect(page.locator("#compare-table")).to_contain_text("What is the capital of France?")
+    expect(page.locator("#compare-evidence")).to_contain_text("held-out pairs preferred correctly")
+    expect(page.locator("#compare-evidence")).to_contain_text("KL drift")
+    expect(page.locator("#compare-evidence")).to_contain_text("Perplexity")
+    expect(page.locator("#compare-health")).to_contain_text("Health verdict")
+    expect(page.locator("#report-file a")).to_have_attribute("href", re.compile(r"alignlab-report\.json$"))
+    page.screenshot(path=str(output_dir / "browser-4-compare.png"), full_page=True)
+
+
+def test_out_of_order_then_the_whole_lab_then_closing_the_tab(app, browser) -> None:
+    """A fresh tab clicking Compare first is told what to do; the presenter button fills every tab;
+    Stop stops a run; closing the tab deletes the session and its files."""
+    expect = playwright_api.expect
+    demo, url = app
+    before = set(demo.session_store.sessions())
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.get_by_role("tab", name="4 · Compare").click()
+    page.get_by_role("button", name="Compare before and after").click()
+    expect(page.get_by_text("Record the baseline first").first).to_be_visible()
+
+    page.get_by_role("button", name="Run the whole lab").click()
+    expect(page.locator("#compare-summary")).to_contain_text("answers changed", timeout=240_000)
+    expect(page.locator("#compare-health")).to_contain_text("Health verdict")
+    page.get_by_role("tab", name="1 · Baseline").click()
+    expect(page.locator("#baseline-status")).to_contain_text("Recorded 7 answers")
+    page.get_by_role("tab", name="3 · Train").click()
+    status = page.locator("#train-status")
+    expect(status).to_contain_text("Finished")
+
+    # Stop: a long run is stopped at the end of a step; the health reading still appears.
+    steps_box = page.get_by_label("Steps")
+    steps_box.fill("500")
+    steps_box.press("Tab")
+    page.get_by_role("button", name="Start training").click()
+    expect(status).to_contain_text("of 500", timeout=120_000)
+    page.get_by_role("button", name="Stop").click()
+    expect(status).to_contain_text("Stopped after")
+    expect(page.locator("#train-health")).to_contain_text("Training health")
+
+    mine = [s for k, s in demo.session_store.sessions().items() if k not in before]
+    assert len(mine) == 1 and mine[0].directory.is_dir(), "this tab should have exactly one session, with files"
+    page.close()  # the heartbeat drops, demo.unload runs: this tab's session and files go
+    deadline = time.monotonic() + 60
+    while mine[0].key in demo.session_store and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert mine[0].key not in demo.session_store, "closing the tab did not end its session"
+    gone = mine[0].directory
+    assert not gone.exists()

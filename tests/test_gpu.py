@@ -1,0 +1,91 @@
+"""ZeroGPU glue: a no-op decorator off ZeroGPU, durations that follow the request, and a picklable boundary.
+
+On ZeroGPU every argument, return value and yielded value of a heavy function is pickled into and
+out of a forked worker; local runs never cross that boundary, so these tests pickle everything that
+would, after running the real jobs on the tiny model.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from alignlab import gpu
+from alignlab.presets import load_preset
+
+
+def test_decorator_is_a_no_op_off_zerogpu() -> None:
+    def work(x: int) -> int:
+        return x + 1
+
+    assert not gpu.on_zero_gpu()
+    assert gpu.gpu(duration=gpu.baseline_duration)(work) is work
+
+
+def test_durations_grow_with_steps_and_model_size_and_stay_bounded(tiny_chat_dir: Path) -> None:
+    pairs = [{"prompt": "p", "chosen": "c", "rejected": "r"}] * 8
+    small = gpu.train_duration("smollm2-135m-instruct", pairs, {"steps": 10, "batch_size": 4})
+    more_steps = gpu.train_duration("smollm2-135m-instruct", pairs, {"steps": 200, "batch_size": 4})
+    bigger = gpu.train_duration("qwen2.5-0.5b-instruct", pairs, {"steps": 200, "batch_size": 4})
+    assert gpu.MIN_DURATION <= small < more_steps < bigger <= gpu.MAX_DURATION
+    assert gpu.train_duration("gpt2", pairs, {"steps": 500, "batch_size": 64}) == gpu.MAX_DURATION
+    by_epochs = gpu.train_duration("gpt2", pairs, {"steps": None, "epochs": 3, "batch_size": 4})
+    assert by_epochs == gpu.train_duration("gpt2", pairs, {"steps": 6, "batch_size": 4})
+    assert gpu.baseline_duration("gpt2", ["q"] * 40, {"max_new_tokens": 256}) > gpu.baseline_duration(
+        "gpt2", ["q"], {"max_new_tokens": 16}
+    )
+    assert gpu.compare_duration("gpt2", "dir", {"eval_prompts": ["q"], "heldout_pairs": []}, ["a"], {}) >= 20
+
+
+def test_parameter_estimates() -> None:
+    assert gpu.estimate_parameters("gpt2") == 124_000_000
+    assert gpu.estimate_parameters("HuggingFaceTB/SmolLM2-1.7B-Instruct") == 1_700_000_000
+    assert gpu.estimate_parameters("someone/mystery") == gpu.UNKNOWN_PARAMETERS
+
+
+def test_every_value_crossing_the_gpu_boundary_pickles(tiny_chat_dir: Path, tmp_path: Path) -> None:
+    from alignlab.training import TrainingSettings
+    from alignlab.ui import jobs
+    from alignlab.ui.state import Run
+
+    spec = str(tiny_chat_dir)
+    preset = load_preset("seed-lab")
+    prompts = preset.eval_prompts[:2]
+    generation = {"max_new_tokens": 8, "do_sample": False, "seed": 0, "temperature": 0.7}
+    pickle.dumps((spec, prompts, generation))
+    baseline = jobs.baseline_job(spec, prompts, generation)
+    pickle.dumps(baseline)
+
+    run = Run()
+    args = (spec, jobs.pairs_to_dicts(preset.pairs), TrainingSettings(steps=2).to_dict(), str(tmp_path / "p"), run.id)
+    pickle.dumps(args)
+    events = list(jobs.train_job(*args))
+    run.finish()
+    for event in events:
+        pickle.dumps(event)
+    end = events[-1]
+    assert end["kind"] == "end" and Path(end["policy_dir"], "config.json").is_file()
+
+    training = {k: end[k] for k in ("log_history", "steps_done", "stopped_early", "seconds")}
+    training.update(total_steps=end["total_steps"], settings=TrainingSettings(steps=2).to_dict())
+    preset_dict = {
+        "id": preset.id,
+        "eval_prompts": prompts,
+        "pairs": jobs.pairs_to_dicts(preset.pairs),
+        "heldout_pairs": jobs.pairs_to_dicts(preset.heldout_pairs),
+    }
+    compare_args = (spec, end["policy_dir"], preset_dict, baseline, generation, training, {"train": 1.0})
+    pickle.dumps(compare_args)
+    report = jobs.compare_job(*compare_args)
+    pickle.dumps(report)
+    assert report["changed"] in range(len(prompts) + 1)
+
+
+def test_expected_failures_reach_the_user_as_gradio_errors() -> None:
+    gr = pytest.importorskip("gradio")
+    from alignlab.ui import jobs
+
+    with pytest.raises(gr.Error, match="no directory"):
+        jobs.baseline_job("/no/such/dir", ["q"], {"max_new_tokens": 4})
