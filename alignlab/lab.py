@@ -41,7 +41,6 @@ def compare(
     loaded: LoadedModel,
     result: TrainingResult,
     preset: Preset,
-    baseline_outputs: list[str],
     generation: GenerationSettings,
 ) -> tuple[list[str], Evidence]:
     """Step 4: the trained policy's answers on the same prompts, and the numeric evidence."""
@@ -136,7 +135,7 @@ def run_lab(
     timings["train"] = time.perf_counter() - started
 
     started = stage("evaluate")
-    aligned, evidence = compare(loaded, result, preset, baseline, generation)
+    aligned, evidence = compare(loaded, result, preset, generation)
     timings["evaluate"] = time.perf_counter() - started
     timings["total"] = sum(timings.values())
 

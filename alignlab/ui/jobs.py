@@ -21,9 +21,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from alignlab import gpu
-from alignlab.evaluation import gather_evidence
 from alignlab.generation import GenerationSettings, GenerationSettingsError, generate
-from alignlab.lab import build_report
+from alignlab.lab import build_report, compare
 from alignlab.models import LoadedModel, ModelLoadError, load_model
 from alignlab.presets import DatasetError, PreferencePair, Preset
 from alignlab.training import (
@@ -153,10 +152,6 @@ def compare_job(
         settings = TrainingSettings.from_dict(training["settings"])
     except _EXPECTED as exc:
         raise gr.Error(str(exc)) from exc
-    aligned = generate(loaded, lab_preset.eval_prompts, generation_settings, model=policy)
-    evidence = gather_evidence(
-        policy, loaded, lab_preset.heldout_pairs, lab_preset.eval_prompts, aligned, settings.beta
-    )
     result = TrainingResult(
         policy=policy,
         log_history=training["log_history"],
@@ -166,6 +161,7 @@ def compare_job(
         seconds=training["seconds"],
         settings=settings,
     )
+    aligned, evidence = compare(loaded, result, lab_preset, generation_settings)
     timings = {**timings, "evaluate": time.perf_counter() - started}
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
     return build_report(
