@@ -1,0 +1,364 @@
+"""``python -m bench``: where the lab's time goes, as a table and a JSON file (``make bench``).
+
+Sections (``--only`` picks some): ``generation`` (batched vs one prompt at a time), ``training``
+(seconds per DPO step: AlignLab vs a plain DPOTrainer script vs a bare PyTorch loop, and the
+loss-agreement check), ``lab`` (the whole lab, cold and cached, with peak memory), ``shift``
+(steps and seconds until held-out accuracy reaches 0.75) and ``candidates`` (issue 4's candidate
+settings against the defaults; slow, so only with ``--candidates`` or ``--only candidates``).
+Every figure is a median with its min-max and sample count; ratios come from the same process.
+Nothing here passes or fails: the targets are goals, reported as met or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bench never needs a model hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SECTIONS = ("generation", "training", "lab", "shift", "candidates")
+DEFAULT_SECTIONS = ("generation", "training", "lab", "shift")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from alignlab.models import EMBEDDED_DEFAULT
+
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model, 1 repeat, 2 timed steps: a smoke test")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"model spec, or tiny / tiny-base / gpt2-sized (built locally); default {EMBEDDED_DEFAULT}",
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="runs per figure (default 3; --quick 1)")
+    parser.add_argument(
+        "--timed-steps", type=int, default=None, help="DPO steps timed per trainer after 1 warm-up (default 6)"
+    )
+    parser.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: CUDA when present")
+    parser.add_argument("--only", default=None, help=f"comma-separated sections out of {', '.join(SECTIONS)}")
+    parser.add_argument("--candidates", action="store_true", help="also measure issue 4's candidate settings (slow)")
+    parser.add_argument("--candidate-names", default=None, help="comma-separated subset of the candidates")
+    parser.add_argument(
+        "--trl-budget",
+        type=float,
+        default=60.0,
+        help="seconds after which the plain DPOTrainer run stops (min 2 timed steps)",
+    )
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="training section only")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="generation section (default: the lab's, 64)")
+    parser.add_argument("--out", default=None, help="JSON path (default bench/results/<timestamp>.json + latest.json)")
+    args = parser.parse_args(argv)
+    args.model = args.model or ("tiny" if args.quick else EMBEDDED_DEFAULT)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.timed_steps = args.timed_steps or (2 if args.quick else 6)
+    sections = args.only.split(",") if args.only else list(DEFAULT_SECTIONS)
+    if args.candidates and "candidates" not in sections:
+        sections.append("candidates")
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    args.sections = [s for s in SECTIONS if s in sections]
+    return args
+
+
+def _say(text: str) -> None:
+    print(f"{datetime.now(timezone.utc):%H:%M:%S} {text}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from alignlab.generation import GenerationSettings
+    from alignlab.models import load_model, pick_device
+    from bench import candidates, generation, lab, shift, training
+    from bench.common import build_model, load_seed_lab, machine, quiet
+
+    quiet()
+
+    started = time.perf_counter()
+    device = torch.device(args.device) if args.device else pick_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-models-"))
+    spec = build_model(args.model, workdir)
+    preset = load_seed_lab()
+    max_new_tokens = args.max_new_tokens or GenerationSettings().max_new_tokens
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "config": {
+            "model": args.model,
+            "model_source": spec,
+            "device": str(device),
+            "repeats": args.repeats,
+            "timed_steps": args.timed_steps,
+            "sections": args.sections,
+            "preset": preset.id,
+            "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
+    needs_model = any(s in args.sections for s in ("generation", "training", "shift"))
+    loaded = load_model(spec, device=device) if needs_model else None
+    if loaded is not None:
+        results["config"]["parameters"] = loaded.num_parameters
+
+    if "generation" in args.sections:
+        _say("[bench] generation: batched vs one prompt at a time ...")
+        results["generation"] = generation.run(loaded, preset.eval_prompts[:6], args.repeats, max_new_tokens)
+    if "training" in args.sections:
+        _say("[bench] training: AlignLab vs plain DPOTrainer vs bare loop ...")
+        results["training"] = training.run(loaded, preset.pairs, args.timed_steps, args.precision, args.trl_budget)
+    if "lab" in args.sections:
+        _say("[bench] lab: the whole lab in fresh processes (cold, then cached) ...")
+        results["lab"] = lab.run(spec, args.device, args.repeats, cold_loads=min(args.repeats, 2))
+    if "shift" in args.sections:
+        _say("[bench] shift: held-out accuracy after every step ...")
+        results["shift"] = shift.run(loaded, preset)
+        if "lab" in results:
+            step = results["shift"]["shift_step"]
+            results["shift"]["seconds_in_lab_runs"] = shift.seconds_in_lab_runs(
+                step, results["lab"]["step_elapsed"]
+            ).to_dict()
+    if "candidates" in args.sections:
+        _say("[bench] candidates: one probed training run each, in fresh processes ...")
+        names = args.candidate_names.split(",") if args.candidate_names else None
+        progress = Path(args.out).with_suffix(".partial.json") if args.out else RESULTS_DIR / "candidates.partial.json"
+        progress.parent.mkdir(parents=True, exist_ok=True)
+        results["candidates"] = candidates.run(spec, args.device, names, progress)
+    shutil.rmtree(workdir, ignore_errors=True)
+    results["targets"] = targets(results)
+    results["bench_seconds"] = time.perf_counter() - started
+    return results
+
+
+def _median(results: dict[str, Any], *path: str) -> float | None:
+    node: Any = results
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node.get("median") if isinstance(node, dict) else node
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 4's targets, each with the figure it reads and whether this run's setup is the one it names."""
+    from alignlab.models import EMBEDDED_DEFAULT
+
+    config, info = results["config"], results["machine"]
+    on_gpu = config["device"].startswith("cuda")
+    embedded_2_cores = config["model"] == EMBEDDED_DEFAULT and not on_gpu
+    gpt2_on_gpu = config["model"] == "gpt2-sized" and on_gpu
+    rows = [
+        (
+            "batched generation >= 3x one-at-a-time (6 prompts)",
+            _median(results, "generation", "speedup"),
+            ">=",
+            3.0,
+            True,
+        ),
+        (
+            "AlignLab step <= 1.1x plain DPOTrainer",
+            _median(results, "training", "ratio_alignlab_vs_trl_default"),
+            "<=",
+            1.1,
+            True,
+        ),
+        (
+            "AlignLab step <= 1.5x bare PyTorch loop (on GPU)",
+            _median(results, "training", "ratio_alignlab_vs_bare"),
+            "<=",
+            1.5,
+            on_gpu,
+        ),
+        (
+            "seed-lab on embedded default, cached, < 90 s (2 CPU cores)",
+            _median(results, "lab", "figures", "total_cached"),
+            "<",
+            90.0,
+            embedded_2_cores,
+        ),
+        ("cached model load < 5 s", _median(results, "lab", "figures", "load_cached_fresh_process"), "<", 5.0, True),
+        (
+            "GPT-2-size whole lab < 15 s (H100/H200)",
+            _median(results, "lab", "figures", "total_cached"),
+            "<",
+            15.0,
+            gpt2_on_gpu,
+        ),
+        ("GPT-2-size training < 5 s (H100/H200)", _median(results, "lab", "figures", "train"), "<", 5.0, gpt2_on_gpu),
+    ]
+    out = []
+    for name, value, op, goal, applies in rows:
+        met = None
+        if value is not None:
+            met = value >= goal if op == ">=" else (value <= goal if op == "<=" else value < goal)
+        out.append({"target": name, "value": value, "goal": f"{op} {goal:g}", "met": met, "applies_here": applies})
+    if info.get("cores") and info["cores"] != 2 and embedded_2_cores:
+        out[3]["note"] = f"this machine has {info['cores']} cores, the target names 2"
+    return out
+
+
+def _strip(node: Any) -> Any:
+    """Drop in-memory helpers (keys starting with '_') before writing JSON."""
+    if isinstance(node, dict):
+        return {k: _strip(v) for k, v in node.items() if not str(k).startswith("_")}
+    if isinstance(node, list):
+        return [_strip(v) for v in node]
+    if isinstance(node, float) and node != node:
+        return None
+    return node
+
+
+def table(results: dict[str, Any]) -> str:
+    from bench.common import Figure, machine_line
+
+    def fig(d: dict[str, Any] | None) -> str:
+        if not d or d.get("median") is None:
+            return "-"
+        f = Figure(d["samples"], d["unit"])
+        return f.text()
+
+    lines = [f"machine: {machine_line(results['machine'])}"]
+    c = results["config"]
+    lines.append(f"model: {c['model']} ({c.get('parameters', '?')} params) on {c['device']}; repeats {c['repeats']}")
+    rows: list[tuple[str, str]] = []
+    g = results.get("generation")
+    if g:
+        n, t = g["prompts"], g["max_new_tokens"]
+        rows += [
+            (f"generation: batched, {n} prompts x {t} new tokens", fig(g["batched_seconds"])),
+            ("generation: one prompt at a time", fig(g["one_at_a_time_seconds"])),
+            ("generation: speedup (one-at-a-time / batched)", fig(g["speedup"])),
+            (
+                "generation: identical answers / new tokens (batched, single)",
+                f"{g['identical_answers']}/{n}; {g['new_tokens']['batched']}, {g['new_tokens']['one_at_a_time']}",
+            ),
+        ]
+    tr = results.get("training")
+    if tr:
+        s = tr["settings"]
+        steps = tr["step_seconds"]
+        cfg = tr["trl_default_config"]
+        rows += [
+            (
+                f"train s/step: AlignLab (batch {s['batch_size']}, {'bf16' if s['bf16'] else 'fp32'}, "
+                f"{'pre-computed ref' if s['precompute_ref_log_probs'] else 'ref model'})",
+                fig(steps["alignlab"]),
+            ),
+            (
+                f"train s/step: plain DPOTrainer (bf16={cfg['bf16']}, "
+                f"grad ckpt={cfg['gradient_checkpointing']}, ref copy)",
+                fig(steps["trl_default"]),
+            ),
+            ("train s/step: bare PyTorch loop (policy + frozen ref)", fig(steps["bare"])),
+            ("train ratio: AlignLab / plain DPOTrainer", fig(tr["ratio_alignlab_vs_trl_default"])),
+            ("train ratio: AlignLab / bare loop", fig(tr["ratio_alignlab_vs_bare"])),
+        ]
+        la = tr["loss_agreement"]
+        rows.append(
+            (
+                "loss check: step-1 loss TRL vs bare (diff)",
+                f"{la['first_step_loss_trl']:.6f} vs {la['first_step_loss_bare']:.6f} "
+                f"({la['first_step_loss_diff']:.2e}); max diff over {len(la['losses_trl'])} steps "
+                f"{la['max_loss_diff']:.2e}; tokens match TRL: {tr['tokens_match_trl']}",
+            )
+        )
+        rows.append(
+            (
+                "loss check: step-1 logps chosen/rejected TRL vs bare",
+                f"{la['first_step_logps_chosen_trl']:.4f}/{la['first_step_logps_rejected_trl']:.4f} vs "
+                f"{la['first_step_logps_chosen_bare']:.4f}/{la['first_step_logps_rejected_bare']:.4f}",
+            )
+        )
+    lb = results.get("lab")
+    if lb:
+        f = lb["figures"]
+        names = [
+            ("load_cold", "lab: model load, cold (empty cache)"),
+            ("load_cached_fresh_process", "lab: model load, cached (fresh process)"),
+            ("load_cached_in_process", "lab: model load, cached (after clear_model_cache)"),
+            ("baseline", "lab: baseline generation"),
+            ("train", f"lab: training ({lb['steps']} steps)"),
+            ("evaluate", "lab: evaluation (compare + evidence)"),
+            ("total_cached", "lab: total, click to compare, model cached"),
+            ("total_cold", "lab: total, cold cache"),
+            ("process_start_and_imports", "lab: process start + imports (before the click)"),
+            ("peak_rss_cached", "lab: peak RSS, cached run"),
+            ("peak_rss_cold", "lab: peak RSS, cold run / cold load"),
+            ("cuda_peak", "lab: peak CUDA memory allocated"),
+        ]
+        rows += [(label, fig(f.get(key))) for key, label in names if key in f]
+        o = lb["outcome"]
+        rows.append(
+            ("lab: held-out accuracy / changed / health", f"{o['heldout_accuracy']} / {o['changed']} / {o['health']}")
+        )
+    sh = results.get("shift")
+    if sh:
+        step = sh["shift_step"]
+        if step:
+            what = f"step {step} of {sh['steps_run']}, {sh['shift_train_seconds']:.1f} s of training (probe run)"
+        else:
+            what = f"not reached in {sh['steps_run']} steps (best {max(sh['heldout_accuracy_per_step'] or [0]):.2f})"
+        rows.append((f"shift: held-out accuracy >= {sh['threshold']} ({sh['heldout_pairs']} pairs)", what))
+        if sh.get("seconds_in_lab_runs", {}).get("median") is not None:
+            rows.append(("shift: training seconds to that step in the lab runs", fig(sh["seconds_in_lab_runs"])))
+        rows.append(
+            ("shift: held-out accuracy per step", " ".join(f"{a:.2f}" for a in sh["heldout_accuracy_per_step"]))
+        )
+    cand = results.get("candidates")
+    if cand:
+        for name, c in cand.items():
+            if "error" in c:
+                rows.append((f"candidate {name}", "failed: " + c["error"].splitlines()[-1]))
+                continue
+            shift_text = f"shift at step {c['shift_step']}" if c["shift_step"] else "no shift"
+            rows.append(
+                (
+                    f"candidate {name}",
+                    f"{fig(c['step_seconds'])}/step; RSS {c['peak_rss_mib']:.0f} MiB; {shift_text}; final acc "
+                    f"{c['final_heldout_accuracy']:.2f}; KL {c['kl_heldout_chosen']:.3f}; "
+                    f"ppl {c['perplexity_before']:.1f}->{c['perplexity_after']:.1f}",
+                )
+            )
+    for t in results.get("targets", []):
+        value = "-" if t["value"] is None else f"{t['value']:.3g}"
+        state = "n/a here" if not t["applies_here"] else {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+        if not t["applies_here"] and t["met"] is not None:
+            state += f" ({'would be met' if t['met'] else 'would not be met'})"
+        rows.append((f"target: {t['target']}", f"{value} (goal {t['goal']}): {state}"))
+    width = max(len(r[0]) for r in rows) if rows else 0
+    lines += [f"{label:<{width}}  {value}" for label, value in rows]
+    lines.append(f"bench took {results['bench_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    results = _strip(run(args))
+    print(table(results))
+    text = json.dumps(results, indent=2)
+    if args.out:
+        path = Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    else:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        path = RESULTS_DIR / f"{stamp}.json"
+        path.write_text(text)
+        (RESULTS_DIR / "latest.json").write_text(text)
+    _say(f"[bench] wrote {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Issue 4's candidate settings, each measured against today's defaults (``--candidates``).
+
+Every candidate is one probed training run (:mod:`bench.probe`) in a fresh process, so that its
+peak RSS is its own: seconds per step (median after the warm-up step, held-out scoring left
+out), peak memory, held-out accuracy after every step (hence the step at which it first reaches
+0.75), and drift at the end (KL per token to the reference on the held-out chosen answers,
+perplexity on neutral text before and after). Only the named fields differ from the defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alignlab.training import TrainingSettings
+from bench.common import Figure, run_worker
+
+#: name -> (TrainingSettings overrides, explicit reference model instead of pre-computed log-probs)
+CANDIDATES: dict[str, tuple[dict[str, Any], bool]] = {
+    "defaults": ({}, False),
+    "explicit_reference": ({"precompute_ref_log_probs": False}, True),
+    "lora_r16": ({"use_lora": True}, False),
+    "lora_r16_lr5e-4": ({"use_lora": True, "learning_rate": 5e-4}, False),
+    # bf16 autocast on a CPU without native bf16 takes minutes per step: 1 warm-up + 2 timed steps.
+    "bf16": ({"precision": "bf16", "steps": 3}, False),
+    "max_length_128": ({"max_length": 128}, False),
+    "batch_size_2": ({"batch_size": 2}, False),
+    "batch_size_8": ({"batch_size": 8}, False),
+    "lr_2e-5": ({"learning_rate": 2e-5}, False),
+    "lr_1e-5": ({"learning_rate": 1e-5}, False),
+    # Longer runs: held-out accuracy and drift after every step show how many steps each rate needs.
+    "lr_5e-5_12_steps": ({"learning_rate": 5e-5, "steps": 12}, False),
+    "lr_1e-4_12_steps": ({"learning_rate": 1e-4, "steps": 12}, False),
+    "lr_2e-4_12_steps": ({"learning_rate": 2e-4, "steps": 12}, False),
+}
+
+
+def run(spec: str, device: str | None, names: list[str] | None = None, progress: Path | None = None) -> dict[str, Any]:
+    """Candidates in the order named (all by default); each result is saved to ``progress`` as it comes."""
+    import json
+    import sys
+    from datetime import datetime, timezone
+
+    unknown = sorted(set(names or []) - set(CANDIDATES))
+    if unknown:
+        raise ValueError(f"unknown candidate(s) {', '.join(unknown)}; known: {', '.join(CANDIDATES)}")
+    out: dict[str, Any] = {}
+    for name in names or list(CANDIDATES):
+        overrides, explicit = CANDIDATES[name]
+        print(f"{datetime.now(timezone.utc):%H:%M:%S} [bench]   candidate {name} ...", file=sys.stderr, flush=True)
+        settings = TrainingSettings.from_dict(overrides)
+        options = {"settings": settings.to_dict(), "every_step": True, "explicit_reference": explicit}
+        try:
+            probe = run_worker("probe", spec, device, json.dumps(options))
+        except RuntimeError as exc:  # one failing candidate should not cost the others
+            out[name] = {"error": str(exc)[-2000:]}
+            continue
+        out[name] = {
+            "overrides": overrides,
+            "explicit_reference": explicit,
+            "step_seconds": Figure(probe["step_seconds"][1:]).to_dict(),
+            "setup_seconds": probe["setup_seconds"],
+            "train_seconds": probe["setup_seconds"] + sum(probe["step_seconds"]),
+            "peak_rss_mib": probe["peak_rss_mib"],
+            "cuda_peak_mib": probe["cuda_peak_mib"],
+            "shift_step": probe["shift_step"],
+            "shift_train_seconds": probe["shift_train_seconds"],
+            "heldout_accuracy_per_step": probe["heldout_accuracy"],
+            "kl_per_step": probe["kl_per_step"],
+            "perplexity_per_step": probe["perplexity_per_step"],
+            "final_heldout_accuracy": probe.get("final_heldout_accuracy"),
+            "final_heldout_margin": probe.get("final_heldout_margin"),
+            "kl_heldout_chosen": probe.get("kl_heldout_chosen"),
+            "perplexity_before": probe.get("perplexity_before"),
+            "perplexity_after": probe.get("perplexity_after"),
+            "losses": probe["losses"],
+        }
+        if progress is not None:
+            progress.write_text(json.dumps(out, indent=2))
+    return out

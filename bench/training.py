@@ -1,0 +1,218 @@
+"""Seconds per DPO step: AlignLab vs a plain ``DPOTrainer`` script vs a bare PyTorch loop.
+
+All three train the same model on the seed lab's pairs, with the same batch size and data order;
+the first step of each is a warm-up and is left out. A step's time is the full period from one
+step's end to the next (forward, backward, optimiser, logging), so the three are comparable:
+- AlignLab: ``alignlab.training.train_dpo`` with ``TrainingSettings()`` (only ``steps`` changed),
+  timed from the streamed events' timestamps;
+- plain TRL: ``DPOTrainer`` with ``DPOConfig`` defaults (bf16, gradient checkpointing, explicit
+  reference model: a copy of the loaded model, as a script would load it twice). Changed only:
+  ``use_cpu`` off a GPU, ``per_device_train_batch_size`` (to AlignLab's), ``max_steps``,
+  ``report_to='none'`` and ``disable_tqdm``; timed by a callback at each step's end;
+- bare: :mod:`bench.bare_dpo` with AlignLab's learning rate, beta, seed, length and precision.
+
+The bare loop's losses are then compared with AlignLab's (TRL's) step by step: the same data
+order and optimiser give the same numbers up to float rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+from alignlab.models import LoadedModel, copy_for_training
+from alignlab.presets import PreferencePair
+from alignlab.training import TrainingSettings, to_trl_dataset, train_dpo
+from bench.bare_dpo import encode_pairs, train_bare
+from bench.common import Figure, cuda_peak_mib, ratio, reset_cuda_peak, sync
+
+
+class StepClock(TrainerCallback):
+    """Wall time between consecutive step ends (the first one from the start of training).
+
+    With ``budget_s``, training stops once that many seconds have passed and at least
+    ``min_steps`` steps are done: on a CPU without native bf16, TRL's defaults (bf16 autocast)
+    take minutes per step, and the bench must still finish.
+    """
+
+    def __init__(self, device: torch.device, budget_s: float | None = None, min_steps: int = 3):
+        self.device = device
+        self.budget_s, self.min_steps = budget_s, min_steps
+        self.ends: list[float] = []
+        self.started = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001 - TrainerCallback API
+        sync(self.device)
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        sync(self.device)
+        self.ends.append(time.perf_counter())
+        over = self.budget_s is not None and self.ends[-1] - self.started > self.budget_s
+        if over and len(self.ends) >= self.min_steps:
+            control.should_training_stop = True
+        return control
+
+    @property
+    def step_seconds(self) -> list[float]:
+        marks = [self.started] + self.ends
+        return [b - a for a, b in zip(marks, marks[1:])]
+
+
+def alignlab_steps(loaded: LoadedModel, pairs: list[PreferencePair], settings: TrainingSettings) -> dict[str, Any]:
+    """Per-step seconds and log rows of AlignLab's own ``train_dpo``."""
+    marks: list[float] = []
+
+    def on_event(event) -> None:  # noqa: ANN001
+        if event.kind == "log":
+            sync(loaded.device)
+            marks.append(event.elapsed)
+
+    reset_cuda_peak()
+    result = train_dpo(loaded, pairs, settings, on_event=on_event)
+    steps = [b - a for a, b in zip([0.0] + marks, marks)]
+    return {
+        "step_seconds": steps,
+        "rows": result.step_rows,
+        "seconds": result.seconds,
+        "cuda_peak_mib": cuda_peak_mib(),
+    }
+
+
+def trl_default_steps(
+    loaded: LoadedModel, pairs: list[PreferencePair], batch_size: int, steps: int, budget_s: float | None = None
+) -> dict[str, Any]:
+    """Per-step seconds of a plain TRL script: ``DPOConfig`` defaults, reference passed in.
+
+    ``budget_s`` stops it early (after at least 1 warm-up + 2 timed steps) when it runs long.
+    """
+    from trl import DPOConfig, DPOTrainer
+
+    device = loaded.device
+    policy = copy_for_training(loaded)
+    reference = copy.deepcopy(loaded.model)  # what `from_pretrained` twice gives a plain script
+    clock = StepClock(device, budget_s=budget_s, min_steps=min(3, steps))
+    reset_cuda_peak()
+    with tempfile.TemporaryDirectory(prefix="bench-trl-") as scratch:
+        args = DPOConfig(
+            output_dir=scratch,
+            use_cpu=device.type != "cuda",
+            per_device_train_batch_size=batch_size,
+            max_steps=steps,
+            report_to="none",
+            disable_tqdm=True,
+        )
+        trainer = DPOTrainer(
+            model=policy,
+            ref_model=reference,
+            args=args,
+            train_dataset=to_trl_dataset(loaded, pairs),
+            processing_class=loaded.tokenizer,
+            callbacks=[clock],
+        )
+        trainer.remove_callback(PrinterCallback)  # prints the log rows; no part of the step
+        tokenized = [
+            (list(r["prompt_ids"]), list(r["chosen_ids"]), list(r["rejected_ids"])) for r in trainer.train_dataset
+        ]
+        trainer.train()
+    loaded.tokenizer.padding_side = "left"
+    config = {
+        "bf16": args.bf16,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "learning_rate": args.learning_rate,
+    }
+    del trainer, policy, reference
+    return {
+        "step_seconds": clock.step_seconds,
+        "tokenized": tokenized,
+        "config": config,
+        "cuda_peak_mib": cuda_peak_mib(),
+    }
+
+
+def loss_agreement(rows: list[dict[str, Any]], bare) -> dict[str, Any]:  # noqa: ANN001 - BareRun
+    """AlignLab's (TRL's) logged values vs the bare loop's, step by step."""
+    trl_losses = [float(r["loss"]) for r in rows]
+    n = min(len(trl_losses), len(bare.losses))
+    diffs = [abs(a - b) for a, b in zip(trl_losses[:n], bare.losses[:n])]
+    first_chosen = float(rows[0].get("logps/chosen", float("nan"))) if rows else float("nan")
+    first_rejected = float(rows[0].get("logps/rejected", float("nan"))) if rows else float("nan")
+    return {
+        "first_step_loss_trl": trl_losses[0] if trl_losses else None,
+        "first_step_loss_bare": bare.losses[0] if bare.losses else None,
+        "first_step_loss_diff": diffs[0] if diffs else None,
+        "first_step_logps_chosen_trl": first_chosen,
+        "first_step_logps_chosen_bare": bare.chosen_logps[0] if bare.chosen_logps else None,
+        "first_step_logps_rejected_trl": first_rejected,
+        "first_step_logps_rejected_bare": bare.rejected_logps[0] if bare.rejected_logps else None,
+        "losses_trl": trl_losses[:n],
+        "losses_bare": bare.losses[:n],
+        "max_loss_diff": max(diffs) if diffs else None,
+        "note": (
+            "Step 1 starts from policy == reference, so both losses are ln 2 by construction; the later "
+            "steps and the step-1 log-probs are what test tokens, data order, gradients and optimiser."
+        ),
+    }
+
+
+def run(
+    loaded: LoadedModel,
+    pairs: list[PreferencePair],
+    timed_steps: int,
+    precision: str = "auto",
+    trl_budget_s: float | None = 60.0,
+) -> dict[str, Any]:
+    """All three trainers, ``timed_steps`` measured steps each after one warm-up step.
+
+    The plain TRL script may stop earlier (``trl_budget_s``); ratios pair the steps both ran.
+    """
+    steps = timed_steps + 1
+    settings = TrainingSettings(steps=steps, precision=precision)
+    device = loaded.device
+    bf16 = settings.use_bf16(device)
+
+    ours = alignlab_steps(loaded, pairs, settings)
+    plain = trl_default_steps(loaded, pairs, settings.batch_size, steps, trl_budget_s)
+    reset_cuda_peak()
+    bare = train_bare(
+        loaded,
+        pairs,
+        steps=steps,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        beta=settings.beta,
+        seed=settings.seed,
+        max_length=settings.max_length,
+        bf16=bf16,
+    )
+    bare_cuda = cuda_peak_mib()
+
+    figures = {
+        "alignlab": Figure(ours["step_seconds"][1:]),
+        "trl_default": Figure(plain["step_seconds"][1:]),
+        "bare": Figure(bare.step_seconds[1:]),
+    }
+    ours_tokens = [(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in encode_pairs(loaded, pairs)]
+    return {
+        "settings": settings.to_dict() | {"bf16": bf16},
+        "trl_default_config": plain["config"] | {"time_box_s": trl_budget_s, "steps_run": len(plain["step_seconds"])},
+        "warmup_step_seconds": {
+            "alignlab": ours["step_seconds"][0],
+            "trl_default": plain["step_seconds"][0],
+            "bare": bare.step_seconds[0],
+        },
+        "step_seconds": {k: v.to_dict() for k, v in figures.items()},
+        "ratio_alignlab_vs_trl_default": ratio(figures["alignlab"], figures["trl_default"]).to_dict(),
+        "ratio_alignlab_vs_bare": ratio(figures["alignlab"], figures["bare"]).to_dict(),
+        "tokens_match_trl": ours_tokens == plain["tokenized"],
+        "max_sequence_tokens": bare.max_tokens,
+        "loss_agreement": loss_agreement(ours["rows"], bare),
+        "cuda_peak_mib": {"alignlab": ours["cuda_peak_mib"], "trl_default": plain["cuda_peak_mib"], "bare": bare_cuda},
+        "_figures": figures,
+    }
