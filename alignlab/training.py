@@ -147,6 +147,20 @@ class TrainingSettings:
         per_epoch = max(1, -(-n_pairs // self.batch_size))
         return max(1, int(round(per_epoch * float(self.epochs))))
 
+    def peft_config(self) -> Any:
+        """The LoRA adapter's config when ``use_lora``, else None (full fine-tuning)."""
+        if not self.use_lora:
+            return None
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.lora_rank,
+            lora_alpha=2 * self.lora_rank,
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+
     def to_dpo_config(self, output_dir: str | Path, device: torch.device) -> Any:
         """The only place where TRL's ``DPOConfig`` is built (see DESIGN.md §3 for each choice)."""
         from trl import DPOConfig
@@ -307,17 +321,6 @@ def train_dpo(
     set_seed(settings.seed)
     device = loaded.device
     policy = copy_for_training(loaded)
-    peft_config = None
-    if settings.use_lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=settings.lora_rank,
-            lora_alpha=2 * settings.lora_rank,
-            lora_dropout=0.0,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        )
     callback = _StreamCallback(on_event, cancel, started)
     with tempfile.TemporaryDirectory(prefix="alignlab-dpo-") as scratch:
         trainer = DPOTrainer(
@@ -326,7 +329,7 @@ def train_dpo(
             args=settings.to_dpo_config(output_dir or scratch, device),
             train_dataset=to_trl_dataset(loaded, pairs),
             processing_class=loaded.tokenizer,
-            peft_config=peft_config,
+            peft_config=settings.peft_config(),
             callbacks=[callback],
         )
         trainer.remove_callback(PrinterCallback)  # rows reach the caller as events, not as prints

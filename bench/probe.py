@@ -113,17 +113,6 @@ def probe_run(
     started = time.perf_counter()
     set_seed(settings.seed)
     policy = copy_for_training(loaded)
-    peft_config = None
-    if settings.use_lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=settings.lora_rank,
-            lora_alpha=2 * settings.lora_rank,
-            lora_dropout=0.0,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        )
     args_settings = settings
     reference = None
     if explicit_reference:
@@ -137,7 +126,7 @@ def probe_run(
             args=args_settings.to_dpo_config(scratch, device),
             train_dataset=to_trl_dataset(loaded, pairs),
             processing_class=loaded.tokenizer,
-            peft_config=peft_config,
+            peft_config=args_settings.peft_config(),
             callbacks=[callback],
         )
         trainer.remove_callback(PrinterCallback)
