@@ -11,6 +11,7 @@ import pandas as pd
 from alignlab.presets import (
     MAX_PAIRS,
     DatasetError,
+    PreferencePair,
     Preset,
     export_jsonl,
     load_dataset_file,
@@ -113,6 +114,22 @@ def export_ui(pairs: pd.DataFrame, request: gr.Request) -> str:
 # --------------------------------------------------------------------------- layout and events
 
 
+def _pair_table(pairs: list[PreferencePair], label: str, elem_id: str, max_height: int) -> gr.Dataframe:
+    """An editable prompt/chosen/rejected table (training and held-out pairs look alike)."""
+    return gr.Dataframe(
+        table_from_pairs(pairs),
+        headers=PAIR_COLUMNS,
+        column_count=3,
+        interactive=True,
+        wrap=True,
+        label=label,
+        elem_id=elem_id,
+        column_widths=["30%", "45%", "25%"],
+        max_height=max_height,
+        show_row_numbers=True,
+    )
+
+
 def build(preset: Preset) -> SimpleNamespace:
     gr.Markdown(INTRO, elem_classes="al-intro")
     with gr.Row():
@@ -121,29 +138,17 @@ def build(preset: Preset) -> SimpleNamespace:
     validation = gr.Markdown(
         validation_message(preset.pairs, preset.heldout_pairs), label="validation", elem_id="dataset-validation"
     )
-    pairs = gr.Dataframe(
-        table_from_pairs(preset.pairs),
-        headers=PAIR_COLUMNS,
-        column_count=3,
-        interactive=True,
-        wrap=True,
-        label="Training pairs (click a cell to edit; add or delete rows from the row menu)",
-        elem_id="pairs-table",
-        column_widths=["30%", "45%", "25%"],
+    pairs = _pair_table(
+        preset.pairs,
+        "Training pairs (click a cell to edit; add or delete rows from the row menu)",
+        "pairs-table",
         max_height=420,
-        show_row_numbers=True,
     )
-    heldout = gr.Dataframe(
-        table_from_pairs(preset.heldout_pairs),
-        headers=PAIR_COLUMNS,
-        column_count=3,
-        interactive=True,
-        wrap=True,
-        label="Held-out pairs (never trained on: they test whether the preference generalises)",
-        elem_id="heldout-table",
-        column_widths=["30%", "45%", "25%"],
+    heldout = _pair_table(
+        preset.heldout_pairs,
+        "Held-out pairs (never trained on: they test whether the preference generalises)",
+        "heldout-table",
         max_height=300,
-        show_row_numbers=True,
     )
     with gr.Row():
         upload = gr.File(
