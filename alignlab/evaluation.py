@@ -37,7 +37,7 @@ FLAT_MARGIN = 0.05
 GRAD_NORM_LIMIT = 100.0
 HEAVY_KL = 0.5  # nats per token
 HEAVY_PPL_RATIO = 1.5
-DISPLACEMENT_DROP = 1.0  # nats of summed log-prob
+DISPLACEMENT_DROP = 1.0  # nats of summed log-prob below the reference, per chosen answer
 
 
 # --------------------------------------------------------------------------- log-probs
@@ -249,8 +249,12 @@ def read_health(
     kl_to_reference: float | None = None,
     perplexity_before: float | None = None,
     perplexity_after: float | None = None,
+    beta: float = 0.1,
 ) -> Health:
-    """Read a run's log history (and the evidence, when given) into a verdict and findings."""
+    """Read a run's log history (and the evidence, when given) into a verdict and findings.
+
+    ``beta`` is the run's: TRL logs rewards as beta x log-ratio, and the displacement rule reads nats.
+    """
     rows = [r for r in log_history if "loss" in r]
     if not rows:
         return Health("failed", ["No training step was logged: the run did not train."])
@@ -300,14 +304,17 @@ def read_health(
         else:
             good.append(f"Generalises: {heldout_accuracy:.0%} of held-out pairs, never trained on, are ranked right.")
 
-    chosen_logps, rejected_logps = _series(rows, "logps/chosen"), _series(rows, "logps/rejected")
-    if len(chosen_logps) >= 2 and len(rejected_logps) >= 2:
-        chosen_drop = chosen_logps[0] - _tail_mean(chosen_logps)
-        rejected_drop = rejected_logps[0] - _tail_mean(rejected_logps)
+    # Rewards are beta x (policy - reference) log-probability on the step's own pairs, so they compare
+    # like with like; raw ``logps/*`` move with which pairs a batch drew (short or long answers).
+    chosen_rewards, rejected_rewards = _series(rows, "rewards/chosen"), _series(rows, "rewards/rejected")
+    if len(chosen_rewards) >= 2 and len(rejected_rewards) >= 2:
+        chosen_drop = -_tail_mean(chosen_rewards) / beta
+        rejected_drop = -_tail_mean(rejected_rewards) / beta
         if chosen_drop > DISPLACEMENT_DROP and rejected_drop > 0:
             warnings.append(
-                f"Likelihood displacement: the chosen answers' log-probability fell by {chosen_drop:.2f} nats "
-                f"along with the rejected ones' ({rejected_drop:.2f}); the margin grew by pushing both down."
+                f"Likelihood displacement: the chosen answers' log-probability fell {chosen_drop:.2f} nats below "
+                f"the reference's, along with the rejected ones' ({rejected_drop:.2f}); the margin grew by pushing "
+                "both down."
             )
 
     if changed is not None and changed == 0:

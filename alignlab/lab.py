@@ -71,6 +71,7 @@ def build_report(
         kl_to_reference=evidence.kl_to_reference,
         perplexity_before=evidence.perplexity_before,
         perplexity_after=evidence.perplexity_after,
+        beta=settings.beta,
     )
     report = {
         "model": {

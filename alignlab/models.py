@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import itertools
 import logging
 import os
 import shutil
@@ -272,3 +273,19 @@ def copy_for_training(loaded: LoadedModel) -> PreTrainedModel:
     policy = copy.deepcopy(loaded.model)
     policy.config._name_or_path = loaded.source
     return policy
+
+
+def reference_view(loaded: LoadedModel) -> PreTrainedModel:
+    """DPO's frozen reference at no memory cost: a module tree of its own over the cached model's tensors.
+
+    Every parameter and buffer is the cached model's own object (nothing is copied); the modules,
+    config and forward methods are new. TRL patches the reference it is given (a fused LM head
+    on ``forward``, dropout off, device placement, autocast under bf16); those patches land on
+    this throwaway tree, so the cached model that the tabs generate with never accumulates them.
+    Nothing trains it: TRL scores the reference under ``torch.no_grad``.
+    """
+    model = loaded.model
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    view = copy.deepcopy(model, memo=shared)
+    view.config._name_or_path = loaded.source
+    return view.eval()

@@ -7,10 +7,13 @@ the TRL config all come from it) and :meth:`TrainingSettings.to_dpo_config` the 
 is what a live plot (or a progress bar) consumes. Both stop cleanly within one optimizer step
 when asked to.
 
-The reference model (DPO's anchor, pi_ref) is handled in one of two ways, both of which avoid
+The reference model (DPO's anchor, pi_ref) is handled in one of three ways, all of which avoid
 TRL's fallback of reloading the reference from ``config._name_or_path``:
-- full fine-tuning with ``precompute_ref_log_probs=True``: the reference log-probs of every pair
-  are computed with the untouched policy before the first step, so no second model is kept;
+- full fine-tuning (the default): the reference is the cached model itself, seen through
+  :func:`alignlab.models.reference_view` (its weights shared, never copied); TRL scores each
+  batch with it as it trains, so the first step starts at once;
+- full fine-tuning with ``precompute_ref_log_probs=True``: TRL scores every pair with the untouched
+  policy before the first step instead (a pass over the data, and a hash of every weight);
 - LoRA (``use_lora``): the reference is the same network with the adapter switched off.
 """
 
@@ -30,7 +33,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback
 
-from alignlab.models import LoadedModel, copy_for_training
+from alignlab.models import LoadedModel, copy_for_training, reference_view
 from alignlab.presets import PreferencePair
 
 #: DPO and its siblings, as TRL's ``DPOConfig.loss_type`` names them.
@@ -63,8 +66,9 @@ class TrainingSettings:
     """Optimizer steps to run (1-500). Set this or ``epochs``, not both."""
     epochs: float | None = None
     """Passes over the pairs (0.1-50), instead of ``steps``."""
-    batch_size: int = 4
-    """Pairs per optimizer step (1-64)."""
+    batch_size: int = 2
+    """Pairs per optimizer step (1-64). 2 puts a point on the plot every few seconds on a CPU; 6
+    steps then see 12 pairs, enough for the seed lab's shift (measured, see bench/)."""
     loss_type: str = "sigmoid"
     """One of :data:`LOSS_TYPES`; ``sigmoid`` is DPO."""
     seed: int = 42
@@ -75,9 +79,11 @@ class TrainingSettings:
     """Train a LoRA adapter instead of every weight; the reference is the adapter switched off."""
     lora_rank: int = 16
     """LoRA rank (1-256), when ``use_lora``."""
-    precompute_ref_log_probs: bool = True
-    """Full fine-tuning: score the pairs with the reference once before training instead of
-    keeping a second model in memory (measured faster, see bench/)."""
+    precompute_ref_log_probs: bool = False
+    """Full fine-tuning: score every pair with the reference once, before the first step, instead of
+    scoring each batch as it trains. Off by default: that pass delays the first plotted step by
+    several seconds on a CPU and saves no memory, since the reference shares the cached weights
+    (measured, see bench/)."""
     precision: str = "auto"
     """'auto' (bf16 on a GPU that has it, else fp32), 'fp32' or 'bf16'."""
 
@@ -304,6 +310,36 @@ class _StreamCallback(TrainerCallback):
         return control
 
 
+def build_dpo_trainer(
+    loaded: LoadedModel,
+    pairs: list[PreferencePair],
+    settings: TrainingSettings,
+    output_dir: str | Path,
+    callbacks: list[TrainerCallback] | None = None,
+) -> Any:
+    """The one place where a ``DPOTrainer`` is built: a private policy copy, its reference, TRL's config.
+
+    Seeds first, so the same settings and pairs give the same run. ``train_dpo`` and the bench's
+    probe both train what this returns.
+    """
+    from trl import DPOTrainer
+
+    set_seed(settings.seed)
+    policy = copy_for_training(loaded)
+    shared_reference = not settings.use_lora and not settings.precompute_ref_log_probs
+    trainer = DPOTrainer(
+        model=policy,
+        ref_model=reference_view(loaded) if shared_reference else None,
+        args=settings.to_dpo_config(output_dir, loaded.device),
+        train_dataset=to_trl_dataset(loaded, pairs),
+        processing_class=loaded.tokenizer,
+        peft_config=settings.peft_config(),
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # rows reach the caller as events, not as prints
+    return trainer
+
+
 def train_dpo(
     loaded: LoadedModel,
     pairs: list[PreferencePair],
@@ -313,26 +349,12 @@ def train_dpo(
     output_dir: str | Path | None = None,
 ) -> TrainingResult:
     """Run DPO on a private copy of ``loaded.model``; the loaded model stays the reference."""
-    from trl import DPOTrainer
-
     if not pairs:
         raise SettingsError("There are no training pairs: add at least one pair before training.")
     started = time.perf_counter()
-    set_seed(settings.seed)
-    device = loaded.device
-    policy = copy_for_training(loaded)
     callback = _StreamCallback(on_event, cancel, started)
     with tempfile.TemporaryDirectory(prefix="alignlab-dpo-") as scratch:
-        trainer = DPOTrainer(
-            model=policy,
-            ref_model=None,
-            args=settings.to_dpo_config(output_dir or scratch, device),
-            train_dataset=to_trl_dataset(loaded, pairs),
-            processing_class=loaded.tokenizer,
-            peft_config=settings.peft_config(),
-            callbacks=[callback],
-        )
-        trainer.remove_callback(PrinterCallback)  # rows reach the caller as events, not as prints
+        trainer = build_dpo_trainer(loaded, pairs, settings, output_dir or scratch, [callback])
         trainer.train()
         trained = trainer.model
     loaded.tokenizer.padding_side = "left"  # the trainer may have changed it; generation needs left

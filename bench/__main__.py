@@ -42,6 +42,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=None, help="runs per figure (default 3; --quick 1)")
     parser.add_argument(
+        "--generation-repeats",
+        type=int,
+        default=None,
+        help="runs of each generation mode (default 5, as its ratio is the noisiest figure; --quick 1)",
+    )
+    parser.add_argument(
         "--timed-steps", type=int, default=None, help="DPO steps timed per trainer after 1 warm-up (default 6)"
     )
     parser.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: CUDA when present")
@@ -60,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.model = args.model or ("tiny" if args.quick else EMBEDDED_DEFAULT)
     args.repeats = args.repeats or (1 if args.quick else 3)
+    args.generation_repeats = args.generation_repeats or (1 if args.quick else 5)
     args.timed_steps = args.timed_steps or (2 if args.quick else 6)
     sections = args.only.split(",") if args.only else list(DEFAULT_SECTIONS)
     if args.candidates and "candidates" not in sections:
@@ -113,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if "generation" in args.sections:
         _say("[bench] generation: batched vs one prompt at a time ...")
-        results["generation"] = generation.run(loaded, preset.eval_prompts[:6], args.repeats, max_new_tokens)
+        results["generation"] = generation.run(loaded, preset.eval_prompts[:6], args.generation_repeats, max_new_tokens)
     if "training" in args.sections:
         _say("[bench] training: AlignLab vs plain DPOTrainer vs bare loop ...")
         results["training"] = training.run(loaded, preset.pairs, args.timed_steps, args.precision, args.trl_budget)
@@ -242,6 +249,12 @@ def table(results: dict[str, Any]) -> str:
                 "generation: identical answers / new tokens (batched, single)",
                 f"{g['identical_answers']}/{n}; {g['new_tokens']['batched']}, {g['new_tokens']['one_at_a_time']}",
             ),
+            ("generation: one decoding step, batch 1", fig(g["decode_step_seconds"]["batch_1"])),
+            (f"generation: one decoding step, batch {n}", fig(g["decode_step_seconds"][f"batch_{n}"])),
+            (
+                f"generation: speedup bound, {n} x step(1) / step({n})",
+                f"{g['speedup_bound_from_decode_steps']:.2f} x",
+            ),
         ]
     tr = results.get("training")
     if tr:
@@ -251,7 +264,7 @@ def table(results: dict[str, Any]) -> str:
         rows += [
             (
                 f"train s/step: AlignLab (batch {s['batch_size']}, {'bf16' if s['bf16'] else 'fp32'}, "
-                f"{'pre-computed ref' if s['precompute_ref_log_probs'] else 'ref model'})",
+                f"{'pre-computed ref' if s['precompute_ref_log_probs'] else 'shared ref model'})",
                 fig(steps["alignlab"]),
             ),
             (
@@ -277,6 +290,13 @@ def table(results: dict[str, Any]) -> str:
                 "loss check: step-1 logps chosen/rejected TRL vs bare",
                 f"{la['first_step_logps_chosen_trl']:.4f}/{la['first_step_logps_rejected_trl']:.4f} vs "
                 f"{la['first_step_logps_chosen_bare']:.4f}/{la['first_step_logps_rejected_bare']:.4f}",
+            )
+        )
+        pad = tr["padding_share"]
+        rows.append(
+            (
+                f"train: padded positions per batch of {pad['batch_size']} (floor: perfect length grouping)",
+                f"{pad['mean']:.0%} (floor {pad['floor']:.0%})",
             )
         )
     lb = results.get("lab")
@@ -324,7 +344,8 @@ def table(results: dict[str, Any]) -> str:
             rows.append(
                 (
                     f"candidate {name}",
-                    f"{fig(c['step_seconds'])}/step; RSS {c['peak_rss_mib']:.0f} MiB; {shift_text}; final acc "
+                    f"{c['seconds_per_pair']:.2f} s/pair, setup {c['setup_seconds']:.1f} s, "
+                    f"train {c['train_seconds']:.1f} s; RSS {c['peak_rss_mib']:.0f} MiB; {shift_text}; final acc "
                     f"{c['final_heldout_accuracy']:.2f}; KL {c['kl_heldout_chosen']:.3f}; "
                     f"ppl {c['perplexity_before']:.1f}->{c['perplexity_after']:.1f}",
                 )

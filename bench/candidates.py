@@ -2,9 +2,10 @@
 
 Every candidate is one probed training run (:mod:`bench.probe`) in a fresh process, so that its
 peak RSS is its own: seconds per step (median after the warm-up step, held-out scoring left
-out), peak memory, held-out accuracy after every step (hence the step at which it first reaches
-0.75), and drift at the end (KL per token to the reference on the held-out chosen answers,
-perplexity on neutral text before and after). Only the named fields differ from the defaults.
+out) and per pair trained, set-up seconds, peak memory, held-out accuracy after every step
+(hence the step at which it first reaches 0.75), and drift at the end (KL per token to the
+reference on the held-out chosen answers, perplexity on neutral text before and after).
+Only the named fields differ from the defaults.
 """
 
 from __future__ import annotations
@@ -15,23 +16,24 @@ from typing import Any
 from alignlab.training import TrainingSettings
 from bench.common import Figure, run_worker
 
-#: name -> (TrainingSettings overrides, explicit reference model instead of pre-computed log-probs)
-CANDIDATES: dict[str, tuple[dict[str, Any], bool]] = {
-    "defaults": ({}, False),
-    "explicit_reference": ({"precompute_ref_log_probs": False}, True),
-    "lora_r16": ({"use_lora": True}, False),
-    "lora_r16_lr5e-4": ({"use_lora": True, "learning_rate": 5e-4}, False),
+#: name -> the TrainingSettings fields that differ from the defaults
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "precomputed_reference": {"precompute_ref_log_probs": True},
+    "lora_r16": {"use_lora": True},
+    "lora_r16_lr5e-4": {"use_lora": True, "learning_rate": 5e-4},
     # bf16 autocast on a CPU without native bf16 takes minutes per step: 1 warm-up + 2 timed steps.
-    "bf16": ({"precision": "bf16", "steps": 3}, False),
-    "max_length_128": ({"max_length": 128}, False),
-    "batch_size_2": ({"batch_size": 2}, False),
-    "batch_size_8": ({"batch_size": 8}, False),
-    "lr_2e-5": ({"learning_rate": 2e-5}, False),
-    "lr_1e-5": ({"learning_rate": 1e-5}, False),
+    "bf16": {"precision": "bf16", "steps": 3},
+    "batch_size_1": {"batch_size": 1},
+    "batch_size_4": {"batch_size": 4},
+    "batch_size_8": {"batch_size": 8},
+    "steps_3": {"steps": 3},
+    "lr_2e-5": {"learning_rate": 2e-5},
+    "lr_1e-5": {"learning_rate": 1e-5},
     # Longer runs: held-out accuracy and drift after every step show how many steps each rate needs.
-    "lr_5e-5_12_steps": ({"learning_rate": 5e-5, "steps": 12}, False),
-    "lr_1e-4_12_steps": ({"learning_rate": 1e-4, "steps": 12}, False),
-    "lr_2e-4_12_steps": ({"learning_rate": 2e-4, "steps": 12}, False),
+    "lr_5e-5_12_steps": {"learning_rate": 5e-5, "steps": 12},
+    "lr_1e-4_12_steps": {"learning_rate": 1e-4, "steps": 12},
+    "lr_2e-4_12_steps": {"learning_rate": 2e-4, "steps": 12},
 }
 
 
@@ -46,10 +48,10 @@ def run(spec: str, device: str | None, names: list[str] | None = None, progress:
         raise ValueError(f"unknown candidate(s) {', '.join(unknown)}; known: {', '.join(CANDIDATES)}")
     out: dict[str, Any] = {}
     for name in names or list(CANDIDATES):
-        overrides, explicit = CANDIDATES[name]
+        overrides = CANDIDATES[name]
         print(f"{datetime.now(timezone.utc):%H:%M:%S} [bench]   candidate {name} ...", file=sys.stderr, flush=True)
         settings = TrainingSettings.from_dict(overrides)
-        options = {"settings": settings.to_dict(), "every_step": True, "explicit_reference": explicit}
+        options = {"settings": settings.to_dict(), "every_step": True}
         try:
             probe = run_worker("probe", spec, device, json.dumps(options))
         except RuntimeError as exc:  # one failing candidate should not cost the others
@@ -57,8 +59,10 @@ def run(spec: str, device: str | None, names: list[str] | None = None, progress:
             continue
         out[name] = {
             "overrides": overrides,
-            "explicit_reference": explicit,
+            "pairs_per_step": probe["pairs_per_step"],
             "step_seconds": Figure(probe["step_seconds"][1:]).to_dict(),
+            # Steps of different sizes (an epoch's last batch is short): per pair compares them fairly.
+            "seconds_per_pair": sum(probe["step_seconds"][1:]) / max(1, sum(probe["pairs_per_step"][1:])),
             "setup_seconds": probe["setup_seconds"],
             "train_seconds": probe["setup_seconds"] + sum(probe["step_seconds"]),
             "peak_rss_mib": probe["peak_rss_mib"],

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from alignlab.generation import GenerationSettings, generate
 from alignlab.models import LoadedModel
 from bench.common import Figure, ratio, timed
@@ -17,6 +19,25 @@ from bench.common import Figure, ratio, timed
 
 def _new_tokens(loaded: LoadedModel, texts: list[str]) -> int:
     return sum(len(loaded.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+
+
+@torch.inference_mode()
+def decode_step_seconds(loaded: LoadedModel, batch: int, prompt_tokens: int = 40, steps: int = 16) -> Figure:
+    """One cached decoding step (one new token per row) at a batch size: the unit generation repeats.
+
+    Six prompts one at a time cost six batch-1 steps per token; batched, one batch-6 step. So
+    ``6 * t(1) / t(6)`` bounds the speedup that batching can give on this hardware.
+    """
+    model = loaded.model.eval()
+    device = next(model.parameters()).device
+    ids = torch.randint(0, loaded.tokenizer.vocab_size, (batch, prompt_tokens), device=device)
+    cache = model(ids, use_cache=True).past_key_values
+    step = ids[:, -1:]
+    figure = Figure()
+    for _ in range(steps):
+        with timed(figure, device):
+            cache = model(step, past_key_values=cache, use_cache=True).past_key_values
+    return figure
 
 
 def run(loaded: LoadedModel, prompts: list[str], repeats: int, max_new_tokens: int) -> dict[str, Any]:
@@ -30,8 +51,13 @@ def run(loaded: LoadedModel, prompts: list[str], repeats: int, max_new_tokens: i
             batched_out = generate(loaded, prompts, settings)
         with timed(single, loaded.device):
             single_out = [generate(loaded, [p], settings)[0] for p in prompts]
+    step_1 = decode_step_seconds(loaded, 1)
+    step_n = decode_step_seconds(loaded, len(prompts))
+    bound = len(prompts) * step_1.median / step_n.median
     return {
         "prompts": len(prompts),
+        "decode_step_seconds": {"batch_1": step_1.to_dict(), f"batch_{len(prompts)}": step_n.to_dict()},
+        "speedup_bound_from_decode_steps": bound,
         "max_new_tokens": max_new_tokens,
         "batched_seconds": batched.to_dict(),
         "one_at_a_time_seconds": single.to_dict(),

@@ -1,29 +1,25 @@
 """AlignLab's DPO run with a probe: step times, and held-out preference accuracy after every step.
 
-``train_dpo`` takes no extra callbacks, so this builds the same trainer it builds (the same
-``TrainingSettings.to_dpo_config``, dataset, policy copy and LoRA config) and adds one callback.
+It trains what ``alignlab.training.build_dpo_trainer`` builds (the trainer ``train_dpo`` runs)
+with one callback added.
 After each step the callback scores the held-out pairs with the policy (the reference's scores are
 computed once, before training) and the time that takes is left out of the step times. Used by
-the time-to-shift section and by the candidates, which also vary what ``train_dpo`` cannot
-(an explicit reference model instead of pre-computed log-probs).
+the time-to-shift section and by the candidates.
 """
 
 from __future__ import annotations
 
-import copy
 import tempfile
 import time
-from dataclasses import replace
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, set_seed
-from transformers.trainer_callback import PrinterCallback
+from transformers import TrainerCallback
 
 from alignlab.evaluation import completion_logps, implicit_rewards, mean_token_kl, perplexity, preference_accuracy
-from alignlab.models import LoadedModel, copy_for_training
+from alignlab.models import LoadedModel
 from alignlab.presets import PreferencePair
-from alignlab.training import TrainingSettings, to_trl_dataset
+from alignlab.training import TrainingSettings, build_dpo_trainer
 from bench.common import cuda_peak_mib, peak_rss_mib, reset_cuda_peak, sync
 
 SHIFT_ACCURACY = 0.75
@@ -90,6 +86,12 @@ class ProbeCallback(TrainerCallback):
         self.mark = time.perf_counter()  # the next step's period starts after the probe
 
 
+def pairs_per_step(n_pairs: int, batch_size: int, steps: int) -> list[int]:
+    """Pairs in each step's batch: full batches, then the remainder at each epoch's end."""
+    per_epoch = [min(batch_size, n_pairs - start) for start in range(0, n_pairs, batch_size)]
+    return [per_epoch[i % len(per_epoch)] for i in range(steps)]
+
+
 def first_shift(accuracy: list[float], threshold: float = SHIFT_ACCURACY) -> int | None:
     """1-based step at which held-out accuracy first reaches ``threshold``, or None."""
     return next((i + 1 for i, a in enumerate(accuracy) if a >= threshold), None)
@@ -101,35 +103,16 @@ def probe_run(
     heldout: list[PreferencePair],
     settings: TrainingSettings,
     every_step: bool = True,
-    explicit_reference: bool = False,
     drift: bool = True,
 ) -> dict[str, Any]:
     """Train like ``train_dpo`` and report step times, held-out accuracy per step and drift."""
-    from trl import DPOTrainer
-
     device = loaded.device
     reset_cuda_peak()
     scorer = HeldoutScorer(loaded, heldout, settings.beta) if heldout else None
     started = time.perf_counter()
-    set_seed(settings.seed)
-    policy = copy_for_training(loaded)
-    args_settings = settings
-    reference = None
-    if explicit_reference:
-        args_settings = replace(settings, precompute_ref_log_probs=False)
-        reference = copy.deepcopy(loaded.model)
     callback = ProbeCallback(device, scorer if every_step else None)
     with tempfile.TemporaryDirectory(prefix="bench-probe-") as scratch:
-        trainer = DPOTrainer(
-            model=policy,
-            ref_model=reference,
-            args=args_settings.to_dpo_config(scratch, device),
-            train_dataset=to_trl_dataset(loaded, pairs),
-            processing_class=loaded.tokenizer,
-            peft_config=args_settings.peft_config(),
-            callbacks=[callback],
-        )
-        trainer.remove_callback(PrinterCallback)
+        trainer = build_dpo_trainer(loaded, pairs, settings, scratch, [callback])
         trainer.train()
         trained = trainer.model
     loaded.tokenizer.padding_side = "left"
@@ -140,9 +123,9 @@ def probe_run(
     rows = [r for r in trainer.state.log_history if "loss" in r]
     out: dict[str, Any] = {
         "settings": settings.to_dict(),
-        "explicit_reference": explicit_reference,
         "setup_seconds": setup,  # policy copy, tokenising, reference log-probs when pre-computed
         "step_seconds": callback.step_seconds,
+        "pairs_per_step": pairs_per_step(len(pairs), settings.batch_size, len(callback.step_seconds)),
         "heldout_accuracy": callback.accuracy,
         "heldout_margin": callback.margin,
         "kl_per_step": callback.kl,
@@ -167,5 +150,5 @@ def probe_run(
         out["perplexity_after"] = perplexity(trained, loaded)
     out["peak_rss_mib"] = peak_rss_mib()
     out["cuda_peak_mib"] = cuda_peak_mib()
-    del trainer, trained, policy, reference
+    del trainer, trained
     return out

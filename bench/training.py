@@ -136,6 +136,29 @@ def trl_default_steps(
     }
 
 
+def padding_share(encoded: list, batch_size: int, shuffles: int = 200, seed: int = 0) -> dict[str, float]:
+    """Share of padded positions in a training batch, and the least any batching could leave.
+
+    TRL pads every chosen and rejected sequence of a batch to the batch's longest one. The mean is
+    over ``shuffles`` random data orders; the floor pads each pair only to its own longer answer,
+    which is what perfect grouping by length would leave (chosen and rejected share one forward).
+    """
+    import random
+
+    lengths = [(len(e.prompt_ids) + len(e.chosen_ids), len(e.prompt_ids) + len(e.rejected_ids)) for e in encoded]
+    real = padded = 0
+    rng = random.Random(seed)
+    for _ in range(shuffles):
+        order = rng.sample(lengths, len(lengths))
+        for start in range(0, len(order), batch_size):
+            rows = [n for pair in order[start : start + batch_size] for n in pair]
+            real += sum(rows)
+            padded += max(rows) * len(rows)
+    floor_real = sum(c + r for c, r in lengths)
+    floor_padded = sum(2 * max(c, r) for c, r in lengths)
+    return {"mean": 1 - real / padded, "floor": 1 - floor_real / floor_padded, "batch_size": batch_size}
+
+
 def loss_agreement(rows: list[dict[str, Any]], bare) -> dict[str, Any]:  # noqa: ANN001 - BareRun
     """AlignLab's (TRL's) logged values vs the bare loop's, step by step."""
     trl_losses = [float(r["loss"]) for r in rows]
@@ -198,7 +221,8 @@ def run(
         "trl_default": Figure(plain["step_seconds"][1:]),
         "bare": Figure(bare.step_seconds[1:]),
     }
-    ours_tokens = [(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in encode_pairs(loaded, pairs)]
+    encoded = encode_pairs(loaded, pairs)
+    ours_tokens = [(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in encoded]
     return {
         "settings": settings.to_dict() | {"bf16": bf16},
         "trl_default_config": plain["config"] | {"time_box_s": trl_budget_s, "steps_run": len(plain["step_seconds"])},
@@ -212,6 +236,7 @@ def run(
         "ratio_alignlab_vs_bare": ratio(figures["alignlab"], figures["bare"]).to_dict(),
         "tokens_match_trl": ours_tokens == plain["tokenized"],
         "max_sequence_tokens": bare.max_tokens,
+        "padding_share": padding_share(encoded, settings.batch_size),
         "loss_agreement": loss_agreement(ours["rows"], bare),
         "cuda_peak_mib": {"alignlab": ours["cuda_peak_mib"], "trl_default": plain["cuda_peak_mib"], "bare": bare_cuda},
         "_figures": figures,

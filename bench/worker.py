@@ -84,7 +84,6 @@ def _probe(spec: str, options: dict) -> dict:
         preset.heldout_pairs,
         TrainingSettings.from_dict(options.get("settings", {})),
         every_step=options.get("every_step", True),
-        explicit_reference=options.get("explicit_reference", False),
     )
 
 

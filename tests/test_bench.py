@@ -12,6 +12,9 @@ import json
 import pytest
 
 from bench.__main__ import main
+from bench.bare_dpo import EncodedPair
+from bench.probe import pairs_per_step
+from bench.training import padding_share
 
 
 def test_quick_bench_writes_every_figure(tmp_path):
@@ -20,10 +23,14 @@ def test_quick_bench_writes_every_figure(tmp_path):
     written = json.loads(out.read_text())
     assert written["machine"]["cores"] >= 1 and written["config"]["model"] == "tiny"
     assert results["generation"]["batched_seconds"]["n"] == 1
+    steps = written["generation"]["decode_step_seconds"]
+    assert steps["batch_1"]["n"] == steps[f"batch_{written['generation']['prompts']}"]["n"] == 16
+    assert written["generation"]["speedup_bound_from_decode_steps"] > 0
     training = written["training"]
     for name in ("alignlab", "trl_default", "bare"):
         assert training["step_seconds"][name]["n"] == 2  # --quick: 2 timed steps after the warm-up
     assert training["tokens_match_trl"]
+    assert 0 <= training["padding_share"]["floor"] <= training["padding_share"]["mean"] < 1
     agreement = training["loss_agreement"]
     assert agreement["first_step_loss_diff"] < 1e-4
     assert agreement["max_loss_diff"] < 1e-3  # same data order and optimiser as TRL
@@ -39,3 +46,29 @@ def test_quick_bench_lab_section_runs_in_fresh_processes(tmp_path):
     lab = json.loads(out.read_text())["lab"]
     assert lab["figures"]["total_cached"]["n"] >= 1
     assert lab["figures"]["peak_rss_cached"]["median"] > 0
+
+
+def test_pairs_per_step_follow_epochs_with_a_short_last_batch():
+    assert pairs_per_step(10, 4, 6) == [4, 4, 2, 4, 4, 2]
+    assert pairs_per_step(10, 2, 6) == [2, 2, 2, 2, 2, 2]
+    assert pairs_per_step(3, 8, 2) == [3, 3]
+
+
+def test_padding_share_counts_the_pads_a_batch_needs():
+    same = [EncodedPair([1, 2], [3, 4], [5, 6])] * 4
+    assert padding_share(same, batch_size=2) == {"mean": 0.0, "floor": 0.0, "batch_size": 2}
+    # chosen 4 tokens, rejected 2: each pair alone pads 2 of 8 positions, whatever the batching
+    uneven = [EncodedPair([1, 2], [3, 4], [])] * 4
+    share = padding_share(uneven, batch_size=2)
+    assert share["floor"] == pytest.approx(0.25) and share["mean"] == pytest.approx(0.25)
+
+
+@pytest.mark.slow
+def test_candidates_run_each_setting_in_its_own_process(tmp_path):
+    out = tmp_path / "bench.json"
+    main(["--quick", "--only", "candidates", "--candidate-names", "defaults,precomputed_reference", "--out", str(out)])
+    cand = json.loads(out.read_text())["candidates"]
+    assert set(cand) == {"defaults", "precomputed_reference"}
+    # the same run either way: the reference's scores do not depend on when they are computed
+    assert cand["defaults"]["losses"] == pytest.approx(cand["precomputed_reference"]["losses"], abs=1e-5)
+    assert all(c["seconds_per_pair"] > 0 and c["peak_rss_mib"] > 0 for c in cand.values())

@@ -98,6 +98,8 @@ def rows(n=6, **series):
             "rewards/margins": 0.1 * (i + 1),
             "logps/chosen": -50.0,
             "logps/rejected": -60.0 - i,
+            "rewards/chosen": 0.0,
+            "rewards/rejected": -0.1 * i,
         }
         for key, value in series.items():
             row[key.replace("__", "/")] = value[i] if isinstance(value, list) else value
@@ -137,9 +139,27 @@ def test_heldout_at_chance_is_no_generalisation():
 
 
 def test_likelihood_displacement():
-    health = read_health(rows(logps__chosen=[-50, -52, -54, -56, -58, -60]))
+    # beta 0.1: a chosen reward of -0.3 is 3 nats below the reference on the same pairs
+    health = read_health(rows(rewards__chosen=[0, -0.1, -0.2, -0.3, -0.3, -0.3]), beta=0.1)
     assert health.verdict == "warning"
-    assert any(f.startswith("Likelihood displacement") for f in health.findings)
+    assert any(
+        f.startswith("Likelihood displacement: the chosen answers' log-probability fell 3.00") for f in health.findings
+    )
+    # the same rewards under beta 1.0 are only 0.3 nats: no warning
+    assert read_health(rows(rewards__chosen=[0, -0.1, -0.2, -0.3, -0.3, -0.3]), beta=1.0).verdict == "healthy"
+
+
+def test_batches_of_different_pairs_are_not_read_as_displacement():
+    # Measured (concise preset, batch size 2): raw chosen log-probs swing with the pairs each batch
+    # drew, while the chosen rewards, against the reference on the same pairs, stay above zero.
+    history = rows(
+        logps__chosen=[-23.1, -11.2, -46.4, -16.0, -26.4, -44.4],
+        logps__rejected=[-138.3, -156.0, -244.5, -240.7, -287.2, -335.9],
+        rewards__chosen=[0.0, 0.24, -0.08, 0.14, 0.67, 0.4],
+        rewards__rejected=[0.0, -3.59, -8.22, -11.26, -14.16, -18.32],
+    )
+    health = read_health(history, beta=0.1)
+    assert not any(f.startswith("Likelihood displacement") for f in health.findings)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

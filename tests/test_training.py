@@ -3,6 +3,7 @@ import pickle
 import pytest
 import torch
 
+from alignlab.models import reference_view
 from alignlab.training import (
     LOSS_TYPES,
     CancelToken,
@@ -36,7 +37,7 @@ def test_settings_are_validated_with_named_fields(kwargs, message):
 
 
 def test_settings_round_trip_and_reject_unknown_keys():
-    settings = TrainingSettings(beta=0.2, steps=None, epochs=2.0)
+    settings = TrainingSettings(beta=0.2, steps=None, epochs=2.0, batch_size=4)
     assert TrainingSettings.from_dict(settings.to_dict()) == settings
     with pytest.raises(SettingsError, match="Unknown setting\\(s\\): bogus"):
         TrainingSettings.from_dict({"bogus": 1})
@@ -49,7 +50,9 @@ def test_dpo_config_is_built_for_a_short_visible_run():
     assert config.loss_type == ["ipo"]
     assert config.max_steps == 3 and config.learning_rate == 1e-3
     assert config.use_cpu and not config.bf16 and not config.gradient_checkpointing
-    assert config.precompute_ref_log_probs
+    assert not config.precompute_ref_log_probs  # the reference scores each batch (see reference_view)
+    precomputed = TrainingSettings(**FAST, precompute_ref_log_probs=True)
+    assert precomputed.to_dpo_config("/tmp/x", torch.device("cpu")).precompute_ref_log_probs
 
 
 def test_every_loss_type_is_accepted_by_trl():
@@ -82,6 +85,26 @@ def test_training_changes_weights_streams_each_step_and_keeps_reference(tiny_cha
     assert any(not torch.equal(trained[k], reference_before[k]) for k in reference_before)
     # the cached model is the reference and must not move
     assert all(torch.equal(v, reference_before[k]) for k, v in tiny_chat.model.state_dict().items())
+
+
+def test_reference_view_shares_the_cached_weights_and_takes_trls_patches_itself(tiny_chat, pairs):
+    view = reference_view(tiny_chat)
+    assert view is not tiny_chat.model
+    cached = dict(tiny_chat.model.named_parameters())
+    assert all(p is cached[name] for name, p in view.named_parameters())  # shared, not copied
+    flags = {name: p.requires_grad for name, p in cached.items()}
+    train_dpo(tiny_chat, pairs, TrainingSettings(**FAST))
+    # TRL replaces the reference's forward with a fused-LM-head one; that must not reach the cached model
+    assert "forward" not in vars(tiny_chat.model)
+    assert {name: p.requires_grad for name, p in tiny_chat.model.named_parameters()} == flags
+
+
+def test_shared_and_precomputed_references_give_the_same_run(tiny_chat, pairs):
+    shared = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST, seed=3))
+    precomputed = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST, seed=3, precompute_ref_log_probs=True))
+    for a, b in zip(shared.step_rows, precomputed.step_rows, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], abs=1e-4)
 
 
 def test_base_model_trains_on_plain_text(tiny_base, pairs):

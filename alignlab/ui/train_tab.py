@@ -91,7 +91,7 @@ def finished_view(session: Session) -> tuple[Any, ...]:
         status += " Next: the **Compare** tab shows what changed."
     else:
         status += " No step finished, so there is nothing to compare: press Start again."
-    health = read_health(training["log_history"])
+    health = read_health(training["log_history"], beta=training["settings"]["beta"])
     return view(status, session.log_rows, health_markdown(health.verdict, health.findings))
 
 
