@@ -45,7 +45,7 @@ format: setup
 	$(PY) -m ruff format .
 
 bench: setup
-	$(PY) -m bench
+	$(PY) -m bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-output bench/results

@@ -134,6 +134,9 @@ def _run_lab(args: argparse.Namespace) -> int:
 
     def on_stage(name: str) -> None:
         print(f"[{list(labels).index(name) + 1}/4] {labels[name]}...", flush=True)
+        if name == "train":  # the bar's clock starts with training, so its rate is seconds per step
+            total = settings.total_steps(len(preset.pairs))
+            bar["bar"] = tqdm(total=total, unit="step", file=sys.stdout, dynamic_ncols=True, disable=False)
 
     def on_event(event: Any) -> None:
         if event.kind == "end":
@@ -141,11 +144,11 @@ def _run_lab(args: argparse.Namespace) -> int:
                 bar.pop("bar").close()
             return
         if "bar" not in bar:
-            bar["bar"] = tqdm(total=event.total_steps, unit="step", file=sys.stdout, dynamic_ncols=True, disable=False)
-        bar["bar"].update(event.step - bar["bar"].n)
+            return
         bar["bar"].set_postfix(
-            loss=f"{event.row.get('loss', 0):.3f}", margin=f"{event.row.get('rewards/margins', 0):+.2f}"
+            loss=f"{event.row.get('loss', 0):.3f}", margin=f"{event.row.get('rewards/margins', 0):+.2f}", refresh=False
         )
+        bar["bar"].update(event.step - bar["bar"].n)  # draws the step with its own loss and margin
 
     try:
         report, _ = run_lab(args.model, preset, settings, generation, on_stage=on_stage, on_event=on_event)

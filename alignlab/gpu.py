@@ -46,7 +46,7 @@ _REFERENCE_PARAMETERS = 135_000_000
 _STEP_SECONDS_PER_PAIR = 0.06  # at the reference size, with a 2x margin
 _TOKEN_SECONDS = 0.03  # one decoding step of a batch at the reference size, with margin
 _LOAD_SECONDS = 8.0  # weights from disk to the GPU, plus the worker's start
-_TRAIN_OVERHEAD_SECONDS = 12.0  # TRL set-up, reference log-probs, saving the policy
+_TRAIN_OVERHEAD_SECONDS = 12.0  # TRL set-up and first-step warm-up, saving the policy
 
 
 def on_zero_gpu() -> bool:
