@@ -11,14 +11,13 @@ import os
 import time
 from pathlib import Path
 
+import gradio as gr
 import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from gradio_client.utils import Status
 
 pytestmark = pytest.mark.e2e
-
-gr = pytest.importorskip("gradio")
-from gradio_client import Client  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
-from gradio_client.utils import Status  # noqa: E402
 
 ENDPOINTS = {"/load_model", "/baseline", "/validate_dataset", "/train", "/compare", "/run_lab", "/export", "/stop"}
 REPORT_KEYS = {

@@ -12,11 +12,11 @@ import shutil
 import time
 from pathlib import Path
 
+import playwright.sync_api as playwright_api
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
-playwright_api = pytest.importorskip("playwright.sync_api")
 playwright_api.expect.set_options(timeout=60_000)  # model work on 2 shared cores takes seconds
 CHROMIUM = os.environ.get("ALIGNLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
