@@ -249,7 +249,8 @@ def read_health(
     kl_to_reference: float | None = None,
     perplexity_before: float | None = None,
     perplexity_after: float | None = None,
-    beta: float = 0.1,
+    *,
+    beta: float,
 ) -> Health:
     """Read a run's log history (and the evidence, when given) into a verdict and findings.
 

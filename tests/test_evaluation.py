@@ -85,6 +85,8 @@ def test_training_on_pairs_raises_their_implicit_reward_margin(tiny_chat, pairs)
 
 # ----------------------------------------------------------------------------- health
 
+BETA = 0.1  # the synthetic histories' rewards are read as if trained with this beta
+
 
 def rows(n=6, **series):
     """A synthetic TRL log history: each keyword is a list (or a constant) per step."""
@@ -109,7 +111,13 @@ def rows(n=6, **series):
 
 def test_healthy_run_reads_healthy():
     health = read_health(
-        rows(), heldout_accuracy=0.9, changed=3, kl_to_reference=0.1, perplexity_before=20, perplexity_after=21
+        rows(),
+        heldout_accuracy=0.9,
+        changed=3,
+        kl_to_reference=0.1,
+        perplexity_before=20,
+        perplexity_after=21,
+        beta=BETA,
     )
     assert health.verdict == "healthy"
     assert any("Learning signal" in f for f in health.findings)
@@ -117,23 +125,23 @@ def test_healthy_run_reads_healthy():
 
 
 def test_no_steps_is_a_failure():
-    assert read_health([{"train_runtime": 1.0}]).verdict == "failed"
+    assert read_health([{"train_runtime": 1.0}], beta=BETA).verdict == "failed"
 
 
 def test_no_learning_signal():
-    health = read_health(rows(rewards__accuracies=[0.5, 0.0, 1.0, 0.5, 0.5, 0.5], rewards__margins=0.0))
+    health = read_health(rows(rewards__accuracies=[0.5, 0.0, 1.0, 0.5, 0.5, 0.5], rewards__margins=0.0), beta=BETA)
     assert health.verdict == "failed"
     assert any(f.startswith("No learning signal") for f in health.findings)
 
 
 def test_memorised_not_generalised():
-    health = read_health(rows(), heldout_accuracy=0.5)
+    health = read_health(rows(), heldout_accuracy=0.5, beta=BETA)
     assert health.verdict == "warning"
     assert any(f.startswith("Memorised, not generalised") for f in health.findings)
 
 
 def test_heldout_at_chance_is_no_generalisation():
-    health = read_health(rows(rewards__accuracies=[0, 1, 0, 1, 1, 0]), heldout_accuracy=0.5)
+    health = read_health(rows(rewards__accuracies=[0, 1, 0, 1, 1, 0]), heldout_accuracy=0.5, beta=BETA)
     assert health.verdict == "warning"
     assert any(f.startswith("No generalisation: only 50%") for f in health.findings)
 
@@ -164,26 +172,26 @@ def test_batches_of_different_pairs_are_not_read_as_displacement():
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_loss_is_instability(bad):
-    health = read_health(rows(loss=[0.6, 0.5, bad, 0.4, 0.4, 0.4]))
+    health = read_health(rows(loss=[0.6, 0.5, bad, 0.4, 0.4, 0.4]), beta=BETA)
     assert health.verdict == "failed"
     assert any("Instability: the loss became NaN or infinite at step 3" in f for f in health.findings)
 
 
 def test_exploding_grad_norm():
-    health = read_health(rows(grad_norm=[1, 2, 5, 400, 9, 1]))
+    health = read_health(rows(grad_norm=[1, 2, 5, 400, 9, 1]), beta=BETA)
     assert health.verdict == "warning"
     assert any("gradient norm reached 400" in f for f in health.findings)
 
 
 def test_no_behaviour_change():
-    health = read_health(rows(), changed=0)
+    health = read_health(rows(), changed=0, beta=BETA)
     assert health.verdict == "warning"
     assert any(f.startswith("No behaviour change") for f in health.findings)
 
 
 def test_heavy_drift_by_kl_and_by_perplexity():
-    by_kl = read_health(rows(), kl_to_reference=2.0)
-    by_ppl = read_health(rows(), perplexity_before=10.0, perplexity_after=30.0)
+    by_kl = read_health(rows(), kl_to_reference=2.0, beta=BETA)
+    by_ppl = read_health(rows(), perplexity_before=10.0, perplexity_after=30.0, beta=BETA)
     assert by_kl.verdict == by_ppl.verdict == "warning"
     assert any(f.startswith("Heavy drift: 2.00 nats/token") for f in by_kl.findings)
     assert any("rose from 10.0 to 30.0" in f for f in by_ppl.findings)
