@@ -76,21 +76,58 @@ def format_report(report: dict[str, Any]) -> str:
             "  after:",
             _wrap(after["text"], "    "),
         ]
+    from alignlab.health import (
+        capability_reading,
+        contrast_reading,
+        degeneration_readings,
+        heldout_reading,
+        kl_reading,
+        perplexity_reading,
+    )
+
     ev = report["eval"]
-
-    def fmt(value: Any, spec: str) -> str:
-        return "n/a" if value is None else format(value, spec)
-
-    lines += [
-        "\n=== Evidence ===",
-        f"  held-out preference accuracy : {fmt(ev['heldout_reward_accuracy'], '.2f')}"
-        f"  (mean reward margin {fmt(ev['heldout_mean_margin'], '+.3f')})",
-        f"  KL to reference (nats/token) : {fmt(ev['kl_to_reference'], '.3f')}",
-        f"  perplexity on neutral text   : {fmt(ev['perplexity_before'], '.2f')}"
-        f" -> {fmt(ev['perplexity_after'], '.2f')}",
-        f"\n=== Health: {report['health']['verdict'].upper()} ===",
-    ]
-    lines += [_wrap(f, "  - ", "    ") for f in report["health"]["findings"]]
+    lines.append("\n=== Evidence ===")
+    for reading in (
+        heldout_reading(ev.get("heldout_reward_accuracy"), ev.get("heldout_mean_margin")),
+        contrast_reading(ev.get("contrast_accuracy")),
+        capability_reading(
+            ev.get("capability_accuracy_before"), ev.get("capability_accuracy_after"), ev.get("capability_source", "")
+        ),
+        kl_reading(ev.get("kl_to_reference")),
+        perplexity_reading(ev.get("perplexity_before"), ev.get("perplexity_after")),
+    ):
+        lines.append(_wrap(reading, "  - ", "    "))
+    curve = [p for p in ev.get("heldout_curve") or [] if p.get("accuracy") is not None]
+    if curve:
+        lines.append(
+            _wrap(
+                "held-out accuracy after each step: "
+                + ", ".join(
+                    f"{p['step']}: {p['accuracy']:.2f}"
+                    + (f" (contrast {p['contrast_accuracy']:.2f})" if p.get("contrast_accuracy") is not None else "")
+                    for p in curve
+                ),
+                "  - ",
+                "    ",
+            )
+        )
+    checks = degeneration_readings(ev.get("degeneration") or {})
+    if checks:
+        lines.append("\n=== The answers themselves (before -> after) ===")
+        for name, before, after, reading in checks:
+            lines.append(
+                _wrap(
+                    f"{name}: {before} -> {after} — {reading}" if before else f"{name}: {after} — {reading}",
+                    "  - ",
+                    "    ",
+                )
+            )
+    health = report["health"]
+    lines.append(f"\n=== Health: {health['verdict'].upper()} ===")
+    details = health.get("details") or [{"code": "", "text": t} for t in health["findings"]]
+    lines += [_wrap(f"{d['text']} [{d['code']}]" if d.get("code") else d["text"], "  - ", "    ") for d in details]
+    if health.get("best_step") is not None:
+        lines.append(f"  best held-out step: {health['best_step']}")
     t = report["timings"]
     lines.append("\n=== Timings (s) ===\n  " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()))
     return "\n".join(lines)

@@ -1,23 +1,28 @@
-"""Before/after evidence that a DPO run changed the model, and what it cost.
+"""Before/after evidence that a run changed the model's preference, and what it cost.
 
-Everything here is computed from the models and TRL's log history, nothing is assumed:
+Everything here is computed from the models, nothing is assumed:
 
-- :func:`count_changed`: eval prompts whose greedy answer differs after training;
-- :func:`heldout_preference`: on pairs never trained on, DPO's implicit reward
-  ``r(x, y) = beta * (log pi_theta(y|x) - log pi_ref(y|x))`` of ``chosen`` vs ``rejected``;
+- :func:`sequence_logps`: summed ``log pi(completion | prompt)`` for many rows at once, batched by
+  length and scored a chunk of positions at a time, so that no ``(batch, length, vocabulary)``
+  log-softmax tensor is ever built (a 300-pair dataset scores in bounded memory);
+- :class:`PreferenceProbe`: held-out, contrast and capability pairs scored in one pass per model,
+  the reference scored once; DPO's implicit reward ``beta * (log pi_theta - log pi_ref)`` ranks
+  held-out and contrast pairs, the policy's own log-probability ranks capability pairs (before:
+  the reference's; after: the policy's);
 - :func:`mean_token_kl`: KL(pi_theta || pi_ref) per completion token on the eval answers, and
   :func:`perplexity` on a fixed neutral text -- the *alignment tax*;
-- :func:`read_health`: a reading of ``log_history`` that tells a healthy run from alignment theater.
+- :func:`count_changed`: eval prompts whose answer differs after training.
+
+The output-level checks live in :mod:`alignlab.degeneration`, and the verdict in :mod:`alignlab.health`.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from alignlab.models import LoadedModel
 from alignlab.presets import PreferencePair
@@ -31,20 +36,24 @@ NEUTRAL_TEXT = (
     "more than two hundred years ago and is still used by people walking into town every day."
 )
 
-# Health thresholds (documented in each finding's wording).
-CHANCE_BAND = (0.4, 0.6)
-FLAT_MARGIN = 0.05
-GRAD_NORM_LIMIT = 100.0
-HEAVY_KL = 0.5  # nats per token
-HEAVY_PPL_RATIO = 1.5
-DISPLACEMENT_DROP = 1.0  # nats of summed log-prob below the reference, per chosen answer
+#: Tokens per forward batch when scoring (rows are grouped by length, so little of it is padding).
+TOKENS_PER_BATCH = 4096
+#: Positions whose vocabulary-wide logits exist at once: chunk x vocabulary floats (SmolLM2: 100 MB).
+POSITIONS_PER_CHUNK = 512
+#: Scoring keeps at most this many tokens of prompt + answer (the prompt is cut from the left).
+MAX_SCORED_TOKENS = 1024
+#: The live curve scores at most this many held-out and contrast pairs after each step.
+LIVE_PROBE_PAIRS = 24
 
 
 # --------------------------------------------------------------------------- log-probs
 
 
 def _encode_pair(loaded: LoadedModel, prompt: str, completion: str) -> tuple[list[int], int]:
-    """Token ids of prompt+completion, as TRL builds them, and where the completion starts."""
+    """Token ids of prompt+completion, as TRL builds them, and where the completion starts.
+
+    A sequence longer than :data:`MAX_SCORED_TOKENS` loses the start of its prompt, never its answer.
+    """
     tok = loaded.tokenizer
     special = not loaded.is_chat  # the chat template already carries its special tokens
     prompt_text = loaded.format_prompt(prompt)
@@ -53,48 +62,183 @@ def _encode_pair(loaded: LoadedModel, prompt: str, completion: str) -> tuple[lis
     start = 0
     while start < min(len(prompt_ids), len(full_ids)) and prompt_ids[start] == full_ids[start]:
         start += 1
-    return full_ids, max(start, 1)  # the first token has no prediction to score
+    start = max(start, 1)  # the first token has no prediction to score
+    excess = len(full_ids) - MAX_SCORED_TOKENS
+    if excess > 0:
+        cut = min(excess, start - 1)
+        full_ids, start = full_ids[cut:], start - cut
+        full_ids = full_ids[:MAX_SCORED_TOKENS]
+    return full_ids, start
 
 
-def _batched_logits(
-    model: torch.nn.Module, sequences: list[list[int]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded forward pass: (logits (B, T, V), attention mask (B, T))."""
+def length_batches(lengths: list[int], max_tokens: int = TOKENS_PER_BATCH) -> list[list[int]]:
+    """Row indices grouped by length (longest first) so that rows x longest <= ``max_tokens``."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) + 1) * width > max_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _plain_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(decoder, LM head) when logits are exactly ``head(decoder(x))``; None for models that post-process."""
+    config = getattr(model, "config", None)
+    if any(getattr(config, name, None) for name in ("final_logit_softcapping", "logit_scale", "output_multiplier")):
+        return None
+    try:
+        head = model.get_output_embeddings()
+        decoder = model.get_decoder()
+    except (AttributeError, NotImplementedError, ValueError):
+        return None
+    if head is None or decoder is None or decoder is model:
+        return None
+    return decoder, head
+
+
+def _forward(
+    model: torch.nn.Module, split: tuple[torch.nn.Module, torch.nn.Module] | None, **inputs: Any
+) -> tuple[torch.Tensor, Any]:
+    """(final hidden states, or logits for models that post-process them; the KV cache if asked for)."""
+    if split is not None:
+        out = split[0](**inputs)
+        return out.last_hidden_state, getattr(out, "past_key_values", None)
+    out = model(**inputs)
+    return out.logits, getattr(out, "past_key_values", None)
+
+
+def _select_rows(cache: Any, index: torch.Tensor) -> Any:
+    """The KV cache with its batch rows picked (and repeated) by ``index``."""
+    if hasattr(cache, "reorder_cache"):
+        cache.reorder_cache(index)
+        return cache
+    return tuple(tuple(t.index_select(0, index) for t in layer) for layer in cache)
+
+
+@dataclass
+class _Batch:
+    """A scored batch: every completion token's predicting state, its target and its row."""
+
+    rows: list[int]  # indices into the caller's rows
+    states: torch.Tensor  # (n_tokens, hidden) or (n_tokens, vocabulary)
+    targets: torch.Tensor  # (n_tokens,)
+    owner: torch.Tensor  # (n_tokens,) position of the token's row in ``rows``
+    head: torch.nn.Module | None
+
+
+def _scored_batches(
+    model: torch.nn.Module, loaded: LoadedModel, encoded: list[tuple[list[int], int]], max_tokens: int
+) -> Iterator[_Batch]:
+    """Run ``model`` over encoded rows, each shared prompt once.
+
+    Rows whose prompt tokens are identical (a pair's chosen and rejected answer) form a group: the
+    prompt runs once, its KV cache is copied to each of the group's rows, and only the answers run
+    on top of it. Groups are batched by length so that padding stays small.
+    """
     device = next(model.parameters()).device
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-    return logits, mask.to(device)
+    pad_id = loaded.tokenizer.pad_token_id
+    split = _plain_head(model)
+    head = split[1] if split is not None else None
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (ids, begin) in enumerate(encoded):
+        groups.setdefault(tuple(ids[:begin]), []).append(i)
+    prefixes = list(groups)
+    cost = [len(p) + max(len(encoded[r][0]) - len(p) for r in groups[p]) for p in prefixes]
+    weight = [len(groups[p]) for p in prefixes]
+    order = sorted(range(len(prefixes)), key=lambda g: -cost[g])
+    batches: list[list[int]] = []
+    for g in order:  # rows x (longest prompt + longest answer) <= max_tokens
+        if batches and (sum(weight[h] for h in batches[-1]) + weight[g]) * cost[batches[-1][0]] <= max_tokens:
+            batches[-1].append(g)
+        else:
+            batches.append([g])
+    for batch in batches:
+        prompts = [prefixes[g] for g in batch]
+        width = max(len(p) for p in prompts)
+        prompt_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        prompt_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for j, prompt in enumerate(prompts):  # left-padded: every prompt ends in the last column
+            prompt_ids[j, width - len(prompt) :] = torch.tensor(prompt)
+            prompt_mask[j, width - len(prompt) :] = 1
+        prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+        prompt_states, cache = _forward(
+            model, split, input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True
+        )
+        last = prompt_states[:, -1]  # (G, H): predicts each answer's first token
+        rows = [r for g in batch for r in groups[prefixes[g]]]
+        row_group = torch.tensor([j for j, g in enumerate(batch) for _ in groups[prefixes[g]]], device=device)
+        answers = [encoded[r][0][encoded[r][1] :] for r in rows]
+        answer_width = max(len(a) for a in answers)
+        answer_ids = torch.full((len(rows), answer_width), pad_id, dtype=torch.long)
+        answer_mask = torch.zeros((len(rows), answer_width), dtype=torch.long)
+        for k, answer in enumerate(answers):  # right-padded after the shared prompt
+            answer_ids[k, : len(answer)] = torch.tensor(answer)
+            answer_mask[k, : len(answer)] = 1
+        answer_ids, answer_mask = answer_ids.to(device), answer_mask.to(device)
+        states = last.index_select(0, row_group)[:, None]  # (R, 1, H)
+        if answer_width > 1:
+            lengths = prompt_mask.sum(-1).index_select(0, row_group)
+            answer_states, _ = _forward(
+                model,
+                split,
+                input_ids=answer_ids[:, :-1],  # the last answer token predicts nothing we score
+                attention_mask=torch.cat([prompt_mask.index_select(0, row_group), answer_mask[:, :-1]], dim=1),
+                position_ids=lengths[:, None] + torch.arange(answer_width - 1, device=device)[None],
+                past_key_values=_select_rows(cache, row_group),
+                use_cache=False,
+            )
+            states = torch.cat([states, answer_states], dim=1)  # (R, answer_width, H)
+        keep = answer_mask.bool()
+        owner = torch.arange(len(rows), device=device)[:, None].expand_as(answer_ids)
+        yield _Batch(rows, states[keep], answer_ids[keep], owner[keep], head)
+
+
+def _chunks(n: int, size: int | None = None) -> Iterator[slice]:
+    size = size or POSITIONS_PER_CHUNK
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def _log_probs(states: torch.Tensor, head: torch.nn.Module | None) -> torch.Tensor:
+    """log-softmax over the vocabulary for a chunk of positions: (n, V), float32."""
+    logits = head(states) if head is not None else states
+    return torch.log_softmax(logits.float(), dim=-1)
 
 
 @torch.inference_mode()
-def completion_logps(
+def sequence_logps(
     model: torch.nn.Module,
     loaded: LoadedModel,
     prompts: list[str],
     completions: list[str],
-    batch_size: int = 8,
+    max_tokens: int = TOKENS_PER_BATCH,
 ) -> torch.Tensor:
-    """Summed log pi(completion | prompt) for each row, shape (N,)."""
+    """Summed log pi(completion | prompt) for each row, shape (N,), in bounded memory."""
+    was_training = model.training
     model.eval()
-    pad_id = loaded.tokenizer.pad_token_id
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        encoded = [
-            _encode_pair(loaded, p, c)
-            for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size])
-        ]
-        logits, _ = _batched_logits(model, [ids for ids, _ in encoded], pad_id)
-        logps = F.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V): position t predicts token t+1
-        for i, (ids, begin) in enumerate(encoded):
-            targets = torch.tensor(ids[begin:], device=logps.device)
-            rows = logps[i, begin - 1 : len(ids) - 1]
-            out.append(rows.gather(-1, targets[:, None]).sum())
-    return torch.stack(out).cpu() if out else torch.zeros(0)
+    encoded = [_encode_pair(loaded, p, c) for p, c in zip(prompts, completions)]
+    out = torch.zeros(len(encoded), dtype=torch.float64)
+    try:
+        for batch in _scored_batches(model, loaded, encoded, max_tokens):
+            sums = torch.zeros(len(batch.rows), dtype=torch.float64, device=batch.states.device)
+            for part in _chunks(len(batch.targets)):
+                token_logps = _log_probs(batch.states[part], batch.head).gather(-1, batch.targets[part, None])
+                sums.index_add_(0, batch.owner[part], token_logps.squeeze(-1).double())
+            out[batch.rows] = sums.cpu()
+    finally:
+        model.train(was_training)
+    return out.float()
+
+
+#: The earlier name, kept for callers outside the package.
+completion_logps = sequence_logps
 
 
 def implicit_rewards(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: float) -> torch.Tensor:
@@ -110,63 +254,157 @@ def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Te
     return float((margins > 0).float().mean()), float(margins.mean())
 
 
+# --------------------------------------------------------------------------- probes
+
+
 @dataclass
-class HeldoutResult:
+class PairScores:
+    """One probe set's result: accuracy, mean margin and each pair's margin."""
+
     accuracy: float
     mean_margin: float
-    chosen_rewards: list[float]
-    rejected_rewards: list[float]
+    chosen: list[float] = field(default_factory=list)
+    rejected: list[float] = field(default_factory=list)
+
+    @property
+    def margins(self) -> list[float]:
+        return [c - r for c, r in zip(self.chosen, self.rejected)]
+
+    @classmethod
+    def empty(cls) -> PairScores:
+        return cls(float("nan"), float("nan"))
+
+    @classmethod
+    def from_scores(cls, chosen: torch.Tensor, rejected: torch.Tensor) -> PairScores:
+        accuracy, margin = preference_accuracy(chosen, rejected)
+        return cls(accuracy, margin, chosen.tolist(), rejected.tolist())
 
 
-def heldout_preference(
-    policy: torch.nn.Module, reference: torch.nn.Module, loaded: LoadedModel, pairs: list[PreferencePair], beta: float
-) -> HeldoutResult:
-    """Held-out preference accuracy and mean margin under DPO's implicit reward."""
-    prompts = [p.prompt for p in pairs]
-    chosen, rejected = [p.chosen for p in pairs], [p.rejected for p in pairs]
-    r_chosen = implicit_rewards(
-        completion_logps(policy, loaded, prompts, chosen), completion_logps(reference, loaded, prompts, chosen), beta
-    )
-    r_rejected = implicit_rewards(
-        completion_logps(policy, loaded, prompts, rejected),
-        completion_logps(reference, loaded, prompts, rejected),
-        beta,
-    )
-    accuracy, margin = preference_accuracy(r_chosen, r_rejected)
-    return HeldoutResult(accuracy, margin, r_chosen.tolist(), r_rejected.tolist())
+class PreferenceProbe:
+    """Held-out, contrast and capability pairs, scored in one pass per model.
+
+    The reference (``loaded.model``, never trained) is scored once, when the probe is built; each
+    :meth:`score` then costs one pass of the policy over every probe sequence. ``score`` is what
+    the live held-out curve calls after each logged step, and what the final evidence uses.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        beta: float,
+        heldout: list[PreferencePair],
+        contrast: list[PreferencePair] | None = None,
+        capability: list[PreferencePair] | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.beta = beta
+        self.sets = {"heldout": list(heldout), "contrast": list(contrast or []), "capability": list(capability or [])}
+        self._prompts: list[str] = []
+        self._completions: list[str] = []
+        for pairs in self.sets.values():
+            self._prompts += [p.prompt for p in pairs] * 2
+            self._completions += [p.chosen for p in pairs] + [p.rejected for p in pairs]
+        self.reference_logps = self._logps(loaded.model)
+
+    def _logps(self, model: torch.nn.Module) -> torch.Tensor:
+        if not self._prompts:
+            return torch.zeros(0)
+        return sequence_logps(model, self.loaded, self._prompts, self._completions)
+
+    def _split(self, logps: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        out, start = {}, 0
+        for name, pairs in self.sets.items():
+            n = len(pairs)
+            out[name] = (logps[start : start + n], logps[start + n : start + 2 * n])
+            start += 2 * n
+        return out
+
+    def score(self, policy: torch.nn.Module) -> dict[str, PairScores]:
+        """Held-out and contrast under the implicit reward; capability before (reference) and after (policy)."""
+        policy_sets = self._split(self._logps(policy))
+        reference_sets = self._split(self.reference_logps)
+        scores: dict[str, PairScores] = {}
+        for name in ("heldout", "contrast"):
+            (pc, pr), (rc, rr) = policy_sets[name], reference_sets[name]
+            if len(pc):
+                scores[name] = PairScores.from_scores(
+                    implicit_rewards(pc, rc, self.beta), implicit_rewards(pr, rr, self.beta)
+                )
+            else:
+                scores[name] = PairScores.empty()
+        for tag, sets in (("capability_before", reference_sets), ("capability_after", policy_sets)):
+            chosen, rejected = sets["capability"]
+            scores[tag] = PairScores.from_scores(chosen, rejected) if len(chosen) else PairScores.empty()
+        return scores
+
+    def curve_point(self, policy: torch.nn.Module, step: int) -> dict[str, Any]:
+        """One point of the live held-out curve (``eval.heldout_curve``)."""
+        scores = self.score(policy)
+        return {
+            "step": step,
+            "accuracy": scores["heldout"].accuracy,
+            "margin": scores["heldout"].mean_margin,
+            "contrast_accuracy": scores["contrast"].accuracy,
+            "contrast_margin": scores["contrast"].mean_margin,
+        }
+
+
+def live_probe(
+    loaded: LoadedModel, beta: float, heldout: list[PreferencePair], contrast: list[PreferencePair] | None = None
+) -> PreferenceProbe | None:
+    """The probe the live curve runs after each step: at most :data:`LIVE_PROBE_PAIRS` of each set."""
+    if not heldout and not contrast:
+        return None
+    return PreferenceProbe(loaded, beta, heldout[:LIVE_PROBE_PAIRS], (contrast or [])[:LIVE_PROBE_PAIRS])
+
+
+# --------------------------------------------------------------------------- drift
 
 
 @torch.inference_mode()
 def mean_token_kl(
-    policy: torch.nn.Module, reference: torch.nn.Module, loaded: LoadedModel, prompts: list[str], completions: list[str]
+    policy: torch.nn.Module,
+    reference: torch.nn.Module,
+    loaded: LoadedModel,
+    prompts: list[str],
+    completions: list[str],
+    max_tokens: int = TOKENS_PER_BATCH,
 ) -> float:
     """Mean over completion tokens of KL(pi_theta || pi_ref) over the whole vocabulary, in nats."""
-    policy.eval()
-    reference.eval()
     encoded = [_encode_pair(loaded, p, c) for p, c in zip(prompts, completions)]
     if not encoded:
         return float("nan")
-    pad_id = loaded.tokenizer.pad_token_id
+    policy_was, reference_was = policy.training, reference.training
+    policy.eval()
+    reference.eval()
     total, count = 0.0, 0
-    for start in range(0, len(encoded), 8):
-        chunk = encoded[start : start + 8]
-        seqs = [ids for ids, _ in chunk]
-        logp_policy = F.log_softmax(_batched_logits(policy, seqs, pad_id)[0][:, :-1], dim=-1)
-        logp_ref = F.log_softmax(_batched_logits(reference, seqs, pad_id)[0][:, :-1], dim=-1)
-        kl = (logp_policy.exp() * (logp_policy - logp_ref)).sum(-1)  # (B, T-1)
-        for i, (ids, begin) in enumerate(chunk):
-            positions = kl[i, begin - 1 : len(ids) - 1]
-            total += float(positions.sum())
-            count += positions.numel()
+    try:
+        batches = zip(
+            _scored_batches(policy, loaded, encoded, max_tokens),
+            _scored_batches(reference, loaded, encoded, max_tokens),
+        )
+        for mine, theirs in batches:  # the same rows in the same order: the batching depends on lengths only
+            for part in _chunks(len(mine.targets)):
+                logp_p = _log_probs(mine.states[part], mine.head)
+                logp_r = _log_probs(theirs.states[part].to(mine.states.device), theirs.head)
+                total += float((logp_p.exp() * (logp_p - logp_r)).sum())
+                count += logp_p.shape[0]
+    finally:
+        policy.train(policy_was)
+        reference.train(reference_was)
     return total / count if count else float("nan")
 
 
 @torch.inference_mode()
 def perplexity(model: torch.nn.Module, loaded: LoadedModel, text: str = NEUTRAL_TEXT) -> float:
     """exp(mean negative log-likelihood per token) of ``text``."""
+    was_training = model.training
     model.eval()
-    ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
-    loss = model(input_ids=ids, labels=ids).loss
+    try:
+        ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
+        loss = model(input_ids=ids, labels=ids).loss
+    finally:
+        model.train(was_training)
     return float(torch.exp(loss.float()))
 
 
@@ -180,15 +418,25 @@ def count_changed(before: list[str], after: list[str]) -> int:
 
 @dataclass
 class Evidence:
-    """The report's ``eval`` block (DESIGN.md §6)."""
+    """The numeric part of the report's ``eval`` block (DESIGN.md §6)."""
 
     heldout_reward_accuracy: float
     heldout_mean_margin: float
     kl_to_reference: float
     perplexity_before: float
     perplexity_after: float
+    contrast_accuracy: float = float("nan")
+    contrast_mean_margin: float = float("nan")
+    capability_accuracy_before: float = float("nan")
+    capability_accuracy_after: float = float("nan")
+    capability_margin_before: float = float("nan")
+    capability_margin_after: float = float("nan")
+    capability_source: str = "preset"
+    capability_pairs: int = 0
     heldout_chosen_rewards: list[float] = field(default_factory=list)
     heldout_rejected_rewards: list[float] = field(default_factory=list)
+    heldout_margins: list[float] = field(default_factory=list)
+    contrast_margins: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -201,141 +449,30 @@ def gather_evidence(
     eval_prompts: list[str],
     aligned_outputs: list[str],
     beta: float,
+    contrast_pairs: list[PreferencePair] | None = None,
+    capability_pairs: list[PreferencePair] | None = None,
+    capability_source: str = "preset",
 ) -> Evidence:
     """All numeric evidence; ``loaded.model`` is the untouched reference."""
     reference = loaded.model
-    if heldout_pairs:
-        held = heldout_preference(policy, reference, loaded, heldout_pairs, beta)
-    else:
-        held = HeldoutResult(float("nan"), float("nan"), [], [])
+    scores = PreferenceProbe(loaded, beta, heldout_pairs, contrast_pairs, capability_pairs).score(policy)
+    held = scores["heldout"]
     return Evidence(
         heldout_reward_accuracy=held.accuracy,
         heldout_mean_margin=held.mean_margin,
         kl_to_reference=mean_token_kl(policy, reference, loaded, eval_prompts, aligned_outputs),
         perplexity_before=perplexity(reference, loaded),
         perplexity_after=perplexity(policy, loaded),
-        heldout_chosen_rewards=held.chosen_rewards,
-        heldout_rejected_rewards=held.rejected_rewards,
+        contrast_accuracy=scores["contrast"].accuracy,
+        contrast_mean_margin=scores["contrast"].mean_margin,
+        capability_accuracy_before=scores["capability_before"].accuracy,
+        capability_accuracy_after=scores["capability_after"].accuracy,
+        capability_margin_before=scores["capability_before"].mean_margin,
+        capability_margin_after=scores["capability_after"].mean_margin,
+        capability_source=capability_source if capability_pairs else "none",
+        capability_pairs=len(capability_pairs or []),
+        heldout_chosen_rewards=held.chosen,
+        heldout_rejected_rewards=held.rejected,
+        heldout_margins=held.margins,
+        contrast_margins=scores["contrast"].margins,
     )
-
-
-# --------------------------------------------------------------------------- health
-
-
-@dataclass
-class Health:
-    """``verdict`` is 'healthy', 'warning' or 'failed'; ``findings`` are plain sentences."""
-
-    verdict: str
-    findings: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "findings": list(self.findings)}
-
-
-def _series(rows: list[dict[str, Any]], key: str) -> list[float]:
-    return [float(r[key]) for r in rows if key in r and r[key] is not None]
-
-
-def _tail_mean(values: list[float]) -> float:
-    tail = values[len(values) // 2 :] or values
-    return sum(tail) / len(tail) if tail else float("nan")
-
-
-def read_health(
-    log_history: list[dict[str, Any]],
-    heldout_accuracy: float | None = None,
-    changed: int | None = None,
-    kl_to_reference: float | None = None,
-    perplexity_before: float | None = None,
-    perplexity_after: float | None = None,
-    *,
-    beta: float,
-) -> Health:
-    """Read a run's log history (and the evidence, when given) into a verdict and findings.
-
-    ``beta`` is the run's: TRL logs rewards as beta x log-ratio, and the displacement rule reads nats.
-    """
-    rows = [r for r in log_history if "loss" in r]
-    if not rows:
-        return Health("failed", ["No training step was logged: the run did not train."])
-    failed: list[str] = []
-    warnings: list[str] = []
-    good: list[str] = []
-
-    losses = _series(rows, "loss")
-    if any(not math.isfinite(v) for v in losses):
-        step = next(r.get("step", "?") for r in rows if not math.isfinite(float(r["loss"])))
-        failed.append(f"Instability: the loss became NaN or infinite at step {step}; lower the learning rate.")
-    grads = [g for g in _series(rows, "grad_norm")]
-    if any(not math.isfinite(g) or g > GRAD_NORM_LIMIT for g in grads):
-        worst = max((g if math.isfinite(g) else float("inf")) for g in grads)
-        warnings.append(
-            f"Instability: the gradient norm reached {worst:.3g} (above {GRAD_NORM_LIMIT:g}); "
-            "the updates are exploding, lower the learning rate."
-        )
-
-    accuracies = _series(rows, "rewards/accuracies")
-    margins = _series(rows, "rewards/margins")
-    train_accuracy = _tail_mean(accuracies)
-    if accuracies and margins:
-        margin_gain = _tail_mean(margins) - margins[0]
-        if CHANCE_BAND[0] <= train_accuracy <= CHANCE_BAND[1] and abs(margin_gain) < FLAT_MARGIN:
-            failed.append(
-                f"No learning signal: reward accuracy stayed near chance ({train_accuracy:.2f}) and the margin "
-                f"moved by only {margin_gain:+.3f}; raise the learning rate or the number of steps."
-            )
-        elif margin_gain > 0:
-            good.append(
-                f"Learning signal: the reward margin grew from {margins[0]:+.3f} to {margins[-1]:+.3f} and "
-                f"the training reward accuracy reached {train_accuracy:.2f}."
-            )
-
-    if heldout_accuracy is not None and math.isfinite(heldout_accuracy):
-        if train_accuracy >= 0.99 and heldout_accuracy <= CHANCE_BAND[1]:
-            warnings.append(
-                f"Memorised, not generalised: training pairs are all ranked right (accuracy {train_accuracy:.2f}) "
-                f"but held-out pairs only {heldout_accuracy:.2f}, near chance."
-            )
-        elif heldout_accuracy <= CHANCE_BAND[1]:
-            warnings.append(
-                f"No generalisation: only {heldout_accuracy:.0%} of held-out pairs are ranked right, about chance; "
-                "the preference was not learnt beyond the training pairs (train longer, or check the pairs agree)."
-            )
-        else:
-            good.append(f"Generalises: {heldout_accuracy:.0%} of held-out pairs, never trained on, are ranked right.")
-
-    # Rewards are beta x (policy - reference) log-probability on the step's own pairs, so they compare
-    # like with like; raw ``logps/*`` move with which pairs a batch drew (short or long answers).
-    chosen_rewards, rejected_rewards = _series(rows, "rewards/chosen"), _series(rows, "rewards/rejected")
-    if len(chosen_rewards) >= 2 and len(rejected_rewards) >= 2:
-        chosen_drop = -_tail_mean(chosen_rewards) / beta
-        rejected_drop = -_tail_mean(rejected_rewards) / beta
-        if chosen_drop > DISPLACEMENT_DROP and rejected_drop > 0:
-            warnings.append(
-                f"Likelihood displacement: the chosen answers' log-probability fell {chosen_drop:.2f} nats below "
-                f"the reference's, along with the rejected ones' ({rejected_drop:.2f}); the margin grew by pushing "
-                "both down."
-            )
-
-    if changed is not None and changed == 0:
-        warnings.append("No behaviour change: every eval prompt gives the same answer as before training.")
-    elif changed:
-        good.append(f"Behaviour changed on {changed} eval prompt(s).")
-
-    if kl_to_reference is not None and math.isfinite(kl_to_reference) and kl_to_reference > HEAVY_KL:
-        warnings.append(
-            f"Heavy drift: {kl_to_reference:.2f} nats/token of KL from the reference (above {HEAVY_KL}); "
-            "raise beta or train fewer steps to pay less alignment tax."
-        )
-    if perplexity_before and perplexity_after and perplexity_after / perplexity_before > HEAVY_PPL_RATIO:
-        warnings.append(
-            f"Heavy drift: perplexity on neutral text rose from {perplexity_before:.1f} to {perplexity_after:.1f} "
-            f"(x{perplexity_after / perplexity_before:.2f}); the run hurt general language ability."
-        )
-
-    if failed:
-        return Health("failed", failed + warnings)
-    if warnings:
-        return Health("warning", warnings + good)
-    return Health("healthy", good or ["Training ran without problems."])

@@ -13,11 +13,13 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from alignlab.evaluation import Evidence, count_changed, gather_evidence, read_health
+from alignlab.degeneration import degeneration_report
+from alignlab.evaluation import Evidence, count_changed, gather_evidence, live_probe
 from alignlab.generation import GenerationSettings, generate
+from alignlab.health import RunFacts, read_health
 from alignlab.models import LoadedModel, load_model
-from alignlab.presets import DatasetError, Preset, validate_preset
-from alignlab.training import CancelToken, TrainingEvent, TrainingResult, TrainingSettings, train_dpo
+from alignlab.presets import DatasetError, Preset, capability_probe, validate_preset
+from alignlab.training import CancelToken, StepProbe, TrainingEvent, TrainingResult, TrainingSettings, train_dpo
 
 STAGES = ("load_model", "baseline", "train", "evaluate")
 
@@ -45,10 +47,25 @@ def compare(
 ) -> tuple[list[str], Evidence]:
     """Step 4: the trained policy's answers on the same prompts, and the numeric evidence."""
     aligned = generate(loaded, preset.eval_prompts, generation, model=result.policy)
+    capability, source = capability_probe(preset)
     evidence = gather_evidence(
-        result.policy, loaded, preset.heldout_pairs, preset.eval_prompts, aligned, result.settings.beta
+        result.policy,
+        loaded,
+        preset.heldout_pairs,
+        preset.eval_prompts,
+        aligned,
+        result.settings.beta,
+        contrast_pairs=preset.contrast_pairs,
+        capability_pairs=capability,
+        capability_source=source,
     )
     return aligned, evidence
+
+
+def step_probe(loaded: LoadedModel, preset: Preset, settings: TrainingSettings) -> StepProbe | None:
+    """The live held-out curve's probe for a run on ``preset`` (None without held-out or contrast pairs)."""
+    probe = live_probe(loaded, settings.beta, preset.heldout_pairs, preset.contrast_pairs)
+    return probe.curve_point if probe is not None else None
 
 
 def build_report(
@@ -64,14 +81,18 @@ def build_report(
 ) -> dict[str, Any]:
     """The report JSON (DESIGN.md §6), with NaN written as null."""
     changed = count_changed(baseline_outputs, aligned_outputs)
+    degeneration = degeneration_report(baseline_outputs, aligned_outputs).to_dict()
+    evaluation = {**evidence.to_dict(), "heldout_curve": list(result.heldout_curve), "degeneration": degeneration}
     health = read_health(
-        result.log_history,
-        heldout_accuracy=evidence.heldout_reward_accuracy,
-        changed=changed,
-        kl_to_reference=evidence.kl_to_reference,
-        perplexity_before=evidence.perplexity_before,
-        perplexity_after=evidence.perplexity_after,
-        beta=settings.beta,
+        RunFacts(
+            log_rows=result.step_rows,
+            beta=settings.beta,
+            evidence=evaluation,
+            degeneration=degeneration,
+            heldout_curve=list(result.heldout_curve),
+            changed=changed,
+            answers=len(aligned_outputs),
+        )
     )
     report = {
         "model": {
@@ -87,6 +108,8 @@ def build_report(
             "generation": asdict(generation),
             "train_pairs": len(preset.pairs),
             "heldout_pairs": len(preset.heldout_pairs),
+            "contrast_pairs": len(preset.contrast_pairs),
+            "capability_pairs": evidence.capability_pairs,
             "steps_done": result.steps_done,
             "stopped_early": result.stopped_early,
         },
@@ -95,7 +118,7 @@ def build_report(
         "changed": changed,
         "log_history": result.log_history,
         "health": health.to_dict(),
-        "eval": evidence.to_dict(),
+        "eval": evaluation,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
     return _finite(report)
@@ -132,7 +155,9 @@ def run_lab(
     timings["baseline"] = time.perf_counter() - started
 
     started = stage("train")
-    result = train_dpo(loaded, preset.pairs, settings, on_event=on_event, cancel=cancel)
+    result = train_dpo(
+        loaded, preset.pairs, settings, on_event=on_event, cancel=cancel, probe=step_probe(loaded, preset, settings)
+    )
     timings["train"] = time.perf_counter() - started
 
     started = stage("evaluate")

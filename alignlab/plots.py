@@ -22,6 +22,15 @@ LOG_COLUMNS: dict[str, str] = {
     "rejected reward": "rewards/rejected",
     "accuracy": "rewards/accuracies",
     "grad norm": "grad_norm",
+    "held-out acc": "heldout/accuracy",
+    "held-out margin": "heldout/margin",
+    "contrast acc": "heldout/contrast_accuracy",
+}
+
+#: The live held-out curve's series (row key -> legend label).
+HELDOUT_SERIES: dict[str, str] = {
+    "heldout/accuracy": "held-out pairs",
+    "heldout/contrast_accuracy": "contrast pairs (cue on the wrong side)",
 }
 
 
@@ -87,6 +96,26 @@ def accuracy_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return _typed(data, ["step", "accuracy"])
 
 
+def heldout_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Held-out (and contrast) preference accuracy after each step: columns ``step``, ``accuracy``, ``pairs``.
+
+    The rows carry these figures when the run had a probe (``heldout/*`` keys, see training.py).
+    """
+    data = []
+    for step, row in zip(_steps(rows), rows):
+        for key, label in HELDOUT_SERIES.items():
+            value = _value(row, key)
+            if value is not None:
+                data.append((step, value, label))
+    frame = pd.DataFrame(data, columns=["step", "accuracy", "pairs"])
+    return frame.astype({"step": "int64", "accuracy": "float64"})
+
+
+def curve_rows(curve: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A report's ``eval.heldout_curve`` as log-row keys, to draw a saved run like a live one."""
+    return [{"step": p["step"], **{f"heldout/{k}": v for k, v in p.items() if k != "step"}} for p in curve]
+
+
 def log_table(rows: list[dict[str, Any]], digits: int = 4) -> pd.DataFrame:
     """One row per logged step with the figures a person reads (accuracy as a running mean)."""
     running = running_accuracy(rows)
@@ -101,5 +130,12 @@ def log_table(rows: list[dict[str, Any]], digits: int = 4) -> pd.DataFrame:
 
 
 def all_frames(rows: list[dict[str, Any]]) -> tuple[pd.DataFrame, ...]:
-    """(loss, margin, rewards, accuracy, log table): everything the Train tab draws."""
-    return loss_frame(rows), margin_frame(rows), rewards_frame(rows), accuracy_frame(rows), log_table(rows)
+    """(loss, margin, rewards, accuracy, held-out, log table): everything the Train tab draws."""
+    return (
+        loss_frame(rows),
+        margin_frame(rows),
+        rewards_frame(rows),
+        accuracy_frame(rows),
+        heldout_frame(rows),
+        log_table(rows),
+    )

@@ -64,6 +64,14 @@ class Preset:
     eval_prompts: list[str]
     pairs: list[PreferencePair]
     heldout_pairs: list[PreferencePair] = field(default_factory=list)
+    contrast_pairs: list[PreferencePair] = field(default_factory=list)
+    """Held-out pairs that put the training answers' surface cue (a greeting, a sign-off, a length)
+    on the *rejected* side, attached to an answer that is worse on what the preference is really
+    about: a model that learnt only the cue ranks them wrong."""
+    capability_pairs: list[PreferencePair] = field(default_factory=list)
+    """Questions unrelated to the preference, each with a correct and a wrong answer of the same
+    style and length: the policy's own preference for the correct one, before and after training,
+    measures the alignment tax on knowledge."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,9 +79,28 @@ class Preset:
             "title": self.title,
             "description": self.description,
             "eval_prompts": list(self.eval_prompts),
-            "pairs": [asdict(p) for p in self.pairs],
-            "heldout_pairs": [asdict(p) for p in self.heldout_pairs],
+            **{section: [asdict(p) for p in getattr(self, section)] for section in PAIR_SECTIONS},
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preset:
+        """The inverse of :meth:`to_dict` (no validation: see :func:`preset_from_dict` for files)."""
+        return cls(
+            id=str(data.get("id", "custom")),
+            title=str(data.get("title", data.get("id", "custom"))),
+            description=str(data.get("description", "")),
+            eval_prompts=list(data.get("eval_prompts", [])),
+            **{section: [PreferencePair(**p) for p in data.get(section) or []] for section in PAIR_SECTIONS},
+        )
+
+
+#: The pair lists of a preset file, with how problems name them.
+PAIR_SECTIONS: dict[str, str] = {
+    "pairs": "pairs",
+    "heldout_pairs": "held-out pairs",
+    "contrast_pairs": "contrast pairs",
+    "capability_pairs": "capability pairs",
+}
 
 
 # --------------------------------------------------------------------------- validation
@@ -126,13 +153,16 @@ def validate_preset(preset: Preset, require_training_pairs: bool = True) -> list
     problems = []
     if require_training_pairs and not preset.pairs:
         problems.append("pairs: there are no training pairs; add at least one.")
-    problems += validate_pairs(preset.pairs, "pairs")
-    problems += validate_pairs(preset.heldout_pairs, "held-out pairs")
+    for section, label in PAIR_SECTIONS.items():
+        problems += validate_pairs(getattr(preset, section), label)
     problems += validate_eval_prompts(preset.eval_prompts)
     trained = {(p.prompt.strip(), p.chosen.strip(), p.rejected.strip()) for p in preset.pairs}
-    for row, pair in enumerate(preset.heldout_pairs, start=1):
-        if (pair.prompt.strip(), pair.chosen.strip(), pair.rejected.strip()) in trained:
-            problems.append(f"held-out pairs row {row}: also a training pair, so it cannot measure generalisation.")
+    for section in ("heldout_pairs", "contrast_pairs", "capability_pairs"):
+        for row, pair in enumerate(getattr(preset, section), start=1):
+            if (pair.prompt.strip(), pair.chosen.strip(), pair.rejected.strip()) in trained:
+                problems.append(
+                    f"{PAIR_SECTIONS[section]} row {row}: also a training pair, so it cannot measure generalisation."
+                )
     return problems
 
 
@@ -155,24 +185,45 @@ def preset_from_dict(data: Any, source: str = "preset") -> Preset:
     missing = [k for k in ("eval_prompts", "pairs") if k not in data]
     if missing:
         raise DatasetError(f"{source}: missing {', '.join(missing)}.")
-    for key in ("eval_prompts", "pairs", "heldout_pairs"):
-        if key in data and not isinstance(data[key], list):
+    for key in ("eval_prompts", *PAIR_SECTIONS):
+        if key in data and data[key] is not None and not isinstance(data[key], list):
             raise DatasetError(f"{source}: '{key}' must be a list.")
     preset = Preset(
         id=str(data.get("id") or Path(source).stem),
         title=str(data.get("title") or data.get("id") or Path(source).stem),
         description=str(data.get("description", "")),
         eval_prompts=list(data["eval_prompts"]),
-        pairs=[_pair_from_mapping(r, f"{source}: pairs row {i}") for i, r in enumerate(data["pairs"], 1)],
-        heldout_pairs=[
-            _pair_from_mapping(r, f"{source}: held-out pairs row {i}")
-            for i, r in enumerate(data.get("heldout_pairs", []), 1)
-        ],
+        **{
+            section: [
+                _pair_from_mapping(r, f"{source}: {label} row {i}") for i, r in enumerate(data.get(section) or [], 1)
+            ]
+            for section, label in PAIR_SECTIONS.items()
+        },
     )
     problems = validate_preset(preset)
     if problems:
         raise DatasetError([f"{source}: {p}" for p in problems])
     return preset
+
+
+#: The built-in capability probe, for datasets that bring none of their own.
+GENERAL_CAPABILITY_FILE = PRESETS_DIR / "probes" / "general-capability.json"
+
+
+def general_capability_pairs() -> list[PreferencePair]:
+    """Unrelated facts and arithmetic (a correct and a wrong answer each), for imported datasets."""
+    data = json.loads(GENERAL_CAPABILITY_FILE.read_text(encoding="utf-8"))
+    return [
+        _pair_from_mapping(r, f"{GENERAL_CAPABILITY_FILE.name} row {i}")
+        for i, r in enumerate(data["capability_pairs"], 1)
+    ]
+
+
+def capability_probe(preset: Preset) -> tuple[list[PreferencePair], str]:
+    """The capability pairs to score for ``preset`` and where they come from ('preset' or 'built-in')."""
+    if preset.capability_pairs:
+        return preset.capability_pairs, "preset"
+    return general_capability_pairs(), "built-in"
 
 
 def preset_ids() -> list[str]:

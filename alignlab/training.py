@@ -220,7 +220,7 @@ class TrainingEvent:
 
 @dataclass
 class TrainingResult:
-    """What a run produced: the trained policy and TRL's log history."""
+    """What a run produced: the trained policy, TRL's log history and the live held-out curve."""
 
     policy: PreTrainedModel
     log_history: list[dict[str, Any]]
@@ -229,6 +229,7 @@ class TrainingResult:
     stopped_early: bool
     seconds: float
     settings: TrainingSettings
+    heldout_curve: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def step_rows(self) -> list[dict[str, Any]]:
@@ -282,22 +283,43 @@ def to_trl_dataset(loaded: LoadedModel, pairs: list[PreferencePair]) -> Dataset:
     return Dataset.from_list(rows)
 
 
-class _StreamCallback(TrainerCallback):
-    """Forwards each logged step to ``on_event`` and honours a cancel request between steps."""
+#: Scores the policy after a logged step: ``probe(policy, step)`` -> a point of the held-out curve
+#: (``{"step", "accuracy", "margin", ...}``); see :meth:`alignlab.evaluation.PreferenceProbe.curve_point`.
+StepProbe = Callable[[torch.nn.Module, int], dict[str, Any]]
 
-    def __init__(self, on_event: Callable[[TrainingEvent], None] | None, cancel: CancelToken | None, started: float):
+#: Prefix of the curve's figures in a streamed log row (``heldout/accuracy``, ``heldout/margin``, ...).
+CURVE_PREFIX = "heldout/"
+
+
+class _StreamCallback(TrainerCallback):
+    """Forwards each logged step to ``on_event``, runs the held-out probe, and honours a cancel request."""
+
+    def __init__(
+        self,
+        on_event: Callable[[TrainingEvent], None] | None,
+        cancel: CancelToken | None,
+        started: float,
+        probe: StepProbe | None = None,
+    ):
         self.on_event = on_event
         self.cancel = cancel
         self.started = started
+        self.probe = probe
+        self.curve: list[dict[str, Any]] = []
         self.stopped_early = False
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - TrainerCallback API
-        if self.on_event is not None and logs and "loss" in logs:
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):  # noqa: ANN001 - TrainerCallback API
+        if logs and "loss" in logs:
             row = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
             row["step"] = state.global_step
-            self.on_event(
-                TrainingEvent("log", state.global_step, state.max_steps, time.perf_counter() - self.started, row)
-            )
+            if self.probe is not None and model is not None:
+                point = self.probe(model, state.global_step)  # the policy in eval mode, no gradients
+                self.curve.append(point)
+                row.update({CURVE_PREFIX + k: v for k, v in point.items() if k != "step"})
+            if self.on_event is not None:
+                self.on_event(
+                    TrainingEvent("log", state.global_step, state.max_steps, time.perf_counter() - self.started, row)
+                )
         return self._maybe_stop(state, control)  # a cancel sent while this step was logged stops here
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
@@ -347,12 +369,16 @@ def train_dpo(
     on_event: Callable[[TrainingEvent], None] | None = None,
     cancel: CancelToken | None = None,
     output_dir: str | Path | None = None,
+    probe: StepProbe | None = None,
 ) -> TrainingResult:
-    """Run DPO on a private copy of ``loaded.model``; the loaded model stays the reference."""
+    """Run DPO on a private copy of ``loaded.model``; the loaded model stays the reference.
+
+    ``probe``, when given, scores the policy after every logged step (the live held-out curve).
+    """
     if not pairs:
         raise SettingsError("There are no training pairs: add at least one pair before training.")
     started = time.perf_counter()
-    callback = _StreamCallback(on_event, cancel, started)
+    callback = _StreamCallback(on_event, cancel, started, probe)
     with tempfile.TemporaryDirectory(prefix="alignlab-dpo-") as scratch:
         trainer = build_dpo_trainer(loaded, pairs, settings, output_dir or scratch, [callback])
         trainer.train()
@@ -368,6 +394,7 @@ def train_dpo(
         stopped_early=callback.stopped_early,
         seconds=time.perf_counter() - started,
         settings=settings,
+        heldout_curve=callback.curve,
     )
     if on_event is not None:
         on_event(TrainingEvent("end", result.steps_done, result.total_steps, result.seconds, result=result))
@@ -379,6 +406,7 @@ def stream_dpo(
     pairs: list[PreferencePair],
     settings: TrainingSettings,
     cancel: CancelToken | None = None,
+    probe: StepProbe | None = None,
 ) -> Iterator[TrainingEvent]:
     """Yield one event per logged step while training runs, then an ``end`` event with the result.
 
@@ -390,7 +418,7 @@ def stream_dpo(
 
     def work() -> None:
         try:
-            train_dpo(loaded, pairs, settings, on_event=events.put, cancel=cancel)
+            train_dpo(loaded, pairs, settings, on_event=events.put, cancel=cancel, probe=probe)
         except BaseException as exc:  # re-raised in the consumer's thread
             events.put(exc)
 

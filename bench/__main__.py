@@ -3,7 +3,10 @@
 Sections (``--only`` picks some): ``generation`` (batched vs one prompt at a time), ``training``
 (seconds per DPO step: AlignLab vs a plain DPOTrainer script vs a bare PyTorch loop, and the
 loss-agreement check), ``lab`` (the whole lab, cold and cached, with peak memory), ``shift``
-(steps and seconds until held-out accuracy reaches 0.75) and ``candidates`` (issue 4's candidate
+(steps and seconds until held-out accuracy reaches 0.75), ``evidence`` (the compare step on the
+300-pair HH-RLHF sample: the evidence code before issue 8 vs now, time and peak memory),
+``calibration`` (the verdict on runs whose answer is known: collapse, contradicting labels,
+memorising, the shipped presets at their defaults) and ``candidates`` (issue 4's candidate
 settings against the defaults; slow, so only with ``--candidates`` or ``--only candidates``).
 Every figure is a median with its min-max and sample count; ratios come from the same process.
 Nothing here passes or fails: the targets are goals, reported as met or not.
@@ -25,8 +28,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bench never needs a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("generation", "training", "lab", "shift", "candidates")
-DEFAULT_SECTIONS = ("generation", "training", "lab", "shift")
+SECTIONS = ("generation", "training", "lab", "shift", "evidence", "calibration", "candidates")
+DEFAULT_SECTIONS = ("generation", "training", "lab", "shift", "evidence", "calibration")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -54,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=None, help=f"comma-separated sections out of {', '.join(SECTIONS)}")
     parser.add_argument("--candidates", action="store_true", help="also measure issue 4's candidate settings (slow)")
     parser.add_argument("--candidate-names", default=None, help="comma-separated subset of the candidates")
+    parser.add_argument(
+        "--calibration-cases", default=None, help="comma-separated subset of the calibration cases (by name)"
+    )
     parser.add_argument(
         "--trl-budget",
         type=float,
@@ -87,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from alignlab.generation import GenerationSettings
     from alignlab.models import load_model, pick_device
-    from bench import candidates, generation, lab, shift, training
+    from bench import calibration, candidates, evidence, generation, lab, shift, training
     from bench.common import build_model, load_seed_lab, machine, quiet
 
     quiet()
@@ -138,6 +144,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["shift"]["seconds_in_lab_runs"] = shift.seconds_in_lab_runs(
                 step, results["lab"]["step_elapsed"]
             ).to_dict()
+    if "evidence" in args.sections:
+        _say("[bench] evidence: the compare step on 300 HH-RLHF pairs, before issue 8 vs now ...")
+        results["evidence"] = evidence.run(spec, args.device, repeats=1 if args.quick else 2)
+    if "calibration" in args.sections:
+        _say("[bench] calibration: the verdict on runs whose answer is known ...")
+        names = args.calibration_cases.split(",") if args.calibration_cases else None
+        results["calibration"] = calibration.run(spec, args.device, names)
     if "candidates" in args.sections:
         _say("[bench] candidates: one probed training run each, in fresh processes ...")
         names = args.candidate_names.split(",") if args.candidate_names else None
@@ -337,6 +350,14 @@ def table(results: dict[str, Any]) -> str:
         rows.append(
             ("shift: held-out accuracy per step", " ".join(f"{a:.2f}" for a in sh["heldout_accuracy_per_step"]))
         )
+    if results.get("evidence"):
+        from bench.evidence import table_rows as evidence_rows
+
+        rows += evidence_rows(results["evidence"])
+    if results.get("calibration"):
+        from bench.calibration import table_rows as calibration_rows
+
+        rows += calibration_rows(results["calibration"])
     cand = results.get("candidates")
     if cand:
         for name, c in cand.items():

@@ -87,6 +87,82 @@ def _probe(spec: str, options: dict) -> dict:
     )
 
 
+def _evidence(spec: str, options: dict) -> dict:
+    """One implementation of the compare step on a dataset file (see bench/evidence.py)."""
+    import copy
+
+    import torch
+
+    from alignlab.generation import GenerationSettings, generate
+    from alignlab.models import load_model
+    from alignlab.presets import load_dataset_file
+    from alignlab.training import TrainingSettings
+    from bench.common import peak_rss_mib
+
+    loaded = load_model(spec)
+    preset = load_dataset_file(options["dataset"], seed=0)
+    torch.manual_seed(0)
+    policy = copy.deepcopy(loaded.model)
+    with torch.no_grad():
+        for param in policy.parameters():
+            param.add_(1e-3 * torch.randn_like(param))
+    rss_before = peak_rss_mib()
+    beta = TrainingSettings().beta
+    started = time.perf_counter()
+    aligned = generate(loaded, preset.eval_prompts, GenerationSettings(), model=policy)  # the same code for both
+    generated = time.perf_counter()
+    extra: dict = {}
+    if options["impl"] == "legacy":
+        from bench.legacy_evidence import gather_evidence
+
+        evidence = gather_evidence(policy, loaded, preset.heldout_pairs, preset.eval_prompts, aligned, beta)
+    else:  # what alignlab.lab.compare and build_report do after generating
+        from alignlab.degeneration import degeneration_report
+        from alignlab.evaluation import gather_evidence
+        from alignlab.health import RunFacts, read_health
+        from alignlab.presets import capability_probe
+
+        capability, source = capability_probe(preset)
+        evidence = gather_evidence(
+            policy,
+            loaded,
+            preset.heldout_pairs,
+            preset.eval_prompts,
+            aligned,
+            beta,
+            contrast_pairs=preset.contrast_pairs,
+            capability_pairs=capability,
+            capability_source=source,
+        )
+        degeneration = degeneration_report(aligned, aligned).to_dict()
+        verdict = read_health(
+            RunFacts([{"step": 1, "loss": 0.69}], beta, evidence.to_dict(), degeneration, [], 0, len(aligned))
+        )
+        extra = {"verdict": verdict.verdict, "capability_source": source, "capability_pairs": len(capability)}
+    ended = time.perf_counter()
+    figures = ("heldout_reward_accuracy", "heldout_mean_margin", "kl_to_reference", "perplexity_after")
+    return {
+        "impl": options["impl"],
+        "pairs": {
+            "train": len(preset.pairs),
+            "heldout": len(preset.heldout_pairs),
+            "eval_prompts": len(preset.eval_prompts),
+        },
+        "generate_seconds": generated - started,
+        "evidence_seconds": ended - generated,
+        "peak_rss_mib": peak_rss_mib(),
+        "rss_before_mib": rss_before,
+        "figures": {k: getattr(evidence, k) for k in figures},
+        "extra": extra,
+    }
+
+
+def _calibrate(spec: str, options: dict) -> dict:
+    from bench.calibration import CASES, run_case
+
+    return run_case(spec, CASES[options["case"]])
+
+
 def main(argv: list[str]) -> None:
     from bench.common import quiet
 
@@ -98,8 +174,12 @@ def main(argv: list[str]) -> None:
         result = _load(spec)
     elif mode == "probe":
         result = _probe(spec, json.loads(argv[2]))
+    elif mode == "evidence":
+        result = _evidence(spec, json.loads(argv[2]))
+    elif mode == "calibrate":
+        result = _calibrate(spec, json.loads(argv[2]))
     else:
-        raise SystemExit(f"unknown mode {mode!r}: lab, load or probe")
+        raise SystemExit(f"unknown mode {mode!r}: lab, load, probe, evidence or calibrate")
     print(MARKER + json.dumps(result), flush=True)
 
 

@@ -20,6 +20,30 @@ from gradio_client.utils import Status
 pytestmark = pytest.mark.e2e
 
 ENDPOINTS = {"/load_model", "/baseline", "/validate_dataset", "/train", "/compare", "/run_lab", "/export", "/stop"}
+EVAL_KEYS = {
+    "heldout_reward_accuracy",
+    "heldout_mean_margin",
+    "kl_to_reference",
+    "perplexity_before",
+    "perplexity_after",
+    "contrast_accuracy",
+    "capability_accuracy_before",
+    "capability_accuracy_after",
+    "heldout_curve",
+    "degeneration",
+}
+
+
+def _has_nan(node) -> bool:
+    if isinstance(node, float):
+        return node != node or node in (float("inf"), float("-inf"))
+    if isinstance(node, dict):
+        return any(_has_nan(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_nan(v) for v in node)
+    return False
+
+
 REPORT_KEYS = {
     "model",
     "settings",
@@ -117,24 +141,33 @@ def test_journey_load_baseline_train_streams_compare_export(app, tiny_chat_dir: 
     assert points[0] == 0 and max(points) == 5 and points == sorted(points)
     final = updates[-1]
     assert "Finished 5 of 5 steps" in final[0]
-    assert len(final[5]["data"]) == 5  # log table
-    assert "Training health" in final[6]
+    # the live held-out curve: held-out and contrast accuracy after every step, drawn as it trains
+    heldout_points = [len(u[5]["data"]) for u in updates]
+    assert heldout_points[-1] == 10 and heldout_points == sorted(heldout_points) and 0 < heldout_points[2] < 10
+    assert {row[2] for row in final[5]["data"]} == {"held-out pairs", "contrast pairs (cue on the wrong side)"}
+    assert len(final[6]["data"]) == 5  # log table
+    assert "Training health" in final[7]
     assert {row[2] for row in final[3]["data"]} == {"chosen", "rejected"}  # rewards plot series
 
     summary, table_html, evidence, health, report_path, report = client.predict(api_name="/compare")
-    assert "answers changed" in summary
-    assert "<del" in table_html or "<ins" in table_html or "same" in table_html
-    assert "held-out pairs preferred correctly" in evidence and "KL drift" in evidence and "Perplexity" in evidence
-    assert "Health verdict" in health
+    assert f"{report['changed']} of 7 answers changed" in summary
+    # one badge per prompt, "changed" exactly where the texts differ, and the words marked in those rows
+    assert table_html.count("al-badge al-changed") == report["changed"]
+    assert table_html.count("al-badge al-same") == 7 - report["changed"]
+    if report["changed"]:
+        assert "<del" in table_html or "<ins" in table_html
+    for reading in ("Held-out preference accuracy", "Contrast accuracy", "Capability", "KL drift", "Perplexity"):
+        assert reading in evidence
+    assert "distinct answers" in evidence and "repeated 3-word phrases" in evidence
+    assert "Health verdict" in health and report["health"]["verdict"].upper() in health
+    assert all(f"`{code}`" in health for code in report["health"]["codes"])
     assert set(report) >= REPORT_KEYS
     assert report["health"]["verdict"] in {"healthy", "warning", "failed"}
-    assert set(report["eval"]) >= {
-        "heldout_reward_accuracy",
-        "heldout_mean_margin",
-        "kl_to_reference",
-        "perplexity_before",
-        "perplexity_after",
-    }
+    assert set(report["eval"]) >= EVAL_KEYS
+    assert [p["step"] for p in report["eval"]["heldout_curve"]] == [1, 2, 3, 4, 5]
+    assert report["settings"]["preset"] == "seed-lab"
+    assert set(report["health"]) >= {"verdict", "findings", "codes", "best_step"}
+    assert not _has_nan(report)
     assert len(report["aligned_outputs"]) == len(report["baseline_outputs"]) == 7
     assert json.loads(Path(report_path).read_text())["changed"] == report["changed"]
 
@@ -155,7 +188,7 @@ def test_stop_ends_only_this_sessions_run_and_the_session_keeps_working(app, tra
     wait_until(lambda: waiting.status().code == Status.IN_QUEUE and waiting.status().rank is not None)
     stopped = client.predict(api_name="/stop")
     assert "Stopped after" in stopped[0] and "of 400 steps" in stopped[0]
-    assert "Training health" in stopped[6]
+    assert "Training health" in stopped[7]
     wait_until(lambda: job.done(), timeout=30)
     assert "Stopped after" in job.outputs()[-1][0]
     assert "Recorded 7 answers" in waiting.result(timeout=60)[1]  # the queued job ran once the slot was free
@@ -216,8 +249,13 @@ def test_bad_input_gets_a_clear_message_and_the_session_keeps_working(app) -> No
 def test_uploads_good_malformed_and_binary(tmp_path: Path, shared_dir: Path) -> None:
     from alignlab.ui.dataset_tab import import_file_ui
 
-    pairs, heldout, prompts, note = import_file_ui(str(shared_dir / "data" / "hh-rlhf-harmless-test-300.jsonl"))
+    pairs, heldout, prompts, note, probes, probes_note, contrast, capability = import_file_ui(
+        str(shared_dir / "data" / "hh-rlhf-harmless-test-300.jsonl")
+    )
     assert len(pairs) + len(heldout) > 250 and "Imported" in note and prompts.strip()
+    # an imported dataset brings no probes: no contrast score (said so), the built-in capability set
+    assert probes["preset"] == "custom" and probes["contrast_pairs"] == [] and len(contrast) == 0
+    assert "No contrast pairs" in probes_note and "built-in" in probes_note
     binary = tmp_path / "weights.jsonl"
     binary.write_bytes(b"\x00\x01\x02" * 100)
     with pytest.raises(gr.Error, match="binary"):
@@ -249,6 +287,9 @@ def test_run_lab_returns_the_report_and_fills_the_session(app) -> None:
     assert set(report) >= REPORT_KEYS
     assert report["settings"]["preset"] == "concise" and report["settings"]["steps_done"] == 2
     assert len(report["log_history"]) >= 2
+    assert set(report["eval"]) >= EVAL_KEYS and not _has_nan(report)
+    assert report["settings"]["contrast_pairs"] == 8 and report["eval"]["contrast_accuracy"] is not None
+    assert [p["step"] for p in report["eval"]["heldout_curve"]] == [1, 2]
     session = demo.session_store.peek(client.session_hash)
     assert session.report == report and session.policy_dir.is_dir()
 

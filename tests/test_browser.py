@@ -77,18 +77,21 @@ WATCH_TRAINING = """() => {
     // what a person watching the screen would have seen, without the test's polling lag.
     const status = document.querySelector('#train-status');
     const plot = document.querySelector('#plot-loss');
-    const picture = () => {
-        const c = plot.querySelector('canvas');
-        const text = c ? c.toDataURL() : (plot.querySelector('svg') || {outerHTML: ''}).outerHTML;
+    const heldout = document.querySelector('#plot-heldout');
+    const picture = (element) => {
+        const c = element.querySelector('canvas');
+        const text = c ? c.toDataURL() : (element.querySelector('svg') || {outerHTML: ''}).outerHTML;
         let h = 0;
         for (let i = 0; i < text.length; i++) h = (h * 31 + text.charCodeAt(i)) | 0;
         return text.length + ':' + h;
     };
     window.__seen = [];
-    const record = () => window.__seen.push({status: status.innerText, picture: picture()});
+    const record = () => window.__seen.push(
+        {status: status.innerText, picture: picture(plot), heldout: picture(heldout)});
     const observer = new MutationObserver(record);
     observer.observe(status, {subtree: true, childList: true, characterData: true});
     observer.observe(plot, {subtree: true, childList: true, attributes: true});
+    observer.observe(heldout, {subtree: true, childList: true, attributes: true});
 }"""
 
 
@@ -132,6 +135,8 @@ def test_whole_journey_in_a_browser(page, output_dir: Path) -> None:
     assert len(shown_steps) >= 3, f"the progress line showed only {sorted(shown_steps)} while training"
     pictures = {s["picture"] for s in during_run}
     assert len(pictures) >= 3, "the loss plot did not redraw while training ran"
+    curves = {s["heldout"] for s in during_run}
+    assert len(curves) >= 3, "the live held-out curve did not redraw while training ran"
     expect(page.locator("#train-health")).to_contain_text("Training health")
     expect(page.locator("#train-log")).to_contain_text(str(STEPS))
     page.screenshot(path=str(output_dir / "browser-3-train.png"), full_page=True)
@@ -142,10 +147,13 @@ def test_whole_journey_in_a_browser(page, output_dir: Path) -> None:
     expect(page.locator("#compare-summary")).to_contain_text("answers changed")
     expect(page.locator("#compare-table")).to_contain_text("Before training")
     expect(page.locator("#compare-table")).to_contain_text("What is the capital of France?")
-    expect(page.locator("#compare-evidence")).to_contain_text("held-out pairs preferred correctly")
-    expect(page.locator("#compare-evidence")).to_contain_text("KL drift")
-    expect(page.locator("#compare-evidence")).to_contain_text("Perplexity")
+    evidence = page.locator("#compare-evidence")
+    for reading in ("Held-out preference accuracy", "Contrast accuracy", "Capability", "KL drift", "Perplexity"):
+        expect(evidence).to_contain_text(reading)
+    expect(evidence).to_contain_text("The answers themselves")
+    expect(evidence).to_contain_text("distinct answers")
     expect(page.locator("#compare-health")).to_contain_text("Health verdict")
+    expect(page.locator("#compare-health code").first).to_be_visible()  # each finding shows its code
     expect(page.locator("#report-file a")).to_have_attribute("href", re.compile(r"alignlab-report\.json$"))
     page.screenshot(path=str(output_dir / "browser-4-compare.png"), full_page=True)
 

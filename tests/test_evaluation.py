@@ -5,17 +5,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from alignlab import evaluation
 from alignlab.evaluation import (
-    completion_logps,
+    PreferenceProbe,
     count_changed,
     gather_evidence,
-    heldout_preference,
     implicit_rewards,
+    length_batches,
     mean_token_kl,
     perplexity,
     preference_accuracy,
-    read_health,
+    sequence_logps,
 )
+from alignlab.presets import PreferencePair
 from alignlab.training import TrainingSettings, train_dpo
 
 
@@ -39,7 +41,7 @@ def test_count_changed():
 
 def test_completion_logps_match_a_hand_computed_sum(tiny_chat):
     prompt, completion = "Hi", "Hello there."
-    (got,) = completion_logps(tiny_chat.model, tiny_chat, [prompt], [completion]).tolist()
+    (got,) = sequence_logps(tiny_chat.model, tiny_chat, [prompt], [completion]).tolist()
     tok = tiny_chat.tokenizer
     prompt_ids = tok(tiny_chat.format_prompt(prompt), add_special_tokens=False)["input_ids"]
     full = tok(tiny_chat.format_prompt(prompt) + "Hello there.<|im_end|>\n", add_special_tokens=False)["input_ids"]
@@ -53,15 +55,15 @@ def test_completion_logps_match_a_hand_computed_sum(tiny_chat):
 def test_completion_logps_batched_equals_single(tiny_base):
     prompts = ["Hi", "A much longer question about rivers?"]
     completions = ["Yes.", "Rivers flow to the sea."]
-    batched = completion_logps(tiny_base.model, tiny_base, prompts, completions)
-    single = torch.cat([completion_logps(tiny_base.model, tiny_base, [p], [c]) for p, c in zip(prompts, completions)])
+    batched = sequence_logps(tiny_base.model, tiny_base, prompts, completions)
+    single = torch.cat([sequence_logps(tiny_base.model, tiny_base, [p], [c]) for p, c in zip(prompts, completions)])
     assert torch.allclose(batched, single, atol=1e-4)
 
 
 def test_identical_models_have_zero_kl_and_zero_rewards(tiny_chat, pairs):
     same = copy.deepcopy(tiny_chat.model)
     assert mean_token_kl(same, tiny_chat.model, tiny_chat, ["Hi"], ["Hello there."]) == pytest.approx(0.0, abs=1e-6)
-    held = heldout_preference(same, tiny_chat.model, tiny_chat, pairs, beta=0.1)
+    held = PreferenceProbe(tiny_chat, 0.1, pairs).score(same)["heldout"]
     assert held.accuracy == 0.0 and held.mean_margin == pytest.approx(0.0, abs=1e-6)
 
 
@@ -83,115 +85,100 @@ def test_training_on_pairs_raises_their_implicit_reward_margin(tiny_chat, pairs)
     assert evidence.perplexity_before != evidence.perplexity_after
 
 
-# ----------------------------------------------------------------------------- health
-
-BETA = 0.1  # the synthetic histories' rewards are read as if trained with this beta
-
-
-def rows(n=6, **series):
-    """A synthetic TRL log history: each keyword is a list (or a constant) per step."""
+def naive_logps(model, loaded, prompts, completions):
+    """The obvious way: full-vocabulary log-softmax over the whole padded batch (what the scorer avoids)."""
     out = []
-    for i in range(n):
-        row = {
-            "step": i + 1,
-            "loss": 0.6,
-            "grad_norm": 1.0,
-            "rewards/accuracies": 1.0,
-            "rewards/margins": 0.1 * (i + 1),
-            "logps/chosen": -50.0,
-            "logps/rejected": -60.0 - i,
-            "rewards/chosen": 0.0,
-            "rewards/rejected": -0.1 * i,
-        }
-        for key, value in series.items():
-            row[key.replace("__", "/")] = value[i] if isinstance(value, list) else value
-        out.append(row)
-    return out
+    for prompt, completion in zip(prompts, completions):
+        ids, begin = evaluation._encode_pair(loaded, prompt, completion)
+        with torch.no_grad():
+            logp = F.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        out.append(sum(logp[t - 1, ids[t]].item() for t in range(begin, len(ids))))
+    return torch.tensor(out)
 
 
-def test_healthy_run_reads_healthy():
-    health = read_health(
-        rows(),
-        heldout_accuracy=0.9,
-        changed=3,
-        kl_to_reference=0.1,
-        perplexity_before=20,
-        perplexity_after=21,
-        beta=BETA,
+@pytest.mark.parametrize("fixture", ["tiny_chat", "tiny_base"])
+def test_chunked_scoring_equals_full_log_softmax_whatever_the_batching(request, fixture, monkeypatch):
+    loaded = request.getfixturevalue(fixture)
+    prompts = ["Hi", "A much longer question about rivers and the sea and bridges?", "Why?", "Hi"]
+    completions = ["Yes.", "Rivers flow to the sea.", "Because the sky scatters blue light more than red.", "No"]
+    expected = naive_logps(loaded.model, loaded, prompts, completions)
+    monkeypatch.setattr(evaluation, "POSITIONS_PER_CHUNK", 3)  # a chunk boundary inside every answer
+    for max_tokens in (8, 64, 4096):  # one row per batch ... everything in one batch
+        got = sequence_logps(loaded.model, loaded, prompts, completions, max_tokens=max_tokens)
+        assert torch.allclose(got, expected, atol=1e-4), max_tokens
+
+
+def test_length_batches_group_by_length_within_the_token_budget():
+    lengths = [5, 50, 7, 48, 6, 100]
+    batches = length_batches(lengths, max_tokens=100)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    for batch in batches:
+        assert len(batch) * max(lengths[i] for i in batch) <= 100 or len(batch) == 1
+    assert batches[0] == [5]  # the longest row alone fills the budget
+    assert [1, 3] in batches  # similar lengths travel together
+
+
+def test_long_prompts_are_cut_from_the_left_and_the_answer_is_kept(tiny_base, monkeypatch):
+    full, full_begin = evaluation._encode_pair(tiny_base, "word " * 100, "The answer stays whole.")
+    monkeypatch.setattr(evaluation, "MAX_SCORED_TOKENS", 16)
+    ids, begin = evaluation._encode_pair(tiny_base, "word " * 100, "The answer stays whole.")
+    assert len(full) > 100 and len(ids) == 16
+    assert ids == full[-16:] and len(ids) - begin == len(full) - full_begin
+
+
+def test_probe_scores_every_set_in_one_pass_and_the_reference_once(tiny_chat, pairs, monkeypatch):
+    calls = []
+    real = evaluation.sequence_logps
+    monkeypatch.setattr(evaluation, "sequence_logps", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    capability = [PreferencePair("What is 2 plus 2?", "2 plus 2 is 4.", "2 plus 2 is 5.")]
+    probe = PreferenceProbe(tiny_chat, 0.1, pairs[:2], pairs[2:], capability)
+    assert calls == [2 * (2 + 2 + 1)]  # the reference: every chosen and rejected answer, once
+    policy = copy.deepcopy(tiny_chat.model)
+    with torch.no_grad():
+        for param in policy.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+    scores = probe.score(policy)
+    assert calls == [10, 10]  # the policy: one more pass, whatever the number of sets
+    # capability "before" is the reference's own preference, "after" the policy's
+    ref = real(tiny_chat.model, tiny_chat, ["What is 2 plus 2?"] * 2, ["2 plus 2 is 4.", "2 plus 2 is 5."])
+    assert scores["capability_before"].mean_margin == pytest.approx(float(ref[0] - ref[1]), abs=1e-4)
+    assert scores["capability_after"].mean_margin != pytest.approx(scores["capability_before"].mean_margin, abs=1e-4)
+    held = real(policy, tiny_chat, [p.prompt for p in pairs[:2]], [p.chosen for p in pairs[:2]])
+    ref_held = real(tiny_chat.model, tiny_chat, [p.prompt for p in pairs[:2]], [p.chosen for p in pairs[:2]])
+    assert scores["heldout"].chosen == pytest.approx((0.1 * (held - ref_held)).tolist(), abs=1e-4)
+
+
+def test_live_curve_is_recorded_after_every_step(tiny_chat, pairs):
+    probe = evaluation.live_probe(tiny_chat, 0.1, pairs[:2], pairs[2:])
+    events = []
+    result = train_dpo(
+        tiny_chat,
+        pairs,
+        TrainingSettings(steps=4, batch_size=2, learning_rate=1e-3, max_length=64),
+        on_event=events.append,
+        probe=probe.curve_point,
     )
-    assert health.verdict == "healthy"
-    assert any("Learning signal" in f for f in health.findings)
-    assert any("90% of held-out pairs" in f for f in health.findings)
+    assert [p["step"] for p in result.heldout_curve] == [1, 2, 3, 4]
+    logs = [e for e in events if e.kind == "log"]
+    assert [e.row["heldout/accuracy"] for e in logs] == [p["accuracy"] for p in result.heldout_curve]
+    # the last point is the final policy's own held-out score
+    final = probe.score(result.policy)
+    assert result.heldout_curve[-1]["margin"] == pytest.approx(final["heldout"].mean_margin, abs=1e-5)
+    assert result.heldout_curve[-1]["contrast_accuracy"] == final["contrast"].accuracy
+    # and the probe left the policy as it found it: TRL's log history has no probe keys
+    assert not any(k.startswith("heldout/") for row in result.log_history for k in row)
 
 
-def test_no_steps_is_a_failure():
-    assert read_health([{"train_runtime": 1.0}], beta=BETA).verdict == "failed"
-
-
-def test_no_learning_signal():
-    health = read_health(rows(rewards__accuracies=[0.5, 0.0, 1.0, 0.5, 0.5, 0.5], rewards__margins=0.0), beta=BETA)
-    assert health.verdict == "failed"
-    assert any(f.startswith("No learning signal") for f in health.findings)
-
-
-def test_memorised_not_generalised():
-    health = read_health(rows(), heldout_accuracy=0.5, beta=BETA)
-    assert health.verdict == "warning"
-    assert any(f.startswith("Memorised, not generalised") for f in health.findings)
-
-
-def test_heldout_at_chance_is_no_generalisation():
-    health = read_health(rows(rewards__accuracies=[0, 1, 0, 1, 1, 0]), heldout_accuracy=0.5, beta=BETA)
-    assert health.verdict == "warning"
-    assert any(f.startswith("No generalisation: only 50%") for f in health.findings)
-
-
-def test_likelihood_displacement():
-    # beta 0.1: a chosen reward of -0.3 is 3 nats below the reference on the same pairs
-    health = read_health(rows(rewards__chosen=[0, -0.1, -0.2, -0.3, -0.3, -0.3]), beta=0.1)
-    assert health.verdict == "warning"
-    assert any(
-        f.startswith("Likelihood displacement: the chosen answers' log-probability fell 3.00") for f in health.findings
-    )
-    # the same rewards under beta 1.0 are only 0.3 nats: no warning
-    assert read_health(rows(rewards__chosen=[0, -0.1, -0.2, -0.3, -0.3, -0.3]), beta=1.0).verdict == "healthy"
-
-
-def test_batches_of_different_pairs_are_not_read_as_displacement():
-    # Measured (concise preset, batch size 2): raw chosen log-probs swing with the pairs each batch
-    # drew, while the chosen rewards, against the reference on the same pairs, stay above zero.
-    history = rows(
-        logps__chosen=[-23.1, -11.2, -46.4, -16.0, -26.4, -44.4],
-        logps__rejected=[-138.3, -156.0, -244.5, -240.7, -287.2, -335.9],
-        rewards__chosen=[0.0, 0.24, -0.08, 0.14, 0.67, 0.4],
-        rewards__rejected=[0.0, -3.59, -8.22, -11.26, -14.16, -18.32],
-    )
-    health = read_health(history, beta=0.1)
-    assert not any(f.startswith("Likelihood displacement") for f in health.findings)
-
-
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_loss_is_instability(bad):
-    health = read_health(rows(loss=[0.6, 0.5, bad, 0.4, 0.4, 0.4]), beta=BETA)
-    assert health.verdict == "failed"
-    assert any("Instability: the loss became NaN or infinite at step 3" in f for f in health.findings)
-
-
-def test_exploding_grad_norm():
-    health = read_health(rows(grad_norm=[1, 2, 5, 400, 9, 1]), beta=BETA)
-    assert health.verdict == "warning"
-    assert any("gradient norm reached 400" in f for f in health.findings)
-
-
-def test_no_behaviour_change():
-    health = read_health(rows(), changed=0, beta=BETA)
-    assert health.verdict == "warning"
-    assert any(f.startswith("No behaviour change") for f in health.findings)
-
-
-def test_heavy_drift_by_kl_and_by_perplexity():
-    by_kl = read_health(rows(), kl_to_reference=2.0, beta=BETA)
-    by_ppl = read_health(rows(), perplexity_before=10.0, perplexity_after=30.0, beta=BETA)
-    assert by_kl.verdict == by_ppl.verdict == "warning"
-    assert any(f.startswith("Heavy drift: 2.00 nats/token") for f in by_kl.findings)
-    assert any("rose from 10.0 to 30.0" in f for f in by_ppl.findings)
+def test_evidence_has_every_reported_figure(tiny_chat, pairs):
+    result = train_dpo(tiny_chat, pairs, TrainingSettings(steps=2, batch_size=2, learning_rate=1e-3, max_length=64))
+    capability = [PreferencePair("What is 2 plus 2?", "2 plus 2 is 4.", "2 plus 2 is 5.")] * 2
+    evidence = gather_evidence(
+        result.policy, tiny_chat, pairs[:2], ["Hi"], ["Hello"], 0.1, pairs[2:], capability, "built-in"
+    ).to_dict()
+    for key in ("contrast_accuracy", "capability_accuracy_before", "capability_accuracy_after"):
+        assert 0.0 <= evidence[key] <= 1.0
+    assert evidence["capability_source"] == "built-in" and evidence["capability_pairs"] == 2
+    assert len(evidence["heldout_margins"]) == 2 and len(evidence["contrast_margins"]) == 2
+    none = gather_evidence(result.policy, tiny_chat, [], ["Hi"], ["Hello"], 0.1).to_dict()
+    assert math.isnan(none["heldout_reward_accuracy"]) and math.isnan(none["contrast_accuracy"])
+    assert none["capability_source"] == "none"

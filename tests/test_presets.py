@@ -29,6 +29,56 @@ def test_shipped_presets_meet_the_lab_minimums():
         assert not trained_prompts & set(preset.eval_prompts), preset.id
 
 
+def test_every_preset_ships_probe_sets_that_probe_what_they_claim():
+    from alignlab.degeneration import new_common_phrases, words
+
+    for preset in list_presets():
+        assert len(preset.contrast_pairs) >= 6 and len(preset.capability_pairs) >= 6, preset.id
+        seen = {p.prompt for p in preset.pairs + preset.heldout_pairs} | set(preset.eval_prompts)
+        for probe in preset.contrast_pairs + preset.capability_pairs:
+            assert probe.prompt not in seen, (preset.id, probe.prompt)
+        # held-out rejected answers are not training rejected answers word for word
+        assert not {p.rejected for p in preset.heldout_pairs} & {p.rejected for p in preset.pairs}, preset.id
+        # capability: a right and a wrong answer of the same shape, so style cannot decide
+        for probe in preset.capability_pairs:
+            assert abs(len(words(probe.chosen)) - len(words(probe.rejected))) <= 1, probe
+        # contrast: the training answers' cue sits on the rejected side
+        cues = new_common_phrases([p.rejected for p in preset.pairs], [p.chosen for p in preset.pairs])
+        if cues:  # a phrase most chosen answers share (seed-lab, warm-tone): any 3 words of it in a row
+            parts = {" ".join(c.split()[i : i + 3]) for c in cues for i in range(len(c.split()) - 2)}
+            for probe in preset.contrast_pairs:
+                rejected, chosen = " ".join(words(probe.rejected)), " ".join(words(probe.chosen))
+                assert any(c in rejected for c in parts) and not any(c in chosen for c in parts), (preset.id, probe)
+        else:  # the cue is length (concise): the rejected contrast answer is the short one
+            assert all(len(p.chosen) < len(p.rejected) for p in preset.pairs), preset.id
+            for probe in preset.contrast_pairs:
+                assert len(words(probe.rejected)) < len(words(probe.chosen)) / 3, probe
+
+
+def test_imported_data_gets_the_built_in_capability_set_and_no_contrast(tmp_path, pairs):
+    from alignlab.presets import capability_probe, general_capability_pairs
+
+    path = export_jsonl(pairs * 1, tmp_path / "pairs.jsonl")
+    preset = load_dataset_file(path)
+    assert preset.contrast_pairs == [] and preset.capability_pairs == []
+    probe, source = capability_probe(preset)
+    assert source == "built-in" and probe == general_capability_pairs() and len(probe) >= 6
+    assert capability_probe(load_preset("seed-lab"))[1] == "preset"
+
+
+def test_probe_sets_round_trip_and_are_validated_by_section():
+    preset = load_preset("warm-tone")
+    again = preset_from_dict(json.loads(json.dumps(preset.to_dict())))
+    assert again == preset
+    data = preset.to_dict()
+    data["contrast_pairs"][2]["rejected"] = data["contrast_pairs"][2]["chosen"]
+    with pytest.raises(DatasetError, match="contrast pairs row 3: 'chosen' and 'rejected' are identical"):
+        preset_from_dict(data)
+    data = preset.to_dict()
+    del data["contrast_pairs"], data["capability_pairs"]  # optional keys: old files stay valid
+    assert preset_from_dict(data).contrast_pairs == []
+
+
 def test_unknown_preset_names_the_available_ones():
     with pytest.raises(DatasetError, match="Unknown preset 'nope'. Available: .*seed-lab"):
         load_preset("nope")

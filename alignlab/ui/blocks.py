@@ -98,6 +98,7 @@ def run_lab(
     for _ in train_tab.train_ui(
         table_from_pairs(lab.pairs),
         table_from_pairs(lab.heldout_pairs),
+        dataset_tab.probes_of(lab),
         beta,
         learning_rate,
         steps,
@@ -159,7 +160,15 @@ def build_app() -> gr.Blocks:
             run_all.click(
                 prepare_lab,
                 dataset.preset_id,
-                [dataset.description, dataset.pairs, dataset.heldout, baseline.prompts, dataset.validation, tabs],
+                [
+                    dataset.description,
+                    dataset.pairs,
+                    dataset.heldout,
+                    baseline.prompts,
+                    dataset.validation,
+                    *dataset_tab.probe_outputs(dataset),
+                    tabs,
+                ],
                 **private,
             )
             .success(baseline_tab.load_model_ui, baseline.model, baseline.model_status, **heavy)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
-import math
 from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
 
-from alignlab.evaluation import HEAVY_KL, HEAVY_PPL_RATIO
+from alignlab.health import (
+    capability_reading,
+    contrast_reading,
+    degeneration_readings,
+    heldout_reading,
+    kl_reading,
+    perplexity_reading,
+)
 from alignlab.ui import jobs
 from alignlab.ui.common import HEAVY, HEAVY_LIMIT, api_doc, fail, session_of
 from alignlab.ui.diff import comparison_html
@@ -24,56 +30,36 @@ INTRO = (
 # --------------------------------------------------------------------------- readings
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
-
-
-def heldout_reading(accuracy: float | None, margin: float | None) -> str:
-    if accuracy is None or not math.isfinite(accuracy):
-        return "No held-out pairs: add some on the Dataset tab to test whether the preference generalises."
-    if accuracy >= 0.75:
-        reading = "most pairs it never saw are ranked the right way: the preference generalises."
-    elif accuracy > 0.5:
-        reading = "better than a coin flip, but the preference only partly generalises."
-    else:
-        reading = "no better than a coin flip: it learned the training pairs, not the preference."
-    return f"**{accuracy:.0%}** of held-out pairs preferred correctly (mean margin {_fmt(margin, '+.3f')}) — {reading}"
-
-
-def kl_reading(kl: float | None) -> str:
-    if kl is None or not math.isfinite(kl):
-        return "KL drift could not be measured."
-    if kl < 0.05:
-        reading = "the model barely moved from the original."
-    elif kl <= HEAVY_KL:
-        reading = "a moderate, deliberate move away from the original."
-    else:
-        reading = "a large move away from the original: a high alignment tax (raise β or train fewer steps)."
-    return f"**KL drift {kl:.3f}** nats/token — {reading}"
-
-
-def perplexity_reading(before: float | None, after: float | None) -> str:
-    if not before or not after or not math.isfinite(before) or not math.isfinite(after):
-        return "Perplexity could not be measured."
-    ratio = after / before
-    if ratio < 1.1:
-        reading = "general fluency on unrelated text is intact."
-    elif ratio <= HEAVY_PPL_RATIO:
-        reading = "a small loss of fluency on unrelated text."
-    else:
-        reading = "fluency on unrelated text got much worse: training damaged general ability."
-    return f"**Perplexity {before:.1f} → {after:.1f}** (×{ratio:.2f}) — {reading}"
-
-
 def evidence_markdown(evaluation: dict[str, Any]) -> str:
-    return "\n\n".join(
-        [
-            "### Evidence",
-            "- " + heldout_reading(evaluation.get("heldout_reward_accuracy"), evaluation.get("heldout_mean_margin")),
-            "- " + kl_reading(evaluation.get("kl_to_reference")),
-            "- " + perplexity_reading(evaluation.get("perplexity_before"), evaluation.get("perplexity_after")),
-        ]
-    )
+    """Each figure with what it means, in the words the verdict uses (alignlab.health)."""
+    curve = evaluation.get("heldout_curve") or []
+    lines = [
+        "### Evidence",
+        "- " + heldout_reading(evaluation.get("heldout_reward_accuracy"), evaluation.get("heldout_mean_margin")),
+        "- " + contrast_reading(evaluation.get("contrast_accuracy")),
+        "- "
+        + capability_reading(
+            evaluation.get("capability_accuracy_before"),
+            evaluation.get("capability_accuracy_after"),
+            evaluation.get("capability_source", "preset"),
+        ),
+        "- " + kl_reading(evaluation.get("kl_to_reference")),
+        "- " + perplexity_reading(evaluation.get("perplexity_before"), evaluation.get("perplexity_after")),
+    ]
+    if curve:
+        points = ", ".join(f"{p['step']}: {p['accuracy']:.0%}" for p in curve if p.get("accuracy") is not None)
+        lines.append(f"- Held-out accuracy after each step (the Train tab's live curve) — {points}.")
+    return "\n".join(lines)
+
+
+def degeneration_markdown(degeneration: dict[str, Any]) -> str:
+    """The output-level checks as a before/after table with a reading per row."""
+    rows = degeneration_readings(degeneration)
+    if not rows:
+        return ""
+    table = ["| answers | before | after | reading |", "|---|---|---|---|"]
+    table += [f"| {name} | {before} | {after} | {reading} |" for name, before, after, reading in rows]
+    return "### The answers themselves\n" + "\n".join(table)
 
 
 def report_views(report: dict[str, Any], report_path: str | None) -> tuple[Any, ...]:
@@ -83,12 +69,12 @@ def report_views(report: dict[str, Any], report_path: str | None) -> tuple[Any, 
     after = [row["text"] for row in report["aligned_outputs"]]
     stopped = " (training was stopped early)" if report["settings"].get("stopped_early") else ""
     summary = f"## {report['changed']} of {len(prompts)} answers changed{stopped}"
-    health = report["health"]
+    evaluation = report["eval"]
     return (
         summary,
         comparison_html(prompts, before, after),
-        evidence_markdown(report["eval"]),
-        health_markdown(health["verdict"], health["findings"], "Health verdict"),
+        evidence_markdown(evaluation) + "\n\n" + degeneration_markdown(evaluation.get("degeneration") or {}),
+        health_markdown(report["health"], "Health verdict"),
         report_path,
         report,
     )
@@ -115,6 +101,8 @@ def compare_ui(request: gr.Request) -> tuple[Any, ...]:
         "eval_prompts": session.eval_prompts,
         "pairs": jobs.pairs_to_dicts(session.pairs),
         "heldout_pairs": jobs.pairs_to_dicts(session.heldout_pairs),
+        "contrast_pairs": jobs.pairs_to_dicts(session.contrast_pairs),
+        "capability_pairs": jobs.pairs_to_dicts(session.capability_pairs),
     }
     report = jobs.compare_job(
         session.model_spec,

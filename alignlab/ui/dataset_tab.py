@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import gradio as gr
 import pandas as pd
@@ -43,18 +45,50 @@ def describe(preset: Preset) -> str:
     return f"**{preset.title}** — {preset.description}"
 
 
-def load_preset_ui(preset_id: str) -> tuple[str, pd.DataFrame, pd.DataFrame, str, str]:
-    """Fill the tables and the eval prompts from a preset."""
+def probes_of(preset: Preset) -> dict[str, Any]:
+    """The probe sets a run on this preset is judged with (kept in the page's state, see train_tab)."""
+    return {
+        "preset": preset.id,
+        "contrast_pairs": [asdict(p) for p in preset.contrast_pairs],
+        "capability_pairs": [asdict(p) for p in preset.capability_pairs],
+    }
+
+
+def probes_note(probes: dict[str, Any]) -> str:
+    contrast, capability = len(probes.get("contrast_pairs") or []), len(probes.get("capability_pairs") or [])
+    if contrast:
+        head = (
+            f"**{contrast} contrast pairs** put the training answers' surface cue on the *worse* answer: a model "
+            "that learnt only the cue ranks them wrong (the Compare tab's *shortcut* check)."
+        )
+    else:
+        head = (
+            "**No contrast pairs** in this dataset, so the Compare tab cannot tell cue-following from the preference."
+        )
+    if capability:
+        tail = f" **{capability} capability pairs** (unrelated facts, right vs wrong) measure the alignment tax."
+    else:
+        tail = " Capability is measured on AlignLab's built-in set of unrelated facts and arithmetic."
+    return head + tail
+
+
+def load_preset_ui(preset_id: str) -> tuple[Any, ...]:
+    """Fill the tables, the eval prompts and the probe sets from a preset."""
     try:
         preset = load_preset(preset_id)
     except DatasetError as exc:
         raise gr.Error(str(exc), title="Unknown preset") from exc
+    probes = probes_of(preset)
     return (
         describe(preset),
         table_from_pairs(preset.pairs),
         table_from_pairs(preset.heldout_pairs),
         "\n".join(preset.eval_prompts),
         validation_message(preset.pairs, preset.heldout_pairs),
+        probes,
+        probes_note(probes),
+        table_from_pairs(preset.contrast_pairs),
+        table_from_pairs(preset.capability_pairs),
     )
 
 
@@ -77,7 +111,7 @@ def validate_dataset(pairs: pd.DataFrame, heldout_pairs: pd.DataFrame) -> str:
     return validation_message(pairs_from_table(pairs), pairs_from_table(heldout_pairs))
 
 
-def import_file_ui(file: str | None) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
+def import_file_ui(file: str | None) -> tuple[Any, ...]:
     """Read an uploaded JSON/JSONL/CSV file: TRL standard or conversational, HH-RLHF, UltraFeedback."""
     if not file:
         raise fail("Choose a .jsonl, .json or .csv file first.", "No file")
@@ -92,7 +126,18 @@ def import_file_ui(file: str | None) -> tuple[pd.DataFrame, pd.DataFrame, str, s
         f"**Imported {name}:** {len(preset.pairs)} training pairs, {len(preset.heldout_pairs)} held-out pairs "
         f"and {len(preset.eval_prompts)} eval prompts (Baseline tab). {preset.description}"
     )
-    return table_from_pairs(preset.pairs), table_from_pairs(preset.heldout_pairs), "\n".join(preset.eval_prompts), note
+    probes = probes_of(preset)
+    probes["preset"] = "custom"
+    return (
+        table_from_pairs(preset.pairs),
+        table_from_pairs(preset.heldout_pairs),
+        "\n".join(preset.eval_prompts),
+        note,
+        probes,
+        probes_note(probes),
+        table_from_pairs(preset.contrast_pairs),
+        table_from_pairs(preset.capability_pairs),
+    )
 
 
 def export_ui(pairs: pd.DataFrame, request: gr.Request) -> str:
@@ -161,6 +206,27 @@ def build(preset: Preset) -> SimpleNamespace:
             export = gr.Button("Export pairs as JSONL")
             exported = gr.File(label="exported pairs", interactive=False)
     import_status = gr.Markdown(elem_id="import-status")
+    probes = gr.State(probes_of(preset))
+    with gr.Accordion("Probe sets: how the Compare tab tells real alignment from a shortcut", open=False):
+        probes_text = gr.Markdown(probes_note(probes_of(preset)), elem_id="probes-note")
+        contrast = gr.Dataframe(
+            table_from_pairs(preset.contrast_pairs),
+            headers=PAIR_COLUMNS,
+            interactive=False,
+            wrap=True,
+            label="Contrast pairs (the cue sits on the rejected side)",
+            elem_id="contrast-table",
+            max_height=260,
+        )
+        capability = gr.Dataframe(
+            table_from_pairs(preset.capability_pairs),
+            headers=PAIR_COLUMNS,
+            interactive=False,
+            wrap=True,
+            label="Capability pairs (chosen = the correct answer)",
+            elem_id="capability-table",
+            max_height=260,
+        )
     return SimpleNamespace(
         preset_id=preset_id,
         description=description,
@@ -171,14 +237,22 @@ def build(preset: Preset) -> SimpleNamespace:
         import_status=import_status,
         export=export,
         exported=exported,
+        probes=probes,
+        probes_text=probes_text,
+        contrast=contrast,
+        capability=capability,
     )
+
+
+def probe_outputs(tab: SimpleNamespace) -> list[Any]:
+    return [tab.probes, tab.probes_text, tab.contrast, tab.capability]
 
 
 def wire(tab: SimpleNamespace, eval_prompts: gr.Textbox) -> None:
     tab.preset_id.input(
         load_preset_ui,
         tab.preset_id,
-        [tab.description, tab.pairs, tab.heldout, eval_prompts, tab.validation],
+        [tab.description, tab.pairs, tab.heldout, eval_prompts, tab.validation, *probe_outputs(tab)],
         api_visibility="private",
         concurrency_limit=None,
     )
@@ -198,7 +272,7 @@ def wire(tab: SimpleNamespace, eval_prompts: gr.Textbox) -> None:
     tab.upload.upload(
         import_file_ui,
         tab.upload,
-        [tab.pairs, tab.heldout, eval_prompts, tab.import_status],
+        [tab.pairs, tab.heldout, eval_prompts, tab.import_status, *probe_outputs(tab)],
         api_visibility="private",
         concurrency_limit=None,
     ).success(validate_dataset, [tab.pairs, tab.heldout], tab.validation, api_visibility="private")

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from alignlab import gpu
+from alignlab.evaluation import live_probe
 from alignlab.generation import GenerationSettings, GenerationSettingsError, generate
 from alignlab.lab import build_report, compare
 from alignlab.models import LoadedModel, ModelLoadError, load_model
@@ -75,10 +76,17 @@ def save_trained_policy(policy: torch.nn.Module, tokenizer: Any, directory: str 
 
 @gpu.gpu(duration=gpu.train_duration)
 def train_job(
-    spec: str, pairs: list[dict[str, str]], settings: dict[str, Any], policy_dir: str, run_id: str
+    spec: str,
+    pairs: list[dict[str, str]],
+    settings: dict[str, Any],
+    policy_dir: str,
+    run_id: str,
+    heldout: list[dict[str, str]] | None = None,
+    contrast: list[dict[str, str]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Stream a DPO run as plain dicts: one ``log`` per step, then ``end`` (policy saved to disk).
 
+    ``heldout`` and ``contrast`` pairs are scored after every step (the live held-out curve).
     Closing this generator stops the run at the end of the current step.
     """
     loaded = _load(spec)
@@ -87,7 +95,10 @@ def train_job(
     except (SettingsError, TypeError) as exc:
         raise gr.Error(str(exc), title="Training settings") from exc
     cancel = RUN_TOKENS.get(run_id) or CancelToken()
-    events = stream_dpo(loaded, pairs_from_dicts(pairs), training, cancel)
+    probe = live_probe(loaded, training.beta, pairs_from_dicts(heldout or []), pairs_from_dicts(contrast or []))
+    events = stream_dpo(
+        loaded, pairs_from_dicts(pairs), training, cancel, probe=probe.curve_point if probe is not None else None
+    )
     try:
         for event in events:
             if event.kind == "log":
@@ -112,6 +123,7 @@ def train_job(
                 "steps_done": result.steps_done if result else 0,
                 "stopped_early": result.stopped_early if result else True,
                 "seconds": result.seconds if result else event.elapsed,
+                "heldout_curve": list(result.heldout_curve) if result else [],
                 "policy_dir": saved,
             }
             return
@@ -139,14 +151,7 @@ def compare_job(
     started = time.perf_counter()
     policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).to(loaded.device)
     policy.eval()
-    lab_preset = Preset(
-        id=preset.get("id", "custom"),
-        title=preset.get("title", "custom"),
-        description=preset.get("description", ""),
-        eval_prompts=list(preset["eval_prompts"]),
-        pairs=pairs_from_dicts(preset["pairs"]),
-        heldout_pairs=pairs_from_dicts(preset.get("heldout_pairs", [])),
-    )
+    lab_preset = Preset.from_dict(preset)
     try:
         generation_settings = GenerationSettings(**generation)
         settings = TrainingSettings.from_dict(training["settings"])
@@ -160,6 +165,7 @@ def compare_job(
         stopped_early=training["stopped_early"],
         seconds=training["seconds"],
         settings=settings,
+        heldout_curve=list(training.get("heldout_curve") or []),
     )
     aligned, evidence = compare(loaded, result, lab_preset, generation_settings)
     timings = {**timings, "evaluate": time.perf_counter() - started}

@@ -60,6 +60,8 @@ class Session:
     baseline_outputs: list[str] | None = None
     pairs: list[PreferencePair] = field(default_factory=list)
     heldout_pairs: list[PreferencePair] = field(default_factory=list)
+    contrast_pairs: list[PreferencePair] = field(default_factory=list)
+    capability_pairs: list[PreferencePair] = field(default_factory=list)
     preset_id: str = ""
     log_rows: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] | None = None

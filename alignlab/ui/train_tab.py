@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from alignlab import gpu, plots
-from alignlab.evaluation import read_health
+from alignlab.health import Health, read_training_health
 from alignlab.presets import Preset, validate_preset
 from alignlab.training import LOSS_TYPES, SettingsError, TrainingSettings
 from alignlab.ui import jobs
@@ -62,9 +62,21 @@ def settings_from_inputs(
         raise gr.Error(str(exc), title="Training settings") from exc
 
 
-def health_markdown(verdict: str, findings: list[str], title: str = "Training health") -> str:
-    lines = "\n".join(f"- {f}" for f in findings)
-    return f"### {title}: {VERDICT_WORDS.get(verdict, verdict.upper())}\n{lines}"
+SEVERITY_MARKS = {"failed": "✖", "warning": "⚠", "info": "ℹ", "good": "✔"}
+
+
+def health_markdown(health: dict[str, Any] | Health, title: str = "Training health") -> str:
+    """The verdict and each finding, marked by severity and tagged with its code."""
+    health = health.to_dict() if isinstance(health, Health) else health
+    details = health.get("details") or [{"code": "", "severity": "", "text": t} for t in health.get("findings", [])]
+    lines = "\n".join(
+        f"- {SEVERITY_MARKS.get(d['severity'], '')} {d['text']}" + (f" `{d['code']}`" if d.get("code") else "")
+        for d in details
+    )
+    verdict = health["verdict"]
+    best = health.get("best_step")
+    best_line = f"\n\nBest held-out step: **{best}**." if best is not None else ""
+    return f"### {title}: {VERDICT_WORDS.get(verdict, verdict.upper())}\n{lines}{best_line}"
 
 
 def progress_line(step: int, total: int, elapsed: float) -> str:
@@ -73,7 +85,7 @@ def progress_line(step: int, total: int, elapsed: float) -> str:
 
 
 def view(status: str, rows: list[dict[str, Any]], health: str = "") -> tuple[Any, ...]:
-    """The Train tab's outputs: status, the four plots, the log table, the health reading."""
+    """The Train tab's outputs: status, the five plots, the log table, the health reading."""
     return (status, *plots.all_frames(rows), health)
 
 
@@ -91,8 +103,13 @@ def finished_view(session: Session) -> tuple[Any, ...]:
         status += " Next: the **Compare** tab shows what changed."
     else:
         status += " No step finished, so there is nothing to compare: press Start again."
-    health = read_health(training["log_history"], beta=training["settings"]["beta"])
-    return view(status, session.log_rows, health_markdown(health.verdict, health.findings))
+    health = read_training_health(
+        [r for r in training["log_history"] if "loss" in r and "step" in r],
+        beta=training["settings"]["beta"],
+        heldout_curve=training.get("heldout_curve"),
+    )
+    note = "\n\n*The full verdict, with the answers checked for collapse, loops and templates, is on the Compare tab.*"
+    return view(status, session.log_rows, health_markdown(health) + note)
 
 
 def _check_ready(session: Session, pairs_table: Any, heldout_table: Any) -> tuple[list, list]:
@@ -115,6 +132,7 @@ def _check_ready(session: Session, pairs_table: Any, heldout_table: Any) -> tupl
 def train_ui(
     pairs: Any,
     heldout_pairs: Any,
+    probes: dict[str, Any] | None,
     beta: float,
     learning_rate: float,
     steps: float,
@@ -127,7 +145,8 @@ def train_ui(
 
     Args:
         pairs: training pairs, a table with the columns prompt, chosen, rejected.
-        heldout_pairs: held-out pairs (same columns), scored on the Compare step.
+        heldout_pairs: held-out pairs (same columns), scored after every step (the live held-out curve) and on Compare.
+        probes: the preset's probe sets (contrast and capability pairs), kept by the Dataset tab.
         beta: DPO β, 0.01-1.0: how tightly the model is held to the original.
         learning_rate: optimizer step size, 1e-7 to 1e-3.
         steps: optimizer steps, 1-500.
@@ -135,13 +154,17 @@ def train_ui(
         loss_type: sigmoid (DPO), ipo, hinge, robust, apo_zero, sppo_hard, nca_pair or bco_pair.
         seed: seed for data order: the same seed and data give the same run.
     Returns:
-        Streams (status, loss plot, margin plot, rewards plot, accuracy plot, log table, health).
+        Streams (status, loss plot, margin plot, rewards plot, accuracy plot, held-out plot, log table, health).
     """
     session = session_of(request)
     settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed)
     train_pairs, heldout = _check_ready(session, pairs, heldout_pairs)
     session.forget_training()
     session.pairs, session.heldout_pairs = train_pairs, heldout
+    probes = probes or {}
+    session.contrast_pairs = jobs.pairs_from_dicts(probes.get("contrast_pairs") or [])
+    session.capability_pairs = jobs.pairs_from_dicts(probes.get("capability_pairs") or [])
+    session.preset_id = probes.get("preset") or "custom"
     run = session.run = Run()
     stream = jobs.train_job(
         session.model_spec,
@@ -149,13 +172,15 @@ def train_ui(
         settings.to_dict(),
         str(session.path("policy")),
         run.id,
+        jobs.pairs_to_dicts(heldout),
+        jobs.pairs_to_dicts(session.contrast_pairs),
     )
     rows: list[dict[str, Any]] = []
     finished = False
     try:
         yield view(
-            f"**Starting** DPO on {len(train_pairs)} pairs with `{session.model_spec}`: "
-            "preparing TRL and scoring the pairs with the reference model…",
+            f"**Starting** DPO on {len(train_pairs)} pairs with `{session.model_spec}`: preparing TRL and "
+            "scoring the held-out pairs once with the original model (the reference for the live held-out curve)…",
             rows,
         )
         last_redraw = 0.0
@@ -189,6 +214,7 @@ def record(session: Session, settings: TrainingSettings, rows: list[dict[str, An
         "total_steps": event["total_steps"],
         "stopped_early": event["stopped_early"],
         "seconds": event["seconds"],
+        "heldout_curve": event.get("heldout_curve", []),
     }
     session.timings["train"] = event["seconds"]
     session.policy_dir = session.path("policy") if event["policy_dir"] else None
@@ -287,6 +313,16 @@ def build() -> SimpleNamespace:
             elem_id="plot-accuracy",
             **plot,
         )
+    with gr.Row():
+        heldout_plot = gr.LinePlot(
+            y="accuracy",
+            color="pairs",
+            label="held-out plot",
+            title="Held-out evidence after each step: pairs never trained on (should rise and stay up)",
+            y_lim=[0, 1],
+            elem_id="plot-heldout",
+            **plot,
+        )
     health = gr.Markdown(label="health", elem_id="train-health")
     log_table = gr.Dataframe(
         headers=list(plots.LOG_COLUMNS),
@@ -309,6 +345,7 @@ def build() -> SimpleNamespace:
         margin_plot=margin_plot,
         rewards_plot=rewards_plot,
         accuracy_plot=accuracy_plot,
+        heldout_plot=heldout_plot,
         log_table=log_table,
         health=health,
     )
@@ -318,6 +355,7 @@ def inputs(tab: SimpleNamespace, dataset: SimpleNamespace) -> list[Any]:
     return [
         dataset.pairs,
         dataset.heldout,
+        dataset.probes,
         tab.beta,
         tab.learning_rate,
         tab.steps,
@@ -328,7 +366,16 @@ def inputs(tab: SimpleNamespace, dataset: SimpleNamespace) -> list[Any]:
 
 
 def outputs(tab: SimpleNamespace) -> list[Any]:
-    return [tab.status, tab.loss_plot, tab.margin_plot, tab.rewards_plot, tab.accuracy_plot, tab.log_table, tab.health]
+    return [
+        tab.status,
+        tab.loss_plot,
+        tab.margin_plot,
+        tab.rewards_plot,
+        tab.accuracy_plot,
+        tab.heldout_plot,
+        tab.log_table,
+        tab.health,
+    ]
 
 
 def wire(tab: SimpleNamespace, dataset: SimpleNamespace) -> Any:

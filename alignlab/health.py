@@ -1,0 +1,688 @@
+"""The verdict: a run's evidence read into findings, each with a stable code, and one verdict.
+
+Each rule is a small function of :class:`RunFacts` that returns :class:`Finding` s, each with a
+*code* (stable, part of the report contract: DESIGN.md §6.1), a *severity* and a sentence. The
+verdict is the worst severity found: ``failed`` > ``warning`` > ``healthy`` (``info`` and
+``good`` findings explain, they never lower a verdict). Every threshold and every plain-words
+reading lives here, so the Compare tab, the CLI and the verdict say the same thing about the same
+figure.
+
+The thresholds were checked against runs whose answer we know (the calibration matrix in
+``tests/test_calibration.py`` and ``make bench``): collapse, loops, contradicting labels, memorising
+and the shipped presets at their defaults.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from alignlab.degeneration import LOOPING_RATE
+
+# --------------------------------------------------------------------------- thresholds
+
+#: Preference accuracy at or below this is "about chance" (6 held-out pairs: 3 or fewer right).
+CHANCE_ACCURACY = 0.6
+#: ...and at or above this the preference "generalises".
+GENERALISES_ACCURACY = 0.75
+#: Training reward margin that moved less than this (reward units) did not move.
+FLAT_MARGIN = 0.05
+#: Held-out margins that agree in sign less than this (|mean| / mean |margin|) carry no signal.
+CONSISTENT_MARGINS = 0.3
+GRAD_NORM_LIMIT = 100.0
+HEAVY_KL = 0.5  # nats per token
+HEAVY_PPL_RATIO = 1.5
+#: Nats of summed log-prob below the reference, per chosen answer, that count as displacement.
+DISPLACEMENT_DROP = 1.0
+#: Training pairs separated by more than this many nats of log-ratio (margin / beta) are memorised.
+MEMORISED_NATS = 40.0
+#: The held-out curve falling this far below its best point means generalisation was lost.
+CURVE_DROP = 0.2
+#: Capability accuracy falling by this much (and by at least 2 pairs) is a capability loss.
+CAPABILITY_DROP = 0.2
+#: Template phrases making up more than this share of the answers' words is template capture.
+TEMPLATE_WORDS = 0.4
+
+SEVERITY_ORDER = {"failed": 3, "warning": 2, "info": 1, "good": 0}
+VERDICT_OF = {"failed": "failed", "warning": "warning"}
+
+
+@dataclass
+class Finding:
+    """One reading: a stable ``code``, a ``severity`` (failed, warning, info, good) and a sentence."""
+
+    code: str
+    severity: str
+    text: str
+
+
+@dataclass
+class Health:
+    """``verdict`` is 'healthy', 'warning' or 'failed'; each finding carries its code and severity."""
+
+    verdict: str
+    details: list[Finding]
+    best_step: int | None = None
+
+    @property
+    def findings(self) -> list[str]:
+        return [f.text for f in self.details]
+
+    @property
+    def codes(self) -> list[str]:
+        return list(dict.fromkeys(f.code for f in self.details))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "findings": self.findings,
+            "codes": self.codes,
+            "best_step": self.best_step,
+            "details": [asdict(f) for f in self.details],
+        }
+
+
+@dataclass
+class RunFacts:
+    """Everything the rules read. Only ``log_rows`` and ``beta`` are needed; the rest sharpen the reading."""
+
+    log_rows: list[dict[str, Any]]
+    beta: float
+    evidence: dict[str, Any] = field(default_factory=dict)
+    degeneration: dict[str, Any] = field(default_factory=dict)
+    heldout_curve: list[dict[str, Any]] = field(default_factory=list)
+    changed: int | None = None
+    answers: int | None = None
+
+    def ev(self, key: str) -> float | None:
+        """A finite evidence figure, or None."""
+        return finite(self.evidence.get(key))
+
+
+def finite(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _series(rows: list[dict[str, Any]], key: str) -> list[float]:
+    return [v for v in (finite(r.get(key)) for r in rows) if v is not None]
+
+
+def _tail_mean(values: list[float]) -> float:
+    tail = values[len(values) // 2 :] or values
+    return sum(tail) / len(tail) if tail else float("nan")
+
+
+# --------------------------------------------------------------------------- readings (shared words)
+
+
+def accuracy_band(accuracy: float | None) -> str:
+    """'chance', 'partial' or 'generalises' for a preference accuracy (None: 'unknown')."""
+    if accuracy is None:
+        return "unknown"
+    if accuracy <= CHANCE_ACCURACY:
+        return "chance"
+    if accuracy < GENERALISES_ACCURACY:
+        return "partial"
+    return "generalises"
+
+
+HELDOUT_WORDS = {
+    "chance": "about chance: the preference was not learnt beyond the training pairs",
+    "partial": "better than chance, but the preference only partly generalises",
+    "generalises": "most pairs it never saw are ranked the right way: the preference generalises",
+    "unknown": "no held-out pairs: add some on the Dataset tab to test whether the preference generalises",
+}
+CONTRAST_WORDS = {
+    "chance": "the surface cue of the training answers, not the preference, drives the ranking (a shortcut)",
+    "partial": "the preference partly holds when the cue points the other way",
+    "generalises": "the preference holds even when the surface cue points the other way",
+    "unknown": "no contrast pairs in this dataset, so cue-following cannot be told from the preference",
+}
+
+
+def heldout_reading(accuracy: float | None, margin: float | None) -> str:
+    accuracy, margin = finite(accuracy), finite(margin)
+    if accuracy is None:
+        return HELDOUT_WORDS["unknown"].capitalize() + "."
+    return (
+        f"Held-out preference accuracy {accuracy:.0%} (mean reward margin {margin:+.3f}): "
+        f"{HELDOUT_WORDS[accuracy_band(accuracy)]}."
+    )
+
+
+def contrast_reading(accuracy: float | None) -> str:
+    accuracy = finite(accuracy)
+    if accuracy is None:
+        return "Contrast: " + CONTRAST_WORDS["unknown"] + "."
+    return f"Contrast accuracy {accuracy:.0%} (cue on the wrong side): {CONTRAST_WORDS[accuracy_band(accuracy)]}."
+
+
+def capability_reading(before: float | None, after: float | None, source: str = "preset") -> str:
+    before, after = finite(before), finite(after)
+    if before is None or after is None:
+        return "Capability could not be measured (no capability pairs)."
+    origin = " (the built-in general set)" if source == "built-in" else ""
+    if after < before - CAPABILITY_DROP + 1e-9:
+        words = "knowledge unrelated to the preference got worse: an alignment tax"
+    elif after < before:
+        words = "a slight dip on unrelated facts"
+    else:
+        words = "knowledge unrelated to the preference is intact"
+    return f"Capability{origin}: correct answer preferred {before:.0%} -> {after:.0%} — {words}."
+
+
+def kl_reading(kl: float | None) -> str:
+    kl = finite(kl)
+    if kl is None:
+        return "KL drift could not be measured."
+    if kl < 0.05:
+        words = "the model barely moved from the original"
+    elif kl <= HEAVY_KL:
+        words = "a moderate, deliberate move away from the original"
+    else:
+        words = "a large move away from the original: a high alignment tax (raise β or train fewer steps)"
+    return f"KL drift {kl:.3f} nats/token — {words}."
+
+
+def perplexity_reading(before: float | None, after: float | None) -> str:
+    before, after = finite(before), finite(after)
+    if not before or not after:
+        return "Perplexity could not be measured."
+    ratio = after / before
+    if ratio < 1.1:
+        words = "general fluency on unrelated text is intact"
+    elif ratio <= HEAVY_PPL_RATIO:
+        words = "a small loss of fluency on unrelated text"
+    else:
+        words = "fluency on unrelated text got much worse: training damaged general ability"
+    return f"Perplexity {before:.1f} -> {after:.1f} (x{ratio:.2f}) — {words}."
+
+
+def degeneration_readings(d: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(figure, before, after, reading) rows for the output-level checks."""
+    if not d:
+        return []
+    n = d.get("answers") or 0
+    rows = []
+    before, after = d["distinct_answers_before"], d["distinct_answers_after"]
+    rows.append(
+        (
+            "distinct answers",
+            f"{before} of {n}",
+            f"{after} of {n}",
+            "collapsed: many prompts get the same answer"
+            if after < before and after <= math.ceil(n / 2)
+            else (
+                "some answers became near-duplicates" if after < before else "every prompt still gets its own answer"
+            ),
+        )
+    )
+    rows.append(
+        (
+            "repeated 3-word phrases (mean)",
+            f"{d['repeated_ngram_rate_before']:.0%}",
+            f"{d['repeated_ngram_rate_after']:.0%}",
+            f"{d['looping_answers_after']} answer(s) loop (>= {LOOPING_RATE:.0%} repeats)"
+            if d["looping_answers_after"] > d["looping_answers_before"]
+            else "no new loops",
+        )
+    )
+    wb, wa = d["mean_words_before"], d["mean_words_after"]
+    change = (wa - wb) / wb if wb else 0.0
+    rows.append(
+        (
+            "mean words per answer",
+            f"{wb:.0f}",
+            f"{wa:.0f}",
+            f"{change:+.0%}" + (" (much shorter)" if change < -0.5 else " (much longer)" if change > 1 else ""),
+        )
+    )
+    phrases = d.get("new_common_phrases") or []
+    rows.append(
+        (
+            "phrases new in most answers",
+            "",
+            "; ".join(f"“{p}”" for p in phrases) or "none",
+            f"template: {d.get('template_share', 0):.0%} of the words" if phrases else "no template capture",
+        )
+    )
+    rows.append(
+        (
+            "broken or symbol-heavy answers",
+            str(d["garbage_answers_before"]),
+            str(d["garbage_answers_after"]),
+            "new garbage" if d["garbage_answers_after"] > d["garbage_answers_before"] else "none new",
+        )
+    )
+    return rows
+
+
+# --------------------------------------------------------------------------- rules
+
+Rule = Callable[[RunFacts], list[Finding]]
+
+
+def rule_trained(facts: RunFacts) -> list[Finding]:
+    if not facts.log_rows:
+        return [Finding("no_steps", "failed", "No training step was logged: the run did not train.")]
+    return []
+
+
+def rule_unstable(facts: RunFacts) -> list[Finding]:
+    out = []
+    for row in facts.log_rows:
+        loss = row.get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            out.append(
+                Finding(
+                    "unstable",
+                    "failed",
+                    f"Instability: the loss became NaN or infinite at step {row.get('step', '?')}; "
+                    "lower the learning rate.",
+                )
+            )
+            break
+    grads = [float(r["grad_norm"]) for r in facts.log_rows if r.get("grad_norm") is not None]
+    if any(not math.isfinite(g) or g > GRAD_NORM_LIMIT for g in grads):
+        worst = max((g if math.isfinite(g) else float("inf")) for g in grads)
+        out.append(
+            Finding(
+                "unstable",
+                "warning",
+                f"Instability: the gradient norm reached {worst:.3g} (above {GRAD_NORM_LIMIT:g}); "
+                "the updates are exploding, lower the learning rate.",
+            )
+        )
+    return out
+
+
+def rule_signal(facts: RunFacts) -> list[Finding]:
+    """No learnable signal: flat training margin at chance, or held-out margins that disagree in sign."""
+    accuracies = _series(facts.log_rows, "rewards/accuracies")
+    margins = _series(facts.log_rows, "rewards/margins")
+    if accuracies and margins:
+        train_accuracy = _tail_mean(accuracies)
+        gain = _tail_mean(margins) - margins[0]
+        if 1 - CHANCE_ACCURACY <= train_accuracy <= CHANCE_ACCURACY and abs(gain) < FLAT_MARGIN:
+            return [
+                Finding(
+                    "no_signal",
+                    "failed",
+                    f"No learning signal: training reward accuracy stayed near chance ({train_accuracy:.2f}) and "
+                    f"the margin moved by only {gain:+.3f}; raise the learning rate or the number of steps.",
+                )
+            ]
+    held = [m for m in (facts.evidence.get("heldout_margins") or []) if finite(m) is not None]
+    accuracy = facts.ev("heldout_reward_accuracy")
+    if len(held) >= 4 and accuracy is not None and accuracy_band(accuracy) == "chance":
+        spread = sum(abs(m) for m in held) / len(held)
+        agreement = abs(sum(held) / len(held)) / spread if spread > 0 else 0.0
+        if agreement < CONSISTENT_MARGINS:
+            return [
+                Finding(
+                    "no_signal",
+                    "failed",
+                    f"No consistent preference: held-out pairs are ranked right only {accuracy:.0%} of the time and "
+                    f"their margins point both ways (agreement {agreement:.2f}, below {CONSISTENT_MARGINS}). "
+                    "The training moved the model, but not in one direction: check that the pairs agree with "
+                    "each other (are some chosen and rejected answers swapped?).",
+                )
+            ]
+    return []
+
+
+def rule_learning(facts: RunFacts) -> list[Finding]:
+    margins = _series(facts.log_rows, "rewards/margins")
+    accuracies = _series(facts.log_rows, "rewards/accuracies")
+    if len(margins) >= 2 and _tail_mean(margins) - margins[0] > 0:
+        return [
+            Finding(
+                "learning",
+                "good",
+                f"Learning signal: the training reward margin grew from {margins[0]:+.3f} to {margins[-1]:+.3f} "
+                f"and training reward accuracy reached {_tail_mean(accuracies) if accuracies else float('nan'):.2f}.",
+            )
+        ]
+    return []
+
+
+def best_step(curve: list[dict[str, Any]]) -> int | None:
+    """The earliest step where held-out (plus contrast, when measured) accuracy peaks, then held-out margin."""
+    points = [p for p in curve if finite(p.get("accuracy")) is not None]
+    if not points:
+        return None
+
+    def score(p: dict[str, Any]) -> tuple[float, float]:
+        contrast = finite(p.get("contrast_accuracy"))
+        return (round(p["accuracy"] + (contrast or 0.0), 6), finite(p.get("margin")) or 0.0)
+
+    best = max(points, key=lambda p: (score(p)[0],))
+    top = score(best)[0]
+    return int(min(p["step"] for p in points if score(p)[0] == top))
+
+
+def rule_memorised(facts: RunFacts) -> list[Finding]:
+    out = []
+    accuracies = _series(facts.log_rows, "rewards/accuracies")
+    margins = _series(facts.log_rows, "rewards/margins")
+    train_accuracy = _tail_mean(accuracies) if accuracies else float("nan")
+    if margins and accuracies and train_accuracy >= 0.99:
+        nats = _tail_mean(margins[-2:]) / facts.beta
+        if nats > MEMORISED_NATS:
+            out.append(
+                Finding(
+                    "memorised",
+                    "warning",
+                    f"Memorised: the training pairs are separated by {nats:.0f} nats of log-ratio (above "
+                    f"{MEMORISED_NATS:.0f}), far more than a preference needs; the loss is near zero and further steps "
+                    "only push these exact answers apart. Train fewer steps or lower the learning rate.",
+                )
+            )
+    accuracy = facts.ev("heldout_reward_accuracy")
+    if accuracy is not None and train_accuracy >= 0.99 and accuracy_band(accuracy) == "chance":
+        out.append(
+            Finding(
+                "memorised",
+                "warning",
+                f"Memorised, not generalised: training pairs are all ranked right but held-out pairs only "
+                f"{accuracy:.0%}, about chance.",
+            )
+        )
+    curve = [p for p in facts.heldout_curve if finite(p.get("accuracy")) is not None]
+    step = best_step(curve)
+    if step is not None and len(curve) >= 3:
+        best = next(p for p in curve if p["step"] == step)
+        last = curve[-1]
+
+        def total(p: dict[str, Any]) -> float:
+            return p["accuracy"] + (finite(p.get("contrast_accuracy")) or 0.0)
+
+        if last["step"] > step and total(best) - total(last) >= CURVE_DROP:
+            which = "held-out and contrast" if finite(best.get("contrast_accuracy")) is not None else "held-out"
+            out.append(
+                Finding(
+                    "memorised",
+                    "warning",
+                    f"Stopped generalising: {which} accuracy peaked at step {step} and fell by the last step "
+                    f"({total(best):.2f} -> {total(last):.2f} summed); the later steps memorised the training "
+                    f"pairs. Train about {step} steps instead.",
+                )
+            )
+    return out
+
+
+def rule_generalises(facts: RunFacts) -> list[Finding]:
+    accuracy = facts.ev("heldout_reward_accuracy")
+    if accuracy is None:
+        return [Finding("no_heldout", "info", HELDOUT_WORDS["unknown"].capitalize() + ".")]
+    band = accuracy_band(accuracy)
+    contrast = facts.ev("contrast_accuracy")
+    if band != "chance" and contrast is not None and accuracy_band(contrast) == "chance":
+        return [
+            Finding(
+                "cue_only",
+                "info",
+                f"Held-out pairs: {accuracy:.0%} ranked right, but they share the training answers' surface cue, and "
+                f"the contrast pairs ({contrast:.0%}) show that the cue, not the preference, does the ranking.",
+            )
+        ]
+    if band == "generalises":
+        return [
+            Finding(
+                "generalises",
+                "good",
+                f"Generalises: {accuracy:.0%} of held-out pairs, never trained on, are ranked right.",
+            )
+        ]
+    if band == "partial":
+        return [Finding("weak_generalisation", "info", heldout_reading(accuracy, facts.ev("heldout_mean_margin")))]
+    return [
+        Finding(
+            "no_generalisation",
+            "warning",
+            f"No generalisation: only {accuracy:.0%} of held-out pairs are ranked right, about chance; the preference "
+            "was not learnt beyond the training pairs.",
+        )
+    ]
+
+
+def rule_shortcut(facts: RunFacts) -> list[Finding]:
+    contrast = facts.ev("contrast_accuracy")
+    if contrast is None:
+        if "heldout_reward_accuracy" in facts.evidence:
+            return [Finding("no_contrast", "info", "Contrast: " + CONTRAST_WORDS["unknown"] + ".")]
+        return []
+    band = accuracy_band(contrast)
+    if band == "chance":
+        return [
+            Finding(
+                "shortcut",
+                "warning",
+                f"Shortcut: with the training answers' surface cue moved to the worse answer, only {contrast:.0%} of "
+                "contrast pairs are ranked right; the model learnt the cue (a greeting, a sign-off, a length), not "
+                "the preference behind it.",
+            )
+        ]
+    if band == "partial":
+        return [Finding("partial_cue", "info", contrast_reading(contrast))]
+    return [
+        Finding(
+            "beyond_cue",
+            "good",
+            f"Beyond the cue: {contrast:.0%} of contrast pairs are ranked right even with the cue on the worse answer.",
+        )
+    ]
+
+
+def rule_capability(facts: RunFacts) -> list[Finding]:
+    before, after = facts.ev("capability_accuracy_before"), facts.ev("capability_accuracy_after")
+    if before is None or after is None:
+        return []
+    n = int(facts.evidence.get("capability_pairs") or 0)
+    dropped = before - after
+    if dropped >= CAPABILITY_DROP - 1e-9 and dropped * n >= 2 - 1e-9:
+        return [
+            Finding(
+                "capability_loss",
+                "warning",
+                f"Capability loss: on unrelated questions the correct answer is preferred {after:.0%} of the time, "
+                f"down from {before:.0%}; training cost knowledge it was not about. Raise β or train fewer steps.",
+            )
+        ]
+    return [Finding("capability_kept", "good", capability_reading(before, after))]
+
+
+def rule_displacement(facts: RunFacts) -> list[Finding]:
+    # Rewards are beta x (policy - reference) log-probability on the step's own pairs, so they compare
+    # like with like; raw ``logps/*`` move with which pairs a batch drew (short or long answers).
+    chosen, rejected = _series(facts.log_rows, "rewards/chosen"), _series(facts.log_rows, "rewards/rejected")
+    if len(chosen) >= 2 and len(rejected) >= 2:
+        chosen_drop, rejected_drop = -_tail_mean(chosen) / facts.beta, -_tail_mean(rejected) / facts.beta
+        if chosen_drop > DISPLACEMENT_DROP and rejected_drop > 0:
+            return [
+                Finding(
+                    "displacement",
+                    "warning",
+                    f"Likelihood displacement: the chosen answers' log-probability fell {chosen_drop:.2f} nats "
+                    f"below the reference's, along with the rejected ones' ({rejected_drop:.2f}); the margin grew "
+                    "by pushing both down.",
+                )
+            ]
+    return []
+
+
+def rule_change(facts: RunFacts) -> list[Finding]:
+    if facts.changed is None:
+        return []
+    if facts.changed == 0:
+        return [
+            Finding(
+                "no_change",
+                "warning",
+                "No behaviour change: every eval prompt gives the same answer as before training.",
+            )
+        ]
+    of = f" of {facts.answers}" if facts.answers else ""
+    return [Finding("behaviour_changed", "good", f"Behaviour changed on {facts.changed}{of} eval prompt(s).")]
+
+
+def rule_drift(facts: RunFacts) -> list[Finding]:
+    out = []
+    kl = facts.ev("kl_to_reference")
+    if kl is not None and kl > HEAVY_KL:
+        out.append(
+            Finding(
+                "heavy_drift",
+                "warning",
+                f"Heavy drift: {kl:.2f} nats/token of KL from the reference (above {HEAVY_KL}); raise β or train "
+                "fewer steps to pay less alignment tax.",
+            )
+        )
+    before, after = facts.ev("perplexity_before"), facts.ev("perplexity_after")
+    if before and after and after / before > HEAVY_PPL_RATIO:
+        out.append(
+            Finding(
+                "heavy_drift",
+                "warning",
+                f"Heavy drift: perplexity on neutral text rose from {before:.1f} to {after:.1f} "
+                f"(x{after / before:.2f}); the run hurt general language ability.",
+            )
+        )
+    return out
+
+
+def rule_collapse(facts: RunFacts) -> list[Finding]:
+    d = facts.degeneration
+    if not d or not d.get("answers"):
+        return []
+    n, before, after = d["answers"], d["distinct_answers_before"], d["distinct_answers_after"]
+    if after < before and after <= math.ceil(n / 2):
+        return [
+            Finding(
+                "collapse",
+                "failed",
+                f"Collapse: the {n} eval prompts now get only {after} distinct answer(s) (before: {before}); the model "
+                "answers everything the same way, whatever is asked. The loss and rewards can look perfect while this "
+                "happens: lower the learning rate or train fewer steps.",
+            )
+        ]
+    if after < before:
+        return [
+            Finding(
+                "collapse",
+                "warning",
+                f"Answers converging: {n - after} answer(s) became near-duplicates of others ({before} -> {after} "
+                "distinct).",
+            )
+        ]
+    return []
+
+
+def rule_repetition(facts: RunFacts) -> list[Finding]:
+    d = facts.degeneration
+    if not d or not d.get("answers"):
+        return []
+    n, before, after = d["answers"], d["looping_answers_before"], d["looping_answers_after"]
+    if after <= before:
+        return []
+    severity = "failed" if after > n / 2 else "warning"
+    return [
+        Finding(
+            "repetition",
+            severity,
+            f"Repetition: {after} of {n} answers now loop (at least {LOOPING_RATE:.0%} of their 3-word phrases repeat; "
+            f"before: {before}); mean repeated-phrase rate {d['repeated_ngram_rate_before']:.0%} -> "
+            f"{d['repeated_ngram_rate_after']:.0%}.",
+        )
+    ]
+
+
+def rule_template(facts: RunFacts) -> list[Finding]:
+    d = facts.degeneration
+    phrases = (d or {}).get("new_common_phrases") or []
+    if not phrases:
+        return []
+    share = d.get("template_share", 0.0)
+    quoted = ", ".join(f"“{p}”" for p in phrases[:3])
+    if share > TEMPLATE_WORDS:
+        return [
+            Finding(
+                "template",
+                "warning",
+                f"Template capture: {quoted} now fill {share:.0%} of the answers' words; the replies are mostly a "
+                "stamped-on phrase from the training answers.",
+            )
+        ]
+    return [
+        Finding(
+            "template",
+            "info",
+            f"New common phrasing: {quoted} now appear(s) in most answers ({share:.0%} of their words); expected "
+            "when the training answers share a phrase, a problem only if it crowds out the content.",
+        )
+    ]
+
+
+def rule_garbage(facts: RunFacts) -> list[Finding]:
+    d = facts.degeneration
+    if not d or not d.get("answers"):
+        return []
+    n, before, after = d["answers"], d["garbage_answers_before"], d["garbage_answers_after"]
+    if after <= before:
+        return []
+    return [
+        Finding(
+            "garbage",
+            "failed" if after > n / 2 else "warning",
+            f"Garbage: {after} of {n} answers are broken text (symbol runs, emoji or invalid characters; before: "
+            f"{before}).",
+        )
+    ]
+
+
+#: The rules, in the order their findings are listed (failures are listed first by the verdict).
+RULES: list[Rule] = [
+    rule_trained,
+    rule_unstable,
+    rule_signal,
+    rule_collapse,
+    rule_repetition,
+    rule_garbage,
+    rule_memorised,
+    rule_shortcut,
+    rule_capability,
+    rule_template,
+    rule_displacement,
+    rule_drift,
+    rule_change,
+    rule_learning,
+    rule_generalises,
+]
+
+
+def read_health(facts: RunFacts, rules: list[Rule] | None = None) -> Health:
+    """Apply every rule; the verdict is the worst severity, findings listed worst first."""
+    if not facts.log_rows:
+        return Health("failed", rule_trained(facts))
+    found = [f for rule in rules or RULES for f in rule(facts)]
+    found.sort(key=lambda f: -SEVERITY_ORDER[f.severity])
+    worst = found[0].severity if found else "good"
+    verdict = VERDICT_OF.get(worst, "healthy")
+    if verdict == "failed":  # true, but no comfort: a falling loss or a learnt margin is not good news here
+        found = [Finding(f.code, "info", f.text) if f.severity == "good" else f for f in found]
+    if not found:
+        found = [Finding("trained", "good", "Training ran without problems.")]
+    return Health(verdict, found, best_step(facts.heldout_curve))
+
+
+def read_training_health(log_rows: list[dict[str, Any]], beta: float, heldout_curve: list | None = None) -> Health:
+    """The Train tab's reading at the end of a run, before any answers are compared."""
+    return read_health(RunFacts(log_rows=log_rows, beta=beta, heldout_curve=list(heldout_curve or [])))

@@ -1,0 +1,180 @@
+"""The calibration matrix: runs whose right verdict we know, on the embedded model (issue 8).
+
+Each case is a real lab run (``alignlab.lab.run_lab``) with a preset, settings and sometimes a
+deliberately broken dataset, and the verdict a person should get. ``make bench`` prints the matrix
+with every figure behind each verdict; ``tests/test_calibration.py`` (slow) asserts the same cases,
+so the verdict's thresholds cannot drift away from runs where the answer is known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from alignlab.presets import PreferencePair, Preset, preset_ids
+
+
+@dataclass(frozen=True)
+class Case:
+    """One calibration run and what its verdict must say."""
+
+    name: str
+    preset: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    swap_half: bool = False
+    """Swap chosen and rejected on every other pair (training and held-out alike): labels that contradict."""
+    verdicts: tuple[str, ...] = ("healthy",)
+    """Acceptable verdicts."""
+    codes: tuple[str, ...] = ()
+    """Codes that must be among the findings."""
+    forbidden: tuple[str, ...] = ()
+    """Codes that must not be."""
+    min_changed: int = 0
+    why: str = ""
+
+    def dataset(self) -> Preset:
+        from alignlab.presets import load_preset
+
+        preset = load_preset(self.preset)
+        if not self.swap_half:
+            return preset
+
+        def swap(pairs: list[PreferencePair]) -> list[PreferencePair]:
+            return [PreferencePair(p.prompt, p.rejected, p.chosen) if i % 2 else p for i, p in enumerate(pairs)]
+
+        return dataclasses.replace(
+            preset, id=f"{preset.id}-swapped", pairs=swap(preset.pairs), heldout_pairs=swap(preset.heldout_pairs)
+        )
+
+    def check(self, report: dict[str, Any]) -> list[str]:
+        """What the report gets wrong for this case (empty: the verdict is calibrated)."""
+        health = report["health"]
+        wrong = []
+        if health["verdict"] not in self.verdicts:
+            wrong.append(f"verdict {health['verdict']}, expected {' or '.join(self.verdicts)}")
+        wrong += [f"missing code {c}" for c in self.codes if c not in health["codes"]]
+        wrong += [f"unexpected code {c}" for c in self.forbidden if c in health["codes"]]
+        if report["changed"] < self.min_changed:
+            wrong.append(f"{report['changed']} answers changed, expected at least {self.min_changed}")
+        return wrong
+
+
+CASES: list[Case] = [
+    Case(
+        "seed-lab, lr 5e-4, 20 steps",
+        "seed-lab",
+        {"learning_rate": 5e-4, "steps": 20},
+        verdicts=("failed",),
+        codes=("collapse",),
+        why="every answer becomes the cue phrase 'Sure! Hope that helps!'",
+    ),
+    Case(
+        "seed-lab, default lr, 30 steps",
+        "seed-lab",
+        {"steps": 30},
+        verdicts=("warning", "failed"),
+        why="far past the point where held-out evidence stops improving: memorising",
+    ),
+    Case(
+        "seed-lab, half the labels swapped",
+        "seed-lab",
+        swap_half=True,
+        verdicts=("failed",),
+        codes=("no_signal",),
+        why="the pairs contradict each other, so there is no preference to learn",
+    ),
+    Case(
+        "seed-lab, lr 1e-7 (too small to move)",
+        "seed-lab",
+        {"learning_rate": 1e-7},
+        verdicts=("warning", "failed"),
+        codes=("no_change",),
+        why="a run that changed nothing must not read healthy",
+    ),
+    *[
+        Case(
+            f"{preset}, defaults",
+            preset,
+            verdicts=("healthy",),
+            forbidden=("repetition", "collapse"),
+            min_changed=1,
+            why="a shipped preset at the defaults is the lab's own demo",
+        )
+        for preset in ("seed-lab", "concise", "warm-tone")
+    ],
+]
+
+
+def summary(case: Case, report: dict[str, Any]) -> dict[str, Any]:
+    """The figures behind a case's verdict (one bench table row)."""
+    ev, deg, health = report["eval"], report["eval"]["degeneration"], report["health"]
+    return {
+        "case": case.name,
+        "why": case.why,
+        "verdict": health["verdict"],
+        "codes": health["codes"],
+        "best_step": health["best_step"],
+        "expected": list(case.verdicts),
+        "wrong": case.check(report),
+        "changed": report["changed"],
+        "answers": len(report["aligned_outputs"]),
+        "distinct": [deg["distinct_answers_before"], deg["distinct_answers_after"]],
+        "repeated_ngram_rate": [deg["repeated_ngram_rate_before"], deg["repeated_ngram_rate_after"]],
+        "looping_answers": [deg["looping_answers_before"], deg["looping_answers_after"]],
+        "mean_words": [deg["mean_words_before"], deg["mean_words_after"]],
+        "new_common_phrases": deg["new_common_phrases"],
+        "heldout_accuracy": ev["heldout_reward_accuracy"],
+        "contrast_accuracy": ev["contrast_accuracy"],
+        "capability_accuracy": [ev["capability_accuracy_before"], ev["capability_accuracy_after"]],
+        "kl_to_reference": ev["kl_to_reference"],
+        "perplexity": [ev["perplexity_before"], ev["perplexity_after"]],
+        "final_loss": next((r["loss"] for r in reversed(report["log_history"]) if "loss" in r), None),
+        "seconds": report["timings"].get("total"),
+        "answers_after": [row["text"] for row in report["aligned_outputs"]],
+    }
+
+
+def run_case(spec: str, case: Case) -> dict[str, Any]:
+    """Run one case in this process; returns its summary."""
+    from alignlab.lab import run_lab
+    from alignlab.training import TrainingSettings
+
+    report, _ = run_lab(spec, case.dataset(), TrainingSettings(**case.settings))
+    return summary(case, report)
+
+
+def run(spec: str, device: str | None, names: list[str] | None = None) -> dict[str, Any]:
+    """Every case (or the named ones), each in a fresh process."""
+    from bench.common import run_worker
+
+    assert set(p for c in CASES for p in [c.preset]) <= set(preset_ids())
+    rows = []
+    for index, case in enumerate(CASES):
+        if names and case.name not in names:
+            continue
+        rows.append(run_worker("calibrate", spec, device, json.dumps({"case": index})))
+    return {"model": spec, "cases": rows, "calibrated": all(not r["wrong"] for r in rows)}
+
+
+def table_rows(section: dict[str, Any]) -> list[tuple[str, str]]:
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    rows = []
+    for r in section["cases"]:
+        ok = "ok" if not r["wrong"] else "WRONG: " + "; ".join(r["wrong"])
+        rows.append(
+            (
+                f"calibration: {r['case']}",
+                f"{r['verdict']} {r['codes']} ({ok}); changed {r['changed']}/{r['answers']}, distinct "
+                f"{r['distinct'][0]}->{r['distinct'][1]}, repeats {r['repeated_ngram_rate'][0]:.2f}->"
+                f"{r['repeated_ngram_rate'][1]:.2f}, held-out {pct(r['heldout_accuracy'])}, contrast "
+                f"{pct(r['contrast_accuracy'])}, capability {pct(r['capability_accuracy'][0])}->"
+                f"{pct(r['capability_accuracy'][1])}, KL {pct(r['kl_to_reference'])}, ppl "
+                f"{pct(r['perplexity'][0])}->{pct(r['perplexity'][1])}, best step {r['best_step']}, "
+                f"final loss {pct(r['final_loss'])}",
+            )
+        )
+    return rows

@@ -1,0 +1,215 @@
+"""The verdict's rules, each on its own, on synthetic histories and evidence shaped like real runs."""
+
+import pytest
+
+from alignlab import health
+from alignlab.health import RunFacts, accuracy_band, best_step, read_health, read_training_health
+
+BETA = 0.1  # the synthetic histories' rewards are read as if trained with this beta
+
+
+def rows(n=6, **series):
+    """A synthetic TRL log history: each keyword is a list (or a constant) per step."""
+    out = []
+    for i in range(n):
+        row = {
+            "step": i + 1,
+            "loss": 0.6,
+            "grad_norm": 1.0,
+            "rewards/accuracies": 1.0,
+            "rewards/margins": 0.1 * (i + 1),
+            "rewards/chosen": 0.0,
+            "rewards/rejected": -0.1 * i,
+        }
+        for key, value in series.items():
+            row[key.replace("__", "/")] = value[i] if isinstance(value, list) else value
+        out.append(row)
+    return out
+
+
+GOOD_EVIDENCE = {
+    "heldout_reward_accuracy": 1.0,
+    "heldout_mean_margin": 0.8,
+    "heldout_margins": [0.8] * 6,
+    "contrast_accuracy": 0.875,
+    "capability_accuracy_before": 0.875,
+    "capability_accuracy_after": 0.875,
+    "capability_pairs": 8,
+    "kl_to_reference": 0.1,
+    "perplexity_before": 20.0,
+    "perplexity_after": 21.0,
+}
+GOOD_OUTPUTS = {
+    "answers": 7,
+    "distinct_answers_before": 7,
+    "distinct_answers_after": 7,
+    "repeated_ngram_rate_before": 0.02,
+    "repeated_ngram_rate_after": 0.03,
+    "looping_answers_before": 0,
+    "looping_answers_after": 0,
+    "garbage_answers_before": 0,
+    "garbage_answers_after": 0,
+    "mean_words_before": 40,
+    "mean_words_after": 38,
+    "new_common_phrases": [],
+    "template_share": 0.0,
+}
+
+
+def facts(log=None, evidence=None, outputs=None, **kw):
+    return RunFacts(
+        log_rows=rows() if log is None else log,
+        beta=kw.pop("beta", BETA),
+        evidence={**GOOD_EVIDENCE, **(evidence or {})},
+        degeneration={**GOOD_OUTPUTS, **(outputs or {})},
+        changed=kw.pop("changed", 5),
+        answers=7,
+        **kw,
+    )
+
+
+def codes(f, severity=None):
+    return [d.code for d in read_health(f).details if severity is None or d.severity == severity]
+
+
+def test_a_good_run_reads_healthy_with_a_code_behind_every_sentence():
+    h = read_health(facts())
+    assert h.verdict == "healthy"
+    assert {"learning", "generalises", "beyond_cue", "capability_kept", "behaviour_changed"} <= set(h.codes)
+    assert len(h.findings) == len(h.details) and all(d.code for d in h.details)
+    report = h.to_dict()
+    assert set(report) >= {"verdict", "findings", "codes", "best_step"}
+
+
+def test_no_steps_is_a_failure():
+    h = read_health(RunFacts(log_rows=[], beta=BETA))
+    assert h.verdict == "failed" and h.codes == ["no_steps"]
+
+
+def test_collapse_fails_whatever_the_loss_says():
+    # measured: seed-lab at lr 5e-4, 20 steps -> every answer "Sure! Hope that helps!", loss ~0, rewards apart
+    collapsed = {"distinct_answers_after": 1, "new_common_phrases": ["sure hope that helps"], "template_share": 1.0}
+    h = read_health(facts(log=rows(loss=0.0001), outputs=collapsed))
+    assert h.verdict == "failed"
+    assert h.codes[0] == "collapse" and "template" in h.codes
+    assert not [d for d in h.details if d.severity == "good"]  # nothing reads as good news in a failed run
+    # two answers merging is only a warning
+    assert read_health(facts(outputs={"distinct_answers_after": 6})).verdict == "warning"
+
+
+def test_new_loops_are_repetition_and_old_ones_are_not():
+    assert "repetition" in codes(facts(outputs={"looping_answers_after": 1}), "warning")
+    assert "repetition" in codes(facts(outputs={"looping_answers_after": 5}), "failed")
+    assert "repetition" not in codes(facts(outputs={"looping_answers_before": 1, "looping_answers_after": 1}))
+
+
+def test_template_is_information_until_it_crowds_out_the_answer():
+    light = facts(outputs={"new_common_phrases": ["hope that helps"], "template_share": 0.12})
+    assert read_health(light).verdict == "healthy" and "template" in codes(light, "info")
+    heavy = facts(outputs={"new_common_phrases": ["hope that helps"], "template_share": 0.6})
+    assert "template" in codes(heavy, "warning")
+
+
+def test_garbage():
+    assert "garbage" in codes(facts(outputs={"garbage_answers_after": 5}), "failed")
+    assert "garbage" in codes(facts(outputs={"garbage_answers_after": 1}), "warning")
+
+
+def test_flat_training_at_chance_is_no_signal():
+    f = facts(log=rows(rewards__accuracies=[0.5, 0.0, 1.0, 0.5, 0.5, 0.5], rewards__margins=0.0))
+    assert read_health(f).verdict == "failed" and codes(f)[0] == "no_signal"
+
+
+def test_contradicting_labels_are_no_signal_even_when_training_pairs_are_fit():
+    # half the pairs swapped: training accuracy reaches 1 (each pair memorised), held-out margins point both ways
+    evidence = {"heldout_reward_accuracy": 0.5, "heldout_margins": [1.2, -1.0, 0.9, -1.1, 1.0, -0.8]}
+    h = read_health(facts(evidence=evidence))
+    assert h.verdict == "failed" and h.codes[0] == "no_signal"
+    # the same accuracy with margins that agree in sign is a weak signal, not none
+    agreeing = {"heldout_reward_accuracy": 0.5, "heldout_margins": [1.2, 1.0, 0.9, -0.01, -0.02, -0.01]}
+    assert "no_signal" not in codes(facts(evidence=agreeing))
+
+
+def test_memorised_by_margin_and_by_a_falling_curve():
+    # measured: the old default (6 steps at 5e-5) ended at loss 1e-4 with margins of ~9 reward units (90 nats)
+    log = rows(loss=[0.69, 0.3, 0.01, 0.001, 0.0002, 0.0001], rewards__margins=[0, 2, 5, 7, 8.5, 9.2])
+    assert "memorised" in codes(facts(log=log), "warning")
+    curve = [
+        {"step": 1, "accuracy": 0.67, "margin": 0.1, "contrast_accuracy": 0.75},
+        {"step": 2, "accuracy": 1.0, "margin": 0.5, "contrast_accuracy": 0.875},
+        {"step": 3, "accuracy": 1.0, "margin": 0.9, "contrast_accuracy": 0.5},
+        {"step": 4, "accuracy": 1.0, "margin": 1.4, "contrast_accuracy": 0.25},
+    ]
+    f = facts(heldout_curve=curve)
+    h = read_health(f)
+    assert h.best_step == 2
+    assert any(d.code == "memorised" and "peaked at step 2" in d.text for d in h.details)
+    assert "memorised" not in codes(facts(heldout_curve=curve[:2]))
+
+
+def test_memorised_not_generalised():
+    evidence = {"heldout_reward_accuracy": 0.5, "heldout_margins": [0.5, 0.4, -0.1, -0.1, 0.3, -0.2]}
+    assert {"memorised", "no_generalisation"} <= set(codes(facts(evidence=evidence), "warning"))
+
+
+def test_shortcut_when_the_cue_decides_the_ranking():
+    h = read_health(facts(evidence={"contrast_accuracy": 0.25}))
+    assert h.verdict == "warning" and "shortcut" in h.codes
+    # held-out accuracy that only the cue earns is not reported as generalising
+    assert "generalises" not in h.codes and "cue_only" in h.codes
+    assert "no_contrast" in codes(facts(evidence={"contrast_accuracy": None}), "info")
+
+
+def test_capability_loss_needs_two_pairs_and_a_fifth():
+    assert "capability_loss" in codes(facts(evidence={"capability_accuracy_after": 0.625}), "warning")
+    assert "capability_loss" not in codes(facts(evidence={"capability_accuracy_after": 0.75}))  # one pair
+
+
+def test_likelihood_displacement_reads_nats_under_the_runs_beta():
+    log = rows(rewards__chosen=[0, -0.1, -0.2, -0.3, -0.3, -0.3])
+    assert "displacement" in codes(facts(log=log, beta=0.1), "warning")
+    assert "displacement" not in codes(facts(log=log, beta=1.0))
+
+
+def test_batches_of_different_pairs_are_not_read_as_displacement():
+    # Measured (concise preset, batch size 2): chosen rewards against the reference stay above zero.
+    log = rows(rewards__chosen=[0.0, 0.24, -0.08, 0.14, 0.67, 0.4], rewards__rejected=[0.0, -3.6, -8.2, -11, -14, -18])
+    assert "displacement" not in codes(facts(log=log))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_loss_is_instability(bad):
+    h = read_health(facts(log=rows(loss=[0.6, 0.5, bad, 0.4, 0.4, 0.4])))
+    assert h.verdict == "failed" and "unstable" in h.codes
+    assert any("at step 3" in f for f in h.findings)
+
+
+def test_exploding_grad_norm():
+    assert "unstable" in codes(facts(log=rows(grad_norm=[1, 2, 5, 400, 9, 1])), "warning")
+
+
+def test_no_behaviour_change():
+    assert "no_change" in codes(facts(changed=0), "warning")
+
+
+def test_heavy_drift_by_kl_and_by_perplexity():
+    assert "heavy_drift" in codes(facts(evidence={"kl_to_reference": 2.0}), "warning")
+    assert "heavy_drift" in codes(facts(evidence={"perplexity_after": 40.0}), "warning")
+
+
+def test_one_source_of_thresholds_for_readings_and_verdict():
+    # the Compare tab and the verdict use the same bands: 60% is "about chance" in both
+    assert accuracy_band(0.6) == "chance"
+    assert "about chance" in health.heldout_reading(0.6, 0.1)
+    assert "no_generalisation" in codes(facts(evidence={"heldout_reward_accuracy": 0.6}))
+    assert accuracy_band(0.7) == "partial" and accuracy_band(0.75) == "generalises"
+
+
+def test_training_tab_reading_needs_only_the_log():
+    h = read_training_health(rows(), BETA, [{"step": 1, "accuracy": 0.5}, {"step": 2, "accuracy": 1.0}])
+    assert h.verdict == "healthy" and h.best_step == 2
+
+
+def test_best_step_is_the_earliest_peak():
+    curve = [{"step": s, "accuracy": a} for s, a in [(1, 0.5), (2, 1.0), (3, 1.0), (4, 0.83)]]
+    assert best_step(curve) == 2 and best_step([]) is None
