@@ -52,7 +52,8 @@ LIVE_PROBE_PAIRS = 24
 def _encode_pair(loaded: LoadedModel, prompt: str, completion: str) -> tuple[list[int], int]:
     """Token ids of prompt+completion, as TRL builds them, and where the completion starts.
 
-    A sequence longer than :data:`MAX_SCORED_TOKENS` loses the start of its prompt, never its answer.
+    A sequence longer than :data:`MAX_SCORED_TOKENS` (or the model's positions) loses the start of its
+    prompt, never its answer.
     """
     tok = loaded.tokenizer
     special = not loaded.is_chat  # the chat template already carries its special tokens
@@ -63,11 +64,12 @@ def _encode_pair(loaded: LoadedModel, prompt: str, completion: str) -> tuple[lis
     while start < min(len(prompt_ids), len(full_ids)) and prompt_ids[start] == full_ids[start]:
         start += 1
     start = max(start, 1)  # the first token has no prediction to score
-    excess = len(full_ids) - MAX_SCORED_TOKENS
+    limit = min(MAX_SCORED_TOKENS, getattr(loaded.model.config, "max_position_embeddings", None) or MAX_SCORED_TOKENS)
+    excess = len(full_ids) - limit
     if excess > 0:
         cut = min(excess, start - 1)
         full_ids, start = full_ids[cut:], start - cut
-        full_ids = full_ids[:MAX_SCORED_TOKENS]
+        full_ids = full_ids[:limit]
     return full_ids, start
 
 

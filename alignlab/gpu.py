@@ -47,6 +47,8 @@ _STEP_SECONDS_PER_PAIR = 0.06  # at the reference size, with a 2x margin
 _TOKEN_SECONDS = 0.03  # one decoding step of a batch at the reference size, with margin
 _LOAD_SECONDS = 8.0  # weights from disk to the GPU, plus the worker's start
 _TRAIN_OVERHEAD_SECONDS = 12.0  # TRL set-up and first-step warm-up, saving the policy
+_PROBE_SECONDS_PER_PAIR = 0.01  # forward-only scoring of a held-out/contrast pair (chosen + rejected), with margin
+_LIVE_PROBE_PAIRS = 24  # alignlab.evaluation.LIVE_PROBE_PAIRS (not imported: this module stays torch-free)
 
 
 def on_zero_gpu() -> bool:
@@ -111,14 +113,28 @@ def baseline_duration(spec: str, prompts: list[str], generation: dict[str, Any],
     return _clamp(_LOAD_SECONDS * _scale(spec) ** 0.5 + generation_seconds(spec, len(prompts), tokens))
 
 
-def train_duration(spec: str, pairs: list[dict[str, str]], settings: dict[str, Any], *args: Any, **kwargs: Any) -> int:
-    """GPU seconds for a DPO run: steps x pairs per step x model size, plus set-up and saving."""
+def train_duration(
+    spec: str,
+    pairs: list[dict[str, str]],
+    settings: dict[str, Any],
+    policy_dir: str = "",
+    run_id: str = "",
+    heldout: list[dict[str, str]] | None = None,
+    contrast: list[dict[str, str]] | None = None,
+    *args: Any,
+    **kwargs: Any,
+) -> int:
+    """GPU seconds for a DPO run: steps x (pairs per step + the live held-out probe) x model size, plus set-up."""
     batch = int(settings.get("batch_size", 4))
     steps = settings.get("steps")
     if steps is None:  # epochs instead of steps
         steps = math.ceil(max(1, len(pairs)) / batch * float(settings.get("epochs") or 1))
-    per_step = _STEP_SECONDS_PER_PAIR * batch * _scale(spec)
-    return _clamp(_LOAD_SECONDS + _TRAIN_OVERHEAD_SECONDS * _scale(spec) ** 0.5 + int(steps) * per_step)
+    probed = min(len(heldout or []), _LIVE_PROBE_PAIRS) + min(len(contrast or []), _LIVE_PROBE_PAIRS)
+    per_step = (_STEP_SECONDS_PER_PAIR * batch + _PROBE_SECONDS_PER_PAIR * probed) * _scale(spec)
+    reference_pass = _PROBE_SECONDS_PER_PAIR * probed * _scale(spec)  # the reference scores the probe once
+    return _clamp(
+        _LOAD_SECONDS + _TRAIN_OVERHEAD_SECONDS * _scale(spec) ** 0.5 + reference_pass + int(steps) * per_step
+    )
 
 
 def compare_duration(
@@ -132,7 +148,9 @@ def compare_duration(
 ) -> int:
     """GPU seconds for the after-answers and the evidence (held-out scoring, KL, perplexity)."""
     n_prompts = len(preset.get("eval_prompts", []))
-    n_heldout = len(preset.get("heldout_pairs", []))
+    paired = sum(len(preset.get(k) or []) for k in ("heldout_pairs", "contrast_pairs"))
+    capability = len(preset.get("capability_pairs") or []) or 10  # imported data: the built-in set
+    n_scored = paired + capability
     tokens = int(generation.get("max_new_tokens", 64))
-    scoring = (n_heldout * 4 + n_prompts * 2) * 0.05 * _scale(spec)
+    scoring = (n_scored * 4 + n_prompts * 2) * 0.05 * _scale(spec)
     return _clamp(2 * _LOAD_SECONDS + generation_seconds(spec, n_prompts, tokens) + scoring)

@@ -36,8 +36,10 @@ HEAVY_KL = 0.5  # nats per token
 HEAVY_PPL_RATIO = 1.5
 #: Nats of summed log-prob below the reference, per chosen answer, that count as displacement.
 DISPLACEMENT_DROP = 1.0
-#: Training pairs separated by more than this many nats of log-ratio (margin / beta) are memorised.
+#: Training pairs separated by more than this many nats of log-ratio (margin / beta)...
 MEMORISED_NATS = 40.0
+#: ...and by more than this many times the held-out margin are memorised.
+MEMORISED_GAP = 2.0
 #: The held-out curve falling this far below its best point means generalisation was lost.
 CURVE_DROP = 0.2
 #: Capability accuracy falling by this much (and by at least 2 pairs) is a capability loss.
@@ -375,15 +377,25 @@ def rule_memorised(facts: RunFacts) -> list[Finding]:
     margins = _series(facts.log_rows, "rewards/margins")
     train_accuracy = _tail_mean(accuracies) if accuracies else float("nan")
     if margins and accuracies and train_accuracy >= 0.99:
-        nats = _tail_mean(margins[-2:]) / facts.beta
-        if nats > MEMORISED_NATS:
+        # Pairs separated by a huge log-ratio are memorised only if unseen pairs are not separated alike:
+        # a batch of pairs seen for the first time measures generalisation, not memory.
+        train_margin = _tail_mean(margins[-2:])
+        curve = [p for p in facts.heldout_curve if finite(p.get("margin")) is not None]
+        heldout_margin = curve[-1]["margin"] if curve else facts.ev("heldout_mean_margin")
+        revisited = (finite(facts.log_rows[-1].get("epoch")) or 0.0) > 1.0
+        nats = train_margin / facts.beta
+        gap = heldout_margin is None or train_margin > MEMORISED_GAP * max(heldout_margin, 0.0)
+        if nats > MEMORISED_NATS and gap and (heldout_margin is not None or revisited):
+            unseen = (
+                f" against {heldout_margin / facts.beta:.0f} on held-out pairs" if heldout_margin is not None else ""
+            )
             out.append(
                 Finding(
                     "memorised",
                     "warning",
-                    f"Memorised: the training pairs are separated by {nats:.0f} nats of log-ratio (above "
-                    f"{MEMORISED_NATS:.0f}), far more than a preference needs; the loss is near zero and further steps "
-                    "only push these exact answers apart. Train fewer steps or lower the learning rate.",
+                    f"Memorised: the training pairs are separated by {nats:.0f} nats of log-ratio{unseen}; the "
+                    "loss is near zero and further steps only push these exact answers apart. Train fewer steps "
+                    "or lower the learning rate.",
                 )
             )
     accuracy = facts.ev("heldout_reward_accuracy")

@@ -173,7 +173,7 @@ def test_journey_load_baseline_train_streams_compare_export(app, tiny_chat_dir: 
 
     exported = Path(client.predict(api_name="/export"))
     lines = [json.loads(line) for line in exported.read_text().splitlines()]
-    assert len(lines) == 10 and set(lines[0]) == {"prompt", "chosen", "rejected"}
+    assert len(lines) == 13 and set(lines[0]) == {"prompt", "chosen", "rejected"}
 
 
 def test_stop_ends_only_this_sessions_run_and_the_session_keeps_working(app, trained) -> None:

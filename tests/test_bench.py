@@ -72,3 +72,38 @@ def test_candidates_run_each_setting_in_its_own_process(tmp_path):
     # the same run either way: the reference's scores do not depend on when they are computed
     assert cand["defaults"]["losses"] == pytest.approx(cand["precomputed_reference"]["losses"], abs=1e-5)
     assert all(c["seconds_per_pair"] > 0 and c["peak_rss_mib"] > 0 for c in cand.values())
+
+
+def test_quick_evidence_section_agrees_with_the_code_it_replaced(tmp_path):
+    out = tmp_path / "bench.json"
+    main(["--quick", "--only", "evidence", "--out", str(out)])
+    evidence = json.loads(out.read_text())["evidence"]
+    assert evidence["pairs"]["heldout"] == 75 and evidence["pairs"]["train"] == 224  # HH-RLHF: one empty reply
+    for impl in ("legacy", "current"):
+        assert evidence["figures"][impl]["evidence_seconds"]["n"] == 1
+        assert evidence["figures"][impl]["peak_rss"]["median"] > 0
+    # the new scorer (shared prompts, chunked vocabulary) computes the same figures as the old one;
+    # the tiny model's tokenizer makes one held-out pair 1096 tokens long, past its 1024 positions,
+    # which the new scorer cuts from the prompt's start (the old one ran past the model's positions),
+    # so that pair's margin differs: the mean margin agrees to 0.02, every other figure exactly
+    for key, (legacy, current) in evidence["agreement"].items():
+        tolerance = 0.02 if key == "heldout_mean_margin" else 1e-4
+        assert current == pytest.approx(legacy, rel=1e-3, abs=tolerance), key
+    assert evidence["current_extra"]["capability_source"] == "built-in"
+
+
+def test_quick_calibration_section_reports_each_case_with_its_figures(tmp_path):
+    out = tmp_path / "bench.json"
+    main(["--quick", "--only", "calibration", "--calibration-cases", "seed-lab, defaults", "--out", str(out)])
+    section = json.loads(out.read_text())["calibration"]
+    (row,) = section["cases"]
+    assert row["case"] == "seed-lab, defaults" and row["expected"] == ["healthy"]
+    assert row["verdict"] in {"healthy", "warning", "failed"} and row["codes"]
+    assert len(row["answers_after"]) == row["answers"] == 7
+    assert set(row) >= {
+        "distinct",
+        "repeated_ngram_rate",
+        "heldout_accuracy",
+        "contrast_accuracy",
+        "capability_accuracy",
+    }

@@ -110,13 +110,13 @@ def test_whole_journey_in_a_browser(page, output_dir: Path) -> None:
     # 2. Dataset: a bad edit is named by row, a good one makes the dataset ready again.
     page.get_by_role("tab", name="2 · Dataset").click()
     validation = page.locator("#dataset-validation")
-    expect(validation).to_contain_text("Ready: 10 training pairs, 6 held-out pairs")
+    expect(validation).to_contain_text("Ready: 13 training pairs, 6 held-out pairs")
     edit_cell(page, "#pairs-table", 0, 1, "Figure it out yourself.")
     expect(validation).to_contain_text("pairs row 1")
     expect(validation).to_contain_text("identical")
     new_answer = "Sure! Simmer the egg for ten minutes, then cool it in cold water. Hope that helps!"
     edit_cell(page, "#pairs-table", 0, 1, new_answer)
-    expect(validation).to_contain_text("Ready: 10 training pairs")
+    expect(validation).to_contain_text("Ready: 13 training pairs")
     expect(page.locator("#pairs-table")).to_contain_text("Simmer the egg for ten minutes")
     page.screenshot(path=str(output_dir / "browser-2-dataset.png"), full_page=True)
 

