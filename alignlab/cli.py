@@ -79,6 +79,7 @@ def format_report(report: dict[str, Any]) -> str:
     from alignlab.health import (
         capability_reading,
         contrast_reading,
+        curve_reading,
         degeneration_readings,
         heldout_reading,
         kl_reading,
@@ -97,20 +98,8 @@ def format_report(report: dict[str, Any]) -> str:
         perplexity_reading(ev.get("perplexity_before"), ev.get("perplexity_after")),
     ):
         lines.append(_wrap(reading, "  - ", "    "))
-    curve = [p for p in ev.get("heldout_curve") or [] if p.get("accuracy") is not None]
-    if curve:
-        lines.append(
-            _wrap(
-                "held-out accuracy after each step: "
-                + ", ".join(
-                    f"{p['step']}: {p['accuracy']:.2f}"
-                    + (f" (contrast {p['contrast_accuracy']:.2f})" if p.get("contrast_accuracy") is not None else "")
-                    for p in curve
-                ),
-                "  - ",
-                "    ",
-            )
-        )
+    if ev.get("heldout_curve"):
+        lines.append(_wrap(curve_reading(ev["heldout_curve"]), "  - ", "    "))
     checks = degeneration_readings(ev.get("degeneration") or {})
     if checks:
         lines.append("\n=== The answers themselves (before -> after) ===")

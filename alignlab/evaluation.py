@@ -282,12 +282,19 @@ class PairScores:
         return cls(accuracy, margin, chosen.tolist(), rejected.tolist())
 
 
+#: The probe sets, and those the live curve scores after each step.
+PROBE_SETS = ("heldout", "contrast", "capability")
+LIVE_SETS = ("heldout", "contrast")
+
+
 class PreferenceProbe:
     """Held-out, contrast and capability pairs, scored in one pass per model.
 
-    The reference (``loaded.model``, never trained) is scored once, when the probe is built; each
-    :meth:`score` then costs one pass of the policy over every probe sequence. ``score`` is what
-    the live held-out curve calls after each logged step, and what the final evidence uses.
+    The reference (``loaded.model``, never trained) is scored once, when the probe is built. The
+    live curve (:meth:`curve_point`) scores the policy on the held-out and contrast pairs (at most
+    :data:`LIVE_PROBE_PAIRS` of each) after every logged step and keeps those scores, so that the
+    final evidence on the same policy (:meth:`score` with ``reuse_step``) pays only for the
+    capability pairs.
     """
 
     def __init__(
@@ -301,47 +308,67 @@ class PreferenceProbe:
         self.loaded = loaded
         self.beta = beta
         self.sets = {"heldout": list(heldout), "contrast": list(contrast or []), "capability": list(capability or [])}
-        self._prompts: list[str] = []
-        self._completions: list[str] = []
-        for pairs in self.sets.values():
-            self._prompts += [p.prompt for p in pairs] * 2
-            self._completions += [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        self.reference_logps = self._logps(loaded.model)
+        self.reference = self._pass(loaded.model, {name: len(pairs) for name, pairs in self.sets.items()})
+        self.last_step: int | None = None
+        self._last: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _logps(self, model: torch.nn.Module) -> torch.Tensor:
-        if not self._prompts:
-            return torch.zeros(0)
-        return sequence_logps(model, self.loaded, self._prompts, self._completions)
+    @property
+    def reference_logps(self) -> torch.Tensor:
+        """Every set's reference log-probs, chosen then rejected, set by set (for tests and tools)."""
+        parts = [t for name in PROBE_SETS for t in self.reference[name]]
+        return torch.cat(parts) if parts else torch.zeros(0)
 
-    def _split(self, logps: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def _pass(self, model: torch.nn.Module, sizes: dict[str, int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """One scoring pass over the first ``sizes[name]`` pairs of each named set: (chosen, rejected) log-probs."""
+        prompts: list[str] = []
+        completions: list[str] = []
+        for name, n in sizes.items():
+            pairs = self.sets[name][:n]
+            prompts += [p.prompt for p in pairs] * 2
+            completions += [p.chosen for p in pairs] + [p.rejected for p in pairs]
+        logps = sequence_logps(model, self.loaded, prompts, completions) if prompts else torch.zeros(0)
         out, start = {}, 0
-        for name, pairs in self.sets.items():
-            n = len(pairs)
+        for name, n in sizes.items():
+            n = min(n, len(self.sets[name]))
             out[name] = (logps[start : start + n], logps[start + n : start + 2 * n])
             start += 2 * n
         return out
 
-    def score(self, policy: torch.nn.Module) -> dict[str, PairScores]:
-        """Held-out and contrast under the implicit reward; capability before (reference) and after (policy)."""
-        policy_sets = self._split(self._logps(policy))
-        reference_sets = self._split(self.reference_logps)
+    def _scores(self, logps: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, PairScores]:
         scores: dict[str, PairScores] = {}
-        for name in ("heldout", "contrast"):
-            (pc, pr), (rc, rr) = policy_sets[name], reference_sets[name]
-            if len(pc):
-                scores[name] = PairScores.from_scores(
-                    implicit_rewards(pc, rc, self.beta), implicit_rewards(pr, rr, self.beta)
-                )
-            else:
+        for name in LIVE_SETS:
+            if name not in logps or not len(logps[name][0]):
                 scores[name] = PairScores.empty()
-        for tag, sets in (("capability_before", reference_sets), ("capability_after", policy_sets)):
-            chosen, rejected = sets["capability"]
+                continue
+            (pc, pr), n = logps[name], len(logps[name][0])
+            rc, rr = (t[:n] for t in self.reference[name])
+            scores[name] = PairScores.from_scores(
+                implicit_rewards(pc, rc, self.beta), implicit_rewards(pr, rr, self.beta)
+            )
+        for tag, source in (("capability_before", self.reference), ("capability_after", logps)):
+            chosen, rejected = source.get("capability", (torch.zeros(0), torch.zeros(0)))
             scores[tag] = PairScores.from_scores(chosen, rejected) if len(chosen) else PairScores.empty()
         return scores
 
+    def score(self, policy: torch.nn.Module, reuse_step: int | None = None) -> dict[str, PairScores]:
+        """Held-out and contrast under the implicit reward; capability before (reference) and after (policy).
+
+        ``reuse_step``: the policy is the one the live curve scored at that step (the run's last), so its
+        held-out and contrast scores are reused where the curve covered the whole set.
+        """
+        reusable = {
+            name: logps
+            for name, logps in self._last.items()
+            if reuse_step is not None and reuse_step == self.last_step and len(logps[0]) == len(self.sets[name])
+        }
+        todo = {name: len(pairs) for name, pairs in self.sets.items() if name not in reusable}
+        return self._scores({**self._pass(policy, todo), **reusable})
+
     def curve_point(self, policy: torch.nn.Module, step: int) -> dict[str, Any]:
         """One point of the live held-out curve (``eval.heldout_curve``)."""
-        scores = self.score(policy)
+        self._last = self._pass(policy, {name: min(len(self.sets[name]), LIVE_PROBE_PAIRS) for name in LIVE_SETS})
+        self.last_step = step
+        scores = self._scores(self._last)
         return {
             "step": step,
             "accuracy": scores["heldout"].accuracy,
@@ -354,10 +381,10 @@ class PreferenceProbe:
 def live_probe(
     loaded: LoadedModel, beta: float, heldout: list[PreferencePair], contrast: list[PreferencePair] | None = None
 ) -> PreferenceProbe | None:
-    """The probe the live curve runs after each step: at most :data:`LIVE_PROBE_PAIRS` of each set."""
+    """The probe the live curve runs after each step (no capability set: the Compare step scores it)."""
     if not heldout and not contrast:
         return None
-    return PreferenceProbe(loaded, beta, heldout[:LIVE_PROBE_PAIRS], (contrast or [])[:LIVE_PROBE_PAIRS])
+    return PreferenceProbe(loaded, beta, heldout, contrast)
 
 
 # --------------------------------------------------------------------------- drift
@@ -454,10 +481,18 @@ def gather_evidence(
     contrast_pairs: list[PreferencePair] | None = None,
     capability_pairs: list[PreferencePair] | None = None,
     capability_source: str = "preset",
+    probe: PreferenceProbe | None = None,
+    reuse_step: int | None = None,
 ) -> Evidence:
-    """All numeric evidence; ``loaded.model`` is the untouched reference."""
+    """All numeric evidence; ``loaded.model`` is the untouched reference.
+
+    ``probe``: the run's own probe (built on these same pairs), whose reference scores and, at
+    ``reuse_step``, last live-curve scores are reused instead of computed again.
+    """
     reference = loaded.model
-    scores = PreferenceProbe(loaded, beta, heldout_pairs, contrast_pairs, capability_pairs).score(policy)
+    if probe is None:
+        probe = PreferenceProbe(loaded, beta, heldout_pairs, contrast_pairs, capability_pairs)
+    scores = probe.score(policy, reuse_step=reuse_step)
     held = scores["heldout"]
     return Evidence(
         heldout_reward_accuracy=held.accuracy,

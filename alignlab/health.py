@@ -33,6 +33,8 @@ FLAT_MARGIN = 0.05
 CONSISTENT_MARGINS = 0.3
 GRAD_NORM_LIMIT = 100.0
 HEAVY_KL = 0.5  # nats per token
+#: A policy closer than this (nats per token) to the reference has not moved.
+NO_MOVE_KL = 0.002
 HEAVY_PPL_RATIO = 1.5
 #: Nats of summed log-prob below the reference, per chosen answer, that count as displacement.
 DISPLACEMENT_DROP = 1.0
@@ -208,6 +210,25 @@ def perplexity_reading(before: float | None, after: float | None) -> str:
     return f"Perplexity {before:.1f} -> {after:.1f} (x{ratio:.2f}) — {words}."
 
 
+def curve_reading(curve: list[dict[str, Any]]) -> str:
+    """The live held-out curve in one sentence: where it started, peaked and ended."""
+    points = [p for p in curve if finite(p.get("accuracy")) is not None]
+    if not points:
+        return "No held-out curve: the run had no held-out or contrast pairs to score after each step."
+    first, last = points[0], points[-1]
+    step = best_step(points)
+    best = next(p for p in points if p["step"] == step)
+
+    def at(p: dict[str, Any]) -> str:
+        contrast = finite(p.get("contrast_accuracy"))
+        return f"{p['accuracy']:.0%}" + (f" (contrast {contrast:.0%})" if contrast is not None else "")
+
+    text = f"Held-out accuracy after each step: {at(first)} at step {first['step']}"
+    if step not in (first["step"], last["step"]):
+        text += f", best {at(best)} at step {step}"
+    return text + f", {at(last)} at step {last['step']} (the Train tab's live curve)."
+
+
 def degeneration_readings(d: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(figure, before, after, reading) rows for the output-level checks."""
     if not d:
@@ -322,8 +343,36 @@ def rule_signal(facts: RunFacts) -> list[Finding]:
                     f"the margin moved by only {gain:+.3f}; raise the learning rate or the number of steps.",
                 )
             ]
-    held = [m for m in (facts.evidence.get("heldout_margins") or []) if finite(m) is not None]
     accuracy = facts.ev("heldout_reward_accuracy")
+    # Each step's reward accuracy is measured on its batch before the update: in the first epoch those
+    # pairs are unseen, so the log itself says whether what was learnt so far carries to new pairs.
+    fresh = [
+        float(r["rewards/accuracies"])
+        for r in facts.log_rows[1:]
+        if finite(r.get("rewards/accuracies")) is not None and (finite(r.get("epoch")) or 0.0) <= 1.0 + 1e-6
+    ]
+    if len(fresh) >= 3 and sum(fresh) / len(fresh) <= CHANCE_ACCURACY and accuracy_band(accuracy) != "generalises":
+        return [
+            Finding(
+                "no_signal",
+                "failed",
+                f"No learning signal: pairs seen for the first time were ranked right only "
+                f"{sum(fresh) / len(fresh):.0%} of the time during training (steps 2-{1 + len(fresh)}), about chance"
+                + (f", and held-out pairs {accuracy:.0%}" if accuracy is not None else "")
+                + ". What one pair teaches does not carry to the next: the pairs may contradict each other (chosen "
+                "and rejected swapped on some), or the learning rate is too small to learn anything.",
+            )
+        ]
+    if accuracy is not None and accuracy <= 1 - GENERALISES_ACCURACY:
+        return [
+            Finding(
+                "no_signal",
+                "failed",
+                f"Backwards: held-out pairs are ranked the wrong way round ({accuracy:.0%} right). The training pairs "
+                "teach the opposite of the held-out labels: check for swapped chosen and rejected answers.",
+            )
+        ]
+    held = [m for m in (facts.evidence.get("heldout_margins") or []) if finite(m) is not None]
     if len(held) >= 4 and accuracy is not None and accuracy_band(accuracy) == "chance":
         spread = sum(abs(m) for m in held) / len(held)
         agreement = abs(sum(held) / len(held)) / spread if spread > 0 else 0.0
@@ -344,7 +393,7 @@ def rule_signal(facts: RunFacts) -> list[Finding]:
 def rule_learning(facts: RunFacts) -> list[Finding]:
     margins = _series(facts.log_rows, "rewards/margins")
     accuracies = _series(facts.log_rows, "rewards/accuracies")
-    if len(margins) >= 2 and _tail_mean(margins) - margins[0] > 0:
+    if len(margins) >= 2 and _tail_mean(margins) - margins[0] > FLAT_MARGIN:
         return [
             Finding(
                 "learning",
@@ -432,6 +481,8 @@ def rule_memorised(facts: RunFacts) -> list[Finding]:
 
 
 def rule_generalises(facts: RunFacts) -> list[Finding]:
+    if not facts.evidence:  # the Train tab's reading, before any evidence is gathered
+        return []
     accuracy = facts.ev("heldout_reward_accuracy")
     if accuracy is None:
         return [Finding("no_heldout", "info", HELDOUT_WORDS["unknown"].capitalize() + ".")]
@@ -540,6 +591,17 @@ def rule_change(facts: RunFacts) -> list[Finding]:
                 "no_change",
                 "warning",
                 "No behaviour change: every eval prompt gives the same answer as before training.",
+            )
+        ]
+    kl = facts.ev("kl_to_reference")
+    if kl is not None and kl < NO_MOVE_KL:
+        return [
+            Finding(
+                "no_change",
+                "warning",
+                f"No real change: the policy is only {kl:.4f} nats/token from the original (below {NO_MOVE_KL}); the "
+                f"{facts.changed} answer(s) that differ are near-ties that rounding tipped, not a learnt shift. Raise "
+                "the learning rate or train more steps.",
             )
         ]
     of = f" of {facts.answers}" if facts.answers else ""

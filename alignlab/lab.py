@@ -14,12 +14,12 @@ from dataclasses import asdict
 from typing import Any
 
 from alignlab.degeneration import degeneration_report
-from alignlab.evaluation import Evidence, count_changed, gather_evidence, live_probe
+from alignlab.evaluation import Evidence, PreferenceProbe, count_changed, gather_evidence
 from alignlab.generation import GenerationSettings, generate
 from alignlab.health import RunFacts, read_health
 from alignlab.models import LoadedModel, load_model
 from alignlab.presets import DatasetError, Preset, capability_probe, validate_preset
-from alignlab.training import CancelToken, StepProbe, TrainingEvent, TrainingResult, TrainingSettings, train_dpo
+from alignlab.training import CancelToken, TrainingEvent, TrainingResult, TrainingSettings, train_dpo
 
 STAGES = ("load_model", "baseline", "train", "evaluate")
 
@@ -44,8 +44,12 @@ def compare(
     result: TrainingResult,
     preset: Preset,
     generation: GenerationSettings,
+    probe: PreferenceProbe | None = None,
 ) -> tuple[list[str], Evidence]:
-    """Step 4: the trained policy's answers on the same prompts, and the numeric evidence."""
+    """Step 4: the trained policy's answers on the same prompts, and the numeric evidence.
+
+    ``probe``: the one that drew the run's live curve (see :func:`run_probe`), reused when given.
+    """
     aligned = generate(loaded, preset.eval_prompts, generation, model=result.policy)
     capability, source = capability_probe(preset)
     evidence = gather_evidence(
@@ -58,14 +62,16 @@ def compare(
         contrast_pairs=preset.contrast_pairs,
         capability_pairs=capability,
         capability_source=source,
+        probe=probe,
+        reuse_step=result.steps_done if probe is not None else None,
     )
     return aligned, evidence
 
 
-def step_probe(loaded: LoadedModel, preset: Preset, settings: TrainingSettings) -> StepProbe | None:
-    """The live held-out curve's probe for a run on ``preset`` (None without held-out or contrast pairs)."""
-    probe = live_probe(loaded, settings.beta, preset.heldout_pairs, preset.contrast_pairs)
-    return probe.curve_point if probe is not None else None
+def run_probe(loaded: LoadedModel, preset: Preset, settings: TrainingSettings) -> PreferenceProbe:
+    """The probe of a whole-lab run: every probe set of ``preset``, its reference scored once, before training."""
+    capability, _ = capability_probe(preset)
+    return PreferenceProbe(loaded, settings.beta, preset.heldout_pairs, preset.contrast_pairs, capability)
 
 
 def build_report(
@@ -155,13 +161,13 @@ def run_lab(
     timings["baseline"] = time.perf_counter() - started
 
     started = stage("train")
-    result = train_dpo(
-        loaded, preset.pairs, settings, on_event=on_event, cancel=cancel, probe=step_probe(loaded, preset, settings)
-    )
+    probe = run_probe(loaded, preset, settings)
+    live = probe.curve_point if preset.heldout_pairs or preset.contrast_pairs else None
+    result = train_dpo(loaded, preset.pairs, settings, on_event=on_event, cancel=cancel, probe=live)
     timings["train"] = time.perf_counter() - started
 
     started = stage("evaluate")
-    aligned, evidence = compare(loaded, result, preset, generation)
+    aligned, evidence = compare(loaded, result, preset, generation, probe=probe)
     timings["evaluate"] = time.perf_counter() - started
     timings["total"] = sum(timings.values())
 

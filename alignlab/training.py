@@ -71,6 +71,10 @@ class TrainingSettings:
     steps then see 12 pairs, enough for the seed lab's shift (measured, see bench/)."""
     loss_type: str = "sigmoid"
     """One of :data:`LOSS_TYPES`; ``sigmoid`` is DPO."""
+    sft_weight: float = 0.0
+    """Weight of an SFT term (the chosen answers' negative log-likelihood) added to the preference
+    loss (0-10; 0 = none): the production habit that keeps a model fluent while its preference
+    moves. TRL's ``loss_type=[loss, "sft"]`` with ``loss_weights=[1, sft_weight]``."""
     seed: int = 42
     """Seeds data order and initialisation: same seed and data, same run."""
     max_length: int = 256
@@ -121,6 +125,7 @@ class TrainingSettings:
             "batch_size", isinstance(self.batch_size, int) and 1 <= self.batch_size <= 64, "a whole number from 1 to 64"
         )
         check("loss_type", self.loss_type in LOSS_TYPES, f"one of {', '.join(LOSS_TYPES)}")
+        check("sft_weight", number(self.sft_weight) and 0.0 <= self.sft_weight <= 10.0, "between 0 and 10")
         check("seed", isinstance(self.seed, int) and 0 <= self.seed < 2**32, "a whole number from 0 to 2^32-1")
         check("max_length", isinstance(self.max_length, int) and 32 <= self.max_length <= 2048, "from 32 to 2048")
         check("lora_rank", isinstance(self.lora_rank, int) and 1 <= self.lora_rank <= 256, "from 1 to 256")
@@ -180,7 +185,8 @@ class TrainingSettings:
             num_train_epochs=float(self.epochs) if self.epochs is not None else 1.0,
             per_device_train_batch_size=self.batch_size,
             gradient_accumulation_steps=1,
-            loss_type=[self.loss_type],
+            loss_type=[self.loss_type, "sft"] if self.sft_weight > 0 else [self.loss_type],
+            loss_weights=[1.0, float(self.sft_weight)] if self.sft_weight > 0 else None,
             label_smoothing=0.1 if self.loss_type == "robust" else 0.0,
             seed=self.seed,
             data_seed=self.seed,

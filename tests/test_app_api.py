@@ -302,3 +302,20 @@ def test_session_files_are_deleted_when_the_session_ends(app) -> None:
     assert (directory / "policy" / "config.json").is_file()
     demo.session_store.close(client.session_hash)  # what demo.unload and expiry call
     assert not directory.exists() and client.session_hash not in demo.session_store
+
+
+def test_probes_follow_the_pairs_they_were_written_for(pairs) -> None:
+    from alignlab.presets import PreferencePair, load_preset
+    from alignlab.ui.dataset_tab import probes_of
+    from alignlab.ui.train_tab import probes_for
+
+    preset = load_preset("seed-lab")
+    probes = probes_of(preset)
+    same = probes_for(preset.pairs, probes)
+    assert same["preset"] == "seed-lab" and len(same["contrast_pairs"]) == len(preset.contrast_pairs)
+    edited = [PreferencePair(preset.pairs[0].prompt, "Sure! A better answer. Hope that helps!", "No.")]
+    edited += preset.pairs[1:]
+    kept = probes_for(edited, probes)  # an edit of the preset: its probes still test the same preference
+    assert kept["preset"] == "custom" and kept["contrast_pairs"] == same["contrast_pairs"]
+    foreign = probes_for(pairs, probes)  # someone else's pairs (an API client's): no contrast, built-in capability
+    assert foreign == {"preset": "custom", "contrast_pairs": [], "capability_pairs": []}

@@ -113,7 +113,7 @@ def test_lab_on_tiny_model_writes_every_report_field(tmp_path, tiny_chat_dir, ca
         "Held-out preference accuracy",
         "Contrast accuracy",
         "Capability",
-        "held-out accuracy after each step",
+        "Held-out accuracy after each step",
     ):
         assert words in printed, words
     assert "=== The answers themselves" in printed and "distinct answers" in printed

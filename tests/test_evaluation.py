@@ -182,3 +182,26 @@ def test_evidence_has_every_reported_figure(tiny_chat, pairs):
     none = gather_evidence(result.policy, tiny_chat, [], ["Hi"], ["Hello"], 0.1).to_dict()
     assert math.isnan(none["heldout_reward_accuracy"]) and math.isnan(none["contrast_accuracy"])
     assert none["capability_source"] == "none"
+
+
+def test_final_evidence_reuses_the_live_curves_last_scores(tiny_chat, pairs, monkeypatch):
+    capability = [PreferencePair("What is 2 plus 2?", "2 plus 2 is 4.", "2 plus 2 is 5.")]
+    probe = PreferenceProbe(tiny_chat, 0.1, pairs[:2], pairs[2:], capability)
+    result = train_dpo(
+        tiny_chat,
+        pairs,
+        TrainingSettings(steps=2, batch_size=2, learning_rate=1e-3, max_length=64),
+        probe=probe.curve_point,
+    )
+    calls = []
+    real = evaluation.sequence_logps
+    monkeypatch.setattr(evaluation, "sequence_logps", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    args = (result.policy, tiny_chat, pairs[:2], ["Hi"], ["Hello"], 0.1, pairs[2:], capability)
+    reused = gather_evidence(*args, probe=probe, reuse_step=result.steps_done).to_dict()
+    assert calls == [2]  # only the capability pair's two answers; held-out and contrast came from the curve
+    fresh = gather_evidence(*args).to_dict()
+    for key, value in fresh.items():
+        assert reused[key] == pytest.approx(value, abs=1e-5), key
+    calls.clear()
+    gather_evidence(*args, probe=probe, reuse_step=result.steps_done - 1)  # another step: nothing to reuse
+    assert calls == [10]

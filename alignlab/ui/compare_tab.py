@@ -11,6 +11,7 @@ import gradio as gr
 from alignlab.health import (
     capability_reading,
     contrast_reading,
+    curve_reading,
     degeneration_readings,
     heldout_reading,
     kl_reading,
@@ -47,8 +48,7 @@ def evidence_markdown(evaluation: dict[str, Any]) -> str:
         "- " + perplexity_reading(evaluation.get("perplexity_before"), evaluation.get("perplexity_after")),
     ]
     if curve:
-        points = ", ".join(f"{p['step']}: {p['accuracy']:.0%}" for p in curve if p.get("accuracy") is not None)
-        lines.append(f"- Held-out accuracy after each step (the Train tab's live curve) — {points}.")
+        lines.append("- " + curve_reading(curve))
     return "\n".join(lines)
 
 

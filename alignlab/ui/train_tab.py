@@ -12,7 +12,7 @@ import gradio as gr
 
 from alignlab import gpu, plots
 from alignlab.health import Health, read_training_health
-from alignlab.presets import Preset, validate_preset
+from alignlab.presets import DatasetError, PreferencePair, Preset, load_preset, validate_preset
 from alignlab.training import LOSS_TYPES, SettingsError, TrainingSettings
 from alignlab.ui import jobs
 from alignlab.ui.common import (
@@ -129,6 +129,30 @@ def _check_ready(session: Session, pairs_table: Any, heldout_table: Any) -> tupl
     return pairs, heldout
 
 
+def probes_for(pairs: list[PreferencePair], probes: dict[str, Any]) -> dict[str, Any]:
+    """The probe sets that fit these training pairs, and the preset id the report names.
+
+    The preset's own pairs keep its id and probes. Pairs edited from it (most prompts still the
+    preset's) are ``custom`` but keep its probes, which test the same preference. Pairs of another
+    origin (an API client's own) get no contrast pairs and the built-in capability set.
+    """
+    preset_id = probes.get("preset") or "custom"
+    try:
+        preset = load_preset(preset_id)
+    except DatasetError:
+        return {"preset": "custom", "contrast_pairs": probes.get("contrast_pairs") or [], **_capability(probes)}
+    if pairs == preset.pairs:
+        return {"preset": preset.id, "contrast_pairs": probes.get("contrast_pairs") or [], **_capability(probes)}
+    shared = len({p.prompt for p in pairs} & {p.prompt for p in preset.pairs})
+    if shared * 2 >= len(pairs):
+        return {"preset": "custom", "contrast_pairs": probes.get("contrast_pairs") or [], **_capability(probes)}
+    return {"preset": "custom", "contrast_pairs": [], "capability_pairs": []}
+
+
+def _capability(probes: dict[str, Any]) -> dict[str, Any]:
+    return {"capability_pairs": probes.get("capability_pairs") or []}
+
+
 def train_ui(
     pairs: Any,
     heldout_pairs: Any,
@@ -161,10 +185,10 @@ def train_ui(
     train_pairs, heldout = _check_ready(session, pairs, heldout_pairs)
     session.forget_training()
     session.pairs, session.heldout_pairs = train_pairs, heldout
-    probes = probes or {}
-    session.contrast_pairs = jobs.pairs_from_dicts(probes.get("contrast_pairs") or [])
-    session.capability_pairs = jobs.pairs_from_dicts(probes.get("capability_pairs") or [])
-    session.preset_id = probes.get("preset") or "custom"
+    probes = probes_for(train_pairs, probes or {})
+    session.contrast_pairs = jobs.pairs_from_dicts(probes["contrast_pairs"])
+    session.capability_pairs = jobs.pairs_from_dicts(probes["capability_pairs"])
+    session.preset_id = probes["preset"]
     run = session.run = Run()
     stream = jobs.train_job(
         session.model_spec,
