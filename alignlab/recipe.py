@@ -690,15 +690,61 @@ class Recipe:
     gpu_memory_gib: float = 80.0
 
     def summary(self) -> str:
-        """Two lines for a terminal or the app."""
-        fits = "fits" if self.memory.fits(self.gpu_memory_gib) else "does NOT fit"
-        return (
-            f"{self.method.name.upper()} on {self.shape.name} ({self.shape.parameters() / 1e9:.2f} B params), "
+        """Two lines for a terminal or the app (three when the run does not fit: what would)."""
+        fits = self.memory.fits(self.gpu_memory_gib)
+        text = (
+            f"{self.method.name.upper()} on {self.shape.name} ({count_text(self.shape.parameters())} params), "
             f"{self.gpus} GPU(s), {ENGINES[self.engine].title}, "
             f"{'full fine-tuning' if self.adapter == 'none' else self.adapter.upper()}.\n"
-            f"Estimated {self.memory.total / GIB:.1f} GiB per GPU ({fits} in {self.gpu_memory_gib:g} GiB); "
-            f"batch {self.plan.per_device_batch} x {self.gpus} x {self.plan.gradient_accumulation} accumulation."
+            f"Estimated {self.memory.total / GIB:.1f} GiB per GPU ({'fits' if fits else 'does NOT fit'} in "
+            f"{self.gpu_memory_gib:g} GiB); batch {self.plan.per_device_batch} x {self.gpus} x "
+            f"{self.plan.gradient_accumulation} accumulation."
         )
+        if not fits:
+            fitting: dict[str, list[str]] = {}
+            for engine, adapter, estimate in self.alternatives():
+                if estimate.fits(self.gpu_memory_gib):
+                    fitting.setdefault(adapter, []).append(engine)
+            options = "; ".join(f"{adapter} with {'/'.join(engines)}" for adapter, engines in fitting.items())
+            text += (
+                f"\nAt {self.gpus} GPU(s) these would fit (--engine, --lora/--qlora): {options or 'none, add GPUs'}."
+            )
+        return text
+
+    def alternatives(self) -> list[tuple[str, str, MemoryEstimate]]:
+        """Every engine x adapter at this GPU count, one pair per GPU: what else would fit."""
+        return [
+            (
+                name,
+                {"none": "full", "lora": "LoRA", "qlora": "QLoRA"}[adapter],
+                estimate_memory(
+                    self.shape,
+                    engine=name,
+                    gpus=self.gpus,
+                    adapter=adapter,
+                    lora_rank=self.lora_rank,
+                    per_device_batch=1,
+                    max_length=self.plan.max_length,
+                    reference=self.method.reference_copy,
+                ),
+            )
+            for name in ENGINES
+            for adapter in ADAPTERS
+        ]
+
+
+def count_text(n: float) -> str:
+    """A parameter count as people say it: 8.03 B, 135 M, 107 k."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            value = n / size
+            return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{n:.0f}"
+
+
+def bytes_text(n: float) -> str:
+    """Memory as GiB, or MiB below 1 GiB."""
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.0f} MiB"
 
 
 def build_recipe(
@@ -1017,24 +1063,12 @@ def _memory_table(recipe: Recipe) -> str:
 
 def _alternatives_table(recipe: Recipe) -> str:
     """Every engine x adapter at this GPU count, so that the reader sees what else would fit."""
-    shape, plan = recipe.shape, recipe.plan
+    cells: dict[str, list[str]] = {}
+    for name, _, estimate in recipe.alternatives():
+        mark = "" if estimate.fits(recipe.gpu_memory_gib) else " (too big)"
+        cells.setdefault(name, []).append(f"{_gib(estimate.total)}{mark}")
     lines = ["| engine | full fine-tuning | LoRA | QLoRA |", "|---|---:|---:|---:|"]
-    for name, engine in ENGINES.items():
-        cells = []
-        for adapter in ADAPTERS:
-            estimate = estimate_memory(
-                shape,
-                engine=name,
-                gpus=recipe.gpus,
-                adapter=adapter,
-                lora_rank=recipe.lora_rank,
-                per_device_batch=1,
-                max_length=plan.max_length,
-                reference=recipe.method.reference_copy,
-            )
-            mark = "" if estimate.fits(recipe.gpu_memory_gib) else " (too big)"
-            cells.append(f"{_gib(estimate.total)}{mark}")
-        lines.append(f"| {engine.title} | " + " | ".join(cells) + " |")
+    lines += [f"| {ENGINES[name].title} | " + " | ".join(row) + " |" for name, row in cells.items()]
     return "\n".join(lines)
 
 
@@ -1161,7 +1195,7 @@ step to `output/train.log`; checkpoints (with `trainer_state.json`, the full log
 ## What it trains, and how the lab's settings map
 
 Data: `train.jsonl` ({n_train} rows), `eval.jsonl` ({len(preset.heldout_pairs)} rows), TRL's preference format,
-{fmt}. Target: `{shape.hub_id}` ({shape.parameters() / 1e9:.2f} B parameters).
+{fmt}. Target: `{shape.hub_id}` ({count_text(shape.parameters())} parameters).
 
 {settings_table}
 

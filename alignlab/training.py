@@ -34,7 +34,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback
 
-from alignlab.models import LoadedModel, copy_for_training, reference_view
+from alignlab.models import LoadedModel, copy_for_training, reference_view, use_persistent_kernel_cache
 from alignlab.presets import PreferencePair
 
 #: DPO and its siblings, as TRL's ``DPOConfig.loss_type`` names them.
@@ -336,6 +336,7 @@ def build_dpo_trainer(
     """
     from trl import DPOTrainer
 
+    use_persistent_kernel_cache()  # before TRL compiles its Triton kernels on a GPU
     set_seed(settings.seed)
     args = settings.to_dpo_config(output_dir, loaded.device)
     quantization = None

@@ -113,6 +113,9 @@ def train_job(
                 "stopped_early": result.stopped_early if result else True,
                 "seconds": result.seconds if result else event.elapsed,
                 "policy_dir": saved,
+                "trainable_parameters": result.trainable_parameters if result else None,
+                "peak_memory_bytes": result.peak_memory_bytes if result else None,
+                "device": str(loaded.device),
             }
             return
     except _EXPECTED as exc:
