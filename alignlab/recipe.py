@@ -28,7 +28,7 @@ import re
 import stat
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -777,7 +777,7 @@ def build_recipe(
         raise RecipeError(f"gpus must be a whole number from 1 to 1024 (got {gpus!r}).")
     if not 1 <= gpu_memory_gib <= 4096:
         raise RecipeError(f"GPU memory must be between 1 and 4096 GiB (got {gpu_memory_gib!r}).")
-    adapter = adapter or ("lora" if settings.use_lora else "none")
+    adapter = adapter or ("qlora" if settings.use_qlora else "lora" if settings.use_lora else "none")
     if adapter not in ADAPTERS:
         raise RecipeError(f"adapter must be one of {', '.join(ADAPTERS)} (got {adapter!r}).")
     if not preset.pairs:
@@ -1271,11 +1271,3 @@ def logged_rows(recipe_dir: str | Path) -> list[dict[str, Any]]:
         raise RecipeError(f"No checkpoint with trainer_state.json under {output}: has the run finished?")
     state = json.loads(checkpoints[-1].read_text(encoding="utf-8"))
     return [row for row in state.get("log_history", []) if "loss" in row and "step" in row]
-
-
-def with_adapter(settings: TrainingSettings, adapter: str | None, rank: int | None = None) -> TrainingSettings:
-    """The lab settings with the recipe's adapter choice (LoRA for 'lora' and 'qlora')."""
-    if adapter is None and rank is None:
-        return settings
-    use_lora = settings.use_lora if adapter is None else adapter != "none"
-    return replace(settings, use_lora=use_lora, lora_rank=rank or settings.lora_rank)

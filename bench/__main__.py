@@ -324,6 +324,14 @@ def table(results: dict[str, Any]) -> str:
             ("train ratio: AlignLab / plain DPOTrainer", fig(tr["ratio_alignlab_vs_trl_default"])),
             ("train ratio: AlignLab / bare loop", fig(tr["ratio_alignlab_vs_bare"])),
         ]
+        syncs = tr.get("host_syncs_per_step")
+        if syncs:
+            rows.append(
+                (
+                    "train: host-device syncs per step, AlignLab (TRL) vs bare loop",
+                    f"{syncs['alignlab']:.0f} vs {syncs['bare']:.0f}",
+                )
+            )
         la = tr["loss_agreement"]
         rows.append(
             (
