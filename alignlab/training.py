@@ -375,16 +375,31 @@ def qlora_model_arguments(loaded: LoadedModel, args: Any) -> tuple[str, Any]:
         raise SettingsError(reason)
     if loaded.device.type != "cuda":
         raise SettingsError("QLoRA trains on a CUDA GPU, but the model is loaded on the CPU.")
+    kwargs = qlora_load_kwargs(loaded)
+    quantization = kwargs.pop("quantization_config")
+    args.model_init_kwargs = kwargs
+    return loaded.source, quantization
+
+
+def qlora_load_kwargs(loaded: LoadedModel) -> dict[str, Any]:
+    """``from_pretrained`` arguments of QLoRA's frozen base: 4-bit NF4 with nested quantisation, bf16 compute."""
     from transformers import BitsAndBytesConfig
 
-    args.model_init_kwargs = {"dtype": torch.bfloat16, "device_map": {"": loaded.device.index or 0}}
-    quantization = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
-    return loaded.source, quantization
+    return {
+        "dtype": torch.bfloat16,
+        "device_map": {"": loaded.device.index or 0},
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        ),
+    }
+
+
+def is_quantized(model: Any) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False))
 
 
 def plain_model(trainer: Any) -> PreTrainedModel:
@@ -398,8 +413,7 @@ def plain_model(trainer: Any) -> PreTrainedModel:
     ``forward``.
     """
     model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
-    if hasattr(model, "merge_and_unload") and not quantized:
+    if hasattr(model, "merge_and_unload") and not is_quantized(model):
         model = model.merge_and_unload()
     patched = model.get_base_model() if hasattr(model, "get_base_model") else model
     for name in ("forward", "_original_forward"):
@@ -492,3 +506,21 @@ def save_policy(policy: PreTrainedModel, tokenizer: Any, directory: str | Path) 
     policy.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def load_policy(directory: str | Path, loaded: LoadedModel) -> PreTrainedModel:
+    """A policy saved by :func:`save_policy`, on ``loaded``'s device, ready to generate.
+
+    A full model comes back in fp32, like the loaded model. A QLoRA run saves its adapter alone
+    (merging it into 4-bit weights would round the small update away): it comes back over the
+    4-bit base, loaded again from ``loaded.source``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    directory = Path(directory)
+    if (directory / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(loaded.source, **qlora_load_kwargs(loaded))
+        return PeftModel.from_pretrained(base, directory).eval()
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).to(loaded.device).eval()

@@ -201,3 +201,12 @@ def test_events_and_settings_are_picklable(tiny_chat, pairs):
     train_dpo(tiny_chat, pairs, TrainingSettings(**(FAST | {"steps": 1})), on_event=events.append)
     log = pickle.loads(pickle.dumps(events[0]))
     assert log.row == events[0].row
+
+
+def test_a_saved_policy_loads_back_as_the_same_plain_model(tiny_chat, pairs, tmp_path):
+    from alignlab.training import load_policy, save_policy
+
+    result = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST))
+    loaded_back = load_policy(save_policy(result.policy, tiny_chat.tokenizer, tmp_path / "policy"), tiny_chat)
+    ids = torch.tensor([[1, 5, 9, 13]])
+    torch.testing.assert_close(loaded_back(ids).logits, result.policy(ids).logits)

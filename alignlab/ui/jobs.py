@@ -18,7 +18,6 @@ from typing import Any
 
 import gradio as gr
 import torch
-from transformers import AutoModelForCausalLM
 
 from alignlab import gpu
 from alignlab.generation import GenerationSettings, GenerationSettingsError, generate
@@ -30,6 +29,8 @@ from alignlab.training import (
     SettingsError,
     TrainingResult,
     TrainingSettings,
+    is_quantized,
+    load_policy,
     save_policy,
     stream_dpo,
 )
@@ -67,8 +68,8 @@ def save_trained_policy(policy: torch.nn.Module, tokenizer: Any, directory: str 
     """Save the policy as a complete model (a LoRA adapter is merged first) and return the path."""
     directory = Path(directory)
     shutil.rmtree(directory, ignore_errors=True)
-    if hasattr(policy, "merge_and_unload"):  # a PEFT model: keep one self-contained model
-        policy = policy.merge_and_unload()
+    if hasattr(policy, "merge_and_unload") and not is_quantized(policy):  # PEFT: one self-contained model
+        policy = policy.merge_and_unload()  # (a QLoRA adapter is saved alone: see training.load_policy)
     save_policy(policy, tokenizer, directory)
     return str(directory)
 
@@ -140,8 +141,7 @@ def compare_job(
     """Answer the eval prompts with the trained policy, gather the evidence, return the report."""
     loaded = _load(spec)
     started = time.perf_counter()
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).to(loaded.device)
-    policy.eval()
+    policy = load_policy(policy_dir, loaded)
     lab_preset = Preset(
         id=preset.get("id", "custom"),
         title=preset.get("title", "custom"),
