@@ -1,9 +1,18 @@
 """AlignLab's Gradio app (a Hugging Face Space): build the Blocks from alignlab.ui and launch."""
 
+import os
+
 import alignlab.gpu  # noqa: F401  (first: on ZeroGPU, `spaces` must be imported before torch)
 from alignlab.ui import build_app, launch_options
 
 demo = build_app()
 
 if __name__ == "__main__":
+    if os.environ.get("ALIGNLAB_WARMUP", "1") != "0" and not alignlab.gpu.on_zero_gpu():
+        from alignlab.ui.common import default_model
+        from alignlab.warmup import warm_up
+
+        # On a GPU, the first user's click should not pay for compiling the kernels (nothing runs on a CPU).
+        if seconds := warm_up(default_model()):
+            print(f"Warmed up on the GPU in {seconds['total']:.1f} s")
     demo.launch(**launch_options())

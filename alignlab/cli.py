@@ -3,6 +3,7 @@
     python -m alignlab lab --model smollm2-135m-instruct --preset seed-lab --out report.json
     python -m alignlab presets
     python -m alignlab tiny-model DIR
+    python -m alignlab recipe --preset seed-lab --target-model llama-3.1-8b-instruct --gpus 8 --engine zero3 --out DIR
 
 Bad input ends with one sentence on stderr and exit code 2; nothing is half-written.
 """
@@ -56,7 +57,59 @@ def _parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny-model", help="save a tiny random model (for tests and demos without weights)")
     tiny.add_argument("directory")
     tiny.add_argument("--base", action="store_true", help="a base model without chat template (like GPT-2)")
+    _add_recipe_parser(sub)
     return parser
+
+
+def _add_recipe_parser(sub: Any) -> None:
+    """``recipe``: the lab's settings and pairs as a folder that launches TRL's own script on a cluster."""
+    from alignlab.recipe import DEFAULT_TARGET, ENGINES, KNOWN_TARGETS, METHODS, PUBLIC_DATASETS
+    from alignlab.training import LOSS_TYPES, TrainingSettings
+
+    defaults = TrainingSettings()
+    recipe = sub.add_parser(
+        "recipe",
+        help="export a recipe for a real run (TRL's script under accelerate/DeepSpeed/FSDP)",
+        description="Write DIR/train.jsonl, eval.jsonl, config.yaml, run.sh, README.md and accelerate/*.yaml.",
+    )
+    source = recipe.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help="preset id (see `python -m alignlab presets`)")
+    source.add_argument("--dataset", help="a preset-format JSON file, or JSON/JSONL/CSV pairs")
+    recipe.add_argument("--method", default="dpo", help=f"training method: {', '.join(METHODS)} (default dpo)")
+    recipe.add_argument(
+        "--target-model",
+        default=DEFAULT_TARGET,
+        help=f"{', '.join(KNOWN_TARGETS)}, their Hub ids, or a local directory with config.json "
+        f"(default {DEFAULT_TARGET})",
+    )
+    recipe.add_argument("--gpus", type=int, default=1, help="GPUs the run is sized for (default 1)")
+    recipe.add_argument("--engine", default="ddp", choices=list(ENGINES), help="launcher (default ddp)")
+    recipe.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80, an H100)")
+    adapter = recipe.add_mutually_exclusive_group()
+    adapter.add_argument("--lora", action="store_true", help="train a LoRA adapter")
+    adapter.add_argument("--qlora", action="store_true", help="LoRA on a 4-bit base (bitsandbytes, CUDA)")
+    recipe.add_argument("--lora-rank", type=int, default=defaults.lora_rank, help="LoRA rank (default 16)")
+    recipe.add_argument(
+        "--mix",
+        action="append",
+        choices=list(PUBLIC_DATASETS),
+        help="also train on a public preference set (repeatable)",
+    )
+    recipe.add_argument("--user-repeat", type=int, default=1, help="write your pairs K times in a mixture")
+    recipe.add_argument("--target-lr", type=float, default=None, help="the real run's learning rate (default: usual)")
+    recipe.add_argument(
+        "--as-in-lab",
+        action="store_true",
+        help="repeat the lab's run exactly (its lr, schedule, steps, batch): to check the recipe against the lab",
+    )
+    # The lab's settings, as `lab` takes them: beta and the loss carry over; steps and batch set the passes.
+    recipe.add_argument("--steps", type=int, default=defaults.steps, help=f"the lab's steps (default {defaults.steps})")
+    recipe.add_argument("--beta", type=float, default=defaults.beta, help=f"DPO beta (default {defaults.beta})")
+    recipe.add_argument("--lr", type=float, default=defaults.learning_rate, help="the lab's learning rate")
+    recipe.add_argument("--batch-size", type=int, default=defaults.batch_size, help="the lab's pairs per step")
+    recipe.add_argument("--seed", type=int, default=defaults.seed, help=f"seed (default {defaults.seed})")
+    recipe.add_argument("--loss", default=defaults.loss_type, help=f"loss type: {', '.join(LOSS_TYPES)}")
+    recipe.add_argument("--out", required=True, help="the folder to write")
 
 
 def _wrap(text: str, indent: str, subsequent: str | None = None) -> str:
@@ -188,6 +241,47 @@ def _run_lab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_recipe(args: argparse.Namespace) -> int:
+    from alignlab.presets import load_dataset_file, load_preset
+    from alignlab.recipe import build_recipe, write_recipe
+    from alignlab.training import SettingsError, TrainingSettings
+
+    try:
+        settings = TrainingSettings(
+            beta=args.beta,
+            learning_rate=args.lr,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            loss_type=args.loss,
+            use_lora=args.lora or args.qlora,
+            lora_rank=args.lora_rank,
+        )
+    except SettingsError as exc:
+        raise CliError(str(exc)) from exc
+    preset = load_preset(args.preset) if args.preset else load_dataset_file(args.dataset, seed=args.seed)
+    recipe = build_recipe(
+        preset,
+        settings,
+        method=args.method,
+        target=args.target_model,
+        gpus=args.gpus,
+        engine=args.engine,
+        adapter="qlora" if args.qlora else ("lora" if args.lora else "none"),
+        mix=args.mix,
+        user_repeat=args.user_repeat,
+        scale="lab" if args.as_in_lab else "target",
+        gpu_memory_gib=args.gpu_memory,
+        learning_rate=args.target_lr,
+    )
+    out = write_recipe(recipe, args.out)
+    print(recipe.summary())
+    print(f"\nRecipe written to {out}/ ({', '.join(sorted(recipe.files))}).")
+    print(f"Try it small first: {out}/run.sh --cpu --processes 2 --model <a small local model> --max-steps 3")
+    print(f"Then on the GPUs:   {out}/run.sh   (README.md says what runs and why)")
+    return 0
+
+
 def _list_presets() -> int:
     from alignlab.presets import list_presets
 
@@ -223,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     from alignlab.models import ModelLoadError
     from alignlab.presets import DatasetError
+    from alignlab.recipe import RecipeError
 
     try:
         if args.command == "presets":
@@ -232,8 +327,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(build_tiny_model(args.directory, chat=not args.base))
             return 0
+        if args.command == "recipe":
+            return _run_recipe(args)
         return _run_lab(args)
-    except (CliError, DatasetError, ModelLoadError) as exc:
+    except (CliError, DatasetError, ModelLoadError, RecipeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -36,6 +36,10 @@ class GenerationSettings:
     """Seed for sampling, so that a sampled run can be repeated exactly."""
     batch_size: int = 16
     """Prompts per forward batch (1-64)."""
+    min_new_tokens: int = 0
+    """Answer length floor in tokens (0 to max_new_tokens): the end-of-turn token is held back until then.
+    0 for the lab; the bench sets it to max_new_tokens so that a random-weight model, which tends to stop
+    at once, generates its full length."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -54,6 +58,9 @@ class GenerationSettings:
             out.append(f"top_p must be between 0.05 and 1.0 (got {self.top_p!r}).")
         if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 64:
             out.append(f"batch_size must be from 1 to 64 (got {self.batch_size!r}).")
+        ceiling = self.max_new_tokens if isinstance(self.max_new_tokens, int) else MAX_NEW_TOKENS_LIMIT
+        if not isinstance(self.min_new_tokens, int) or not 0 <= self.min_new_tokens <= ceiling:
+            out.append(f"min_new_tokens must be from 0 to max_new_tokens (got {self.min_new_tokens!r}).")
         return out
 
 
@@ -85,6 +92,8 @@ def generate(
                 "pad_token_id": tokenizer.pad_token_id,
                 "eos_token_id": tokenizer.eos_token_id,
             }
+            if settings.min_new_tokens:
+                kwargs["min_new_tokens"] = settings.min_new_tokens
             if settings.do_sample:
                 torch.manual_seed(settings.seed + start)
                 kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0)

@@ -19,6 +19,7 @@ TRL's fallback of reloading the reference from ``config._name_or_path``:
 
 from __future__ import annotations
 
+import importlib.util
 import queue
 import tempfile
 import threading
@@ -33,7 +34,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback
 
-from alignlab.models import LoadedModel, copy_for_training, reference_view
+from alignlab.models import LoadedModel, copy_for_training, reference_view, use_persistent_kernel_cache
 from alignlab.presets import PreferencePair
 
 #: DPO and its siblings, as TRL's ``DPOConfig.loss_type`` names them.
@@ -90,6 +91,9 @@ class TrainingSettings:
     (measured, see bench/)."""
     precision: str = "auto"
     """'auto' (bf16 on a GPU that has it, else fp32), 'fp32' or 'bf16'."""
+    use_qlora: bool = False
+    """QLoRA: the LoRA adapter trains on the base loaded in 4-bit NF4 (bitsandbytes), a quarter of its bf16
+    memory. Needs ``use_lora``, a CUDA GPU and the bitsandbytes package (see :func:`qlora_unavailable`)."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -130,6 +134,8 @@ class TrainingSettings:
         check("max_length", isinstance(self.max_length, int) and 32 <= self.max_length <= 2048, "from 32 to 2048")
         check("lora_rank", isinstance(self.lora_rank, int) and 1 <= self.lora_rank <= 256, "from 1 to 256")
         check("precision", self.precision in ("auto", "fp32", "bf16"), "'auto', 'fp32' or 'bf16'")
+        if self.use_qlora and not self.use_lora:
+            out.append("use_qlora needs use_lora: QLoRA is a LoRA adapter on a 4-bit base.")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,6 +211,8 @@ class TrainingSettings:
             gradient_checkpointing=False,
             precompute_ref_log_probs=self.precompute_ref_log_probs and not self.use_lora,
             dataloader_num_workers=0,
+            # One fused kernel for the AdamW update on a GPU (the bare loop's optimiser), not a loop of them.
+            optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
         )
 
 
@@ -236,6 +244,10 @@ class TrainingResult:
     seconds: float
     settings: TrainingSettings
     heldout_curve: list[dict[str, Any]] = field(default_factory=list)
+    trainable_parameters: int = 0
+    """Parameters the run trained: all of them, or the LoRA adapter's."""
+    peak_memory_bytes: int | None = None
+    """Peak CUDA memory allocated during the run (None off a GPU, where no per-run figure exists)."""
 
     @property
     def step_rows(self) -> list[dict[str, Any]]:
@@ -352,20 +364,92 @@ def build_dpo_trainer(
     """
     from trl import DPOTrainer
 
+    use_persistent_kernel_cache()  # before TRL compiles its Triton kernels on a GPU
     set_seed(settings.seed)
-    policy = copy_for_training(loaded)
+    args = settings.to_dpo_config(output_dir, loaded.device)
+    quantization = None
+    if settings.use_qlora:  # TRL loads the 4-bit base itself; nothing is copied
+        policy, quantization = qlora_model_arguments(loaded, args)
+    else:
+        policy = copy_for_training(loaded)
     shared_reference = not settings.use_lora and not settings.precompute_ref_log_probs
     trainer = DPOTrainer(
         model=policy,
         ref_model=reference_view(loaded) if shared_reference else None,
-        args=settings.to_dpo_config(output_dir, loaded.device),
+        args=args,
         train_dataset=to_trl_dataset(loaded, pairs),
         processing_class=loaded.tokenizer,
         peft_config=settings.peft_config(),
+        quantization_config=quantization,
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # rows reach the caller as events, not as prints
     return trainer
+
+
+def qlora_unavailable() -> str | None:
+    """Why QLoRA cannot run here, or None when it can (a CUDA GPU and bitsandbytes are present)."""
+    if not torch.cuda.is_available():
+        return "QLoRA loads the base in 4-bit with bitsandbytes, which needs a CUDA GPU; this machine has none."
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "QLoRA needs the bitsandbytes package (`pip install bitsandbytes`), which is not installed."
+    return None
+
+
+def qlora_model_arguments(loaded: LoadedModel, args: Any) -> tuple[str, Any]:
+    """QLoRA: the base's path for TRL to load in 4-bit NF4 (bf16 compute), and the quantisation config."""
+    reason = qlora_unavailable()
+    if reason is not None:
+        raise SettingsError(reason)
+    if loaded.device.type != "cuda":
+        raise SettingsError("QLoRA trains on a CUDA GPU, but the model is loaded on the CPU.")
+    kwargs = qlora_load_kwargs(loaded)
+    quantization = kwargs.pop("quantization_config")
+    args.model_init_kwargs = kwargs
+    return loaded.source, quantization
+
+
+def qlora_load_kwargs(loaded: LoadedModel) -> dict[str, Any]:
+    """``from_pretrained`` arguments of QLoRA's frozen base: 4-bit NF4 with nested quantisation, bf16 compute."""
+    from transformers import BitsAndBytesConfig
+
+    return {
+        "dtype": torch.bfloat16,
+        "device_map": {"": loaded.device.index or 0},
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        ),
+    }
+
+
+def is_quantized(model: Any) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False))
+
+
+def plain_model(trainer: Any) -> PreTrainedModel:
+    """The trained policy as a plain transformers model, without what the trainer wrapped it in.
+
+    After ``train()`` the policy still carries accelerate's wrapper (under bf16 its ``forward`` runs
+    in autocast and casts outputs to fp32), TRL's fused LM head (``add_fused_lm_head`` replaces the
+    instance's ``forward``), gradient checkpointing if it was on, and a LoRA adapter as extra layers.
+    Generation and the evidence then pay for all of it (seen in a GPU profile). So: unwrap, merge the
+    adapter into the weights (a 4-bit base keeps it unmerged), and fall back to the class's own
+    ``forward``.
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    if hasattr(model, "merge_and_unload") and not is_quantized(model):
+        model = model.merge_and_unload()
+    patched = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for name in ("forward", "_original_forward"):
+        patched.__dict__.pop(name, None)
+    if getattr(patched, "is_gradient_checkpointing", False):
+        patched.gradient_checkpointing_disable()
+        patched.config.use_cache = True
+    return model.eval()
 
 
 def train_dpo(
@@ -385,10 +469,14 @@ def train_dpo(
         raise SettingsError("There are no training pairs: add at least one pair before training.")
     started = time.perf_counter()
     callback = _StreamCallback(on_event, cancel, started, probe)
+    if loaded.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(loaded.device)
     with tempfile.TemporaryDirectory(prefix="alignlab-dpo-") as scratch:
         trainer = build_dpo_trainer(loaded, pairs, settings, output_dir or scratch, [callback])
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         trainer.train()
-        trained = trainer.model
+        trained = plain_model(trainer)
+    peak = torch.cuda.max_memory_allocated(loaded.device) if loaded.device.type == "cuda" else None
     loaded.tokenizer.padding_side = "left"  # the trainer may have changed it; generation needs left
     trained.eval()
     log_history = [dict(row) for row in trainer.state.log_history]
@@ -401,6 +489,8 @@ def train_dpo(
         seconds=time.perf_counter() - started,
         settings=settings,
         heldout_curve=callback.curve,
+        trainable_parameters=trainable,
+        peak_memory_bytes=peak,
     )
     if on_event is not None:
         on_event(TrainingEvent("end", result.steps_done, result.total_steps, result.seconds, result=result))
@@ -450,3 +540,21 @@ def save_policy(policy: PreTrainedModel, tokenizer: Any, directory: str | Path) 
     policy.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def load_policy(directory: str | Path, loaded: LoadedModel) -> PreTrainedModel:
+    """A policy saved by :func:`save_policy`, on ``loaded``'s device, ready to generate.
+
+    A full model comes back in fp32, like the loaded model. A QLoRA run saves its adapter alone
+    (merging it into 4-bit weights would round the small update away): it comes back over the
+    4-bit base, loaded again from ``loaded.source``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    directory = Path(directory)
+    if (directory / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(loaded.source, **qlora_load_kwargs(loaded))
+        return PeftModel.from_pretrained(base, directory).eval()
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).to(loaded.device).eval()

@@ -4,6 +4,11 @@ Both call ``alignlab.generation.generate`` with the same greedy settings; "one a
 one prompt per call, as the seed lab's loop did. One untimed batched call warms the model first.
 Greedy decoding stops a row at its end-of-turn token, so the two modes may generate different
 token counts; both counts are reported, as is how many answers came out identical.
+
+A model with random weights (the bench's own GPT-2-size one) stops after 0-1 tokens, which times
+overheads, not generation (seen on an H100: "new tokens 1, 1"). With ``full_length`` every answer
+is held to ``max_new_tokens`` (``min_new_tokens``), and the decoding steps are counted from the
+model's forward calls (a random model's tokens need not decode to text the tokenizer knows).
 """
 
 from __future__ import annotations
@@ -40,17 +45,42 @@ def decode_step_seconds(loaded: LoadedModel, batch: int, prompt_tokens: int = 40
     return figure
 
 
-def run(loaded: LoadedModel, prompts: list[str], repeats: int, max_new_tokens: int) -> dict[str, Any]:
-    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+class ForwardCounter:
+    """Counts a model's forward calls: one per decoding step (the first one is the prompt's)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.calls = 0
+        self._handle = model.register_forward_hook(self._count)
+
+    def _count(self, *args: Any) -> None:
+        self.calls += 1
+
+    def take(self) -> int:
+        calls, self.calls = self.calls, 0
+        return calls
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def run(
+    loaded: LoadedModel, prompts: list[str], repeats: int, max_new_tokens: int, full_length: bool = False
+) -> dict[str, Any]:
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens if full_length else 0)
     generate(loaded, prompts[:1], settings)  # warm-up: first-call allocations, kernels
     batched, single = Figure(), Figure()
     batched_out: list[str] = []
     single_out: list[str] = []
+    counter = ForwardCounter(loaded.model)
+    steps = {"batched": 0, "one_at_a_time": 0}
     for _ in range(repeats):  # interleaved, so that a noisy neighbour hits both modes alike
         with timed(batched, loaded.device):
             batched_out = generate(loaded, prompts, settings)
+        steps["batched"] = counter.take()
         with timed(single, loaded.device):
             single_out = [generate(loaded, [p], settings)[0] for p in prompts]
+        steps["one_at_a_time"] = counter.take()
+    counter.close()
     step_1 = decode_step_seconds(loaded, 1)
     step_n = decode_step_seconds(loaded, len(prompts))
     bound = len(prompts) * step_1.median / step_n.median
@@ -63,6 +93,9 @@ def run(loaded: LoadedModel, prompts: list[str], repeats: int, max_new_tokens: i
         "one_at_a_time_seconds": single.to_dict(),
         "speedup": ratio(single, batched).to_dict(),
         "new_tokens": {"batched": _new_tokens(loaded, batched_out), "one_at_a_time": _new_tokens(loaded, single_out)},
+        "full_length": full_length,
+        # Forward calls of one repeat: batched = the longest answer's tokens; one at a time = the sum of all.
+        "decoding_steps": steps,
         "identical_answers": sum(a == b for a, b in zip(batched_out, single_out)),
         "_figures": {"batched": batched, "one_at_a_time": single},
     }

@@ -1,27 +1,34 @@
 #!/usr/bin/env bash
-# The bench on a CUDA machine, in one command, installing nothing from the network.
+# The bench on a CUDA machine, in one command and one table, installing nothing from the network.
 #
-#   bench/gpu.sh [extra args for the timing run, e.g. --repeats 5]
+#   bench/gpu.sh [extra args for python -m bench, e.g. --repeats 5]
+#   bench/gpu.sh --fetch-wheels          # where PyPI is reachable: the wheels to carry, into .whl/
 #
-# Two runs of `python -m bench`:
-#   1. correctness: the tiny test model (alignlab.tiny.build_tiny_model), training section, fp32:
-#      AlignLab's (TRL's) losses and log-probs against the bare PyTorch loop, step by step;
-#   2. timings: a GPT-2-size model built from GPT-2's config (alignlab.tiny.build_gpt2_sized_model,
-#      random weights, no hub), every default section.
-# JSON goes to $OUT (when set, as on a lent device machine) or bench/results/, as gpu-*.json.
+# One run of `python -m bench` on a GPT-2-size model built from GPT-2's config (random weights, no
+# hub), with these sections:
+#   correctness  the tiny test model in fp32: AlignLab's (TRL's) losses and log-probs against a bare
+#                PyTorch DPO loop, step by step;
+#   lab          the whole lab in fresh processes: the first call with an empty Triton cache (a
+#                new machine), the first call with the cache an earlier process filled (a restart),
+#                the first call after the start-up warm-up, and warm calls in the same process;
+#   generation   batched vs one prompt at a time, each answer forced to its full length;
+#   training     seconds per DPO step: AlignLab vs a plain DPOTrainer script vs the bare loop;
+#   shift        steps until held-out accuracy reaches 0.75;
+#   scale        a 1.1B Llama-shaped model (random, bf16 autocast): LoRA vs full fine-tuning
+#                through train_dpo, seconds and peak memory against the computed estimate.
+# JSON goes to $OUT (when set, as on a lent device machine) or bench/results/, as gpu.json.
 #
-# What the machine needs: a Python whose torch sees CUDA, plus transformers, trl, datasets, peft
-# and accelerate. No model hub and no package index are used. Where the Python lacks some of them,
-# carry wheels in $WHEELS (default .whl/ in the repo root): this script installs them with
-# `pip --no-index --no-deps --target` into a scratch folder. Fetch them on a networked machine
-# with the same versions as the local venv:
+# What the machine needs: a Python whose torch sees CUDA, with accelerate, huggingface_hub (>=1.31),
+# tokenizers (0.23.x), safetensors, pandas, pyarrow (>=24), numpy, pyyaml, typer and packaging
+# (a stock CUDA PyTorch image with the HF stack, like this workplace's device image). Carried as
+# wheels in $WHEELS (default .whl/): trl, datasets, transformers and peft at the lab's versions,
+# always installed; dill, multiprocess, fsspec and regex, installed only where the machine's own
+# version is missing or fails a requirement (bench/wheels.py decides and says why). huggingface_hub
+# is not carried: 2.x needs httpx2, and the machine's 1.x meets transformers 5.24 and datasets 5.2.
 #
-#   bench/gpu.sh --fetch-wheels          # writes .whl/ (add `.whl/` to .git/info/exclude)
-#
-# On this workplace's device tool: run("bench/gpu.sh", carry=[".whl"]). The repo is copied
-# there as a working tree; the machine's python3 (CUDA torch, transformers 5.17, no trl/datasets)
-# then gets the carried wheels. Test the CPU path anywhere: DEVICE=cpu PYTHON=.venv/bin/python
-# bench/gpu.sh --repeats 1 --timed-steps 2.
+# On this workplace's device tool: run("bench/gpu.sh", carry=[".whl"]); about 5 minutes on an H100.
+# Test the CPU path anywhere: DEVICE=cpu PYTHON=.venv/bin/python bench/gpu.sh --repeats 1 --timed-steps 2
+# (the 1.1B row is skipped off a GPU, with the reason printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,35 +36,41 @@ PY=${PYTHON:-python3}
 WHEELS=${WHEELS:-.whl}
 DEVICE=${DEVICE:-cuda}
 RESULTS=${OUT:-bench/results}
-# Same versions as the lab's own venv (requirements*.txt); tokenizers/hub follow transformers 5.24.
-PINNED="trl==1.16.0 datasets==5.2.0 peft==0.21.2 accelerate==1.15.0 transformers==5.24.0 \
-huggingface_hub==2.4.0 tokenizers==0.23.3 dill==0.4.1 multiprocess==0.70.19 typer==0.29.2"
+# The lab's versions (requirements.txt) of what the device image lacks or has older, and the
+# support packages the image may lack (dill, multiprocess) or have at a version datasets 5.2 or
+# transformers 5.24 refuse (fsspec <= 2026.9.0, regex >= 2025.10.22). About 14 MB in all.
+PINNED="trl==1.16.0 datasets==5.2.0 transformers==5.24.0 peft==0.21.2 \
+dill==0.4.1 multiprocess==0.70.19 fsspec==2026.9.0 regex==2026.11.19"
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
     # Run where PyPI is reachable; fetches CPython 3.12 x86-64 wheels (the device image's Python).
-    mkdir -p "$WHEELS"
+    rm -rf "$WHEELS" && mkdir -p "$WHEELS"
     # shellcheck disable=SC2086
-    "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d "$WHEELS" $PINNED
     ls -la "$WHEELS"
+    du -sh "$WHEELS"
     exit 0
 fi
 
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 
-if ! "$PY" -c "import trl, datasets, peft, accelerate, transformers" 2>/dev/null \
-    || [[ "$("$PY" -c 'import trl; print(trl.__version__)' 2>/dev/null)" != "1.16.0" ]]; then
+if [[ "$("$PY" -c 'import trl; print(trl.__version__)' 2>/dev/null || true)" != "1.16.0" ]]; then
     if compgen -G "$WHEELS/*.whl" >/dev/null; then
         site=$(mktemp -d /tmp/alignlab-site.XXXXXX)
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$WHEELS"/*.whl
+        mapfile -t chosen < <("$PY" -m bench.wheels plan "$WHEELS")
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "${chosen[@]}"
         export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
     else
-        echo "This Python lacks trl 1.16 / datasets / peft: run 'bench/gpu.sh --fetch-wheels' on a networked" \
-             "machine and bring $WHEELS/ along (or set PYTHON to a venv that has them)." >&2
+        echo "This Python lacks trl 1.16: run 'bench/gpu.sh --fetch-wheels' on a networked machine and bring" \
+             "$WHEELS/ along (or set PYTHON to a venv that has the lab's requirements)." >&2
         exit 2
     fi
 fi
+# Every requirement of trl, datasets, transformers, peft and accelerate, met or not (an unmet one is
+# printed and the bench goes on: it fails on its own where the mismatch matters).
+"$PY" -m bench.wheels check || true
 
 "$PY" - <<EOF
 import torch, transformers, trl
@@ -68,8 +81,5 @@ if "$DEVICE" == "cuda":
 EOF
 
 mkdir -p "$RESULTS"
-echo "== 1/2 correctness: tiny model, fp32, AlignLab (TRL) vs bare loop =="
-"$PY" -m bench --model tiny --device "$DEVICE" --only training --precision fp32 --repeats 1 --timed-steps 5 \
-    --out "$RESULTS/gpu-tiny-correctness.json"
-echo "== 2/2 timings: GPT-2-size model (random weights) =="
-"$PY" -m bench --model gpt2-sized --device "$DEVICE" --out "$RESULTS/gpu-gpt2-sized.json" "$@"
+"$PY" -m bench --model gpt2-sized --device "$DEVICE" --only correctness,lab,generation,training,shift,scale \
+    --out "$RESULTS/gpu.json" "$@"

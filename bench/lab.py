@@ -1,14 +1,21 @@
 """The whole lab (``alignlab.lab.run_lab``, seed-lab preset, default settings), stage by stage.
 
 Every run is a fresh process (:mod:`bench.worker`) sharing one new ``ALIGNLAB_CACHE``: the first
-run finds the cache empty and pays the cold load (for the embedded default, the GGUF conversion),
-the later ones read the cached safetensors, as a restarted app would. More cold loads come from
+run finds the cache empty and pays the cold load (for the embedded default, the GGUF conversion;
+on a GPU, the compilation of TRL's Triton kernels, whose cache lives there too), the later ones
+read the cached safetensors and kernels, as a restarted app would. More cold loads come from
 load-only processes, each with its own empty cache. Inside each lab process the model is also
 reloaded after ``clear_model_cache()`` (a cached load without a process start).
+
+The first lab in a process is reported apart from the ``warm_runs`` that follow it in the same
+process (a GPU server's later clicks), and, with ``after_warm_up``, one more process runs the
+start-up warm-up (:mod:`alignlab.warmup`) before its first lab, as app.py does on a GPU.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import tempfile
 from typing import Any
@@ -16,12 +23,19 @@ from typing import Any
 from bench.common import Figure, run_worker
 
 
-def run(spec: str, device: str | None, repeats: int, cold_loads: int) -> dict[str, Any]:
+def run(
+    spec: str, device: str | None, repeats: int, cold_loads: int, warm_runs: int = 0, after_warm_up: bool = False
+) -> dict[str, Any]:
     cache = tempfile.mkdtemp(prefix="bench-cache-")
+    env = {"ALIGNLAB_CACHE": cache, "TRITON_CACHE_DIR": os.path.join(cache, "triton")}
+    options = json.dumps({"warm_runs": warm_runs})
     runs = []
+    warmed = None
     try:
         for _ in range(max(2, repeats)):  # run 1 is cold; at least one cached run
-            runs.append(run_worker("lab", spec, device, env={"ALIGNLAB_CACHE": cache}))
+            runs.append(run_worker("lab", spec, device, options, env=env))
+        if after_warm_up:
+            warmed = run_worker("lab", spec, device, json.dumps({"warm_up": True}), env=env)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     cold_only = []
@@ -48,6 +62,16 @@ def run(spec: str, device: str | None, repeats: int, cold_loads: int) -> dict[st
     }
     if cold.get("cuda_peak_mib") is not None:
         figures["cuda_peak"] = Figure([r["cuda_peak_mib"] for r in runs], unit="MiB")
+    warm = [t for r in runs for t in r["warm_timings"]]
+    if warm:
+        figures["total_warm"] = Figure([t["total"] for t in warm])
+        figures["train_warm"] = Figure([t["train"] for t in warm])
+        figures["evaluate_warm"] = Figure([t["evaluate"] for t in warm])
+        figures["train_first_cached"] = Figure([r["timings"]["train"] for r in cached])
+        figures["evaluate_first_cached"] = Figure([r["timings"]["evaluate"] for r in cached])
+    if warmed is not None:
+        figures["warm_up"] = Figure([warmed["warm_up_seconds"]])
+        figures["total_after_warm_up"] = Figure([warmed["timings"]["total"]])
     return {
         "model": spec,
         "device": cold["device"],

@@ -20,6 +20,9 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -184,6 +187,48 @@ def loss_agreement(rows: list[dict[str, Any]], bare) -> dict[str, Any]:  # noqa:
     }
 
 
+def host_syncs(work: Callable[[], Any]) -> int:
+    """How many times ``work`` made the CPU wait for the GPU (``torch.cuda.set_sync_debug_mode``).
+
+    On a small model a GPU step is short enough that the CPU's kernel launches set the pace; every
+    ``.item()`` between them (TRL logs about a dozen metrics a step) stops the queue from running
+    ahead. Counted in an untimed run, since the debug mode slows every call it watches.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            work()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def syncs_per_step(loaded: LoadedModel, pairs: list[PreferencePair], settings: TrainingSettings) -> dict[str, float]:
+    """Host-device syncs per DPO step, AlignLab vs the bare loop: (3 steps - 1 step) / 2, so set-up cancels out."""
+
+    def alignlab(steps: int) -> Callable[[], Any]:
+        return lambda: train_dpo(loaded, pairs, replace(settings, steps=steps))
+
+    def bare(steps: int) -> Callable[[], Any]:
+        return lambda: train_bare(
+            loaded,
+            pairs,
+            steps=steps,
+            batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
+            beta=settings.beta,
+            seed=settings.seed,
+            max_length=settings.max_length,
+            bf16=settings.use_bf16(loaded.device),
+        )
+
+    return {
+        "alignlab": (host_syncs(alignlab(3)) - host_syncs(alignlab(1))) / 2,
+        "bare": (host_syncs(bare(3)) - host_syncs(bare(1))) / 2,
+    }
+
+
 def run(
     loaded: LoadedModel,
     pairs: list[PreferencePair],
@@ -239,5 +284,6 @@ def run(
         "padding_share": padding_share(encoded, settings.batch_size),
         "loss_agreement": loss_agreement(ours["rows"], bare),
         "cuda_peak_mib": {"alignlab": ours["cuda_peak_mib"], "trl_default": plain["cuda_peak_mib"], "bare": bare_cuda},
+        "host_syncs_per_step": syncs_per_step(loaded, pairs, settings) if device.type == "cuda" else None,
         "_figures": figures,
     }

@@ -19,13 +19,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 MARKER = "BENCH-RESULT "
 
 
-def _lab(spec: str) -> dict:
+def _lab(spec: str, options: dict) -> dict:
+    """The whole lab in this fresh process (its first call), then ``warm_runs`` more (warm calls).
+
+    With ``warm_up``, :func:`alignlab.warmup.warm_up` runs first, as app.py does at start-up on a GPU.
+    """
     from alignlab.lab import run_lab
     from alignlab.models import clear_model_cache, load_model
     from bench.common import Figure, cuda_peak_mib, load_seed_lab, peak_rss_mib, reset_cuda_peak
 
     preset = load_seed_lab()
     ready = time.perf_counter() - STARTED  # interpreter + imports, before the "click"
+    warm_up_seconds = None
+    if options.get("warm_up"):
+        from alignlab.warmup import warm_up
+
+        warm_up_seconds = warm_up(spec).get("total")
     marks: list[float] = []
 
     def on_event(event) -> None:  # noqa: ANN001
@@ -36,6 +45,7 @@ def _lab(spec: str) -> dict:
     report, _ = run_lab(spec, preset, on_event=on_event)
     peak = peak_rss_mib()
     cuda = cuda_peak_mib()
+    warm = [run_lab(spec, preset)[0]["timings"] for _ in range(int(options.get("warm_runs", 0)))]
     reload = Figure()  # a tab switch after clear_model_cache: the safetensors cache read again
     for _ in range(2):
         clear_model_cache()
@@ -45,7 +55,9 @@ def _lab(spec: str) -> dict:
     ev = report["eval"]
     return {
         "process_ready_seconds": ready,
+        "warm_up_seconds": warm_up_seconds,
         "timings": report["timings"],
+        "warm_timings": warm,
         "step_elapsed": marks,
         "peak_rss_mib": peak,
         "cuda_peak_mib": cuda,
@@ -169,7 +181,7 @@ def main(argv: list[str]) -> None:
     quiet()
     mode, spec = argv[0], argv[1]
     if mode == "lab":
-        result = _lab(spec)
+        result = _lab(spec, json.loads(argv[2]) if len(argv) > 2 else {})
     elif mode == "load":
         result = _load(spec)
     elif mode == "probe":

@@ -19,7 +19,17 @@ from gradio_client.utils import Status
 
 pytestmark = pytest.mark.e2e
 
-ENDPOINTS = {"/load_model", "/baseline", "/validate_dataset", "/train", "/compare", "/run_lab", "/export", "/stop"}
+ENDPOINTS = {
+    "/load_model",
+    "/baseline",
+    "/validate_dataset",
+    "/train",
+    "/compare",
+    "/run_lab",
+    "/export",
+    "/stop",
+    "/export_recipe",
+}
 EVAL_KEYS = {
     "heldout_reward_accuracy",
     "heldout_mean_margin",
@@ -103,7 +113,19 @@ def test_every_contract_endpoint_is_public_and_documented(app) -> None:
     assert set(api["named_endpoints"]) >= ENDPOINTS
     train = api["named_endpoints"]["/train"]
     names = [p["parameter_name"] for p in train["parameters"]]
-    assert names == ["pairs", "heldout_pairs", "beta", "learning_rate", "steps", "batch_size", "loss_type", "seed"]
+    assert names == [
+        "pairs",
+        "heldout_pairs",
+        "beta",
+        "learning_rate",
+        "steps",
+        "batch_size",
+        "loss_type",
+        "seed",
+        "use_lora",
+        "lora_rank",
+        "use_qlora",
+    ]
     for name in ENDPOINTS:
         assert api["named_endpoints"][name]["description"], f"{name} has no description"
     assert "beta — DPO β, 0.01-1.0" in train["description"]  # each input's range is documented
@@ -266,6 +288,38 @@ def test_uploads_good_malformed_and_binary(tmp_path: Path, shared_dir: Path) -> 
         import_file_ui(str(malformed))
     with pytest.raises(gr.Error, match="Choose"):
         import_file_ui(None)
+
+
+def test_lora_run_shows_its_cost_and_qlora_is_explained_where_it_cannot_run(app) -> None:
+    from alignlab.training import qlora_unavailable
+
+    client = Client(app[1], verbose=False)
+    client.predict(max_new_tokens=8, api_name="/baseline")
+    *_, last = list(client.submit(steps=2, use_lora=True, lora_rank=4, api_name="/train"))
+    assert "Finished 2 of 2 steps" in last[0]
+    assert "LoRA r=4 · 8.19 k weights trained of 107 k (7.7%)" in last[0] and "MiB (estimated" in last[0]
+    reason = qlora_unavailable()
+    if reason is not None:  # this machine has no CUDA or no bitsandbytes: refused with the reason
+        message = error_of(lambda: client.submit(steps=1, use_lora=True, use_qlora=True, api_name="/train").result())
+        assert reason in message
+    assert "rank" in error_of(lambda: client.submit(use_lora=True, lora_rank=0, api_name="/train").result())
+
+
+def test_export_recipe_returns_a_zip_for_the_target(app) -> None:
+    import zipfile
+
+    client = Client(app[1], verbose=False)
+    path, summary = client.predict(
+        target_model="mistral-7b-instruct", gpus=8, engine="zero3", adapter="qlora", api_name="/export_recipe"
+    )
+    assert "mistral-7b-instruct" in summary and "DeepSpeed ZeRO-3" in summary and "GiB per GPU" in summary
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        assert {"alignlab-recipe/config.yaml", "alignlab-recipe/run.sh", "alignlab-recipe/train.jsonl"} <= names
+        config = archive.read("alignlab-recipe/config.yaml").decode()
+        assert "load_in_4bit: true" in config and "mistralai/Mistral-7B-Instruct-v0.3" in config
+    assert "Unknown target model" in error_of(lambda: client.predict(target_model="nope", api_name="/export_recipe"))
+    assert "GPUs must be" in error_of(lambda: client.predict(gpus=0, api_name="/export_recipe"))
 
 
 def test_two_sessions_do_not_see_each_others_state(app, trained) -> None:

@@ -19,13 +19,21 @@ from bench.training import padding_share
 
 def test_quick_bench_writes_every_figure(tmp_path):
     out = tmp_path / "bench.json"
-    results = main(["--quick", "--only", "generation,training,shift", "--out", str(out)])
+    sections = "correctness,generation,training,shift,scale"
+    results = main(["--quick", "--only", sections, "--scale-size", "tiny", "--out", str(out)])
     written = json.loads(out.read_text())
     assert written["machine"]["cores"] >= 1 and written["config"]["model"] == "tiny"
     assert results["generation"]["batched_seconds"]["n"] == 1
     steps = written["generation"]["decode_step_seconds"]
     assert steps["batch_1"]["n"] == steps[f"batch_{written['generation']['prompts']}"]["n"] == 16
     assert written["generation"]["speedup_bound_from_decode_steps"] > 0
+    # random weights are held to the full length: 64 decoding steps batched, 6 x 64 one at a time
+    assert written["generation"]["full_length"]
+    assert written["generation"]["decoding_steps"] == {"batched": 64, "one_at_a_time": 6 * 64}
+    assert written["correctness"]["loss_agreement"]["max_loss_diff"] < 1e-3
+    scale = written["scale"]
+    assert scale["lora_r16"]["trainable_parameters"] < scale["full"]["trainable_parameters"] == scale["parameters"]
+    assert scale["lora_r16"]["estimate_mib"] < scale["full"]["estimate_mib"]
     training = written["training"]
     for name in ("alignlab", "trl_default", "bare"):
         assert training["step_seconds"][name]["n"] == 2  # --quick: 2 timed steps after the warm-up
@@ -46,6 +54,36 @@ def test_quick_bench_lab_section_runs_in_fresh_processes(tmp_path):
     lab = json.loads(out.read_text())["lab"]
     assert lab["figures"]["total_cached"]["n"] >= 1
     assert lab["figures"]["peak_rss_cached"]["median"] > 0
+
+
+def test_the_1b_row_is_skipped_off_a_gpu_with_the_reason():
+    import torch
+
+    from bench import scale
+
+    assert "needs a CUDA GPU" in scale.run(torch.device("cpu"), [], size="1b")["skipped"]
+
+
+def _wheel(directory, name: str, version: str, requires: list[str]) -> None:
+    import zipfile
+
+    lines = [f"Name: {name}", f"Version: {version}"] + [f"Requires-Dist: {r}" for r in requires]
+    with zipfile.ZipFile(directory / f"{name}-{version}-py3-none-any.whl", "w") as archive:
+        archive.writestr(f"{name}-{version}.dist-info/METADATA", "\n".join(lines) + "\n")
+
+
+def test_wheel_plan_installs_the_core_and_only_the_support_the_machine_lacks(tmp_path):
+    from bench.wheels import plan
+
+    _wheel(tmp_path, "trl", "1.16.0", ["datasets>=4.7.0", 'rich; extra == "cli"'])
+    _wheel(tmp_path, "datasets", "5.2.0", ["fsspec<=1.0", "xxhash"])
+    _wheel(tmp_path, "transformers", "5.24.0", ["dill<0.1"])
+    _wheel(tmp_path, "peft", "0.21.2", [])
+    _wheel(tmp_path, "fsspec", "0.9.0", [])  # this venv's fsspec fails <=1.0: carried one installed
+    _wheel(tmp_path, "xxhash", "1.0.0", [])  # this venv's xxhash meets the requirement: kept
+    _wheel(tmp_path, "no_such_package_here", "1.0.0", [])  # needed by nothing: not installed
+    names = sorted(p.name.split("-")[0] for p in plan(tmp_path))
+    assert names == ["datasets", "fsspec", "peft", "transformers", "trl"]
 
 
 def test_pairs_per_step_follow_epochs_with_a_short_last_batch():

@@ -159,24 +159,52 @@ def test_stream_reraises_training_errors(tiny_chat):
         list(stream_dpo(tiny_chat, [], TrainingSettings(**FAST)))
 
 
-def test_lora_trains_an_adapter_and_leaves_base_weights(tiny_chat, pairs):
+def test_lora_trains_an_adapter_and_returns_it_merged_into_a_plain_model(tiny_chat, pairs):
+    from alignlab.recipe import resolve_target
+
     base_before = {n: p.detach().clone() for n, p in tiny_chat.model.named_parameters()}
     result = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST, use_lora=True, lora_rank=4))
     assert len(result.step_rows) == 3
-    params = dict(result.policy.named_parameters())
-    lora = {n: p for n, p in params.items() if "lora_" in n}
-    assert lora and all(p.requires_grad for p in lora.values())
-    # the adapter trained: lora_B starts at zero, so any non-zero entry is a trained one
-    assert any(p.detach().abs().sum() > 0 for n, p in lora.items() if "lora_B" in n)
-    # every base weight, in the policy and in the cached model, is bit-for-bit what it was
-    for name, param in params.items():
-        if "lora_" in name:
-            continue
-        assert not param.requires_grad, name
-        original = name.replace("base_model.model.", "").replace(".base_layer", "")
-        assert torch.equal(param.detach(), base_before[original]), name
+    assert result.trainable_parameters == resolve_target(tiny_chat.source).lora_parameters(4)
+    assert type(result.policy) is type(tiny_chat.model)  # merged: no PeftModel, no lora_ layers left
+    assert not any("lora_" in n for n, _ in result.policy.named_parameters())
+    trained, cached = result.policy.state_dict(), tiny_chat.model.state_dict()
+    # the adapter moved the linear layers it sits on, and nothing else
+    assert not torch.equal(
+        trained["model.layers.0.self_attn.q_proj.weight"], cached["model.layers.0.self_attn.q_proj.weight"]
+    )
+    assert torch.equal(trained["model.embed_tokens.weight"], cached["model.embed_tokens.weight"])
+    # and the cached model, the reference, is bit-for-bit what it was before the run
     for name, param in tiny_chat.model.named_parameters():
         assert torch.equal(param.detach(), base_before[name]), name
+
+
+def test_the_trained_policy_is_a_plain_model_without_the_trainers_wrappers(tiny_chat, pairs):
+    result = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST))
+    policy = result.policy
+    # TRL's fused LM head and accelerate's wrapper both live on the instance's forward; both are gone
+    assert "forward" not in vars(policy) and "_original_forward" not in vars(policy)
+    assert not policy.is_gradient_checkpointing and not policy.training
+    assert result.trainable_parameters == tiny_chat.num_parameters
+    assert result.peak_memory_bytes is None  # measured on CUDA only
+    # it behaves as the same weights in a fresh model would
+    fresh = type(policy)(policy.config)
+    fresh.load_state_dict(policy.state_dict())
+    ids = torch.tensor([[1, 5, 9, 13]])
+    torch.testing.assert_close(policy(ids).logits, fresh.eval()(ids).logits)
+
+
+def test_qlora_needs_lora_and_says_why_it_cannot_run_here(tiny_chat, pairs):
+    from alignlab.training import qlora_unavailable
+
+    with pytest.raises(SettingsError, match="use_qlora needs use_lora"):
+        TrainingSettings(use_qlora=True)
+    reason = qlora_unavailable()
+    if reason is None:
+        pytest.skip("this machine can run QLoRA (CUDA and bitsandbytes present)")
+    assert "CUDA" in reason or "bitsandbytes" in reason
+    with pytest.raises(SettingsError, match="QLoRA"):
+        train_dpo(tiny_chat, pairs, TrainingSettings(**FAST, use_lora=True, use_qlora=True))
 
 
 def test_events_and_settings_are_picklable(tiny_chat, pairs):
@@ -187,3 +215,12 @@ def test_events_and_settings_are_picklable(tiny_chat, pairs):
     train_dpo(tiny_chat, pairs, TrainingSettings(**(FAST | {"steps": 1})), on_event=events.append)
     log = pickle.loads(pickle.dumps(events[0]))
     assert log.row == events[0].row
+
+
+def test_a_saved_policy_loads_back_as_the_same_plain_model(tiny_chat, pairs, tmp_path):
+    from alignlab.training import load_policy, save_policy
+
+    result = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST))
+    loaded_back = load_policy(save_policy(result.policy, tiny_chat.tokenizer, tmp_path / "policy"), tiny_chat)
+    ids = torch.tensor([[1, 5, 9, 13]])
+    torch.testing.assert_close(loaded_back(ids).logits, result.policy(ids).logits)

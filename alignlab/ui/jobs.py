@@ -18,7 +18,6 @@ from typing import Any
 
 import gradio as gr
 import torch
-from transformers import AutoModelForCausalLM
 
 from alignlab import gpu
 from alignlab.evaluation import live_probe
@@ -31,6 +30,8 @@ from alignlab.training import (
     SettingsError,
     TrainingResult,
     TrainingSettings,
+    is_quantized,
+    load_policy,
     save_policy,
     stream_dpo,
 )
@@ -68,8 +69,8 @@ def save_trained_policy(policy: torch.nn.Module, tokenizer: Any, directory: str 
     """Save the policy as a complete model (a LoRA adapter is merged first) and return the path."""
     directory = Path(directory)
     shutil.rmtree(directory, ignore_errors=True)
-    if hasattr(policy, "merge_and_unload"):  # a PEFT model: keep one self-contained model
-        policy = policy.merge_and_unload()
+    if hasattr(policy, "merge_and_unload") and not is_quantized(policy):  # PEFT: one self-contained model
+        policy = policy.merge_and_unload()  # (a QLoRA adapter is saved alone: see training.load_policy)
     save_policy(policy, tokenizer, directory)
     return str(directory)
 
@@ -125,6 +126,9 @@ def train_job(
                 "seconds": result.seconds if result else event.elapsed,
                 "heldout_curve": list(result.heldout_curve) if result else [],
                 "policy_dir": saved,
+                "trainable_parameters": result.trainable_parameters if result else None,
+                "peak_memory_bytes": result.peak_memory_bytes if result else None,
+                "device": str(loaded.device),
             }
             return
     except _EXPECTED as exc:
@@ -149,8 +153,7 @@ def compare_job(
     """Answer the eval prompts with the trained policy, gather the evidence, return the report."""
     loaded = _load(spec)
     started = time.perf_counter()
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).to(loaded.device)
-    policy.eval()
+    policy = load_policy(policy_dir, loaded)
     lab_preset = Preset.from_dict(preset)
     try:
         generation_settings = GenerationSettings(**generation)

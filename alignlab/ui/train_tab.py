@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,7 +14,21 @@ import gradio as gr
 from alignlab import gpu, plots
 from alignlab.health import Health, read_training_health
 from alignlab.presets import DatasetError, PreferencePair, Preset, load_preset, validate_preset
-from alignlab.training import LOSS_TYPES, SettingsError, TrainingSettings
+from alignlab.recipe import (
+    ADAPTERS,
+    DEFAULT_TARGET,
+    ENGINES,
+    KNOWN_TARGETS,
+    PUBLIC_DATASETS,
+    RecipeError,
+    build_recipe,
+    bytes_text,
+    count_text,
+    lab_memory_estimate,
+    recipe_zip,
+    resolve_target,
+)
+from alignlab.training import LOSS_TYPES, SettingsError, TrainingSettings, qlora_unavailable
 from alignlab.ui import jobs
 from alignlab.ui.common import (
     HEAVY,
@@ -103,6 +118,7 @@ def finished_view(session: Session) -> tuple[Any, ...]:
         status += " Next: the **Compare** tab shows what changed."
     else:
         status += " No step finished, so there is nothing to compare: press Start again."
+    status += "\n\n" + run_cost(training, session.model_spec)
     health = read_training_health(
         [r for r in training["log_history"] if "loss" in r and "step" in r],
         beta=training["settings"]["beta"],
@@ -164,6 +180,9 @@ def train_ui(
     loss_type: str,
     seed: float,
     request: gr.Request,
+    use_lora: bool = False,
+    lora_rank: float = DEFAULTS.lora_rank,
+    use_qlora: bool = False,
 ) -> Iterator[tuple[Any, ...]]:
     """Run DPO on the pairs, streaming one update per logged step; needs /baseline first.
 
@@ -177,11 +196,15 @@ def train_ui(
         batch_size: pairs per step, 1-64.
         loss_type: sigmoid (DPO), ipo, hinge, robust, apo_zero, sppo_hard, nca_pair or bco_pair.
         seed: seed for data order: the same seed and data give the same run.
+        use_lora: train a LoRA adapter instead of every weight (the reference is the adapter switched off).
+        lora_rank: LoRA rank, 1-256.
+        use_qlora: QLoRA, LoRA on a 4-bit base (needs a CUDA GPU and bitsandbytes).
     Returns:
         Streams (status, loss plot, margin plot, rewards plot, accuracy plot, held-out plot, log table, health).
     """
     session = session_of(request)
     settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed)
+    settings = with_adapter(settings, use_lora, lora_rank, use_qlora)
     train_pairs, heldout = _check_ready(session, pairs, heldout_pairs)
     session.forget_training()
     session.pairs, session.heldout_pairs = train_pairs, heldout
@@ -239,6 +262,9 @@ def record(session: Session, settings: TrainingSettings, rows: list[dict[str, An
         "stopped_early": event["stopped_early"],
         "seconds": event["seconds"],
         "heldout_curve": event.get("heldout_curve", []),
+        "trainable_parameters": event.get("trainable_parameters"),
+        "peak_memory_bytes": event.get("peak_memory_bytes"),
+        "device": event.get("device"),
     }
     session.timings["train"] = event["seconds"]
     session.policy_dir = session.path("policy") if event["policy_dir"] else None
@@ -263,6 +289,133 @@ def _wind_down(
         pass
     finally:
         run.finish()
+
+
+def with_adapter(settings: TrainingSettings, use_lora: Any, lora_rank: Any, use_qlora: Any) -> TrainingSettings:
+    """The settings with the LoRA/QLoRA switches; QLoRA where it cannot run is refused with the reason."""
+    if not use_lora and not use_qlora:
+        return settings
+    rank = whole_number(lora_rank, "LoRA rank", 1, 256)
+    if use_qlora and (reason := qlora_unavailable()):
+        raise fail(reason, "QLoRA not available here")
+    return replace(settings, use_lora=True, lora_rank=rank, use_qlora=bool(use_qlora))
+
+
+def run_cost(training: dict[str, Any], model_spec: str | None) -> str:
+    """Time and memory of a finished run, and how much of the model it trained (the run's cost)."""
+    settings = training["settings"]
+    trainable = training.get("trainable_parameters")
+    if settings.get("use_qlora"):
+        what = f"QLoRA r={settings['lora_rank']} (4-bit base)"
+    elif settings.get("use_lora"):
+        what = f"LoRA r={settings['lora_rank']}"
+    else:
+        what = "Full fine-tuning"
+    parts = [what]
+    total = None
+    try:
+        shape = resolve_target(model_spec or "")
+        total = shape.parameters()
+    except RecipeError:
+        shape = None
+    if trainable:
+        share = f" of {count_text(total)} ({trainable / total:.1%})" if total else ""
+        parts.append(f"{count_text(trainable)} weights trained{share}")
+    parts.append(f"{training['seconds']:.1f} s")
+    peak = training.get("peak_memory_bytes")
+    if peak:
+        parts.append(f"peak GPU memory {bytes_text(peak)} (measured)")
+    elif shape is not None:
+        on_gpu = str(training.get("device") or "").startswith("cuda")
+        estimate = lab_memory_estimate(shape, TrainingSettings.from_dict(settings), on_gpu=on_gpu)
+        parts.append(f"memory ~{bytes_text(estimate)} (estimated: weights, copy, gradients, AdamW, activations)")
+    return "**This run:** " + " · ".join(parts)
+
+
+def adapter_note() -> str:
+    """Under the LoRA switches: what LoRA and QLoRA are, and whether QLoRA can run here."""
+    reason = qlora_unavailable()
+    qlora = "QLoRA is available here." if reason is None else f"QLoRA is off here: {reason}"
+    return (
+        "**LoRA** trains a small adapter (a few % of the weights) and keeps the base frozen: less memory for "
+        "gradients and optimizer, and the reference is the base with the adapter switched off. **QLoRA** also loads "
+        f"the frozen base in 4-bit, a quarter of its bf16 memory. {qlora}"
+    )
+
+
+def export_recipe_ui(
+    pairs: Any,
+    heldout_pairs: Any,
+    beta: float,
+    learning_rate: float,
+    steps: float,
+    batch_size: float,
+    loss_type: str,
+    seed: float,
+    use_lora: bool,
+    lora_rank: float,
+    target_model: str,
+    gpus: float,
+    engine: str,
+    adapter: str,
+    gpu_memory: float,
+    mix: list[str] | None,
+    request: gr.Request,
+) -> tuple[str, str]:
+    """Export a recipe for a real run: the pairs, TRL's own script's config, launcher configs, run.sh, a README.
+
+    Args:
+        pairs: training pairs, a table with the columns prompt, chosen, rejected.
+        heldout_pairs: held-out pairs (same columns), the recipe's eval.jsonl.
+        beta: DPO β, 0.01-1.0 (carried over as is).
+        learning_rate: the lab's learning rate, 1e-7 to 1e-3 (a real run uses the method's usual rate).
+        steps: the lab's steps, 1-500 (the recipe makes as many passes over the pairs).
+        batch_size: the lab's pairs per step, 1-64.
+        loss_type: sigmoid (DPO), ipo, hinge, robust, apo_zero, sppo_hard, nca_pair or bco_pair.
+        seed: seed for data order.
+        use_lora: whether the lab trains LoRA (used when adapter is 'lab').
+        lora_rank: LoRA rank, 1-256.
+        target_model: the model to train for real: a known name (e.g. llama-3.1-8b-instruct), its Hub id, or a
+            local directory holding its config.json.
+        gpus: GPUs the run is sized for, 1-1024.
+        engine: ddp, zero2, zero3 or fsdp (DeepSpeed ZeRO-2/3, FSDP).
+        adapter: lab (as in the lab), none (full fine-tuning), lora or qlora.
+        gpu_memory: GiB per GPU, 8-4096 (80 for an H100).
+        mix: public preference sets to train on too: ultrafeedback, hh-rlhf.
+    Returns:
+        (the recipe as a .zip file, a summary with the memory estimate).
+    """
+    settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed)
+    rank = whole_number(lora_rank, "LoRA rank", 1, 256)
+    settings = replace(settings, lora_rank=rank, use_lora=bool(use_lora))
+    if adapter not in ("lab", *ADAPTERS):
+        raise fail(f"adapter must be lab, {', '.join(ADAPTERS)} (got {adapter!r}).", "Out of range")
+    train_pairs, heldout = pairs_from_table(pairs), pairs_from_table(heldout_pairs)
+    problems = validate_preset(Preset("recipe", "", "", [], train_pairs, heldout))
+    if problems:
+        raise gr.Error("Fix the dataset first (Dataset tab):\n" + problems_markdown(problems), title="Dataset")
+    session = session_of(request)
+    preset = Preset(session.preset_id or "custom", "AlignLab pairs", "", [], train_pairs, heldout)
+    try:
+        recipe = build_recipe(
+            preset,
+            settings,
+            target=target_model,
+            gpus=whole_number(gpus, "GPUs", 1, 1024),
+            engine=engine,
+            adapter=None if adapter == "lab" else adapter,
+            mix=list(mix or []),
+            gpu_memory_gib=real_number(gpu_memory, "GPU memory (GiB)", 8, 4096),
+        )
+    except RecipeError as exc:
+        raise gr.Error(str(exc), title="Recipe") from exc
+    path = recipe_zip(recipe, session.path("alignlab-recipe.zip"))
+    summary = (
+        recipe.summary().replace("\n", "  \n")
+        + "  \nUnzip, then `alignlab-recipe/run.sh --cpu --processes 2 --model <a small model> --max-steps 3` "
+        "tries it anywhere; `alignlab-recipe/run.sh` runs it on the GPUs. Its README says what runs and why."
+    )
+    return str(path), summary
 
 
 def stop_ui(request: gr.Request) -> tuple[Any, ...]:
@@ -302,6 +455,7 @@ def build() -> SimpleNamespace:
             scale=3,
         )
         seed = gr.Number(DEFAULTS.seed, label="Seed", info="Same seed + data = same run.", scale=1)
+    adapter = build_adapter_controls()
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
@@ -355,7 +509,10 @@ def build() -> SimpleNamespace:
         elem_id="train-log",
         max_height=300,
     )
+    recipe = build_recipe_controls()
     return SimpleNamespace(
+        **vars(adapter),
+        **vars(recipe),
         beta=beta,
         learning_rate=learning_rate,
         steps=steps,
@@ -375,6 +532,100 @@ def build() -> SimpleNamespace:
     )
 
 
+def build_adapter_controls() -> SimpleNamespace:
+    """The LoRA switch, its rank, and QLoRA (offered only where CUDA and bitsandbytes are)."""
+    with gr.Row():
+        use_lora = gr.Checkbox(DEFAULTS.use_lora, label="LoRA adapter", elem_id="train-lora", scale=1)
+        lora_rank = gr.Number(DEFAULTS.lora_rank, label="LoRA rank", info="1-256. Higher = more capacity.", scale=1)
+        use_qlora = gr.Checkbox(
+            False,
+            label="QLoRA (4-bit base)",
+            interactive=qlora_unavailable() is None,
+            elem_id="train-qlora",
+            scale=1,
+        )
+        gr.Markdown(adapter_note(), elem_id="adapter-note")
+    return SimpleNamespace(use_lora=use_lora, lora_rank=lora_rank, use_qlora=use_qlora)
+
+
+def build_recipe_controls() -> SimpleNamespace:
+    """'From the lab to a real run': export the settings and pairs as a recipe for TRL's own script."""
+    with gr.Accordion("From the lab to a real run: export a recipe", open=False, elem_id="recipe-panel"):
+        gr.Markdown(
+            "Take these pairs and settings to a cluster: a folder (zip) with the pairs in TRL's format, a config for "
+            "TRL's own `dpo` script scaled for the target model, launcher configs (DDP, DeepSpeed ZeRO-2/3, FSDP), "
+            "`run.sh`, and a README with the memory estimate and how to mix in public preference data."
+        )
+        with gr.Row():
+            target_model = gr.Dropdown(
+                list(KNOWN_TARGETS),
+                value=DEFAULT_TARGET,
+                allow_custom_value=True,
+                label="Target model",
+                info="Or a local directory with the model's config.json.",
+                scale=2,
+            )
+            gpus = gr.Number(1, label="GPUs", info="1-1024", scale=1)
+            gpu_memory = gr.Number(80, label="GiB per GPU", info="80 = H100", scale=1)
+        with gr.Row():
+            engine = gr.Dropdown([(e.title, name) for name, e in ENGINES.items()], value="ddp", label="Engine", scale=1)
+            recipe_adapter = gr.Radio(
+                [("As in the lab", "lab"), ("Full", "none"), ("LoRA", "lora"), ("QLoRA", "qlora")],
+                value="lora",
+                label="Weights trained",
+                info="LoRA fits an 8B model on one 80 GiB GPU; full fine-tuning needs ZeRO-3/FSDP on several.",
+                scale=2,
+            )
+            mix = gr.CheckboxGroup(
+                [(d.hub_id, name) for name, d in PUBLIC_DATASETS.items()],
+                label="Mix in public preference data",
+                scale=2,
+            )
+        export = gr.Button("Export recipe (.zip)", elem_id="recipe-export")
+        recipe_summary = gr.Markdown(elem_id="recipe-summary")
+        recipe_file = gr.File(label="recipe", interactive=False, elem_id="recipe-file")
+    return SimpleNamespace(
+        target_model=target_model,
+        gpus=gpus,
+        gpu_memory=gpu_memory,
+        engine=engine,
+        recipe_adapter=recipe_adapter,
+        mix=mix,
+        export=export,
+        recipe_summary=recipe_summary,
+        recipe_file=recipe_file,
+    )
+
+
+def wire_recipe(tab: SimpleNamespace, dataset: SimpleNamespace) -> None:
+    """Export streams nothing and loads no model: it runs outside the model-work queue (``/export_recipe``)."""
+    tab.export.click(
+        export_recipe_ui,
+        [
+            dataset.pairs,
+            dataset.heldout,
+            tab.beta,
+            tab.learning_rate,
+            tab.steps,
+            tab.batch_size,
+            tab.loss_type,
+            tab.seed,
+            tab.use_lora,
+            tab.lora_rank,
+            tab.target_model,
+            tab.gpus,
+            tab.engine,
+            tab.recipe_adapter,
+            tab.gpu_memory,
+            tab.mix,
+        ],
+        [tab.recipe_file, tab.recipe_summary],
+        api_name="export_recipe",
+        api_description=api_doc(export_recipe_ui),
+        concurrency_limit=None,
+    )
+
+
 def inputs(tab: SimpleNamespace, dataset: SimpleNamespace) -> list[Any]:
     return [
         dataset.pairs,
@@ -386,6 +637,9 @@ def inputs(tab: SimpleNamespace, dataset: SimpleNamespace) -> list[Any]:
         tab.batch_size,
         tab.loss_type,
         tab.seed,
+        tab.use_lora,
+        tab.lora_rank,
+        tab.use_qlora,
     ]
 
 
@@ -404,6 +658,7 @@ def outputs(tab: SimpleNamespace) -> list[Any]:
 
 def wire(tab: SimpleNamespace, dataset: SimpleNamespace) -> Any:
     """Start streams ``/train``; returns that event so that Stop (wired in blocks.py) can cancel it."""
+    wire_recipe(tab, dataset)
     return tab.start.click(
         train_ui,
         inputs(tab, dataset),

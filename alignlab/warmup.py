@@ -1,0 +1,56 @@
+"""A warm-up at start-up: the lab's GPU work once, small, before the first user clicks.
+
+On an H100 the first ``train_dpo`` in a fresh process took 15.3 s and the first compare 9.5 s,
+against 0.97 s and 0.73 s for the next ones (issue 11): TRL compiles its Triton kernels, CUDA
+loads its modules and cuBLAS picks its kernels on first use. A server that runs the same work on
+the same model once at start-up (one generation, one DPO step on two pairs) pays that before its
+first user does; the compiled kernels also land in the persistent cache
+(:func:`alignlab.models.use_persistent_kernel_cache`) for the next process. It is done on the
+model the app serves, because Triton specialises its kernels on the vocabulary's shape.
+
+On ZeroGPU the main process has no GPU (each call runs in a forked worker), so there the
+persistent cache is the lever and this warm-up is skipped.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from alignlab.generation import GenerationSettings, generate
+from alignlab.models import load_model, pick_device, use_persistent_kernel_cache
+from alignlab.presets import PreferencePair
+from alignlab.training import TrainingSettings, train_dpo
+
+WARMUP_PAIRS = [
+    PreferencePair("Say hello.", "Hello! How can I help you today?", "No."),
+    PreferencePair("Name a colour.", "Blue is a calm, friendly colour.", "Whatever."),
+]
+
+
+def warm_up(spec: str, device: str | torch.device | None = None) -> dict[str, float]:
+    """Load ``spec`` and run generation and one DPO step on it, on a GPU; seconds per part.
+
+    Returns ``{}`` (and does nothing) off a GPU, where there is nothing to compile.
+    """
+    device = torch.device(device) if device is not None else pick_device()
+    if device.type != "cuda":
+        return {}
+    use_persistent_kernel_cache()
+    started = time.perf_counter()
+    loaded = load_model(spec, device=device)
+    seconds = {"load": time.perf_counter() - started}
+    mark = time.perf_counter()
+    generate(loaded, [WARMUP_PAIRS[0].prompt], GenerationSettings(max_new_tokens=4))
+    seconds["generate"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    result = train_dpo(loaded, WARMUP_PAIRS, TrainingSettings(steps=1, batch_size=2))
+    seconds["train"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    generate(loaded, [WARMUP_PAIRS[1].prompt], GenerationSettings(max_new_tokens=4), model=result.policy)
+    seconds["generate_trained"] = time.perf_counter() - mark
+    del result
+    torch.cuda.empty_cache()
+    seconds["total"] = time.perf_counter() - started
+    return seconds

@@ -1,0 +1,40 @@
+"""AlignLab's (TRL's) DPO against a bare PyTorch loop on the tiny test model, in fp32, step by step.
+
+The same pairs, data order, optimiser and learning rate give the same losses up to float rounding
+(see :mod:`bench.bare_dpo`); on a GPU this checks that TRL's Triton log-prob kernels and the lab's
+plain-model path compute what the textbook loop does.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignlab.models import load_model
+from alignlab.presets import PreferencePair
+from alignlab.tiny import build_tiny_model
+from alignlab.training import TrainingSettings
+from bench.bare_dpo import train_bare
+from bench.training import alignlab_steps, loss_agreement
+
+
+def run(device: torch.device, pairs: list[PreferencePair], steps: int = 6) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-tiny-") as scratch:
+        loaded = load_model(str(build_tiny_model(Path(scratch) / "tiny", chat=True)), device=device)
+        settings = TrainingSettings(steps=steps, precision="fp32")
+        ours = alignlab_steps(loaded, pairs, settings)
+        bare = train_bare(
+            loaded,
+            pairs,
+            steps=steps,
+            batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
+            beta=settings.beta,
+            seed=settings.seed,
+            max_length=settings.max_length,
+            bf16=False,
+        )
+    return {"steps": steps, "device": str(device), "loss_agreement": loss_agreement(ours["rows"], bare)}

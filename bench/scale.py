@@ -1,0 +1,115 @@
+"""A 1B-class model through the lab's own ``train_dpo``: LoRA vs full fine-tuning, time and peak memory.
+
+A Llama-shaped 1.1B model (TinyLlama-1.1B's dimensions) with random weights, built on the GPU
+from its config (no hub, nothing saved), held as the lab holds a model (fp32 weights, the cached
+model as the reference, a private copy trained under bf16 autocast). One untimed 1-step run first
+compiles the kernels for this shape; then each variant trains ``steps`` steps on the seed lab's
+pairs and reports its total seconds, its median step after the first, its measured peak CUDA
+memory, and the estimate :func:`alignlab.recipe.lab_memory_estimate` computes for it.
+
+Off a GPU the 1.1B row is skipped (fp32 weights, their copy, gradients and AdamW states need
+about 20 GB and each step minutes on a CPU); ``size='tiny'`` runs the same code on a tiny shape.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from alignlab.models import LoadedModel, prepare_tokenizer
+from alignlab.presets import PreferencePair
+from alignlab.recipe import ModelShape, lab_memory_estimate
+from alignlab.tiny import build_tokenizer
+from alignlab.training import TrainingSettings, train_dpo
+
+SHAPES: dict[str, dict[str, int]] = {
+    "1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "vocab_size": 32000,
+    },
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 1024,
+    },
+}
+VARIANTS = {"full": {}, "lora_r16": {"use_lora": True, "lora_rank": 16}}
+
+
+def build(size: str, device: torch.device) -> tuple[LoadedModel, ModelShape]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = prepare_tokenizer(build_tokenizer(chat=True, vocab_size=1024))
+    dims = SHAPES[size]
+    config = LlamaConfig(
+        **dims,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    with torch.device(device):  # initialised where it runs: 1.1B random weights on a CPU take long
+        model = LlamaForCausalLM(config).float().eval()
+    spec = f"llama-{size}-random"
+    loaded = LoadedModel(spec=spec, model=model, tokenizer=tokenizer, source=spec)
+    shape = ModelShape.from_config(config.to_dict(), spec, chat=True)
+    return loaded, shape
+
+
+def run(device: torch.device, pairs: list[PreferencePair], size: str = "1b", steps: int = 6) -> dict[str, Any]:
+    if size == "1b" and device.type != "cuda":
+        return {
+            "skipped": "the 1.1B LoRA-vs-full row needs a CUDA GPU: fp32 weights, their copy, gradients and "
+            "AdamW states take ~20 GB and minutes per step on a CPU"
+        }
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    started = time.perf_counter()
+    loaded, shape = build(size, device)
+    out: dict[str, Any] = {
+        "size": size,
+        "parameters": shape.parameters(),
+        "precision": precision,
+        "steps": steps,
+        "build_seconds": time.perf_counter() - started,
+    }
+    mark = time.perf_counter()
+    train_dpo(loaded, pairs, TrainingSettings(steps=1, precision=precision))  # compiles this shape's kernels
+    out["compile_run_seconds"] = time.perf_counter() - mark
+    for name, overrides in VARIANTS.items():
+        settings = TrainingSettings(steps=steps, precision=precision, **overrides)
+        marks: list[float] = []
+
+        def on_event(event, marks=marks) -> None:  # noqa: ANN001
+            if event.kind == "log":
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                marks.append(event.elapsed)
+
+        result = train_dpo(loaded, pairs, settings, on_event=on_event)
+        step_seconds = [b - a for a, b in zip(marks, marks[1:])]
+        out[name] = {
+            "seconds": result.seconds,
+            "first_step_seconds": marks[0] if marks else None,
+            "step_seconds_median": statistics.median(step_seconds) if step_seconds else None,
+            "peak_memory_mib": result.peak_memory_bytes / 2**20 if result.peak_memory_bytes else None,
+            "estimate_mib": lab_memory_estimate(shape, settings, on_gpu=device.type == "cuda") / 2**20,
+            "trainable_parameters": result.trainable_parameters,
+            "final_loss": result.step_rows[-1]["loss"] if result.step_rows else None,
+        }
+        del result
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    del loaded
+    return out

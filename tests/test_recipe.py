@@ -1,0 +1,337 @@
+"""The exported recipe: model shapes, the memory estimate, the files, and a real 2-process run of it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alignlab.cli import main
+from alignlab.presets import load_preset
+from alignlab.recipe import (
+    ENGINES,
+    GIB,
+    KNOWN_TARGETS,
+    OVERHEAD_BYTES,
+    RecipeError,
+    build_recipe,
+    estimate_memory,
+    logged_rows,
+    preference_rows,
+    recipe_zip,
+    resolve_target,
+    write_recipe,
+)
+from alignlab.training import TrainingSettings, to_trl_dataset, train_dpo
+
+LLAMA_8B = KNOWN_TARGETS["llama-3.1-8b-instruct"]
+
+
+@pytest.fixture(scope="module")
+def seed_lab():
+    return load_preset("seed-lab")
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize(
+    ("name", "published"),
+    [
+        ("llama-3.1-8b-instruct", 8_030_261_248),
+        ("gpt2", 124_439_808),
+        ("smollm2-135m-instruct", 134_515_008),
+        ("llama-3.2-1b-instruct", 1_235_814_400),
+    ],
+)
+def test_known_targets_count_their_published_parameters(name, published):
+    assert KNOWN_TARGETS[name].parameters() == published
+
+
+@pytest.mark.parametrize("which", ["tiny_chat_dir", "tiny_base_dir"])
+def test_a_local_config_gives_the_exact_parameter_and_lora_counts(which, request):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    directory = request.getfixturevalue(which)
+    shape = resolve_target(str(directory))
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    assert shape.parameters() == sum(p.numel() for p in model.parameters())
+    assert shape.chat == (which == "tiny_chat_dir")
+    adapted = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    assert shape.lora_parameters(4) == sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+
+
+def test_unknown_targets_say_what_is_known(tmp_path):
+    with pytest.raises(RecipeError, match="Unknown target model 'nope'. Known: llama-3.1-8b-instruct"):
+        resolve_target("nope")
+    with pytest.raises(RecipeError, match="without config.json"):
+        resolve_target(str(tmp_path))
+    assert resolve_target("meta-llama/Llama-3.1-8B-Instruct") is LLAMA_8B
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_zero3_splits_every_state_and_zero2_keeps_weights_whole():
+    p = LLAMA_8B.parameters()
+    one = estimate_memory(LLAMA_8B, engine="zero3", gpus=1)
+    eight = estimate_memory(LLAMA_8B, engine="zero3", gpus=8)
+    states = ("weights", "gradients", "optimizer", "reference")
+    # bf16 weights and gradients, fp32 master + AdamW moments, bf16 reference: 18 bytes a parameter
+    assert sum(one.components[k] for k in states) == pytest.approx(18 * p)
+    assert sum(eight.components[k] for k in states) == pytest.approx(18 * p / 8)
+    zero2 = estimate_memory(LLAMA_8B, engine="zero2", gpus=8)
+    assert zero2.components["weights"] == pytest.approx(2 * p)
+    assert zero2.components["optimizer"] == pytest.approx(12 * p / 8)
+    assert one.components["overhead"] == OVERHEAD_BYTES
+
+
+def test_an_8b_full_fine_tune_needs_sharding_and_lora_or_qlora_fit_one_gpu():
+    assert not estimate_memory(LLAMA_8B, engine="ddp", gpus=8).fits(80)  # 20 B/param replicated
+    assert estimate_memory(LLAMA_8B, engine="zero3", gpus=8).fits(80)
+    lora = estimate_memory(LLAMA_8B, engine="ddp", adapter="lora")
+    qlora = estimate_memory(LLAMA_8B, engine="ddp", adapter="qlora")
+    assert qlora.total < lora.total < 40 * GIB and lora.fits(40)
+    assert lora.components["reference"] == 0  # the adapter switched off is the reference
+    assert lora.trainable_parameters == LLAMA_8B.lora_parameters(16)
+    # 16 GB of bf16 weights become ~5 GB with a 4-bit base
+    assert 4 * GIB < qlora.components["weights"] < 6 * GIB
+
+
+def test_checkpointing_and_batch_move_the_activations():
+    small = estimate_memory(LLAMA_8B, per_device_batch=1, max_length=1024)
+    big = estimate_memory(LLAMA_8B, per_device_batch=4, max_length=1024)
+    plain = estimate_memory(LLAMA_8B, per_device_batch=1, max_length=1024, gradient_checkpointing=False)
+    assert big.components["activations"] == pytest.approx(4 * small.components["activations"])
+    assert plain.components["activations"] > 10 * small.components["activations"]
+
+
+def test_estimate_rejects_bad_arguments():
+    with pytest.raises(RecipeError, match="engine must be one of"):
+        estimate_memory(LLAMA_8B, engine="megatron")
+    with pytest.raises(RecipeError, match="gpus must be"):
+        estimate_memory(LLAMA_8B, gpus=0)
+
+
+# --------------------------------------------------------------------------- data and files
+
+
+def test_rows_are_the_labs_own_training_rows(tiny_chat, tiny_base, pairs):
+    for loaded in (tiny_chat, tiny_base):
+        assert preference_rows(pairs, loaded.is_chat) == to_trl_dataset(loaded, pairs).to_list()
+    implicit = preference_rows(pairs[:1], chat=True, implicit_prompt=True)[0]
+    assert implicit["chosen"][0] == {"role": "user", "content": pairs[0].prompt}
+    assert implicit["chosen"][1]["content"] == pairs[0].chosen and "prompt" not in implicit
+
+
+def _parse_with_trl(directory: Path, *extra: str):
+    """config.yaml through TRL's own script parser, as run.sh --cpu launches it (unknown keys fail)."""
+    from trl.scripts.dpo import make_parser
+
+    cwd = os.getcwd()
+    os.chdir(directory)
+    try:
+        args = ["--config", "config.yaml", "--use_cpu", "true", "--bf16", "false", *extra]
+        return make_parser().parse_args_and_config(args)
+    finally:
+        os.chdir(cwd)
+
+
+def test_recipe_files_map_the_lab_settings_and_trl_reads_them(tmp_path, seed_lab):
+    settings = TrainingSettings(beta=0.25, loss_type="ipo", use_lora=True, lora_rank=8, seed=7)
+    recipe = build_recipe(seed_lab, settings, target="llama-3.1-8b-instruct", gpus=4, engine="zero3")
+    out = write_recipe(recipe, tmp_path / "recipe")
+    expected = {"train.jsonl", "eval.jsonl", "config.yaml", "run.sh", "README.md"}
+    assert expected | {f"accelerate/{e}.yaml" for e in ENGINES} == set(recipe.files)
+    assert os.access(out / "run.sh", os.X_OK)
+    assert len((out / "train.jsonl").read_text().splitlines()) == len(seed_lab.pairs)
+    assert len((out / "eval.jsonl").read_text().splitlines()) == len(seed_lab.heldout_pairs)
+
+    script, config, model, _ = _parse_with_trl(out, "--dataset_name", str(out))
+    assert config.beta == 0.25 and config.loss_type == ["ipo"] and config.seed == 7
+    assert model.model_name_or_path == "meta-llama/Llama-3.1-8B-Instruct"
+    assert model.use_peft and model.lora_r == 8 and model.lora_alpha == 16
+    assert config.learning_rate == 5e-6  # an adapter's rate on a real run, not the lab's 5e-5
+    assert config.lr_scheduler_type == "cosine" and config.gradient_checkpointing
+    assert config.per_device_train_batch_size * 4 * config.gradient_accumulation_steps == recipe.plan.global_batch
+    assert script.dataset_test_split == "test" and config.eval_strategy == "steps"
+
+    for name, engine in ENGINES.items():
+        launcher = yaml.safe_load((out / "accelerate" / f"{name}.yaml").read_text())
+        assert launcher["num_processes"] == 4
+        assert launcher["distributed_type"] == {"ddp": "MULTI_GPU", "fsdp": "FSDP"}.get(name, "DEEPSPEED")
+        if name.startswith("zero"):
+            assert launcher["deepspeed_config"]["zero_stage"] == int(name[-1])
+        assert engine.title in (out / "README.md").read_text() or name != "zero3"
+
+
+def test_the_folder_is_a_dataset_with_train_and_test_splits(tmp_path, seed_lab):
+    import datasets
+
+    out = write_recipe(build_recipe(seed_lab, TrainingSettings(), target="gpt2"), tmp_path / "a" / "recipe")
+    splits = datasets.load_dataset(str(out))
+    assert splits["train"].num_rows == len(seed_lab.pairs) and splits["test"].num_rows == len(seed_lab.heldout_pairs)
+    assert splits["train"][0]["prompt"].startswith("Question: ")  # GPT-2 has no chat template: plain text
+    # `datasets` caches by folder name: another folder of the same name with other pairs must not read this cache
+    other = write_recipe(
+        build_recipe(seed_lab, TrainingSettings(), target="smollm2-135m-instruct"), tmp_path / "recipe"
+    )
+    assert datasets.load_dataset(str(other))["train"][0]["prompt"] == [
+        {"role": "user", "content": seed_lab.pairs[0].prompt}
+    ]
+
+
+def test_qlora_and_a_mixture_reach_trls_model_and_dataset_arguments(tmp_path, seed_lab):
+    recipe = build_recipe(
+        seed_lab, TrainingSettings(), adapter="qlora", mix=["ultrafeedback", "hh-rlhf"], user_repeat=3, engine="fsdp"
+    )
+    out = write_recipe(recipe, tmp_path / "q")
+    _, config, model, mixture = _parse_with_trl(out)
+    assert model.load_in_4bit and model.bnb_4bit_quant_type == "nf4" and model.bnb_4bit_quant_storage == "bfloat16"
+    paths = [d.path for d in mixture.datasets]
+    assert paths == ["json", "trl-lib/ultrafeedback_binarized", "trl-lib/hh-rlhf-helpful-base"]
+    assert config.eval_strategy == "no" and config.num_train_epochs == 1.0
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * len(seed_lab.pairs) and set(rows[0]) == {"chosen", "rejected"}  # the public sets' shape
+    readme = (out / "README.md").read_text()
+    assert "trl-lib/hh-rlhf-helpful-base" in readme and "--user-repeat" in readme
+
+
+def test_bad_recipes_are_clear_errors(seed_lab):
+    settings = TrainingSettings()
+    with pytest.raises(RecipeError, match="Unknown method 'ppo'"):
+        build_recipe(seed_lab, settings, method="ppo")
+    with pytest.raises(RecipeError, match="no chat template"):
+        build_recipe(seed_lab, settings, target="gpt2", mix=["ultrafeedback"])
+    with pytest.raises(RecipeError, match="Unknown public dataset"):
+        build_recipe(seed_lab, settings, mix=["c4"])
+    with pytest.raises(RecipeError, match="cannot be split evenly over 4 GPUs"):
+        build_recipe(seed_lab, settings, gpus=4, scale="lab")
+
+
+def test_run_sh_keeps_the_global_batch_for_any_process_count(tmp_path, seed_lab):
+    recipe = build_recipe(seed_lab, TrainingSettings(), gpus=8, engine="zero3", mix=["ultrafeedback"])
+    out = write_recipe(recipe, tmp_path / "r")
+    assert recipe.plan.global_batch == 64
+
+    def launch(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(out / "run.sh"), "--dry-run", *args], capture_output=True, text=True, check=False)
+
+    def batch(line: str) -> tuple[int, int]:
+        words = line.split()
+        return (
+            int(words[words.index("--per_device_train_batch_size") + 1]),
+            int(words[words.index("--gradient_accumulation_steps") + 1]),
+        )
+
+    default = launch()
+    assert "accelerate.commands.launch --config_file accelerate/zero3.yaml --num_processes 8" in default.stdout
+    assert "-m trl.scripts.dpo --config config.yaml" in default.stdout
+    per, accum = batch(default.stdout)
+    assert per * 8 * accum == 64
+    for processes in (1, 2, 16, 64):
+        per, accum = batch(launch("--processes", str(processes)).stdout)
+        assert per * processes * accum == 64
+    uneven = launch("--processes", "3")
+    assert "do not split over 3 processes" in uneven.stderr
+    cpu = launch("--cpu", "--processes", "2", "--model", "m", "--max-steps", "3", "--", "--beta", "0.2")
+    assert "torch.distributed.run --nproc_per_node 2" in cpu.stdout and "--use_cpu true" in cpu.stdout
+    assert cpu.stdout.strip().endswith("--model_name_or_path m --max_steps 3 --beta 0.2")
+    assert "--dataset_name" not in cpu.stdout  # a mixture names its data in config.yaml
+    bad = launch("--processes", "zero")
+    assert bad.returncode == 2 and "whole number" in bad.stderr
+    assert launch("--engine", "megatron").returncode == 2
+
+
+def test_zip_holds_the_folder_with_an_executable_run_sh(tmp_path, seed_lab):
+    recipe = build_recipe(seed_lab, TrainingSettings())
+    with zipfile.ZipFile(recipe_zip(recipe, tmp_path / "r.zip")) as archive:
+        names = set(archive.namelist())
+        assert {f"alignlab-recipe/{n}" for n in recipe.files} == names
+        mode = archive.getinfo("alignlab-recipe/run.sh").external_attr >> 16
+        assert mode & stat.S_IXUSR
+        assert archive.read("alignlab-recipe/config.yaml").decode() == recipe.files["config.yaml"]
+
+
+def test_cli_writes_a_recipe_and_explains_bad_input(tmp_path, capsys):
+    out = tmp_path / "recipe"
+    code = main(["recipe", "--preset", "seed-lab", "--gpus", "8", "--engine", "zero3", "--lora", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "DeepSpeed ZeRO-3" in printed and "LORA" in printed and "GiB per GPU" in printed
+    assert (out / "run.sh").is_file() and (out / "accelerate" / "zero3.yaml").is_file()
+    for args, message in [
+        (["--target-model", "nope"], "Unknown target model 'nope'"),
+        (["--gpus", "0"], "gpus must be a whole number"),
+        (["--beta", "5"], "beta must be between"),
+        (["--target-model", "gpt2", "--mix", "ultrafeedback"], "no chat template"),
+    ]:
+        assert main(["recipe", "--preset", "seed-lab", *args, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- the real thing
+
+
+@pytest.mark.slow
+def test_exported_recipe_runs_on_two_processes_and_matches_the_lab(tmp_path, tiny_chat_dir, tiny_chat, seed_lab):
+    """TRL's own script under torchrun, 2 CPU processes over gloo, launched by the exported run.sh.
+
+    The recipe repeats the lab's run (``--as-in-lab``) for a ZeRO-3 target on 2 GPUs: 1 pair per
+    process x 2 processes is the lab's batch of 2, and accelerate's seeded sampler deals the same
+    shuffled pairs out across the processes. So the same pairs meet the same weights at every step,
+    and the losses can only differ by float rounding (the gradient is averaged across processes
+    instead of over one batch, and each process pads its own row): measured 1e-6 here. The
+    tolerance, 1e-4, is 100x that, while a wrong batch, data order, learning rate or reference
+    moves the step-2 loss by over 1e-2 (the loss falls by ~0.06 a step).
+    """
+    out = tmp_path / "recipe"
+    code = main(
+        [
+            "recipe",
+            "--preset",
+            "seed-lab",
+            "--target-model",
+            str(tiny_chat_dir),
+            "--gpus",
+            "2",
+            "--engine",
+            "zero3",
+            "--steps",
+            "3",
+            "--as-in-lab",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    run = subprocess.run(
+        [str(out / "run.sh"), "--cpu", "--processes", "2", "--model", str(tiny_chat_dir), "--max-steps", "3"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "--nproc_per_node 2" in (out / "output" / "train.log").read_text()
+    rows = logged_rows(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)
+
+    lab = train_dpo(tiny_chat, seed_lab.pairs, TrainingSettings(steps=3)).step_rows
+    assert rows[-1]["loss"] < math.log(2) - 0.05  # it trained, so the comparison below means something
+    for ours, theirs in zip(lab, rows, strict=True):
+        assert theirs["loss"] == pytest.approx(ours["loss"], abs=1e-4)
+        assert theirs["rewards/margins"] == pytest.approx(ours["rewards/margins"], abs=1e-4)
