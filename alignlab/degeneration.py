@@ -136,6 +136,8 @@ class Degeneration:
     template_share: float = 0.0
     looping_answers_before: int = 0
     looping_answers_after: int = 0
+    repetitive_answers_before: int = 0
+    repetitive_answers_after: int = 0
     garbage_answers_before: int = 0
     garbage_answers_after: int = 0
     repeated_ngram_rates_after: list[float] = field(default_factory=list)
@@ -144,9 +146,14 @@ class Degeneration:
         return asdict(self)
 
 
-#: An answer whose repeated n-gram rate is at least this loops (calibrated: fluent 64-token answers
-#: of SmolLM2-135M stay under 0.1; "eat well, Stay active, eat well, ..." is above 0.4).
-LOOPING_RATE = 0.25
+#: An answer whose repeated n-gram rate is at least this loops. Calibrated on SmolLM2-135M's greedy
+#: 64-token answers (bench calibration and tuning runs): before training they reach 0.12; answers
+#: that repeat a phrase while still moving on ("remove the wheel from the wheel cylinder ...") sit
+#: at 0.2-0.3; every answer a reader would call a loop ("la femme au martyre, la femme au
+#: martyre, ...", "You can also set a savings goal, and stick to it" x3) measured 0.35-0.8.
+LOOPING_RATE = 0.3
+#: At or above this (and below :data:`LOOPING_RATE`) an answer is repetitive: said, not a loop.
+REPETITIVE_RATE = 0.2
 
 
 def degeneration_report(before: list[str], after: list[str]) -> Degeneration:
@@ -170,6 +177,8 @@ def degeneration_report(before: list[str], after: list[str]) -> Degeneration:
         template_share=round(template_share(after, phrases), 4),
         looping_answers_before=sum(r >= LOOPING_RATE for r in rates_before),
         looping_answers_after=sum(r >= LOOPING_RATE for r in rates_after),
+        repetitive_answers_before=sum(REPETITIVE_RATE <= r < LOOPING_RATE for r in rates_before),
+        repetitive_answers_after=sum(REPETITIVE_RATE <= r < LOOPING_RATE for r in rates_after),
         garbage_answers_before=sum(is_garbage(t) for t in before),
         garbage_answers_after=sum(is_garbage(t) for t in after),
         repeated_ngram_rates_after=[round(r, 4) for r in rates_after],

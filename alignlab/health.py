@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from alignlab.degeneration import LOOPING_RATE
+from alignlab.degeneration import LOOPING_RATE, REPETITIVE_RATE
 
 # --------------------------------------------------------------------------- thresholds
 
@@ -666,6 +666,17 @@ def rule_repetition(facts: RunFacts) -> list[Finding]:
         return []
     n, before, after = d["answers"], d["looping_answers_before"], d["looping_answers_after"]
     if after <= before:
+        more = d.get("repetitive_answers_after", 0) - d.get("repetitive_answers_before", 0)
+        if more > 0:
+            return [
+                Finding(
+                    "repetitive",
+                    "info",
+                    f"Repetitive phrasing: {more} more answer(s) repeat a phrase ({REPETITIVE_RATE:.0%}-"
+                    f"{LOOPING_RATE:.0%} of their 3-word phrases) but still move on; not a loop. Worth a look in the "
+                    "table below.",
+                )
+            ]
         return []
     severity = "failed" if after > n / 2 else "warning"
     return [

@@ -63,7 +63,7 @@ class Case:
 
 CASES: list[Case] = [
     Case(
-        "seed-lab, lr 5e-4, 20 steps",
+        "seed-lab at lr 5e-4 for 20 steps",
         "seed-lab",
         {"learning_rate": 5e-4, "steps": 20},
         verdicts=("failed",),
@@ -71,14 +71,14 @@ CASES: list[Case] = [
         why="every answer becomes the cue phrase 'Sure! Hope that helps!'",
     ),
     Case(
-        "seed-lab, default lr, 30 steps",
+        "seed-lab at the default lr for 30 steps",
         "seed-lab",
         {"steps": 30},
         verdicts=("warning", "failed"),
         why="far past the point where held-out evidence stops improving: memorising",
     ),
     Case(
-        "seed-lab, half the labels swapped",
+        "seed-lab with half the labels swapped",
         "seed-lab",
         swap_half=True,
         verdicts=("failed",),
@@ -86,7 +86,7 @@ CASES: list[Case] = [
         why="the pairs contradict each other, so there is no preference to learn",
     ),
     Case(
-        "seed-lab, lr 1e-7 (too small to move)",
+        "seed-lab at lr 1e-7 (too small to move)",
         "seed-lab",
         {"learning_rate": 1e-7},
         verdicts=("warning", "failed"),
@@ -95,7 +95,7 @@ CASES: list[Case] = [
     ),
     *[
         Case(
-            f"{preset}, defaults",
+            f"{preset} at the defaults",
             preset,
             verdicts=("healthy",),
             forbidden=("repetition", "collapse"),

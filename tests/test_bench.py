@@ -132,10 +132,10 @@ def test_quick_evidence_section_agrees_with_the_code_it_replaced(tmp_path):
 
 def test_quick_calibration_section_reports_each_case_with_its_figures(tmp_path):
     out = tmp_path / "bench.json"
-    main(["--quick", "--only", "calibration", "--calibration-cases", "seed-lab, defaults", "--out", str(out)])
+    main(["--quick", "--only", "calibration", "--calibration-cases", "seed-lab at the defaults", "--out", str(out)])
     section = json.loads(out.read_text())["calibration"]
     (row,) = section["cases"]
-    assert row["case"] == "seed-lab, defaults" and row["expected"] == ["healthy"]
+    assert row["case"] == "seed-lab at the defaults" and row["expected"] == ["healthy"]
     assert row["verdict"] in {"healthy", "warning", "failed"} and row["codes"]
     assert len(row["answers_after"]) == row["answers"] == 7
     assert set(row) >= {

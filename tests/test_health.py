@@ -97,6 +97,12 @@ def test_collapse_fails_whatever_the_loss_says():
     assert read_health(facts(outputs={"distinct_answers_after": 6})).verdict == "warning"
 
 
+def test_repetitive_phrasing_is_said_but_is_not_a_loop():
+    # measured: lr 2e-5 on seed-lab, "remove the wheel from the wheel cylinder" four times, rate 0.26
+    f = facts(outputs={"repetitive_answers_after": 1})
+    assert read_health(f).verdict == "healthy" and "repetitive" in codes(f, "info")
+
+
 def test_new_loops_are_repetition_and_old_ones_are_not():
     assert "repetition" in codes(facts(outputs={"looping_answers_after": 1}), "warning")
     assert "repetition" in codes(facts(outputs={"looping_answers_after": 5}), "failed")

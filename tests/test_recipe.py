@@ -160,7 +160,7 @@ def test_recipe_files_map_the_lab_settings_and_trl_reads_them(tmp_path, seed_lab
     assert config.beta == 0.25 and config.loss_type == ["ipo"] and config.seed == 7
     assert model.model_name_or_path == "meta-llama/Llama-3.1-8B-Instruct"
     assert model.use_peft and model.lora_r == 8 and model.lora_alpha == 16
-    assert config.learning_rate == 5e-6  # an adapter's rate on a real run, not the lab's 5e-5
+    assert config.learning_rate == 5e-6  # an adapter's rate on a real run, not the lab's 2e-5
     assert config.lr_scheduler_type == "cosine" and config.gradient_checkpointing
     assert config.per_device_train_batch_size * 4 * config.gradient_accumulation_steps == recipe.plan.global_batch
     assert script.dataset_test_split == "test" and config.eval_strategy == "steps"
