@@ -10,8 +10,8 @@ from typing import Any
 import gradio as gr
 
 from alignlab.evaluation import HEAVY_KL, HEAVY_PPL_RATIO
-from alignlab.ui import jobs
-from alignlab.ui.common import HEAVY, HEAVY_LIMIT, api_doc, fail, session_of
+from alignlab.ui import jobs, runs
+from alignlab.ui.common import api_doc, fail, session_of
 from alignlab.ui.diff import comparison_html
 from alignlab.ui.train_tab import health_markdown
 
@@ -116,15 +116,8 @@ def compare_ui(request: gr.Request) -> tuple[Any, ...]:
         "pairs": jobs.pairs_to_dicts(session.pairs),
         "heldout_pairs": jobs.pairs_to_dicts(session.heldout_pairs),
     }
-    report = jobs.compare_job(
-        session.model_spec,
-        str(session.policy_dir),
-        preset,
-        session.baseline_outputs,
-        session.generation,
-        session.training,
-        dict(session.timings),
-    )
+    report = runs.compare(session, preset, gr.Progress())  # waits its turn; shared with identical sessions
+    runs.end_lab(session)
     session.report = report
     path = session.path("alignlab-report.json")
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -166,6 +159,5 @@ def wire(tab: SimpleNamespace) -> Any:
         outputs(tab),
         api_name="compare",
         api_description=api_doc(compare_ui),
-        concurrency_id=HEAVY,
-        concurrency_limit=HEAVY_LIMIT,
+        concurrency_limit=None,  # checks answer at once; the model work waits in runs.GATE
     )
