@@ -25,6 +25,7 @@ Nothing here imports gradio or torch.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import itertools
 import json
@@ -376,8 +377,11 @@ class SharedRuns:
             run.ticket = ticket
             self._in_flight[key] = run
             member = Member(self, run, "new")
+            # The worker runs in a copy of the first member's context: code that reads the request
+            # from context variables (ZeroGPU's spaces.GPU does, to bill the right visitor) finds it.
+            context = contextvars.copy_context()
             thread = threading.Thread(
-                target=self._work, args=(run, produce), name=f"alignlab-run-{work.kind}", daemon=True
+                target=context.run, args=(self._work, run, produce), name=f"alignlab-run-{work.kind}", daemon=True
             )
             self._threads.add(thread)
         thread.start()

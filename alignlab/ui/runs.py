@@ -15,6 +15,9 @@ client — and, for the streaming ``/train``, in its status line too.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import contextvars
 import copy
 import math
 import os
@@ -48,8 +51,12 @@ RUNS = SharedRuns(
     max_disk_bytes=int(float(os.environ.get("ALIGNLAB_RUN_CACHE_DISK_MB", "4096")) * 2**20),
 )
 
+atexit.register(RUNS.clear)  # cached policies live under the sessions' root, which outlives the app
+
 #: A late joiner sees the steps already run redrawn one by one, in about this long at most.
 REPLAY_SECONDS = 3.0
+#: Off while nobody watches the curves (``/run_lab`` returns only the report): no pauses then.
+_PACED_REPLAY: contextvars.ContextVar[bool] = contextvars.ContextVar("paced_replay", default=True)
 #: A lab's plan is forgotten when no step of it has ended or begun for this long (a chain that
 #: stopped on a wrong input says nothing; its next click is a new arrival).
 LAB_IDLE_SECONDS = 30.0
@@ -193,6 +200,8 @@ def follow(session: Session, member: Member, progress: gr.Progress | None = None
     try:
         for update in member.updates():
             if isinstance(update, Waiting):
+                if STORE.peek(session.key) is not session:  # the tab was closed while it waited
+                    raise fail("This session has ended.", "Session closed")
                 show_place(update, progress)
             elif isinstance(update, Finished):
                 if update.error is not None or update.cancelled or update.result is None:
@@ -332,7 +341,7 @@ def replay_frame(member: Member, index: int, redraw_seconds: float) -> bool:
     Every step of a short run is drawn ``redraw_seconds`` apart; a long one is drawn in about
     ``REPLAY_SECONDS / redraw_seconds`` frames, so that the replay never takes long.
     """
-    if redraw_seconds <= 0:
+    if redraw_seconds <= 0 or not _PACED_REPLAY.get():
         return True
     backlog = max(1, member.joined_at)
     stride = max(1, math.ceil(backlog / max(1, int(REPLAY_SECONDS / redraw_seconds))))
@@ -340,6 +349,16 @@ def replay_frame(member: Member, index: int, redraw_seconds: float) -> bool:
         return False
     time.sleep(redraw_seconds)
     return True
+
+
+@contextlib.contextmanager
+def unpaced_replay() -> Iterator[None]:
+    """Replays without pauses inside this block (a caller that shows no curves)."""
+    token = _PACED_REPLAY.set(False)
+    try:
+        yield
+    finally:
+        _PACED_REPLAY.reset(token)
 
 
 def adopt_policy(session: Session, member: Member, event: dict[str, Any]) -> Path | None:
