@@ -3,8 +3,10 @@
 Sections (``--only`` picks some): ``generation`` (batched vs one prompt at a time), ``training``
 (seconds per DPO step: AlignLab vs a plain DPOTrainer script vs a bare PyTorch loop, and the
 loss-agreement check), ``lab`` (the whole lab, cold and cached, with peak memory), ``shift``
-(steps and seconds until held-out accuracy reaches 0.75) and ``candidates`` (issue 4's candidate
-settings against the defaults; slow, so only with ``--candidates`` or ``--only candidates``).
+(steps and seconds until held-out accuracy reaches 0.75), ``candidates`` (issue 4's candidate
+settings against the defaults; slow, so only with ``--candidates`` or ``--only candidates``) and
+``room`` (N = 1, 3, 8 API clients running the whole lab at once on a real server, distinct and
+identical requests; slow, so only with ``--only room``).
 Every figure is a median with its min-max and sample count; ratios come from the same process.
 Nothing here passes or fails: the targets are goals, reported as met or not.
 """
@@ -25,7 +27,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bench never needs a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("generation", "training", "lab", "shift", "candidates")
+SECTIONS = ("generation", "training", "lab", "shift", "candidates", "room")
 DEFAULT_SECTIONS = ("generation", "training", "lab", "shift")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -62,12 +64,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="training section only")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="generation section (default: the lab's, 64)")
+    parser.add_argument(
+        "--room-sizes", default=None, help="room section: clients per room (default 1,3,8; --quick 1,3)"
+    )
+    parser.add_argument("--room-steps", type=int, default=None, help="room section: DPO steps per lab (default 6)")
+    parser.add_argument(
+        "--room-tokens", type=int, default=None, help="room section: max new tokens per answer (default 64)"
+    )
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/<timestamp>.json + latest.json)")
     args = parser.parse_args(argv)
     args.model = args.model or ("tiny" if args.quick else EMBEDDED_DEFAULT)
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.generation_repeats = args.generation_repeats or (1 if args.quick else 5)
     args.timed_steps = args.timed_steps or (2 if args.quick else 6)
+    args.room_sizes = [int(n) for n in (args.room_sizes or ("1,3" if args.quick else "1,3,8")).split(",")]
+    args.room_steps = args.room_steps or (2 if args.quick else 6)
+    args.room_tokens = args.room_tokens or (8 if args.quick else 64)
     sections = args.only.split(",") if args.only else list(DEFAULT_SECTIONS)
     if args.candidates and "candidates" not in sections:
         sections.append("candidates")
@@ -87,7 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from alignlab.generation import GenerationSettings
     from alignlab.models import load_model, pick_device
-    from bench import candidates, generation, lab, shift, training
+    from bench import candidates, generation, lab, room, shift, training
     from bench.common import build_model, load_seed_lab, machine, quiet
 
     quiet()
@@ -138,6 +150,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["shift"]["seconds_in_lab_runs"] = shift.seconds_in_lab_runs(
                 step, results["lab"]["step_elapsed"]
             ).to_dict()
+    if "room" in args.sections:
+        _say(f"[bench] room: {args.room_sizes} clients at once on a real server, in a fresh process ...")
+        options = {"sizes": args.room_sizes, "steps": args.room_steps, "max_new_tokens": args.room_tokens}
+        results["room"] = room.run(spec, args.device, options)
     if "candidates" in args.sections:
         _say("[bench] candidates: one probed training run each, in fresh processes ...")
         names = args.candidate_names.split(",") if args.candidate_names else None
@@ -206,6 +222,24 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ),
         ("GPT-2-size training < 5 s (H100/H200)", _median(results, "lab", "figures", "train"), "<", 5.0, gpt2_on_gpu),
     ]
+    rm = results.get("room")
+    if rm:
+        distinct = [r["ratio"] for n, r in rm["distinct"].items() if int(n) > 1]
+        identical = rm["identical"].get(str(max(int(n) for n in rm["identical"])), {})
+        clicks = [
+            c for kind in ("distinct", "identical") for r in rm[kind].values() for c in r.get("wrong_click_seconds", [])
+        ]
+        rows += [
+            ("distinct requests: makespan <= 1.15x serial sum", max(distinct) if distinct else None, "<=", 1.15, True),
+            (
+                f"{identical.get('n', '?')} identical requests: makespan <= 1.2x one run",
+                identical.get("ratio"),
+                "<=",
+                1.2,
+                True,
+            ),
+            ("wrong clicks answered < 1 s while the room waits", max(clicks) if clicks else None, "<", 1.0, True),
+        ]
     out = []
     for name, value, op, goal, applies in rows:
         met = None
@@ -337,6 +371,10 @@ def table(results: dict[str, Any]) -> str:
         rows.append(
             ("shift: held-out accuracy per step", " ".join(f"{a:.2f}" for a in sh["heldout_accuracy_per_step"]))
         )
+    if results.get("room"):
+        from bench.room import rows as room_rows
+
+        rows += room_rows(results["room"])
     cand = results.get("candidates")
     if cand:
         for name, c in cand.items():

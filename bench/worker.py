@@ -1,4 +1,4 @@
-"""One measurement in a fresh process: ``python -m bench.worker lab|load|probe ...``.
+"""One measurement in a fresh process: ``python -m bench.worker lab|load|probe|room ...``.
 
 A fresh process is what a cold start is, and the only honest way to read a peak-memory figure:
 ``ru_maxrss`` is a high-water mark that never comes down within a process. The parent reads the
@@ -87,6 +87,12 @@ def _probe(spec: str, options: dict) -> dict:
     )
 
 
+def _room(spec: str, options: dict) -> dict:
+    from bench.room import run_in_process
+
+    return run_in_process(spec, options)
+
+
 def main(argv: list[str]) -> None:
     from bench.common import quiet
 
@@ -98,8 +104,10 @@ def main(argv: list[str]) -> None:
         result = _load(spec)
     elif mode == "probe":
         result = _probe(spec, json.loads(argv[2]))
+    elif mode == "room":
+        result = _room(spec, json.loads(argv[2]))
     else:
-        raise SystemExit(f"unknown mode {mode!r}: lab, load or probe")
+        raise SystemExit(f"unknown mode {mode!r}: lab, load, probe or room")
     print(MARKER + json.dumps(result), flush=True)
 
 

@@ -72,3 +72,21 @@ def test_candidates_run_each_setting_in_its_own_process(tmp_path):
     # the same run either way: the reference's scores do not depend on when they are computed
     assert cand["defaults"]["losses"] == pytest.approx(cand["precomputed_reference"]["losses"], abs=1e-5)
     assert all(c["seconds_per_pair"] > 0 and c["peak_rss_mib"] > 0 for c in cand.values())
+
+
+@pytest.mark.slow
+def test_quick_bench_room_section_runs_rooms_on_a_real_server(tmp_path):
+    out = tmp_path / "bench.json"
+    main(["--quick", "--only", "room", "--room-sizes", "2", "--out", str(out)])
+    written = json.loads(out.read_text())
+    room = written["room"]
+    assert len(room["singles"]) == 2 and all(s > 0 for s in room["singles"])
+    distinct, identical = room["distinct"]["2"], room["identical"]["2"]
+    assert not distinct["errors"] and not identical["errors"]
+    assert distinct["serial_sum"] == pytest.approx(sum(room["singles"]))
+    assert distinct["shared_runs"] == {"computed": 6, "joined": 0, "from_cache": 0}  # 2 labs x 3 steps
+    shared = identical["shared_runs"]
+    assert shared["computed"] == 3 and shared["joined"] + shared["from_cache"] == 3  # the second lab shared all
+    assert distinct["peak_rss_mib"] > 0 and identical["first_step_last_in_line"] is not None
+    targets = {t["target"]: t for t in written["targets"]}
+    assert targets["distinct requests: makespan <= 1.15x serial sum"]["value"] == pytest.approx(distinct["ratio"])

@@ -104,7 +104,7 @@ def run_lab(
     )
     try:
         baseline_tab.baseline_ui(spec, "\n".join(lab.eval_prompts), max_new_tokens, baseline_tab.GREEDY, 0, request)
-        for _ in train_tab.train_ui(
+        training = train_tab.train_ui(
             table_from_pairs(lab.pairs),
             table_from_pairs(lab.heldout_pairs),
             beta,
@@ -114,8 +114,10 @@ def run_lab(
             loss_type,
             seed,
             request,
-        ):
-            pass
+        )
+        with runs.unpaced_replay():  # nobody watches the curves here
+            for _ in training:
+                pass
         if session.policy_dir is None:
             raise fail("Training stopped before the first step ended, so there is nothing to compare.", "Stopped")
         session.preset_id = lab.id
