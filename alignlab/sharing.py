@@ -268,15 +268,19 @@ class Member:
             return
         self.left = True
         run = self.run
-        with run.cond:
-            run.members.discard(self.id)
-            alone = not run.members
-            run.cond.notify_all()
-        if alone and not run.finished:
-            run.cancel()
-            if run.ticket is not None and run.ticket.state == "waiting":
-                self.registry.gate.leave(run.ticket)  # withdraw: the worker wakes and ends the run
+        with self.registry._lock:  # no one joins between the last member leaving and the cancel
+            with run.cond:
+                run.members.discard(self.id)
+                alone = not run.members
+                run.cond.notify_all()
+            if alone and not run.finished:
+                self._cancel_run()
         self.registry._settle(run)
+
+    def _cancel_run(self) -> None:
+        self.run.cancel()
+        if self.run.ticket is not None and self.run.ticket.state == "waiting":
+            self.registry.gate.leave(self.run.ticket)  # withdraw: the worker wakes and ends the run
 
     def stop(self) -> bool:
         """Stop this member's run if it is the only member (True), else just leave it (False).
@@ -284,13 +288,12 @@ class Member:
         A member that stops alone keeps reading: the run ends at its next step and publishes
         what it has (a training run stopped early still has a result).
         """
-        with self.run.cond:
-            alone = self.run.members == {self.id}
-        if alone:
-            self.run.cancel()
-            if self.run.ticket is not None and self.run.ticket.state == "waiting":
-                self.registry.gate.leave(self.run.ticket)
-            return True
+        with self.registry._lock:
+            with self.run.cond:
+                alone = self.run.members == {self.id}
+            if alone:
+                self._cancel_run()
+                return True
         self.leave()
         return False
 
