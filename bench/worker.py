@@ -1,4 +1,4 @@
-"""One measurement in a fresh process: ``python -m bench.worker lab|load|probe ...``.
+"""One measurement in a fresh process: ``python -m bench.worker lab|load|probe|room ...``.
 
 A fresh process is what a cold start is, and the only honest way to read a peak-memory figure:
 ``ru_maxrss`` is a high-water mark that never comes down within a process. The parent reads the
@@ -175,6 +175,12 @@ def _calibrate(spec: str, options: dict) -> dict:
     return run_case(spec, CASES[options["case"]])
 
 
+def _room(spec: str, options: dict) -> dict:
+    from bench.room import run_in_process
+
+    return run_in_process(spec, options)
+
+
 def main(argv: list[str]) -> None:
     from bench.common import quiet
 
@@ -190,8 +196,10 @@ def main(argv: list[str]) -> None:
         result = _evidence(spec, json.loads(argv[2]))
     elif mode == "calibrate":
         result = _calibrate(spec, json.loads(argv[2]))
+    elif mode == "room":
+        result = _room(spec, json.loads(argv[2]))
     else:
-        raise SystemExit(f"unknown mode {mode!r}: lab, load, probe, evidence or calibrate")
+        raise SystemExit(f"unknown mode {mode!r}: lab, load, probe, evidence, calibrate or room")
     print(MARKER + json.dumps(result), flush=True)
 
 

@@ -15,7 +15,6 @@ import gradio as gr
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
-from gradio_client.utils import Status
 
 pytestmark = pytest.mark.e2e
 
@@ -76,6 +75,7 @@ def app(tiny_chat_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     redraw, train_tab.MIN_REDRAW_SECONDS = train_tab.MIN_REDRAW_SECONDS, 0.0  # one update per step, however fast
     demo = build_app()
     demo.session_store.root = tmp_path_factory.mktemp("sessions")
+    demo.runs.clear()  # earlier test modules may have left identical runs in the shared-run cache
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_options())
     yield demo, url
     demo.close()
@@ -98,6 +98,12 @@ def error_of(call) -> str:
     with pytest.raises(AppError) as info:
         call()
     return str(info.value)
+
+
+def place_note(job) -> str:
+    """The waiting note in a job's latest status update (``gr.Progress`` data): place in line, wait."""
+    progress = job.status().progress_data or []
+    return " ".join(unit.desc or "" for unit in progress)
 
 
 def wait_until(predicate, timeout: float = 60.0) -> None:
@@ -206,8 +212,9 @@ def test_stop_ends_only_this_sessions_run_and_the_session_keeps_working(app, tra
     wait_until(lambda: any("Step " in str(u[0]) for u in job.outputs()))
     other = trained.predict(api_name="/validate_dataset")  # another session is not blocked or touched
     assert "Ready" in other
-    waiting = trained.submit(max_new_tokens=8, api_name="/baseline")  # model work waits its turn, and is told so
-    wait_until(lambda: waiting.status().code == Status.IN_QUEUE and waiting.status().rank is not None)
+    # Model work waits its turn, and is told so (9 tokens: no identical baseline was recorded before).
+    waiting = trained.submit(max_new_tokens=9, api_name="/baseline")
+    wait_until(lambda: "1st in line" in place_note(waiting))
     stopped = client.predict(api_name="/stop")
     assert "Stopped after" in stopped[0] and "of 400 steps" in stopped[0]
     assert "Training health" in stopped[7]

@@ -145,3 +145,21 @@ def test_quick_calibration_section_reports_each_case_with_its_figures(tmp_path):
         "contrast_accuracy",
         "capability_accuracy",
     }
+
+
+@pytest.mark.slow
+def test_quick_bench_room_section_runs_rooms_on_a_real_server(tmp_path):
+    out = tmp_path / "bench.json"
+    main(["--quick", "--only", "room", "--room-sizes", "2", "--out", str(out)])
+    written = json.loads(out.read_text())
+    room = written["room"]
+    assert len(room["singles"]) == 2 and all(s > 0 for s in room["singles"])
+    distinct, identical = room["distinct"]["2"], room["identical"]["2"]
+    assert not distinct["errors"] and not identical["errors"]
+    assert distinct["serial_sum"] == pytest.approx(sum(room["singles"]))
+    assert distinct["shared_runs"] == {"computed": 6, "joined": 0, "from_cache": 0}  # 2 labs x 3 steps
+    shared = identical["shared_runs"]
+    assert shared["computed"] == 3 and shared["joined"] + shared["from_cache"] == 3  # the second lab shared all
+    assert distinct["peak_rss_mib"] > 0 and identical["first_step_last_in_line"] is not None
+    targets = {t["target"]: t for t in written["targets"]}
+    assert targets["distinct requests: makespan <= 1.15x serial sum"]["value"] == pytest.approx(distinct["ratio"])

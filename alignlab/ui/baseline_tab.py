@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,12 +9,9 @@ import gradio as gr
 import pandas as pd
 
 from alignlab.generation import MAX_NEW_TOKENS_LIMIT
-from alignlab.models import ModelLoadError, load_model
 from alignlab.presets import validate_eval_prompts
-from alignlab.ui import jobs
+from alignlab.ui import runs
 from alignlab.ui.common import (
-    HEAVY,
-    HEAVY_LIMIT,
     api_doc,
     default_model,
     fail,
@@ -38,33 +34,21 @@ GREEDY, SAMPLING = "greedy (repeatable)", "sampling (seeded)"
 # --------------------------------------------------------------------------- handlers
 
 
-def _load(session: Session, model: str) -> str:
-    """Load ``model`` for ``session`` and describe it in one line."""
-    spec = (model or "").strip() if isinstance(model, str) else ""
-    if not spec:
-        raise fail("Pick a model from the list, or type a Hub id or a local path.", "No model")
-    if len(spec) > 500:
-        raise fail("That model name is too long to be a Hub id or a path.", "Bad model name")
-    if session.training_now:
-        raise fail("Training is running in this session: wait for it to end or press Stop first.")
-    try:
-        loaded = load_model(spec)
-    except ModelLoadError as exc:
-        raise gr.Error(str(exc), title="Model not loaded") from exc
-    except Exception as exc:  # a directory or Hub repo that is not a causal LM, a broken config...
-        raise gr.Error(f"'{spec}' could not be loaded as a language model: {exc}", title="Model not loaded") from exc
+def _adopt_model(session: Session, spec: str, info: dict[str, Any]) -> str:
+    """Make ``spec`` the session's model and describe it in one line."""
     if session.model_spec != spec:  # another model: earlier answers and training are not comparable
         session.baseline_outputs = None
         session.forget_training()
     session.model_spec = spec
-    session.model_info = {
-        "spec": spec,
-        "parameters": loaded.num_parameters,
-        "chat_template": loaded.is_chat,
-        "source": loaded.source,
-    }
-    kind = "chat model (its chat template wraps each prompt)" if loaded.is_chat else "base model (plain-text prompts)"
-    return f"**Loaded `{spec}`** — {loaded.num_parameters / 1e6:,.1f} M parameters, {kind}."
+    session.model_info = dict(info)
+    chat = info["chat_template"]
+    kind = "chat model (its chat template wraps each prompt)" if chat else "base model (plain-text prompts)"
+    return f"**Loaded `{spec}`** — {info['parameters'] / 1e6:,.1f} M parameters, {kind}."
+
+
+def _not_training(session: Session) -> None:
+    if session.training_now:
+        raise fail("Training is running in this session: wait for it to end or press Stop first.")
 
 
 def load_model_ui(model: str, request: gr.Request) -> str:
@@ -75,7 +59,10 @@ def load_model_ui(model: str, request: gr.Request) -> str:
     Returns:
         One line describing the loaded model (size, chat or base).
     """
-    return _load(session_of(request), model)
+    session = session_of(request)
+    spec, identity = runs.check_model(model)  # checks first: a bad name is answered at once
+    _not_training(session)
+    return _adopt_model(session, spec, runs.load(session, spec, identity, gr.Progress()))
 
 
 def generation_settings(max_new_tokens: Any, decoding: str, seed: Any) -> dict[str, Any]:
@@ -102,7 +89,8 @@ def baseline_ui(
         decoding: 'greedy (repeatable)' or 'sampling (seeded)'.
         seed: seed for sampling (ignored when greedy).
     Returns:
-        A table of (prompt, answer) rows, and a status line.
+        A table of (prompt, answer) rows, and a status line. While it waits for the model, progress
+        updates say the place in line and the estimated wait.
     """
     session = session_of(request)
     prompts = prompts_from_text(eval_prompts)
@@ -112,10 +100,11 @@ def baseline_ui(
     if problems:
         raise gr.Error(problems_markdown(problems), title="Eval prompts")
     generation = generation_settings(max_new_tokens, decoding, seed)
-    _load(session, model)
-    started = time.perf_counter()
-    outputs = jobs.baseline_job(session.model_spec, prompts, generation)
-    seconds = time.perf_counter() - started
+    spec, identity = runs.check_model(model)
+    _not_training(session)
+    result = runs.baseline(session, spec, identity, prompts, generation, gr.Progress())
+    _adopt_model(session, spec, result["model_info"])
+    outputs, seconds = result["outputs"], result["seconds"]
     session.eval_prompts, session.generation, session.baseline_outputs = prompts, generation, outputs
     session.report = None
     session.timings = {"baseline": seconds}
@@ -196,8 +185,7 @@ def wire(tab: SimpleNamespace) -> tuple[Any, Any]:
         tab.model_status,
         api_name="load_model",
         api_description=api_doc(load_model_ui),
-        concurrency_id=HEAVY,
-        concurrency_limit=HEAVY_LIMIT,
+        concurrency_limit=None,  # checks answer at once; the model work waits in runs.GATE
     )
     load.failure(load_failed, None, tab.status, api_visibility="private", queue=False)
     record = load.success(
@@ -206,7 +194,6 @@ def wire(tab: SimpleNamespace) -> tuple[Any, Any]:
         [tab.outputs, tab.status],
         api_name="baseline",
         api_description=api_doc(baseline_ui),
-        concurrency_id=HEAVY,
-        concurrency_limit=HEAVY_LIMIT,
+        concurrency_limit=None,
     )
     return load, record

@@ -13,10 +13,8 @@ import gradio as gr
 
 from alignlab.presets import DatasetError, load_preset
 from alignlab.training import TrainingSettings
-from alignlab.ui import baseline_tab, compare_tab, dataset_tab, train_tab
+from alignlab.ui import baseline_tab, compare_tab, dataset_tab, runs, train_tab
 from alignlab.ui.common import (
-    HEAVY,
-    HEAVY_LIMIT,
     STORE,
     api_doc,
     close_session,
@@ -57,6 +55,9 @@ def launch_options() -> dict[str, Any]:
         "css": CSS,
         "footer_links": ["api", "gradio"],
         "max_file_size": "20mb",  # the importer's own limit; larger uploads are refused before they land
+        # Every request waiting for the model holds a worker while it waits in runs.GATE; keep room
+        # beyond a full line so that checks and wrong clicks are always answered at once.
+        "max_threads": runs.QUEUE_SIZE + 40,
     }
 
 
@@ -91,34 +92,59 @@ def run_lab(
         lab = load_preset(preset)
     except DatasetError as exc:
         raise gr.Error(str(exc), title="Unknown preset") from exc
-    train_tab.settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed)  # fail before loading
-    baseline_tab.baseline_ui(
-        model or default_model(), "\n".join(lab.eval_prompts), max_new_tokens, baseline_tab.GREEDY, 0, request
-    )
-    for _ in train_tab.train_ui(
-        table_from_pairs(lab.pairs),
-        table_from_pairs(lab.heldout_pairs),
-        dataset_tab.probes_of(lab),
-        beta,
-        learning_rate,
-        steps,
-        batch_size,
-        loss_type,
-        seed,
-        request,
-    ):
-        pass
+    # Every check before any model work, so that a wrong input is answered at once.
+    settings = train_tab.settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed)
+    baseline_tab.generation_settings(max_new_tokens, baseline_tab.GREEDY, 0)
+    spec, _ = runs.check_model(model or default_model())
     session = session_of(request)
-    if session.policy_dir is None:
-        raise fail("Training stopped before the first step ended, so there is nothing to compare.", "Stopped")
-    session.preset_id = lab.id
-    compare_tab.compare_ui(request)
+    if session.training_now:
+        raise fail("A training run is already in progress in this session: wait for it or press Stop.")
+    runs.start_lab(
+        session, spec, len(lab.eval_prompts), int(max_new_tokens), len(lab.pairs), len(lab.heldout_pairs), settings
+    )
+    try:
+        baseline_tab.baseline_ui(spec, "\n".join(lab.eval_prompts), max_new_tokens, baseline_tab.GREEDY, 0, request)
+        training = train_tab.train_ui(
+            table_from_pairs(lab.pairs),
+            table_from_pairs(lab.heldout_pairs),
+            dataset_tab.probes_of(lab),
+            beta,
+            learning_rate,
+            steps,
+            batch_size,
+            loss_type,
+            seed,
+            request,
+        )
+        with runs.unpaced_replay():  # nobody watches the curves here
+            for _ in training:
+                pass
+        if session.policy_dir is None:
+            raise fail("Training stopped before the first step ended, so there is nothing to compare.", "Stopped")
+        session.preset_id = lab.id
+        compare_tab.compare_ui(request)
+    finally:
+        runs.end_lab(session)
     return session.report
 
 
-def prepare_lab(preset_id: str) -> tuple[Any, ...]:
-    """The presenter chain's first link: load the chosen preset into every tab, show the Baseline tab."""
-    return (*dataset_tab.load_preset_ui(preset_id), gr.Tabs(selected="baseline"))
+def prepare_lab(preset_id: str, request: gr.Request) -> tuple[Any, ...]:
+    """The presenter chain's first link: load the chosen preset into every tab, show the Baseline tab.
+
+    The lab's later steps keep this click's place in line (see ``runs.start_lab``).
+    """
+    filled = dataset_tab.load_preset_ui(preset_id)
+    lab = load_preset(preset_id)
+    runs.start_lab(
+        session_of(request),
+        default_model(),
+        len(lab.eval_prompts),
+        64,
+        len(lab.pairs),
+        len(lab.heldout_pairs),
+        DEFAULTS,
+    )
+    return (*filled, gr.Tabs(selected="baseline"))
 
 
 def show_tab(name: str) -> Any:
@@ -130,6 +156,7 @@ def show_tab(name: str) -> Any:
 
 def build_app() -> gr.Blocks:
     """The whole app, queued. Launch it with ``demo.launch(**launch_options())``."""
+    runs.setup()
     preset = load_preset(os.environ.get("ALIGNLAB_DEFAULT_PRESET", dataset_tab.DEFAULT_PRESET))
     # delete_cache: Gradio's copies of downloads (reports, exports) older than 2 h, checked hourly.
     with gr.Blocks(title="AlignLab — see DPO change a model", delete_cache=(3600, 7200)) as demo:
@@ -154,7 +181,8 @@ def build_app() -> gr.Blocks:
         compare_tab.wire(compare)
 
         # Presenter mode: the same handlers as the tabs, chained, each tab shown as its step runs.
-        heavy = {"concurrency_id": HEAVY, "concurrency_limit": HEAVY_LIMIT, "api_visibility": "private"}
+        # Model work waits in runs.GATE, not in Gradio's queue: each step's checks answer at once.
+        heavy = {"concurrency_limit": None, "api_visibility": "private"}
         private = {"api_visibility": "private", "queue": False}
         lab_train = (
             run_all.click(
@@ -196,14 +224,10 @@ def build_app() -> gr.Blocks:
             concurrency_limit=None,
         )
 
-        gr.api(
-            run_lab,
-            api_name="run_lab",
-            api_description=api_doc(run_lab),
-            concurrency_id=HEAVY,
-            concurrency_limit=HEAVY_LIMIT,
-        )
+        gr.api(run_lab, api_name="run_lab", api_description=api_doc(run_lab), concurrency_limit=None)
         demo.unload(close_session)
-    demo.queue(default_concurrency_limit=None, max_size=int(os.environ.get("ALIGNLAB_QUEUE_SIZE", "64")))
+    demo.queue(default_concurrency_limit=None, max_size=runs.QUEUE_SIZE)
     demo.session_store = STORE  # for tests and operators: who is here, and clean-up
+    demo.runs = runs.RUNS  # the shared runs and their cache (bounds, counts)
+    demo.gate = runs.GATE  # the line for model work
     return demo

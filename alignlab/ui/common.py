@@ -1,4 +1,4 @@
-"""What every tab shares: the session store, the queue's concurrency group, table helpers."""
+"""What every tab shares: the session store, how much model work runs at once, table helpers."""
 
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from alignlab.ui.state import Session, SessionStore
 STORE = SessionStore(ttl=float(os.environ.get("ALIGNLAB_SESSION_TTL", 2 * 3600)))
 atexit.register(STORE.close_all)
 
-#: One concurrency group for all model work (load, generate, train, evaluate): the queue runs at
-#: most this many at once and shows everyone else their place in line.
-HEAVY = "model-work"
+#: How many pieces of model work (load, generate, train, evaluate) run at once, whichever door they
+#: come through; everyone else waits in ``runs.GATE`` and is shown their place in line.
 HEAVY_LIMIT = int(os.environ.get("ALIGNLAB_CONCURRENCY", "1"))
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]

@@ -17,8 +17,8 @@ from alignlab.health import (
     kl_reading,
     perplexity_reading,
 )
-from alignlab.ui import jobs
-from alignlab.ui.common import HEAVY, HEAVY_LIMIT, api_doc, fail, session_of
+from alignlab.ui import jobs, runs
+from alignlab.ui.common import api_doc, fail, session_of
 from alignlab.ui.diff import comparison_html
 from alignlab.ui.train_tab import health_markdown
 
@@ -104,15 +104,8 @@ def compare_ui(request: gr.Request) -> tuple[Any, ...]:
         "contrast_pairs": jobs.pairs_to_dicts(session.contrast_pairs),
         "capability_pairs": jobs.pairs_to_dicts(session.capability_pairs),
     }
-    report = jobs.compare_job(
-        session.model_spec,
-        str(session.policy_dir),
-        preset,
-        session.baseline_outputs,
-        session.generation,
-        session.training,
-        dict(session.timings),
-    )
+    report = runs.compare(session, preset, gr.Progress())  # waits its turn; shared with identical sessions
+    runs.end_lab(session)
     session.report = report
     path = session.path("alignlab-report.json")
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -154,6 +147,5 @@ def wire(tab: SimpleNamespace) -> Any:
         outputs(tab),
         api_name="compare",
         api_description=api_doc(compare_ui),
-        concurrency_id=HEAVY,
-        concurrency_limit=HEAVY_LIMIT,
+        concurrency_limit=None,  # checks answer at once; the model work waits in runs.GATE
     )

@@ -6,7 +6,8 @@ tab, or one ``gradio_client.Client``). Each session owns a directory for its tra
 report and its exports; the directory is deleted when the tab closes (``demo.unload``), when the
 session has been idle longer than ``ttl`` seconds, or when the app exits.
 
-Nothing here imports gradio: the store is plain Python and is tested as such.
+Nothing here imports gradio: the store is plain Python and is tested as such
+(``tests/test_state.py``: expiry after ``ttl``, never while training, files deleted).
 """
 
 from __future__ import annotations
@@ -32,18 +33,40 @@ RUN_TOKENS: dict[str, CancelToken] = {}
 
 @dataclass
 class Run:
-    """A training run in progress: how to stop it and how to know it has finished."""
+    """A training run in progress: how to stop it and how to know it has finished.
+
+    ``member`` is the session's membership of the shared run that does the work (see
+    ``alignlab/sharing.py``): stopping this run stops that one only if nobody else shares it.
+    """
 
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     cancel: CancelToken = field(default_factory=CancelToken)
     done: threading.Event = field(default_factory=threading.Event)
+    member: Any = None
 
     def __post_init__(self) -> None:
         RUN_TOKENS[self.id] = self.cancel
 
+    def stop(self) -> bool:
+        """Ask the run to stop; True when the shared work itself stops (no other member follows it)."""
+        self.cancel.cancel()
+        return self.member.stop() if self.member is not None else True
+
     def finish(self) -> None:
         RUN_TOKENS.pop(self.id, None)
         self.done.set()
+
+
+@dataclass
+class LabPlan:
+    """A whole lab in progress (``/run_lab`` or the presenter's chain): its steps keep its place in line.
+
+    ``follow_on`` maps each step's kind to the estimated seconds of the lab's steps after it.
+    """
+
+    arrival: float
+    touched: float
+    follow_on: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,6 +92,9 @@ class Session:
     report: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     run: Run | None = None
+    training_key: str | None = None
+    """Which shared training run produced ``policy_dir`` (its key, steps done and whether stopped)."""
+    lab: LabPlan | None = None
 
     @property
     def training_now(self) -> bool:
@@ -83,6 +109,7 @@ class Session:
         """A new baseline or a new run makes earlier results stale."""
         self.log_rows = []
         self.training = None
+        self.training_key = None
         self.report = None
         if self.policy_dir is not None:
             shutil.rmtree(self.policy_dir, ignore_errors=True)
@@ -170,7 +197,7 @@ class SessionStore:
 def _dispose(session: Session) -> None:
     run = session.run
     if run is not None and not run.done.is_set():
-        run.cancel.cancel()
+        run.stop()
 
         def wait_then_delete() -> None:
             run.done.wait(timeout=600)

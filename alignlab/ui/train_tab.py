@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from alignlab import gpu, plots
+from alignlab import plots
 from alignlab.health import Health, read_training_health
 from alignlab.presets import DatasetError, PreferencePair, Preset, load_preset, validate_preset
 from alignlab.recipe import (
@@ -28,11 +28,10 @@ from alignlab.recipe import (
     recipe_zip,
     resolve_target,
 )
+from alignlab.sharing import Finished, Published, Waiting
 from alignlab.training import LOSS_TYPES, SettingsError, TrainingSettings, qlora_unavailable
-from alignlab.ui import jobs
+from alignlab.ui import jobs, runs
 from alignlab.ui.common import (
-    HEAVY,
-    HEAVY_LIMIT,
     api_doc,
     fail,
     pairs_from_table,
@@ -201,54 +200,85 @@ def train_ui(
         use_qlora: QLoRA, LoRA on a 4-bit base (needs a CUDA GPU and bitsandbytes).
     Returns:
         Streams (status, loss plot, margin plot, rewards plot, accuracy plot, held-out plot, log table, health).
+        While the run waits for the model, the status (and the API's progress updates) say the place
+        in line and the estimated wait. An identical run already in progress or finished is joined
+        (its steps replayed), not run twice.
     """
     session = session_of(request)
     settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed)
     settings = with_adapter(settings, use_lora, lora_rank, use_qlora)
     train_pairs, heldout = _check_ready(session, pairs, heldout_pairs)
+    probes = probes_for(train_pairs, probes or {})
+    contrast = jobs.pairs_from_dicts(probes["contrast_pairs"])
+    _, identity = runs.check_model(session.model_spec)
+    member = runs.start_training(session, session.model_spec, identity, train_pairs, heldout, settings, contrast)
     session.forget_training()
     session.pairs, session.heldout_pairs = train_pairs, heldout
-    probes = probes_for(train_pairs, probes or {})
-    session.contrast_pairs = jobs.pairs_from_dicts(probes["contrast_pairs"])
+    session.contrast_pairs = contrast
     session.capability_pairs = jobs.pairs_from_dicts(probes["capability_pairs"])
     session.preset_id = probes["preset"]
-    run = session.run = Run()
-    stream = jobs.train_job(
-        session.model_spec,
-        jobs.pairs_to_dicts(train_pairs),
-        settings.to_dict(),
-        str(session.path("policy")),
-        run.id,
-        jobs.pairs_to_dicts(heldout),
-        jobs.pairs_to_dicts(session.contrast_pairs),
-    )
+    run = session.run = Run(member=member)
+    progress = gr.Progress()
     rows: list[dict[str, Any]] = []
     finished = False
     try:
-        yield view(
-            f"**Starting** DPO on {len(train_pairs)} pairs with `{session.model_spec}`: preparing TRL and "
-            "scoring the held-out pairs once with the original model (the reference for the live held-out curve)…",
-            rows,
-        )
+        yield view(starting_line(member, len(train_pairs), session.model_spec), rows)
         last_redraw = 0.0
-        for event in stream:
-            record(session, settings, rows, event)
+        for update in runs.training_updates(member):
+            if isinstance(update, Waiting):
+                runs.show_place(update, progress)
+                yield view(f"**{runs.waiting_text(update.place)}**", rows)
+                continue
+            if isinstance(update, Finished):
+                if update.error is not None:
+                    runs.raise_failure(update)
+                break
+            event = update.payload
+            record(session, settings, rows, event, member)
             if event["kind"] != "log":
                 yield finished_view(session)
+            elif update.replayed:  # a late joiner: the steps already run, redrawn one by one
+                if runs.replay_frame(member, update.index, MIN_REDRAW_SECONDS):
+                    yield view(progress_line(event["step"], event["total_steps"], event["elapsed"]), rows)
             elif time.monotonic() - last_redraw >= MIN_REDRAW_SECONDS or event["step"] >= event["total_steps"]:
                 last_redraw = time.monotonic()
                 yield view(progress_line(event["step"], event["total_steps"], event["elapsed"]), rows)
         finished = True
+    except Exception:
+        finished = True  # a failed run: nothing to wind down
+        runs.end_lab(session)
+        raise
     finally:
         if finished:
+            member.leave()
             run.finish()
+            runs.touch_lab(session)
         else:  # cancelled (Stop, a closed tab, a client's cancel): end the run without blocking the server
-            run.cancel.cancel()
-            args = (stream, run, session, settings, rows)
-            threading.Thread(target=_wind_down, args=args, name="alignlab-stop", daemon=True).start()
+            runs.end_lab(session)
+            if run.stop():  # nobody else follows it: it ends at this step; keep what it made
+                args = (member, run, session, settings, rows)
+                threading.Thread(target=_wind_down, args=args, name="alignlab-stop", daemon=True).start()
+            else:  # others share the run: it goes on for them
+                run.finish()
 
 
-def record(session: Session, settings: TrainingSettings, rows: list[dict[str, Any]], event: dict[str, Any]) -> None:
+def starting_line(member: Any, n_pairs: int, spec: str) -> str:
+    """The first status of a run: starting, waiting for the model, or sharing an identical run."""
+    shared = runs.how_text(member)
+    if member.run.state == "waiting":
+        place = runs.GATE.place(member.run.ticket) if member.run.ticket is not None else None
+        return f"**{runs.waiting_text(place)}** {shared}".strip()
+    if shared:
+        return f"**Starting** — {shared}"
+    return (
+        f"**Starting** DPO on {n_pairs} pairs with `{spec}`: preparing TRL and scoring the held-out pairs "
+        "once with the original model (the reference for the live held-out curve)…"
+    )
+
+
+def record(
+    session: Session, settings: TrainingSettings, rows: list[dict[str, Any]], event: dict[str, Any], member: Any
+) -> None:
     """Keep a streamed event in the session: a log row, or the finished run and where its policy is."""
     if event["kind"] == "log":
         rows.append(event["row"])
@@ -267,27 +297,24 @@ def record(session: Session, settings: TrainingSettings, rows: list[dict[str, An
         "device": event.get("device"),
     }
     session.timings["train"] = event["seconds"]
-    session.policy_dir = session.path("policy") if event["policy_dir"] else None
+    session.policy_dir = runs.adopt_policy(session, member, event)
 
 
-def _wind_down(
-    stream: Iterator[dict[str, Any]], run: Run, session: Session, settings: TrainingSettings, rows: list
-) -> None:
+def _wind_down(member: Any, run: Run, session: Session, settings: TrainingSettings, rows: list) -> None:
     """After a cancelled stream: let the run end at this step and keep its result (policy included).
 
-    Locally the cancel token reaches the training thread, so the stream ends after the current
-    step and is read to its end. In a ZeroGPU worker the token cannot reach it, so the stream is
-    closed instead, which stops the run without a result.
+    Locally the cancel reaches the training thread, so the run ends after the current step and its
+    remaining events are read here. In a ZeroGPU worker it cannot, so the run's stream is closed
+    instead (see ``runs.start_training``), which stops the run without a result.
     """
     try:
-        if gpu.on_zero_gpu():
-            stream.close()
-        else:
-            for event in stream:
-                record(session, settings, rows, event)
+        for update in runs.training_updates(member):
+            if isinstance(update, Published):
+                record(session, settings, rows, update.payload, member)
     except Exception:  # noqa: BLE001 - nobody is listening any more; the session shows what was kept
         pass
     finally:
+        member.leave()
         run.finish()
 
 
@@ -429,8 +456,15 @@ def stop_ui(request: gr.Request) -> tuple[Any, ...]:
     if run is None or run.done.is_set():
         gr.Info("Nothing is training in this session.")
         return finished_view(session)
-    run.cancel.cancel()
+    others = run.member.others if run.member is not None else 0
+    stopped = run.stop()
     run.done.wait(timeout=600)
+    if not stopped:
+        return view(
+            f"**Stopped following the shared run** — it goes on for the {others} other visitor"
+            f"{'' if others == 1 else 's'} who started the same run. Press Start to join it again.",
+            session.log_rows,
+        )
     return finished_view(session)
 
 
@@ -665,7 +699,6 @@ def wire(tab: SimpleNamespace, dataset: SimpleNamespace) -> Any:
         outputs(tab),
         api_name="train",
         api_description=api_doc(train_ui),
-        concurrency_id=HEAVY,
-        concurrency_limit=HEAVY_LIMIT,
+        concurrency_limit=None,  # checks answer at once; the model work waits in runs.GATE
         show_progress="minimal",
     )

@@ -1,0 +1,409 @@
+"""The room: one fair line for all model work, and identical runs computed once.
+
+Every handler that touches a model does its own checks first (answered at once, however long the
+line) and then comes here. Each piece of model work is a shared run (:mod:`alignlab.sharing`) keyed
+by everything its result depends on; a new run takes a ticket in the process-wide line
+(:mod:`alignlab.heavy`), so at most ``ALIGNLAB_CONCURRENCY`` pieces run at once, in arrival order,
+whichever path they come from (the tabs, the presenter's chain, ``/run_lab``, the API steps). A
+request identical to one in flight joins it; one identical to a finished run is served from the
+cache; either way the session gets its own copy of the result and its own hard-linked policy files.
+
+While a request waits, its place in line and an estimated wait (from measured step times) are
+shown through ``gr.Progress`` — the overlay in the UI, ``job.status().progress_data`` for an API
+client — and, for the streaming ``/train``, in its status line too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import contextvars
+import copy
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from alignlab import gpu
+from alignlab.heavy import GateFull, HeavyGate, Place, Work, configure_torch_threads
+from alignlab.models import ModelLoadError, is_loaded, load_model, pick_device, spec_identity
+from alignlab.presets import PreferencePair
+from alignlab.sharing import Finished, Member, Published, SharedRun, SharedRuns, Waiting, link_tree, run_key
+from alignlab.training import TrainingSettings
+from alignlab.ui import jobs
+from alignlab.ui.common import HEAVY_LIMIT, STORE, fail
+from alignlab.ui.state import LabPlan, Run, Session
+
+#: How many requests may wait for the model at once (beyond that, "the lab is full").
+QUEUE_SIZE = int(os.environ.get("ALIGNLAB_QUEUE_SIZE", "64"))
+
+GATE = HeavyGate(limit=HEAVY_LIMIT, max_waiting=QUEUE_SIZE)
+RUNS = SharedRuns(
+    GATE,
+    root=lambda: STORE.root / "_shared",  # beside the session folders: same file system, so links work
+    max_entries=int(os.environ.get("ALIGNLAB_RUN_CACHE", "32")),
+    max_memory_bytes=int(float(os.environ.get("ALIGNLAB_RUN_CACHE_MB", "64")) * 2**20),
+    max_disk_bytes=int(float(os.environ.get("ALIGNLAB_RUN_CACHE_DISK_MB", "4096")) * 2**20),
+)
+
+atexit.register(RUNS.clear)  # cached policies live under the sessions' root, which outlives the app
+
+#: A late joiner sees the steps already run redrawn one by one, in about this long at most.
+REPLAY_SECONDS = 3.0
+#: Off while nobody watches the curves (``/run_lab`` returns only the report): no pauses then.
+_PACED_REPLAY: contextvars.ContextVar[bool] = contextvars.ContextVar("paced_replay", default=True)
+#: A lab's plan is forgotten when no step of it has ended or begun for this long (a chain that
+#: stopped on a wrong input says nothing; its next click is a new arrival).
+LAB_IDLE_SECONDS = 30.0
+
+
+def setup() -> None:
+    """Once per app: torch threads sized so that the allowed runs do not oversubscribe the cores."""
+    configure_torch_threads(HEAVY_LIMIT)
+
+
+# --------------------------------------------------------------------------- checks and keys
+
+
+def check_model(spec: Any) -> tuple[str, str]:
+    """A model spec checked without touching the model: (spec, identity). Raises ``gr.Error``."""
+    spec = spec.strip() if isinstance(spec, str) else ""
+    if not spec:
+        raise fail("Pick a model from the list, or type a Hub id or a local path.", "No model")
+    if len(spec) > 500:
+        raise fail("That model name is too long to be a Hub id or a path.", "Bad model name")
+    try:
+        return spec, spec_identity(spec)
+    except ModelLoadError as exc:
+        raise gr.Error(str(exc), title="Model not loaded") from exc
+
+
+def model_fingerprint(identity: str) -> dict[str, Any]:
+    """A model's identity, plus the names, sizes and times of its files when it is a local folder."""
+    path = Path(identity)
+    if not path.is_dir():
+        return {"source": identity}
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
+    return {"source": identity, "files": files}
+
+
+def _scale(spec: str) -> float:
+    """Cost of a model relative to the embedded 135M one on the CPU (for estimates before any measurement)."""
+    scale = max(0.05, gpu.estimate_parameters(spec) / 135_000_000)
+    return scale * (0.05 if pick_device().type == "cuda" else 1.0)
+
+
+def generation_units(n_prompts: int, max_new_tokens: int) -> float:
+    return math.ceil(max(1, n_prompts) / 16) * max_new_tokens
+
+
+def _plan(session: Session, kind: str) -> tuple[float | None, float, bool]:
+    """(arrival, seconds of the lab's later steps, whether a step follows) for a step of ``kind``."""
+    lab = session.lab
+    if lab is None:
+        return None, 0.0, False
+    if time.monotonic() - lab.touched > LAB_IDLE_SECONDS:
+        end_lab(session)
+        return None, 0.0, False
+    lab.touched = time.monotonic()
+    return lab.arrival, lab.follow_on.get(kind, 0.0), kind != "compare"
+
+
+def touch_lab(session: Session) -> None:
+    """A step of the lab ended: the next one keeps the lab's place."""
+    if session.lab is not None:
+        session.lab.touched = time.monotonic()
+
+
+def start_lab(
+    session: Session,
+    spec: str,
+    n_prompts: int,
+    max_new_tokens: int,
+    n_pairs: int,
+    n_heldout: int,
+    settings: TrainingSettings,
+) -> None:
+    """A whole lab begins: its steps keep this arrival, and each carries the cost of the steps after it."""
+    end_lab(session)
+    try:
+        identity = spec_identity(spec)
+    except ModelLoadError:
+        identity = spec
+    rates, scale = GATE.rates, _scale(spec)
+    gen = generation_units(n_prompts, max_new_tokens)
+    train = rates.seconds(Work("train", identity, settings.total_steps(n_pairs) * settings.batch_size, scale))
+    compare = rates.seconds(Work("compare", identity, gen + 8 * n_heldout, scale))
+    baseline = rates.seconds(Work("baseline", identity, gen, scale))
+    now = time.monotonic()
+    session.lab = LabPlan(
+        arrival=now,
+        touched=now,
+        follow_on={"load": baseline + train + compare, "baseline": train + compare, "train": compare, "compare": 0.0},
+    )
+
+
+def end_lab(session: Session) -> None:
+    """The lab is over (finished, failed or stopped): its held place goes to the next in line."""
+    lab, session.lab = session.lab, None
+    if lab is not None:
+        GATE.release_hold(lab.arrival)
+
+
+# --------------------------------------------------------------------------- joining and following
+
+
+def waiting_text(place: Place | None) -> str:
+    if place is None:
+        return "Starting: the model is free."
+    return f"Waiting for the model: {place.text()}."
+
+
+def join(session: Session, key: str, work: Work, produce: Any) -> Member:
+    """Join (or start) the shared run for ``key``; a full line is a clear message, not a wait."""
+    arrival, follow_on, continues = _plan(session, work.kind)
+    try:
+        return RUNS.join(key, work, produce, arrival=arrival, follow_on=follow_on, continues=continues)
+    except GateFull as exc:
+        end_lab(session)
+        raise gr.Error(str(exc), title="The lab is full") from exc
+
+
+def show_place(update: Waiting, progress: gr.Progress | None) -> None:
+    """A waiting note as a progress update: the UI's overlay, and ``progress_data`` for API clients."""
+    if progress is None:
+        return
+    place = update.place
+    if place is None:
+        progress(None, desc=waiting_text(place))
+    else:
+        progress((place.position, place.waiting), desc=waiting_text(place), unit="in line")
+
+
+def raise_failure(finished: Finished) -> None:
+    """A failed run's error, raised in this member's thread (a fresh ``gr.Error`` for each member)."""
+    error = finished.error
+    if isinstance(error, gr.Error):
+        raise gr.Error(error.message, title=error.title) from error
+    if finished.cancelled:
+        raise fail("The run was stopped before it started.", "Stopped")
+    raise gr.Error(f"The model work failed: {error}", title="Failed") from error
+
+
+def follow(session: Session, member: Member, progress: gr.Progress | None = None) -> Any:
+    """Wait for a non-streaming run, showing the place in line; returns the result (shared: copy it)."""
+    try:
+        for update in member.updates():
+            if isinstance(update, Waiting):
+                if STORE.peek(session.key) is not session:  # the tab was closed while it waited
+                    raise fail("This session has ended.", "Session closed")
+                show_place(update, progress)
+            elif isinstance(update, Finished):
+                if update.error is not None or update.cancelled or update.result is None:
+                    raise_failure(update)
+                return update.result
+        raise fail("The run was stopped.", "Stopped")
+    except BaseException:
+        end_lab(session)
+        raise
+    finally:
+        member.leave()
+        touch_lab(session)
+
+
+def how_text(member: Member) -> str:
+    """One line on whether this request shares its run, for status lines."""
+    others = member.others
+    if member.how == "cached":
+        return "An identical run (same model, data, settings and seed) already finished: here it is, replayed."
+    if member.how == "joined":
+        return f"Joined an identical run already in progress ({others + 1} visitors share it)."
+    return ""
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def load(session: Session, spec: str, identity: str, progress: gr.Progress | None = None) -> dict[str, Any]:
+    """Load a model (a queued step only when it is not in memory yet); returns what the UI shows of it."""
+    if not is_loaded(spec):
+
+        def produce(run: SharedRun) -> tuple[Any, bool]:
+            return describe(_load(spec)), False  # loading leaves nothing to serve again
+
+        member = join(session, run_key("load", model=identity), Work("load", identity, 1.0, _scale(spec)), produce)
+        return follow(session, member, progress)
+    return describe(_load(spec))
+
+
+def _load(spec: str) -> Any:
+    try:
+        return load_model(spec)
+    except ModelLoadError as exc:
+        raise gr.Error(str(exc), title="Model not loaded") from exc
+    except Exception as exc:  # a directory or Hub repo that is not a causal LM, a broken config...
+        raise gr.Error(f"'{spec}' could not be loaded as a language model: {exc}", title="Model not loaded") from exc
+
+
+def describe(loaded: Any) -> dict[str, Any]:
+    return {
+        "spec": loaded.spec,
+        "parameters": loaded.num_parameters,
+        "chat_template": loaded.is_chat,
+        "source": loaded.source,
+    }
+
+
+def baseline(
+    session: Session,
+    spec: str,
+    identity: str,
+    prompts: list[str],
+    generation: dict[str, Any],
+    progress: gr.Progress | None = None,
+) -> dict[str, Any]:
+    """The model's answers before training: ``{"outputs", "model_info", "seconds"}`` (a private copy)."""
+    key = run_key("baseline", model=model_fingerprint(identity), prompts=prompts, generation=generation)
+    units = generation_units(len(prompts), generation["max_new_tokens"])
+
+    def produce(run: SharedRun) -> tuple[Any, bool]:
+        started = time.perf_counter()
+        info = describe(_load(spec))
+        outputs = jobs.baseline_job(spec, prompts, generation)
+        return {"outputs": outputs, "model_info": info, "seconds": time.perf_counter() - started}, True
+
+    member = join(session, key, Work("baseline", identity, units, _scale(spec)), produce)
+    return copy.deepcopy(follow(session, member, progress))
+
+
+def training_key(
+    identity: str,
+    pairs: list[PreferencePair],
+    heldout: list[PreferencePair],
+    settings: TrainingSettings,
+    contrast: list[PreferencePair] | None = None,
+) -> str:
+    return run_key(
+        "train",
+        model=model_fingerprint(identity),
+        pairs=jobs.pairs_to_dicts(pairs),
+        heldout=jobs.pairs_to_dicts(heldout),
+        contrast=jobs.pairs_to_dicts(contrast or []),
+        settings=settings.to_dict(),
+    )
+
+
+def start_training(
+    session: Session,
+    spec: str,
+    identity: str,
+    pairs: list[PreferencePair],
+    heldout: list[PreferencePair],
+    settings: TrainingSettings,
+    contrast: list[PreferencePair] | None = None,
+) -> Member:
+    """Join (or start) the shared DPO run for these exact inputs; its events are the old stream's dicts.
+
+    The held-out and contrast pairs are part of the run (its live held-out curve), so of its key.
+    """
+    key = training_key(identity, pairs, heldout, settings, contrast)
+    pair_dicts, settings_dict = jobs.pairs_to_dicts(pairs), settings.to_dict()
+    probe_dicts = (jobs.pairs_to_dicts(heldout), jobs.pairs_to_dicts(contrast or []))
+    units = settings.total_steps(len(pairs)) * settings.batch_size
+
+    def produce(run: SharedRun) -> tuple[Any, bool]:
+        token = Run()  # the cancel token train_job looks up by id (a forked ZeroGPU worker gets a copy)
+        run.on_cancel(token.cancel.cancel)
+        stream = jobs.train_job(spec, pair_dicts, settings_dict, str(run.directory / "policy"), token.id, *probe_dicts)
+        try:
+            for event in stream:
+                run.publish(event)
+                if event["kind"] == "log" and run.ticket is not None:
+                    GATE.report_progress(run.ticket, event["step"] / max(1, event["total_steps"]))
+                elif event["kind"] != "log":
+                    return event, not event["stopped_early"] and bool(event["policy_dir"])
+                if run.cancelled and gpu.on_zero_gpu():  # the token cannot reach a forked worker
+                    break
+            return None, False
+        finally:
+            stream.close()
+            token.finish()
+
+    return join(session, key, Work("train", identity, units, _scale(spec)), produce)
+
+
+def training_updates(member: Member) -> Iterator[Waiting | Published | Finished]:
+    """The run's updates, each event this session's own copy."""
+    for update in member.updates():
+        if isinstance(update, Published):
+            update = Published(copy.deepcopy(update.payload), update.index, update.replayed)
+        yield update
+
+
+def replay_frame(member: Member, index: int, redraw_seconds: float) -> bool:
+    """Whether a replayed step is drawn, pausing before it, so that a late joiner sees the curves grow.
+
+    Every step of a short run is drawn ``redraw_seconds`` apart; a long one is drawn in about
+    ``REPLAY_SECONDS / redraw_seconds`` frames, so that the replay never takes long.
+    """
+    if redraw_seconds <= 0 or not _PACED_REPLAY.get():
+        return True
+    backlog = max(1, member.joined_at)
+    stride = max(1, math.ceil(backlog / max(1, int(REPLAY_SECONDS / redraw_seconds))))
+    if (index + 1) % stride and index + 1 < backlog:
+        return False
+    time.sleep(redraw_seconds)
+    return True
+
+
+@contextlib.contextmanager
+def unpaced_replay() -> Iterator[None]:
+    """Replays without pauses inside this block (a caller that shows no curves)."""
+    token = _PACED_REPLAY.set(False)
+    try:
+        yield
+    finally:
+        _PACED_REPLAY.reset(token)
+
+
+def adopt_policy(session: Session, member: Member, event: dict[str, Any]) -> Path | None:
+    """The session's own copy (hard links) of a finished run's policy, and the run it came from."""
+    if not event.get("policy_dir"):
+        session.training_key = None
+        return None
+    target = link_tree(event["policy_dir"], session.path("policy"))
+    session.training_key = f"{member.run.key}:{event['steps_done']}:{event['stopped_early']}"
+    return target
+
+
+def compare(session: Session, preset: dict[str, Any], progress: gr.Progress | None = None) -> dict[str, Any]:
+    """The report for this session's trained policy (shared with identical sessions; a private copy)."""
+    spec, identity = session.model_spec, spec_identity(session.model_spec)
+    policy_dir, baseline_outputs = str(session.policy_dir), list(session.baseline_outputs or [])
+    generation, training, timings = dict(session.generation), dict(session.training or {}), dict(session.timings)
+    key = run_key(
+        "compare",
+        model=model_fingerprint(identity),
+        training=session.training_key or policy_dir,
+        preset=preset,
+        baseline=baseline_outputs,
+        generation=generation,
+    )
+    units = generation_units(len(preset["eval_prompts"]), generation.get("max_new_tokens", 64))
+    units += 8 * len(preset.get("heldout_pairs", []))
+
+    def produce(run: SharedRun) -> tuple[Any, bool]:
+        pinned = link_tree(policy_dir, run.directory / "policy")  # the first session may close meanwhile
+        try:
+            report = jobs.compare_job(spec, str(pinned), preset, baseline_outputs, generation, training, timings)
+        finally:
+            shutil.rmtree(run.directory, ignore_errors=True)
+        return report, True
+
+    member = join(session, key, Work("compare", identity, units, _scale(spec)), produce)
+    return copy.deepcopy(follow(session, member, progress))

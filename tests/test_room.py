@@ -1,0 +1,224 @@
+"""A room full of visitors: eight API clients at once on a real server (the tiny model).
+
+Mixed presets and settings, some identical, one working tab by tab: every report matches its own
+request, identical requests get identical reports (and share the work), wrong clicks made while the
+line is full are answered in under a second, and nothing is left behind once the clients have gone.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from alignlab.presets import load_preset
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+STEPS = 4
+TOKENS = 8
+#: (name, /run_lab arguments): four identical default requests and three that differ from them.
+LABS = [
+    ("default-1", {"preset": "seed-lab"}),
+    ("default-2", {"preset": "seed-lab"}),
+    ("default-3", {"preset": "seed-lab"}),
+    ("default-4", {"preset": "seed-lab"}),
+    ("concise", {"preset": "concise"}),
+    ("warm-beta", {"preset": "warm-tone", "beta": 0.2}),
+    ("seed-7", {"preset": "seed-lab", "seed": 7}),
+]
+WRONG_CLICKS = [
+    ("/compare", {}, "Record the baseline first"),
+    ("/train", {}, "Record the baseline first"),
+    ("/run_lab", {"preset": "nope"}, "Unknown preset"),
+    ("/run_lab", {"steps": 0}, "steps must be a whole number"),
+    ("/run_lab", {"model": "no-such-owner/no-such-model-xyz"}, "no-such-owner/no-such-model-xyz"),
+    ("/load_model", {"model": "/no/such/model"}, "There is no directory"),
+    ("/baseline", {"max_new_tokens": 10_000}, "max new tokens"),
+]
+
+
+@pytest.fixture(scope="module")
+def app(tiny_chat_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    os.environ["ALIGNLAB_DEFAULT_MODEL"] = str(tiny_chat_dir)
+    from alignlab.ui import build_app, launch_options, train_tab
+
+    redraw, train_tab.MIN_REDRAW_SECONDS = train_tab.MIN_REDRAW_SECONDS, 0.0
+    demo = build_app()
+    demo.session_store.root = tmp_path_factory.mktemp("room-sessions")
+    demo.runs.clear()  # earlier test modules may have left identical runs in the cache
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_options())
+    yield demo, url
+    demo.close()
+    demo.session_store.close_all()
+    train_tab.MIN_REDRAW_SECONDS = redraw
+
+
+def without_timings(report: dict) -> dict:
+    """A report less what the clock measured (its timings, TRL's runtime and throughput figures)."""
+    timed = ("_runtime", "_per_second")
+    rows = [{k: v for k, v in row.items() if not k.endswith(timed)} for row in report["log_history"]]
+    return {**{k: v for k, v in report.items() if k != "timings"}, "log_history": rows}
+
+
+def test_a_room_of_eight_clients(app) -> None:
+    demo, url = app
+    store, runs, gate = demo.session_store, demo.runs, demo.gate
+    clients = {name: Client(url, verbose=False) for name, _ in LABS}
+    tabs = Client(url, verbose=False)  # the eighth visitor works tab by tab, with the defaults
+    clicker = Client(url, verbose=False)  # a ninth who only clicks the wrong things
+    reports: dict[str, dict] = {}
+    errors: list[str] = []
+    notes: list[str] = []  # every waiting note (place in line, estimated wait) an API client saw
+
+    def lab(name: str, arguments: dict) -> None:
+        try:
+            job = clients[name].submit(steps=STEPS, max_new_tokens=TOKENS, api_name="/run_lab", **arguments)
+            while not job.done():  # what a script polling its job would see
+                notes.extend(u.desc for u in job.status().progress_data or [] if u.desc)
+                time.sleep(0.25)
+            reports[name] = job.result()
+        except Exception as exc:  # noqa: BLE001 - reported below with the client's name
+            errors.append(f"{name}: {exc!r}")
+
+    def step_by_step() -> None:
+        try:
+            tabs.predict(max_new_tokens=TOKENS, api_name="/baseline")
+            statuses = [update[0] for update in tabs.submit(steps=STEPS, api_name="/train")]
+            assert f"Finished {STEPS} of {STEPS} steps" in statuses[-1], statuses[-3:]
+            notes.extend(s for s in statuses if "in line" in s)
+            reports["tabs"] = tabs.predict(api_name="/compare")[-1]
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"tabs: {exc!r}")
+
+    threads = [threading.Thread(target=lab, args=item) for item in LABS]
+    threads.append(threading.Thread(target=step_by_step))
+    for thread in threads:
+        thread.start()
+
+    # Wrong clicks while the line is full: each is answered at once, with what to do.
+    deadline = time.monotonic() + 240
+    while gate.stats().waiting == 0 and any(t.is_alive() for t in threads):
+        assert time.monotonic() < deadline, "the line never filled"
+        time.sleep(0.02)
+    answered: list[tuple[str, float, int]] = []
+    while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        for endpoint, arguments, message in WRONG_CLICKS:
+            waiting = gate.stats().waiting
+            started = time.perf_counter()
+            with pytest.raises(AppError) as info:
+                clicker.predict(api_name=endpoint, **arguments)
+            answered.append((endpoint, time.perf_counter() - started, waiting))
+            assert message in str(info.value), (endpoint, str(info.value))
+        time.sleep(0.2)
+    for thread in threads:
+        thread.join(timeout=240)
+    assert not errors, errors
+
+    during_load = [a for a in answered if a[2] > 0]
+    assert len(during_load) >= len(WRONG_CLICKS), f"only {len(during_load)} wrong clicks while requests waited"
+    slowest = max(answered, key=lambda a: a[1])
+    assert slowest[1] < 1.0, f"a wrong click took {slowest[1]:.2f} s ({slowest[0]}); all: {answered}"
+    assert any("in line" in n and "about" in n for n in notes), "no client was told its place and wait"
+
+    # Isolation: every report is for its own request, and each session holds its own copy.
+    for name, arguments in LABS:
+        report = reports[name]
+        preset = load_preset(arguments["preset"])
+        settings, training = report["settings"], report["settings"]["training"]
+        assert settings["preset"] == preset.id and settings["train_pairs"] == len(preset.pairs)
+        assert training["beta"] == arguments.get("beta", 0.1) and training["seed"] == arguments.get("seed", 42)
+        assert settings["steps_done"] == STEPS
+        assert [row["prompt"] for row in report["aligned_outputs"]] == preset.eval_prompts
+        session = store.peek(clients[name].session_hash)
+        assert session.report == report and (session.directory / "policy" / "config.json").is_file()
+    sessions = [store.peek(c.session_hash) for c in [*clients.values(), tabs]]
+    assert len({id(s) for s in sessions}) == len({s.directory for s in sessions}) == 8
+    assert sessions[0].report is not sessions[1].report  # equal reports, each session's own copy
+
+    # Determinism: identical requests, identical reports; the tabs visitor trained the same run.
+    defaults = [reports[f"default-{i}"] for i in range(1, 5)]
+    assert all(r == defaults[0] for r in defaults[1:])
+    assert reports["tabs"]["log_history"] == defaults[0]["log_history"]
+    assert reports["seed-7"]["log_history"] != defaults[0]["log_history"]
+    stats = runs.stats()
+    # Distinct work: 3 baselines (one per preset), 4 trainings, 5 compares (the tabs one is its own).
+    assert stats.misses == 12 and stats.joins + stats.hits >= 3 * 3 + 2, stats
+
+    # The same request again after the cache is emptied: recomputed, and still the same report.
+    runs.clear()
+    again = clients["default-1"].predict(steps=STEPS, max_new_tokens=TOKENS, preset="seed-lab", api_name="/run_lab")
+    assert without_timings(again) == without_timings(defaults[0])
+
+    # The clients go (API clients never close a tab: their sessions expire after the time-to-live).
+    ttl, store.ttl = store.ttl, 0.0
+    try:
+        store.expire()
+    finally:
+        store.ttl = ttl
+    assert len(store) == 0
+    assert [p.name for p in store.root.iterdir()] in ([], ["_shared"]), "a session left files behind"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (runs.workers() or gate.stats().running or gate.stats().holds):
+        time.sleep(0.1)
+    stats, line = runs.stats(), gate.stats()
+    assert (line.running, line.waiting, line.holds) == (0, 0, 0)
+    assert (stats.in_flight, stats.draining, runs.workers()) == (0, 0, 0)
+    assert stats.disk_bytes <= runs.max_disk_bytes and stats.memory_bytes <= runs.max_memory_bytes
+    from alignlab.ui.state import RUN_TOKENS
+
+    assert not RUN_TOKENS
+    leftovers = [
+        t.name for t in threading.enumerate() if t.name.startswith(("alignlab-dpo", "alignlab-run", "alignlab-stop"))
+    ]
+    assert not leftovers, leftovers
+
+
+def test_a_late_visitor_sees_a_finished_identical_run_replayed_step_by_step(app) -> None:
+    demo, url = app
+    first, late = Client(url, verbose=False), Client(url, verbose=False)
+    for client in (first, late):
+        client.predict(max_new_tokens=TOKENS, api_name="/baseline")
+    *_, done = list(first.submit(steps=3, seed=11, api_name="/train"))
+    assert "Finished 3 of 3 steps" in done[0]
+    updates = list(late.submit(steps=3, seed=11, api_name="/train"))
+    statuses = [u[0] for u in updates]
+    assert "already finished" in statuses[0]
+    for step in (1, 2, 3):  # the curves are redrawn one step at a time, as if it ran again
+        assert any(f"Step {step} of 3" in s for s in statuses), statuses
+    points = [len(u[1]["data"]) for u in updates]
+    assert points == sorted(points) and points[-1] == 3 and len(set(points)) >= 3
+    assert updates[-1][5] == done[5] and "Finished 3 of 3 steps" in statuses[-1]  # the same log, its own copy
+    mine, theirs = (demo.session_store.peek(c.session_hash) for c in (late, first))
+    assert mine.policy_dir != theirs.policy_dir and (mine.policy_dir / "config.json").is_file()
+    assert "answers changed" in late.predict(api_name="/compare")[0]
+
+
+def test_stop_leaves_a_shared_run_to_the_others_and_the_last_one_stops_it(app) -> None:
+    demo, url = app
+    a, b = Client(url, verbose=False), Client(url, verbose=False)
+    for client in (a, b):
+        client.predict(max_new_tokens=TOKENS, api_name="/baseline")
+    job_a = a.submit(steps=400, seed=5, api_name="/train")
+    deadline = time.monotonic() + 60
+    while not any("Step " in str(u[0]) for u in job_a.outputs()):
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.05)
+    job_b = b.submit(steps=400, seed=5, api_name="/train")  # identical: joins a's run
+    while not any("Step " in str(u[0]) for u in job_b.outputs()):
+        assert time.monotonic() < deadline, "the second visitor never joined"
+        time.sleep(0.05)
+    assert "Joined an identical run" in job_b.outputs()[0][0]
+    assert "Stopped following the shared run" in a.predict(api_name="/stop")[0]  # b still follows it
+    run = demo.session_store.peek(b.session_hash).run.member.run
+    assert not run.cancelled and run.state == "running"
+    stopped = b.predict(api_name="/stop")  # the last one stops the run itself, at the end of a step
+    assert "Stopped after" in stopped[0] and "of 400 steps" in stopped[0]
+    assert run.cancelled and demo.runs.stats().in_flight == 0
+    assert demo.session_store.peek(a.session_hash).policy_dir is None  # a left: nothing to compare
+    assert "answers changed" in b.predict(api_name="/compare")[0]  # b kept the stopped run's policy
