@@ -346,7 +346,7 @@ def table(results: dict[str, Any]) -> str:
             ("generation: one prompt at a time", fig(g["one_at_a_time_seconds"])),
             ("generation: speedup (one-at-a-time / batched)", fig(g["speedup"])),
             (
-                "generation: identical answers / new tokens (batched, single)",
+                "generation: identical answers / tokens of the decoded answers (batched, single)",
                 f"{g['identical_answers']}/{n}; {g['new_tokens']['batched']}, {g['new_tokens']['one_at_a_time']}",
             ),
             (

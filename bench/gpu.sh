@@ -81,5 +81,10 @@ if "$DEVICE" == "cuda":
 EOF
 
 mkdir -p "$RESULTS"
+SMOKE=()
+if [[ "$DEVICE" == cpu ]]; then
+    # Off a GPU this only proves the path: a GPT-2-size model decodes slowly on a CPU, so keep it short.
+    SMOKE=(--generation-repeats 1 --max-new-tokens 16)
+fi
 "$PY" -m bench --model gpt2-sized --device "$DEVICE" --only correctness,lab,generation,training,shift,scale \
-    --out "$RESULTS/gpu.json" "$@"
+    --out "$RESULTS/gpu.json" ${SMOKE[@]+"${SMOKE[@]}"} "$@"
