@@ -166,6 +166,8 @@ def run_in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
             "identical": {},
             "load_average_before": [round(x, 2) for x in os.getloadavg()],
         }
+        if options.get("progress"):
+            Path(options["progress"]).write_text(json.dumps(results, indent=2))
         for n in sizes:
             if n == 1:  # one client alone is the single run itself
                 one = {**alone[0], "first_step_last_in_line": None, "ratio": 1.0, "cpu_ratio": 1.0}
@@ -182,6 +184,8 @@ def run_in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
             identical["ratio"] = identical["makespan"] / singles[0]
             identical["cpu_ratio"] = identical["cpu_seconds"] / single_cpu[0]
             results["identical"][str(n)] = identical
+            if options.get("progress"):  # rooms so far, for a bench stopped before it ends
+                Path(options["progress"]).write_text(json.dumps(results, indent=2))
         results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         return results
     finally:
