@@ -200,7 +200,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["scale"] = scale.run(device, preset.pairs, size=args.scale_size, steps=args.timed_steps)
     if "room" in args.sections:
         _say(f"[bench] room: {args.room_sizes} clients at once on a real server, in a fresh process ...")
-        options = {"sizes": args.room_sizes, "steps": args.room_steps, "max_new_tokens": args.room_tokens}
+        progress = Path(args.out).with_suffix(".partial.json") if args.out else RESULTS_DIR / "room.partial.json"
+        progress.parent.mkdir(parents=True, exist_ok=True)
+        options = {
+            "sizes": args.room_sizes,
+            "steps": args.room_steps,
+            "max_new_tokens": args.room_tokens,
+            "progress": str(progress.resolve()),
+        }
         results["room"] = room.run(spec, args.device, options)
     if "candidates" in args.sections:
         _say("[bench] candidates: one probed training run each, in fresh processes ...")

@@ -11,7 +11,8 @@ Figures, each measured in this one process, side by side:
 
 - each distinct request's single-run time (the client alone, the shared-run cache emptied first);
 - makespan: first submit to last report, against the serial sum of the same requests' single-run
-  times (distinct), or against one single run (identical);
+  times (distinct), or against one single run (identical); the same ratio in CPU time of this
+  process (server and clients), which other load on a shared machine disturbs much less;
 - time to the first plotted step for the last client in line (its session's first training row,
   read on the server every 0.1 s);
 - answers to a wrong click (``/compare`` with no baseline) while the room waits, the slowest of all;
@@ -94,6 +95,7 @@ def room(demo: Any, url: str, requests: list[dict], lab: dict, probe: bool = Fal
             finished[i] = time.perf_counter()
 
     threads = [threading.Thread(target=visit, args=(i,)) for i in range(len(requests))]
+    cpu_started = time.process_time()  # this process's CPU time, all threads: server and clients
     with PeakMemory() as memory:
         for thread in threads:
             thread.start()
@@ -116,12 +118,14 @@ def room(demo: Any, url: str, requests: list[dict], lab: dict, probe: bool = Fal
             time.sleep(0.1)
         for thread in threads:
             thread.join()
+    cpu_seconds = time.process_time() - cpu_started
     stats = demo.runs.stats()
     for client in [*clients, *([clicker] if clicker else [])]:
         store.close(client.session_hash)
     return {
         "n": len(requests),
         "makespan": max(finished) - min(submitted),
+        "cpu_seconds": cpu_seconds,
         "per_client": [f - s for s, f in zip(submitted, finished)],
         "first_step_last_in_line": first_step[-1],
         "first_step": first_step,
@@ -152,22 +156,36 @@ def run_in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     try:
         # Warm-up (model load, TRL's first step), so that no measured run pays it.
         room(demo, url, [{"preset": "seed-lab", "seed": 0}], {"steps": 1, "max_new_tokens": 4})
-        singles = [room(demo, url, [request], lab)["makespan"] for request in DISTINCT[: max(sizes)]]
-        results: dict[str, Any] = {"lab": lab, "singles": singles, "distinct": {}, "identical": {}}
+        alone = [room(demo, url, [request], lab) for request in DISTINCT[: max(sizes)]]
+        singles, single_cpu = [r["makespan"] for r in alone], [r["cpu_seconds"] for r in alone]
+        results: dict[str, Any] = {
+            "lab": lab,
+            "singles": singles,
+            "singles_cpu_seconds": single_cpu,
+            "distinct": {},
+            "identical": {},
+            "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        }
+        if options.get("progress"):
+            Path(options["progress"]).write_text(json.dumps(results, indent=2))
         for n in sizes:
             if n == 1:  # one client alone is the single run itself
-                alone = {"n": 1, "makespan": singles[0], "first_step_last_in_line": None}
-                results["distinct"]["1"] = {**alone, "serial_sum": singles[0], "ratio": 1.0}
-                results["identical"]["1"] = {**alone, "one_run": singles[0], "ratio": 1.0}
+                one = {**alone[0], "first_step_last_in_line": None, "ratio": 1.0, "cpu_ratio": 1.0}
+                results["distinct"]["1"] = {**one, "serial_sum": singles[0]}
+                results["identical"]["1"] = {**one, "one_run": singles[0]}
                 continue
             distinct = room(demo, url, DISTINCT[:n], lab, probe=True)
             distinct["serial_sum"] = sum(singles[:n])
             distinct["ratio"] = distinct["makespan"] / distinct["serial_sum"]
+            distinct["cpu_ratio"] = distinct["cpu_seconds"] / sum(single_cpu[:n])
             results["distinct"][str(n)] = distinct
             identical = room(demo, url, [IDENTICAL] * n, lab, probe=True)
             identical["one_run"] = singles[0]
             identical["ratio"] = identical["makespan"] / singles[0]
+            identical["cpu_ratio"] = identical["cpu_seconds"] / single_cpu[0]
             results["identical"][str(n)] = identical
+            if options.get("progress"):  # rooms so far, for a bench stopped before it ends
+                Path(options["progress"]).write_text(json.dumps(results, indent=2))
         results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         return results
     finally:
@@ -208,7 +226,8 @@ def rows(section: dict[str, Any]) -> list[tuple[str, str]]:
             out.append(
                 (
                     f"room: {n} {kind} /run_lab ({lab['steps']} steps, {lab['max_new_tokens']} tokens)",
-                    f"makespan {secs(r['makespan'])} vs {versus} {secs(base)} = {r['ratio']:.2f}x; "
+                    f"makespan {secs(r['makespan'])} vs {versus} {secs(base)} = {r['ratio']:.2f}x "
+                    f"(CPU time {r['cpu_ratio']:.2f}x); "
                     f"first step for the last in line {secs(r.get('first_step_last_in_line'))}"
                     f"{memory}{click_text}{shared_text}",
                 )
