@@ -175,10 +175,13 @@ def test_memorised_by_margin_and_by_a_falling_curve():
         {"step": 3, "accuracy": 1.0, "margin": 0.9, "contrast_accuracy": 0.5},
         {"step": 4, "accuracy": 1.0, "margin": 1.4, "contrast_accuracy": 0.25},
     ]
-    f = facts(heldout_curve=curve)
-    h = read_health(f)
+    later = rows(n=4, epoch=[0.5, 1.0, 1.5, 2.0])  # steps 3 and 4 revisit the pairs
+    h = read_health(facts(log=later, heldout_curve=curve))
     assert h.best_step == 2
     assert any(d.code == "memorised" and "peaked at step 2" in d.text for d in h.details)
+    # the same dip within the first epoch (no pair seen twice) is not memorising
+    first = rows(n=4, epoch=[0.25, 0.5, 0.75, 1.0])
+    assert "memorised" not in codes(facts(log=first, heldout_curve=curve))
     assert "memorised" not in codes(facts(heldout_curve=curve[:2]))
 
 
