@@ -150,12 +150,13 @@ def test_waiting_members_see_their_place_and_the_last_to_leave_withdraws_the_run
     note = next(a.updates())
     assert isinstance(note, Waiting) and note.place.position == 1
     a.leave()
-    assert runs.stats().in_flight == 2  # b still wants it
+    wait_for(lambda: runs.stats().in_flight == 2)  # b still wants it
     b.leave()  # nobody wants it any more: its ticket is withdrawn and it never runs
     busy.release()
     drain(holder)
     holder.leave()
-    assert queued.calls == 0 and runs.stats().in_flight == 0 and runs.stats().cached == 1
+    wait_for(lambda: runs.stats().in_flight == 0 and runs.stats().cached == 1)  # filed by the worker thread
+    assert queued.calls == 0
     wait_for(lambda: runs.workers() == 0)  # every worker thread has ended
     assert runs.gate.stats().waiting == runs.gate.stats().running == 0
 
@@ -197,7 +198,7 @@ def test_every_bound_evicts_the_least_recently_used_and_files_go_when_unread(tmp
     runs = disk
     finish("x", files=1000).leave()
     reader = finish("y", files=1000)  # still reading when "z" pushes it out
-    assert disk.stats().disk_bytes == 2000
+    wait_for(lambda: disk.stats().disk_bytes == 2000)  # the worker files the run just after its end is read
     copy = link_tree(reader.run.directory, tmp_path / "session" / "policy")  # a session's own copy
     disk.join("x", WORK, Producer()).leave()  # "y" becomes the least recently used
     finish("z", files=1000).leave()
