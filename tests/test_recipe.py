@@ -293,7 +293,8 @@ def test_exported_recipe_runs_on_two_processes_and_matches_the_lab(tmp_path, tin
     and the losses can only differ by float rounding (the gradient is averaged across processes
     instead of over one batch, and each process pads its own row): measured 1e-6 here. The
     tolerance, 1e-4, is 100x that, while a wrong batch, data order, learning rate or reference
-    moves the step-2 loss by over 1e-2 (the loss falls by ~0.06 a step).
+    moves the step-2 loss by over 1e-2 (at the lab's default rate the tiny model's loss moves ~0.03 away
+    from ln 2 after one update; it need not fall, the tiny model's weights are random).
     """
     out = tmp_path / "recipe"
     code = main(
@@ -331,7 +332,8 @@ def test_exported_recipe_runs_on_two_processes_and_matches_the_lab(tmp_path, tin
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)
 
     lab = train_dpo(tiny_chat, seed_lab.pairs, TrainingSettings(steps=3)).step_rows
-    assert rows[-1]["loss"] < math.log(2) - 0.05  # it trained, so the comparison below means something
+    # The weights moved (the loss left ln 2 after the first update), so the comparison below means something.
+    assert abs(rows[1]["loss"] - math.log(2)) > 0.01 and abs(lab[1]["loss"] - math.log(2)) > 0.01
     for ours, theirs in zip(lab, rows, strict=True):
         assert theirs["loss"] == pytest.approx(ours["loss"], abs=1e-4)
         assert theirs["rewards/margins"] == pytest.approx(ours["rewards/margins"], abs=1e-4)

@@ -96,6 +96,7 @@ def test_a_room_of_eight_clients(app) -> None:
         except Exception as exc:  # noqa: BLE001
             errors.append(f"tabs: {exc!r}")
 
+    before = runs.stats()  # the cache's counters run for the process's life: count this test's share
     threads = [threading.Thread(target=lab, args=item) for item in LABS]
     threads.append(threading.Thread(target=step_by_step))
     for thread in threads:
@@ -147,8 +148,11 @@ def test_a_room_of_eight_clients(app) -> None:
     assert reports["tabs"]["log_history"] == defaults[0]["log_history"]
     assert reports["seed-7"]["log_history"] != defaults[0]["log_history"]
     stats = runs.stats()
-    # Distinct work: 3 baselines (one per preset), 4 trainings, 5 compares (the tabs one is its own).
-    assert stats.misses == 12 and stats.joins + stats.hits >= 3 * 3 + 2, stats
+    # Distinct work: 3 baselines (one per preset), 4 trainings, 4 compares, and the tabs visitor's
+    # compare, which shares the default one when its session's copy of the run matches it exactly
+    # (it does when it joined the default training in flight; measured both ways: 11 and 12).
+    misses, shared = stats.misses - before.misses, stats.joins + stats.hits - before.joins - before.hits
+    assert misses in (11, 12) and shared >= 3 * 3 + 2, (before, stats)
 
     # The same request again after the cache is emptied: recomputed, and still the same report.
     runs.clear()
