@@ -6,9 +6,9 @@ Everything here is computed from the models, nothing is assumed:
   length and scored a chunk of positions at a time, so that no ``(batch, length, vocabulary)``
   log-softmax tensor is ever built (a 300-pair dataset scores in bounded memory);
 - :class:`PreferenceProbe`: held-out, contrast and capability pairs scored in one pass per model,
-  the reference scored once; DPO's implicit reward ``beta * (log pi_theta - log pi_ref)`` ranks
-  held-out and contrast pairs, the policy's own log-probability ranks capability pairs (before:
-  the reference's; after: the policy's);
+  the reference scored once per process (:class:`ReferenceScores`); DPO's implicit reward
+  ``beta * (log pi_theta - log pi_ref)`` ranks held-out and contrast pairs, the policy's own
+  log-probability ranks capability pairs (before: the reference's; after: the policy's);
 - :func:`mean_token_kl`: KL(pi_theta || pi_ref) per completion token on the eval answers, and
   :func:`perplexity` on a fixed neutral text -- the *alignment tax*;
 - :func:`count_changed`: eval prompts whose answer differs after training.
@@ -18,6 +18,9 @@ The output-level checks live in :mod:`alignlab.degeneration`, and the verdict in
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -44,6 +47,10 @@ POSITIONS_PER_CHUNK = 512
 MAX_SCORED_TOKENS = 1024
 #: The live curve scores at most this many held-out and contrast pairs after each step.
 LIVE_PROBE_PAIRS = 24
+#: Reference log-probs remembered per process (one float and its prompt/answer key each).
+REFERENCE_CACHE_ROWS = 50_000
+#: :func:`weights_digest` reads every this-many-th value of each parameter.
+DIGEST_STRIDE = 31
 
 
 # --------------------------------------------------------------------------- log-probs
@@ -243,6 +250,84 @@ def sequence_logps(
 completion_logps = sequence_logps
 
 
+@torch.no_grad()
+def weights_digest(model: torch.nn.Module) -> tuple[float, float]:
+    """(sum, sum of norms) of a strided sample of every parameter (every 31st value).
+
+    Training, a LoRA merge or any in-place edit moves every weight it touches, so the sample moves
+    too; it reads a fraction of the weights (a 135M model in well under a second on one CPU core).
+    """
+    sums, norms = [], []
+    for param in model.parameters():
+        data = param.detach().reshape(-1)[::DIGEST_STRIDE]
+        data = data if data.is_floating_point() else data.float()  # packed 4-bit weights
+        sums.append(data.sum(dtype=torch.float32))
+        norms.append(torch.linalg.vector_norm(data, dtype=torch.float32))
+    if not sums:
+        return 0.0, 0.0
+    return float(torch.stack(sums).double().sum()), float(torch.stack(norms).double().sum())
+
+
+class ReferenceScores:
+    """``log pi_ref(completion | prompt)`` remembered per reference model for the life of the process.
+
+    The reference is never trained, so a pair it has scored needs no second pass: a learner who
+    retrains on the same data, or a room of visitors on one preset, pays the reference's half of
+    the evidence once. The model's :func:`weights_digest` is checked on every use, so a model
+    changed in place is scored afresh rather than served stale figures. At most ``max_rows``
+    answers are kept per model (least recently used out first); a model that is gone takes its
+    scores with it.
+    """
+
+    def __init__(self, max_rows: int = REFERENCE_CACHE_ROWS) -> None:
+        self.max_rows = max_rows
+        self._tables: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[float, float], OrderedDict]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(table) for _, table in self._tables.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tables.clear()
+            self.hits = self.misses = 0
+
+    def logps(
+        self, model: torch.nn.Module, loaded: LoadedModel, prompts: list[str], completions: list[str]
+    ) -> torch.Tensor:
+        """:func:`sequence_logps` of the reference, each row computed once per process."""
+        digest = weights_digest(model)
+        context = (id(loaded.tokenizer), loaded.is_chat, MAX_SCORED_TOKENS)
+        keys = [(context, p, c) for p, c in zip(prompts, completions)]
+        with self._lock:
+            known_digest, table = self._tables.get(model, (None, None))
+            if table is None or known_digest != digest:
+                table = OrderedDict()
+                self._tables[model] = (digest, table)
+            found = {key: table[key] for key in keys if key in table}
+        missing = list(dict.fromkeys(key for key in keys if key not in found))
+        if missing:
+            scored = sequence_logps(model, loaded, [k[1] for k in missing], [k[2] for k in missing]).tolist()
+            found.update(zip(missing, scored))
+        with self._lock:
+            self.hits += len(keys) - len(missing)
+            self.misses += len(missing)
+            for key in keys:
+                table[key] = found[key]
+                table.move_to_end(key)
+            while len(table) > self.max_rows:
+                table.popitem(last=False)
+        return torch.tensor([found[key] for key in keys], dtype=torch.float32)
+
+
+#: The process's reference scores (see :class:`ReferenceScores`).
+REFERENCE_SCORES = ReferenceScores()
+
+
 def implicit_rewards(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: float) -> torch.Tensor:
     """DPO's implicit reward ``beta * (log pi_theta - log pi_ref)``."""
     return beta * (policy_logps - reference_logps)
@@ -290,7 +375,8 @@ LIVE_SETS = ("heldout", "contrast")
 class PreferenceProbe:
     """Held-out, contrast and capability pairs, scored in one pass per model.
 
-    The reference (``loaded.model``, never trained) is scored once, when the probe is built. The
+    The reference (``loaded.model``, never trained) is scored when the probe is built, through
+    :data:`REFERENCE_SCORES` (so only pairs it has never scored in this process cost a pass). The
     live curve (:meth:`curve_point`) scores the policy on the held-out and contrast pairs (at most
     :data:`LIVE_PROBE_PAIRS` of each) after every logged step and keeps those scores, so that the
     final evidence on the same policy (:meth:`score` with ``reuse_step``) pays only for the
@@ -308,7 +394,9 @@ class PreferenceProbe:
         self.loaded = loaded
         self.beta = beta
         self.sets = {"heldout": list(heldout), "contrast": list(contrast or []), "capability": list(capability or [])}
-        self.reference = self._pass(loaded.model, {name: len(pairs) for name, pairs in self.sets.items()})
+        self.reference = self._pass(
+            loaded.model, {name: len(pairs) for name, pairs in self.sets.items()}, scorer=REFERENCE_SCORES.logps
+        )
         self.last_step: int | None = None
         self._last: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -318,15 +406,22 @@ class PreferenceProbe:
         parts = [t for name in PROBE_SETS for t in self.reference[name]]
         return torch.cat(parts) if parts else torch.zeros(0)
 
-    def _pass(self, model: torch.nn.Module, sizes: dict[str, int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """One scoring pass over the first ``sizes[name]`` pairs of each named set: (chosen, rejected) log-probs."""
+    def _pass(
+        self, model: torch.nn.Module, sizes: dict[str, int], scorer: Any = None
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """One scoring pass over the first ``sizes[name]`` pairs of each named set: (chosen, rejected) log-probs.
+
+        ``scorer``: how rows are scored (default :func:`sequence_logps`; the reference goes through
+        :data:`REFERENCE_SCORES`, which scores only the rows it has not seen).
+        """
         prompts: list[str] = []
         completions: list[str] = []
         for name, n in sizes.items():
             pairs = self.sets[name][:n]
             prompts += [p.prompt for p in pairs] * 2
             completions += [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        logps = sequence_logps(model, self.loaded, prompts, completions) if prompts else torch.zeros(0)
+        score = scorer or sequence_logps
+        logps = score(model, self.loaded, prompts, completions) if prompts else torch.zeros(0)
         out, start = {}, 0
         for name, n in sizes.items():
             n = min(n, len(self.sets[name]))

@@ -7,7 +7,9 @@ memory is its own, on the same policy (the reference with a fixed, seeded pertur
 weights: scoring costs the same whatever the weights): the after-answers are generated, then
 the evidence is gathered. ``legacy`` is :mod:`bench.legacy_evidence` (the code before issue 8),
 ``current`` is :func:`alignlab.lab.compare` plus the output-level checks and the verdict. Both
-must agree on the figures they share.
+must agree on the figures they share. ``current`` then gathers the evidence once more for another
+policy in the same process, as a second run on the same data does (the reference's scores are
+kept per process, :class:`alignlab.evaluation.ReferenceScores`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,18 @@ def run(spec: str, device: str | None, repeats: int = 1, dataset: Path = HH_RLHF
     speedup = Figure(
         [lg["evidence_seconds"] / cu["evidence_seconds"] for lg, cu in zip(runs["legacy"], runs["current"])], unit="x"
     )
+    repeat = [r["extra"].get("repeat_evidence_seconds") for r in runs["current"]]
+    repeat = [x for x in repeat if x is not None]
+    extra_figures = {}
+    if repeat:
+        extra_figures = {
+            "repeat_seconds": Figure(repeat).to_dict(),
+            "repeat_speedup": Figure(
+                [lg["evidence_seconds"] / x for lg, x in zip(runs["legacy"], repeat)], unit="x"
+            ).to_dict(),
+        }
     return {
+        **extra_figures,
         "dataset": str(dataset.name),
         "pairs": current["pairs"],
         "figures": figures,
@@ -73,6 +86,10 @@ def table_rows(section: dict[str, Any]) -> list[tuple[str, str]]:
             (f"evidence: peak RSS of the evaluation process, {label}", fig(f["peak_rss"])),
         ]
     rows.append(("evidence: scoring speed-up (before / now)", fig(section["speedup"])))
+    repeats = section.get("repeat_seconds")
+    if repeats:
+        rows.append(("evidence: a second run on the same data, same process (reference scores kept)", fig(repeats)))
+        rows.append(("evidence: speed-up of that second run (before / now)", fig(section["repeat_speedup"])))
     rows.append(
         (
             "evidence: generation of the after-answers (same code both)",

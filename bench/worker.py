@@ -152,6 +152,28 @@ def _evidence(spec: str, options: dict) -> dict:
         )
         extra = {"verdict": verdict.verdict, "capability_source": source, "capability_pairs": len(capability)}
     ended = time.perf_counter()
+    if options["impl"] != "legacy" and options.get("repeat", True):
+        # A second run on the same data in the same process (a learner retraining, a room on one
+        # preset): another policy, the same reference, whose scores the process already holds.
+        torch.manual_seed(1)
+        second = copy.deepcopy(loaded.model)
+        with torch.no_grad():
+            for param in second.parameters():
+                param.add_(1e-3 * torch.randn_like(param))
+        again = time.perf_counter()
+        gather_evidence(
+            second,
+            loaded,
+            preset.heldout_pairs,
+            preset.eval_prompts,
+            aligned,
+            beta,
+            contrast_pairs=preset.contrast_pairs,
+            capability_pairs=capability,
+            capability_source=source,
+        )
+        extra["repeat_evidence_seconds"] = time.perf_counter() - again
+        del second
     figures = ("heldout_reward_accuracy", "heldout_mean_margin", "kl_to_reference", "perplexity_after")
     return {
         "impl": options["impl"],
@@ -162,7 +184,7 @@ def _evidence(spec: str, options: dict) -> dict:
         },
         "generate_seconds": generated - started,
         "evidence_seconds": ended - generated,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),  # the whole process, the repeat included
         "rss_before_mib": rss_before,
         "figures": {k: getattr(evidence, k) for k in figures},
         "extra": extra,

@@ -128,6 +128,7 @@ def test_quick_evidence_section_agrees_with_the_code_it_replaced(tmp_path):
         tolerance = 0.02 if key == "heldout_mean_margin" else 1e-4
         assert current == pytest.approx(legacy, rel=1e-3, abs=tolerance), key
     assert evidence["current_extra"]["capability_source"] == "built-in"
+    assert evidence["repeat_seconds"]["n"] == 1 and evidence["repeat_speedup"]["median"] > 0
 
 
 def test_quick_calibration_section_reports_each_case_with_its_figures(tmp_path):

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -127,6 +128,7 @@ def test_long_prompts_are_cut_from_the_left_and_the_answer_is_kept(tiny_base, mo
 
 
 def test_probe_scores_every_set_in_one_pass_and_the_reference_once(tiny_chat, pairs, monkeypatch):
+    evaluation.REFERENCE_SCORES.clear()  # earlier tests may have scored these pairs with this reference
     calls = []
     real = evaluation.sequence_logps
     monkeypatch.setattr(evaluation, "sequence_logps", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
@@ -146,6 +148,48 @@ def test_probe_scores_every_set_in_one_pass_and_the_reference_once(tiny_chat, pa
     held = real(policy, tiny_chat, [p.prompt for p in pairs[:2]], [p.chosen for p in pairs[:2]])
     ref_held = real(tiny_chat.model, tiny_chat, [p.prompt for p in pairs[:2]], [p.chosen for p in pairs[:2]])
     assert scores["heldout"].chosen == pytest.approx((0.1 * (held - ref_held)).tolist(), abs=1e-4)
+
+
+def test_the_reference_scores_each_answer_once_per_process(tiny_chat, pairs, monkeypatch):
+    evaluation.REFERENCE_SCORES.clear()
+    calls = []
+    real = evaluation.sequence_logps
+    monkeypatch.setattr(evaluation, "sequence_logps", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    first = PreferenceProbe(tiny_chat, 0.1, pairs[:2], pairs[2:])
+    assert calls == [8]
+    new = PreferencePair("Name a primary colour.", "Blue is a primary colour.", "Green is a primary colour.")
+    again = PreferenceProbe(tiny_chat, 0.3, [*pairs[:2], new])  # another run on the same data, one pair more
+    assert calls == [8, 2]  # only the new pair's two answers
+    assert again.reference["heldout"][0][:2].tolist() == pytest.approx(first.reference["heldout"][0].tolist(), abs=1e-6)
+    held = [*pairs[:2], new]
+    fresh = real(tiny_chat.model, tiny_chat, [p.prompt for p in held], [p.rejected for p in held])
+    assert again.reference["heldout"][1].tolist() == pytest.approx(fresh.tolist(), abs=1e-4)
+
+
+def test_a_reference_changed_in_place_is_scored_afresh(tiny_chat, pairs):
+    loaded = dataclasses.replace(tiny_chat, model=copy.deepcopy(tiny_chat.model))
+    before = PreferenceProbe(loaded, 0.1, pairs[:2]).reference_logps
+    with torch.no_grad():
+        for param in loaded.model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    after = PreferenceProbe(loaded, 0.1, pairs[:2]).reference_logps
+    fresh = sequence_logps(
+        loaded.model,
+        loaded,
+        [p.prompt for p in pairs[:2]] * 2,
+        [p.chosen for p in pairs[:2]] + [p.rejected for p in pairs[:2]],
+    )
+    assert after.tolist() == pytest.approx(fresh.tolist(), abs=1e-4)
+    assert after.tolist() != pytest.approx(before.tolist(), abs=1e-2)
+
+
+def test_reference_scores_stay_within_their_bound(tiny_chat, pairs):
+    scores = evaluation.ReferenceScores(max_rows=3)
+    got = scores.logps(tiny_chat.model, tiny_chat, [p.prompt for p in pairs], [p.chosen for p in pairs])
+    assert len(got) == len(pairs) > 3 and len(scores) == 3
+    assert (scores.hits, scores.misses) == (0, len(pairs))
+    scores.logps(tiny_chat.model, tiny_chat, [pairs[-1].prompt], [pairs[-1].chosen])  # the newest is kept
+    assert (scores.hits, len(scores)) == (1, 3)
 
 
 def test_live_curve_is_recorded_after_every_step(tiny_chat, pairs):
