@@ -162,7 +162,7 @@ def format_report(report: dict[str, Any]) -> str:
     ev = report["eval"]
     lines.append("\n=== Evidence ===")
     for reading in (
-        heldout_reading(ev.get("heldout_reward_accuracy"), ev.get("heldout_mean_margin")),
+        heldout_reading(ev.get("heldout_reward_accuracy"), ev.get("heldout_mean_margin"), ev),
         contrast_reading(ev.get("contrast_accuracy")),
         capability_reading(
             ev.get("capability_accuracy_before"), ev.get("capability_accuracy_after"), ev.get("capability_source", "")

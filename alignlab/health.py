@@ -178,14 +178,22 @@ CONTRAST_WORDS = {
 }
 
 
-def heldout_reading(accuracy: float | None, margin: float | None) -> str:
+def heldout_reading(accuracy: float | None, margin: float | None, evaluation: dict[str, Any] | None = None) -> str:
+    """The held-out figure in words; ``evaluation`` (the report's ``eval``) adds which score ranked the pairs
+    when it is not DPO's implicit reward, and the original model's accuracy under it."""
     accuracy, margin = finite(accuracy), finite(margin)
     if accuracy is None:
         return HELDOUT_WORDS["unknown"].capitalize() + "."
-    return (
+    text = (
         f"Held-out preference accuracy {accuracy:.0%} (mean reward margin {margin:+.3f}): "
         f"{HELDOUT_WORDS[accuracy_band(accuracy)]}."
     )
+    scorer = (evaluation or {}).get("heldout_scorer")
+    if scorer and scorer != "implicit_reward":
+        before = finite((evaluation or {}).get("heldout_reward_accuracy_before"))
+        was = f"; the original model ranked {before:.0%} right under it" if before is not None else ""
+        text += f" Scored by {SCORERS.get(scorer, scorer)}{was}."
+    return text
 
 
 def contrast_reading(accuracy: float | None) -> str:

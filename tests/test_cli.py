@@ -147,7 +147,8 @@ def test_lab_method_is_in_the_report_with_its_own_defaults(tmp_path, tiny_chat_d
     out = tmp_path / "r.json"
     args = ["lab", "--model", str(tiny_chat_dir), "--preset", "seed-lab", "--method", "simpo", "--steps", "2"]
     assert main([*args, "--max-new-tokens", "4", "--out", str(out)]) == 0
-    assert "method SimPO" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "method SimPO" in printed and "Scored by beta * the policy's mean log-probability" in printed
     report = json.loads(out.read_text())
     training = report["settings"]["training"]
     assert training["method"] == "simpo" and training["beta"] == METHODS["simpo"].defaults["beta"]

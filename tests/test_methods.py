@@ -221,3 +221,26 @@ def test_gpu_estimate_follows_the_methods_cost():
         for name in ("kto", "dpo", "orpo")
     }
     assert cost["kto"] > cost["dpo"] > cost["orpo"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(METHODS))
+def test_each_method_runs_the_whole_lab_on_the_embedded_model(name):
+    import json
+
+    from alignlab.generation import GenerationSettings
+    from alignlab.lab import run_lab
+    from alignlab.presets import load_preset
+
+    settings = TrainingSettings.for_method(name, steps=2)
+    report, result = run_lab(
+        "smollm2-135m-instruct", load_preset("seed-lab"), settings, GenerationSettings(max_new_tokens=16)
+    )
+    json.dumps(report, allow_nan=False)  # NaN-free: undefined figures are null
+    training = report["settings"]["training"]
+    entry = METHODS[name]
+    assert (training["method"], training["loss_type"]) == (entry.runs_as, entry.loss_type or "sigmoid")
+    assert report["settings"]["method_info"]["trainer"] == entry.stage.trainer
+    assert report["settings"]["steps_done"] == 2 and all(math.isfinite(r["loss"]) for r in result.step_rows)
+    assert report["eval"]["heldout_scorer"] == entry.scorer and report["eval"]["kl_to_reference"] is not None
+    assert report["health"]["verdict"] in {"healthy", "warning", "failed"} and report["health"]["codes"]
