@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from alignlab.methods import METHODS  # torch-free, like this module
+from alignlab.methods import DEFAULT_METHOD, METHODS  # torch-free, like this module
 
 try:  # the package is a no-op outside a ZeroGPU Space, but it may not be installed at all
     import spaces
@@ -131,7 +131,7 @@ def train_duration(
     The method's cost is its registry entry's ``step_cost``, relative to a DPO step (KTO scores each answer
     twice for its KL term; ORPO and SimPO run no reference model).
     """
-    method = METHODS.get(str(settings.get("method") or "dpo"))
+    method = METHODS.get(str(settings.get("method") or DEFAULT_METHOD))
     cost = method.step_cost if method is not None else max(m.step_cost for m in METHODS.values())
     batch = int(settings.get("batch_size", 4))
     steps = settings.get("steps")

@@ -97,8 +97,12 @@ class Method:
     """The method's own defaults for ``TrainingSettings`` fields (learning rate, beta, steps)."""
     beta_range: tuple[float, float] = (0.01, 1.0)
     beta_means: str = "how tightly the policy is held to the reference"
+    variant_of: str | None = None
     loss_type: str | None = None
-    """For a DPO loss variant offered as a method name (``ipo``): the ``loss_type`` it stands for."""
+    """For a loss variant offered as a method name (``ipo``): the entry it runs as (``variant_of='dpo'``)
+    and the ``loss_type`` it stands for. Settings store it as that entry with that loss."""
+    loss_variants: bool = False
+    """Whether the method takes the settings' ``loss_type`` variants and ``sft_weight`` (DPO's)."""
     supports_qlora: bool = False
     step_cost: float = 1.0
     """GPU seconds of one step relative to a DPO step on the same pairs (for :mod:`alignlab.gpu`)."""
@@ -108,7 +112,7 @@ class Method:
     @property
     def runs_as(self) -> str:
         """The registry entry whose trainer runs it (``ipo`` runs as ``dpo``)."""
-        return "dpo" if self.loss_type is not None else self.name
+        return self.variant_of or self.name
 
     @property
     def stage(self) -> Stage:
@@ -203,6 +207,7 @@ METHODS: dict[str, Method] = {
         rewards_relative=True,
         scorer="implicit_reward",
         defaults={"learning_rate": 2e-5, "beta": 0.1, "steps": 6},
+        loss_variants=True,
         supports_qlora=True,
         step_cost=1.0,
         script="trl.scripts.dpo",
@@ -217,7 +222,9 @@ METHODS: dict[str, Method] = {
         rewards_relative=True,
         scorer="implicit_reward",
         defaults={"learning_rate": 2e-5, "beta": 0.1, "steps": 6},
+        variant_of="dpo",
         loss_type="ipo",
+        loss_variants=True,
         supports_qlora=True,
         step_cost=1.0,
         script="trl.scripts.dpo",

@@ -186,7 +186,7 @@ class TrainingSettings:
         check("precision", self.precision in ("auto", "fp32", "bf16"), "'auto', 'fp32' or 'bf16'")
         if self.use_qlora and not self.use_lora:
             out.append("use_qlora needs use_lora: QLoRA is a LoRA adapter on a 4-bit base.")
-        if entry is not None and entry.runs_as != "dpo":
+        if entry is not None and not entry.loss_variants:
             if self.loss_type != "sigmoid":
                 out.append(f"loss_type is DPO's; method {self.method!r} takes none (got {self.loss_type!r}).")
             if self.sft_weight:
@@ -275,7 +275,7 @@ class TrainingSettings:
 
     def to_dpo_config(self, output_dir: str | Path, device: torch.device) -> Any:
         """The TRL config of a DPO run (the earlier name of :meth:`trainer_config`, for DPO settings)."""
-        if self.method_entry.runs_as != "dpo":
+        if self.method_entry.stage.trainer != "trl.DPOTrainer":
             raise SettingsError(f"to_dpo_config: these settings are for method {self.method!r}, not DPO.")
         return self.trainer_config(output_dir, device)
 

@@ -104,12 +104,11 @@ def method_defaults_ui(method: str) -> tuple[Any, ...]:
     """
     entry = METHODS.get(method) or METHODS[DEFAULT_METHOD]
     low, high = entry.beta_range
-    is_dpo = entry.runs_as == "dpo"
     return (
         gr.Number(value=entry.defaults["beta"], info=f"{low:g}-{high:g}: {entry.beta_means}."),
         gr.Number(value=entry.defaults["learning_rate"]),
         gr.Number(value=entry.defaults["steps"]),
-        gr.Dropdown(value=entry.loss_type or "sigmoid", interactive=is_dpo and entry.loss_type is None),
+        gr.Dropdown(value=entry.loss_type or "sigmoid", interactive=entry.loss_variants and entry.loss_type is None),
     )
 
 
