@@ -214,6 +214,17 @@ def test_plots_follow_each_methods_axes():
     assert "log-odds ratio" in plots.log_columns("orpo") and "KL estimate" not in plots.log_columns("dpo")
 
 
+def test_picking_a_method_on_the_train_tab_sets_its_own_defaults():
+    from alignlab.ui.train_tab import method_defaults_ui
+
+    beta, lr, steps, loss = method_defaults_ui("simpo")
+    assert (beta.value, lr.value, steps.value) == tuple(
+        METHODS["simpo"].defaults[k] for k in ("beta", "learning_rate", "steps")
+    )
+    assert (loss.value, loss.interactive) == ("sigmoid", False)  # no loss variants outside DPO
+    assert method_defaults_ui("ipo")[3].value == "ipo" and method_defaults_ui("dpo")[3].interactive
+
+
 def test_gpu_estimate_follows_the_methods_cost():
     pairs = [{"prompt": "p", "chosen": "c", "rejected": "r"}] * 8
     cost = {
