@@ -362,9 +362,15 @@ def rule_unstable(facts: RunFacts) -> list[Finding]:
 
 
 def rule_signal(facts: RunFacts) -> list[Finding]:
-    """No learnable signal: flat training margin at chance, or held-out margins that disagree in sign."""
-    accuracies = facts.series("accuracy")
-    margins = facts.series("margin")
+    """No learnable signal: flat training margin at chance, or held-out margins that disagree in sign.
+
+    The training log tells learnt from unlearnt only where its rewards are relative to the reference (a
+    policy that learnt nothing scores 0). SimPO's and ORPO's logged rewards are the policy's own ranking,
+    the original model's preference included, so for them only the held-out evidence is read here.
+    """
+    relative = facts.entry.rewards_relative
+    accuracies = facts.series("accuracy") if relative else []
+    margins = facts.series("margin") if relative else []
     if accuracies and margins:
         train_accuracy = _tail_mean(accuracies)
         gain = _tail_mean(margins) - margins[0]
@@ -380,7 +386,7 @@ def rule_signal(facts: RunFacts) -> list[Finding]:
     accuracy = facts.ev("heldout_reward_accuracy")
     # Each step's reward accuracy is measured on its batch before the update: in the first epoch those
     # pairs are unseen, so the log itself says whether what was learnt so far carries to new pairs.
-    accuracy_key = facts.key("accuracy")
+    accuracy_key = facts.key("accuracy") if relative else None
     fresh = [
         float(r[accuracy_key])
         for r in facts.log_rows[1:]
@@ -818,8 +824,8 @@ def rule_method_limits(facts: RunFacts) -> list[Finding]:
                 "not_logged",
                 "info",
                 f"{entry.title} has no reference model: its logged rewards are the policy's own length-normalised "
-                "log-probabilities, not a change from the original, so likelihood displacement and memorised "
-                "log-ratios are not read from them.",
+                "log-probabilities, not a change from the original, so the learning-signal, likelihood-displacement "
+                "and memorised-log-ratio checks are not read from them (the held-out pairs speak instead).",
             )
         )
     scorer = facts.evidence.get("heldout_scorer")
