@@ -27,11 +27,21 @@ class CliError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from alignlab.methods import DEFAULT_METHOD, METHODS
     from alignlab.models import EMBEDDED_DEFAULT
     from alignlab.training import LOSS_TYPES, TrainingSettings
 
     defaults = TrainingSettings()
-    parser = argparse.ArgumentParser(prog="python -m alignlab", description="AlignLab: see DPO change a model.")
+    own = {name: m.defaults for name, m in METHODS.items()}
+
+    def per_method(field: str) -> str:
+        """'dpo 6, kto 6, ...': a default that is the method's own."""
+        return ", ".join(f"{name} {values[field]:g}" for name, values in own.items() if field in values)
+
+    parser = argparse.ArgumentParser(
+        prog="python -m alignlab",
+        description="AlignLab: see preference training (DPO, KTO, ORPO, SimPO) change a model.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     lab = sub.add_parser("lab", help="run baseline -> train -> compare and print the report")
@@ -39,16 +49,26 @@ def _parser() -> argparse.ArgumentParser:
     source = lab.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", help="preset id (see `python -m alignlab presets`)")
     source.add_argument("--dataset", help="a preset-format JSON file, or JSON/JSONL/CSV pairs")
-    lab.add_argument("--steps", type=int, default=defaults.steps, help=f"DPO steps (default {defaults.steps})")
-    lab.add_argument("--beta", type=float, default=defaults.beta, help=f"DPO beta (default {defaults.beta})")
     lab.add_argument(
-        "--lr", type=float, default=defaults.learning_rate, help=f"learning rate (default {defaults.learning_rate})"
+        "--method",
+        default=DEFAULT_METHOD,
+        help=f"preference method: {', '.join(METHODS)} (default {DEFAULT_METHOD}; ipo = dpo with the IPO loss)",
+    )
+    lab.add_argument(
+        "--steps", type=int, default=None, help=f"optimizer steps (default: the method's: {per_method('steps')})"
+    )
+    lab.add_argument("--beta", type=float, default=None, help=f"beta (default: the method's: {per_method('beta')})")
+    lab.add_argument(
+        "--lr", type=float, default=None, help=f"learning rate (default: the method's: {per_method('learning_rate')})"
     )
     lab.add_argument(
         "--batch-size", type=int, default=defaults.batch_size, help=f"pairs per step (default {defaults.batch_size})"
     )
     lab.add_argument("--seed", type=int, default=defaults.seed, help=f"seed (default {defaults.seed})")
-    lab.add_argument("--loss", default=defaults.loss_type, help=f"loss type: {', '.join(LOSS_TYPES)}")
+    lab.add_argument("--loss", default=defaults.loss_type, help=f"DPO's loss type: {', '.join(LOSS_TYPES)}")
+    lab.add_argument(
+        "--sft-weight", type=float, default=defaults.sft_weight, help="DPO: weight of an added SFT term (default 0)"
+    )
     lab.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
     lab.add_argument("--max-new-tokens", type=int, default=64, help="answer length for eval prompts (default 64)")
     lab.add_argument("--out", help="write the report JSON here")
@@ -142,7 +162,7 @@ def format_report(report: dict[str, Any]) -> str:
     ev = report["eval"]
     lines.append("\n=== Evidence ===")
     for reading in (
-        heldout_reading(ev.get("heldout_reward_accuracy"), ev.get("heldout_mean_margin")),
+        heldout_reading(ev.get("heldout_reward_accuracy"), ev.get("heldout_mean_margin"), ev),
         contrast_reading(ev.get("contrast_accuracy")),
         capability_reading(
             ev.get("capability_accuracy_before"), ev.get("capability_accuracy_after"), ev.get("capability_source", "")
@@ -184,13 +204,15 @@ def _run_lab(args: argparse.Namespace) -> int:
     from alignlab.training import SettingsError, TrainingSettings
 
     try:
-        settings = TrainingSettings(
+        settings = TrainingSettings.for_method(
+            args.method,
             beta=args.beta,
             learning_rate=args.lr,
             steps=args.steps,
             batch_size=args.batch_size,
             seed=args.seed,
             loss_type=args.loss,
+            sft_weight=args.sft_weight,
             use_lora=args.lora,
         )
         generation = GenerationSettings(max_new_tokens=args.max_new_tokens)
@@ -202,12 +224,16 @@ def _run_lab(args: argparse.Namespace) -> int:
         if not out_dir.is_dir():
             raise CliError(f"Cannot write --out {args.out}: the directory {out_dir} does not exist.")
 
-    print(f"AlignLab: {args.model} on '{preset.id}' ({len(preset.pairs)} pairs, {len(preset.heldout_pairs)} held out)")
+    print(
+        f"AlignLab: {args.model} on '{preset.id}' ({len(preset.pairs)} pairs, {len(preset.heldout_pairs)} held out), "
+        f"method {settings.method_label} "
+        f"(beta {settings.beta:g}, lr {settings.learning_rate:g}, {settings.steps} steps)"
+    )
     bar: dict[str, Any] = {}
     labels = {
         "load_model": "Loading the model",
         "baseline": "Capturing baseline answers",
-        "train": "Training with DPO",
+        "train": f"Training with {settings.method_label}",
         "evaluate": "Comparing before and after",
     }
 
@@ -224,8 +250,9 @@ def _run_lab(args: argparse.Namespace) -> int:
             return
         if "bar" not in bar:
             return
+        margin_key = settings.method_entry.key("margin") or "loss"
         bar["bar"].set_postfix(
-            loss=f"{event.row.get('loss', 0):.3f}", margin=f"{event.row.get('rewards/margins', 0):+.2f}", refresh=False
+            loss=f"{event.row.get('loss', 0):.3f}", margin=f"{event.row.get(margin_key, 0):+.2f}", refresh=False
         )
         bar["bar"].update(event.step - bar["bar"].n)  # draws the step with its own loss and margin
 

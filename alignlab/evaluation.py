@@ -6,8 +6,10 @@ Everything here is computed from the models, nothing is assumed:
   length and scored a chunk of positions at a time, so that no ``(batch, length, vocabulary)``
   log-softmax tensor is ever built (a 300-pair dataset scores in bounded memory);
 - :class:`PreferenceProbe`: held-out, contrast and capability pairs scored in one pass per model,
-  the reference scored once per process (:class:`ReferenceScores`); DPO's implicit reward
-  ``beta * (log pi_theta - log pi_ref)`` ranks held-out and contrast pairs, the policy's own
+  the reference scored once per process (:class:`ReferenceScores`); the method's held-out scorer
+  (:data:`SCORER_FUNCTIONS`) ranks held-out and contrast pairs -- DPO's implicit reward
+  ``beta * (log pi_theta - log pi_ref)`` for methods with a reference, the policy's mean
+  log-probability per answer token for reference-free ones (SimPO, ORPO) -- and the policy's own
   log-probability ranks capability pairs (before: the reference's; after: the policy's);
 - :func:`mean_token_kl`: KL(pi_theta || pi_ref) per completion token on the eval answers, and
   :func:`perplexity` on a fixed neutral text -- the *alignment tax*;
@@ -27,6 +29,7 @@ from typing import Any
 
 import torch
 
+from alignlab.methods import SCORERS
 from alignlab.models import LoadedModel
 from alignlab.presets import PreferencePair
 
@@ -333,6 +336,28 @@ def implicit_rewards(policy_logps: torch.Tensor, reference_logps: torch.Tensor, 
     return beta * (policy_logps - reference_logps)
 
 
+def mean_logprob_rewards(policy_logps: torch.Tensor, answer_tokens: torch.Tensor, beta: float) -> torch.Tensor:
+    """SimPO's reward ``beta * log pi_theta(y|x) / |y|``: the policy's mean log-probability per answer token."""
+    return beta * policy_logps / answer_tokens.clamp(min=1)
+
+
+#: Held-out scorers (see :data:`alignlab.methods.SCORERS`): (policy log-probs, reference log-probs, answer
+#: tokens, beta) -> each answer's reward. A reference-free scorer ignores the reference's log-probs.
+SCORER_FUNCTIONS = {
+    "implicit_reward": lambda policy, reference, tokens, beta: implicit_rewards(policy, reference, beta),
+    "mean_logprob": lambda policy, reference, tokens, beta: mean_logprob_rewards(policy, tokens, beta),
+}
+
+
+def answer_tokens(loaded: LoadedModel, prompts: list[str], completions: list[str]) -> torch.Tensor:
+    """Scored tokens of each answer (as :func:`sequence_logps` scores them), shape (N,)."""
+    counts = []
+    for p, c in zip(prompts, completions):
+        ids, start = _encode_pair(loaded, p, c)
+        counts.append(len(ids) - start)
+    return torch.tensor(counts, dtype=torch.float32)
+
+
 def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> tuple[float, float]:
     """(fraction of pairs where chosen strictly beats rejected, mean margin chosen - rejected)."""
     if len(chosen_rewards) == 0:
@@ -375,6 +400,10 @@ LIVE_SETS = ("heldout", "contrast")
 class PreferenceProbe:
     """Held-out, contrast and capability pairs, scored in one pass per model.
 
+    ``scorer`` (a key of :data:`SCORER_FUNCTIONS`, the method's ``scorer``) ranks held-out and contrast
+    pairs. A reference-free scorer also ranks them with the reference (``before``), since the policy's
+    own ranking includes what the original model already preferred.
+
     The reference (``loaded.model``, never trained) is scored when the probe is built, through
     :data:`REFERENCE_SCORES` (so only pairs it has never scored in this process cost a pass). The
     live curve (:meth:`curve_point`) scores the policy on the held-out and contrast pairs (at most
@@ -390,12 +419,24 @@ class PreferenceProbe:
         heldout: list[PreferencePair],
         contrast: list[PreferencePair] | None = None,
         capability: list[PreferencePair] | None = None,
+        scorer: str = "implicit_reward",
     ) -> None:
         self.loaded = loaded
         self.beta = beta
+        if scorer not in SCORER_FUNCTIONS:
+            raise ValueError(f"Unknown held-out scorer {scorer!r}; known: {', '.join(SCORER_FUNCTIONS)}.")
+        self.scorer = scorer
         self.sets = {"heldout": list(heldout), "contrast": list(contrast or []), "capability": list(capability or [])}
+        self.tokens = {
+            name: (
+                answer_tokens(loaded, [p.prompt for p in pairs], [p.chosen for p in pairs]),
+                answer_tokens(loaded, [p.prompt for p in pairs], [p.rejected for p in pairs]),
+            )
+            for name, pairs in self.sets.items()
+            if name in LIVE_SETS
+        }
         self.reference = self._pass(
-            loaded.model, {name: len(pairs) for name, pairs in self.sets.items()}, scorer=REFERENCE_SCORES.logps
+            loaded.model, {name: len(pairs) for name, pairs in self.sets.items()}, score_rows=REFERENCE_SCORES.logps
         )
         self.last_step: int | None = None
         self._last: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -407,11 +448,11 @@ class PreferenceProbe:
         return torch.cat(parts) if parts else torch.zeros(0)
 
     def _pass(
-        self, model: torch.nn.Module, sizes: dict[str, int], scorer: Any = None
+        self, model: torch.nn.Module, sizes: dict[str, int], score_rows: Any = None
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """One scoring pass over the first ``sizes[name]`` pairs of each named set: (chosen, rejected) log-probs.
 
-        ``scorer``: how rows are scored (default :func:`sequence_logps`; the reference goes through
+        ``score_rows``: how rows are scored (default :func:`sequence_logps`; the reference goes through
         :data:`REFERENCE_SCORES`, which scores only the rows it has not seen).
         """
         prompts: list[str] = []
@@ -420,7 +461,7 @@ class PreferenceProbe:
             pairs = self.sets[name][:n]
             prompts += [p.prompt for p in pairs] * 2
             completions += [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        score = scorer or sequence_logps
+        score = score_rows or sequence_logps
         logps = score(model, self.loaded, prompts, completions) if prompts else torch.zeros(0)
         out, start = {}, 0
         for name, n in sizes.items():
@@ -429,17 +470,36 @@ class PreferenceProbe:
             start += 2 * n
         return out
 
+    def _rank(self, name: str, pc: torch.Tensor, pr: torch.Tensor) -> PairScores:
+        """Set ``name``'s first ``len(pc)`` pairs ranked by the scorer, from their (chosen, rejected) log-probs."""
+        n = len(pc)
+        rc, rr = (t[:n] for t in self.reference[name])
+        tc, tr = (t[:n] for t in self.tokens[name])
+        reward = SCORER_FUNCTIONS[self.scorer]
+        return PairScores.from_scores(reward(pc, rc, tc, self.beta), reward(pr, rr, tr, self.beta))
+
+    @property
+    def relative(self) -> bool:
+        """Whether the scorer is relative to the reference (then the reference itself scores every margin 0)."""
+        return self.scorer == "implicit_reward"
+
+    def before(self) -> dict[str, PairScores]:
+        """Held-out and contrast pairs ranked by the reference under the same scorer (reference-free scorers
+        only: a relative scorer gives the reference a margin of 0 on every pair, so there is nothing to say)."""
+        if self.relative:
+            return {name: PairScores.empty() for name in LIVE_SETS}
+        return {
+            name: self._rank(name, *self.reference[name]) if len(self.sets[name]) else PairScores.empty()
+            for name in LIVE_SETS
+        }
+
     def _scores(self, logps: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, PairScores]:
         scores: dict[str, PairScores] = {}
         for name in LIVE_SETS:
             if name not in logps or not len(logps[name][0]):
                 scores[name] = PairScores.empty()
                 continue
-            (pc, pr), n = logps[name], len(logps[name][0])
-            rc, rr = (t[:n] for t in self.reference[name])
-            scores[name] = PairScores.from_scores(
-                implicit_rewards(pc, rc, self.beta), implicit_rewards(pr, rr, self.beta)
-            )
+            scores[name] = self._rank(name, *logps[name])
         for tag, source in (("capability_before", self.reference), ("capability_after", logps)):
             chosen, rejected = source.get("capability", (torch.zeros(0), torch.zeros(0)))
             scores[tag] = PairScores.from_scores(chosen, rejected) if len(chosen) else PairScores.empty()
@@ -474,12 +534,16 @@ class PreferenceProbe:
 
 
 def live_probe(
-    loaded: LoadedModel, beta: float, heldout: list[PreferencePair], contrast: list[PreferencePair] | None = None
+    loaded: LoadedModel,
+    beta: float,
+    heldout: list[PreferencePair],
+    contrast: list[PreferencePair] | None = None,
+    scorer: str = "implicit_reward",
 ) -> PreferenceProbe | None:
     """The probe the live curve runs after each step (no capability set: the Compare step scores it)."""
     if not heldout and not contrast:
         return None
-    return PreferenceProbe(loaded, beta, heldout, contrast)
+    return PreferenceProbe(loaded, beta, heldout, contrast, scorer=scorer)
 
 
 # --------------------------------------------------------------------------- drift
@@ -549,6 +613,13 @@ class Evidence:
     kl_to_reference: float
     perplexity_before: float
     perplexity_after: float
+    heldout_scorer: str = "implicit_reward"
+    """Which score ranked held-out and contrast pairs (a key of :data:`alignlab.methods.SCORERS`)."""
+    heldout_scorer_text: str = ""
+    """The same in words, for a reader of the report."""
+    heldout_reward_accuracy_before: float = float("nan")
+    """The original model's held-out accuracy under the same score (reference-free scorers only)."""
+    contrast_accuracy_before: float = float("nan")
     contrast_accuracy: float = float("nan")
     contrast_mean_margin: float = float("nan")
     capability_accuracy_before: float = float("nan")
@@ -578,16 +649,19 @@ def gather_evidence(
     capability_source: str = "preset",
     probe: PreferenceProbe | None = None,
     reuse_step: int | None = None,
+    scorer: str = "implicit_reward",
 ) -> Evidence:
     """All numeric evidence; ``loaded.model`` is the untouched reference.
 
     ``probe``: the run's own probe (built on these same pairs), whose reference scores and, at
-    ``reuse_step``, last live-curve scores are reused instead of computed again.
+    ``reuse_step``, last live-curve scores are reused instead of computed again. ``scorer``: how
+    held-out and contrast pairs are ranked (the method's; a given probe brings its own).
     """
     reference = loaded.model
     if probe is None:
-        probe = PreferenceProbe(loaded, beta, heldout_pairs, contrast_pairs, capability_pairs)
+        probe = PreferenceProbe(loaded, beta, heldout_pairs, contrast_pairs, capability_pairs, scorer=scorer)
     scores = probe.score(policy, reuse_step=reuse_step)
+    before = probe.before()
     held = scores["heldout"]
     return Evidence(
         heldout_reward_accuracy=held.accuracy,
@@ -595,6 +669,10 @@ def gather_evidence(
         kl_to_reference=mean_token_kl(policy, reference, loaded, eval_prompts, aligned_outputs),
         perplexity_before=perplexity(reference, loaded),
         perplexity_after=perplexity(policy, loaded),
+        heldout_scorer=probe.scorer,
+        heldout_scorer_text=SCORERS[probe.scorer],
+        heldout_reward_accuracy_before=before["heldout"].accuracy,
+        contrast_accuracy_before=before["contrast"].accuracy,
         contrast_accuracy=scores["contrast"].accuracy,
         contrast_mean_margin=scores["contrast"].mean_margin,
         capability_accuracy_before=scores["capability_before"].accuracy,

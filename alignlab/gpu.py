@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from alignlab.methods import DEFAULT_METHOD, METHODS  # torch-free, like this module
+
 try:  # the package is a no-op outside a ZeroGPU Space, but it may not be installed at all
     import spaces
 except ImportError:  # pragma: no cover - exercised only where spaces is absent
@@ -124,13 +126,19 @@ def train_duration(
     *args: Any,
     **kwargs: Any,
 ) -> int:
-    """GPU seconds for a DPO run: steps x (pairs per step + the live held-out probe) x model size, plus set-up."""
+    """GPU seconds for a run: steps x (pairs per step x the method's cost + the live probe) x model size, plus set-up.
+
+    The method's cost is its registry entry's ``step_cost``, relative to a DPO step (KTO scores each answer
+    twice for its KL term; ORPO and SimPO run no reference model).
+    """
+    method = METHODS.get(str(settings.get("method") or DEFAULT_METHOD))
+    cost = method.step_cost if method is not None else max(m.step_cost for m in METHODS.values())
     batch = int(settings.get("batch_size", 4))
     steps = settings.get("steps")
     if steps is None:  # epochs instead of steps
         steps = math.ceil(max(1, len(pairs)) / batch * float(settings.get("epochs") or 1))
     probed = min(len(heldout or []), _LIVE_PROBE_PAIRS) + min(len(contrast or []), _LIVE_PROBE_PAIRS)
-    per_step = (_STEP_SECONDS_PER_PAIR * batch + _PROBE_SECONDS_PER_PAIR * probed) * _scale(spec)
+    per_step = (_STEP_SECONDS_PER_PAIR * batch * cost + _PROBE_SECONDS_PER_PAIR * probed) * _scale(spec)
     reference_pass = _PROBE_SECONDS_PER_PAIR * probed * _scale(spec)  # the reference scores the probe once
     return _clamp(
         _LOAD_SECONDS + _TRAIN_OVERHEAD_SECONDS * _scale(spec) ** 0.5 + reference_pass + int(steps) * per_step

@@ -7,6 +7,11 @@ verdict is the worst severity found: ``failed`` > ``warning`` > ``healthy`` (``i
 reading lives here, so the Compare tab, the CLI and the verdict say the same thing about the same
 figure.
 
+Rules read a run's log through its method's registry entry (:mod:`alignlab.methods`): the common axes
+(``margin``, ``accuracy``, ``chosen``, ...) name the key each method logs, and a rule whose quantity a
+method does not log, or logs with another meaning (SimPO's and ORPO's rewards are not relative to a
+reference), stands aside and :func:`rule_method_limits` says which checks could not be made.
+
 The thresholds were checked against runs whose answer we know (the calibration matrix in
 ``tests/test_calibration.py`` and ``make bench``): collapse, loops, contradicting labels, memorising
 and the shipped presets at their defaults.
@@ -20,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from alignlab.degeneration import LOOPING_RATE, REPETITIVE_RATE
+from alignlab.methods import DEFAULT_METHOD, METHODS, SCORERS, Method
 
 # --------------------------------------------------------------------------- thresholds
 
@@ -99,10 +105,30 @@ class RunFacts:
     heldout_curve: list[dict[str, Any]] = field(default_factory=list)
     changed: int | None = None
     answers: int | None = None
+    method: str = DEFAULT_METHOD
+    """The run's method (a key of :data:`alignlab.methods.METHODS`): which keys its log rows carry."""
 
     def ev(self, key: str) -> float | None:
         """A finite evidence figure, or None."""
         return finite(self.evidence.get(key))
+
+    @property
+    def entry(self) -> Method:
+        return METHODS.get(self.method) or METHODS[DEFAULT_METHOD]
+
+    def key(self, axis: str) -> str | None:
+        """The log key behind a common axis for this run's method (None: the method does not log it)."""
+        return self.entry.key(axis)
+
+    def series(self, axis: str) -> list[float]:
+        """The finite values of a common axis over the logged steps (empty when the method does not log it)."""
+        key = self.key(axis)
+        return _series(self.log_rows, key) if key is not None else []
+
+    @property
+    def relative_scorer(self) -> bool:
+        """Whether the held-out margins are relative to the reference (a policy unchanged scores 0)."""
+        return (self.evidence.get("heldout_scorer") or self.entry.scorer) == "implicit_reward"
 
 
 def finite(value: Any) -> float | None:
@@ -152,14 +178,22 @@ CONTRAST_WORDS = {
 }
 
 
-def heldout_reading(accuracy: float | None, margin: float | None) -> str:
+def heldout_reading(accuracy: float | None, margin: float | None, evaluation: dict[str, Any] | None = None) -> str:
+    """The held-out figure in words; ``evaluation`` (the report's ``eval``) adds which score ranked the pairs
+    when it is not DPO's implicit reward, and the original model's accuracy under it."""
     accuracy, margin = finite(accuracy), finite(margin)
     if accuracy is None:
         return HELDOUT_WORDS["unknown"].capitalize() + "."
-    return (
+    text = (
         f"Held-out preference accuracy {accuracy:.0%} (mean reward margin {margin:+.3f}): "
         f"{HELDOUT_WORDS[accuracy_band(accuracy)]}."
     )
+    scorer = (evaluation or {}).get("heldout_scorer")
+    if scorer and scorer != "implicit_reward":
+        before = finite((evaluation or {}).get("heldout_reward_accuracy_before"))
+        was = f"; the original model ranked {before:.0%} right under it" if before is not None else ""
+        text += f" Scored by {SCORERS.get(scorer, scorer)}{was}."
+    return text
 
 
 def contrast_reading(accuracy: float | None) -> str:
@@ -328,9 +362,15 @@ def rule_unstable(facts: RunFacts) -> list[Finding]:
 
 
 def rule_signal(facts: RunFacts) -> list[Finding]:
-    """No learnable signal: flat training margin at chance, or held-out margins that disagree in sign."""
-    accuracies = _series(facts.log_rows, "rewards/accuracies")
-    margins = _series(facts.log_rows, "rewards/margins")
+    """No learnable signal: flat training margin at chance, or held-out margins that disagree in sign.
+
+    The training log tells learnt from unlearnt only where its rewards are relative to the reference (a
+    policy that learnt nothing scores 0). SimPO's and ORPO's logged rewards are the policy's own ranking,
+    the original model's preference included, so for them only the held-out evidence is read here.
+    """
+    relative = facts.entry.rewards_relative
+    accuracies = facts.series("accuracy") if relative else []
+    margins = facts.series("margin") if relative else []
     if accuracies and margins:
         train_accuracy = _tail_mean(accuracies)
         gain = _tail_mean(margins) - margins[0]
@@ -346,10 +386,13 @@ def rule_signal(facts: RunFacts) -> list[Finding]:
     accuracy = facts.ev("heldout_reward_accuracy")
     # Each step's reward accuracy is measured on its batch before the update: in the first epoch those
     # pairs are unseen, so the log itself says whether what was learnt so far carries to new pairs.
+    accuracy_key = facts.key("accuracy") if relative else None
     fresh = [
-        float(r["rewards/accuracies"])
+        float(r[accuracy_key])
         for r in facts.log_rows[1:]
-        if finite(r.get("rewards/accuracies")) is not None and (finite(r.get("epoch")) or 0.0) <= 1.0 + 1e-6
+        if accuracy_key is not None
+        and finite(r.get(accuracy_key)) is not None
+        and (finite(r.get("epoch")) or 0.0) <= 1.0 + 1e-6
     ]
     if len(fresh) >= 3 and sum(fresh) / len(fresh) <= CHANCE_ACCURACY and accuracy_band(accuracy) != "generalises":
         return [
@@ -363,7 +406,8 @@ def rule_signal(facts: RunFacts) -> list[Finding]:
                 "and rejected swapped on some), or the learning rate is too small to learn anything.",
             )
         ]
-    if accuracy is not None and accuracy <= 1 - GENERALISES_ACCURACY:
+    before = facts.ev("heldout_reward_accuracy_before")  # reference-free scorers: the original model's ranking
+    if accuracy is not None and accuracy <= 1 - GENERALISES_ACCURACY and (before is None or accuracy < before):
         return [
             Finding(
                 "no_signal",
@@ -373,7 +417,9 @@ def rule_signal(facts: RunFacts) -> list[Finding]:
             )
         ]
     held = [m for m in (facts.evidence.get("heldout_margins") or []) if finite(m) is not None]
-    if len(held) >= 4 and accuracy is not None and accuracy_band(accuracy) == "chance":
+    # Margins that point both ways mean "moved, but not in one direction" only when they measure the move
+    # (relative to the reference); a reference-free score's margins carry the original model's own ranking.
+    if len(held) >= 4 and accuracy is not None and accuracy_band(accuracy) == "chance" and facts.relative_scorer:
         spread = sum(abs(m) for m in held) / len(held)
         agreement = abs(sum(held) / len(held)) / spread if spread > 0 else 0.0
         if agreement < CONSISTENT_MARGINS:
@@ -391,15 +437,16 @@ def rule_signal(facts: RunFacts) -> list[Finding]:
 
 
 def rule_learning(facts: RunFacts) -> list[Finding]:
-    margins = _series(facts.log_rows, "rewards/margins")
-    accuracies = _series(facts.log_rows, "rewards/accuracies")
+    margins = facts.series("margin")
+    accuracies = facts.series("accuracy")
     if len(margins) >= 2 and _tail_mean(margins) - margins[0] > FLAT_MARGIN:
+        reached = f" and training reward accuracy reached {_tail_mean(accuracies):.2f}" if accuracies else ""
         return [
             Finding(
                 "learning",
                 "good",
-                f"Learning signal: the training reward margin grew from {margins[0]:+.3f} to {margins[-1]:+.3f} "
-                f"and training reward accuracy reached {_tail_mean(accuracies) if accuracies else float('nan'):.2f}.",
+                f"Learning signal: the training reward margin grew from {margins[0]:+.3f} to {margins[-1]:+.3f}"
+                f"{reached}.",
             )
         ]
     return []
@@ -422,10 +469,11 @@ def best_step(curve: list[dict[str, Any]]) -> int | None:
 
 def rule_memorised(facts: RunFacts) -> list[Finding]:
     out = []
-    accuracies = _series(facts.log_rows, "rewards/accuracies")
-    margins = _series(facts.log_rows, "rewards/margins")
+    accuracies = facts.series("accuracy")
+    margins = facts.series("margin")
     train_accuracy = _tail_mean(accuracies) if accuracies else float("nan")
-    if margins and accuracies and train_accuracy >= 0.99:
+    # margin / beta is nats of log-ratio to the reference only where the rewards are relative to it.
+    if margins and accuracies and train_accuracy >= 0.99 and facts.entry.rewards_relative:
         # Pairs separated by a huge log-ratio are memorised only if they were seen before (a batch of
         # pairs seen for the first time measures generalisation, not memory; measured: warm-tone at
         # the defaults, all in epoch 1, read 45 nats on fresh pairs against 20 on held-out ones) and
@@ -433,6 +481,8 @@ def rule_memorised(facts: RunFacts) -> list[Finding]:
         train_margin = _tail_mean(margins[-2:])
         curve = [p for p in facts.heldout_curve if finite(p.get("margin")) is not None]
         heldout_margin = curve[-1]["margin"] if curve else facts.ev("heldout_mean_margin")
+        if not facts.relative_scorer:
+            heldout_margin = None  # another unit: no gap to compare
         revisited = (finite(facts.log_rows[-1].get("epoch")) or 0.0) > 1.0
         nats = train_margin / facts.beta
         gap = heldout_margin is None or train_margin > MEMORISED_GAP * max(heldout_margin, 0.0)
@@ -492,6 +542,17 @@ def rule_generalises(facts: RunFacts) -> list[Finding]:
     if accuracy is None:
         return [Finding("no_heldout", "info", HELDOUT_WORDS["unknown"].capitalize() + ".")]
     band = accuracy_band(accuracy)
+    before = facts.ev("heldout_reward_accuracy_before")
+    if before is not None and accuracy <= before and band != "chance":
+        return [
+            Finding(
+                "no_gain",
+                "info",
+                f"Held-out pairs: {accuracy:.0%} ranked right, but the original model already ranked {before:.0%} "
+                "right under the same score (this method has no reference, so the score is the policy's own): "
+                "training added no held-out preference of its own.",
+            )
+        ]
     contrast = facts.ev("contrast_accuracy")
     if band != "chance" and contrast is not None and accuracy_band(contrast) == "chance":
         return [
@@ -503,11 +564,12 @@ def rule_generalises(facts: RunFacts) -> list[Finding]:
             )
         ]
     if band == "generalises":
+        was = f" (the original model: {before:.0%})" if before is not None else ""
         return [
             Finding(
                 "generalises",
                 "good",
-                f"Generalises: {accuracy:.0%} of held-out pairs, never trained on, are ranked right.",
+                f"Generalises: {accuracy:.0%} of held-out pairs, never trained on, are ranked right{was}.",
             )
         ]
     if band == "partial":
@@ -570,8 +632,11 @@ def rule_capability(facts: RunFacts) -> list[Finding]:
 
 def rule_displacement(facts: RunFacts) -> list[Finding]:
     # Rewards are beta x (policy - reference) log-probability on the step's own pairs, so they compare
-    # like with like; raw ``logps/*`` move with which pairs a batch drew (short or long answers).
-    chosen, rejected = _series(facts.log_rows, "rewards/chosen"), _series(facts.log_rows, "rewards/rejected")
+    # like with like; raw ``logps/*`` move with which pairs a batch drew (short or long answers). A method
+    # whose rewards are not relative to a reference (SimPO, ORPO) says nothing about displacement here.
+    if not facts.entry.rewards_relative:
+        return []
+    chosen, rejected = facts.series("chosen"), facts.series("rejected")
     if len(chosen) >= 2 and len(rejected) >= 2:
         chosen_drop, rejected_drop = -_tail_mean(chosen) / facts.beta, -_tail_mean(rejected) / facts.beta
         if chosen_drop > DISPLACEMENT_DROP and rejected_drop > 0:
@@ -738,6 +803,37 @@ def rule_garbage(facts: RunFacts) -> list[Finding]:
     ]
 
 
+def rule_method_limits(facts: RunFacts) -> list[Finding]:
+    """Which checks this run's method leaves out, and which score its held-out evidence uses."""
+    entry = facts.entry
+    out = []
+    missing = [axis for axis in ("margin", "accuracy") if entry.key(axis) is None]
+    if missing:
+        out.append(
+            Finding(
+                "not_logged",
+                "info",
+                f"{entry.title} logs no training reward {' or '.join(missing)} (its rows are single answers, not "
+                "pairs), so the checks that read them (no signal on fresh pairs, memorised pairs) rest on the "
+                "held-out pairs instead.",
+            )
+        )
+    if not entry.rewards_relative:
+        out.append(
+            Finding(
+                "not_logged",
+                "info",
+                f"{entry.title} has no reference model: its logged rewards are the policy's own length-normalised "
+                "log-probabilities, not a change from the original, so the learning-signal, likelihood-displacement "
+                "and memorised-log-ratio checks are not read from them (the held-out pairs speak instead).",
+            )
+        )
+    scorer = facts.evidence.get("heldout_scorer")
+    if scorer and scorer != "implicit_reward":
+        out.append(Finding("heldout_scorer", "info", f"Held-out pairs are scored by {SCORERS.get(scorer, scorer)}."))
+    return out
+
+
 #: The rules, in the order their findings are listed (failures are listed first by the verdict).
 RULES: list[Rule] = [
     rule_trained,
@@ -755,6 +851,7 @@ RULES: list[Rule] = [
     rule_change,
     rule_learning,
     rule_generalises,
+    rule_method_limits,
 ]
 
 
@@ -773,6 +870,8 @@ def read_health(facts: RunFacts, rules: list[Rule] | None = None) -> Health:
     return Health(verdict, found, best_step(facts.heldout_curve))
 
 
-def read_training_health(log_rows: list[dict[str, Any]], beta: float, heldout_curve: list | None = None) -> Health:
+def read_training_health(
+    log_rows: list[dict[str, Any]], beta: float, heldout_curve: list | None = None, method: str = DEFAULT_METHOD
+) -> Health:
     """The Train tab's reading at the end of a run, before any answers are compared."""
-    return read_health(RunFacts(log_rows=log_rows, beta=beta, heldout_curve=list(heldout_curve or [])))
+    return read_health(RunFacts(log_rows=log_rows, beta=beta, heldout_curve=list(heldout_curve or []), method=method))

@@ -19,7 +19,7 @@ from alignlab.generation import GenerationSettings, generate
 from alignlab.health import RunFacts, read_health
 from alignlab.models import LoadedModel, load_model
 from alignlab.presets import DatasetError, Preset, capability_probe, validate_preset
-from alignlab.training import CancelToken, TrainingEvent, TrainingResult, TrainingSettings, train_dpo
+from alignlab.training import CancelToken, TrainingEvent, TrainingResult, TrainingSettings, train_policy
 
 STAGES = ("load_model", "baseline", "train", "evaluate")
 
@@ -64,6 +64,7 @@ def compare(
         capability_source=source,
         probe=probe,
         reuse_step=result.steps_done if probe is not None else None,
+        scorer=result.settings.method_entry.scorer,
     )
     return aligned, evidence
 
@@ -71,7 +72,14 @@ def compare(
 def run_probe(loaded: LoadedModel, preset: Preset, settings: TrainingSettings) -> PreferenceProbe:
     """The probe of a whole-lab run: every probe set of ``preset``, its reference scored once, before training."""
     capability, _ = capability_probe(preset)
-    return PreferenceProbe(loaded, settings.beta, preset.heldout_pairs, preset.contrast_pairs, capability)
+    return PreferenceProbe(
+        loaded,
+        settings.beta,
+        preset.heldout_pairs,
+        preset.contrast_pairs,
+        capability,
+        scorer=settings.method_entry.scorer,
+    )
 
 
 def build_report(
@@ -93,6 +101,7 @@ def build_report(
         RunFacts(
             log_rows=result.step_rows,
             beta=settings.beta,
+            method=settings.method,
             evidence=evaluation,
             degeneration=degeneration,
             heldout_curve=list(result.heldout_curve),
@@ -111,6 +120,7 @@ def build_report(
         "settings": {
             "preset": preset.id,
             "training": settings.to_dict(),
+            "method_info": settings.method_entry.describe(),
             "generation": asdict(generation),
             "train_pairs": len(preset.pairs),
             "heldout_pairs": len(preset.heldout_pairs),
@@ -163,7 +173,7 @@ def run_lab(
     started = stage("train")
     probe = run_probe(loaded, preset, settings)
     live = probe.curve_point if preset.heldout_pairs or preset.contrast_pairs else None
-    result = train_dpo(loaded, preset.pairs, settings, on_event=on_event, cancel=cancel, probe=live)
+    result = train_policy(loaded, preset.pairs, settings, on_event=on_event, cancel=cancel, probe=live)
     timings["train"] = time.perf_counter() - started
 
     started = stage("evaluate")

@@ -4,6 +4,11 @@ Each function takes the per-step rows that :func:`alignlab.training.training_row
 streamed :class:`~alignlab.training.TrainingEvent` rows) give and returns a tidy pandas DataFrame
 that a line plot reads directly: one row per (step, series). Nothing here touches a trainer, so
 the same frames can be drawn from a live run, a finished run or a saved report.
+
+Each method logs under its own keys; the frames read them through the method's common axes
+(:mod:`alignlab.methods`), so a margin plot is DPO's ``rewards/margins`` and KTO's alike, and an
+axis a method does not log is an empty frame. The log table adds each method's own figures (KTO's
+KL estimate, ORPO's log-odds ratio, the SFT term of ORPO and SimPO).
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ from typing import Any
 
 import pandas as pd
 
-#: Columns of :func:`log_table`, in display order (header -> TRL log key).
+from alignlab.methods import DEFAULT_METHOD, METHODS, Method
+
+#: Columns of :func:`log_table`, in display order (header -> TRL log key), as DPO logs them; other
+#: methods read the same headers through their axes, and add :data:`OWN_COLUMNS`.
 LOG_COLUMNS: dict[str, str] = {
     "step": "step",
     "loss": "loss",
@@ -26,6 +34,25 @@ LOG_COLUMNS: dict[str, str] = {
     "held-out margin": "heldout/margin",
     "contrast acc": "heldout/contrast_accuracy",
 }
+
+#: Axis behind each :data:`LOG_COLUMNS` header that a method maps (the rest are the same for every method).
+_COLUMN_AXES = {"margin": "margin", "chosen reward": "chosen", "rejected reward": "rejected", "accuracy": "accuracy"}
+
+#: A method's own logged figures, shown in the log table when it logs them (header -> TRL log key).
+OWN_COLUMNS: dict[str, str] = {
+    "KL estimate": "kl",
+    "SFT loss": "nll_loss",
+    "log-odds ratio": "log_odds_ratio",
+}
+
+
+def _entry(method: str | None) -> Method:
+    return METHODS.get(method or DEFAULT_METHOD) or METHODS[DEFAULT_METHOD]
+
+
+def _axis_key(method: str | None, axis: str) -> str | None:
+    return _entry(method).key(axis)
+
 
 #: The live held-out curve's series (row key -> legend label).
 HELDOUT_SERIES: dict[str, str] = {
@@ -61,28 +88,31 @@ def loss_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return _typed([d for d in data if d[1] is not None], ["step", "loss"])
 
 
-def margin_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+def margin_frame(rows: list[dict[str, Any]], method: str | None = None) -> pd.DataFrame:
     """Mean reward margin (chosen minus rejected) per step: columns ``step``, ``margin``."""
-    data = [(s, _value(r, "rewards/margins")) for s, r in zip(_steps(rows), rows)]
+    key = _axis_key(method, "margin")
+    data = [(s, _value(r, key)) for s, r in zip(_steps(rows), rows)] if key else []
     return _typed([d for d in data if d[1] is not None], ["step", "margin"])
 
 
-def rewards_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Implicit rewards of chosen and rejected answers: columns ``step``, ``reward``, ``answer``."""
+def rewards_frame(rows: list[dict[str, Any]], method: str | None = None) -> pd.DataFrame:
+    """Rewards of chosen and rejected answers: columns ``step``, ``reward``, ``answer``."""
     data = []
+    keys = {answer: _axis_key(method, answer) for answer in ("chosen", "rejected")}
     for step, row in zip(_steps(rows), rows):
-        for answer in ("chosen", "rejected"):
-            value = _value(row, f"rewards/{answer}")
+        for answer, key in keys.items():
+            value = _value(row, key) if key else None
             if value is not None:
                 data.append((step, value, answer))
     return _typed(data, ["step", "reward", "answer"])
 
 
-def running_accuracy(rows: list[dict[str, Any]]) -> list[float]:
-    """Running mean of ``rewards/accuracies`` (one step alone is 0 or 1 at batch size 1)."""
+def running_accuracy(rows: list[dict[str, Any]], method: str | None = None) -> list[float]:
+    """Running mean of the reward accuracy (one step alone is 0 or 1 at batch size 1); NaN where not logged."""
+    key = _axis_key(method, "accuracy")
     out, total, count = [], 0.0, 0
     for row in rows:
-        value = _value(row, "rewards/accuracies")
+        value = _value(row, key) if key else None
         if value is not None:
             total += value
             count += 1
@@ -90,9 +120,9 @@ def running_accuracy(rows: list[dict[str, Any]]) -> list[float]:
     return out
 
 
-def accuracy_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+def accuracy_frame(rows: list[dict[str, Any]], method: str | None = None) -> pd.DataFrame:
     """Running-mean reward accuracy per step: columns ``step``, ``accuracy``."""
-    data = [(s, a) for s, a in zip(_steps(rows), running_accuracy(rows)) if math.isfinite(a)]
+    data = [(s, a) for s, a in zip(_steps(rows), running_accuracy(rows, method)) if math.isfinite(a)]
     return _typed(data, ["step", "accuracy"])
 
 
@@ -116,26 +146,38 @@ def curve_rows(curve: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"step": p["step"], **{f"heldout/{k}": v for k, v in p.items() if k != "step"}} for p in curve]
 
 
-def log_table(rows: list[dict[str, Any]], digits: int = 4) -> pd.DataFrame:
+def log_columns(method: str | None = None) -> dict[str, str | None]:
+    """The log table's columns for a method (header -> its TRL log key; None where it logs no such figure)."""
+    entry = _entry(method)
+    columns: dict[str, str | None] = {
+        header: (entry.key(_COLUMN_AXES[header]) if header in _COLUMN_AXES else key)
+        for header, key in LOG_COLUMNS.items()
+    }
+    columns.update({header: key for header, key in OWN_COLUMNS.items() if key in entry.logged})
+    return columns
+
+
+def log_table(rows: list[dict[str, Any]], digits: int = 4, method: str | None = None) -> pd.DataFrame:
     """One row per logged step with the figures a person reads (accuracy as a running mean)."""
-    running = running_accuracy(rows)
+    columns = log_columns(method)
+    running = running_accuracy(rows, method)
     data = []
     for i, (step, row) in enumerate(zip(_steps(rows), rows)):
         line: list[Any] = [step]
-        for header, key in list(LOG_COLUMNS.items())[1:]:
-            value = running[i] if header == "accuracy" else _value(row, key)
+        for header, key in list(columns.items())[1:]:
+            value = running[i] if header == "accuracy" else (_value(row, key) if key else None)
             line.append(None if value is None or not math.isfinite(value) else round(value, digits))
         data.append(line)
-    return pd.DataFrame(data, columns=list(LOG_COLUMNS))
+    return pd.DataFrame(data, columns=list(columns))
 
 
-def all_frames(rows: list[dict[str, Any]]) -> tuple[pd.DataFrame, ...]:
+def all_frames(rows: list[dict[str, Any]], method: str | None = None) -> tuple[pd.DataFrame, ...]:
     """(loss, margin, rewards, accuracy, held-out, log table): everything the Train tab draws."""
     return (
         loss_frame(rows),
-        margin_frame(rows),
-        rewards_frame(rows),
-        accuracy_frame(rows),
+        margin_frame(rows, method),
+        rewards_frame(rows, method),
+        accuracy_frame(rows, method),
         heldout_frame(rows),
-        log_table(rows),
+        log_table(rows, method=method),
     )

@@ -1,19 +1,23 @@
-"""A real, short DPO run on TRL, streamed to the caller one logged step at a time.
+"""A real, short preference-training run on TRL, streamed to the caller one logged step at a time.
 
 :class:`TrainingSettings` is the one place where the lab's knobs live (UI defaults, CLI flags and
-the TRL config all come from it) and :meth:`TrainingSettings.to_dpo_config` the one place where a
-``DPOConfig`` is built. :func:`train_dpo` runs ``trl.DPOTrainer`` synchronously;
-:func:`stream_dpo` runs it in a thread and yields a :class:`TrainingEvent` per logged step, which
-is what a live plot (or a progress bar) consumes. Both stop cleanly within one optimizer step
-when asked to.
+the TRL config all come from it), and :meth:`TrainingSettings.trainer_config` the one place where a
+TRL config is built. The method (``settings.method``: DPO, IPO, KTO, ORPO, SimPO) is an entry of
+:mod:`alignlab.methods`, which names its trainer, config, data format and reference handling; this
+module runs whatever entry it is given and never branches on a method's name.
+:func:`train_policy` runs the trainer synchronously; :func:`stream_training` runs it in a thread
+and yields a :class:`TrainingEvent` per logged step, which is what a live plot (or a progress bar)
+consumes. Both stop cleanly within one optimizer step when asked to. ``train_dpo`` and
+``stream_dpo`` are their earlier names.
 
-The reference model (DPO's anchor, pi_ref) is handled in one of three ways, all of which avoid
-TRL's fallback of reloading the reference from ``config._name_or_path``:
+A method with a reference model (DPO, KTO) gets it in one of three ways, all of which avoid
+TRL's fallback of reloading the reference from ``config._name_or_path`` (which would measure a
+policy changed in memory against the weights on disk):
 - full fine-tuning (the default): the reference is the cached model itself, seen through
-  :func:`alignlab.models.reference_view` (its weights shared, never copied); TRL scores each
-  batch with it as it trains, so the first step starts at once;
-- full fine-tuning with ``precompute_ref_log_probs=True``: TRL scores every pair with the untouched
-  policy before the first step instead (a pass over the data, and a hash of every weight);
+  :func:`alignlab.models.reference_view` (its weights shared, never copied) and passed to the
+  trainer explicitly; TRL scores each batch with it as it trains, so the first step starts at once;
+- DPO with ``precompute_ref_log_probs=True``: TRL scores every pair with the untouched policy
+  before the first step instead (a pass over the data, and a hash of every weight);
 - LoRA (``use_lora``): the reference is the same network with the adapter switched off.
 """
 
@@ -34,6 +38,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback
 
+from alignlab.methods import DEFAULT_METHOD, METHODS, Method, UnknownMethodError, get_method, known_methods
 from alignlab.models import LoadedModel, copy_for_training, reference_view, use_persistent_kernel_cache
 from alignlab.presets import PreferencePair
 
@@ -56,11 +61,15 @@ class SettingsError(ValueError):
 
 @dataclass
 class TrainingSettings:
-    """Everything that shapes a lab's DPO run. Defaults are chosen by ``make bench``."""
+    """Everything that shapes a lab's run. Defaults are chosen by ``make bench`` (DPO's; each method's
+    own defaults are in its registry entry: :meth:`for_method`)."""
 
+    method: str = DEFAULT_METHOD
+    """The preference method, a name in :data:`alignlab.methods.METHODS` (dpo, ipo, kto, orpo, simpo).
+    ``ipo`` is DPO with the IPO loss: it is stored as ``method='dpo'``, ``loss_type='ipo'``."""
     beta: float = 0.1
-    """How tightly the policy is held to the reference (0.01-1.0). Small beta lets it move far;
-    large beta keeps it close and needs a bigger log-prob gap for the same reward."""
+    """How tightly the policy is held to the reference (0.01-1.0; SimPO's reward scale goes to 10). Small
+    beta lets it move far; large beta keeps it close and needs a bigger log-prob gap for the same reward."""
     learning_rate: float = 2e-5
     """Adam step size (1e-7 to 1e-3). A lab run has few steps, so it is higher than a real run's.
     2e-5 (was 5e-5): at 5e-5 and 3e-5 the seed-lab's greedy answers loop after 6 steps on the
@@ -73,7 +82,7 @@ class TrainingSettings:
     """Pairs per optimizer step (1-64). 2 puts a point on the plot every few seconds on a CPU; 6
     steps then see 12 pairs, enough for the seed lab's shift (measured, see bench/)."""
     loss_type: str = "sigmoid"
-    """One of :data:`LOSS_TYPES`; ``sigmoid`` is DPO."""
+    """DPO's loss variant, one of :data:`LOSS_TYPES`; ``sigmoid`` is DPO. Other methods keep ``sigmoid``."""
     sft_weight: float = 0.0
     """Weight of an SFT term (the chosen answers' negative log-likelihood) added to the preference
     loss (0-10; 0 = none): the production habit that keeps a model fluent while its preference
@@ -98,9 +107,44 @@ class TrainingSettings:
     memory. Needs ``use_lora``, a CUDA GPU and the bitsandbytes package (see :func:`qlora_unavailable`)."""
 
     def __post_init__(self) -> None:
+        entry = METHODS.get(self.method) if isinstance(self.method, str) else None
+        if entry is not None and entry.loss_type is not None:  # a loss variant named as a method
+            if self.loss_type not in ("sigmoid", entry.loss_type):
+                raise SettingsError(
+                    f"method {self.method!r} is DPO with loss_type {entry.loss_type!r}; it cannot also take "
+                    f"loss_type {self.loss_type!r} (use method 'dpo' for that)."
+                )
+            self.method, self.loss_type = entry.runs_as, entry.loss_type
         problems = self.problems()
         if problems:
             raise SettingsError(" ".join(problems))
+
+    @classmethod
+    def for_method(cls, method: str = DEFAULT_METHOD, **overrides: Any) -> TrainingSettings:
+        """Settings with ``method``'s own defaults (learning rate, beta, steps), then ``overrides``.
+
+        An override of None leaves the method's default (so a CLI flag or API argument left empty gets it).
+        """
+        try:
+            entry = get_method(method)
+        except UnknownMethodError as exc:
+            raise SettingsError(str(exc)) from None
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{"method": method, **entry.defaults, **given})
+
+    @property
+    def method_label(self) -> str:
+        """The method as a person names it: 'DPO', 'IPO' (a loss variant with its own entry), 'DPO (hinge loss)'."""
+        for entry in METHODS.values():
+            if entry.runs_as == self.method and entry.loss_type == self.loss_type:
+                return entry.title
+        entry = self.method_entry
+        return entry.title + (f" ({self.loss_type} loss)" if self.loss_type != "sigmoid" else "")
+
+    @property
+    def method_entry(self) -> Method:
+        """This run's registry entry (``ipo`` settings are stored as DPO with loss_type ipo)."""
+        return get_method(self.method)
 
     def problems(self) -> list[str]:
         """Each out-of-range field as a sentence; empty when the settings are usable."""
@@ -113,7 +157,11 @@ class TrainingSettings:
         def number(value: Any) -> bool:
             return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
-        check("beta", number(self.beta) and 0.01 <= self.beta <= 1.0, "between 0.01 and 1.0")
+        entry = METHODS.get(self.method) if isinstance(self.method, str) else None
+        if entry is None:
+            out.append(f"method must be one of {known_methods()} (got {self.method!r}).")
+        low, high = entry.beta_range if entry is not None else (0.01, 1.0)
+        check("beta", number(self.beta) and low <= self.beta <= high, f"between {low} and {high}")
         check(
             "learning_rate", number(self.learning_rate) and 1e-7 <= self.learning_rate <= 1e-3, "between 1e-7 and 1e-3"
         )
@@ -138,6 +186,15 @@ class TrainingSettings:
         check("precision", self.precision in ("auto", "fp32", "bf16"), "'auto', 'fp32' or 'bf16'")
         if self.use_qlora and not self.use_lora:
             out.append("use_qlora needs use_lora: QLoRA is a LoRA adapter on a 4-bit base.")
+        if entry is not None and not entry.loss_variants:
+            if self.loss_type != "sigmoid":
+                out.append(f"loss_type is DPO's; method {self.method!r} takes none (got {self.loss_type!r}).")
+            if self.sft_weight:
+                out.append(
+                    f"sft_weight is DPO's SFT term; method {self.method!r} takes none (got {self.sft_weight!r})."
+                )
+        if entry is not None and self.use_qlora and not entry.supports_qlora:
+            out.append(f"use_qlora: method {self.method!r} runs on a model TRL cannot load in 4-bit for it; use LoRA.")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,22 +237,20 @@ class TrainingSettings:
             task_type="CAUSAL_LM",
         )
 
-    def to_dpo_config(self, output_dir: str | Path, device: torch.device) -> Any:
-        """The only place where TRL's ``DPOConfig`` is built (see DESIGN.md §3 for each choice)."""
-        from trl import DPOConfig
-
+    def trainer_config(self, output_dir: str | Path, device: torch.device) -> Any:
+        """The only place where a TRL config is built: the fields every trainer shares (see DESIGN.md §3
+        for each choice), then the method's own (its registry entry's ``fields_from`` and ``options``)."""
+        stage = self.method_entry.stage
+        module, name = stage.config.rsplit(".", 1)
+        config_class = getattr(importlib.import_module(module), name)
         bf16 = self.use_bf16(device)
-        return DPOConfig(
+        shared = dict(
             output_dir=str(output_dir),
-            beta=self.beta,
             learning_rate=self.learning_rate,
             max_steps=self.steps if self.steps is not None else -1,
             num_train_epochs=float(self.epochs) if self.epochs is not None else 1.0,
             per_device_train_batch_size=self.batch_size,
             gradient_accumulation_steps=1,
-            loss_type=[self.loss_type, "sft"] if self.sft_weight > 0 else [self.loss_type],
-            loss_weights=[1.0, float(self.sft_weight)] if self.sft_weight > 0 else None,
-            label_smoothing=0.1 if self.loss_type == "robust" else 0.0,
             seed=self.seed,
             data_seed=self.seed,
             max_length=self.max_length,
@@ -211,11 +266,18 @@ class TrainingSettings:
             fp16=False,
             # Measured: checkpointing only costs time at these sizes (bench/).
             gradient_checkpointing=False,
-            precompute_ref_log_probs=self.precompute_ref_log_probs and not self.use_lora,
             dataloader_num_workers=0,
             # One fused kernel for the AdamW update on a GPU (the bare loop's optimiser), not a loop of them.
             optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
         )
+        own = stage.fields_from(self) if stage.fields_from is not None else {}
+        return config_class(**{**shared, **own, **stage.options})
+
+    def to_dpo_config(self, output_dir: str | Path, device: torch.device) -> Any:
+        """The TRL config of a DPO run (the earlier name of :meth:`trainer_config`, for DPO settings)."""
+        if self.method_entry.stage.trainer != "trl.DPOTrainer":
+            raise SettingsError(f"to_dpo_config: these settings are for method {self.method!r}, not DPO.")
+        return self.trainer_config(output_dir, device)
 
 
 @dataclass
@@ -303,6 +365,43 @@ def to_trl_dataset(loaded: LoadedModel, pairs: list[PreferencePair]) -> Dataset:
     return Dataset.from_list(rows)
 
 
+def to_unpaired_dataset(loaded: LoadedModel, pairs: list[PreferencePair], batch_size: int, seed: int) -> Dataset:
+    """Pairs as TRL's unpaired preference rows (``prompt``, ``completion``, ``label``): thumbs up/down.
+
+    Each pair gives its chosen answer as desirable (``label=True``) and its rejected answer as undesirable.
+    KTO estimates its KL term by giving each row the answer of its neighbour in the batch (TRL rotates the
+    batch's answers by one, and keeps the data order for that), so the rows are laid out batch by batch as
+    the batch's chosen answers, then its rejected ones: every rotated answer then belongs to another
+    prompt whenever a batch holds two pairs or more. The pairs are shuffled with ``seed`` first (TRL's
+    sequential order would otherwise always see them in file order). Chat models get conversational
+    rows, base models the plain-text prompt, as in :func:`to_trl_dataset`.
+    """
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    shuffled = [pairs[i] for i in order]
+
+    def row(prompt: str, answer: str, label: bool) -> dict[str, Any]:
+        if loaded.is_chat:
+            return {
+                "prompt": [{"role": "user", "content": prompt}],
+                "completion": [{"role": "assistant", "content": answer}],
+                "label": label,
+            }
+        return {"prompt": loaded.format_prompt(prompt), "completion": " " + answer.strip(), "label": label}
+
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(shuffled), batch_size):
+        batch = shuffled[start : start + batch_size]
+        rows += [row(p.prompt, p.chosen, True) for p in batch] + [row(p.prompt, p.rejected, False) for p in batch]
+    return Dataset.from_list(rows)
+
+
+def method_dataset(loaded: LoadedModel, pairs: list[PreferencePair], settings: TrainingSettings) -> Dataset:
+    """The pairs in the data format of ``settings``' method (its registry entry's ``data``)."""
+    if settings.method_entry.data == "unpaired":
+        return to_unpaired_dataset(loaded, pairs, settings.batch_size, settings.seed)
+    return to_trl_dataset(loaded, pairs)
+
+
 #: Scores the policy after a logged step: ``probe(policy, step)`` -> a point of the held-out curve
 #: (``{"step", "accuracy", "margin", ...}``); see :meth:`alignlab.evaluation.PreferenceProbe.curve_point`.
 StepProbe = Callable[[torch.nn.Module, int], dict[str, Any]]
@@ -352,6 +451,53 @@ class _StreamCallback(TrainerCallback):
         return control
 
 
+def build_trainer(
+    loaded: LoadedModel,
+    pairs: list[PreferencePair],
+    settings: TrainingSettings,
+    output_dir: str | Path,
+    callbacks: list[TrainerCallback] | None = None,
+) -> Any:
+    """The one place where a trainer is built: a private policy copy, its reference, TRL's config.
+
+    The trainer class, the data format and the reference handling come from the method's registry
+    entry. Seeds first, so the same settings and pairs give the same run. :func:`train_policy` and the
+    bench's probe both train what this returns.
+    """
+    method = settings.method_entry
+    if len(method.stages) != 1:  # no such entry is registered yet (see alignlab.methods)
+        raise SettingsError(f"Method {settings.method!r} has {len(method.stages)} stages; the lab runs one.")
+    stage = method.stage
+    module, name = stage.trainer.rsplit(".", 1)
+    trainer_class = getattr(importlib.import_module(module), name)
+    use_persistent_kernel_cache()  # before TRL compiles its Triton kernels on a GPU
+    set_seed(settings.seed)
+    args = settings.trainer_config(output_dir, loaded.device)
+    extra: dict[str, Any] = {}
+    if settings.use_qlora:  # TRL loads the 4-bit base itself; nothing is copied
+        policy, extra["quantization_config"] = qlora_model_arguments(loaded, args)
+    else:
+        policy = copy_for_training(loaded)
+    if stage.reference == "frozen":
+        # Always explicit: left to itself, TRL would reload the reference from config._name_or_path (the
+        # weights on disk, not the model in memory). LoRA's reference is the adapter switched off; DPO's
+        # precomputed reference log-probs come from the untouched policy before the first step.
+        precomputed = bool(getattr(args, "precompute_ref_log_probs", False))
+        shared_reference = not settings.use_lora and not precomputed
+        extra["ref_model"] = reference_view(loaded) if shared_reference else None
+    trainer = trainer_class(
+        model=policy,
+        args=args,
+        train_dataset=method_dataset(loaded, pairs, settings),
+        processing_class=loaded.tokenizer,
+        peft_config=settings.peft_config(),
+        callbacks=callbacks,
+        **extra,
+    )
+    trainer.remove_callback(PrinterCallback)  # rows reach the caller as events, not as prints
+    return trainer
+
+
 def build_dpo_trainer(
     loaded: LoadedModel,
     pairs: list[PreferencePair],
@@ -359,34 +505,8 @@ def build_dpo_trainer(
     output_dir: str | Path,
     callbacks: list[TrainerCallback] | None = None,
 ) -> Any:
-    """The one place where a ``DPOTrainer`` is built: a private policy copy, its reference, TRL's config.
-
-    Seeds first, so the same settings and pairs give the same run. ``train_dpo`` and the bench's
-    probe both train what this returns.
-    """
-    from trl import DPOTrainer
-
-    use_persistent_kernel_cache()  # before TRL compiles its Triton kernels on a GPU
-    set_seed(settings.seed)
-    args = settings.to_dpo_config(output_dir, loaded.device)
-    quantization = None
-    if settings.use_qlora:  # TRL loads the 4-bit base itself; nothing is copied
-        policy, quantization = qlora_model_arguments(loaded, args)
-    else:
-        policy = copy_for_training(loaded)
-    shared_reference = not settings.use_lora and not settings.precompute_ref_log_probs
-    trainer = DPOTrainer(
-        model=policy,
-        ref_model=reference_view(loaded) if shared_reference else None,
-        args=args,
-        train_dataset=to_trl_dataset(loaded, pairs),
-        processing_class=loaded.tokenizer,
-        peft_config=settings.peft_config(),
-        quantization_config=quantization,
-        callbacks=callbacks,
-    )
-    trainer.remove_callback(PrinterCallback)  # rows reach the caller as events, not as prints
-    return trainer
+    """The earlier name of :func:`build_trainer` (the bench's probe calls it)."""
+    return build_trainer(loaded, pairs, settings, output_dir, callbacks)
 
 
 def qlora_unavailable() -> str | None:
@@ -454,7 +574,7 @@ def plain_model(trainer: Any) -> PreTrainedModel:
     return model.eval()
 
 
-def train_dpo(
+def train_policy(
     loaded: LoadedModel,
     pairs: list[PreferencePair],
     settings: TrainingSettings,
@@ -463,7 +583,7 @@ def train_dpo(
     output_dir: str | Path | None = None,
     probe: StepProbe | None = None,
 ) -> TrainingResult:
-    """Run DPO on a private copy of ``loaded.model``; the loaded model stays the reference.
+    """Run ``settings.method`` on a private copy of ``loaded.model``; the loaded model stays the reference.
 
     ``probe``, when given, scores the policy after every logged step (the live held-out curve).
     """
@@ -473,8 +593,8 @@ def train_dpo(
     callback = _StreamCallback(on_event, cancel, started, probe)
     if loaded.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(loaded.device)
-    with tempfile.TemporaryDirectory(prefix="alignlab-dpo-") as scratch:
-        trainer = build_dpo_trainer(loaded, pairs, settings, output_dir or scratch, [callback])
+    with tempfile.TemporaryDirectory(prefix=f"alignlab-{settings.method}-") as scratch:
+        trainer = build_trainer(loaded, pairs, settings, output_dir or scratch, [callback])
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         trainer.train()
         trained = plain_model(trainer)
@@ -499,7 +619,20 @@ def train_dpo(
     return result
 
 
-def stream_dpo(
+def train_dpo(
+    loaded: LoadedModel,
+    pairs: list[PreferencePair],
+    settings: TrainingSettings,
+    on_event: Callable[[TrainingEvent], None] | None = None,
+    cancel: CancelToken | None = None,
+    output_dir: str | Path | None = None,
+    probe: StepProbe | None = None,
+) -> TrainingResult:
+    """The earlier name of :func:`train_policy`: runs whatever method ``settings`` name (DPO by default)."""
+    return train_policy(loaded, pairs, settings, on_event, cancel, output_dir, probe)
+
+
+def stream_training(
     loaded: LoadedModel,
     pairs: list[PreferencePair],
     settings: TrainingSettings,
@@ -516,11 +649,11 @@ def stream_dpo(
 
     def work() -> None:
         try:
-            train_dpo(loaded, pairs, settings, on_event=events.put, cancel=cancel, probe=probe)
+            train_policy(loaded, pairs, settings, on_event=events.put, cancel=cancel, probe=probe)
         except BaseException as exc:  # re-raised in the consumer's thread
             events.put(exc)
 
-    thread = threading.Thread(target=work, name="alignlab-dpo", daemon=True)
+    thread = threading.Thread(target=work, name=f"alignlab-{settings.method}", daemon=True)
     thread.start()
     try:
         while True:
@@ -533,6 +666,17 @@ def stream_dpo(
     finally:
         cancel.cancel()
         thread.join()
+
+
+def stream_dpo(
+    loaded: LoadedModel,
+    pairs: list[PreferencePair],
+    settings: TrainingSettings,
+    cancel: CancelToken | None = None,
+    probe: StepProbe | None = None,
+) -> Iterator[TrainingEvent]:
+    """The earlier name of :func:`stream_training`: streams whatever method ``settings`` name."""
+    return stream_training(loaded, pairs, settings, cancel, probe)
 
 
 def save_policy(policy: PreTrainedModel, tokenizer: Any, directory: str | Path) -> Path:

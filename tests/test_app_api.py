@@ -131,12 +131,14 @@ def test_every_contract_endpoint_is_public_and_documented(app) -> None:
         "use_lora",
         "lora_rank",
         "use_qlora",
+        "method",  # added last, so that clients that pass the others by position keep working
     ]
     for name in ENDPOINTS:
         assert api["named_endpoints"][name]["description"], f"{name} has no description"
     assert "beta — DPO β, 0.01-1.0" in train["description"]  # each input's range is documented
     lab = api["named_endpoints"]["/run_lab"]
-    assert {p["parameter_name"]: p["type"]["type"] for p in lab["parameters"]}["steps"] == "integer"
+    steps = {p["parameter_name"]: p["type"] for p in lab["parameters"]}["steps"]
+    assert {"type": "integer"} in steps["oneOf"] and {"type": "null"} in steps["oneOf"]  # empty: the method's own
 
 
 def test_out_of_order_clicks_say_what_to_do_first(app) -> None:
@@ -269,6 +271,12 @@ def test_bad_input_gets_a_clear_message_and_the_session_keeps_working(app) -> No
     assert "learning rate" in error_of(lambda: client.submit(learning_rate=1.0, api_name="/train").result())
     assert "Fix the dataset first" in error_of(lambda: client.submit(pairs=broken, api_name="/train").result())
     assert "Unknown preset" in error_of(lambda: client.predict(preset="nope", api_name="/run_lab"))
+    message = error_of(lambda: client.submit(method="ppo", api_name="/train").result())
+    assert "Unknown method 'ppo'. Known methods: dpo, ipo, kto, orpo, simpo" in message
+    assert "Known methods" in error_of(lambda: client.predict(method="ppo", api_name="/run_lab"))
+    assert "loss_type is DPO's" in error_of(
+        lambda: client.submit(method="kto", loss_type="hinge", api_name="/train").result()
+    )
 
     assert "Ready" in client.predict(api_name="/validate_dataset")  # still working after all that
     *_, last = list(client.submit(steps=1, api_name="/train"))
@@ -353,6 +361,19 @@ def test_run_lab_returns_the_report_and_fills_the_session(app) -> None:
     assert [p["step"] for p in report["eval"]["heldout_curve"]] == [1, 2]
     session = demo.session_store.peek(client.session_hash)
     assert session.report == report and session.policy_dir.is_dir()
+
+
+def test_run_lab_and_train_take_a_method(app) -> None:
+    from alignlab.methods import METHODS
+
+    _, url = app
+    client = Client(url, verbose=False)
+    report = client.predict(preset="concise", steps=2, max_new_tokens=8, method="kto", api_name="/run_lab")
+    assert report["settings"]["training"]["method"] == "kto" and not _has_nan(report)
+    assert report["settings"]["training"]["beta"] == METHODS["kto"].defaults["beta"]  # left empty: the method's
+    assert any("kl" in row for row in report["log_history"]) and report["health"]["verdict"]
+    *_, last = list(client.submit(steps=2, method="orpo", api_name="/train"))
+    assert "Finished 2 of 2 steps" in last[0] and "log-odds ratio" in last[6]["headers"]
 
 
 def test_session_files_are_deleted_when_the_session_ends(app) -> None:

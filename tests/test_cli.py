@@ -67,6 +67,12 @@ def test_presets_are_listed():
         (["--preset", "seed-lab", "--beta", "0"], "beta must be between 0.01 and 1.0"),
         (["--preset", "seed-lab", "--beta", "-1"], "beta must be"),
         (["--preset", "seed-lab", "--loss", "magic"], "loss_type must be one of"),
+        (
+            ["--preset", "seed-lab", "--method", "ppo"],
+            "Unknown method 'ppo'. Known methods: dpo, ipo, kto, orpo, simpo",
+        ),
+        (["--preset", "seed-lab", "--method", "kto", "--loss", "hinge"], "loss_type is DPO's"),
+        (["--preset", "seed-lab", "--method", "dpo", "--beta", "2"], "beta must be between 0.01 and 1.0"),
         (["--preset", "seed-lab", "--model", "/no/such/model"], "There is no directory"),
         (["--dataset", "/no/such/file.jsonl"], "There is no file"),
     ],
@@ -133,6 +139,22 @@ def test_lab_on_tiny_model_writes_every_report_field(tmp_path, tiny_chat_dir, ca
     )
     assert len([r for r in report["log_history"] if "loss" in r]) == 3
     assert set(report["timings"]) >= {"load_model", "baseline", "train", "evaluate", "total"}
+
+
+def test_lab_method_is_in_the_report_with_its_own_defaults(tmp_path, tiny_chat_dir, capsys):
+    from alignlab.methods import METHODS
+
+    out = tmp_path / "r.json"
+    args = ["lab", "--model", str(tiny_chat_dir), "--preset", "seed-lab", "--method", "simpo", "--steps", "2"]
+    assert main([*args, "--max-new-tokens", "4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "method SimPO" in printed and "Scored by beta * the policy's mean log-probability" in printed
+    report = json.loads(out.read_text())
+    training = report["settings"]["training"]
+    assert training["method"] == "simpo" and training["beta"] == METHODS["simpo"].defaults["beta"]
+    assert report["settings"]["method_info"]["reference"] == "none"
+    assert report["eval"]["heldout_scorer"] == "mean_logprob" and report["eval"]["heldout_scorer_text"]
+    assert "heldout_scorer" in report["health"]["codes"]
 
 
 def test_lab_on_a_list_of_pairs_holds_out_a_quarter(tmp_path, tiny_base_dir, pairs):

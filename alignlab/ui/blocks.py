@@ -11,6 +11,7 @@ from typing import Any
 
 import gradio as gr
 
+from alignlab.methods import DEFAULT_METHOD
 from alignlab.presets import DatasetError, load_preset
 from alignlab.training import TrainingSettings
 from alignlab.ui import baseline_tab, compare_tab, dataset_tab, runs, train_tab
@@ -28,7 +29,7 @@ DEFAULTS = TrainingSettings()
 
 HEADER = (
     "# AlignLab\n"
-    "Watch preference training (**DPO**) change a small language model, live. "
+    "Watch preference training (**DPO**, and IPO, KTO, ORPO, SimPO beside it) change a small language model, live. "
     "Record its answers, write pairs of better and worse answers, train, then see what changed — and what it cost."
 )
 
@@ -64,13 +65,14 @@ def launch_options() -> dict[str, Any]:
 def run_lab(
     model: str = "",
     preset: str = dataset_tab.DEFAULT_PRESET,
-    steps: int = DEFAULTS.steps,
-    beta: float = DEFAULTS.beta,
-    learning_rate: float = DEFAULTS.learning_rate,
+    steps: int | None = None,
+    beta: float | None = None,
+    learning_rate: float | None = None,
     batch_size: int = DEFAULTS.batch_size,
     loss_type: str = DEFAULTS.loss_type,
     seed: int = DEFAULTS.seed,
     max_new_tokens: int = 64,
+    method: str = DEFAULT_METHOD,
     request: gr.Request = None,
 ) -> dict:
     """Run the whole lab on a preset: baseline, train, compare. Returns the report JSON.
@@ -78,13 +80,14 @@ def run_lab(
     Args:
         model: model spec (a listed name, a Hub id or a local path); empty means the app's default model.
         preset: preset id: seed-lab, concise or warm-tone.
-        steps: DPO optimizer steps, 1-500.
-        beta: DPO β, 0.01-1.0.
-        learning_rate: 1e-7 to 1e-3.
+        steps: optimizer steps, 1-500; empty means the method's default.
+        beta: β, 0.01-1.0 (simpo: up to 10); empty means the method's default.
+        learning_rate: 1e-7 to 1e-3; empty means the method's default.
         batch_size: pairs per step, 1-64.
         loss_type: sigmoid (DPO), ipo, hinge, robust, apo_zero, sppo_hard, nca_pair or bco_pair.
         seed: training seed.
         max_new_tokens: answer length for the eval prompts, 1-512.
+        method: dpo, ipo (DPO with the IPO loss), kto, orpo or simpo; settings.training.method in the report.
     Returns:
         The report: model, settings, baseline_outputs, aligned_outputs, changed, log_history, health, eval, timings.
     """
@@ -93,7 +96,7 @@ def run_lab(
     except DatasetError as exc:
         raise gr.Error(str(exc), title="Unknown preset") from exc
     # Every check before any model work, so that a wrong input is answered at once.
-    settings = train_tab.settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed)
+    settings = train_tab.settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed, method)
     baseline_tab.generation_settings(max_new_tokens, baseline_tab.GREEDY, 0)
     spec, _ = runs.check_model(model or default_model())
     session = session_of(request)
@@ -108,13 +111,14 @@ def run_lab(
             table_from_pairs(lab.pairs),
             table_from_pairs(lab.heldout_pairs),
             dataset_tab.probes_of(lab),
-            beta,
-            learning_rate,
-            steps,
+            settings.beta,
+            settings.learning_rate,
+            settings.steps,
             batch_size,
-            loss_type,
+            settings.loss_type,
             seed,
             request,
+            method=settings.method,
         )
         with runs.unpaced_replay():  # nobody watches the curves here
             for _ in training:

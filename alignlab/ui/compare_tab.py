@@ -36,7 +36,8 @@ def evidence_markdown(evaluation: dict[str, Any]) -> str:
     curve = evaluation.get("heldout_curve") or []
     lines = [
         "### Evidence",
-        "- " + heldout_reading(evaluation.get("heldout_reward_accuracy"), evaluation.get("heldout_mean_margin")),
+        "- "
+        + heldout_reading(evaluation.get("heldout_reward_accuracy"), evaluation.get("heldout_mean_margin"), evaluation),
         "- " + contrast_reading(evaluation.get("contrast_accuracy")),
         "- "
         + capability_reading(

@@ -33,7 +33,7 @@ from alignlab.training import (
     is_quantized,
     load_policy,
     save_policy,
-    stream_dpo,
+    stream_training,
 )
 from alignlab.ui.state import RUN_TOKENS
 
@@ -85,7 +85,7 @@ def train_job(
     heldout: list[dict[str, str]] | None = None,
     contrast: list[dict[str, str]] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Stream a DPO run as plain dicts: one ``log`` per step, then ``end`` (policy saved to disk).
+    """Stream a run of ``settings``' method as plain dicts: one ``log`` per step, then ``end`` (policy saved to disk).
 
     ``heldout`` and ``contrast`` pairs are scored after every step (the live held-out curve).
     Closing this generator stops the run at the end of the current step.
@@ -96,8 +96,14 @@ def train_job(
     except (SettingsError, TypeError) as exc:
         raise gr.Error(str(exc), title="Training settings") from exc
     cancel = RUN_TOKENS.get(run_id) or CancelToken()
-    probe = live_probe(loaded, training.beta, pairs_from_dicts(heldout or []), pairs_from_dicts(contrast or []))
-    events = stream_dpo(
+    probe = live_probe(
+        loaded,
+        training.beta,
+        pairs_from_dicts(heldout or []),
+        pairs_from_dicts(contrast or []),
+        scorer=training.method_entry.scorer,
+    )
+    events = stream_training(
         loaded, pairs_from_dicts(pairs), training, cancel, probe=probe.curve_point if probe is not None else None
     )
     try:

@@ -1,4 +1,4 @@
-"""Step 3, Train: DPO hyperparameters, Start and Stop, live plots, a log table and a health reading."""
+"""Step 3, Train: the method and its hyperparameters, Start and Stop, live plots, a log table and a health reading."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import gradio as gr
 
 from alignlab import plots
 from alignlab.health import Health, read_training_health
+from alignlab.methods import DEFAULT_METHOD, METHODS, UnknownMethodError, get_method, method_choices
 from alignlab.presets import DatasetError, PreferencePair, Preset, load_preset, validate_preset
 from alignlab.recipe import (
     ADAPTERS,
@@ -44,7 +45,9 @@ from alignlab.ui.state import Run, Session
 
 INTRO = (
     "**Step 3 — Train.** DPO raises the likelihood of each *chosen* answer relative to the *rejected* one. "
-    "**β is the leash:** a small β lets the model drift far from the original, a large β holds it close."
+    "**β is the leash:** a small β lets the model drift far from the original, a large β holds it close. "
+    "Pick another **method** to see the map's alternatives on the same pairs: IPO, KTO (thumbs up/down: each "
+    "pair's answers rated alone), ORPO and SimPO (no reference model)."
 )
 DEFAULTS = TrainingSettings()
 #: Steps logged closer together than this are drawn together (every row is kept): a tiny model or
@@ -58,22 +61,55 @@ VERDICT_WORDS = {"healthy": "HEALTHY", "warning": "WARNING", "failed": "FAILED"}
 
 
 def settings_from_inputs(
-    beta: Any, learning_rate: Any, steps: Any, batch_size: Any, loss_type: Any, seed: Any
+    beta: Any,
+    learning_rate: Any,
+    steps: Any,
+    batch_size: Any,
+    loss_type: Any,
+    seed: Any,
+    method: Any = DEFAULT_METHOD,
 ) -> TrainingSettings:
-    """TrainingSettings from the widgets (or API values), each field checked with a clear message."""
+    """TrainingSettings from the widgets (or API values), each field checked with a clear message.
+
+    ``beta``, ``learning_rate`` and ``steps`` left empty (None) take the method's own defaults.
+    """
+    try:
+        entry = get_method(method)
+    except UnknownMethodError as exc:
+        raise fail(str(exc), "Unknown method") from None
     if loss_type not in LOSS_TYPES:
         raise fail(f"loss type must be one of {', '.join(LOSS_TYPES)} (got {loss_type!r}).", "Out of range")
+    low, high = entry.beta_range
     try:
-        return TrainingSettings(
-            beta=real_number(beta, "β (beta)", 0.01, 1.0),
-            learning_rate=real_number(learning_rate, "learning rate", 1e-7, 1e-3),
-            steps=whole_number(steps, "steps", 1, 500),
+        return TrainingSettings.for_method(
+            method,
+            beta=real_number(beta, "β (beta)", low, high) if beta is not None else None,
+            learning_rate=real_number(learning_rate, "learning rate", 1e-7, 1e-3)
+            if learning_rate is not None
+            else None,
+            steps=whole_number(steps, "steps", 1, 500) if steps is not None else None,
             batch_size=whole_number(batch_size, "batch size", 1, 64),
             loss_type=loss_type,
             seed=whole_number(seed, "seed", 0, 2**32 - 1),
         )
     except SettingsError as exc:
         raise gr.Error(str(exc), title="Training settings") from exc
+
+
+def method_defaults_ui(method: str) -> tuple[Any, ...]:
+    """A new method picked: its own β, learning rate and steps in the widgets, and DPO's loss variants only for DPO.
+
+    Picking ``ipo`` selects DPO's IPO loss; picking a method that is not DPO sets the loss back to sigmoid
+    (it takes no loss variant) and locks the dropdown.
+    """
+    entry = METHODS.get(method) or METHODS[DEFAULT_METHOD]
+    low, high = entry.beta_range
+    return (
+        gr.Number(value=entry.defaults["beta"], info=f"{low:g}-{high:g}: {entry.beta_means}."),
+        gr.Number(value=entry.defaults["learning_rate"]),
+        gr.Number(value=entry.defaults["steps"]),
+        gr.Dropdown(value=entry.loss_type or "sigmoid", interactive=entry.loss_variants and entry.loss_type is None),
+    )
 
 
 SEVERITY_MARKS = {"failed": "✖", "warning": "⚠", "info": "ℹ", "good": "✔"}
@@ -98,9 +134,9 @@ def progress_line(step: int, total: int, elapsed: float) -> str:
     return f"**Step {step} of {total}** · {elapsed:.1f} s elapsed · {left} step{'' if left == 1 else 's'} left"
 
 
-def view(status: str, rows: list[dict[str, Any]], health: str = "") -> tuple[Any, ...]:
+def view(status: str, rows: list[dict[str, Any]], health: str = "", method: str | None = None) -> tuple[Any, ...]:
     """The Train tab's outputs: status, the five plots, the log table, the health reading."""
-    return (status, *plots.all_frames(rows), health)
+    return (status, *plots.all_frames(rows, method), health)
 
 
 def finished_view(session: Session) -> tuple[Any, ...]:
@@ -118,13 +154,15 @@ def finished_view(session: Session) -> tuple[Any, ...]:
     else:
         status += " No step finished, so there is nothing to compare: press Start again."
     status += "\n\n" + run_cost(training, session.model_spec)
+    method = training["settings"].get("method", DEFAULT_METHOD)
     health = read_training_health(
         [r for r in training["log_history"] if "loss" in r and "step" in r],
         beta=training["settings"]["beta"],
         heldout_curve=training.get("heldout_curve"),
+        method=method,
     )
     note = "\n\n*The full verdict, with the answers checked for collapse, loops and templates, is on the Compare tab.*"
-    return view(status, session.log_rows, health_markdown(health) + note)
+    return view(status, session.log_rows, health_markdown(health) + note, method)
 
 
 def _check_ready(session: Session, pairs_table: Any, heldout_table: Any) -> tuple[list, list]:
@@ -182,8 +220,9 @@ def train_ui(
     use_lora: bool = False,
     lora_rank: float = DEFAULTS.lora_rank,
     use_qlora: bool = False,
+    method: str = DEFAULT_METHOD,
 ) -> Iterator[tuple[Any, ...]]:
-    """Run DPO on the pairs, streaming one update per logged step; needs /baseline first.
+    """Run a preference method (DPO by default) on the pairs, streaming each logged step; needs /baseline first.
 
     Args:
         pairs: training pairs, a table with the columns prompt, chosen, rejected.
@@ -198,6 +237,9 @@ def train_ui(
         use_lora: train a LoRA adapter instead of every weight (the reference is the adapter switched off).
         lora_rank: LoRA rank, 1-256.
         use_qlora: QLoRA, LoRA on a 4-bit base (needs a CUDA GPU and bitsandbytes).
+        method: dpo, ipo (DPO with the IPO loss), kto (each pair's answers as thumbs up/down), orpo or simpo (no
+            reference model). β, learning rate and steps are used as given: each method's own defaults are listed by
+            /run_lab, which uses them when those are left empty. Other methods than dpo take loss_type sigmoid.
     Returns:
         Streams (status, loss plot, margin plot, rewards plot, accuracy plot, held-out plot, log table, health).
         While the run waits for the model, the status (and the API's progress updates) say the place
@@ -205,7 +247,7 @@ def train_ui(
         (its steps replayed), not run twice.
     """
     session = session_of(request)
-    settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed)
+    settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed, method)
     settings = with_adapter(settings, use_lora, lora_rank, use_qlora)
     train_pairs, heldout = _check_ready(session, pairs, heldout_pairs)
     probes = probes_for(train_pairs, probes or {})
@@ -222,12 +264,12 @@ def train_ui(
     rows: list[dict[str, Any]] = []
     finished = False
     try:
-        yield view(starting_line(member, len(train_pairs), session.model_spec), rows)
+        yield view(starting_line(member, len(train_pairs), session.model_spec, settings.method_label), rows)
         last_redraw = 0.0
         for update in runs.training_updates(member):
             if isinstance(update, Waiting):
                 runs.show_place(update, progress)
-                yield view(f"**{runs.waiting_text(update.place)}**", rows)
+                yield view(f"**{runs.waiting_text(update.place)}**", rows, method=settings.method)
                 continue
             if isinstance(update, Finished):
                 if update.error is not None:
@@ -239,10 +281,12 @@ def train_ui(
                 yield finished_view(session)
             elif update.replayed:  # a late joiner: the steps already run, redrawn one by one
                 if runs.replay_frame(member, update.index, MIN_REDRAW_SECONDS):
-                    yield view(progress_line(event["step"], event["total_steps"], event["elapsed"]), rows)
+                    line = progress_line(event["step"], event["total_steps"], event["elapsed"])
+                    yield view(line, rows, method=settings.method)
             elif time.monotonic() - last_redraw >= MIN_REDRAW_SECONDS or event["step"] >= event["total_steps"]:
                 last_redraw = time.monotonic()
-                yield view(progress_line(event["step"], event["total_steps"], event["elapsed"]), rows)
+                line = progress_line(event["step"], event["total_steps"], event["elapsed"])
+                yield view(line, rows, method=settings.method)
         finished = True
     except Exception:
         finished = True  # a failed run: nothing to wind down
@@ -262,7 +306,7 @@ def train_ui(
                 run.finish()
 
 
-def starting_line(member: Any, n_pairs: int, spec: str) -> str:
+def starting_line(member: Any, n_pairs: int, spec: str, method: str = "DPO") -> str:
     """The first status of a run: starting, waiting for the model, or sharing an identical run."""
     shared = runs.how_text(member)
     if member.run.state == "waiting":
@@ -271,7 +315,7 @@ def starting_line(member: Any, n_pairs: int, spec: str) -> str:
     if shared:
         return f"**Starting** — {shared}"
     return (
-        f"**Starting** DPO on {n_pairs} pairs with `{spec}`: preparing TRL and scoring the held-out pairs "
+        f"**Starting** {method} on {n_pairs} pairs with `{spec}`: preparing TRL and scoring the held-out pairs "
         "once with the original model (the reference for the live held-out curve)…"
     )
 
@@ -473,6 +517,14 @@ def stop_ui(request: gr.Request) -> tuple[Any, ...]:
 
 def build() -> SimpleNamespace:
     gr.Markdown(INTRO, elem_classes="al-intro")
+    method = gr.Dropdown(
+        method_choices(),
+        value=DEFAULT_METHOD,
+        label="Method",
+        info="Each on TRL's own trainer; picking one sets its own β, learning rate and steps.",
+        allow_custom_value=True,  # an API client's unknown name gets the list of known ones from settings_from_inputs
+        elem_id="train-method",
+    )
     with gr.Row():
         beta = gr.Number(DEFAULTS.beta, label="β (beta)", info="0.01-1.0. Higher = stay closer to the original.")
         learning_rate = gr.Number(
@@ -499,7 +551,7 @@ def build() -> SimpleNamespace:
     plot = {"x": "step", "height": 260, "show_label": False}
     with gr.Row():
         loss_plot = gr.LinePlot(
-            y="loss", label="loss plot", title="DPO loss (should fall)", elem_id="plot-loss", **plot
+            y="loss", label="loss plot", title="Training loss (should fall)", elem_id="plot-loss", **plot
         )
         margin_plot = gr.LinePlot(
             y="margin",
@@ -547,6 +599,7 @@ def build() -> SimpleNamespace:
     return SimpleNamespace(
         **vars(adapter),
         **vars(recipe),
+        method=method,
         beta=beta,
         learning_rate=learning_rate,
         steps=steps,
@@ -674,6 +727,7 @@ def inputs(tab: SimpleNamespace, dataset: SimpleNamespace) -> list[Any]:
         tab.use_lora,
         tab.lora_rank,
         tab.use_qlora,
+        tab.method,
     ]
 
 
@@ -693,6 +747,13 @@ def outputs(tab: SimpleNamespace) -> list[Any]:
 def wire(tab: SimpleNamespace, dataset: SimpleNamespace) -> Any:
     """Start streams ``/train``; returns that event so that Stop (wired in blocks.py) can cancel it."""
     wire_recipe(tab, dataset)
+    tab.method.change(
+        method_defaults_ui,
+        tab.method,
+        [tab.beta, tab.learning_rate, tab.steps, tab.loss_type],
+        api_visibility="private",
+        queue=False,
+    )
     return tab.start.click(
         train_ui,
         inputs(tab, dataset),

@@ -1,0 +1,332 @@
+"""The method registry: each preference method AlignLab runs, as one entry naming what TRL needs.
+
+A :class:`Method` says which TRL trainer and config class run it, how the lab's pairs become its
+dataset (``paired`` rows, or ``unpaired`` thumbs-up/down rows), whether it trains against a frozen
+reference model, which keys it logs and how they map onto the lab's common plot axes, which score
+ranks held-out pairs in its evidence, its defaults, its GPU-time factor and TRL's own script for it.
+The runner (:mod:`alignlab.training`), the evidence (:mod:`alignlab.evaluation`), the verdict
+(:mod:`alignlab.health`), the plots, the CLI and the UI ask this registry; none of them branches on
+a method's name. Adding a method adds an entry here (and, if its data or config is new, a builder
+in :mod:`alignlab.training`).
+
+A method is a tuple of :class:`Stage` s, run in order. Every method registered today has one stage,
+the policy's. A two-stage method (``rlhf``: a reward model trained on the pairs with
+``RewardTrainer``, then an online RL run against it with ``RLOOTrainer``/``GRPOTrainer``) would list
+both; its first stage's product (the reward model) is an input of the second. The runner does not
+run multi-stage methods yet, so no such entry is registered: one that could not run would be a lie.
+
+This module imports neither torch nor TRL, so that :mod:`alignlab.gpu` (imported before torch
+initialises CUDA) and the UI can read it freely. Facts about the trainers are from TRL 1.16 as
+installed here (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The common plot axes a method's logged keys are mapped onto (axis -> what it means).
+AXES: dict[str, str] = {
+    "loss": "the training loss (what the optimizer minimises)",
+    "margin": "mean reward of the chosen answers minus the rejected ones",
+    "chosen": "mean reward of the chosen (desirable) answers",
+    "rejected": "mean reward of the rejected (undesirable) answers",
+    "accuracy": "share of pairs whose chosen answer out-scores its rejected one",
+    "kl": "the method's own estimate of the policy's KL divergence from the reference",
+}
+
+#: Held-out scorers: how a pair's answers are scored for the evidence (``eval.heldout_scorer``).
+SCORERS: dict[str, str] = {
+    "implicit_reward": (
+        "DPO's implicit reward beta * (log pi_theta(y|x) - log pi_ref(y|x)), summed over the answer's tokens: "
+        "how much more likely training made each answer, relative to the original model"
+    ),
+    "mean_logprob": (
+        "beta * the policy's mean log-probability per answer token (the length-normalised reward that SimPO and "
+        "ORPO optimise; these methods have no reference model, so the ranking is the policy's own, and the "
+        "original model's ranking under the same score is reported beside it)"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One TRL trainer run: what it trains, on which rows, against which reference."""
+
+    trainer: str
+    """TRL's trainer class, importable as ``module.Class`` (e.g. ``trl.DPOTrainer``)."""
+    config: str
+    """TRL's config class for it (e.g. ``trl.DPOConfig``)."""
+    data: str
+    """``paired``: (prompt, chosen, rejected) rows. ``unpaired``: (prompt, completion, label) rows, from
+    pairs as chosen -> desirable (label True) and rejected -> undesirable (label False)."""
+    reference: str
+    """``frozen``: a frozen reference model is passed to the trainer explicitly (never reloaded by TRL
+    from ``config._name_or_path``); with LoRA it is the adapter switched off. ``none``: the method has
+    no reference model."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Config fields the method fixes (e.g. SimPO's ``loss_type='simpo'``, ``cpo_alpha=0``)."""
+    fields_from: Callable[[Any], dict[str, Any]] | None = None
+    """Config fields that follow the lab's settings (a ``TrainingSettings`` -> TRL config keyword arguments),
+    beyond those every trainer shares (rates, steps, batch, precision: ``TrainingSettings.trainer_config``)."""
+    rows_per_pair: int = 1
+    """Dataset rows each pair becomes (2 for unpaired data): the trainer's batch is this times the lab's."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """One preference method, as the lab runs it on TRL."""
+
+    name: str
+    title: str
+    summary: str
+    """One line for a dropdown: what it needs and what it does."""
+    stages: tuple[Stage, ...]
+    logged: tuple[str, ...]
+    """Keys the trainer logs per step, beyond ``loss``, ``grad_norm``, ``learning_rate`` and ``epoch``."""
+    axes: dict[str, str]
+    """Common axis (:data:`AXES`) -> the logged key that means it. An axis the method does not log is absent."""
+    rewards_relative: bool
+    """Whether the logged ``rewards/*`` are log-ratios to the reference (beta * log pi/pi_ref), so that
+    a falling chosen reward means the chosen answers became less likely than before. SimPO's and ORPO's
+    rewards are the policy's own length-normalised log-probabilities: always negative, not a change."""
+    scorer: str
+    """Key of :data:`SCORERS`: how held-out and contrast pairs are scored."""
+    defaults: dict[str, Any]
+    """The method's own defaults for ``TrainingSettings`` fields (learning rate, beta, steps)."""
+    beta_range: tuple[float, float] = (0.01, 1.0)
+    beta_means: str = "how tightly the policy is held to the reference"
+    variant_of: str | None = None
+    loss_type: str | None = None
+    """For a loss variant offered as a method name (``ipo``): the entry it runs as (``variant_of='dpo'``)
+    and the ``loss_type`` it stands for. Settings store it as that entry with that loss."""
+    loss_variants: bool = False
+    """Whether the method takes the settings' ``loss_type`` variants and ``sft_weight`` (DPO's)."""
+    supports_qlora: bool = False
+    step_cost: float = 1.0
+    """GPU seconds of one step relative to a DPO step on the same pairs (for :mod:`alignlab.gpu`)."""
+    script: str | None = None
+    """TRL's own script for the method (``trl.scripts.<name>``), or None where TRL 1.16 ships none."""
+
+    @property
+    def runs_as(self) -> str:
+        """The registry entry whose trainer runs it (``ipo`` runs as ``dpo``)."""
+        return self.variant_of or self.name
+
+    @property
+    def stage(self) -> Stage:
+        """The policy's stage (the last one)."""
+        return self.stages[-1]
+
+    @property
+    def has_reference(self) -> bool:
+        return self.stage.reference == "frozen"
+
+    @property
+    def data(self) -> str:
+        return self.stage.data
+
+    def key(self, axis: str) -> str | None:
+        """The logged key behind a common axis, or None when the method does not log it."""
+        return self.axes.get(axis)
+
+    def describe(self) -> dict[str, Any]:
+        """What the method needs and logs, as plain data (the report's ``settings.method_info``)."""
+        return {
+            "name": self.name,
+            "runs_as": self.runs_as,
+            "trainer": self.stage.trainer,
+            "config": self.stage.config,
+            "data": self.data,
+            "reference": self.stage.reference,
+            "heldout_scorer": self.scorer,
+            "script": self.script,
+            "stages": len(self.stages),
+        }
+
+
+_DPO_AXES = {
+    "loss": "loss",
+    "margin": "rewards/margins",
+    "chosen": "rewards/chosen",
+    "rejected": "rewards/rejected",
+    "accuracy": "rewards/accuracies",
+}
+_DPO_LOGGED = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
+
+
+def _dpo_fields(settings: Any) -> dict[str, Any]:
+    """DPO's loss variant, its optional SFT term (TRL's ``loss_type=[loss, "sft"]`` with ``loss_weights``)
+    and how the reference is scored."""
+    sft = settings.sft_weight > 0
+    return {
+        "beta": settings.beta,
+        "loss_type": [settings.loss_type, "sft"] if sft else [settings.loss_type],
+        "loss_weights": [1.0, float(settings.sft_weight)] if sft else None,
+        "label_smoothing": 0.1 if settings.loss_type == "robust" else 0.0,
+        "precompute_ref_log_probs": settings.precompute_ref_log_probs and not settings.use_lora,
+    }
+
+
+def _kto_fields(settings: Any) -> dict[str, Any]:
+    # Each pair gives a desirable and an undesirable row, so a step sees as many pairs as a DPO step.
+    # TRL's default sequential sampling stays: its KL estimate pairs each row with its batch neighbour's
+    # answer (the runner lays the rows out so that those neighbours answer other prompts).
+    return {
+        "beta": settings.beta,
+        "per_device_train_batch_size": 2 * settings.batch_size,
+        "precompute_ref_log_probs": False,  # the explicit reference scores each batch; nothing to precompute
+    }
+
+
+def _reference_free_fields(settings: Any) -> dict[str, Any]:
+    # ORPO's and CPO's collator needs the raw columns (TRL sets this itself, with a warning, otherwise).
+    return {"beta": settings.beta, "remove_unused_columns": False}
+
+
+_DPO_STAGE = Stage("trl.DPOTrainer", "trl.DPOConfig", "paired", "frozen", fields_from=_dpo_fields)
+
+#: Every runnable method, by the name the CLI, the API and the Train tab use. Defaults were measured
+#: with ``alignlab.lab.run_lab`` on the embedded model and seed-lab (2 shared CPU cores, 2026-11-27):
+#: - dpo (beta 0.1, lr 2e-5, 6 steps): 6 of 7 answers changed, healthy, held-out 1.00, KL 0.089;
+#: - ipo at beta 0.1: 7 changed but warning (grad norm 195 before clipping, chosen answers' likelihood
+#:   fell: displacement), held-out 0.83; beta 0.5 and 1.0 were worse (failed: held-out 0.17 and 0.00 under
+#:   the summed implicit reward, while TRL's IPO optimises the per-token mean). Kept at 0.1; still open;
+#: - simpo (beta 2.0, lr 2e-5, 6 steps): 7 changed, healthy, held-out 1.00 but the original model also
+#:   ranks every held-out pair right under SimPO's own score (no_gain), KL 0.054;
+#: - kto (beta 0.1, lr 2e-5, 6 steps of 2 pairs = 4 thumbs rows): 6 changed, healthy, held-out 1.00, KL 0.088;
+#: - orpo: see the issue 9 note (its run had not finished when this was written).
+METHODS: dict[str, Method] = {
+    "dpo": Method(
+        name="dpo",
+        title="DPO",
+        summary="pairs; a frozen reference; logistic loss on the reward margin (with its loss variants)",
+        stages=(_DPO_STAGE,),
+        logged=_DPO_LOGGED,
+        axes=_DPO_AXES,
+        rewards_relative=True,
+        scorer="implicit_reward",
+        defaults={"learning_rate": 2e-5, "beta": 0.1, "steps": 6},
+        loss_variants=True,
+        supports_qlora=True,
+        step_cost=1.0,
+        script="trl.scripts.dpo",
+    ),
+    "ipo": Method(
+        name="ipo",
+        title="IPO",
+        summary="DPO with the IPO loss: a squared loss that holds the margin near 1/(2 beta); resists overfitting",
+        stages=(_DPO_STAGE,),
+        logged=_DPO_LOGGED,
+        axes=_DPO_AXES,
+        rewards_relative=True,
+        scorer="implicit_reward",
+        defaults={"learning_rate": 2e-5, "beta": 0.1, "steps": 6},
+        variant_of="dpo",
+        loss_type="ipo",
+        loss_variants=True,
+        supports_qlora=True,
+        step_cost=1.0,
+        script="trl.scripts.dpo",
+    ),
+    "kto": Method(
+        name="kto",
+        title="KTO",
+        summary="thumbs up/down (pairs split into desirable and undesirable answers); a frozen reference",
+        stages=(
+            Stage("trl.KTOTrainer", "trl.KTOConfig", "unpaired", "frozen", fields_from=_kto_fields, rows_per_pair=2),
+        ),
+        logged=("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected", "kl"),
+        # KTO logs no per-pair accuracy: its rows are single answers, not pairs.
+        axes={
+            "loss": "loss",
+            "margin": "rewards/margins",
+            "chosen": "rewards/chosen",
+            "rejected": "rewards/rejected",
+            "kl": "kl",
+        },
+        rewards_relative=True,
+        scorer="implicit_reward",
+        defaults={"learning_rate": 2e-5, "beta": 0.1, "steps": 6},
+        supports_qlora=True,
+        step_cost=1.6,  # each answer is scored twice (its own prompt and a mismatched one, for the KL term)
+        script="trl.scripts.kto",
+    ),
+    "orpo": Method(
+        name="orpo",
+        title="ORPO",
+        summary="pairs; no reference model; SFT on the chosen answers plus an odds-ratio penalty on the rejected",
+        stages=(
+            Stage(
+                "trl.experimental.orpo.ORPOTrainer",
+                "trl.experimental.orpo.ORPOConfig",
+                "paired",
+                "none",
+                fields_from=_reference_free_fields,
+            ),
+        ),
+        logged=(*_DPO_LOGGED, "nll_loss", "log_odds_ratio", "log_odds_chosen"),
+        axes=_DPO_AXES,
+        rewards_relative=False,
+        scorer="mean_logprob",
+        defaults={"learning_rate": 2e-5, "beta": 0.1, "steps": 6},
+        beta_means="weight of the odds-ratio term beside the SFT loss (ORPO's lambda)",
+        step_cost=0.7,
+        script=None,
+    ),
+    "simpo": Method(
+        name="simpo",
+        title="SimPO",
+        summary="pairs; no reference model; margin of length-normalised log-probabilities (CPO with the SimPO loss)",
+        stages=(
+            Stage(
+                "trl.experimental.cpo.CPOTrainer",
+                "trl.experimental.cpo.CPOConfig",
+                "paired",
+                "none",
+                {"loss_type": "simpo", "cpo_alpha": 0.0},  # SimPO as TRL documents it: no BC term
+                fields_from=_reference_free_fields,
+            ),
+        ),
+        logged=(*_DPO_LOGGED, "nll_loss"),
+        axes=_DPO_AXES,
+        rewards_relative=False,
+        scorer="mean_logprob",
+        defaults={"learning_rate": 2e-5, "beta": 2.0, "steps": 6},
+        beta_range=(0.01, 10.0),
+        beta_means="scale of the length-normalised reward (SimPO's beta; its paper uses 2-2.5)",
+        step_cost=0.7,
+        script=None,
+    ),
+}
+
+DEFAULT_METHOD = "dpo"
+
+
+class UnknownMethodError(ValueError):
+    """A method name that is not in :data:`METHODS`; the message lists the known ones."""
+
+
+def known_methods() -> str:
+    return ", ".join(METHODS)
+
+
+def get_method(name: str) -> Method:
+    """The registry entry for ``name``; an unknown name raises with the list of known ones."""
+    try:
+        return METHODS[name]
+    except (KeyError, TypeError):
+        raise UnknownMethodError(f"Unknown method {name!r}. Known methods: {known_methods()}.") from None
+
+
+def method_choices() -> list[tuple[str, str]]:
+    """(label, name) for a dropdown."""
+    return [(f"{m.title} — {m.summary}", name) for name, m in METHODS.items()]

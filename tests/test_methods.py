@@ -1,0 +1,257 @@
+"""The method registry and every method it holds, trained for real on TRL's own trainers (tiny model).
+
+Each method trains a few steps and must log its own keys, move the policy and leave the reference
+untouched. KTO's reference must be the model in memory, not the weights on disk (DESIGN.md §3: TRL
+reloads it from ``config._name_or_path`` when none is passed).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import math
+from dataclasses import fields
+
+import pytest
+import torch
+
+from alignlab import gpu, plots
+from alignlab.health import RunFacts, read_health
+from alignlab.methods import AXES, METHODS, SCORERS, get_method
+from alignlab.models import LoadedModel, copy_for_training
+from alignlab.training import (
+    SettingsError,
+    TrainingSettings,
+    build_trainer,
+    method_dataset,
+    to_unpaired_dataset,
+    train_policy,
+)
+
+FAST = {"steps": 2, "batch_size": 2, "learning_rate": 1e-3, "max_length": 64}
+
+
+def _class(path: str):
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_each_entry_names_real_trl_classes_and_consistent_keys(name):
+    method = METHODS[name]
+    for stage in method.stages:
+        trainer, config = _class(stage.trainer), _class(stage.config)
+        assert trainer.__name__.endswith("Trainer") and config.__name__.endswith("Config")
+        names = {f.name for f in fields(config)}
+        assert set(stage.options) <= names, f"{name}: options not in {config.__name__}"
+        assert stage.data in ("paired", "unpaired") and stage.reference in ("frozen", "none")
+    assert set(method.axes) <= set(AXES)
+    assert all(key == "loss" or key in method.logged for key in method.axes.values())
+    assert method.scorer in SCORERS
+    assert (method.scorer == "implicit_reward") == method.has_reference  # reference-free methods say what they use
+    if method.script is not None:
+        assert importlib.util.find_spec(method.script) is not None
+    assert set(method.defaults) == {"learning_rate", "beta", "steps"}
+    TrainingSettings.for_method(name)  # the defaults are valid settings
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_each_method_trains_logs_its_keys_moves_the_policy_and_not_the_reference(tiny_chat, pairs, name):
+    settings = TrainingSettings.for_method(name, **FAST)
+    method = settings.method_entry
+    before = {k: v.clone() for k, v in tiny_chat.model.state_dict().items()}
+    result = train_policy(tiny_chat, pairs, settings)
+    rows = result.step_rows
+    assert len(rows) == 2
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    logged = set().union(*rows)
+    assert set(method.logged) <= logged, f"{name} did not log {set(method.logged) - logged}"
+    trained = result.policy.state_dict()
+    assert any(not torch.equal(trained[k].cpu(), before[k]) for k in before), "the policy did not change"
+    for k, v in tiny_chat.model.state_dict().items():  # the reference (the loaded model) did not
+        assert torch.equal(v, before[k]), k
+
+
+def test_ipo_is_dpo_with_the_ipo_loss():
+    settings = TrainingSettings.for_method("ipo")
+    assert (settings.method, settings.loss_type) == ("dpo", "ipo")
+    assert settings.method_label == "IPO" and TrainingSettings(loss_type="hinge").method_label == "DPO (hinge loss)"
+    assert TrainingSettings.from_dict(settings.to_dict()) == settings
+    with pytest.raises(SettingsError, match="cannot also take loss_type 'hinge'"):
+        TrainingSettings(method="ipo", loss_type="hinge")
+
+
+def test_kto_is_measured_against_the_policy_in_memory_not_the_weights_on_disk(tiny_chat, pairs, tmp_path):
+    """The trap of DESIGN.md §3: a KTO trainer left to find its own reference reloads it from disk.
+
+    The model in memory is perturbed (its disk copy is not). Our KTO run must start from a policy equal
+    to its reference (step-1 rewards and KL exactly 0, measured before the first update); TRL's own
+    fallback, on the same data and config, visibly scores against the other weights.
+    """
+    model = copy.deepcopy(tiny_chat.model)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    perturbed = LoadedModel(tiny_chat.spec, model, tiny_chat.tokenizer, tiny_chat.source)
+    settings = TrainingSettings.for_method("kto", steps=1, batch_size=2, learning_rate=1e-6, max_length=64)
+
+    first = train_policy(perturbed, pairs, settings).step_rows[0]
+    for key in ("rewards/chosen", "rewards/rejected", "kl"):
+        assert first[key] == pytest.approx(0.0, abs=1e-6), (key, first)
+
+    from trl import KTOTrainer
+
+    trap = KTOTrainer(  # no ref_model: TRL loads one from config._name_or_path (the unperturbed disk weights)
+        model=copy_for_training(perturbed),
+        args=settings.trainer_config(tmp_path, perturbed.device),
+        train_dataset=method_dataset(perturbed, pairs, settings),
+        processing_class=perturbed.tokenizer,
+    )
+    trap.train()
+    reloaded = [r for r in trap.state.log_history if "loss" in r][0]
+    assert abs(reloaded["rewards/chosen"]) > 1e-3 or abs(reloaded["kl"]) > 1e-3  # the trap is real, and caught above
+
+
+def test_kto_trainer_gets_an_explicit_reference(tiny_chat, pairs, tmp_path):
+    trainer = build_trainer(tiny_chat, pairs, TrainingSettings.for_method("kto", **FAST), tmp_path)
+    assert trainer.ref_model is not None
+    shared = {id(p) for p in tiny_chat.model.parameters()}
+    assert all(id(p) in shared for p in trainer.ref_model.parameters())  # the loaded model's own tensors
+
+
+def test_unpaired_rows_are_thumbs_and_each_kl_neighbour_answers_another_prompt(tiny_chat, pairs):
+    rows = to_unpaired_dataset(tiny_chat, pairs, batch_size=2, seed=1).to_list()
+    assert len(rows) == 2 * len(pairs)
+    assert sorted(r["label"] for r in rows) == [False] * 4 + [True] * 4
+    by_answer = {}
+    for p in pairs:
+        by_answer[p.chosen] = (p.prompt, True)
+        by_answer[p.rejected] = (p.prompt, False)
+    for r in rows:
+        prompt, label = by_answer[r["completion"][0]["content"]]
+        assert r["prompt"][0]["content"] == prompt and r["label"] is label
+    for start in range(0, len(rows), 4):  # TRL rotates each batch's answers by one for the KL term
+        batch = rows[start : start + 4]
+        rotated = [batch[-1]] + batch[:-1]
+        for row, other in zip(batch, rotated):
+            assert by_answer[other["completion"][0]["content"]][0] != row["prompt"][0]["content"]
+    again = to_unpaired_dataset(tiny_chat, pairs, batch_size=2, seed=1).to_list()
+    assert again == rows and to_unpaired_dataset(tiny_chat, pairs, batch_size=2, seed=2).to_list() != rows
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "ppo"}, "method must be one of dpo, ipo, kto, orpo, simpo"),
+        ({"method": "kto", "loss_type": "hinge"}, "loss_type is DPO's"),
+        ({"method": "orpo", "sft_weight": 1.0}, "sft_weight is DPO's"),
+        ({"method": "dpo", "beta": 2.0}, "beta must be between 0.01 and 1.0"),
+        ({"method": "orpo", "use_lora": True, "use_qlora": True}, "use_qlora: method 'orpo'"),
+    ],
+)
+def test_method_settings_are_validated_with_named_fields(kwargs, message):
+    with pytest.raises(SettingsError, match=message):
+        TrainingSettings(**kwargs)
+
+
+def test_unknown_method_lists_the_known_ones():
+    with pytest.raises(SettingsError, match=r"Unknown method 'ppo'\. Known methods: dpo, ipo, kto, orpo, simpo"):
+        TrainingSettings.for_method("ppo")
+    with pytest.raises(ValueError, match="Known methods"):
+        get_method("ppo")
+
+
+def test_method_defaults_and_overrides():
+    simpo = TrainingSettings.for_method("simpo")
+    assert simpo.beta == METHODS["simpo"].defaults["beta"]
+    assert TrainingSettings.for_method("simpo", beta=None, steps=3).steps == 3  # None keeps the method's default
+    assert (
+        TrainingSettings.for_method("kto", batch_size=3)
+        .trainer_config("/tmp/x", torch.device("cpu"))
+        .per_device_train_batch_size
+        == 6
+    )
+    config = TrainingSettings.for_method("simpo").trainer_config("/tmp/x", torch.device("cpu"))
+    assert (config.loss_type, config.cpo_alpha, config.beta) == ("simpo", 0.0, simpo.beta)
+
+
+def _rows(**values):
+    return [
+        {"step": i + 1, "loss": 0.5, "epoch": 0.25 * (i + 1), **{k: v[i] for k, v in values.items()}} for i in range(4)
+    ]
+
+
+def test_health_reads_each_methods_keys_and_says_what_it_cannot_check():
+    # KTO logs no accuracy: the fresh-pair accuracy check must not fire, and the reading says so.
+    kto = _rows(**{"rewards/margins": [0.0, 0.1, 0.3, 0.5], "rewards/chosen": [0, 0.1, 0.2, 0.3], "kl": [0] * 4})
+    health = read_health(RunFacts(kto, beta=0.1, method="kto"))
+    assert "no_signal" not in health.codes and "learning" in health.codes and "not_logged" in health.codes
+    # SimPO's rewards are beta x mean log-prob (always negative): no displacement from them.
+    simpo = _rows(
+        **{
+            "rewards/chosen": [-17.0, -16.0, -15.0, -14.0],
+            "rewards/rejected": [-17.5, -17.0, -16.5, -16.0],
+            "rewards/margins": [0.5, 1.0, 1.5, 2.0],
+            "rewards/accuracies": [0.5, 1.0, 1.0, 1.0],
+        }
+    )
+    assert "displacement" in read_health(RunFacts(simpo, beta=2.0, method="dpo")).codes  # read as DPO it would fire
+    health = read_health(RunFacts(simpo, beta=2.0, method="simpo"))
+    assert "displacement" not in health.codes and "not_logged" in health.codes
+    # A reference-free held-out score that is no better than the original model's is not credited.
+    evidence = {"heldout_reward_accuracy": 0.8, "heldout_reward_accuracy_before": 0.8, "heldout_scorer": "mean_logprob"}
+    health = read_health(RunFacts(simpo, beta=2.0, method="simpo", evidence=evidence))
+    assert "no_gain" in health.codes and "generalises" not in health.codes and "heldout_scorer" in health.codes
+
+
+def test_plots_follow_each_methods_axes():
+    kto = _rows(**{"rewards/margins": [0.0, 0.1, 0.3, 0.5], "kl": [0.0, 0.01, 0.02, 0.03]})
+    assert plots.accuracy_frame(kto, "kto").empty and plots.margin_frame(kto, "kto")["margin"].tolist()[-1] == 0.5
+    table = plots.log_table(kto, method="kto")
+    assert table["KL estimate"].tolist() == [0.0, 0.01, 0.02, 0.03] and table["accuracy"].isna().all()
+    assert "log-odds ratio" in plots.log_columns("orpo") and "KL estimate" not in plots.log_columns("dpo")
+
+
+def test_picking_a_method_on_the_train_tab_sets_its_own_defaults():
+    from alignlab.ui.train_tab import method_defaults_ui
+
+    beta, lr, steps, loss = method_defaults_ui("simpo")
+    assert (beta.value, lr.value, steps.value) == tuple(
+        METHODS["simpo"].defaults[k] for k in ("beta", "learning_rate", "steps")
+    )
+    assert (loss.value, loss.interactive) == ("sigmoid", False)  # no loss variants outside DPO
+    assert method_defaults_ui("ipo")[3].value == "ipo" and method_defaults_ui("dpo")[3].interactive
+
+
+def test_gpu_estimate_follows_the_methods_cost():
+    pairs = [{"prompt": "p", "chosen": "c", "rejected": "r"}] * 8
+    cost = {
+        name: gpu.train_duration("smollm2-135m-instruct", pairs, {"batch_size": 8, "steps": 60, "method": name})
+        for name in ("kto", "dpo", "orpo")
+    }
+    assert cost["kto"] > cost["dpo"] > cost["orpo"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(METHODS))
+def test_each_method_runs_the_whole_lab_on_the_embedded_model(name):
+    import json
+
+    from alignlab.generation import GenerationSettings
+    from alignlab.lab import run_lab
+    from alignlab.presets import load_preset
+
+    settings = TrainingSettings.for_method(name, steps=2)
+    report, result = run_lab(
+        "smollm2-135m-instruct", load_preset("seed-lab"), settings, GenerationSettings(max_new_tokens=16)
+    )
+    json.dumps(report, allow_nan=False)  # NaN-free: undefined figures are null
+    training = report["settings"]["training"]
+    entry = METHODS[name]
+    assert (training["method"], training["loss_type"]) == (entry.runs_as, entry.loss_type or "sigmoid")
+    assert report["settings"]["method_info"]["trainer"] == entry.stage.trainer
+    assert report["settings"]["steps_done"] == 2 and all(math.isfinite(r["loss"]) for r in result.step_rows)
+    assert report["eval"]["heldout_scorer"] == entry.scorer and report["eval"]["kl_to_reference"] is not None
+    assert report["health"]["verdict"] in {"healthy", "warning", "failed"} and report["health"]["codes"]
