@@ -1015,9 +1015,18 @@ ARGS=(--config config.yaml {dataset_arg}--per_device_train_batch_size "$BATCH" -
 
 export TOKENIZERS_PARALLELISM=false
 {offline}if (( CPU )); then
-    # gloo on CPU: fp32 weights, no bf16 autocast{qlora_note}.
-    CMD=("$PYTHON" -m torch.distributed.run --nproc_per_node "$PROCESSES" -m {script} "${{ARGS[@]}}"
-         --use_cpu true --bf16 false --dtype float32 {cpu_extra}${{EXTRA[@]+"${{EXTRA[@]}}"}})
+    # gloo on CPU: fp32 weights, no bf16 autocast{qlora_note}. TRL's script runs as `python -m` runs
+    # it, and once it has returned (model saved) each process ends at once: at interpreter teardown
+    # gloo's worker threads can deadlock with the release of the DDP model (seen under load).
+    RUN_THEN_EXIT='import os, runpy, sys
+module = sys.argv.pop(1)
+sys.argv[0] = module
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)'
+    CMD=("$PYTHON" -m torch.distributed.run --nproc_per_node "$PROCESSES" --no-python "$PYTHON" -u -c "$RUN_THEN_EXIT"
+         {script} "${{ARGS[@]}}" --use_cpu true --bf16 false --dtype float32 {cpu_extra}${{EXTRA[@]+"${{EXTRA[@]}}"}})
 else
     CMD=("$PYTHON" -m accelerate.commands.launch --config_file "accelerate/$ENGINE.yaml" --num_processes "$PROCESSES"
          -m {script} "${{ARGS[@]}}" ${{EXTRA[@]+"${{EXTRA[@]}}"}})
