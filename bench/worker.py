@@ -113,11 +113,17 @@ def _evidence(spec: str, options: dict) -> dict:
 
     loaded = load_model(spec)
     preset = load_dataset_file(options["dataset"], seed=0)
-    torch.manual_seed(0)
-    policy = copy.deepcopy(loaded.model)
-    with torch.no_grad():
-        for param in policy.parameters():
-            param.add_(1e-3 * torch.randn_like(param))
+
+    def perturbed(seed: int) -> torch.nn.Module:
+        """The reference with a fixed, seeded perturbation of its weights (scoring costs the same)."""
+        torch.manual_seed(seed)
+        model = copy.deepcopy(loaded.model)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(1e-3 * torch.randn_like(param))
+        return model
+
+    policy = perturbed(0)
     rss_before = peak_rss_mib()
     beta = TrainingSettings().beta
     started = time.perf_counter()
@@ -135,17 +141,21 @@ def _evidence(spec: str, options: dict) -> dict:
         from alignlab.presets import capability_probe
 
         capability, source = capability_probe(preset)
-        evidence = gather_evidence(
-            policy,
-            loaded,
-            preset.heldout_pairs,
-            preset.eval_prompts,
-            aligned,
-            beta,
-            contrast_pairs=preset.contrast_pairs,
-            capability_pairs=capability,
-            capability_source=source,
-        )
+
+        def gather(model: torch.nn.Module):
+            return gather_evidence(
+                model,
+                loaded,
+                preset.heldout_pairs,
+                preset.eval_prompts,
+                aligned,
+                beta,
+                contrast_pairs=preset.contrast_pairs,
+                capability_pairs=capability,
+                capability_source=source,
+            )
+
+        evidence = gather(policy)
         degeneration = degeneration_report(aligned, aligned).to_dict()
         verdict = read_health(
             RunFacts([{"step": 1, "loss": 0.69}], beta, evidence.to_dict(), degeneration, [], 0, len(aligned))
@@ -155,23 +165,9 @@ def _evidence(spec: str, options: dict) -> dict:
     if options["impl"] != "legacy" and options.get("repeat", True):
         # A second run on the same data in the same process (a learner retraining, a room on one
         # preset): another policy, the same reference, whose scores the process already holds.
-        torch.manual_seed(1)
-        second = copy.deepcopy(loaded.model)
-        with torch.no_grad():
-            for param in second.parameters():
-                param.add_(1e-3 * torch.randn_like(param))
+        second = perturbed(1)
         again = time.perf_counter()
-        gather_evidence(
-            second,
-            loaded,
-            preset.heldout_pairs,
-            preset.eval_prompts,
-            aligned,
-            beta,
-            contrast_pairs=preset.contrast_pairs,
-            capability_pairs=capability,
-            capability_source=source,
-        )
+        gather(second)
         extra["repeat_evidence_seconds"] = time.perf_counter() - again
         del second
     figures = ("heldout_reward_accuracy", "heldout_mean_margin", "kl_to_reference", "perplexity_after")
