@@ -1,6 +1,7 @@
 """``python -m alignlab``: the whole lab headless, for scripts, CI and the curious.
 
     python -m alignlab lab --model smollm2-135m-instruct --preset seed-lab --out report.json
+    python -m alignlab compare --methods dpo,ipo,kto,orpo --preset seed-lab --out runs.json
     python -m alignlab presets
     python -m alignlab tiny-model DIR
     python -m alignlab recipe --preset seed-lab --target-model llama-3.1-8b-instruct --gpus 8 --engine zero3 --out DIR
@@ -73,12 +74,47 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--max-new-tokens", type=int, default=64, help="answer length for eval prompts (default 64)")
     lab.add_argument("--out", help="write the report JSON here")
 
+    _add_compare_parser(sub)
     sub.add_parser("presets", help="list the presets")
     tiny = sub.add_parser("tiny-model", help="save a tiny random model (for tests and demos without weights)")
     tiny.add_argument("directory")
     tiny.add_argument("--base", action="store_true", help="a base model without chat template (like GPT-2)")
     _add_recipe_parser(sub)
     return parser
+
+
+def _add_compare_parser(sub: Any) -> None:
+    """``compare``: several methods on the same data, one after another, and their evidence side by side."""
+    from alignlab.comparison import DEFAULT_METHODS, MAX_METHODS, method_names
+    from alignlab.models import EMBEDDED_DEFAULT
+    from alignlab.training import TrainingSettings
+
+    defaults = TrainingSettings()
+    compare = sub.add_parser(
+        "compare",
+        help="run several methods on the same data and print their evidence side by side",
+        description="Load the model and record its answers once, then train and compare each method in turn "
+        '(each with its own defaults). Writes {"runs": [report, ...], "table": [...]}.',
+    )
+    compare.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated, up to {MAX_METHODS}: {', '.join(method_names())} "
+        f"(a DPO loss variant means DPO with that loss; default {','.join(DEFAULT_METHODS)})",
+    )
+    compare.add_argument("--model", default=EMBEDDED_DEFAULT, help=f"model spec (default: {EMBEDDED_DEFAULT})")
+    source = compare.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help="preset id (see `python -m alignlab presets`)")
+    source.add_argument("--dataset", help="a preset-format JSON file, or JSON/JSONL/CSV pairs")
+    compare.add_argument(
+        "--steps", type=int, default=None, help="optimizer steps for every run (default: each method's)"
+    )
+    compare.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help=f"pairs per step (default {defaults.batch_size})"
+    )
+    compare.add_argument("--seed", type=int, default=defaults.seed, help=f"seed (default {defaults.seed})")
+    compare.add_argument("--max-new-tokens", type=int, default=64, help="answer length for eval prompts (default 64)")
+    compare.add_argument("--out", help='write {"runs": [report, ...]} here')
 
 
 def _add_recipe_parser(sub: Any) -> None:
@@ -219,10 +255,7 @@ def _run_lab(args: argparse.Namespace) -> int:
     except (SettingsError, GenerationSettingsError) as exc:
         raise CliError(str(exc)) from exc
     preset = load_preset(args.preset) if args.preset else load_dataset_file(args.dataset, seed=args.seed)
-    if args.out:
-        out_dir = Path(args.out).resolve().parent
-        if not out_dir.is_dir():
-            raise CliError(f"Cannot write --out {args.out}: the directory {out_dir} does not exist.")
+    _check_out(args.out)
 
     print(
         f"AlignLab: {args.model} on '{preset.id}' ({len(preset.pairs)} pairs, {len(preset.heldout_pairs)} held out), "
@@ -265,6 +298,100 @@ def _run_lab(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2), encoding="utf-8")
         print(f"\nReport written to {args.out}")
+    return 0
+
+
+def _check_out(out: str | None) -> None:
+    if out:
+        out_dir = Path(out).resolve().parent
+        if not out_dir.is_dir():
+            raise CliError(f"Cannot write --out {out}: the directory {out_dir} does not exist.")
+
+
+def format_comparison(result: dict[str, Any]) -> str:
+    """The runs side by side, then each prompt's answers: baseline and every run's."""
+    from alignlab.runrecord import markdown_table
+
+    reports = result["runs"]
+    lines = ["\n=== Runs side by side ===", markdown_table(result["table"])]
+    if reports:
+        lines.append("\n=== Answers: baseline, then each run ===")
+        for i, row in enumerate(reports[0]["baseline_outputs"]):
+            lines += [f"\n> {row['prompt']}", "  baseline:", _wrap(row["text"], "    ")]
+            for report, table_row in zip(reports, result["table"]):
+                after = report["aligned_outputs"][i]["text"]
+                mark = "changed" if after.strip() != row["text"].strip() else "same"
+                name = f"{table_row['run']} {table_row['method']}"
+                lines += [f"  {name} [{mark}]:", _wrap(after, "    ")]
+        lines.append("\n=== Verdicts ===")
+        for report, table_row in zip(reports, result["table"]):
+            codes = ", ".join(report["health"].get("codes") or []) or "no findings"
+            lines.append(f"  {table_row['run']} {table_row['method']}: {table_row['verdict'].upper()} ({codes})")
+    t = result["timings"]
+    lines.append("\n=== Timings (s) ===\n  " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    return "\n".join(lines)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from alignlab.comparison import comparison_settings, parse_methods, run_comparison
+    from alignlab.generation import GenerationSettings, GenerationSettingsError
+    from alignlab.presets import load_dataset_file, load_preset
+    from alignlab.training import SettingsError
+
+    try:
+        names = parse_methods(args.methods)
+        settings = comparison_settings(names, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+        generation = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    except (SettingsError, GenerationSettingsError) as exc:
+        raise CliError(str(exc)) from exc
+    preset = load_preset(args.preset) if args.preset else load_dataset_file(args.dataset, seed=args.seed)
+    _check_out(args.out)
+    print(
+        f"AlignLab: comparing {', '.join(s.method_label for s in settings)} with {args.model} on '{preset.id}' "
+        f"({len(preset.pairs)} pairs, {len(preset.heldout_pairs)} held out)"
+    )
+    bar: dict[str, Any] = {}
+    current: dict[str, Any] = {}
+
+    def on_run(index: int, run_settings: Any) -> None:
+        current["settings"] = run_settings
+        print(
+            f"\n[run {index + 1}/{len(settings)}] {run_settings.method_label} "
+            f"(beta {run_settings.beta:g}, lr {run_settings.learning_rate:g}, {run_settings.steps} steps)",
+            flush=True,
+        )
+
+    def on_stage(name: str) -> None:
+        if name == "train":
+            total = current["settings"].total_steps(len(preset.pairs))
+            bar["bar"] = tqdm(total=total, unit="step", file=sys.stdout, dynamic_ncols=True, disable=False)
+        elif name in ("load_model", "baseline"):
+            print({"load_model": "Loading the model...", "baseline": "Capturing baseline answers..."}[name], flush=True)
+        elif name == "evaluate":
+            print("  comparing before and after...", flush=True)
+
+    def on_event(event: Any) -> None:
+        if event.kind == "end":
+            if "bar" in bar:
+                bar.pop("bar").close()
+            return
+        if "bar" in bar:
+            bar["bar"].set_postfix(loss=f"{event.row.get('loss', 0):.3f}", refresh=False)
+            bar["bar"].update(event.step - bar["bar"].n)
+
+    try:
+        result = run_comparison(
+            args.model, preset, settings, generation, on_run=on_run, on_stage=on_stage, on_event=on_event
+        )
+    finally:
+        if "bar" in bar:
+            bar["bar"].close()
+    print(format_comparison(result))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        print(f"\nComparison written to {args.out}")
     return 0
 
 
@@ -356,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "recipe":
             return _run_recipe(args)
+        if args.command == "compare":
+            return _run_compare(args)
         return _run_lab(args)
     except (CliError, DatasetError, ModelLoadError, RecipeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

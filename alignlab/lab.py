@@ -92,8 +92,12 @@ def build_report(
     result: TrainingResult,
     evidence: Evidence,
     timings: dict[str, float],
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report JSON (DESIGN.md §6), with NaN written as null."""
+    """The report JSON (DESIGN.md §6), with NaN written as null.
+
+    ``run``: which run of a session or a comparison it describes (``{"label": "B", "index": 2, "of": 4}``).
+    """
     changed = count_changed(baseline_outputs, aligned_outputs)
     degeneration = degeneration_report(baseline_outputs, aligned_outputs).to_dict()
     evaluation = {**evidence.to_dict(), "heldout_curve": list(result.heldout_curve), "degeneration": degeneration}
@@ -136,8 +140,72 @@ def build_report(
         "health": health.to_dict(),
         "eval": evaluation,
         "timings": {k: round(v, 3) for k, v in timings.items()},
+        "cost": {
+            "seconds": round(result.seconds, 3),
+            "steps": result.steps_done,
+            "seconds_per_step": round(result.seconds_per_step, 3) if result.seconds_per_step else None,
+            "trainable_parameters": result.trainable_parameters or None,
+            "peak_memory_bytes": result.peak_memory_bytes,
+            "peak_memory_kind": result.peak_memory_kind,
+            "device": result.device or str(loaded.device),
+        },
+        "run": run or {"label": "A", "index": 1, "of": 1},
     }
     return _finite(report)
+
+
+def train_and_compare(
+    loaded: LoadedModel,
+    preset: Preset,
+    settings: TrainingSettings,
+    generation: GenerationSettings,
+    baseline: list[str],
+    timings: dict[str, float],
+    on_stage: Callable[[str], None] | None = None,
+    on_event: Callable[[TrainingEvent], None] | None = None,
+    cancel: CancelToken | None = None,
+    run: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], TrainingResult]:
+    """Steps 3 and 4 on a loaded model whose baseline is recorded: train ``settings``, compare, report."""
+    timings = dict(timings)
+    started = _stage(on_stage, "train")
+    probe = run_probe(loaded, preset, settings)
+    live = probe.curve_point if preset.heldout_pairs or preset.contrast_pairs else None
+    result = train_policy(loaded, preset.pairs, settings, on_event=on_event, cancel=cancel, probe=live)
+    timings["train"] = time.perf_counter() - started
+
+    started = _stage(on_stage, "evaluate")
+    aligned, evidence = compare(loaded, result, preset, generation, probe=probe)
+    timings["evaluate"] = time.perf_counter() - started
+    timings["total"] = sum(v for k, v in timings.items() if k != "total")
+    report = build_report(loaded, preset, settings, generation, baseline, aligned, result, evidence, timings, run)
+    return report, result
+
+
+def _stage(on_stage: Callable[[str], None] | None, name: str) -> float:
+    if on_stage is not None:
+        on_stage(name)
+    return time.perf_counter()
+
+
+def load_and_baseline(
+    model_spec: str,
+    preset: Preset,
+    generation: GenerationSettings,
+    on_stage: Callable[[str], None] | None = None,
+) -> tuple[LoadedModel, list[str], dict[str, float]]:
+    """Steps 1 and 2: check the data, load the model, record its answers; returns their timings too."""
+    problems = validate_preset(preset)
+    if problems:
+        raise DatasetError(problems)
+    timings: dict[str, float] = {}
+    started = _stage(on_stage, "load_model")
+    loaded = load_model(model_spec)
+    timings["load_model"] = time.perf_counter() - started
+    started = _stage(on_stage, "baseline")
+    baseline = generate(loaded, preset.eval_prompts, generation)
+    timings["baseline"] = time.perf_counter() - started
+    return loaded, baseline, timings
 
 
 def run_lab(
@@ -152,34 +220,5 @@ def run_lab(
     """Run the whole lab headless; returns (report, training result)."""
     settings = settings or TrainingSettings()
     generation = generation or GenerationSettings()
-    problems = validate_preset(preset)
-    if problems:
-        raise DatasetError(problems)
-    timings: dict[str, float] = {}
-
-    def stage(name: str) -> float:
-        if on_stage is not None:
-            on_stage(name)
-        return time.perf_counter()
-
-    started = stage("load_model")
-    loaded = load_model(model_spec)
-    timings["load_model"] = time.perf_counter() - started
-
-    started = stage("baseline")
-    baseline = generate(loaded, preset.eval_prompts, generation)
-    timings["baseline"] = time.perf_counter() - started
-
-    started = stage("train")
-    probe = run_probe(loaded, preset, settings)
-    live = probe.curve_point if preset.heldout_pairs or preset.contrast_pairs else None
-    result = train_policy(loaded, preset.pairs, settings, on_event=on_event, cancel=cancel, probe=live)
-    timings["train"] = time.perf_counter() - started
-
-    started = stage("evaluate")
-    aligned, evidence = compare(loaded, result, preset, generation, probe=probe)
-    timings["evaluate"] = time.perf_counter() - started
-    timings["total"] = sum(timings.values())
-
-    report = build_report(loaded, preset, settings, generation, baseline, aligned, result, evidence, timings)
-    return report, result
+    loaded, baseline, timings = load_and_baseline(model_spec, preset, generation, on_stage)
+    return train_and_compare(loaded, preset, settings, generation, baseline, timings, on_stage, on_event, cancel)

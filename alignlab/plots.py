@@ -181,3 +181,32 @@ def all_frames(rows: list[dict[str, Any]], method: str | None = None) -> tuple[p
         heldout_frame(rows),
         log_table(rows, method=method),
     )
+
+
+#: The axes the runs of a session are overlaid on (label -> common axis, or a log key every method has).
+OVERLAY_AXES: dict[str, str] = {
+    "loss": "loss",
+    "reward margin": "margin",
+    "held-out accuracy": "heldout/accuracy",
+    "contrast accuracy": "heldout/contrast_accuracy",
+}
+
+
+def overlay_frame(runs: list[tuple[str, list[dict[str, Any]], str | None]], axis: str = "loss") -> pd.DataFrame:
+    """Several runs' curves on one axis: columns ``step``, ``value``, ``run`` (one series per run).
+
+    ``runs``: (legend title, per-step rows, method) each. A method that does not log the axis adds no series
+    (KTO logs no accuracy; the margin of a reference-free method is on its own scale, which its title says).
+    """
+    name = OVERLAY_AXES.get(axis, axis)
+    data = []
+    for title, rows, method in runs:
+        key = name if "/" in name else _axis_key(method, name)
+        if key is None:
+            continue
+        for step, row in zip(_steps(rows), rows):
+            value = _value(row, key)
+            if value is not None:
+                data.append((step, value, title))
+    frame = pd.DataFrame(data, columns=["step", "value", "run"])
+    return frame.astype({"step": "int64", "value": "float64"})

@@ -38,6 +38,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback
 
+from alignlab.memory import PeakMemory
 from alignlab.methods import DEFAULT_METHOD, METHODS, Method, UnknownMethodError, get_method, known_methods
 from alignlab.models import LoadedModel, copy_for_training, reference_view, use_persistent_kernel_cache
 from alignlab.presets import PreferencePair
@@ -311,11 +312,52 @@ class TrainingResult:
     trainable_parameters: int = 0
     """Parameters the run trained: all of them, or the LoRA adapter's."""
     peak_memory_bytes: int | None = None
-    """Peak CUDA memory allocated during the run (None off a GPU, where no per-run figure exists)."""
+    """Peak memory during the run, measured (:class:`alignlab.memory.PeakMemory`): what ``peak_memory_kind`` says."""
+    peak_memory_kind: str | None = None
+    """``cuda_allocated`` (the run's own peak on a GPU) or ``process_rss`` (the whole process's, on a CPU)."""
+    device: str = ""
 
     @property
     def step_rows(self) -> list[dict[str, Any]]:
         return training_rows(self.log_history)
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        return self.seconds / self.steps_done if self.steps_done else None
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the policy, as plain data: the one form a run crosses a process, a session or a file in."""
+        return {
+            "settings": self.settings.to_dict(),
+            "log_history": [dict(row) for row in self.log_history],
+            "steps_done": self.steps_done,
+            "total_steps": self.total_steps,
+            "stopped_early": self.stopped_early,
+            "seconds": self.seconds,
+            "heldout_curve": [dict(point) for point in self.heldout_curve],
+            "trainable_parameters": self.trainable_parameters,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "peak_memory_kind": self.peak_memory_kind,
+            "device": self.device,
+        }
+
+    @classmethod
+    def from_summary(cls, data: dict[str, Any], policy: Any) -> TrainingResult:
+        """The result again from :meth:`summary` and the policy (loaded from where the run saved it)."""
+        return cls(
+            policy=policy,
+            log_history=list(data["log_history"]),
+            steps_done=data["steps_done"],
+            total_steps=data["total_steps"],
+            stopped_early=data["stopped_early"],
+            seconds=data["seconds"],
+            settings=TrainingSettings.from_dict(data["settings"]),
+            heldout_curve=list(data.get("heldout_curve") or []),
+            trainable_parameters=data.get("trainable_parameters") or 0,
+            peak_memory_bytes=data.get("peak_memory_bytes"),
+            peak_memory_kind=data.get("peak_memory_kind"),
+            device=data.get("device") or "",
+        )
 
 
 class CancelToken:
@@ -591,14 +633,14 @@ def train_policy(
         raise SettingsError("There are no training pairs: add at least one pair before training.")
     started = time.perf_counter()
     callback = _StreamCallback(on_event, cancel, started, probe)
-    if loaded.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(loaded.device)
-    with tempfile.TemporaryDirectory(prefix=f"alignlab-{settings.method}-") as scratch:
+    with (
+        PeakMemory(loaded.device) as peak,
+        tempfile.TemporaryDirectory(prefix=f"alignlab-{settings.method}-") as scratch,
+    ):
         trainer = build_trainer(loaded, pairs, settings, output_dir or scratch, [callback])
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         trainer.train()
         trained = plain_model(trainer)
-    peak = torch.cuda.max_memory_allocated(loaded.device) if loaded.device.type == "cuda" else None
     loaded.tokenizer.padding_side = "left"  # the trainer may have changed it; generation needs left
     trained.eval()
     log_history = [dict(row) for row in trainer.state.log_history]
@@ -612,7 +654,9 @@ def train_policy(
         settings=settings,
         heldout_curve=callback.curve,
         trainable_parameters=trainable,
-        peak_memory_bytes=peak,
+        peak_memory_bytes=peak.bytes,
+        peak_memory_kind=peak.kind,
+        device=str(loaded.device),
     )
     if on_event is not None:
         on_event(TrainingEvent("end", result.steps_done, result.total_steps, result.seconds, result=result))

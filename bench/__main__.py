@@ -10,7 +10,9 @@ memorising, the shipped presets at their defaults), ``correctness`` (the tiny mo
 against the bare loop in fp32), ``scale`` (a 1.1B model: LoRA vs full fine-tuning, GPU only) and
 ``candidates`` (issue 4's candidate settings against the defaults; slow, so only with
 ``--candidates`` or ``--only candidates``) and ``room`` (N = 1, 3, 8 API clients running the whole
-lab at once on a real server, distinct and identical requests; slow, so only with ``--only room``).
+lab at once on a real server, distinct and identical requests; slow, so only with ``--only room``)
+and ``methods`` (issue 9: DPO, IPO, KTO and ORPO compared from one click on a real server, and each
+method's seconds per step and peak memory beside a plain TRL script of it; only with ``--only methods``).
 Every figure is a median with its min-max and sample count; ratios come from the same process.
 Nothing here passes or fails: the targets are goals, reported as met or not.
 """
@@ -42,6 +44,7 @@ SECTIONS = (
     "scale",
     "candidates",
     "room",
+    "methods",
 )
 DEFAULT_SECTIONS = ("generation", "training", "lab", "shift", "evidence", "calibration")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -96,6 +99,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--room-tokens", type=int, default=None, help="room section: max new tokens per answer (default 64)"
     )
+    parser.add_argument(
+        "--methods", default=None, help="methods section: comma-separated methods (default dpo,ipo,kto,orpo)"
+    )
+    parser.add_argument(
+        "--method-steps", type=int, default=None, help="methods section: steps per run (default: each method's)"
+    )
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/<timestamp>.json + latest.json)")
     args = parser.parse_args(argv)
     args.model = args.model or ("tiny" if args.quick else EMBEDDED_DEFAULT)
@@ -124,7 +133,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from alignlab.generation import GenerationSettings
     from alignlab.models import load_model, pick_device
-    from bench import calibration, candidates, correctness, evidence, generation, lab, room, scale, shift, training
+    from bench import (
+        calibration,
+        candidates,
+        correctness,
+        evidence,
+        generation,
+        lab,
+        methods,
+        room,
+        scale,
+        shift,
+        training,
+    )
     from bench.common import BUILT_MODELS, build_model, load_seed_lab, machine, quiet
 
     quiet()
@@ -209,6 +230,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "progress": str(progress.resolve()),
         }
         results["room"] = room.run(spec, args.device, options)
+    if "methods" in args.sections:
+        chosen = tuple(args.methods.split(",")) if args.methods else methods.METHODS
+        steps = args.method_steps or (2 if args.quick else None)
+        _say(f"[bench] methods: {', '.join(chosen)} compared from one click, then each beside plain TRL ...")
+        results["methods"] = methods.run(spec, args.device, chosen, steps)
     if "candidates" in args.sections:
         _say("[bench] candidates: one probed training run each, in fresh processes ...")
         names = args.candidate_names.split(",") if args.candidate_names else None
@@ -291,6 +317,18 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             gpt2_on_gpu,
         ),
     ]
+    ms = results.get("methods")
+    if ms:
+        four = sorted(row["method"] for row in ms["comparison"]["table"]) == ["DPO", "IPO", "KTO", "ORPO"]
+        rows.append(
+            (
+                "four-method comparison (dpo, ipo, kto, orpo), click to table < 240 s (embedded, 2 CPU cores)",
+                ms["comparison"]["click_to_table_seconds"],
+                "<",
+                240.0,
+                embedded_2_cores and four,
+            )
+        )
     rm = results.get("room")
     if rm:
         distinct = [r["ratio"] for n, r in rm["distinct"].items() if int(n) > 1]
@@ -498,6 +536,10 @@ def table(results: dict[str, Any]) -> str:
         from bench.room import rows as room_rows
 
         rows += room_rows(results["room"])
+    if results.get("methods"):
+        from bench.methods import rows as method_rows
+
+        rows += method_rows(results["methods"])
     cand = results.get("candidates")
     if cand:
         for name, c in cand.items():

@@ -199,6 +199,18 @@ def _room(spec: str, options: dict) -> dict:
     return run_in_process(spec, options)
 
 
+def _comparison(spec: str, options: dict) -> dict:
+    from bench.methods import comparison_in_process
+
+    return comparison_in_process(spec, options)
+
+
+def _method_steps(spec: str, options: dict) -> dict:
+    from bench.methods import method_steps
+
+    return method_steps(spec, options)
+
+
 def main(argv: list[str]) -> None:
     from bench.common import quiet
 
@@ -216,8 +228,14 @@ def main(argv: list[str]) -> None:
         result = _calibrate(spec, json.loads(argv[2]))
     elif mode == "room":
         result = _room(spec, json.loads(argv[2]))
+    elif mode == "comparison":
+        result = _comparison(spec, json.loads(argv[2]))
+    elif mode == "method_steps":
+        result = _method_steps(spec, json.loads(argv[2]))
     else:
-        raise SystemExit(f"unknown mode {mode!r}: lab, load, probe, evidence, calibrate or room")
+        raise SystemExit(
+            f"unknown mode {mode!r}: lab, load, probe, evidence, calibrate, room, comparison or method_steps"
+        )
     print(MARKER + json.dumps(result), flush=True)
 
 

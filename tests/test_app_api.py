@@ -28,6 +28,7 @@ ENDPOINTS = {
     "/export",
     "/stop",
     "/export_recipe",
+    "/run_comparison",
 }
 EVAL_KEYS = {
     "heldout_reward_accuracy",

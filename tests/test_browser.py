@@ -123,7 +123,7 @@ def test_whole_journey_in_a_browser(page, output_dir: Path) -> None:
 
     # 3. Train: the plots and the log redraw while the run goes on; health appears at the end.
     page.get_by_role("tab", name="3 · Train").click()
-    steps_box = page.get_by_label("Steps")
+    steps_box = page.get_by_label("Steps", exact=True)
     steps_box.fill(str(STEPS))
     steps_box.press("Tab")
     page.evaluate(WATCH_TRAINING)
@@ -181,7 +181,7 @@ def test_out_of_order_then_the_whole_lab_then_closing_the_tab(app, browser) -> N
     expect(status).to_contain_text("Finished")
 
     # Stop: a long run is stopped at the end of a step; the health reading still appears.
-    steps_box = page.get_by_label("Steps")
+    steps_box = page.get_by_label("Steps", exact=True)
     steps_box.fill("500")
     steps_box.press("Tab")
     page.get_by_role("button", name="Start training").click()

@@ -39,6 +39,7 @@ def _adopt_model(session: Session, spec: str, info: dict[str, Any]) -> str:
     if session.model_spec != spec:  # another model: earlier answers and training are not comparable
         session.baseline_outputs = None
         session.forget_training()
+        session.forget_runs()
     session.model_spec = spec
     session.model_info = dict(info)
     chat = info["chat_template"]
@@ -105,6 +106,8 @@ def baseline_ui(
     result = runs.baseline(session, spec, identity, prompts, generation, gr.Progress())
     _adopt_model(session, spec, result["model_info"])
     outputs, seconds = result["outputs"], result["seconds"]
+    if (prompts, outputs) != (session.eval_prompts, session.baseline_outputs):
+        session.forget_runs()  # other answers before training: earlier runs no longer compare with them
     session.eval_prompts, session.generation, session.baseline_outputs = prompts, generation, outputs
     session.report = None
     session.timings = {"baseline": seconds}

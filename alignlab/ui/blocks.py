@@ -14,7 +14,7 @@ import gradio as gr
 from alignlab.methods import DEFAULT_METHOD
 from alignlab.presets import DatasetError, load_preset
 from alignlab.training import TrainingSettings
-from alignlab.ui import baseline_tab, compare_tab, dataset_tab, runs, train_tab
+from alignlab.ui import baseline_tab, compare_tab, comparison_ui, dataset_tab, runs, runs_panel, train_tab
 from alignlab.ui.common import (
     STORE,
     api_doc,
@@ -176,6 +176,7 @@ def build_app() -> gr.Blocks:
                 dataset = dataset_tab.build(preset)
             with gr.Tab("3 · Train", id="train"):
                 train = train_tab.build()
+                comparison = comparison_ui.build()
             with gr.Tab("4 · Compare", id="compare"):
                 compare = compare_tab.build()
 
@@ -183,6 +184,11 @@ def build_app() -> gr.Blocks:
         dataset_tab.wire(dataset, baseline.prompts)
         train_event = train_tab.wire(train, dataset)
         compare_tab.wire(compare)
+        comparison_event = comparison_ui.wire(comparison, train, dataset, baseline, compare)
+        # A finished run joins the overlay and the map, whichever button trained it.
+        train_event.then(
+            runs_panel.overlay_ui, comparison.axis, comparison.overlay, api_visibility="private", queue=False
+        ).then(runs_panel.map_ui, None, comparison.map, api_visibility="private", queue=False)
 
         # Presenter mode: the same handlers as the tabs, chained, each tab shown as its step runs.
         # Model work waits in runs.GATE, not in Gradio's queue: each step's checks answer at once.
@@ -215,10 +221,10 @@ def build_app() -> gr.Blocks:
         )
         lab_train.success(show_tab("compare"), None, tabs, **private).success(
             compare_tab.compare_ui, None, compare_tab.outputs(compare), **heavy
-        )
+        ).success(compare_tab.show_runs_ui, None, compare_tab.runs_outputs(compare), **private)
 
         # Stop: cancel this session's streaming event, and tell its training thread to stop now.
-        train.stop.click(None, None, None, cancels=[train_event, lab_train])
+        train.stop.click(None, None, None, cancels=[train_event, lab_train, comparison_event])
         train.stop.click(
             train_tab.stop_ui,
             None,

@@ -17,7 +17,8 @@ from alignlab.health import (
     kl_reading,
     perplexity_reading,
 )
-from alignlab.ui import jobs, runs
+from alignlab.runrecord import EVIDENCE_COLUMNS
+from alignlab.ui import jobs, runs, runs_panel
 from alignlab.ui.common import api_doc, fail, session_of
 from alignlab.ui.diff import comparison_html
 from alignlab.ui.train_tab import health_markdown
@@ -107,6 +108,10 @@ def compare_ui(request: gr.Request) -> tuple[Any, ...]:
     }
     report = runs.compare(session, preset, gr.Progress())  # waits its turn; shared with identical sessions
     runs.end_lab(session)
+    record = session.latest_run
+    if record is not None and record.training is session.training:  # the run this report describes
+        report = {**report, "run": {"label": record.label, "index": session.runs_started, "of": session.runs_started}}
+        record.report = report
     session.report = report
     path = session.path("alignlab-report.json")
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -126,7 +131,18 @@ def build() -> SimpleNamespace:
     report_file = gr.File(label="report file", interactive=False, elem_id="report-file")
     with gr.Accordion("Report JSON", open=False):
         report_json = gr.JSON(label="report", elem_id="report-json")
+    gr.Markdown(runs_panel.RUNS_INTRO)
+    runs_table = gr.Dataframe(
+        headers=list(EVIDENCE_COLUMNS.values()),
+        interactive=False,
+        label="every run of this session",
+        elem_id="runs-table",
+        wrap=True,
+    )
+    runs_answers = gr.HTML(label="answers of every run", elem_id="runs-answers")
     return SimpleNamespace(
+        runs_table=runs_table,
+        runs_answers=runs_answers,
         run=run,
         summary=summary,
         table=table,
@@ -141,8 +157,12 @@ def outputs(tab: SimpleNamespace) -> list[Any]:
     return [tab.summary, tab.table, tab.evidence, tab.health, tab.report_file, tab.report_json]
 
 
+def runs_outputs(tab: SimpleNamespace) -> list[Any]:
+    return [tab.runs_table, tab.runs_answers]
+
+
 def wire(tab: SimpleNamespace) -> Any:
-    return tab.run.click(
+    event = tab.run.click(
         compare_ui,
         None,
         outputs(tab),
@@ -150,3 +170,10 @@ def wire(tab: SimpleNamespace) -> Any:
         api_description=api_doc(compare_ui),
         concurrency_limit=None,  # checks answer at once; the model work waits in runs.GATE
     )
+    event.success(show_runs_ui, None, runs_outputs(tab), api_visibility="private", queue=False)
+    return event
+
+
+def show_runs_ui(request: gr.Request) -> tuple[Any, ...]:
+    """The runs side by side (evidence rows, every run's answers), after a compare."""
+    return runs_panel.runs_views_ui(request)[:2]

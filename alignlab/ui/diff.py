@@ -49,3 +49,28 @@ def comparison_html(prompts: list[str], before: list[str], after: list[str]) -> 
         '<table class="al-compare"><thead><tr><th>Before training</th><th>After training</th></tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
+
+
+def runs_html(prompts: list[str], baseline: list[str], runs: list[tuple[str, list[str]]]) -> str:
+    """Baseline | run A | run B | ... per prompt: each run's words that differ from the baseline marked."""
+    if not runs:
+        return ""
+    width = f"{100 / (len(runs) + 1):.0f}%"
+    head = "".join(f'<th style="width:{width}">{html.escape(title)}</th>' for title, _ in runs)
+    rows = []
+    for i, (prompt, old) in enumerate(zip(prompts, baseline)):
+        cells = [f'<td class="al-before">{html.escape(old) or "<em>(empty)</em>"}</td>']
+        changed = 0
+        for _, texts in runs:
+            new = texts[i] if i < len(texts) else ""
+            changed += old.strip() != new.strip()
+            cells.append(f'<td class="al-after">{word_diff(old, new)[1]}</td>')
+        badge = f'<span class="al-badge al-changed">{changed} of {len(runs)} runs changed it</span>'
+        rows.append(
+            f'<tr class="al-row"><td colspan="{len(runs) + 1}" class="al-prompt">{i + 1}. {html.escape(prompt)} '
+            f"{badge}</td></tr><tr>{''.join(cells)}</tr>"
+        )
+    return (
+        f'<table class="al-compare al-runs"><thead><tr><th style="width:{width}">Baseline</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )

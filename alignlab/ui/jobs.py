@@ -126,15 +126,14 @@ def train_job(
                 "step": event.step,
                 "total_steps": event.total_steps,
                 "elapsed": event.elapsed,
-                "log_history": [dict(row) for row in result.log_history] if result else [],
-                "steps_done": result.steps_done if result else 0,
-                "stopped_early": result.stopped_early if result else True,
-                "seconds": result.seconds if result else event.elapsed,
-                "heldout_curve": list(result.heldout_curve) if result else [],
-                "policy_dir": saved,
-                "trainable_parameters": result.trainable_parameters if result else None,
-                "peak_memory_bytes": result.peak_memory_bytes if result else None,
+                "steps_done": 0,
+                "stopped_early": True,
+                "seconds": event.elapsed,
+                "log_history": [],
+                "heldout_curve": [],
                 "device": str(loaded.device),
+                **(result.summary() if result is not None else {}),
+                "policy_dir": saved,
             }
             return
     except _EXPECTED as exc:
@@ -166,16 +165,7 @@ def compare_job(
         settings = TrainingSettings.from_dict(training["settings"])
     except _EXPECTED as exc:
         raise gr.Error(str(exc)) from exc
-    result = TrainingResult(
-        policy=policy,
-        log_history=training["log_history"],
-        steps_done=training["steps_done"],
-        total_steps=training["total_steps"],
-        stopped_early=training["stopped_early"],
-        seconds=training["seconds"],
-        settings=settings,
-        heldout_curve=list(training.get("heldout_curve") or []),
-    )
+    result = TrainingResult.from_summary({**training, "settings": settings.to_dict()}, policy)
     aligned, evidence = compare(loaded, result, lab_preset, generation_settings)
     timings = {**timings, "evaluate": time.perf_counter() - started}
     timings["total"] = sum(v for k, v in timings.items() if k != "total")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.presets import PreferencePair
+from alignlab.runrecord import MAX_RUNS, RunRecord, run_label
 from alignlab.training import CancelToken
 
 #: Cancel tokens of the runs in progress, by run id. A heavy job looks its token up here: in the
@@ -95,6 +96,11 @@ class Session:
     training_key: str | None = None
     """Which shared training run produced ``policy_dir`` (its key, steps done and whether stopped)."""
     lab: LabPlan | None = None
+    runs: list[RunRecord] = field(default_factory=list)
+    """The session's finished runs, oldest first, at most :data:`MAX_RUNS` (the Compare tab shows them side by
+    side); the last one is the run ``training`` and ``report`` describe."""
+    runs_started: int = 0
+    """Runs recorded in this session so far: the next run's label is ``run_label(runs_started + 1)``."""
 
     @property
     def training_now(self) -> bool:
@@ -104,6 +110,21 @@ class Session:
         """A file or folder inside this session's private directory (created on first use)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         return self.directory / name
+
+    def add_run(self, training: dict[str, Any]) -> RunRecord:
+        """Keep a finished run (its training summary); the oldest run goes when there are :data:`MAX_RUNS`."""
+        self.runs_started += 1
+        record = RunRecord(run_label(self.runs_started), self.preset_id or "custom", training)
+        self.runs = [*self.runs, record][-MAX_RUNS:]
+        return record
+
+    @property
+    def latest_run(self) -> RunRecord | None:
+        return self.runs[-1] if self.runs else None
+
+    def forget_runs(self) -> None:
+        """Another model or other baseline answers: earlier runs are no longer side by side with this baseline."""
+        self.runs = []
 
     def forget_training(self) -> None:
         """A new baseline or a new run makes earlier results stale."""

@@ -320,6 +320,10 @@ def starting_line(member: Any, n_pairs: int, spec: str, method: str = "DPO") -> 
     )
 
 
+#: Keys of a run's end event that describe the event, not the run (the rest is its training summary).
+_EVENT_ONLY = ("kind", "step", "elapsed", "policy_dir")
+
+
 def record(
     session: Session, settings: TrainingSettings, rows: list[dict[str, Any]], event: dict[str, Any], member: Any
 ) -> None:
@@ -328,20 +332,12 @@ def record(
         rows.append(event["row"])
         session.log_rows = rows
         return
-    session.training = {
-        "settings": settings.to_dict(),
-        "log_history": event["log_history"],
-        "steps_done": event["steps_done"],
-        "total_steps": event["total_steps"],
-        "stopped_early": event["stopped_early"],
-        "seconds": event["seconds"],
-        "heldout_curve": event.get("heldout_curve", []),
-        "trainable_parameters": event.get("trainable_parameters"),
-        "peak_memory_bytes": event.get("peak_memory_bytes"),
-        "device": event.get("device"),
-    }
+    session.training = {key: value for key, value in event.items() if key not in _EVENT_ONLY}
+    session.training["settings"] = settings.to_dict()
     session.timings["train"] = event["seconds"]
     session.policy_dir = runs.adopt_policy(session, member, event)
+    if session.policy_dir is not None:  # a run that made at least one step joins the session's runs
+        session.add_run(session.training)
 
 
 def _wind_down(member: Any, run: Run, session: Session, settings: TrainingSettings, rows: list) -> None:

@@ -1,0 +1,191 @@
+"""One run of the lab as a session keeps it, a comparison lists it and a table shows it.
+
+A :class:`RunRecord` holds what a run produced without its weights: the training summary
+(:meth:`alignlab.training.TrainingResult.summary`: settings, log history, live held-out curve, time,
+memory) and, once it has been compared, its report (DESIGN.md §6). :func:`evidence_row` reads a
+report into one row of the runs-side-by-side table, the same for the Compare tab, the API's
+``/run_comparison`` and the CLI's ``compare``.
+
+Nothing here imports torch or gradio.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from alignlab.methods import METHODS, get_method
+
+#: Runs a session keeps (the oldest goes first); the issue asks for at least 4.
+MAX_RUNS = 6
+
+#: Columns of the runs-side-by-side table, in order (key -> header).
+EVIDENCE_COLUMNS: dict[str, str] = {
+    "run": "run",
+    "method": "method",
+    "steps": "steps",
+    "heldout_accuracy": "held-out acc",
+    "contrast_accuracy": "contrast acc",
+    "capability": "capability before → after",
+    "kl_to_reference": "KL to original",
+    "perplexity": "perplexity before → after",
+    "changed": "answers changed",
+    "verdict": "verdict",
+    "seconds_per_step": "s / step",
+    "peak_memory": "peak memory",
+}
+
+
+def run_label(number: int) -> str:
+    """A, B, ..., Z, then A2, B2, ...: short enough for a plot legend and a table column."""
+    letter = chr(ord("A") + (number - 1) % 26)
+    lap = (number - 1) // 26
+    return letter if lap == 0 else f"{letter}{lap + 1}"
+
+
+def method_label(settings: dict[str, Any]) -> str:
+    """'DPO', 'IPO', 'DPO (hinge loss)', 'KTO', ... from a settings dict."""
+    method, loss = settings.get("method", "dpo"), settings.get("loss_type", "sigmoid")
+    for entry in METHODS.values():
+        if entry.runs_as == method and entry.loss_type == loss:
+            return entry.title
+    try:
+        title = get_method(method).title
+    except ValueError:
+        title = str(method)
+    label = title + (f" ({loss} loss)" if loss != "sigmoid" else "")
+    if settings.get("sft_weight"):
+        label += f" + SFT×{settings['sft_weight']:g}"
+    return label
+
+
+@dataclass
+class RunRecord:
+    """A finished (or stopped) training run of a session, and its report once compared."""
+
+    label: str
+    preset: str
+    training: dict[str, Any]
+    report: dict[str, Any] | None = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.training["settings"]
+
+    @property
+    def method(self) -> str:
+        return self.settings.get("method", "dpo")
+
+    @property
+    def title(self) -> str:
+        return f"{self.label} · {method_label(self.settings)}"
+
+    @property
+    def step_rows(self) -> list[dict[str, Any]]:
+        """The run's per-step log rows, with the live held-out figures merged in (as the Train tab drew them)."""
+        curve = {p["step"]: p for p in self.training.get("heldout_curve") or []}
+        rows = []
+        for row in self.training.get("log_history") or []:
+            if "loss" not in row or "step" not in row:
+                continue
+            point = curve.get(row["step"], {})
+            rows.append({**row, **{f"heldout/{k}": v for k, v in point.items() if k != "step"}})
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "preset": self.preset, "training": self.training, "report": self.report}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        return cls(data["label"], data["preset"], data["training"], data.get("report"))
+
+    def evidence_row(self) -> dict[str, Any]:
+        """This run's row of the side-by-side table: from its report, or its training alone before Compare."""
+        if self.report is not None:
+            return evidence_row(self.report)
+        row = {key: None for key in EVIDENCE_COLUMNS}
+        row.update(
+            run=self.label,
+            method=method_label(self.settings),
+            steps=self.training.get("steps_done"),
+            verdict="not compared yet",
+            **_cost(self.training),
+        )
+        return row
+
+
+def _cost(cost: dict[str, Any]) -> dict[str, Any]:
+    steps, seconds = cost.get("steps_done") or cost.get("steps"), cost.get("seconds")
+    return {
+        "seconds_per_step": round(seconds / steps, 2) if steps and seconds else None,
+        "peak_memory": {"bytes": cost.get("peak_memory_bytes"), "kind": cost.get("peak_memory_kind")}
+        if cost.get("peak_memory_bytes")
+        else None,
+    }
+
+
+def evidence_row(report: dict[str, Any]) -> dict[str, Any]:
+    """One report as a row of figures (numbers, not text): what :data:`EVIDENCE_COLUMNS` names."""
+    ev = report.get("eval") or {}
+    settings = report["settings"]
+    run = report.get("run") or {}
+    return {
+        "run": run.get("label", ""),
+        "method": method_label(settings["training"]),
+        "steps": settings.get("steps_done"),
+        "heldout_accuracy": ev.get("heldout_reward_accuracy"),
+        "contrast_accuracy": ev.get("contrast_accuracy"),
+        "capability": [ev.get("capability_accuracy_before"), ev.get("capability_accuracy_after")],
+        "kl_to_reference": ev.get("kl_to_reference"),
+        "perplexity": [ev.get("perplexity_before"), ev.get("perplexity_after")],
+        "changed": report.get("changed"),
+        "verdict": report["health"]["verdict"],
+        **_cost(report.get("cost") or {}),
+    }
+
+
+def _number(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _memory(value: dict[str, Any] | None) -> str:
+    if not value or not value.get("bytes"):
+        return "—"
+    gib = value["bytes"] / 2**30
+    where = "GPU" if value.get("kind") == "cuda_allocated" else "process"
+    return f"{gib:.1f} GiB ({where})"
+
+
+def display_row(row: dict[str, Any]) -> list[str]:
+    """An :func:`evidence_row` as the strings a table shows, in :data:`EVIDENCE_COLUMNS` order."""
+    out = []
+    for key in EVIDENCE_COLUMNS:
+        value = row.get(key)
+        if key in ("capability", "perplexity"):
+            before, after = value or (None, None)
+            out.append(f"{_number(before)} → {_number(after)}" if before is not None or after is not None else "—")
+        elif key == "peak_memory":
+            out.append(_memory(value))
+        elif key == "kl_to_reference":
+            out.append(_number(value, 3))
+        else:
+            out.append(_number(value))
+    return out
+
+
+def display_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows of strings) for a table of runs."""
+    return list(EVIDENCE_COLUMNS.values()), [display_row(row) for row in rows]
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The runs side by side as a Markdown table (CLI, README)."""
+    headers, body = display_table(rows)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)

@@ -1,0 +1,295 @@
+"""One click, several methods: the presenter's comparison (Train tab) and the ``/run_comparison`` endpoint.
+
+Each method of the comparison is an ordinary run of the session: the Train tab's handler trains it
+(streaming its curves, sharing identical runs with the room), the Compare tab's handler compares it,
+and it joins the session's runs. So a comparison is nothing but Start and Compare pressed once per
+method, with each method's own defaults; its table is the runs' evidence rows side by side.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import gradio as gr
+
+from alignlab.comparison import DEFAULT_METHODS, comparison_settings, method_names, parse_methods
+from alignlab.methods import METHODS
+from alignlab.plots import OVERLAY_AXES
+from alignlab.presets import DatasetError, load_preset
+from alignlab.runrecord import EVIDENCE_COLUMNS, evidence_row
+from alignlab.training import SettingsError, TrainingSettings
+from alignlab.ui import baseline_tab, compare_tab, runs, runs_panel, train_tab
+from alignlab.ui.common import default_model, fail, session_of, table_from_pairs, whole_number
+from alignlab.ui.state import Session
+
+DEFAULTS = TrainingSettings()
+INTRO = (
+    "### Compare methods on the same pairs\n"
+    "Pick methods and press **Compare methods**: each trains with its own defaults on the pairs above, one after "
+    "another, and is compared with the same baseline. Their curves overlay below; the table fills in as each "
+    "finishes, and the **Compare** tab shows every run's answers side by side."
+)
+
+
+def _settings(methods: Any, steps: Any, batch_size: Any, seed: Any) -> list[TrainingSettings]:
+    """Every run's settings, checked before any model work; a bad input raises a gr.Error naming it."""
+    try:
+        names = parse_methods(methods)
+        chosen_steps = None if steps in (None, "") else whole_number(steps, "Steps", 1, 500)
+        return comparison_settings(
+            names,
+            steps=chosen_steps,
+            batch_size=whole_number(batch_size, "Batch size", 1, 64),
+            seed=whole_number(seed, "Seed", 0, 2**32 - 1),
+        )
+    except SettingsError as exc:
+        raise fail(str(exc), "Methods") from exc
+
+
+def _live_title(session: Session, settings: TrainingSettings) -> str:
+    from alignlab.runrecord import run_label
+
+    return f"{run_label(session.runs_started + 1)} · {settings.method_label} (training)"
+
+
+def status_line(done: int, total: int, current: str | None, stage: str = "") -> str:
+    if current is None:
+        return f"**Comparison finished:** {done} of {total} runs trained and compared."
+    return f"**Run {done + 1} of {total}: {current}** — {stage}"
+
+
+def comparison_ui(
+    methods: Any,
+    steps: Any,
+    axis: str,
+    pairs: Any,
+    heldout_pairs: Any,
+    probes: dict[str, Any] | None,
+    batch_size: Any,
+    seed: Any,
+    model: str,
+    prompts: str,
+    max_new_tokens: Any,
+    decoding: str,
+    generation_seed: Any,
+    request: gr.Request,
+) -> Iterator[tuple[Any, ...]]:
+    """Train and compare each method in turn, streaming the Train tab, the overlay and the table."""
+    session = session_of(request)
+    settings = _settings(methods, steps, batch_size, seed)
+    if session.training_now:
+        raise fail("A training run is already in progress in this session: wait for it or press Stop.")
+    total = len(settings)
+    first = session.runs_started
+    shown = {"train": train_tab.view("", [])}  # the Train tab's own outputs, as the current run last drew them
+
+    def frame(status: str, live: tuple | None = None) -> tuple[Any, ...]:
+        mine = [r for r in session.runs if _number(r.label) > first] if session.runs else []
+        return (
+            status,
+            runs_panel.overlay_plot(session, axis or "loss", live),
+            runs_panel.runs_frame(mine),
+            runs_panel.map_markdown(session),
+            *shown["train"],
+            *runs_panel.runs_views_ui(request)[:2],
+        )
+
+    if not session.baseline_outputs:
+        yield frame(status_line(0, total, settings[0].method_label, "recording the baseline answers first"))
+        baseline_tab.baseline_ui(model or default_model(), prompts, max_new_tokens, decoding, generation_seed, request)
+    for index, run_settings in enumerate(settings):
+        label = run_settings.method_label
+        live_title = _live_title(session, run_settings)
+        training = train_tab.train_ui(
+            pairs,
+            heldout_pairs,
+            probes,
+            run_settings.beta,
+            run_settings.learning_rate,
+            run_settings.steps,
+            run_settings.batch_size,
+            run_settings.loss_type,
+            run_settings.seed,
+            request,
+            method=run_settings.method,
+        )
+        try:
+            for shown["train"] in training:
+                live = (live_title, list(session.log_rows), run_settings.method)
+                yield frame(status_line(index, total, label, "training"), live)
+        finally:
+            training.close()
+        if session.policy_dir is None:
+            yield frame(f"**Stopped** during run {index + 1} ({label}) before its first step ended.")
+            return
+        yield frame(status_line(index, total, label, "comparing its answers with the baseline"))
+        compare_tab.compare_ui(request)
+        yield frame(status_line(index + 1, total, None) if index + 1 == total else status_line(index + 1, total, "…"))
+
+
+def _number(label: str) -> int:
+    """A run label's order (A=1 ... Z=26, A2=27 ...), to pick the runs a comparison made."""
+    letter, lap = label[0], label[1:]
+    return (int(lap) - 1 if lap else 0) * 26 + ord(letter) - ord("A") + 1
+
+
+def run_comparison(
+    methods: str = ",".join(DEFAULT_METHODS),
+    model: str = "",
+    preset: str = "seed-lab",
+    steps: int | None = None,
+    batch_size: int = DEFAULTS.batch_size,
+    seed: int = DEFAULTS.seed,
+    max_new_tokens: int = 64,
+    request: gr.Request = None,
+) -> dict:
+    """Several methods on one preset, one after another, each with its own defaults. Returns the comparison JSON.
+
+    Args:
+        methods: comma-separated method names, up to 6: dpo, ipo, kto, orpo, simpo, or a DPO loss variant
+            (hinge, robust, ...: DPO with that loss). Default dpo,ipo,kto,orpo.
+        model: model spec (a listed name, a Hub id or a local path); empty means the app's default model.
+        preset: preset id: seed-lab, concise or warm-tone.
+        steps: optimizer steps for every run, 1-500; empty means each method's default.
+        batch_size: pairs per step, 1-64.
+        seed: training seed (the same for every run).
+        max_new_tokens: answer length for the eval prompts, 1-512.
+    Returns:
+        {"runs": [report, ...], "table": [row, ...]}: one report per method, in order (each names its run:
+        report["run"] = {"label", "index", "of"}), and each run's evidence row (held-out, contrast and capability
+        accuracy, KL, perplexity, answers changed, verdict, seconds per step, peak memory).
+    """
+    try:
+        lab = load_preset(preset)
+    except DatasetError as exc:
+        raise gr.Error(str(exc), title="Unknown preset") from exc
+    settings = _settings(methods, steps, batch_size, seed)
+    baseline_tab.generation_settings(max_new_tokens, baseline_tab.GREEDY, 0)
+    spec, _ = runs.check_model(model or default_model())
+    session = session_of(request)
+    if session.training_now:
+        raise fail("A training run is already in progress in this session: wait for it or press Stop.")
+    baseline_tab.baseline_ui(spec, "\n".join(lab.eval_prompts), max_new_tokens, baseline_tab.GREEDY, 0, request)
+    reports = []
+    for index, run_settings in enumerate(settings):
+        training = train_tab.train_ui(
+            table_from_pairs(lab.pairs),
+            table_from_pairs(lab.heldout_pairs),
+            _probes(lab),
+            run_settings.beta,
+            run_settings.learning_rate,
+            run_settings.steps,
+            run_settings.batch_size,
+            run_settings.loss_type,
+            run_settings.seed,
+            request,
+            method=run_settings.method,
+        )
+        with runs.unpaced_replay():  # nobody watches the curves here
+            for _ in training:
+                pass
+        if session.policy_dir is None:
+            raise fail(f"Run {index + 1} ({run_settings.method_label}) stopped before its first step ended.", "Stopped")
+        session.preset_id = lab.id
+        compare_tab.compare_ui(request)
+        report = copy.deepcopy(session.report)
+        report["run"] = {**report.get("run", {}), "index": index + 1, "of": len(settings)}
+        reports.append(report)
+    return {"runs": reports, "table": [evidence_row(r) for r in reports]}
+
+
+def _probes(lab: Any) -> dict[str, Any]:
+    from alignlab.ui import dataset_tab
+
+    return dataset_tab.probes_of(lab)
+
+
+# --------------------------------------------------------------------------- layout and events
+
+
+def build() -> SimpleNamespace:
+    """The comparison panel, under the Train tab's own controls."""
+    with gr.Accordion("Compare methods side by side", open=True, elem_id="comparison-panel"):
+        gr.Markdown(INTRO)
+        with gr.Row():
+            methods = gr.CheckboxGroup(
+                [(entry.title, name) for name, entry in METHODS.items()],
+                value=list(DEFAULT_METHODS),
+                label="Methods",
+                info="Each runs with its own β, learning rate and steps (see the map below).",
+                elem_id="comparison-methods",
+                scale=3,
+            )
+            steps = gr.Number(
+                None, label="Steps per run", info="Empty = each method's own.", elem_id="comparison-steps", scale=1
+            )
+        run = gr.Button("Compare methods", variant="primary", elem_id="comparison-button")
+        status = gr.Markdown(elem_id="comparison-status")
+        axis = gr.Radio(list(OVERLAY_AXES), value="loss", label="Curves of every run on", elem_id="comparison-axis")
+        overlay = gr.LinePlot(
+            x="step",
+            y="value",
+            color="run",
+            height=300,
+            show_label=False,
+            title="This session's runs, overlaid",
+            elem_id="plot-overlay",
+        )
+        table = gr.Dataframe(
+            headers=list(EVIDENCE_COLUMNS.values()),
+            interactive=False,
+            label="runs of this comparison",
+            elem_id="comparison-table",
+            wrap=True,
+        )
+        method_map = gr.Markdown(runs_panel.map_markdown(), elem_id="method-map")
+    return SimpleNamespace(
+        methods=methods, steps=steps, run=run, status=status, axis=axis, overlay=overlay, table=table, map=method_map
+    )
+
+
+def wire(
+    panel: SimpleNamespace, train: SimpleNamespace, dataset: SimpleNamespace, baseline: Any, compare: SimpleNamespace
+) -> Any:
+    """The button (private: the API has ``/run_comparison``), the axis picker; returns the event for Stop."""
+    panel.axis.change(runs_panel.overlay_ui, panel.axis, panel.overlay, api_visibility="private", queue=False)
+    gr.api(run_comparison, api_name="run_comparison", api_description=_doc(), concurrency_limit=None)
+    return panel.run.click(
+        comparison_ui,
+        [
+            panel.methods,
+            panel.steps,
+            panel.axis,
+            dataset.pairs,
+            dataset.heldout,
+            dataset.probes,
+            train.batch_size,
+            train.seed,
+            baseline.model,
+            baseline.prompts,
+            baseline.max_new_tokens,
+            baseline.decoding,
+            baseline.seed,
+        ],
+        [
+            panel.status,
+            panel.overlay,
+            panel.table,
+            panel.map,
+            *train_tab.outputs(train),
+            compare.runs_table,
+            compare.runs_answers,
+        ],
+        api_visibility="private",
+        concurrency_limit=None,
+        show_progress="minimal",
+    )
+
+
+def _doc() -> str:
+    from alignlab.ui.common import api_doc
+
+    return api_doc(run_comparison) + f" Known method names: {', '.join(method_names())}."
