@@ -201,7 +201,7 @@ def _run_lab(args: argparse.Namespace) -> int:
     from alignlab.generation import GenerationSettings, GenerationSettingsError
     from alignlab.lab import run_lab
     from alignlab.presets import load_dataset_file, load_preset
-    from alignlab.training import SettingsError, TrainingSettings
+    from alignlab.training import SettingsError, TrainingSettings, trained_on
 
     try:
         settings = TrainingSettings.for_method(
@@ -219,6 +219,14 @@ def _run_lab(args: argparse.Namespace) -> int:
     except (SettingsError, GenerationSettingsError) as exc:
         raise CliError(str(exc)) from exc
     preset = load_preset(args.preset) if args.preset else load_dataset_file(args.dataset, seed=args.seed)
+    trained_on(preset.training_data, settings)  # a paired method on thumbs rows that form no pair stops here
+    if preset.unpaired:
+        # lab.run_lab trains on preset.pairs: thumbs rows would be dropped without a word, so refuse instead.
+        raise CliError(
+            f"'{preset.id}' has {len(preset.unpaired)} thumbs rows, and the lab command trains on pairs only so far "
+            "(alignlab.lab.run_lab does not pass thumbs rows to training yet). Train on them from Python: "
+            "alignlab.training.train_policy(loaded, preset.training_data, settings)."
+        )
     if args.out:
         out_dir = Path(args.out).resolve().parent
         if not out_dir.is_dir():
@@ -229,6 +237,8 @@ def _run_lab(args: argparse.Namespace) -> int:
         f"method {settings.method_label} "
         f"(beta {settings.beta:g}, lr {settings.learning_rate:g}, {settings.steps} steps)"
     )
+    if preset.description and args.dataset:
+        print(_wrap(preset.description, "  "))
     bar: dict[str, Any] = {}
     labels = {
         "load_model": "Loading the model",
@@ -287,6 +297,10 @@ def _run_recipe(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         raise CliError(str(exc)) from exc
     preset = load_preset(args.preset) if args.preset else load_dataset_file(args.dataset, seed=args.seed)
+    if preset.unpaired:  # a recipe's train.jsonl is written from the pairs: thumbs rows would be dropped
+        raise CliError(
+            f"'{preset.id}' has {len(preset.unpaired)} thumbs rows; recipes are built from pairs only so far."
+        )
     recipe = build_recipe(
         preset,
         settings,
