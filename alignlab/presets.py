@@ -42,6 +42,7 @@ MAX_PAIRS = 1000  # per section: a lab run trains on a handful of steps, not a c
 MAX_EVAL_PROMPTS = 32
 MAX_FILE_BYTES = 20 * 1024 * 1024
 HELDOUT_FRACTION = 0.25
+HELDOUT_UNAVAILABLE = "Held-out preference accuracy is unavailable: "
 
 
 class DatasetError(ValueError):
@@ -806,17 +807,16 @@ def split_thumbs_heldout(
     both labels, nothing is held out and the note says that held-out accuracy is unavailable.
     """
     both = list(dict.fromkeys(p.prompt for p in pairs_from_thumbs(rows)[0]))
-    unavailable = "Held-out preference accuracy is unavailable: "
     if not both:
         why = "no prompt has both a thumbs-up and a thumbs-down answer, so no held-out pair can be formed."
-        return list(rows), [], unavailable + why
+        return list(rows), [], HELDOUT_UNAVAILABLE + why
     order = list(range(len(both)))
     random.Random(seed).shuffle(order)
     held = {both[i] for i in order[: max(1, round(len(both) * fraction))]}
     train = [r for r in rows if r.prompt not in held]
     if not train:
         why = "the only prompt with both a thumbs-up and a thumbs-down answer holds every row, so it is trained on."
-        return list(rows), [], unavailable + why
+        return list(rows), [], HELDOUT_UNAVAILABLE + why
     heldout = pairs_from_thumbs([r for r in rows if r.prompt in held])[0]
     return (
         train,
@@ -824,6 +824,21 @@ def split_thumbs_heldout(
         f"{len(heldout)} held-out pairs were formed from the thumbs rows of {len(held)} prompts with both a "
         "thumbs-up and a thumbs-down answer; those rows are not trained on.",
     )
+
+
+def heldout_unavailable(preset: Preset) -> str | None:
+    """Why held-out preference accuracy cannot be measured for ``preset``, or None when it can.
+
+    The evidence ranks held-out *pairs*; the report gives null for the accuracy, and this as the reason.
+    """
+    if preset.heldout_pairs:
+        return None
+    if preset.unpaired and not pairs_from_thumbs(preset.unpaired)[0]:
+        return HELDOUT_UNAVAILABLE + (
+            "there are no held-out pairs, and no prompt of the thumbs rows has both a thumbs-up and a thumbs-down "
+            "answer to form one from."
+        )
+    return HELDOUT_UNAVAILABLE + "there are no held-out pairs."
 
 
 def load_dataset_file(path: str | Path, seed: int = 0, n_eval_prompts: int = 6) -> Preset:

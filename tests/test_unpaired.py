@@ -343,3 +343,14 @@ def test_cli_refuses_a_paired_method_on_thumbs_that_form_no_pair_and_never_drops
     thumbs = write_jsonl(tmp_path / "thumbs.jsonl", THUMBS)
     assert main(["lab", "--dataset", str(thumbs), "--method", "kto"]) == 2  # the lab runner takes pairs only
     assert "7 thumbs rows" in capsys.readouterr().err
+
+
+def test_the_reason_held_out_accuracy_is_unavailable(tmp_path, pairs):
+    from alignlab.presets import heldout_unavailable
+
+    ups = load_dataset_file(write_jsonl(tmp_path / "ups.jsonl", [r for r in THUMBS if r["label"]]))
+    assert "no prompt of the thumbs rows has both" in heldout_unavailable(ups)
+    assert heldout_unavailable(Preset("p", "", "", [], pairs)) == (
+        "Held-out preference accuracy is unavailable: there are no held-out pairs."
+    )
+    assert heldout_unavailable(load_dataset_file(write_jsonl(tmp_path / "thumbs.jsonl", THUMBS))) is None
