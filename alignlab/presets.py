@@ -141,6 +141,12 @@ class TrainingData:
     def paired_for(self, method: str) -> list[PreferencePair]:
         """The pairs a paired ``method`` trains on; a clear :class:`DatasetError` when there are none."""
         pairs = list(self.pairs) + self.formed_pairs()
+        if len(pairs) > MAX_PAIRS:
+            raise DatasetError(
+                f"Method {method!r} would train on {len(pairs)} pairs ({len(pairs) - len(self.pairs)} formed from "
+                f"thumbs rows, each thumbs-up answer with each thumbs-down answer to its prompt); the lab trains on "
+                f"at most {MAX_PAIRS}. Use fewer rows, or {', '.join(thumbs_methods())}, which trains on thumbs rows."
+            )
         if pairs:
             return pairs
         if not self.unpaired:

@@ -241,6 +241,15 @@ def test_a_paired_method_trains_on_formed_pairs_or_is_refused_naming_kto():
         assert "Use kto, which trains on thumbs rows" in message
 
 
+def test_thumbs_rows_that_form_too_many_pairs_are_refused_not_cut():
+    many = [UnpairedRow("Q", f"good {i}", True) for i in range(40)] + [
+        UnpairedRow("Q", f"bad {i}", False) for i in range(30)
+    ]
+    with pytest.raises(DatasetError, match=r"would train on 1200 pairs \(1200 formed from thumbs rows.*at most 1000"):
+        TrainingData([], many).paired_for("dpo")
+    assert len(TrainingData([], many).thumbs()) == 70  # KTO takes them as they are
+
+
 def test_kto_batches_of_thumbs_rows_give_each_row_a_kl_neighbour_with_another_prompt(tiny_chat, pairs):
     thumbs = [UnpairedRow(r["prompt"], r["completion"], r["label"]) for r in THUMBS]
     data = TrainingData(pairs, thumbs)
