@@ -182,7 +182,8 @@ class TrainingData:
         return data if isinstance(data, TrainingData) else cls(list(data))
 
 
-THUMBS: dict[bool, str] = {True: "👍", False: "👎"}
+THUMBS: dict[bool, str] = {True: "👍 up", False: "👎 down"}
+"""How the thumbs view shows a label (the word too: for screen readers, and where no emoji font is installed)."""
 THUMBS_COLUMNS = ["prompt", "answer", "thumbs", "from"]
 
 
@@ -207,20 +208,22 @@ def describe_training_data(data: TrainingData) -> str:
     c = data.counts()
     parts = []
     if c["pairs"]:
-        parts.append(f"{2 * c['pairs']} from {_count(c['pairs'], 'pair')} (chosen 👍, rejected 👎)")
+        parts.append(f"{2 * c['pairs']} from {_count(c['pairs'], 'pair')} (chosen up, rejected down)")
     if c["unpaired"]:
         parts.append(f"{c['unpaired']} imported")
     thumbs = ", ".join(METHODS[name].title for name in thumbs_methods())
     paired = ", ".join(m.title for m in METHODS.values() if m.data == "paired")
     text = (
-        f"{_count(c['thumbs_up'] + c['thumbs_down'], 'thumbs row')} ({c['thumbs_up']} 👍, {c['thumbs_down']} 👎): "
+        f"{_count(c['thumbs_up'] + c['thumbs_down'], 'thumbs row')} "
+        f"({c['thumbs_up']} {THUMBS[True]}, {c['thumbs_down']} {THUMBS[False]}): "
         f"{' and '.join(parts or ['none'])}; {thumbs} trains on all of them."
     )
-    formed = "formed from thumbs rows whose prompt has both a 👍 and a 👎 answer"
+    formed = "formed from thumbs rows whose prompt has both a thumbs-up and a thumbs-down answer"
     if not c["pairs"] and not c["formed_pairs"]:
         if not c["unpaired"]:
             return text
-        return text + f" {paired} cannot train on this data: no prompt has both a 👍 and a 👎 answer ({thumbs} can)."
+        why = "no prompt has both a thumbs-up and a thumbs-down answer"
+        return text + f" {paired} cannot train on this data: {why} ({thumbs} can)."
     uses = [_count(c["pairs"], "pair")] if c["pairs"] else []
     if c["formed_pairs"]:
         uses.append(f"{_count(c['formed_pairs'], 'pair')} {formed}")

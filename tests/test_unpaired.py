@@ -202,11 +202,11 @@ def test_pairs_files_split_as_before(tmp_path, pairs):
 def test_the_thumbs_view_derives_pairs_as_up_and_down_plus_imported_rows(pairs):
     data = TrainingData(pairs[:2], [UnpairedRow("Q", "A", False)])
     assert thumbs_view(data) == [
-        [pairs[0].prompt, pairs[0].chosen, "👍", "pair 1"],
-        [pairs[0].prompt, pairs[0].rejected, "👎", "pair 1"],
-        [pairs[1].prompt, pairs[1].chosen, "👍", "pair 2"],
-        [pairs[1].prompt, pairs[1].rejected, "👎", "pair 2"],
-        ["Q", "A", "👎", "thumbs row 1"],
+        [pairs[0].prompt, pairs[0].chosen, "👍 up", "pair 1"],
+        [pairs[0].prompt, pairs[0].rejected, "👎 down", "pair 1"],
+        [pairs[1].prompt, pairs[1].chosen, "👍 up", "pair 2"],
+        [pairs[1].prompt, pairs[1].rejected, "👎 down", "pair 2"],
+        ["Q", "A", "👎 down", "thumbs row 1"],
     ]
     assert data.counts() == {"pairs": 2, "unpaired": 1, "thumbs_up": 2, "thumbs_down": 3, "formed_pairs": 0}
 
@@ -307,8 +307,8 @@ def test_dataset_tab_imports_shows_and_exports_thumbs(tmp_path):
     pairs, heldout, _, note, *_, unpaired, view, view_note = outputs
     assert len(pairs) == 0 and len(heldout) == 1 and len(unpaired) == 7
     assert "7 training thumbs rows" in note
-    assert view["thumbs"].tolist().count("👍") == 4 and view["thumbs"].tolist().count("👎") == 3
-    assert "7 thumbs rows (4 👍, 3 👎)" in view_note and "KTO trains on all of them" in view_note
+    assert view["thumbs"].tolist().count("👍 up") == 4 and view["thumbs"].tolist().count("👎 down") == 3
+    assert "7 thumbs rows (4 👍 up, 3 👎 down)" in view_note and "KTO trains on all of them" in view_note
     assert "**Ready:** 0 training pairs and 7 thumbs rows" in dataset_tab.validate_dataset(pairs, heldout, unpaired)
 
     request = SimpleNamespace(session_hash="thumbs-export-test")

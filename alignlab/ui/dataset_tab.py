@@ -278,9 +278,9 @@ def build(preset: Preset) -> SimpleNamespace:
             headers=THUMBS_COLUMNS,
             interactive=False,
             wrap=True,
-            label="Thumbs rows: each pair's chosen answer 👍 and rejected answer 👎, then imported thumbs rows",
+            label="Thumbs rows: each pair's chosen answer up and rejected answer down, then imported thumbs rows",
             elem_id="thumbs-table",
-            column_widths=["30%", "50%", "8%", "12%"],
+            column_widths=["30%", "48%", "10%", "12%"],
             max_height=360,
         )
     probes = gr.State(probes_of(preset))
