@@ -219,14 +219,7 @@ def _run_lab(args: argparse.Namespace) -> int:
     except (SettingsError, GenerationSettingsError) as exc:
         raise CliError(str(exc)) from exc
     preset = load_preset(args.preset) if args.preset else load_dataset_file(args.dataset, seed=args.seed)
-    trained_on(preset.training_data, settings)  # a paired method on thumbs rows that form no pair stops here
-    if preset.unpaired:
-        # lab.run_lab trains on preset.pairs: thumbs rows would be dropped without a word, so refuse instead.
-        raise CliError(
-            f"'{preset.id}' has {len(preset.unpaired)} thumbs rows, and the lab command trains on pairs only so far "
-            "(alignlab.lab.run_lab does not pass thumbs rows to training yet). Train on them from Python: "
-            "alignlab.training.train_policy(loaded, preset.training_data, settings)."
-        )
+    used = trained_on(preset.training_data, settings)  # a paired method on thumbs that form no pair stops here
     if args.out:
         out_dir = Path(args.out).resolve().parent
         if not out_dir.is_dir():
@@ -239,6 +232,10 @@ def _run_lab(args: argparse.Namespace) -> int:
     )
     if preset.description and args.dataset:
         print(_wrap(preset.description, "  "))
+    if preset.unpaired:
+        formed = f", {used['formed_pairs']} of them formed from thumbs rows" if used["formed_pairs"] else ""
+        unit = "thumbs rows" if settings.method_entry.data == "unpaired" else f"pairs{formed}"
+        print(f"  {settings.method_label} trains on {used['rows']} {unit}.")
     bar: dict[str, Any] = {}
     labels = {
         "load_model": "Loading the model",

@@ -343,15 +343,37 @@ def test_cli_names_the_bad_row_of_a_thumbs_file(tmp_path, capsys):
     assert "bad.jsonl row 2: 'label' must be true or false" in err and "Traceback" not in err
 
 
-def test_cli_refuses_a_paired_method_on_thumbs_that_form_no_pair_and_never_drops_thumbs_rows(tmp_path, capsys):
+def test_cli_refuses_a_paired_method_on_thumbs_that_form_no_pair(tmp_path, capsys):
     from alignlab.cli import main
 
     ups = write_jsonl(tmp_path / "ups.jsonl", [r for r in THUMBS if r["label"]])
     assert main(["lab", "--dataset", str(ups), "--method", "dpo"]) == 2
     assert "Use kto, which trains on thumbs rows" in capsys.readouterr().err
-    thumbs = write_jsonl(tmp_path / "thumbs.jsonl", THUMBS)
-    assert main(["lab", "--dataset", str(thumbs), "--method", "kto"]) == 2  # the lab runner takes pairs only
-    assert "7 thumbs rows" in capsys.readouterr().err
+
+
+def lab_report(tmp_path: Path, model: Path, data: Path, method: str) -> dict:
+    from alignlab.cli import main
+
+    out = tmp_path / f"{method}.json"
+    args = ["lab", "--model", str(model), "--dataset", str(data), "--method", method, "--steps", "2"]
+    assert main([*args, "--max-new-tokens", "4", "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_cli_lab_trains_kto_on_a_thumbs_file_and_the_report_counts_the_thumbs_rows(tmp_path, tiny_chat_dir, capsys):
+    report = lab_report(tmp_path, tiny_chat_dir, write_jsonl(tmp_path / "thumbs.jsonl", THUMBS), "kto")
+    settings = report["settings"]
+    assert settings["train_pairs"] == 0 and settings["train_unpaired"] == 7 and settings["heldout_pairs"] == 1
+    assert settings["trained_on"] == {"rows": 7, "pairs": 0, "unpaired": 7, "formed_pairs": 0}
+    assert report["eval"]["heldout_reward_accuracy"] is not None and report["eval"]["heldout_unavailable"] is None
+    assert "KTO trains on 7 thumbs rows" in capsys.readouterr().out
+
+
+def test_cli_lab_without_held_out_pairs_reports_null_with_the_reason(tmp_path, tiny_chat_dir):
+    ups = write_jsonl(tmp_path / "ups.jsonl", [r for r in THUMBS if r["label"]])
+    report = lab_report(tmp_path, tiny_chat_dir, ups, "kto")
+    assert report["settings"]["heldout_pairs"] == 0 and report["eval"]["heldout_reward_accuracy"] is None
+    assert "no prompt of the thumbs rows has both" in report["eval"]["heldout_unavailable"]
 
 
 def test_the_reason_held_out_accuracy_is_unavailable(tmp_path, pairs):
@@ -363,3 +385,35 @@ def test_the_reason_held_out_accuracy_is_unavailable(tmp_path, pairs):
         "Held-out preference accuracy is unavailable: there are no held-out pairs."
     )
     assert heldout_unavailable(load_dataset_file(write_jsonl(tmp_path / "thumbs.jsonl", THUMBS))) is None
+
+
+def test_the_train_tab_trains_on_imported_thumbs_rows_and_compare_reports_them(tmp_path, tiny_chat_dir):
+    """The Dataset tab's thumbs state reaches the Train tab's run (KTO), and the report counts the rows."""
+    from alignlab.ui import compare_tab, train_tab
+    from alignlab.ui.common import STORE, table_from_pairs
+
+    _, _, prompts, _, _, _, _, _, unpaired, _, _ = import_tab_outputs(tmp_path)
+    session = STORE.get("thumbs-train-test")
+    session.model_spec, session.eval_prompts = str(tiny_chat_dir), prompts.splitlines()
+    session.baseline_outputs, session.generation = ["-"] * len(session.eval_prompts), {"max_new_tokens": 4}
+    request = SimpleNamespace(session_hash="thumbs-train-test")
+    no_pairs = table_from_pairs([])
+    try:
+        for _ in train_tab.train_ui(
+            no_pairs, no_pairs, {}, 0.1, 1e-3, 2, 2, "sigmoid", 1, request, method="kto", unpaired=unpaired
+        ):
+            pass
+        assert session.training["trained_on"] == {"rows": 7, "pairs": 0, "unpaired": 7, "formed_pairs": 0}
+        compare_tab.compare_ui(request)
+        assert session.report["settings"]["train_unpaired"] == 7
+        ups = [r for r in unpaired if r["label"]]
+        with pytest.raises(gr.Error, match="Use kto, which trains on thumbs rows"):
+            list(train_tab.train_ui(no_pairs, no_pairs, {}, 0.1, 1e-3, 2, 2, "sigmoid", 1, request, unpaired=ups))
+    finally:
+        STORE.close("thumbs-train-test")
+
+
+def import_tab_outputs(tmp_path: Path) -> tuple:
+    from alignlab.ui import dataset_tab
+
+    return dataset_tab.import_file_ui(str(write_jsonl(tmp_path / "thumbs.jsonl", THUMBS)))

@@ -121,11 +121,6 @@ def thumbs_view_ui(pairs: Any, unpaired: list[dict[str, Any]] | None) -> tuple[p
     pairs = pairs if isinstance(pairs, list) else pairs_from_table(pairs)
     data = TrainingData(pairs, unpaired_from_state(unpaired))
     note = "**Thumbs view.** " + describe_training_data(data)
-    if data.unpaired:
-        note += (
-            " *The Train tab trains on the pairs table: the imported thumbs rows reach training from Python "
-            "(`train_policy` with `Preset.training_data`), not yet from this app.*"
-        )
     return pd.DataFrame(thumbs_view(data), columns=THUMBS_COLUMNS), note
 
 

@@ -143,6 +143,7 @@ def train_job(
                 "policy_dir": saved,
                 "trainable_parameters": result.trainable_parameters if result else None,
                 "peak_memory_bytes": result.peak_memory_bytes if result else None,
+                "trained_on": dict(result.trained_on) if result else {},
                 "device": str(loaded.device),
             }
             return
@@ -184,6 +185,7 @@ def compare_job(
         seconds=training["seconds"],
         settings=settings,
         heldout_curve=list(training.get("heldout_curve") or []),
+        trained_on=dict(training.get("trained_on") or {}),
     )
     aligned, evidence = compare(loaded, result, lab_preset, generation_settings)
     timings = {**timings, "evaluate": time.perf_counter() - started}
