@@ -237,7 +237,7 @@ def _run_lab(args: argparse.Namespace) -> int:
     from alignlab.generation import GenerationSettings, GenerationSettingsError
     from alignlab.lab import run_lab
     from alignlab.presets import load_dataset_file, load_preset
-    from alignlab.training import SettingsError, TrainingSettings
+    from alignlab.training import SettingsError, TrainingSettings, trained_on
 
     try:
         settings = TrainingSettings.for_method(
@@ -255,6 +255,7 @@ def _run_lab(args: argparse.Namespace) -> int:
     except (SettingsError, GenerationSettingsError) as exc:
         raise CliError(str(exc)) from exc
     preset = load_preset(args.preset) if args.preset else load_dataset_file(args.dataset, seed=args.seed)
+    used = trained_on(preset.training_data, settings)  # a paired method on thumbs that form no pair stops here
     _check_out(args.out)
 
     print(
@@ -262,6 +263,12 @@ def _run_lab(args: argparse.Namespace) -> int:
         f"method {settings.method_label} "
         f"(beta {settings.beta:g}, lr {settings.learning_rate:g}, {settings.steps} steps)"
     )
+    if preset.description and args.dataset:
+        print(_wrap(preset.description, "  "))
+    if preset.unpaired:
+        formed = f", {used['formed_pairs']} of them formed from thumbs rows" if used["formed_pairs"] else ""
+        unit = "thumbs rows" if settings.method_entry.data == "unpaired" else f"pairs{formed}"
+        print(f"  {settings.method_label} trains on {used['rows']} {unit}.")
     bar: dict[str, Any] = {}
     labels = {
         "load_model": "Loading the model",
@@ -338,7 +345,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     from alignlab.comparison import comparison_settings, parse_methods, run_comparison
     from alignlab.generation import GenerationSettings, GenerationSettingsError
     from alignlab.presets import load_dataset_file, load_preset
-    from alignlab.training import SettingsError
+    from alignlab.training import SettingsError, trained_on
 
     try:
         names = parse_methods(args.methods)
@@ -347,6 +354,8 @@ def _run_compare(args: argparse.Namespace) -> int:
     except (SettingsError, GenerationSettingsError) as exc:
         raise CliError(str(exc)) from exc
     preset = load_preset(args.preset) if args.preset else load_dataset_file(args.dataset, seed=args.seed)
+    for run_settings in settings:  # a paired method on thumbs rows that form no pair stops here, before any run
+        trained_on(preset.training_data, run_settings)
     _check_out(args.out)
     print(
         f"AlignLab: comparing {', '.join(s.method_label for s in settings)} with {args.model} on '{preset.id}' "
@@ -414,6 +423,10 @@ def _run_recipe(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         raise CliError(str(exc)) from exc
     preset = load_preset(args.preset) if args.preset else load_dataset_file(args.dataset, seed=args.seed)
+    if preset.unpaired:  # a recipe's train.jsonl is written from the pairs: thumbs rows would be dropped
+        raise CliError(
+            f"'{preset.id}' has {len(preset.unpaired)} thumbs rows; recipes are built from pairs only so far."
+        )
     recipe = build_recipe(
         preset,
         settings,

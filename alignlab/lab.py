@@ -18,7 +18,7 @@ from alignlab.evaluation import Evidence, PreferenceProbe, count_changed, gather
 from alignlab.generation import GenerationSettings, generate
 from alignlab.health import RunFacts, read_health
 from alignlab.models import LoadedModel, load_model
-from alignlab.presets import DatasetError, Preset, capability_probe, validate_preset
+from alignlab.presets import DatasetError, Preset, capability_probe, heldout_unavailable, validate_preset
 from alignlab.training import CancelToken, TrainingEvent, TrainingResult, TrainingSettings, train_policy
 
 STAGES = ("load_model", "baseline", "train", "evaluate")
@@ -100,7 +100,12 @@ def build_report(
     """
     changed = count_changed(baseline_outputs, aligned_outputs)
     degeneration = degeneration_report(baseline_outputs, aligned_outputs).to_dict()
-    evaluation = {**evidence.to_dict(), "heldout_curve": list(result.heldout_curve), "degeneration": degeneration}
+    evaluation = {
+        **evidence.to_dict(),
+        "heldout_curve": list(result.heldout_curve),
+        "degeneration": degeneration,
+        "heldout_unavailable": heldout_unavailable(preset),  # why held-out accuracy is null, when it is
+    }
     health = read_health(
         RunFacts(
             log_rows=result.step_rows,
@@ -127,6 +132,8 @@ def build_report(
             "method_info": settings.method_entry.describe(),
             "generation": asdict(generation),
             "train_pairs": len(preset.pairs),
+            "train_unpaired": len(preset.unpaired),
+            "trained_on": dict(result.trained_on),
             "heldout_pairs": len(preset.heldout_pairs),
             "contrast_pairs": len(preset.contrast_pairs),
             "capability_pairs": evidence.capability_pairs,
@@ -171,7 +178,7 @@ def train_and_compare(
     started = _stage(on_stage, "train")
     probe = run_probe(loaded, preset, settings)
     live = probe.curve_point if preset.heldout_pairs or preset.contrast_pairs else None
-    result = train_policy(loaded, preset.pairs, settings, on_event=on_event, cancel=cancel, probe=live)
+    result = train_policy(loaded, preset.training_data, settings, on_event=on_event, cancel=cancel, probe=live)
     timings["train"] = time.perf_counter() - started
 
     started = _stage(on_stage, "evaluate")

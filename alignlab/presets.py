@@ -10,6 +10,13 @@ pairs in the formats the field uses; :func:`pairs_from_records` turns each into
 - TRL *implicit prompt* / Anthropic HH-RLHF: ``chosen``/``rejected`` whole transcripts
   (``\\n\\nHuman: ...\\n\\nAssistant: ...``) sharing every turn but the last reply.
 
+Thumbs-up/down feedback comes in TRL's *unpaired preference* format, ``prompt``/``completion``/``label``
+(``label`` a boolean: true for a good answer, false for a bad one), standard or conversational, and
+becomes :class:`UnpairedRow` rows. A file may mix both kinds of row: each row is read in its own
+format. :class:`TrainingData` is the lab's training set as one object (pairs, thumbs rows, or both):
+KTO trains on all of it as thumbs rows, the paired methods on its pairs (see
+:meth:`TrainingData.paired_for`).
+
 Earlier turns of a multi-turn conversation are kept, flattened into the prompt as
 ``User: ...`` / ``Assistant: ...`` lines, so every pair stays one editable row.
 """
@@ -26,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignlab.methods import METHODS
+
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 MAX_TEXT_CHARS = 4000  # per field: longer texts are truncated by the model anyway and slow training
@@ -33,6 +42,7 @@ MAX_PAIRS = 1000  # per section: a lab run trains on a handful of steps, not a c
 MAX_EVAL_PROMPTS = 32
 MAX_FILE_BYTES = 20 * 1024 * 1024
 HELDOUT_FRACTION = 0.25
+HELDOUT_UNAVAILABLE = "Held-out preference accuracy is unavailable: "
 
 
 class DatasetError(ValueError):
@@ -54,6 +64,172 @@ class PreferencePair:
     rejected: str
 
 
+@dataclass(frozen=True)
+class UnpairedRow:
+    """One thumbs-up/down judgement: ``completion`` is a good (``label`` True) or bad (False) answer to
+    ``prompt``. TRL's unpaired preference format, what KTO trains on."""
+
+    prompt: str
+    completion: str
+    label: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def thumbs_from_pairs(pairs: Iterable[PreferencePair]) -> list[UnpairedRow]:
+    """Each pair as two thumbs rows: its chosen answer up, its rejected answer down."""
+    rows = []
+    for pair in pairs:
+        rows += [UnpairedRow(pair.prompt, pair.chosen, True), UnpairedRow(pair.prompt, pair.rejected, False)]
+    return rows
+
+
+def pairs_from_thumbs(rows: Iterable[UnpairedRow]) -> tuple[list[PreferencePair], list[UnpairedRow]]:
+    """Pairs formed from thumbs rows, and the rows no pair could use.
+
+    Where a prompt has both a thumbs-up and a thumbs-down answer, each thumbs-up answer is paired with
+    each thumbs-down answer (prompts in order of first appearance). A prompt with answers of one label
+    only forms no pair: those rows come back as unused.
+    """
+    by_prompt: dict[str, tuple[list[UnpairedRow], list[UnpairedRow]]] = {}
+    for row in rows:
+        up, down = by_prompt.setdefault(row.prompt, ([], []))
+        (up if row.label else down).append(row)
+    pairs: list[PreferencePair] = []
+    unused: list[UnpairedRow] = []
+    for prompt, (up, down) in by_prompt.items():
+        if up and down:
+            pairs += [PreferencePair(prompt, good.completion, bad.completion) for good in up for bad in down]
+        else:
+            unused += up + down
+    return pairs, unused
+
+
+def thumbs_methods() -> list[str]:
+    """The methods that train on thumbs rows (their registry entry's data is ``unpaired``)."""
+    return [name for name, m in METHODS.items() if m.data == "unpaired"]
+
+
+@dataclass
+class TrainingData:
+    """The lab's training set as one object: preference pairs, thumbs rows, or both.
+
+    A method whose registry entry reads ``unpaired`` data (KTO) trains on :meth:`thumbs`: every pair
+    split into its desirable and undesirable answer, plus the thumbs rows. A paired method (DPO, IPO,
+    ORPO, SimPO) trains on :meth:`paired_for`: the pairs, plus the pairs that the thumbs rows form
+    where a prompt has both a thumbs-up and a thumbs-down answer; with neither, it is refused.
+    """
+
+    pairs: list[PreferencePair] = field(default_factory=list)
+    unpaired: list[UnpairedRow] = field(default_factory=list)
+    """Thumbs rows imported as such (not the ones derived from ``pairs``)."""
+
+    @property
+    def empty(self) -> bool:
+        return not self.pairs and not self.unpaired
+
+    def thumbs(self) -> list[UnpairedRow]:
+        """Every training row as a thumbs row: the pairs' answers (chosen up, rejected down), then the thumbs rows."""
+        return thumbs_from_pairs(self.pairs) + list(self.unpaired)
+
+    def formed_pairs(self) -> list[PreferencePair]:
+        """The pairs the thumbs rows form (see :func:`pairs_from_thumbs`), less any already among ``pairs``."""
+        known = set(self.pairs)
+        return [p for p in pairs_from_thumbs(self.unpaired)[0] if p not in known]
+
+    def paired_for(self, method: str) -> list[PreferencePair]:
+        """The pairs a paired ``method`` trains on; a clear :class:`DatasetError` when there are none."""
+        pairs = list(self.pairs) + self.formed_pairs()
+        if len(pairs) > MAX_PAIRS:
+            raise DatasetError(
+                f"Method {method!r} would train on {len(pairs)} pairs ({len(pairs) - len(self.pairs)} formed from "
+                f"thumbs rows, each thumbs-up answer with each thumbs-down answer to its prompt); the lab trains on "
+                f"at most {MAX_PAIRS}. Use fewer rows, or {', '.join(thumbs_methods())}, which trains on thumbs rows."
+            )
+        if pairs:
+            return pairs
+        if not self.unpaired:
+            raise DatasetError("There are no training pairs: add at least one pair before training.")
+        thumbs = ", ".join(thumbs_methods()) or "a method for thumbs data"
+        raise DatasetError(
+            f"Method {method!r} trains on preference pairs, and the {len(self.unpaired)} thumbs rows here form none: "
+            f"no prompt has both a thumbs-up and a thumbs-down answer. Use {thumbs}, which trains on thumbs rows."
+        )
+
+    def rows_for(self, data: str, method: str) -> list[PreferencePair] | list[UnpairedRow]:
+        """The rows a method with registry data format ``data`` (``paired`` or ``unpaired``) trains on."""
+        return self.thumbs() if data == "unpaired" else self.paired_for(method)
+
+    def counts(self) -> dict[str, int]:
+        """How many pairs, thumbs rows, thumbs up and down (pairs' answers included) and pairs formed."""
+        thumbs = self.thumbs()
+        up = sum(r.label for r in thumbs)
+        return {
+            "pairs": len(self.pairs),
+            "unpaired": len(self.unpaired),
+            "thumbs_up": up,
+            "thumbs_down": len(thumbs) - up,
+            "formed_pairs": len(self.formed_pairs()),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pairs": [asdict(p) for p in self.pairs], "unpaired": [r.to_dict() for r in self.unpaired]}
+
+    @classmethod
+    def of(cls, data: TrainingData | Iterable[PreferencePair]) -> TrainingData:
+        """``data`` itself, or a list of pairs as training data without thumbs rows."""
+        return data if isinstance(data, TrainingData) else cls(list(data))
+
+
+THUMBS: dict[bool, str] = {True: "👍 up", False: "👎 down"}
+"""How the thumbs view shows a label (the word too: for screen readers, and where no emoji font is installed)."""
+THUMBS_COLUMNS = ["prompt", "answer", "thumbs", "from"]
+
+
+def thumbs_view(data: TrainingData) -> list[list[str]]:
+    """The training data as thumbs rows (``THUMBS_COLUMNS``): each pair's chosen answer 👍 and rejected
+    answer 👎, then the thumbs rows, each saying where it comes from (``pair 3``, ``thumbs row 2``)."""
+    rows = []
+    for i, pair in enumerate(data.pairs, start=1):
+        rows.append([pair.prompt, pair.chosen, THUMBS[True], f"pair {i}"])
+        rows.append([pair.prompt, pair.rejected, THUMBS[False], f"pair {i}"])
+    for i, row in enumerate(data.unpaired, start=1):
+        rows.append([row.prompt, row.completion, THUMBS[bool(row.label)], f"thumbs row {i}"])
+    return rows
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def describe_training_data(data: TrainingData) -> str:
+    """What each kind of method trains on from ``data``, with the counts, in one or two sentences."""
+    c = data.counts()
+    parts = []
+    if c["pairs"]:
+        parts.append(f"{2 * c['pairs']} from {_count(c['pairs'], 'pair')} (chosen up, rejected down)")
+    if c["unpaired"]:
+        parts.append(f"{c['unpaired']} imported")
+    thumbs = ", ".join(METHODS[name].title for name in thumbs_methods())
+    paired = ", ".join(m.title for m in METHODS.values() if m.data == "paired")
+    text = (
+        f"{_count(c['thumbs_up'] + c['thumbs_down'], 'thumbs row')} "
+        f"({c['thumbs_up']} {THUMBS[True]}, {c['thumbs_down']} {THUMBS[False]}): "
+        f"{' and '.join(parts or ['none'])}; {thumbs} trains on all of them."
+    )
+    formed = "formed from thumbs rows whose prompt has both a thumbs-up and a thumbs-down answer"
+    if not c["pairs"] and not c["formed_pairs"]:
+        if not c["unpaired"]:
+            return text
+        why = "no prompt has both a thumbs-up and a thumbs-down answer"
+        return text + f" {paired} cannot train on this data: {why} ({thumbs} can)."
+    uses = [_count(c["pairs"], "pair")] if c["pairs"] else []
+    if c["formed_pairs"]:
+        uses.append(f"{_count(c['formed_pairs'], 'pair')} {formed}")
+    return text + f" {paired} train on {' and '.join(uses)}."
+
+
 @dataclass
 class Preset:
     """A complete lab dataset (see DESIGN.md §6 for the file format)."""
@@ -72,6 +248,13 @@ class Preset:
     """Questions unrelated to the preference, each with a correct and a wrong answer of the same
     style and length: the policy's own preference for the correct one, before and after training,
     measures the alignment tax on knowledge."""
+    unpaired: list[UnpairedRow] = field(default_factory=list)
+    """Thumbs rows to train on beside ``pairs`` (TRL's unpaired format; the preset file's optional ``unpaired``)."""
+
+    @property
+    def training_data(self) -> TrainingData:
+        """What a run trains on: the pairs and the thumbs rows, as one object."""
+        return TrainingData(list(self.pairs), list(self.unpaired))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +263,7 @@ class Preset:
             "description": self.description,
             "eval_prompts": list(self.eval_prompts),
             **{section: [asdict(p) for p in getattr(self, section)] for section in PAIR_SECTIONS},
+            "unpaired": [r.to_dict() for r in self.unpaired],
         }
 
     @classmethod
@@ -91,6 +275,7 @@ class Preset:
             description=str(data.get("description", "")),
             eval_prompts=list(data.get("eval_prompts", [])),
             **{section: [PreferencePair(**p) for p in data.get(section) or []] for section in PAIR_SECTIONS},
+            unpaired=[UnpairedRow(**r) for r in data.get("unpaired") or []],
         )
 
 
@@ -136,6 +321,36 @@ def validate_pairs(pairs: list[PreferencePair], section: str = "pairs") -> list[
     return problems
 
 
+def validate_unpaired(rows: list[UnpairedRow], section: str = "thumbs rows") -> list[str]:
+    """Every problem in thumbs rows as a sentence naming the row (1-based) and the field."""
+    problems: list[str] = []
+    if len(rows) > MAX_PAIRS:
+        problems.append(f"{section}: {len(rows)} rows is too many; keep at most {MAX_PAIRS}.")
+    seen: dict[tuple[str, str], tuple[int, bool]] = {}
+    for row_no, row in enumerate(rows, start=1):
+        where = f"{section} row {row_no}"
+        for name in ("prompt", "completion"):
+            value = getattr(row, name)
+            if not isinstance(value, str):
+                problems.append(f"{where}: '{name}' must be text, not {type(value).__name__}.")
+            elif not value.strip():
+                problems.append(f"{where}: '{name}' is empty.")
+            elif len(value) > MAX_TEXT_CHARS:
+                problems.append(f"{where}: '{name}' is {len(value)} characters long; the limit is {MAX_TEXT_CHARS}.")
+        if not isinstance(row.label, bool):
+            problems.append(f"{where}: 'label' must be true or false, not {row.label!r}.")
+            continue
+        key = (str(row.prompt).strip(), str(row.completion).strip())
+        if key in seen and all(key):
+            earlier, label = seen[key]
+            if label == row.label:
+                problems.append(f"{where}: duplicate of row {earlier}.")
+            else:
+                problems.append(f"{where}: the same answer as row {earlier} with the opposite label.")
+        seen.setdefault(key, (row_no, row.label))
+    return problems
+
+
 def validate_eval_prompts(prompts: list[str]) -> list[str]:
     problems = []
     if len(prompts) > MAX_EVAL_PROMPTS:
@@ -151,17 +366,24 @@ def validate_eval_prompts(prompts: list[str]) -> list[str]:
 def validate_preset(preset: Preset, require_training_pairs: bool = True) -> list[str]:
     """All problems of a preset: its pairs, held-out pairs, eval prompts, and overlap between them."""
     problems = []
-    if require_training_pairs and not preset.pairs:
-        problems.append("pairs: there are no training pairs; add at least one.")
+    if require_training_pairs and not preset.pairs and not preset.unpaired:
+        problems.append("pairs: there are no training pairs (or thumbs rows); add at least one.")
     for section, label in PAIR_SECTIONS.items():
         problems += validate_pairs(getattr(preset, section), label)
+    problems += validate_unpaired(preset.unpaired)
     problems += validate_eval_prompts(preset.eval_prompts)
     trained = {(p.prompt.strip(), p.chosen.strip(), p.rejected.strip()) for p in preset.pairs}
+    answered = {(r.prompt.strip(), r.completion.strip()) for r in preset.unpaired if isinstance(r.completion, str)}
     for section in ("heldout_pairs", "contrast_pairs", "capability_pairs"):
         for row, pair in enumerate(getattr(preset, section), start=1):
             if (pair.prompt.strip(), pair.chosen.strip(), pair.rejected.strip()) in trained:
                 problems.append(
                     f"{PAIR_SECTIONS[section]} row {row}: also a training pair, so it cannot measure generalisation."
+                )
+            elif {(pair.prompt.strip(), pair.chosen.strip()), (pair.prompt.strip(), pair.rejected.strip())} & answered:
+                problems.append(
+                    f"{PAIR_SECTIONS[section]} row {row}: its answers are also training thumbs rows, so it cannot "
+                    "measure generalisation."
                 )
     return problems
 
@@ -178,14 +400,26 @@ def _pair_from_mapping(row: Any, where: str) -> PreferencePair:
     return PreferencePair(row["prompt"], row["chosen"], row["rejected"])
 
 
+def _unpaired_from_mapping(row: Any, where: str) -> UnpairedRow:
+    if not isinstance(row, dict):
+        raise DatasetError(f"{where}: expected an object with prompt, completion and label.")
+    missing = [k for k in ("prompt", "completion", "label") if k not in row]
+    if missing:
+        raise DatasetError(f"{where}: missing {', '.join(repr(m) for m in missing)}.")
+    return UnpairedRow(row["prompt"], row["completion"], _label(row["label"], where))
+
+
 def preset_from_dict(data: Any, source: str = "preset") -> Preset:
-    """A :class:`Preset` from the JSON object of a preset file, validated."""
+    """A :class:`Preset` from the JSON object of a preset file, validated.
+
+    ``pairs`` may be left out when the file brings thumbs rows (``unpaired``) instead.
+    """
     if not isinstance(data, dict):
         raise DatasetError(f"{source}: a preset file holds one JSON object.")
-    missing = [k for k in ("eval_prompts", "pairs") if k not in data]
+    missing = [k for k in ("eval_prompts", "pairs") if k not in data and not (k == "pairs" and "unpaired" in data)]
     if missing:
         raise DatasetError(f"{source}: missing {', '.join(missing)}.")
-    for key in ("eval_prompts", *PAIR_SECTIONS):
+    for key in ("eval_prompts", *PAIR_SECTIONS, "unpaired"):
         if key in data and data[key] is not None and not isinstance(data[key], list):
             raise DatasetError(f"{source}: '{key}' must be a list.")
     preset = Preset(
@@ -199,6 +433,10 @@ def preset_from_dict(data: Any, source: str = "preset") -> Preset:
             ]
             for section, label in PAIR_SECTIONS.items()
         },
+        unpaired=[
+            _unpaired_from_mapping(r, f"{source}: thumbs rows row {i}")
+            for i, r in enumerate(data.get("unpaired") or [], 1)
+        ],
     )
     problems = validate_preset(preset)
     if problems:
@@ -313,6 +551,72 @@ def pair_from_record(record: Any, where: str) -> PreferencePair:
     raise DatasetError(f"{where}: 'chosen' and 'rejected' must both be text or both be message lists.")
 
 
+def _label(value: Any, where: str, text: bool = False) -> bool:
+    """A thumbs row's label: a boolean (``text``: also the words true/false, as a CSV cell holds them)."""
+    if isinstance(value, bool):
+        return value
+    if text and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    shown = f"the text {value!r}" if isinstance(value, str) else repr(value)
+    raise DatasetError(f"{where}: 'label' must be true or false (a JSON boolean), found {shown}.")
+
+
+def unpaired_from_record(record: Any, where: str, text_labels: bool = False) -> UnpairedRow:
+    """One record in TRL's unpaired preference format (standard or conversational) -> a thumbs row."""
+    if not isinstance(record, dict):
+        raise DatasetError(f"{where}: expected an object, found {type(record).__name__}.")
+    missing = [k for k in ("prompt", "completion", "label") if k not in record]
+    if missing:
+        raise DatasetError(
+            f"{where}: a thumbs row needs 'prompt', 'completion' and 'label'; missing {', '.join(map(repr, missing))}."
+        )
+    label = _label(record["label"], where, text_labels)
+    prompt, completion = record["prompt"], record["completion"]
+    if _is_messages(completion):
+        completion = _last_reply(completion, where, "completion")
+    elif not isinstance(completion, str):
+        raise DatasetError(f"{where}: 'completion' must be text or a list of messages.")
+    if _is_messages(prompt):
+        prompt = _flatten_history(prompt)
+    elif not isinstance(prompt, str):
+        raise DatasetError(f"{where}: 'prompt' must be text or a list of messages.")
+    return UnpairedRow(prompt, completion, label)
+
+
+_PAIR_FIELDS = ("chosen", "rejected")
+_THUMBS_FIELDS = ("completion", "label")
+
+
+def row_from_record(record: Any, where: str, text_labels: bool = False) -> PreferencePair | UnpairedRow:
+    """One record -> a pair (``chosen``/``rejected``) or a thumbs row (``completion``/``label``)."""
+    if isinstance(record, dict):
+        paired = any(k in record for k in _PAIR_FIELDS)
+        thumbs = any(k in record for k in _THUMBS_FIELDS)
+        if paired and thumbs:
+            raise DatasetError(
+                f"{where}: has both pair fields ('chosen', 'rejected') and thumbs fields ('completion', 'label'); "
+                "a row is one or the other."
+            )
+        if thumbs:
+            return unpaired_from_record(record, where, text_labels)
+        if not paired:
+            raise DatasetError(
+                f"{where}: needs 'chosen' and 'rejected' (a pair) or 'completion' and 'label' (a thumbs row); "
+                f"found {', '.join(map(repr, record)) or 'no fields'}."
+            )
+    return pair_from_record(record, where)
+
+
+def _csv_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A CSV row has every column of the file: drop the other kind's empty cells in a mixed file."""
+    filled = {k for k, v in record.items() if v not in (None, "")}
+    if filled & set(_PAIR_FIELDS) and not filled & set(_THUMBS_FIELDS):
+        return {k: v for k, v in record.items() if k not in _THUMBS_FIELDS}
+    if filled & set(_THUMBS_FIELDS) and not filled & set(_PAIR_FIELDS):
+        return {k: v for k, v in record.items() if k not in _PAIR_FIELDS}
+    return record
+
+
 def pairs_from_records(records: Iterable[Any], source: str = "file") -> list[PreferencePair]:
     """Convert every record, collecting all problems (each with its row) before failing."""
     pairs, problems = [], []
@@ -330,13 +634,23 @@ def pairs_from_records(records: Iterable[Any], source: str = "file") -> list[Pre
 
 @dataclass
 class ImportResult:
-    """Pairs read from a file, and the rows left out with the reason for each."""
+    """Pairs and thumbs rows read from a file, and the rows left out with the reason for each."""
 
     pairs: list[PreferencePair]
     skipped: list[str]
+    unpaired: list[UnpairedRow] = field(default_factory=list)
+
+    @property
+    def training_data(self) -> TrainingData:
+        return TrainingData(list(self.pairs), list(self.unpaired))
 
     def summary(self, name: str) -> str:
-        text = f"Imported {len(self.pairs)} pairs from {name}."
+        if self.unpaired:
+            up = sum(r.label for r in self.unpaired)
+            thumbs = f"{len(self.unpaired)} thumbs rows ({up} up, {len(self.unpaired) - up} down)"
+            text = f"Imported {len(self.pairs)} pairs and {thumbs} from {name}."
+        else:
+            text = f"Imported {len(self.pairs)} pairs from {name}."
         if self.skipped:
             text += f" Skipped {len(self.skipped)} unusable rows: " + " ".join(self.skipped[:5])
             if len(self.skipped) > 5:
@@ -398,42 +712,83 @@ def read_text_file(path: str | Path) -> str:
         raise DatasetError(f"{path.name} is not UTF-8 text (byte {exc.start}); save it as UTF-8.") from exc
 
 
-def import_pairs(path: str | Path) -> ImportResult:
-    """Pairs from a JSON/JSONL/CSV file in any supported format.
+def _training_records(data: dict[str, Any]) -> list[Any]:
+    """A preset file's training rows (its pairs, then its thumbs rows); any other object is one record."""
+    if "pairs" not in data and "unpaired" not in data:
+        return [data]
+    rows: list[Any] = []
+    for key in ("pairs", "unpaired"):
+        value = data.get(key) or []
+        rows += value if isinstance(value, list) else [value]
+    return rows
 
-    Real datasets have a few broken rows (HH-RLHF has an empty reply): those rows are left out and
-    each is named in ``skipped``. A file that is not a dataset at all, or has no usable row, is
-    an error.
+
+def import_pairs(path: str | Path) -> ImportResult:
+    """Pairs and thumbs rows from a JSON/JSONL/CSV file in any supported format.
+
+    A file may mix pairs and thumbs rows: each row is read in its own format. Real datasets have a
+    few broken rows (HH-RLHF has an empty reply): those rows are left out and each is named in
+    ``skipped``. A thumbs row that cannot be read (a field missing, a label that is not true/false) is
+    an error for the whole file, each such row named: no guess at what a label meant is safe, and
+    leaving the row out would train on part of the user's feedback without saying so. A file that is not
+    a dataset at all, or has no usable row, is an error.
     """
     path = Path(path)
+    is_csv = path.suffix.lower() == ".csv"
     data = _read_records(read_text_file(path), path.name)
     if isinstance(data, dict):
-        data = data.get("pairs", [data])  # a preset file: take its training pairs
+        data = _training_records(data)
     if not isinstance(data, list) or not data:
-        raise DatasetError(f"{path.name}: no preference pairs found.")
+        raise DatasetError(f"{path.name}: no preference pairs or thumbs rows found.")
     pairs: list[PreferencePair] = []
+    unpaired: list[UnpairedRow] = []
     skipped: list[str] = []
-    seen: set[PreferencePair] = set()
+    unreadable: list[str] = []  # thumbs rows that cannot be read: an error for the whole file
+    seen_pairs: set[PreferencePair] = set()
+    seen_thumbs: dict[tuple[str, str], tuple[int, bool]] = {}
     for row, record in enumerate(data, start=1):
         where = f"{path.name} row {row}"
+        if is_csv and isinstance(record, dict):
+            record = _csv_record(record)
         try:
-            pair = pair_from_record(record, where)
+            item = row_from_record(record, where, text_labels=is_csv)
         except DatasetError as exc:
-            skipped += exc.problems
+            thumbs_row = isinstance(record, dict) and any(k in record for k in _THUMBS_FIELDS)
+            (unreadable if thumbs_row else skipped).extend(exc.problems)
             continue
-        problems = [p.replace("pairs row 1", where) for p in validate_pairs([pair])]
-        if pair in seen:
+        if isinstance(item, UnpairedRow):
+            problems = [p.replace("thumbs rows row 1", where) for p in validate_unpaired([item])]
+            key = (item.prompt.strip(), item.completion.strip())
+            if key in seen_thumbs and not problems:
+                earlier, label = seen_thumbs[key]
+                same = label == item.label
+                problems.append(
+                    f"{where}: duplicate of row {earlier}."
+                    if same
+                    else f"{where}: the same answer as row {earlier} with the opposite label; kept row {earlier}."
+                )
+            if problems:
+                skipped += problems
+                continue
+            seen_thumbs[key] = (row, item.label)
+            unpaired.append(item)
+            continue
+        problems = [p.replace("pairs row 1", where) for p in validate_pairs([item])]
+        if item in seen_pairs:
             problems.append(f"{where}: duplicate of an earlier row.")
         if problems:
             skipped += problems
             continue
-        seen.add(pair)
-        pairs.append(pair)
-    if not pairs:
-        raise DatasetError(skipped or f"{path.name}: no preference pairs found.")
-    if len(pairs) > MAX_PAIRS:
-        raise DatasetError(f"{path.name}: {len(pairs)} pairs is too many; keep at most {MAX_PAIRS}.")
-    return ImportResult(pairs, skipped)
+        seen_pairs.add(item)
+        pairs.append(item)
+    if unreadable:
+        raise DatasetError(unreadable)
+    if not pairs and not unpaired:
+        raise DatasetError(skipped or f"{path.name}: no preference pairs or thumbs rows found.")
+    for rows, what in ((pairs, "pairs"), (unpaired, "thumbs rows")):
+        if len(rows) > MAX_PAIRS:
+            raise DatasetError(f"{path.name}: {len(rows)} {what} is too many; keep at most {MAX_PAIRS}.")
+    return ImportResult(pairs, skipped, unpaired)
 
 
 def split_heldout(
@@ -450,35 +805,109 @@ def split_heldout(
     return [pairs[i] for i in train], [pairs[i] for i in held]
 
 
+def split_thumbs_heldout(
+    rows: list[UnpairedRow], seed: int = 0, fraction: float = HELDOUT_FRACTION
+) -> tuple[list[UnpairedRow], list[PreferencePair], str]:
+    """A seeded split of thumbs rows: (training rows, held-out pairs, what was done, in words).
+
+    The evidence ranks held-out *pairs*, so they are formed from prompts that have both a thumbs-up and
+    a thumbs-down answer: ``fraction`` of those prompts (at least one) is held out whole, every answer to
+    them left out of training, and paired as :func:`pairs_from_thumbs` pairs them. Where no prompt has
+    both labels, nothing is held out and the note says that held-out accuracy is unavailable.
+    """
+    both = list(dict.fromkeys(p.prompt for p in pairs_from_thumbs(rows)[0]))
+    if not both:
+        why = "no prompt has both a thumbs-up and a thumbs-down answer, so no held-out pair can be formed."
+        return list(rows), [], HELDOUT_UNAVAILABLE + why
+    order = list(range(len(both)))
+    random.Random(seed).shuffle(order)
+    held = {both[i] for i in order[: max(1, round(len(both) * fraction))]}
+    train = [r for r in rows if r.prompt not in held]
+    if not train:
+        why = "the only prompt with both a thumbs-up and a thumbs-down answer holds every row, so it is trained on."
+        return list(rows), [], HELDOUT_UNAVAILABLE + why
+    heldout = pairs_from_thumbs([r for r in rows if r.prompt in held])[0]
+    return (
+        train,
+        heldout,
+        f"{len(heldout)} held-out pairs were formed from the thumbs rows of {len(held)} prompts with both a "
+        "thumbs-up and a thumbs-down answer; those rows are not trained on.",
+    )
+
+
+def heldout_unavailable(preset: Preset) -> str | None:
+    """Why held-out preference accuracy cannot be measured for ``preset``, or None when it can.
+
+    The evidence ranks held-out *pairs*; the report gives null for the accuracy, and this as the reason.
+    """
+    if preset.heldout_pairs:
+        return None
+    if preset.unpaired and not pairs_from_thumbs(preset.unpaired)[0]:
+        return HELDOUT_UNAVAILABLE + (
+            "there are no held-out pairs, and no prompt of the thumbs rows has both a thumbs-up and a thumbs-down "
+            "answer to form one from."
+        )
+    return HELDOUT_UNAVAILABLE + "there are no held-out pairs."
+
+
 def load_dataset_file(path: str | Path, seed: int = 0, n_eval_prompts: int = 6) -> Preset:
     """A preset from a user's file.
 
-    A file in the preset format is used as given. A plain list of pairs (any supported format)
-    has a seeded quarter held out, and its eval prompts drawn from the training pairs' prompts.
+    A file in the preset format is used as given. A plain list of pairs and/or thumbs rows (any
+    supported format) has a seeded quarter of its pairs held out, or, with fewer than two pairs, held-out
+    pairs formed from its thumbs rows (:func:`split_thumbs_heldout`); its eval prompts are drawn from
+    the training prompts.
     """
     path = Path(path)
     data = _read_records(read_text_file(path), path.name)
-    if isinstance(data, dict) and "pairs" in data:
+    if isinstance(data, dict) and ("pairs" in data or "unpaired" in data):
         return preset_from_dict(data, source=path.name)
     imported = import_pairs(path)
-    pairs = imported.pairs
-    train, heldout = split_heldout(pairs, seed=seed)
-    prompts = list(dict.fromkeys(p.prompt for p in train))
+    notes = [imported.summary(path.name)]
+    train, unpaired = imported.pairs, imported.unpaired
+    if len(train) >= 2 or not unpaired:
+        train, heldout = split_heldout(train, seed=seed)
+    else:
+        unpaired, heldout, note = split_thumbs_heldout(unpaired, seed=seed)
+        notes.append(note)
+    prompts = list(dict.fromkeys([p.prompt for p in train] + [r.prompt for r in unpaired]))
     random.Random(seed).shuffle(prompts)
     return Preset(
         id=path.stem,
         title=path.stem,
-        description=imported.summary(path.name),
+        description=" ".join(notes),
         eval_prompts=prompts[:n_eval_prompts],
         pairs=train,
         heldout_pairs=heldout,
+        unpaired=unpaired,
     )
 
 
-def export_jsonl(pairs: list[PreferencePair], path: str | Path) -> Path:
-    """Write pairs in TRL's standard format, one JSON object per line."""
+EXPORT_FORMATS: dict[str, str] = {
+    "pairs": "TRL's preference format (prompt, chosen, rejected); thumbs rows follow in TRL's unpaired format",
+    "thumbs": "TRL's unpaired preference format (prompt, completion, label): pairs split into thumbs up and down",
+}
+
+
+def export_rows(data: TrainingData | Iterable[PreferencePair], fmt: str = "pairs") -> list[dict[str, Any]]:
+    """Training data as JSON rows in an :data:`EXPORT_FORMATS` format.
+
+    ``pairs`` keeps pairs as pairs, and writes thumbs rows after them as thumbs rows (nothing is lost;
+    AlignLab reads such a mixed file back, while TRL wants one format per dataset). ``thumbs`` writes every
+    row as a thumbs row, what TRL's KTO reads.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise DatasetError(f"Unknown export format {fmt!r}; choose {' or '.join(EXPORT_FORMATS)}.")
+    data = TrainingData.of(data)
+    if fmt == "thumbs":
+        return [r.to_dict() for r in data.thumbs()]
+    return [asdict(p) for p in data.pairs] + [r.to_dict() for r in data.unpaired]
+
+
+def export_jsonl(data: TrainingData | Iterable[PreferencePair], path: str | Path, fmt: str = "pairs") -> Path:
+    """Write training data as JSONL, one JSON object per line (see :func:`export_rows` for ``fmt``)."""
     path = Path(path)
     with path.open("w", encoding="utf-8") as fh:
-        for pair in pairs:
-            fh.write(json.dumps(asdict(pair), ensure_ascii=False) + "\n")
+        for row in export_rows(data, fmt):
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path

@@ -41,7 +41,7 @@ from transformers.trainer_callback import PrinterCallback
 from alignlab.memory import PeakMemory
 from alignlab.methods import DEFAULT_METHOD, METHODS, Method, UnknownMethodError, get_method, known_methods
 from alignlab.models import LoadedModel, copy_for_training, reference_view, use_persistent_kernel_cache
-from alignlab.presets import PreferencePair
+from alignlab.presets import PreferencePair, TrainingData, UnpairedRow
 
 #: DPO and its siblings, as TRL's ``DPOConfig.loss_type`` names them.
 LOSS_TYPES: dict[str, str] = {
@@ -316,6 +316,8 @@ class TrainingResult:
     peak_memory_kind: str | None = None
     """``cuda_allocated`` (the run's own peak on a GPU) or ``process_rss`` (the whole process's, on a CPU)."""
     device: str = ""
+    trained_on: dict[str, int] = field(default_factory=dict)
+    """What the method trained on (:func:`trained_on`): dataset rows, pairs, thumbs rows, pairs formed from them."""
 
     @property
     def step_rows(self) -> list[dict[str, Any]]:
@@ -339,6 +341,7 @@ class TrainingResult:
             "peak_memory_bytes": self.peak_memory_bytes,
             "peak_memory_kind": self.peak_memory_kind,
             "device": self.device,
+            "trained_on": dict(self.trained_on),
         }
 
     @classmethod
@@ -357,6 +360,7 @@ class TrainingResult:
             peak_memory_bytes=data.get("peak_memory_bytes"),
             peak_memory_kind=data.get("peak_memory_kind"),
             device=data.get("device") or "",
+            trained_on=dict(data.get("trained_on") or {}),
         )
 
 
@@ -407,41 +411,93 @@ def to_trl_dataset(loaded: LoadedModel, pairs: list[PreferencePair]) -> Dataset:
     return Dataset.from_list(rows)
 
 
-def to_unpaired_dataset(loaded: LoadedModel, pairs: list[PreferencePair], batch_size: int, seed: int) -> Dataset:
-    """Pairs as TRL's unpaired preference rows (``prompt``, ``completion``, ``label``): thumbs up/down.
+def _thumbs_row(loaded: LoadedModel, prompt: str, answer: str, label: bool) -> dict[str, Any]:
+    """One row of TRL's unpaired format: conversational for chat models, plain-text prompt for base models."""
+    if loaded.is_chat:
+        return {
+            "prompt": [{"role": "user", "content": prompt}],
+            "completion": [{"role": "assistant", "content": answer}],
+            "label": label,
+        }
+    return {"prompt": loaded.format_prompt(prompt), "completion": " " + answer.strip(), "label": label}
 
-    Each pair gives its chosen answer as desirable (``label=True``) and its rejected answer as undesirable.
-    KTO estimates its KL term by giving each row the answer of its neighbour in the batch (TRL rotates the
-    batch's answers by one, and keeps the data order for that), so the rows are laid out batch by batch as
-    the batch's chosen answers, then its rejected ones: every rotated answer then belongs to another
-    prompt whenever a batch holds two pairs or more. The pairs are shuffled with ``seed`` first (TRL's
-    sequential order would otherwise always see them in file order). Chat models get conversational
-    rows, base models the plain-text prompt, as in :func:`to_trl_dataset`.
+
+def to_unpaired_dataset(
+    loaded: LoadedModel, pairs: list[PreferencePair] | TrainingData, batch_size: int, seed: int
+) -> Dataset:
+    """Training data as TRL's unpaired preference rows (``prompt``, ``completion``, ``label``): thumbs up/down.
+
+    Each pair gives its chosen answer as desirable (``label=True``) and its rejected answer as undesirable;
+    thumbs rows (a :class:`TrainingData`'s ``unpaired``) are used as they are. KTO estimates its KL term by
+    giving each row the answer of its neighbour in the batch (TRL rotates the batch's answers by one, and
+    keeps the data order for that), so neighbours should answer other prompts. Pairs alone are shuffled
+    with ``seed`` (TRL's sequential order would otherwise always see them in file order) and laid out batch
+    by batch as the batch's chosen answers, then its rejected ones: every rotated answer then belongs to
+    another prompt whenever a batch holds two pairs or more. With thumbs rows, all the rows are shuffled
+    together and each batch of ``2 * batch_size`` rows is ordered to the same end (:func:`_thumbs_layout`).
+    Chat models get conversational rows, base models the plain-text prompt, as in :func:`to_trl_dataset`.
     """
-    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
-    shuffled = [pairs[i] for i in order]
-
-    def row(prompt: str, answer: str, label: bool) -> dict[str, Any]:
-        if loaded.is_chat:
-            return {
-                "prompt": [{"role": "user", "content": prompt}],
-                "completion": [{"role": "assistant", "content": answer}],
-                "label": label,
-            }
-        return {"prompt": loaded.format_prompt(prompt), "completion": " " + answer.strip(), "label": label}
-
+    data = TrainingData.of(pairs)
+    if data.unpaired:
+        rows = _thumbs_layout(data.thumbs(), 2 * batch_size, seed)
+        return Dataset.from_list([_thumbs_row(loaded, r.prompt, r.completion, r.label) for r in rows])
+    order = torch.randperm(len(data.pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    shuffled = [data.pairs[i] for i in order]
     rows: list[dict[str, Any]] = []
     for start in range(0, len(shuffled), batch_size):
         batch = shuffled[start : start + batch_size]
-        rows += [row(p.prompt, p.chosen, True) for p in batch] + [row(p.prompt, p.rejected, False) for p in batch]
+        rows += [_thumbs_row(loaded, p.prompt, p.chosen, True) for p in batch]
+        rows += [_thumbs_row(loaded, p.prompt, p.rejected, False) for p in batch]
     return Dataset.from_list(rows)
 
 
-def method_dataset(loaded: LoadedModel, pairs: list[PreferencePair], settings: TrainingSettings) -> Dataset:
-    """The pairs in the data format of ``settings``' method (its registry entry's ``data``)."""
+def _thumbs_layout(rows: list[UnpairedRow], batch_rows: int, seed: int) -> list[UnpairedRow]:
+    """Thumbs rows shuffled with ``seed``, then each batch ordered so that neighbours answer other prompts.
+
+    Within a batch, the rows are grouped by prompt (the largest group first) and dealt to the even
+    positions, then the odd ones: no two neighbours, the last and the first included (TRL's rotation
+    wraps around), share a prompt unless one prompt holds more than half of the batch.
+    """
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    shuffled = [rows[i] for i in order]
+    laid_out: list[UnpairedRow] = []
+    for start in range(0, len(shuffled), batch_rows):
+        groups: dict[str, list[UnpairedRow]] = {}
+        for row in shuffled[start : start + batch_rows]:
+            groups.setdefault(row.prompt, []).append(row)
+        dealt = [row for group in sorted(groups.values(), key=len, reverse=True) for row in group]
+        positions = [*range(0, len(dealt), 2), *range(1, len(dealt), 2)]
+        batch: list[UnpairedRow | None] = [None] * len(dealt)
+        for position, row in zip(positions, dealt):
+            batch[position] = row
+        laid_out += [row for row in batch if row is not None]
+    return laid_out
+
+
+def method_dataset(
+    loaded: LoadedModel, pairs: list[PreferencePair] | TrainingData, settings: TrainingSettings
+) -> Dataset:
+    """The training data in the data format of ``settings``' method (its registry entry's ``data``).
+
+    An ``unpaired`` method gets every row as a thumbs row; a ``paired`` one the pairs, with those that
+    thumbs rows form (:meth:`TrainingData.paired_for`, which refuses data that forms none).
+    """
+    data = TrainingData.of(pairs)
     if settings.method_entry.data == "unpaired":
-        return to_unpaired_dataset(loaded, pairs, settings.batch_size, settings.seed)
-    return to_trl_dataset(loaded, pairs)
+        return to_unpaired_dataset(loaded, data, settings.batch_size, settings.seed)
+    return to_trl_dataset(loaded, data.paired_for(settings.method))
+
+
+def trained_on(pairs: list[PreferencePair] | TrainingData, settings: TrainingSettings) -> dict[str, int]:
+    """What ``settings``' method trains on from this data: ``rows`` (the trainer's dataset rows), ``pairs``
+    (given as pairs), ``unpaired`` (thumbs rows given as such) and ``formed_pairs`` (pairs formed from them,
+    for a paired method). Raises the refusal of :meth:`TrainingData.paired_for` where a paired method has none."""
+    data = TrainingData.of(pairs)
+    if settings.method_entry.data == "unpaired":
+        return {"rows": len(data.thumbs()), "pairs": len(data.pairs), "unpaired": len(data.unpaired), "formed_pairs": 0}
+    paired = data.paired_for(settings.method)
+    formed = len(paired) - len(data.pairs)
+    return {"rows": len(paired), "pairs": len(data.pairs), "unpaired": len(data.unpaired), "formed_pairs": formed}
 
 
 #: Scores the policy after a logged step: ``probe(policy, step)`` -> a point of the held-out curve
@@ -495,7 +551,7 @@ class _StreamCallback(TrainerCallback):
 
 def build_trainer(
     loaded: LoadedModel,
-    pairs: list[PreferencePair],
+    pairs: list[PreferencePair] | TrainingData,
     settings: TrainingSettings,
     output_dir: str | Path,
     callbacks: list[TrainerCallback] | None = None,
@@ -618,7 +674,7 @@ def plain_model(trainer: Any) -> PreTrainedModel:
 
 def train_policy(
     loaded: LoadedModel,
-    pairs: list[PreferencePair],
+    pairs: list[PreferencePair] | TrainingData,
     settings: TrainingSettings,
     on_event: Callable[[TrainingEvent], None] | None = None,
     cancel: CancelToken | None = None,
@@ -627,10 +683,13 @@ def train_policy(
 ) -> TrainingResult:
     """Run ``settings.method`` on a private copy of ``loaded.model``; the loaded model stays the reference.
 
-    ``probe``, when given, scores the policy after every logged step (the live held-out curve).
+    ``pairs``: a list of pairs, or :class:`TrainingData` (pairs and/or thumbs rows; see :func:`method_dataset`
+    for what each method trains on). ``probe``, when given, scores the policy after every logged step (the
+    live held-out curve).
     """
-    if not pairs:
+    if TrainingData.of(pairs).empty:
         raise SettingsError("There are no training pairs: add at least one pair before training.")
+    counts = trained_on(pairs, settings)  # a paired method on thumbs rows that form no pair stops here
     started = time.perf_counter()
     callback = _StreamCallback(on_event, cancel, started, probe)
     with (
@@ -657,6 +716,7 @@ def train_policy(
         peak_memory_bytes=peak.bytes,
         peak_memory_kind=peak.kind,
         device=str(loaded.device),
+        trained_on=counts,
     )
     if on_event is not None:
         on_event(TrainingEvent("end", result.steps_done, result.total_steps, result.seconds, result=result))
@@ -665,7 +725,7 @@ def train_policy(
 
 def train_dpo(
     loaded: LoadedModel,
-    pairs: list[PreferencePair],
+    pairs: list[PreferencePair] | TrainingData,
     settings: TrainingSettings,
     on_event: Callable[[TrainingEvent], None] | None = None,
     cancel: CancelToken | None = None,
@@ -678,7 +738,7 @@ def train_dpo(
 
 def stream_training(
     loaded: LoadedModel,
-    pairs: list[PreferencePair],
+    pairs: list[PreferencePair] | TrainingData,
     settings: TrainingSettings,
     cancel: CancelToken | None = None,
     probe: StepProbe | None = None,
@@ -714,7 +774,7 @@ def stream_training(
 
 def stream_dpo(
     loaded: LoadedModel,
-    pairs: list[PreferencePair],
+    pairs: list[PreferencePair] | TrainingData,
     settings: TrainingSettings,
     cancel: CancelToken | None = None,
     probe: StepProbe | None = None,

@@ -287,7 +287,7 @@ def test_bad_input_gets_a_clear_message_and_the_session_keeps_working(app) -> No
 def test_uploads_good_malformed_and_binary(tmp_path: Path, shared_dir: Path) -> None:
     from alignlab.ui.dataset_tab import import_file_ui
 
-    pairs, heldout, prompts, note, probes, probes_note, contrast, capability = import_file_ui(
+    pairs, heldout, prompts, note, probes, probes_note, contrast, capability, *_ = import_file_ui(
         str(shared_dir / "data" / "hh-rlhf-harmless-test-300.jsonl")
     )
     assert len(pairs) + len(heldout) > 250 and "Imported" in note and prompts.strip()

@@ -202,3 +202,45 @@ def test_out_of_order_then_the_whole_lab_then_closing_the_tab(app, browser) -> N
     while gone.exists() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not gone.exists(), "closing the tab left the session's files behind"
+
+
+def test_two_methods_compared_with_one_click(app, browser, output_dir: Path) -> None:
+    """A presenter picks two methods and presses one button: the runs go one after another, their
+    curves overlay, the table fills in, and the Compare tab shows both runs beside the baseline."""
+    expect = playwright_api.expect
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(app[1])
+    page.get_by_role("tab", name="3 · Train").click()
+    methods = page.locator("#comparison-methods")
+    for name in ("IPO", "KTO"):
+        methods.get_by_label(name, exact=True).uncheck()
+    expect(methods.get_by_label("DPO", exact=True)).to_be_checked()
+    expect(methods.get_by_label("ORPO", exact=True)).to_be_checked()
+    steps_box = page.get_by_label("Steps per run")
+    steps_box.fill("3")
+    steps_box.press("Tab")
+    page.get_by_role("button", name="Compare methods").click()
+    status = page.locator("#comparison-status")
+    expect(status).to_contain_text("Run 1 of 2: DPO", timeout=120_000)  # no baseline yet: it is recorded first
+    expect(status).to_contain_text("Comparison finished: 2 of 2 runs", timeout=300_000)
+
+    table = page.locator("#comparison-table")
+    for text in ("A", "DPO", "B", "ORPO", "held-out acc", "verdict"):
+        expect(table).to_contain_text(text)
+    overlay = page.locator("#plot-overlay")
+    expect(overlay).to_contain_text("A · DPO")  # the legend: one curve per run
+    expect(overlay).to_contain_text("B · ORPO")
+    page.locator("#comparison-axis").get_by_label("held-out accuracy").check()
+    expect(overlay).to_contain_text("B · ORPO")
+    expect(page.locator("#method-map")).to_contain_text("DPO (run A)")
+    expect(page.locator("#method-map")).to_contain_text("ORPO (run B)")
+    page.screenshot(path=str(output_dir / "browser-5-comparison.png"), full_page=True)
+
+    page.get_by_role("tab", name="4 · Compare").click()
+    runs_table = page.locator("#runs-table")
+    expect(runs_table).to_contain_text("ORPO")
+    answers = page.locator("#runs-answers")
+    for text in ("Baseline", "A · DPO", "B · ORPO", "What is the capital of France?"):
+        expect(answers).to_contain_text(text)
+    page.screenshot(path=str(output_dir / "browser-6-runs-side-by-side.png"), full_page=True)
+    page.close()

@@ -105,6 +105,7 @@ def compare_ui(request: gr.Request) -> tuple[Any, ...]:
         "heldout_pairs": jobs.pairs_to_dicts(session.heldout_pairs),
         "contrast_pairs": jobs.pairs_to_dicts(session.contrast_pairs),
         "capability_pairs": jobs.pairs_to_dicts(session.capability_pairs),
+        "unpaired": jobs.unpaired_to_dicts(session.unpaired),
     }
     report = runs.compare(session, preset, gr.Progress())  # waits its turn; shared with identical sessions
     runs.end_lab(session)

@@ -18,11 +18,11 @@ import gradio as gr
 from alignlab.comparison import DEFAULT_METHODS, comparison_settings, method_names, parse_methods
 from alignlab.methods import METHODS
 from alignlab.plots import OVERLAY_AXES
-from alignlab.presets import DatasetError, load_preset
+from alignlab.presets import DatasetError, TrainingData, load_preset
 from alignlab.runrecord import EVIDENCE_COLUMNS, evidence_row
-from alignlab.training import SettingsError, TrainingSettings
-from alignlab.ui import baseline_tab, compare_tab, runs, runs_panel, train_tab
-from alignlab.ui.common import default_model, fail, session_of, table_from_pairs, whole_number
+from alignlab.training import SettingsError, TrainingSettings, trained_on
+from alignlab.ui import baseline_tab, compare_tab, jobs, runs, runs_panel, train_tab
+from alignlab.ui.common import default_model, fail, pairs_from_table, session_of, table_from_pairs, whole_number
 from alignlab.ui.state import Session
 
 DEFAULTS = TrainingSettings()
@@ -75,11 +75,18 @@ def comparison_ui(
     max_new_tokens: Any,
     decoding: str,
     generation_seed: Any,
+    unpaired: list[dict[str, Any]] | None,
     request: gr.Request,
 ) -> Iterator[tuple[Any, ...]]:
     """Train and compare each method in turn, streaming the Train tab, the overlay and the table."""
     session = session_of(request)
     settings = _settings(methods, steps, batch_size, seed)
+    data = TrainingData(pairs_from_table(pairs), jobs.unpaired_from_dicts(unpaired or []))
+    for run_settings in settings:  # a paired method on thumbs rows that form no pair: refused before any run
+        try:
+            trained_on(data, run_settings)
+        except DatasetError as exc:
+            raise fail(str(exc), "Dataset") from exc
     if session.training_now:
         raise fail("A training run is already in progress in this session: wait for it or press Stop.")
     total = len(settings)
@@ -115,6 +122,7 @@ def comparison_ui(
             run_settings.seed,
             request,
             method=run_settings.method,
+            unpaired=unpaired,
         )
         try:
             for shown["train"] in training:
@@ -273,6 +281,7 @@ def wire(
             baseline.max_new_tokens,
             baseline.decoding,
             baseline.seed,
+            dataset.unpaired,
         ],
         [
             panel.status,

@@ -1,4 +1,9 @@
-"""Step 2, Dataset: the preference pairs to train on, held-out pairs to test on, import and export."""
+"""Step 2, Dataset: the preference pairs to train on, held-out pairs to test on, import and export.
+
+Imported thumbs-up/down rows (TRL's unpaired format) are kept beside the pairs table in a state, and the
+thumbs view shows the whole training set as thumbs rows. What the rows mean, how they are counted and
+how they are written out is :mod:`alignlab.presets`' business; the handlers here only adapt it.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +16,22 @@ import gradio as gr
 import pandas as pd
 
 from alignlab.presets import (
+    EXPORT_FORMATS,
     MAX_PAIRS,
+    THUMBS_COLUMNS,
     DatasetError,
     PreferencePair,
     Preset,
+    TrainingData,
+    UnpairedRow,
+    describe_training_data,
     export_jsonl,
     load_dataset_file,
     load_preset,
     preset_ids,
+    thumbs_view,
     validate_preset,
+    validate_unpaired,
 )
 from alignlab.ui.common import (
     PAIR_COLUMNS,
@@ -84,22 +96,46 @@ def load_preset_ui(preset_id: str) -> tuple[Any, ...]:
         table_from_pairs(preset.pairs),
         table_from_pairs(preset.heldout_pairs),
         "\n".join(preset.eval_prompts),
-        validation_message(preset.pairs, preset.heldout_pairs),
+        validation_message(preset.pairs, preset.heldout_pairs, preset.unpaired),
         probes,
         probes_note(probes),
         table_from_pairs(preset.contrast_pairs),
         table_from_pairs(preset.capability_pairs),
+        *thumbs_outputs(preset.pairs, preset.unpaired),
     )
 
 
-def validation_message(pairs: list, heldout: list) -> str:
-    problems = validate_preset(Preset("check", "", "", [], pairs, heldout))
+def unpaired_from_state(rows: list[dict[str, Any]] | None) -> list[UnpairedRow]:
+    """The thumbs rows kept in the page's state (plain dicts, as ``UnpairedRow.to_dict`` wrote them)."""
+    return [UnpairedRow(r["prompt"], r["completion"], r["label"]) for r in rows or []]
+
+
+def thumbs_outputs(pairs: list[PreferencePair], unpaired: list[UnpairedRow]) -> tuple[Any, ...]:
+    """The thumbs state, the thumbs view and its counts for these pairs and thumbs rows."""
+    rows = [r.to_dict() for r in unpaired]
+    return (rows, *thumbs_view_ui(pairs, rows))
+
+
+def thumbs_view_ui(pairs: Any, unpaired: list[dict[str, Any]] | None) -> tuple[pd.DataFrame, str]:
+    """The training set as thumbs rows (pairs' chosen 👍, rejected 👎, then the imported thumbs rows), and counts."""
+    pairs = pairs if isinstance(pairs, list) else pairs_from_table(pairs)
+    data = TrainingData(pairs, unpaired_from_state(unpaired))
+    note = "**Thumbs view.** " + describe_training_data(data)
+    return pd.DataFrame(thumbs_view(data), columns=THUMBS_COLUMNS), note
+
+
+def validation_message(pairs: list, heldout: list, unpaired: list[UnpairedRow] | None = None) -> str:
+    unpaired = unpaired or []
+    problems = validate_preset(Preset("check", "", "", [], pairs, heldout, unpaired=unpaired))
     if problems:
         return f"**{len(problems)} problem(s) to fix before training:**\n" + problems_markdown(problems)
-    return f"**Ready:** {len(pairs)} training pairs, {len(heldout)} held-out pairs."
+    thumbs = f" and {len(unpaired)} thumbs rows" if unpaired else ""
+    return f"**Ready:** {len(pairs)} training pairs{thumbs}, {len(heldout)} held-out pairs."
 
 
-def validate_dataset(pairs: pd.DataFrame, heldout_pairs: pd.DataFrame) -> str:
+def validate_dataset(
+    pairs: pd.DataFrame, heldout_pairs: pd.DataFrame, unpaired: list[dict[str, Any]] | None = None
+) -> str:
     """Check the pairs and held-out pairs; every problem names its table, row and field.
 
     Args:
@@ -108,11 +144,12 @@ def validate_dataset(pairs: pd.DataFrame, heldout_pairs: pd.DataFrame) -> str:
     Returns:
         'Ready: ...' with the counts, or the list of problems to fix.
     """
-    return validation_message(pairs_from_table(pairs), pairs_from_table(heldout_pairs))
+    return validation_message(pairs_from_table(pairs), pairs_from_table(heldout_pairs), unpaired_from_state(unpaired))
 
 
 def import_file_ui(file: str | None) -> tuple[Any, ...]:
-    """Read an uploaded JSON/JSONL/CSV file: TRL standard or conversational, HH-RLHF, UltraFeedback."""
+    """Read an uploaded JSON/JSONL/CSV file: TRL standard or conversational, HH-RLHF, UltraFeedback, and
+    thumbs rows in TRL's unpaired format (``prompt``, ``completion``, ``label``), alone or mixed with pairs."""
     if not file:
         raise fail("Choose a .jsonl, .json or .csv file first.", "No file")
     name = Path(file).name
@@ -122,9 +159,10 @@ def import_file_ui(file: str | None) -> tuple[Any, ...]:
         raise gr.Error(f"{name} could not be imported. {exc}", title="Import failed") from exc
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise gr.Error(f"{name} could not be read as a dataset ({exc}).", title="Import failed") from exc
+    thumbs = f", {len(preset.unpaired)} training thumbs rows" if preset.unpaired else ""
     note = (
-        f"**Imported {name}:** {len(preset.pairs)} training pairs, {len(preset.heldout_pairs)} held-out pairs "
-        f"and {len(preset.eval_prompts)} eval prompts (Baseline tab). {preset.description}"
+        f"**Imported {name}:** {len(preset.pairs)} training pairs{thumbs}, {len(preset.heldout_pairs)} held-out "
+        f"pairs and {len(preset.eval_prompts)} eval prompts (Baseline tab). {preset.description}"
     )
     probes = probes_of(preset)
     probes["preset"] = "custom"
@@ -137,23 +175,35 @@ def import_file_ui(file: str | None) -> tuple[Any, ...]:
         probes_note(probes),
         table_from_pairs(preset.contrast_pairs),
         table_from_pairs(preset.capability_pairs),
+        *thumbs_outputs(preset.pairs, preset.unpaired),
     )
 
 
-def export_ui(pairs: pd.DataFrame, request: gr.Request) -> str:
-    """Download the training pairs as JSONL in TRL's standard format (prompt, chosen, rejected).
+def export_ui(
+    pairs: pd.DataFrame, request: gr.Request, unpaired: list[dict[str, Any]] | None = None, export_as: str = "pairs"
+) -> str:
+    """Download the training data as JSONL in TRL's formats.
 
     Args:
         pairs: the training pairs table (columns prompt, chosen, rejected).
+        export_as: 'pairs' (default): TRL's preference format (prompt, chosen, rejected), any imported thumbs rows
+            after them in TRL's unpaired format; 'thumbs': every row in TRL's unpaired format (prompt, completion,
+            label), each pair as its chosen answer (label true) and its rejected answer (label false).
     Returns:
         The path of the .jsonl file.
     """
-    rows = pairs_from_table(pairs)
-    if not rows:
+    if export_as not in EXPORT_FORMATS:
+        raise fail(f"export_as must be {' or '.join(map(repr, EXPORT_FORMATS))} (got {export_as!r}).", "Bad format")
+    rows, thumbs = pairs_from_table(pairs), unpaired_from_state(unpaired)
+    if not rows and not thumbs:
         raise fail("There are no pairs to export: add at least one row.", "Nothing to export")
     if len(rows) > MAX_PAIRS:
         raise fail(f"{len(rows)} rows is too many to export; keep at most {MAX_PAIRS}.", "Too many rows")
-    return str(export_jsonl(rows, session_of(request).path("pairs.jsonl")))
+    problems = validate_unpaired(thumbs)
+    if problems:
+        raise fail("The thumbs rows cannot be exported:\n" + problems_markdown(problems), "Bad thumbs rows")
+    name = "thumbs.jsonl" if export_as == "thumbs" else "pairs.jsonl"
+    return str(export_jsonl(TrainingData(rows, thumbs), session_of(request).path(name), export_as))
 
 
 # --------------------------------------------------------------------------- layout and events
@@ -181,7 +231,9 @@ def build(preset: Preset) -> SimpleNamespace:
         preset_id = gr.Dropdown(preset_ids(), value=preset.id, label="Preset", scale=1, elem_id="preset-picker")
         description = gr.Markdown(describe(preset), elem_id="preset-description")
     validation = gr.Markdown(
-        validation_message(preset.pairs, preset.heldout_pairs), label="validation", elem_id="dataset-validation"
+        validation_message(preset.pairs, preset.heldout_pairs, preset.unpaired),
+        label="validation",
+        elem_id="dataset-validation",
     )
     pairs = _pair_table(
         preset.pairs,
@@ -197,15 +249,35 @@ def build(preset: Preset) -> SimpleNamespace:
     )
     with gr.Row():
         upload = gr.File(
-            label="Import pairs (JSONL, JSON or CSV: TRL, HH-RLHF, UltraFeedback)",
+            label="Import pairs or thumbs rows (JSONL, JSON or CSV: TRL, HH-RLHF, UltraFeedback)",
             file_types=[".jsonl", ".json", ".csv"],
             type="filepath",
             scale=2,
         )
         with gr.Column(scale=1):
-            export = gr.Button("Export pairs as JSONL")
+            export_as = gr.Radio(
+                [("pairs (prompt, chosen, rejected)", "pairs"), ("thumbs (prompt, completion, label)", "thumbs")],
+                value="pairs",
+                label="Export as (TRL's preference or unpaired format)",
+                elem_id="export-format",
+            )
+            export = gr.Button("Export as JSONL")
             exported = gr.File(label="exported pairs", interactive=False)
     import_status = gr.Markdown(elem_id="import-status")
+    unpaired = gr.State([r.to_dict() for r in preset.unpaired])
+    thumbs_table, thumbs_text = thumbs_view_ui(preset.pairs, unpaired.value)
+    with gr.Accordion("Thumbs view: the training data as thumbs up/down (what KTO trains on)", open=False):
+        thumbs_note = gr.Markdown(thumbs_text, elem_id="thumbs-note")
+        thumbs = gr.Dataframe(
+            thumbs_table,
+            headers=THUMBS_COLUMNS,
+            interactive=False,
+            wrap=True,
+            label="Thumbs rows: each pair's chosen answer up and rejected answer down, then imported thumbs rows",
+            elem_id="thumbs-table",
+            column_widths=["30%", "48%", "10%", "12%"],
+            max_height=360,
+        )
     probes = gr.State(probes_of(preset))
     with gr.Accordion("Probe sets: how the Compare tab tells real alignment from a shortcut", open=False):
         probes_text = gr.Markdown(probes_note(probes_of(preset)), elem_id="probes-note")
@@ -236,7 +308,11 @@ def build(preset: Preset) -> SimpleNamespace:
         upload=upload,
         import_status=import_status,
         export=export,
+        export_as=export_as,
         exported=exported,
+        unpaired=unpaired,
+        thumbs=thumbs,
+        thumbs_note=thumbs_note,
         probes=probes,
         probes_text=probes_text,
         contrast=contrast,
@@ -245,7 +321,8 @@ def build(preset: Preset) -> SimpleNamespace:
 
 
 def probe_outputs(tab: SimpleNamespace) -> list[Any]:
-    return [tab.probes, tab.probes_text, tab.contrast, tab.capability]
+    """What loading a dataset sets beside its tables: the probe sets, then the thumbs rows and their view."""
+    return [tab.probes, tab.probes_text, tab.contrast, tab.capability, tab.unpaired, tab.thumbs, tab.thumbs_note]
 
 
 def wire(tab: SimpleNamespace, eval_prompts: gr.Textbox) -> None:
@@ -263,22 +340,30 @@ def wire(tab: SimpleNamespace, eval_prompts: gr.Textbox) -> None:
     ):
         table.input(
             validate_dataset,
-            [tab.pairs, tab.heldout],
+            [tab.pairs, tab.heldout, tab.unpaired],
             tab.validation,
             concurrency_limit=None,
             show_progress="hidden",
             **api,
         )
+    tab.pairs.input(
+        thumbs_view_ui,
+        [tab.pairs, tab.unpaired],
+        [tab.thumbs, tab.thumbs_note],
+        api_visibility="private",
+        concurrency_limit=None,
+        show_progress="hidden",
+    )
     tab.upload.upload(
         import_file_ui,
         tab.upload,
         [tab.pairs, tab.heldout, eval_prompts, tab.import_status, *probe_outputs(tab)],
         api_visibility="private",
         concurrency_limit=None,
-    ).success(validate_dataset, [tab.pairs, tab.heldout], tab.validation, api_visibility="private")
+    ).success(validate_dataset, [tab.pairs, tab.heldout, tab.unpaired], tab.validation, api_visibility="private")
     tab.export.click(
         export_ui,
-        tab.pairs,
+        [tab.pairs, tab.unpaired, tab.export_as],
         tab.exported,
         api_name="export",
         api_description=api_doc(export_ui),

@@ -24,7 +24,7 @@ from alignlab.evaluation import live_probe
 from alignlab.generation import GenerationSettings, GenerationSettingsError, generate
 from alignlab.lab import build_report, compare
 from alignlab.models import LoadedModel, ModelLoadError, load_model
-from alignlab.presets import DatasetError, PreferencePair, Preset
+from alignlab.presets import DatasetError, PreferencePair, Preset, TrainingData, UnpairedRow
 from alignlab.training import (
     CancelToken,
     SettingsError,
@@ -53,6 +53,14 @@ def pairs_to_dicts(pairs: list[PreferencePair]) -> list[dict[str, str]]:
 
 def pairs_from_dicts(rows: list[dict[str, str]]) -> list[PreferencePair]:
     return [PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+
+
+def unpaired_to_dicts(rows: list[UnpairedRow]) -> list[dict[str, Any]]:
+    return [r.to_dict() for r in rows]
+
+
+def unpaired_from_dicts(rows: list[dict[str, Any]]) -> list[UnpairedRow]:
+    return [UnpairedRow(r["prompt"], r["completion"], r["label"]) for r in rows]
 
 
 @gpu.gpu(duration=gpu.baseline_duration)
@@ -84,10 +92,12 @@ def train_job(
     run_id: str,
     heldout: list[dict[str, str]] | None = None,
     contrast: list[dict[str, str]] | None = None,
+    unpaired: list[dict[str, Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Stream a run of ``settings``' method as plain dicts: one ``log`` per step, then ``end`` (policy saved to disk).
 
-    ``heldout`` and ``contrast`` pairs are scored after every step (the live held-out curve).
+    ``heldout`` and ``contrast`` pairs are scored after every step (the live held-out curve). ``unpaired``:
+    thumbs rows trained on beside the pairs (see :class:`alignlab.presets.TrainingData`).
     Closing this generator stops the run at the end of the current step.
     """
     loaded = _load(spec)
@@ -103,9 +113,8 @@ def train_job(
         pairs_from_dicts(contrast or []),
         scorer=training.method_entry.scorer,
     )
-    events = stream_training(
-        loaded, pairs_from_dicts(pairs), training, cancel, probe=probe.curve_point if probe is not None else None
-    )
+    data = TrainingData(pairs_from_dicts(pairs), unpaired_from_dicts(unpaired or []))
+    events = stream_training(loaded, data, training, cancel, probe=probe.curve_point if probe is not None else None)
     try:
         for event in events:
             if event.kind == "log":

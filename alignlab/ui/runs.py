@@ -32,7 +32,7 @@ import gradio as gr
 from alignlab import gpu
 from alignlab.heavy import GateFull, HeavyGate, Place, Work, configure_torch_threads
 from alignlab.models import ModelLoadError, is_loaded, load_model, pick_device, spec_identity
-from alignlab.presets import PreferencePair
+from alignlab.presets import PreferencePair, UnpairedRow
 from alignlab.sharing import Finished, Member, Published, SharedRun, SharedRuns, Waiting, link_tree, run_key
 from alignlab.training import TrainingSettings
 from alignlab.ui import jobs
@@ -287,7 +287,9 @@ def training_key(
     heldout: list[PreferencePair],
     settings: TrainingSettings,
     contrast: list[PreferencePair] | None = None,
+    unpaired: list[UnpairedRow] | None = None,
 ) -> str:
+    thumbs = {"unpaired": jobs.unpaired_to_dicts(unpaired)} if unpaired else {}  # pairs alone keep their keys
     return run_key(
         "train",
         model=model_fingerprint(identity),
@@ -295,6 +297,7 @@ def training_key(
         heldout=jobs.pairs_to_dicts(heldout),
         contrast=jobs.pairs_to_dicts(contrast or []),
         settings=settings.to_dict(),
+        **thumbs,
     )
 
 
@@ -306,20 +309,26 @@ def start_training(
     heldout: list[PreferencePair],
     settings: TrainingSettings,
     contrast: list[PreferencePair] | None = None,
+    unpaired: list[UnpairedRow] | None = None,
 ) -> Member:
-    """Join (or start) the shared DPO run for these exact inputs; its events are the old stream's dicts.
+    """Join (or start) the shared run for these exact inputs; its events are the old stream's dicts.
 
-    The held-out and contrast pairs are part of the run (its live held-out curve), so of its key.
+    The held-out and contrast pairs are part of the run (its live held-out curve), so of its key;
+    so are the thumbs rows (``unpaired``) trained on beside the pairs.
     """
-    key = training_key(identity, pairs, heldout, settings, contrast)
+    key = training_key(identity, pairs, heldout, settings, contrast, unpaired)
     pair_dicts, settings_dict = jobs.pairs_to_dicts(pairs), settings.to_dict()
     probe_dicts = (jobs.pairs_to_dicts(heldout), jobs.pairs_to_dicts(contrast or []))
-    units = settings.total_steps(len(pairs)) * settings.batch_size
+    thumb_dicts = jobs.unpaired_to_dicts(unpaired or [])
+    units = settings.total_steps(len(pairs) + len(unpaired or []) // 2) * settings.batch_size
 
     def produce(run: SharedRun) -> tuple[Any, bool]:
         token = Run()  # the cancel token train_job looks up by id (a forked ZeroGPU worker gets a copy)
         run.on_cancel(token.cancel.cancel)
-        stream = jobs.train_job(spec, pair_dicts, settings_dict, str(run.directory / "policy"), token.id, *probe_dicts)
+        policy_dir = str(run.directory / "policy")
+        stream = jobs.train_job(
+            spec, pair_dicts, settings_dict, policy_dir, token.id, *probe_dicts, unpaired=thumb_dicts
+        )
         try:
             for event in stream:
                 run.publish(event)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignlab.presets import PreferencePair
+from alignlab.presets import PreferencePair, UnpairedRow
 from alignlab.runrecord import MAX_RUNS, RunRecord, run_label
 from alignlab.training import CancelToken
 
@@ -86,6 +86,8 @@ class Session:
     heldout_pairs: list[PreferencePair] = field(default_factory=list)
     contrast_pairs: list[PreferencePair] = field(default_factory=list)
     capability_pairs: list[PreferencePair] = field(default_factory=list)
+    unpaired: list[UnpairedRow] = field(default_factory=list)
+    """Thumbs rows trained on beside ``pairs`` (imported on the Dataset tab)."""
     preset_id: str = ""
     log_rows: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] | None = None

@@ -14,7 +14,7 @@ import gradio as gr
 from alignlab import plots
 from alignlab.health import Health, read_training_health
 from alignlab.methods import DEFAULT_METHOD, METHODS, UnknownMethodError, get_method, method_choices
-from alignlab.presets import DatasetError, PreferencePair, Preset, load_preset, validate_preset
+from alignlab.presets import DatasetError, PreferencePair, Preset, TrainingData, load_preset, validate_preset
 from alignlab.recipe import (
     ADAPTERS,
     DEFAULT_TARGET,
@@ -30,7 +30,7 @@ from alignlab.recipe import (
     resolve_target,
 )
 from alignlab.sharing import Finished, Published, Waiting
-from alignlab.training import LOSS_TYPES, SettingsError, TrainingSettings, qlora_unavailable
+from alignlab.training import LOSS_TYPES, SettingsError, TrainingSettings, qlora_unavailable, trained_on
 from alignlab.ui import jobs, runs
 from alignlab.ui.common import (
     api_doc,
@@ -165,7 +165,14 @@ def finished_view(session: Session) -> tuple[Any, ...]:
     return view(status, session.log_rows, health_markdown(health) + note, method)
 
 
-def _check_ready(session: Session, pairs_table: Any, heldout_table: Any) -> tuple[list, list]:
+def _check_ready(
+    session: Session,
+    pairs_table: Any,
+    heldout_table: Any,
+    unpaired: Any = None,
+    settings: TrainingSettings | None = None,
+) -> tuple[list, list, list]:
+    """The pairs, held-out pairs and thumbs rows to train on, checked; a clear message when they will not do."""
     if session.training_now:
         raise fail("A training run is already in progress in this session: wait for it or press Stop.")
     if not session.baseline_outputs or not session.model_spec:
@@ -174,12 +181,18 @@ def _check_ready(session: Session, pairs_table: Any, heldout_table: Any) -> tupl
             "Compare needs the answers from before training."
         )
     pairs, heldout = pairs_from_table(pairs_table), pairs_from_table(heldout_table)
-    if not pairs:
+    thumbs = jobs.unpaired_from_dicts(unpaired or [])
+    if not pairs and not thumbs:
         raise fail("There are no training pairs: add at least one row on the Dataset tab (or pick a preset).")
-    problems = validate_preset(Preset("train", "", "", [], pairs, heldout))
+    problems = validate_preset(Preset("train", "", "", [], pairs, heldout, unpaired=thumbs))
     if problems:
         raise gr.Error("Fix the dataset first (Dataset tab):\n" + problems_markdown(problems), title="Dataset")
-    return pairs, heldout
+    if settings is not None:
+        try:  # a paired method on thumbs rows that form no pair is refused here, before the line
+            trained_on(TrainingData(pairs, thumbs), settings)
+        except DatasetError as exc:
+            raise gr.Error(str(exc), title="Dataset") from exc
+    return pairs, heldout, thumbs
 
 
 def probes_for(pairs: list[PreferencePair], probes: dict[str, Any]) -> dict[str, Any]:
@@ -221,6 +234,7 @@ def train_ui(
     lora_rank: float = DEFAULTS.lora_rank,
     use_qlora: bool = False,
     method: str = DEFAULT_METHOD,
+    unpaired: list[dict[str, Any]] | None = None,
 ) -> Iterator[tuple[Any, ...]]:
     """Run a preference method (DPO by default) on the pairs, streaming each logged step; needs /baseline first.
 
@@ -249,13 +263,15 @@ def train_ui(
     session = session_of(request)
     settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed, method)
     settings = with_adapter(settings, use_lora, lora_rank, use_qlora)
-    train_pairs, heldout = _check_ready(session, pairs, heldout_pairs)
+    train_pairs, heldout, thumbs = _check_ready(session, pairs, heldout_pairs, unpaired, settings)
     probes = probes_for(train_pairs, probes or {})
     contrast = jobs.pairs_from_dicts(probes["contrast_pairs"])
     _, identity = runs.check_model(session.model_spec)
-    member = runs.start_training(session, session.model_spec, identity, train_pairs, heldout, settings, contrast)
+    member = runs.start_training(
+        session, session.model_spec, identity, train_pairs, heldout, settings, contrast, unpaired=thumbs
+    )
     session.forget_training()
-    session.pairs, session.heldout_pairs = train_pairs, heldout
+    session.pairs, session.heldout_pairs, session.unpaired = train_pairs, heldout, thumbs
     session.contrast_pairs = contrast
     session.capability_pairs = jobs.pairs_from_dicts(probes["capability_pairs"])
     session.preset_id = probes["preset"]
@@ -724,6 +740,7 @@ def inputs(tab: SimpleNamespace, dataset: SimpleNamespace) -> list[Any]:
         tab.lora_rank,
         tab.use_qlora,
         tab.method,
+        dataset.unpaired,  # a state: thumbs rows imported on the Dataset tab (not an API parameter)
     ]
 
 
