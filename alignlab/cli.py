@@ -28,12 +28,18 @@ class CliError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from alignlab.methods import DEFAULT_METHOD, METHODS
+    from alignlab.methods import DEFAULT_METHOD, METHODS, beta_ranges
     from alignlab.models import EMBEDDED_DEFAULT
-    from alignlab.training import LOSS_TYPES, TrainingSettings
+    from alignlab.training import KNOBS, LOSS_TYPES, TrainingSettings
 
     defaults = TrainingSettings()
     own = {name: m.defaults for name, m in METHODS.items()}
+
+    def knob(name: str, default: Any = None) -> str:
+        """A flag's help from the settings' metadata: what it does, its range, its default."""
+        k = KNOBS[name]
+        shown = f"default {default}" if default is not None else f"default: the method's: {per_method(name)}"
+        return f"{k.means} {k.range_text(' to ')} ({shown})"
 
     def per_method(field: str) -> str:
         """'dpo 6, kto 6, ...': a default that is the method's own."""
@@ -55,22 +61,28 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_METHOD,
         help=f"preference method: {', '.join(METHODS)} (default {DEFAULT_METHOD}; ipo = dpo with the IPO loss)",
     )
+    lab.add_argument("--steps", type=int, default=None, help=knob("steps"))
+    lab.add_argument("--beta", type=float, default=None, help=f"beta ({beta_ranges()}; default: the method's)")
+    lab.add_argument("--lr", type=float, default=None, help=knob("learning_rate"))
     lab.add_argument(
-        "--steps", type=int, default=None, help=f"optimizer steps (default: the method's: {per_method('steps')})"
+        "--batch-size", type=int, default=defaults.batch_size, help=knob("batch_size", defaults.batch_size)
     )
-    lab.add_argument("--beta", type=float, default=None, help=f"beta (default: the method's: {per_method('beta')})")
-    lab.add_argument(
-        "--lr", type=float, default=None, help=f"learning rate (default: the method's: {per_method('learning_rate')})"
-    )
-    lab.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help=f"pairs per step (default {defaults.batch_size})"
-    )
-    lab.add_argument("--seed", type=int, default=defaults.seed, help=f"seed (default {defaults.seed})")
+    lab.add_argument("--seed", type=int, default=defaults.seed, help=knob("seed", defaults.seed))
     lab.add_argument("--loss", default=defaults.loss_type, help=f"DPO's loss type: {', '.join(LOSS_TYPES)}")
     lab.add_argument(
-        "--sft-weight", type=float, default=defaults.sft_weight, help="DPO: weight of an added SFT term (default 0)"
+        "--sft-weight", type=float, default=defaults.sft_weight, help=knob("sft_weight", defaults.sft_weight)
+    )
+    lab.add_argument(
+        "--max-length", type=int, default=defaults.max_length, help=knob("max_length", defaults.max_length)
     )
     lab.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
+    lab.add_argument("--lora-rank", type=int, default=defaults.lora_rank, help=knob("lora_rank", defaults.lora_rank))
+    lab.add_argument(
+        "--precision",
+        default=defaults.precision,
+        choices=["auto", "fp32", "bf16"],
+        help="auto = bf16 on a GPU that has it, else fp32 (default auto)",
+    )
     lab.add_argument("--max-new-tokens", type=int, default=64, help="answer length for eval prompts (default 64)")
     lab.add_argument("--out", help="write the report JSON here")
 
@@ -87,9 +99,13 @@ def _add_compare_parser(sub: Any) -> None:
     """``compare``: several methods on the same data, one after another, and their evidence side by side."""
     from alignlab.comparison import DEFAULT_METHODS, MAX_METHODS, method_names
     from alignlab.models import EMBEDDED_DEFAULT
-    from alignlab.training import TrainingSettings
+    from alignlab.training import KNOBS, TrainingSettings
 
     defaults = TrainingSettings()
+
+    def knob(name: str, default: Any) -> str:
+        return f"{KNOBS[name].means} {KNOBS[name].range_text(' to ')} (default {default})"
+
     compare = sub.add_parser(
         "compare",
         help="run several methods on the same data and print their evidence side by side",
@@ -106,13 +122,11 @@ def _add_compare_parser(sub: Any) -> None:
     source = compare.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", help="preset id (see `python -m alignlab presets`)")
     source.add_argument("--dataset", help="a preset-format JSON file, or JSON/JSONL/CSV pairs")
+    compare.add_argument("--steps", type=int, default=None, help=knob("steps", "each method's own") + ", for every run")
     compare.add_argument(
-        "--steps", type=int, default=None, help="optimizer steps for every run (default: each method's)"
+        "--batch-size", type=int, default=defaults.batch_size, help=knob("batch_size", defaults.batch_size)
     )
-    compare.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help=f"pairs per step (default {defaults.batch_size})"
-    )
-    compare.add_argument("--seed", type=int, default=defaults.seed, help=f"seed (default {defaults.seed})")
+    compare.add_argument("--seed", type=int, default=defaults.seed, help=knob("seed", defaults.seed))
     compare.add_argument("--max-new-tokens", type=int, default=64, help="answer length for eval prompts (default 64)")
     compare.add_argument("--out", help='write {"runs": [report, ...]} here')
 
@@ -249,7 +263,10 @@ def _run_lab(args: argparse.Namespace) -> int:
             seed=args.seed,
             loss_type=args.loss,
             sft_weight=args.sft_weight,
+            max_length=args.max_length,
             use_lora=args.lora,
+            lora_rank=args.lora_rank,
+            precision=args.precision,
         )
         generation = GenerationSettings(max_new_tokens=args.max_new_tokens)
     except (SettingsError, GenerationSettingsError) as exc:

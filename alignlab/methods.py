@@ -332,3 +332,11 @@ def get_method(name: str) -> Method:
 def method_choices() -> list[tuple[str, str]]:
     """(label, name) for a dropdown."""
     return [(f"{m.title} — {m.summary}", name) for name, m in METHODS.items()]
+
+
+def beta_ranges() -> str:
+    """'dpo, ipo, kto, orpo: 0.01 to 1; simpo: 0.01 to 10': each method's β range, for help texts."""
+    groups: dict[tuple[float, float], list[str]] = {}
+    for name, entry in METHODS.items():
+        groups.setdefault(entry.beta_range, []).append(name)
+    return "; ".join(f"{', '.join(names)}: {low:g} to {high:g}" for (low, high), names in groups.items())

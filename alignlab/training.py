@@ -60,6 +60,63 @@ class SettingsError(ValueError):
     """A training setting is out of range; the message names each bad field."""
 
 
+@dataclass(frozen=True)
+class Knob:
+    """A tunable setting as a person meets it: its label, its range and what it does.
+
+    :data:`KNOBS` is the one source of these for the checks (:meth:`TrainingSettings.problems`), the Train
+    tab's widgets, the API's documentation (:func:`alignlab.ui.common.api_doc`) and the CLI's flags.
+    """
+
+    label: str
+    low: float
+    high: float
+    means: str
+    whole: bool = False
+
+    def range_text(self, join: str = "-") -> str:
+        high = "2^32-1" if self.high == 2**32 - 1 else _number_text(self.high)
+        return f"{_number_text(self.low)}{join}{high}"
+
+    def info(self) -> str:
+        """The widget's help line: the range, then what the setting does."""
+        return f"{self.range_text('–')}. {self.means}"
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            return False
+        if self.whole and not isinstance(value, int):
+            return False
+        return self.low <= value <= self.high
+
+    def problem(self, name: str, value: Any) -> str:
+        if self.whole:
+            return f"{name} must be a whole number from {self.range_text(' to ')} (got {value!r})."
+        return f"{name} must be between {self.range_text(' and ')} (got {value!r})."
+
+
+def _number_text(value: float) -> str:
+    """1e-7 and 1e-3 as people write them (not 1e-07 and 0.001); other numbers as ``:g`` has them."""
+    if 0 < abs(value) < 0.01:
+        mantissa, exponent = f"{value:.0e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+    return f"{value:g}"
+
+
+#: Every numeric training setting's label, range and meaning (β's range is the method's: ``Method.beta_range``).
+KNOBS: dict[str, Knob] = {
+    "beta": Knob("β (beta)", 0.01, 1.0, "How tightly the model is held to the original: higher = closer."),
+    "learning_rate": Knob("Learning rate", 1e-7, 1e-3, "Optimizer step size; too high and training goes unstable."),
+    "steps": Knob("Steps", 1, 500, "Optimizer steps; more = bigger change.", whole=True),
+    "epochs": Knob("Epochs", 0.1, 50, "Passes over the pairs, instead of steps."),
+    "batch_size": Knob("Batch size", 1, 64, "Pairs per optimizer step.", whole=True),
+    "sft_weight": Knob("SFT weight", 0.0, 10.0, "DPO: weight of an added SFT term on the chosen answers (0 = none)."),
+    "seed": Knob("Seed", 0, 2**32 - 1, "Same seed + data = same run.", whole=True),
+    "max_length": Knob("Max length", 32, 2048, "Tokens kept per prompt + answer; longer pairs are cut.", whole=True),
+    "lora_rank": Knob("LoRA rank", 1, 256, "LoRA adapter rank; higher = more capacity.", whole=True),
+}
+
+
 @dataclass
 class TrainingSettings:
     """Everything that shapes a lab's run. Defaults are chosen by ``make bench`` (DPO's; each method's
@@ -161,29 +218,17 @@ class TrainingSettings:
         entry = METHODS.get(self.method) if isinstance(self.method, str) else None
         if entry is None:
             out.append(f"method must be one of {known_methods()} (got {self.method!r}).")
-        low, high = entry.beta_range if entry is not None else (0.01, 1.0)
+        low, high = entry.beta_range if entry is not None else (KNOBS["beta"].low, KNOBS["beta"].high)
         check("beta", number(self.beta) and low <= self.beta <= high, f"between {low} and {high}")
-        check(
-            "learning_rate", number(self.learning_rate) and 1e-7 <= self.learning_rate <= 1e-3, "between 1e-7 and 1e-3"
-        )
         if (self.steps is None) == (self.epochs is None):
             out.append("Give either steps or epochs (exactly one).")
-        if self.steps is not None:
-            check(
-                "steps",
-                isinstance(self.steps, int) and not isinstance(self.steps, bool) and 1 <= self.steps <= 500,
-                "a whole number from 1 to 500",
-            )
-        if self.epochs is not None:
-            check("epochs", number(self.epochs) and 0.1 <= self.epochs <= 50, "between 0.1 and 50")
-        check(
-            "batch_size", isinstance(self.batch_size, int) and 1 <= self.batch_size <= 64, "a whole number from 1 to 64"
-        )
+        for name in ("learning_rate", "steps", "epochs", "batch_size", "sft_weight", "seed", "max_length", "lora_rank"):
+            value = getattr(self, name)
+            if value is None and name in ("steps", "epochs"):
+                continue
+            if not KNOBS[name].accepts(value):
+                out.append(KNOBS[name].problem(name, value))
         check("loss_type", self.loss_type in LOSS_TYPES, f"one of {', '.join(LOSS_TYPES)}")
-        check("sft_weight", number(self.sft_weight) and 0.0 <= self.sft_weight <= 10.0, "between 0 and 10")
-        check("seed", isinstance(self.seed, int) and 0 <= self.seed < 2**32, "a whole number from 0 to 2^32-1")
-        check("max_length", isinstance(self.max_length, int) and 32 <= self.max_length <= 2048, "from 32 to 2048")
-        check("lora_rank", isinstance(self.lora_rank, int) and 1 <= self.lora_rank <= 256, "from 1 to 256")
         check("precision", self.precision in ("auto", "fp32", "bf16"), "'auto', 'fp32' or 'bf16'")
         if self.use_qlora and not self.use_lora:
             out.append("use_qlora needs use_lora: QLoRA is a LoRA adapter on a 4-bit base.")

@@ -80,10 +80,10 @@ def run_lab(
     Args:
         model: model spec (a listed name, a Hub id or a local path); empty means the app's default model.
         preset: preset id: seed-lab, concise or warm-tone.
-        steps: optimizer steps, 1-500; empty means the method's default.
-        beta: β, 0.01-1.0 (simpo: up to 10); empty means the method's default.
-        learning_rate: 1e-7 to 1e-3; empty means the method's default.
-        batch_size: pairs per step, 1-64.
+        steps: optimizer steps; empty means the method's default.
+        beta: β (simpo: up to 10); empty means the method's default.
+        learning_rate: optimizer step size; empty means the method's default.
+        batch_size: pairs per step.
         loss_type: sigmoid (DPO), ipo, hinge, robust, apo_zero, sppo_hard, nca_pair or bco_pair.
         seed: training seed.
         max_new_tokens: answer length for the eval prompts, 1-512.

@@ -138,10 +138,22 @@ def api_doc(fn: Any) -> str:
     """
     from gradio.utils import get_function_description
 
+    from alignlab.methods import beta_ranges
+    from alignlab.training import KNOBS
+
     summary, params, returns = get_function_description(fn)
     lines = [summary.strip()]
+
+    def described(name: str, text: str) -> str:
+        text = text.strip()
+        if name == "beta":  # β's range is the method's own
+            text = text.rstrip(".") + f" ({beta_ranges()})."
+        elif name in KNOBS:  # the range from the settings' metadata
+            text = text.rstrip(".") + f" ({KNOBS[name].range_text(' to ')})."
+        return f"{name} — {text}"
+
     if params:
-        lines.append("Inputs: " + "; ".join(f"{name} — {text.strip()}" for name, text in params.items()))
+        lines.append("Inputs: " + "; ".join(described(name, text) for name, text in params.items()))
     if returns:
         lines.append("Returns: " + " ".join(r.strip() for r in returns))
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from alignlab.presets import DatasetError, TrainingData, load_preset
 from alignlab.runrecord import EVIDENCE_COLUMNS, evidence_row
 from alignlab.training import SettingsError, TrainingSettings, trained_on
 from alignlab.ui import baseline_tab, compare_tab, jobs, runs, runs_panel, train_tab
-from alignlab.ui.common import default_model, fail, pairs_from_table, session_of, table_from_pairs, whole_number
+from alignlab.ui.common import default_model, fail, pairs_from_table, session_of, table_from_pairs
 from alignlab.ui.state import Session
 
 DEFAULTS = TrainingSettings()
@@ -38,12 +38,12 @@ def _settings(methods: Any, steps: Any, batch_size: Any, seed: Any) -> list[Trai
     """Every run's settings, checked before any model work; a bad input raises a gr.Error naming it."""
     try:
         names = parse_methods(methods)
-        chosen_steps = None if steps in (None, "") else whole_number(steps, "Steps", 1, 500)
+        chosen_steps = None if steps in (None, "") else train_tab.knob_value("steps", steps)
         return comparison_settings(
             names,
             steps=chosen_steps,
-            batch_size=whole_number(batch_size, "Batch size", 1, 64),
-            seed=whole_number(seed, "Seed", 0, 2**32 - 1),
+            batch_size=train_tab.knob_value("batch_size", batch_size),
+            seed=train_tab.knob_value("seed", seed),
         )
     except SettingsError as exc:
         raise fail(str(exc), "Methods") from exc
@@ -161,8 +161,8 @@ def run_comparison(
             (hinge, robust, ...: DPO with that loss). Default dpo,ipo,kto,orpo.
         model: model spec (a listed name, a Hub id or a local path); empty means the app's default model.
         preset: preset id: seed-lab, concise or warm-tone.
-        steps: optimizer steps for every run, 1-500; empty means each method's default.
-        batch_size: pairs per step, 1-64.
+        steps: optimizer steps for every run; empty means each method's default.
+        batch_size: pairs per step.
         seed: training seed (the same for every run).
         max_new_tokens: answer length for the eval prompts, 1-512.
     Returns:

@@ -30,7 +30,7 @@ from alignlab.recipe import (
     resolve_target,
 )
 from alignlab.sharing import Finished, Published, Waiting
-from alignlab.training import LOSS_TYPES, SettingsError, TrainingSettings, qlora_unavailable, trained_on
+from alignlab.training import KNOBS, LOSS_TYPES, SettingsError, TrainingSettings, qlora_unavailable, trained_on
 from alignlab.ui import jobs, runs
 from alignlab.ui.common import (
     api_doc,
@@ -83,17 +83,29 @@ def settings_from_inputs(
     try:
         return TrainingSettings.for_method(
             method,
-            beta=real_number(beta, "β (beta)", low, high) if beta is not None else None,
-            learning_rate=real_number(learning_rate, "learning rate", 1e-7, 1e-3)
-            if learning_rate is not None
-            else None,
-            steps=whole_number(steps, "steps", 1, 500) if steps is not None else None,
-            batch_size=whole_number(batch_size, "batch size", 1, 64),
+            beta=real_number(beta, KNOBS["beta"].label, low, high) if beta is not None else None,
+            learning_rate=knob_value("learning_rate", learning_rate) if learning_rate is not None else None,
+            steps=knob_value("steps", steps) if steps is not None else None,
+            batch_size=knob_value("batch_size", batch_size),
             loss_type=loss_type,
-            seed=whole_number(seed, "seed", 0, 2**32 - 1),
+            seed=knob_value("seed", seed),
         )
     except SettingsError as exc:
         raise gr.Error(str(exc), title="Training settings") from exc
+
+
+def knob_value(name: str, value: Any) -> Any:
+    """A widget's (or API argument's) value for the setting ``name``, checked against its range in :data:`KNOBS`."""
+    knob = KNOBS[name]
+    if knob.whole:
+        return whole_number(value, knob.label, int(knob.low), int(knob.high))
+    return real_number(value, knob.label, knob.low, knob.high)
+
+
+def knob_widget(name: str, **kwargs: Any) -> gr.Number:
+    """A number box for the setting ``name``: its label and range from :data:`KNOBS`, its default from the settings."""
+    knob = KNOBS[name]
+    return gr.Number(getattr(DEFAULTS, name), label=knob.label, info=knob.info(), **kwargs)
 
 
 def method_defaults_ui(method: str) -> tuple[Any, ...]:
@@ -242,14 +254,14 @@ def train_ui(
         pairs: training pairs, a table with the columns prompt, chosen, rejected.
         heldout_pairs: held-out pairs (same columns), scored after every step (the live held-out curve) and on Compare.
         probes: the preset's probe sets (contrast and capability pairs), kept by the Dataset tab.
-        beta: DPO β, 0.01-1.0: how tightly the model is held to the original.
-        learning_rate: optimizer step size, 1e-7 to 1e-3.
-        steps: optimizer steps, 1-500.
-        batch_size: pairs per step, 1-64.
+        beta: β: how tightly the model is held to the original (SimPO's scale goes to 10).
+        learning_rate: optimizer step size.
+        steps: optimizer steps.
+        batch_size: pairs per step.
         loss_type: sigmoid (DPO), ipo, hinge, robust, apo_zero, sppo_hard, nca_pair or bco_pair.
         seed: seed for data order: the same seed and data give the same run.
         use_lora: train a LoRA adapter instead of every weight (the reference is the adapter switched off).
-        lora_rank: LoRA rank, 1-256.
+        lora_rank: LoRA rank.
         use_qlora: QLoRA, LoRA on a 4-bit base (needs a CUDA GPU and bitsandbytes).
         method: dpo, ipo (DPO with the IPO loss), kto (each pair's answers as thumbs up/down), orpo or simpo (no
             reference model). β, learning rate and steps are used as given: each method's own defaults are listed by
@@ -378,7 +390,7 @@ def with_adapter(settings: TrainingSettings, use_lora: Any, lora_rank: Any, use_
     """The settings with the LoRA/QLoRA switches; QLoRA where it cannot run is refused with the reason."""
     if not use_lora and not use_qlora:
         return settings
-    rank = whole_number(lora_rank, "LoRA rank", 1, 256)
+    rank = knob_value("lora_rank", lora_rank)
     if use_qlora and (reason := qlora_unavailable()):
         raise fail(reason, "QLoRA not available here")
     return replace(settings, use_lora=True, lora_rank=rank, use_qlora=bool(use_qlora))
@@ -450,14 +462,14 @@ def export_recipe_ui(
     Args:
         pairs: training pairs, a table with the columns prompt, chosen, rejected.
         heldout_pairs: held-out pairs (same columns), the recipe's eval.jsonl.
-        beta: DPO β, 0.01-1.0 (carried over as is).
-        learning_rate: the lab's learning rate, 1e-7 to 1e-3 (a real run uses the method's usual rate).
-        steps: the lab's steps, 1-500 (the recipe makes as many passes over the pairs).
-        batch_size: the lab's pairs per step, 1-64.
+        beta: DPO β (carried over as is).
+        learning_rate: the lab's learning rate (a real run uses the method's usual rate).
+        steps: the lab's steps (the recipe makes as many passes over the pairs).
+        batch_size: the lab's pairs per step.
         loss_type: sigmoid (DPO), ipo, hinge, robust, apo_zero, sppo_hard, nca_pair or bco_pair.
         seed: seed for data order.
         use_lora: whether the lab trains LoRA (used when adapter is 'lab').
-        lora_rank: LoRA rank, 1-256.
+        lora_rank: LoRA rank.
         target_model: the model to train for real: a known name (e.g. llama-3.1-8b-instruct), its Hub id, or a
             local directory holding its config.json.
         gpus: GPUs the run is sized for, 1-1024.
@@ -469,7 +481,7 @@ def export_recipe_ui(
         (the recipe as a .zip file, a summary with the memory estimate).
     """
     settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed)
-    rank = whole_number(lora_rank, "LoRA rank", 1, 256)
+    rank = knob_value("lora_rank", lora_rank)
     settings = replace(settings, lora_rank=rank, use_lora=bool(use_lora))
     if adapter not in ("lab", *ADAPTERS):
         raise fail(f"adapter must be lab, {', '.join(ADAPTERS)} (got {adapter!r}).", "Out of range")
@@ -538,12 +550,10 @@ def build() -> SimpleNamespace:
         elem_id="train-method",
     )
     with gr.Row():
-        beta = gr.Number(DEFAULTS.beta, label="β (beta)", info="0.01-1.0. Higher = stay closer to the original.")
-        learning_rate = gr.Number(
-            DEFAULTS.learning_rate, label="Learning rate", info="1e-7 to 1e-3. Too high and training goes unstable."
-        )
-        steps = gr.Number(DEFAULTS.steps, label="Steps", info="1-500 optimizer steps. More = bigger change.")
-        batch_size = gr.Number(DEFAULTS.batch_size, label="Batch size", info="1-64 pairs per step.")
+        beta = knob_widget("beta")
+        learning_rate = knob_widget("learning_rate")
+        steps = knob_widget("steps")
+        batch_size = knob_widget("batch_size")
     with gr.Row():
         loss_type = gr.Dropdown(
             [(f"{name} — {text}", name) for name, text in LOSS_TYPES.items()],
@@ -552,7 +562,7 @@ def build() -> SimpleNamespace:
             info="sigmoid is the original DPO.",
             scale=3,
         )
-        seed = gr.Number(DEFAULTS.seed, label="Seed", info="Same seed + data = same run.", scale=1)
+        seed = knob_widget("seed", scale=1)
     adapter = build_adapter_controls()
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
@@ -635,7 +645,7 @@ def build_adapter_controls() -> SimpleNamespace:
     """The LoRA switch, its rank, and QLoRA (offered only where CUDA and bitsandbytes are)."""
     with gr.Row():
         use_lora = gr.Checkbox(DEFAULTS.use_lora, label="LoRA adapter", elem_id="train-lora", scale=1)
-        lora_rank = gr.Number(DEFAULTS.lora_rank, label="LoRA rank", info="1-256. Higher = more capacity.", scale=1)
+        lora_rank = knob_widget("lora_rank", scale=1)
         use_qlora = gr.Checkbox(
             False,
             label="QLoRA (4-bit base)",
