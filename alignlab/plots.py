@@ -183,12 +183,16 @@ def all_frames(rows: list[dict[str, Any]], method: str | None = None) -> tuple[p
     )
 
 
-#: The axes the runs of a session are overlaid on (label -> common axis, or a log key every method has).
+#: What the runs of a session can be overlaid on (label -> ``axis:<common axis>``, read through each method's
+#: registry entry, or ``key:<log key>``, a figure logged under the same name by whichever method logs it).
 OVERLAY_AXES: dict[str, str] = {
-    "loss": "loss",
-    "reward margin": "margin",
-    "held-out accuracy": "heldout/accuracy",
-    "contrast accuracy": "heldout/contrast_accuracy",
+    "loss": "axis:loss",
+    "reward margin": "axis:margin",
+    "held-out accuracy": "key:heldout/accuracy",
+    "contrast accuracy": "key:heldout/contrast_accuracy",
+    "KL estimate (KTO)": "axis:kl",
+    "log-odds ratio (ORPO)": "key:log_odds_ratio",
+    "SFT loss (ORPO, SimPO)": "key:nll_loss",
 }
 
 
@@ -198,10 +202,10 @@ def overlay_frame(runs: list[tuple[str, list[dict[str, Any]], str | None]], axis
     ``runs``: (legend title, per-step rows, method) each. A method that does not log the axis adds no series
     (KTO logs no accuracy; the margin of a reference-free method is on its own scale, which its title says).
     """
-    name = OVERLAY_AXES.get(axis, axis)
+    kind, _, name = OVERLAY_AXES.get(axis, f"axis:{axis}").partition(":")
     data = []
     for title, rows, method in runs:
-        key = name if "/" in name else _axis_key(method, name)
+        key = name if kind == "key" else _axis_key(method, name)
         if key is None:
             continue
         for step, row in zip(_steps(rows), rows):

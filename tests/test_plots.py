@@ -68,3 +68,17 @@ def test_empty_run_gives_empty_numeric_frames() -> None:
         assert isinstance(frame, pd.DataFrame) and frame.empty
     assert str(plots.loss_frame([]).dtypes["loss"]) == "float64"  # an empty plot keeps numeric axes
     assert plots.running_accuracy([{"loss": 1.0}]) and math.isnan(plots.running_accuracy([{"loss": 1.0}])[0])
+
+
+def test_overlay_reads_each_methods_own_keys() -> None:
+    from alignlab.plots import overlay_frame
+
+    kto = [{"step": 1, "loss": 0.5, "kl": 0.2, "rewards/margins": 0.3}, {"step": 2, "loss": 0.4, "kl": 0.25}]
+    orpo = [{"step": 1, "loss": 2.0, "log_odds_ratio": -0.6, "rewards/margins": 0.01}]
+    runs = [("A · KTO", kto, "kto"), ("B · ORPO", orpo, "orpo")]
+    kl = overlay_frame(runs, "KL estimate (KTO)")
+    assert list(kl["run"]) == ["A · KTO", "A · KTO"] and list(kl["value"]) == [0.2, 0.25]  # ORPO logs no KL
+    odds = overlay_frame(runs, "log-odds ratio (ORPO)")
+    assert list(odds["run"]) == ["B · ORPO"]
+    assert sorted(set(overlay_frame(runs, "loss")["run"])) == ["A · KTO", "B · ORPO"]
+    assert overlay_frame(runs, "held-out accuracy").empty  # no probe in these rows
