@@ -185,10 +185,14 @@ def build_app() -> gr.Blocks:
         train_event = train_tab.wire(train, dataset)
         compare_tab.wire(compare)
         comparison_event = comparison_ui.wire(comparison, train, dataset, baseline, compare)
-        # A finished run joins the overlay and the map, whichever button trained it.
-        train_event.then(
-            runs_panel.overlay_ui, comparison.axis, comparison.overlay, api_visibility="private", queue=False
-        ).then(runs_panel.map_ui, None, comparison.map, api_visibility="private", queue=False)
+
+        def show_runs_after(event: Any) -> None:
+            """A finished run joins the overlay and the map, whichever button trained it."""
+            event.then(
+                runs_panel.overlay_ui, comparison.axis, comparison.overlay, api_visibility="private", queue=False
+            ).then(runs_panel.map_ui, None, comparison.map, api_visibility="private", queue=False)
+
+        show_runs_after(train_event)
 
         # Presenter mode: the same handlers as the tabs, chained, each tab shown as its step runs.
         # Model work waits in runs.GATE, not in Gradio's queue: each step's checks answer at once.
@@ -219,6 +223,7 @@ def build_app() -> gr.Blocks:
             .success(show_tab("train"), None, tabs, **private)
             .success(train_tab.train_ui, train_tab.inputs(train, dataset), train_tab.outputs(train), **heavy)
         )
+        show_runs_after(lab_train)
         lab_train.success(show_tab("compare"), None, tabs, **private).success(
             compare_tab.compare_ui, None, compare_tab.outputs(compare), **heavy
         ).success(compare_tab.show_runs_ui, None, compare_tab.runs_outputs(compare), **private)
