@@ -187,6 +187,10 @@ def _wrap(text: str, indent: str, subsequent: str | None = None) -> str:
     return textwrap.fill(text, width=96, initial_indent=indent, subsequent_indent=subsequent or indent)
 
 
+def _timings_text(timings: dict[str, float]) -> str:
+    return "\n=== Timings (s) ===\n  " + "  ".join(f"{k} {v:.1f}" for k, v in timings.items())
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report as a person reads it in a terminal."""
     lines = [f"\n=== Before vs after ({report['changed']} of {len(report['baseline_outputs'])} answers changed) ==="]
@@ -240,9 +244,17 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [_wrap(f"{d['text']} [{d['code']}]" if d.get("code") else d["text"], "  - ", "    ") for d in details]
     if health.get("best_step") is not None:
         lines.append(f"  best held-out step: {health['best_step']}")
-    t = report["timings"]
-    lines.append("\n=== Timings (s) ===\n  " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    lines.append(_timings_text(report["timings"]))
     return "\n".join(lines)
+
+
+def _show_and_write(text: str, data: dict[str, Any], out: str | None, what: str) -> int:
+    """Print the readable form, write the JSON to ``--out`` when given; the command's exit code."""
+    print(text)
+    if out:
+        Path(out).write_text(json.dumps(data, indent=2), encoding="utf-8")
+        print(f"\n{what} written to {out}")
+    return 0
 
 
 def _run_lab(args: argparse.Namespace) -> int:
@@ -318,11 +330,7 @@ def _run_lab(args: argparse.Namespace) -> int:
     finally:
         if "bar" in bar:
             bar["bar"].close()
-    print(format_report(report))
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2), encoding="utf-8")
-        print(f"\nReport written to {args.out}")
-    return 0
+    return _show_and_write(format_report(report), report, args.out, "Report")
 
 
 def _check_out(out: str | None) -> None:
@@ -351,8 +359,7 @@ def format_comparison(result: dict[str, Any]) -> str:
         for report, table_row in zip(reports, result["table"]):
             codes = ", ".join(report["health"].get("codes") or []) or "no findings"
             lines.append(f"  {table_row['run']} {table_row['method']}: {table_row['verdict'].upper()} ({codes})")
-    t = result["timings"]
-    lines.append("\n=== Timings (s) ===\n  " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    lines.append(_timings_text(result["timings"]))
     return "\n".join(lines)
 
 
@@ -414,11 +421,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     finally:
         if "bar" in bar:
             bar["bar"].close()
-    print(format_comparison(result))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2), encoding="utf-8")
-        print(f"\nComparison written to {args.out}")
-    return 0
+    return _show_and_write(format_comparison(result), result, args.out, "Comparison")
 
 
 def _run_recipe(args: argparse.Namespace) -> int:

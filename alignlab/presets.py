@@ -299,14 +299,7 @@ def validate_pairs(pairs: list[PreferencePair], section: str = "pairs") -> list[
     seen: dict[tuple[str, str, str], int] = {}
     for row, pair in enumerate(pairs, start=1):
         where = f"{section} row {row}"
-        for name in ("prompt", "chosen", "rejected"):
-            value = getattr(pair, name)
-            if not isinstance(value, str):
-                problems.append(f"{where}: '{name}' must be text, not {type(value).__name__}.")
-            elif not value.strip():
-                problems.append(f"{where}: '{name}' is empty.")
-            elif len(value) > MAX_TEXT_CHARS:
-                problems.append(f"{where}: '{name}' is {len(value)} characters long; the limit is {MAX_TEXT_CHARS}.")
+        problems += _text_problems(pair, ("prompt", "chosen", "rejected"), where)
         if (
             isinstance(pair.chosen, str)
             and isinstance(pair.rejected, str)
@@ -321,6 +314,20 @@ def validate_pairs(pairs: list[PreferencePair], section: str = "pairs") -> list[
     return problems
 
 
+def _text_problems(item: Any, names: tuple[str, ...], where: str) -> list[str]:
+    """Each text field of a pair or a thumbs row that is not text, empty or too long, as a sentence."""
+    problems = []
+    for name in names:
+        value = getattr(item, name)
+        if not isinstance(value, str):
+            problems.append(f"{where}: '{name}' must be text, not {type(value).__name__}.")
+        elif not value.strip():
+            problems.append(f"{where}: '{name}' is empty.")
+        elif len(value) > MAX_TEXT_CHARS:
+            problems.append(f"{where}: '{name}' is {len(value)} characters long; the limit is {MAX_TEXT_CHARS}.")
+    return problems
+
+
 def validate_unpaired(rows: list[UnpairedRow], section: str = "thumbs rows") -> list[str]:
     """Every problem in thumbs rows as a sentence naming the row (1-based) and the field."""
     problems: list[str] = []
@@ -329,14 +336,7 @@ def validate_unpaired(rows: list[UnpairedRow], section: str = "thumbs rows") -> 
     seen: dict[tuple[str, str], tuple[int, bool]] = {}
     for row_no, row in enumerate(rows, start=1):
         where = f"{section} row {row_no}"
-        for name in ("prompt", "completion"):
-            value = getattr(row, name)
-            if not isinstance(value, str):
-                problems.append(f"{where}: '{name}' must be text, not {type(value).__name__}.")
-            elif not value.strip():
-                problems.append(f"{where}: '{name}' is empty.")
-            elif len(value) > MAX_TEXT_CHARS:
-                problems.append(f"{where}: '{name}' is {len(value)} characters long; the limit is {MAX_TEXT_CHARS}.")
+        problems += _text_problems(row, ("prompt", "completion"), where)
         if not isinstance(row.label, bool):
             problems.append(f"{where}: 'label' must be true or false, not {row.label!r}.")
             continue
@@ -391,21 +391,22 @@ def validate_preset(preset: Preset, require_training_pairs: bool = True) -> list
 # --------------------------------------------------------------------------- presets on disk
 
 
-def _pair_from_mapping(row: Any, where: str) -> PreferencePair:
+def _require(row: Any, names: tuple[str, ...], where: str) -> None:
+    """A row must be an object holding every one of ``names``; otherwise say which are missing."""
     if not isinstance(row, dict):
-        raise DatasetError(f"{where}: expected an object with prompt, chosen and rejected.")
-    missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
+        raise DatasetError(f"{where}: expected an object with {', '.join(names[:-1])} and {names[-1]}.")
+    missing = [k for k in names if k not in row]
     if missing:
         raise DatasetError(f"{where}: missing {', '.join(repr(m) for m in missing)}.")
+
+
+def _pair_from_mapping(row: Any, where: str) -> PreferencePair:
+    _require(row, ("prompt", "chosen", "rejected"), where)
     return PreferencePair(row["prompt"], row["chosen"], row["rejected"])
 
 
 def _unpaired_from_mapping(row: Any, where: str) -> UnpairedRow:
-    if not isinstance(row, dict):
-        raise DatasetError(f"{where}: expected an object with prompt, completion and label.")
-    missing = [k for k in ("prompt", "completion", "label") if k not in row]
-    if missing:
-        raise DatasetError(f"{where}: missing {', '.join(repr(m) for m in missing)}.")
+    _require(row, ("prompt", "completion", "label"), where)
     return UnpairedRow(row["prompt"], row["completion"], _label(row["label"], where))
 
 

@@ -22,7 +22,6 @@ from alignlab.ui.common import (
     default_model,
     fail,
     session_of,
-    table_from_pairs,
 )
 
 DEFAULTS = TrainingSettings()
@@ -107,26 +106,7 @@ def run_lab(
     )
     try:
         baseline_tab.baseline_ui(spec, "\n".join(lab.eval_prompts), max_new_tokens, baseline_tab.GREEDY, 0, request)
-        training = train_tab.train_ui(
-            table_from_pairs(lab.pairs),
-            table_from_pairs(lab.heldout_pairs),
-            dataset_tab.probes_of(lab),
-            settings.beta,
-            settings.learning_rate,
-            settings.steps,
-            batch_size,
-            settings.loss_type,
-            seed,
-            request,
-            method=settings.method,
-        )
-        with runs.unpaced_replay():  # nobody watches the curves here
-            for _ in training:
-                pass
-        if session.policy_dir is None:
-            raise fail("Training stopped before the first step ended, so there is nothing to compare.", "Stopped")
-        session.preset_id = lab.id
-        compare_tab.compare_ui(request)
+        compare_tab.train_then_compare(lab, settings, request, "Training")
     finally:
         runs.end_lab(session)
     return session.report

@@ -17,11 +17,13 @@ from alignlab.health import (
     kl_reading,
     perplexity_reading,
 )
-from alignlab.runrecord import EVIDENCE_COLUMNS
+from alignlab.presets import Preset
+from alignlab.training import TrainingSettings
 from alignlab.ui import jobs, runs, runs_panel
-from alignlab.ui.common import api_doc, fail, session_of
+from alignlab.ui.common import api_doc, fail, session_of, table_from_pairs
+from alignlab.ui.dataset_tab import probes_of
 from alignlab.ui.diff import comparison_html
-from alignlab.ui.train_tab import health_markdown
+from alignlab.ui.train_tab import health_markdown, train_with
 
 INTRO = (
     "**Step 4 — Compare.** The same prompts, before and after. The **alignment tax** is what training cost "
@@ -119,6 +121,26 @@ def compare_ui(request: gr.Request) -> tuple[Any, ...]:
     return report_views(report, str(path))
 
 
+def train_then_compare(lab: Preset, settings: TrainingSettings, request: gr.Request, what: str) -> dict[str, Any]:
+    """Train ``settings`` on a preset's pairs in this session, unwatched, then compare: the report.
+
+    The whole-lab endpoint and each run of a comparison go through here; ``what`` names the run in the
+    message when it stopped before its first step.
+    """
+    session = session_of(request)
+    training = train_with(
+        settings, table_from_pairs(lab.pairs), table_from_pairs(lab.heldout_pairs), probes_of(lab), request
+    )
+    with runs.unpaced_replay():  # nobody watches the curves here
+        for _ in training:
+            pass
+    if session.policy_dir is None:
+        raise fail(f"{what} stopped before its first step ended, so there is nothing to compare.", "Stopped")
+    session.preset_id = lab.id
+    compare_ui(request)
+    return session.report
+
+
 # --------------------------------------------------------------------------- layout and events
 
 
@@ -133,13 +155,7 @@ def build() -> SimpleNamespace:
     with gr.Accordion("Report JSON", open=False):
         report_json = gr.JSON(label="report", elem_id="report-json")
     gr.Markdown(runs_panel.RUNS_INTRO)
-    runs_table = gr.Dataframe(
-        headers=list(EVIDENCE_COLUMNS.values()),
-        interactive=False,
-        label="every run of this session",
-        elem_id="runs-table",
-        wrap=True,
-    )
+    runs_table = runs_panel.runs_table("every run of this session", "runs-table")
     runs_answers = gr.HTML(label="answers of every run", elem_id="runs-answers")
     return SimpleNamespace(
         runs_table=runs_table,

@@ -19,10 +19,10 @@ from alignlab.comparison import DEFAULT_METHODS, comparison_settings, method_nam
 from alignlab.methods import METHODS
 from alignlab.plots import OVERLAY_AXES
 from alignlab.presets import DatasetError, TrainingData, load_preset
-from alignlab.runrecord import EVIDENCE_COLUMNS, evidence_row
+from alignlab.runrecord import evidence_row
 from alignlab.training import SettingsError, TrainingSettings, trained_on
 from alignlab.ui import baseline_tab, compare_tab, jobs, runs, runs_panel, train_tab
-from alignlab.ui.common import default_model, fail, pairs_from_table, session_of, table_from_pairs
+from alignlab.ui.common import default_model, fail, pairs_from_table, session_of
 from alignlab.ui.state import Session
 
 DEFAULTS = TrainingSettings()
@@ -110,20 +110,7 @@ def comparison_ui(
     for index, run_settings in enumerate(settings):
         label = run_settings.method_label
         live_title = _live_title(session, run_settings)
-        training = train_tab.train_ui(
-            pairs,
-            heldout_pairs,
-            probes,
-            run_settings.beta,
-            run_settings.learning_rate,
-            run_settings.steps,
-            run_settings.batch_size,
-            run_settings.loss_type,
-            run_settings.seed,
-            request,
-            method=run_settings.method,
-            unpaired=unpaired,
-        )
+        training = train_tab.train_with(run_settings, pairs, heldout_pairs, probes, request, unpaired)
         try:
             for shown["train"] in training:
                 live = (live_title, list(session.log_rows), run_settings.method)
@@ -183,36 +170,11 @@ def run_comparison(
     baseline_tab.baseline_ui(spec, "\n".join(lab.eval_prompts), max_new_tokens, baseline_tab.GREEDY, 0, request)
     reports = []
     for index, run_settings in enumerate(settings):
-        training = train_tab.train_ui(
-            table_from_pairs(lab.pairs),
-            table_from_pairs(lab.heldout_pairs),
-            _probes(lab),
-            run_settings.beta,
-            run_settings.learning_rate,
-            run_settings.steps,
-            run_settings.batch_size,
-            run_settings.loss_type,
-            run_settings.seed,
-            request,
-            method=run_settings.method,
-        )
-        with runs.unpaced_replay():  # nobody watches the curves here
-            for _ in training:
-                pass
-        if session.policy_dir is None:
-            raise fail(f"Run {index + 1} ({run_settings.method_label}) stopped before its first step ended.", "Stopped")
-        session.preset_id = lab.id
-        compare_tab.compare_ui(request)
-        report = copy.deepcopy(session.report)
+        what = f"Run {index + 1} ({run_settings.method_label})"
+        report = copy.deepcopy(compare_tab.train_then_compare(lab, run_settings, request, what))
         report["run"] = {**report.get("run", {}), "index": index + 1, "of": len(settings)}
         reports.append(report)
     return {"runs": reports, "table": [evidence_row(r) for r in reports]}
-
-
-def _probes(lab: Any) -> dict[str, Any]:
-    from alignlab.ui import dataset_tab
-
-    return dataset_tab.probes_of(lab)
 
 
 # --------------------------------------------------------------------------- layout and events
@@ -246,13 +208,7 @@ def build() -> SimpleNamespace:
             title="This session's runs, overlaid",
             elem_id="plot-overlay",
         )
-        table = gr.Dataframe(
-            headers=list(EVIDENCE_COLUMNS.values()),
-            interactive=False,
-            label="runs of this comparison",
-            elem_id="comparison-table",
-            wrap=True,
-        )
+        table = runs_panel.runs_table("runs of this comparison", "comparison-table")
         method_map = gr.Markdown(runs_panel.map_markdown(), elem_id="method-map")
     return SimpleNamespace(
         methods=methods, steps=steps, run=run, status=status, axis=axis, overlay=overlay, table=table, map=method_map

@@ -45,6 +45,13 @@ def overlay_ui(axis: str, request: gr.Request) -> Any:
     return overlay_plot(session_of(request), axis or "loss")
 
 
+def runs_table(label: str, elem_id: str) -> gr.Dataframe:
+    """An empty runs-side-by-side table (filled by :func:`runs_frame`)."""
+    return gr.Dataframe(
+        headers=list(EVIDENCE_COLUMNS.values()), interactive=False, label=label, elem_id=elem_id, wrap=True
+    )
+
+
 def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
     headers, rows = display_table([record.evidence_row() for record in records])
     return pd.DataFrame(rows, columns=headers)

@@ -334,6 +334,31 @@ def train_ui(
                 run.finish()
 
 
+def train_with(
+    settings: TrainingSettings,
+    pairs: Any,
+    heldout_pairs: Any,
+    probes: dict[str, Any] | None,
+    request: gr.Request,
+    unpaired: list[dict[str, Any]] | None = None,
+) -> Iterator[tuple[Any, ...]]:
+    """:func:`train_ui` for settings already checked (the whole lab, a comparison's runs)."""
+    return train_ui(
+        pairs,
+        heldout_pairs,
+        probes,
+        settings.beta,
+        settings.learning_rate,
+        settings.steps,
+        settings.batch_size,
+        settings.loss_type,
+        settings.seed,
+        request,
+        method=settings.method,
+        unpaired=unpaired,
+    )
+
+
 def starting_line(member: Any, n_pairs: int, spec: str, method: str = "DPO") -> str:
     """The first status of a run: starting, waiting for the model, or sharing an identical run."""
     shared = runs.how_text(member)
