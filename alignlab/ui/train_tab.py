@@ -443,9 +443,12 @@ def run_cost(training: dict[str, Any], model_spec: str | None) -> str:
         parts.append(f"{count_text(trainable)} weights trained{share}")
     parts.append(f"{training['seconds']:.1f} s")
     peak = training.get("peak_memory_bytes")
-    if peak:
+    gpu_peak = bool(peak) and training.get("peak_memory_kind", "cuda_allocated") == "cuda_allocated"
+    if gpu_peak:
         parts.append(f"peak GPU memory {bytes_text(peak)} (measured)")
-    elif shape is not None:
+    elif peak:
+        parts.append(f"peak process memory {bytes_text(peak)} (measured: the whole server process)")
+    if shape is not None and not gpu_peak:
         on_gpu = str(training.get("device") or "").startswith("cuda")
         estimate = lab_memory_estimate(shape, TrainingSettings.from_dict(settings), on_gpu=on_gpu)
         parts.append(f"memory ~{bytes_text(estimate)} (estimated: weights, copy, gradients, AdamW, activations)")
