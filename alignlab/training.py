@@ -74,6 +74,12 @@ class Knob:
     means: str
     whole: bool = False
 
+    @property
+    def noun(self) -> str:
+        """The label as a sentence names it: 'steps', 'learning rate'; 'LoRA rank' and 'β (beta)' as they are."""
+        keep = not self.label[0].isascii() or any(c.isupper() for c in self.label[1:])
+        return self.label if keep else self.label.lower()
+
     def range_text(self, join: str = "-") -> str:
         high = "2^32-1" if self.high == 2**32 - 1 else _number_text(self.high)
         return f"{_number_text(self.low)}{join}{high}"

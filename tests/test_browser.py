@@ -219,7 +219,7 @@ def test_two_methods_compared_with_one_click(app, browser, output_dir: Path) -> 
     steps_box = page.get_by_label("Steps per run")
     steps_box.fill("3")
     steps_box.press("Tab")
-    page.get_by_role("button", name="Compare methods").click()
+    page.get_by_role("button", name="Compare methods", exact=True).click()
     status = page.locator("#comparison-status")
     expect(status).to_contain_text("Run 1 of 2: DPO", timeout=120_000)  # no baseline yet: it is recorded first
     expect(status).to_contain_text("Comparison finished: 2 of 2 runs", timeout=300_000)
@@ -237,6 +237,7 @@ def test_two_methods_compared_with_one_click(app, browser, output_dir: Path) -> 
     page.screenshot(path=str(output_dir / "browser-5-comparison.png"), full_page=True)
 
     page.get_by_role("tab", name="4 · Compare").click()
+    expect(page.locator("#compare-summary")).to_contain_text("answers changed")  # the last run's own comparison
     runs_table = page.locator("#runs-table")
     expect(runs_table).to_contain_text("ORPO")
     answers = page.locator("#runs-answers")

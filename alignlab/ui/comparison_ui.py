@@ -91,7 +91,8 @@ def comparison_ui(
         raise fail("A training run is already in progress in this session: wait for it or press Stop.")
     total = len(settings)
     first = session.runs_started
-    shown = {"train": train_tab.view("", [])}  # the Train tab's own outputs, as the current run last drew them
+    # The Train tab's own outputs as the current run last drew them, the Compare tab's as the last compare left them.
+    shown: dict[str, tuple] = {"train": train_tab.view("", []), "compare": (gr.skip(),) * 6}
 
     def frame(status: str, live: tuple | None = None) -> tuple[Any, ...]:
         mine = [r for r in session.runs if _number(r.label) > first] if session.runs else []
@@ -102,6 +103,7 @@ def comparison_ui(
             runs_panel.map_markdown(session),
             *shown["train"],
             *runs_panel.runs_views_ui(request)[:2],
+            *shown["compare"],
         )
 
     if not session.baseline_outputs:
@@ -121,7 +123,7 @@ def comparison_ui(
             yield frame(f"**Stopped** during run {index + 1} ({label}) before its first step ended.")
             return
         yield frame(status_line(index, total, label, "comparing its answers with the baseline"))
-        compare_tab.compare_ui(request)
+        shown["compare"] = compare_tab.compare_ui(request)
         yield frame(status_line(index + 1, total, None) if index + 1 == total else status_line(index + 1, total, "…"))
 
 
@@ -247,6 +249,7 @@ def wire(
             *train_tab.outputs(train),
             compare.runs_table,
             compare.runs_answers,
+            *compare_tab.outputs(compare),
         ],
         api_visibility="private",
         concurrency_limit=None,

@@ -37,7 +37,10 @@ def overlay_runs(session: Session, live: tuple[str, list[dict[str, Any]], str] |
 
 def overlay_plot(session: Session, axis: str, live: tuple[str, list[dict[str, Any]], str] | None = None) -> Any:
     frame = plots.overlay_frame(overlay_runs(session, live), axis)
-    return gr.LinePlot(value=frame, y_title=axis)
+    # The legend's entries, named each time: the browser's plot keeps the series it first saw otherwise
+    # (a run added later, or the live run renamed when it ends, drew its curve without a legend entry).
+    titles = list(dict.fromkeys(frame["run"]))
+    return gr.LinePlot(value=frame, y_title=axis, colors_in_legend=titles or None)
 
 
 def overlay_ui(axis: str, request: gr.Request) -> Any:

@@ -83,7 +83,7 @@ def settings_from_inputs(
     try:
         return TrainingSettings.for_method(
             method,
-            beta=real_number(beta, KNOBS["beta"].label, low, high) if beta is not None else None,
+            beta=real_number(beta, KNOBS["beta"].noun, low, high) if beta is not None else None,
             learning_rate=knob_value("learning_rate", learning_rate) if learning_rate is not None else None,
             steps=knob_value("steps", steps) if steps is not None else None,
             batch_size=knob_value("batch_size", batch_size),
@@ -98,8 +98,8 @@ def knob_value(name: str, value: Any) -> Any:
     """A widget's (or API argument's) value for the setting ``name``, checked against its range in :data:`KNOBS`."""
     knob = KNOBS[name]
     if knob.whole:
-        return whole_number(value, knob.label, int(knob.low), int(knob.high))
-    return real_number(value, knob.label, knob.low, knob.high)
+        return whole_number(value, knob.noun, int(knob.low), int(knob.high))
+    return real_number(value, knob.noun, knob.low, knob.high)
 
 
 def knob_widget(name: str, **kwargs: Any) -> gr.Number:
