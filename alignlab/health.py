@@ -415,7 +415,21 @@ def rule_signal(facts: RunFacts) -> list[Finding]:
             )
         ]
     before = facts.ev("heldout_reward_accuracy_before")  # reference-free scorers: the original model's ranking
-    if accuracy is not None and accuracy <= 1 - GENERALISES_ACCURACY and (before is None or accuracy < before):
+    backwards = accuracy is not None and accuracy <= 1 - GENERALISES_ACCURACY and (before is None or accuracy < before)
+    if backwards and facts.entry.data == "prompts":
+        # Online RL trains the policy on its own sampled answers, never on the pairs: a backwards ranking says
+        # where RL moved the policy's likelihoods, not that the pairs' labels are swapped.
+        return [
+            Finding(
+                "no_signal",
+                "warning",
+                f"Backwards: the policy's shift ranks held-out pairs the wrong way round ({accuracy:.0%} right). "
+                "It trained on its own sampled answers, scored by the reward model, and those moved it away from "
+                "the wording of the chosen answers rather than toward it: the reward model's preference did not "
+                "reach the policy as the pairs state it (more RL steps, or a reward model that generalises).",
+            )
+        ]
+    if backwards:
         return [
             Finding(
                 "no_signal",

@@ -397,6 +397,13 @@ def test_health_reads_rlhf_logs_by_stage():
     evidence = {"heldout_reward_accuracy": 0.5, "heldout_mean_margin": 0.0, "heldout_scorer": "implicit_reward"}
     health = read_health(RunFacts(_rlhf_rows(), beta=0.05, method="rlhf", evidence=evidence))
     assert "memorised" not in health.codes and "no_generalisation" in health.codes
+    # a backwards held-out ranking is where RL moved the policy, not swapped labels: the policy never saw the pairs
+    evidence = {"heldout_reward_accuracy": 0.0, "heldout_mean_margin": -0.1, "heldout_scorer": "implicit_reward"}
+    health = read_health(RunFacts(_rlhf_rows(), beta=0.05, method="rlhf", evidence=evidence))
+    backwards = next(d for d in health.details if d.code == "no_signal")
+    assert backwards.severity == "warning" and "swapped" not in backwards.text and "sampled answers" in backwards.text
+    as_dpo = read_health(RunFacts(_rlhf_rows(), beta=0.1, method="dpo", evidence=evidence))
+    assert "swapped" in " ".join(as_dpo.findings)
     falling = [dict(r, reward=-r["reward"]) if "reward" in r else r for r in _rlhf_rows()]
     assert "reward_flat" in read_health(RunFacts(falling, beta=0.05, method="rlhf")).codes
 
