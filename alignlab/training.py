@@ -576,7 +576,7 @@ def build_trainer(
     if "reward_funcs" in extra:  # the reward model reads (prompt, answer) with the policy's own tokenizer
         extra["reward_processing_classes"] = loaded.tokenizer
     peft_config = None
-    if stage.trains == "reward_model":
+    if stage.trains == "reward_model":  # LoRA and QLoRA are the policy's: the small reward model trains every weight
         model = reward_model_from(loaded)
     elif settings.use_qlora:  # TRL loads the 4-bit base itself; nothing is copied
         model, extra["quantization_config"] = qlora_model_arguments(loaded, args)
