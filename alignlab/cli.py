@@ -319,11 +319,16 @@ def _run_lab(args: argparse.Namespace) -> int:
             return
         if "bar" not in bar:
             return
-        margin_key = settings.method_entry.key("margin") or "loss"
-        bar["bar"].set_postfix(
-            loss=f"{event.row.get('loss', 0):.3f}", margin=f"{event.row.get(margin_key, 0):+.2f}", refresh=False
-        )
-        bar["bar"].update(event.step - bar["bar"].n)  # draws the step with its own loss and margin
+        # The step's own loss and margin, or, for a stage that logs no margin (RLHF's RL), its reward and KL.
+        shown = {"loss": event.row.get("loss", 0.0)}
+        for axis in ("margin", "reward", "kl"):
+            key = settings.method_entry.key(axis)
+            if key is not None and key in event.row:
+                shown[axis] = event.row[key]
+        if "stage" in event.row:
+            shown["stage"] = event.row["stage"]
+        bar["bar"].set_postfix({k: v if isinstance(v, str) else f"{v:+.3f}" for k, v in shown.items()}, refresh=False)
+        bar["bar"].update(event.step - bar["bar"].n)  # draws the step with its own figures
 
     try:
         report, _ = run_lab(args.model, preset, settings, generation, on_stage=on_stage, on_event=on_event)

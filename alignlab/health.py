@@ -347,14 +347,22 @@ def rule_unstable(facts: RunFacts) -> list[Finding]:
                 )
             )
             break
-    grads = [float(r["grad_norm"]) for r in facts.log_rows if r.get("grad_norm") is not None]
-    if any(not math.isfinite(g) or g > GRAD_NORM_LIMIT for g in grads):
-        worst = max((g if math.isfinite(g) else float("inf")) for g in grads)
+    # Each row against its own stage's scale: RL's loss sums over whole sampled answers, so its norms run higher.
+    over = []
+    for row in facts.log_rows:
+        if row.get("grad_norm") is None:
+            continue
+        grad = float(row["grad_norm"])
+        limit = facts.entry.stage_of(row.get("stage")).grad_norm_scale or GRAD_NORM_LIMIT
+        if not math.isfinite(grad) or grad > limit:
+            over.append((grad if math.isfinite(grad) else float("inf"), limit))
+    if over:
+        worst, limit = max(over)
         out.append(
             Finding(
                 "unstable",
                 "warning",
-                f"Instability: the gradient norm reached {worst:.3g} (above {GRAD_NORM_LIMIT:g}); "
+                f"Instability: the gradient norm reached {worst:.3g} (above {limit:g}); "
                 "the updates are exploding, lower the learning rate.",
             )
         )
@@ -407,7 +415,21 @@ def rule_signal(facts: RunFacts) -> list[Finding]:
             )
         ]
     before = facts.ev("heldout_reward_accuracy_before")  # reference-free scorers: the original model's ranking
-    if accuracy is not None and accuracy <= 1 - GENERALISES_ACCURACY and (before is None or accuracy < before):
+    backwards = accuracy is not None and accuracy <= 1 - GENERALISES_ACCURACY and (before is None or accuracy < before)
+    if backwards and facts.entry.data == "prompts":
+        # Online RL trains the policy on its own sampled answers, never on the pairs: a backwards ranking says
+        # where RL moved the policy's likelihoods, not that the pairs' labels are swapped.
+        return [
+            Finding(
+                "no_signal",
+                "warning",
+                f"Backwards: the policy's shift ranks held-out pairs the wrong way round ({accuracy:.0%} right). "
+                "It trained on its own sampled answers, scored by the reward model, and those moved it away from "
+                "the wording of the chosen answers rather than toward it: the reward model's preference did not "
+                "reach the policy as the pairs state it (more RL steps, or a reward model that generalises).",
+            )
+        ]
+    if backwards:
         return [
             Finding(
                 "no_signal",
@@ -450,6 +472,38 @@ def rule_learning(facts: RunFacts) -> list[Finding]:
             )
         ]
     return []
+
+
+def rule_reward(facts: RunFacts) -> list[Finding]:
+    """Online RL: whether the reward of the answers the policy sampled rose (its logged ``reward`` axis).
+
+    Each step samples fresh answers to other prompts, so one step is noisy: the last half of the steps
+    is compared with the first step, as the margin is in :func:`rule_learning`.
+    """
+    rewards = facts.series("reward")
+    if len(rewards) < 2:
+        return []
+    first, late = rewards[0], _tail_mean(rewards)
+    kl = facts.series("kl")
+    leash = f"; its KL estimate to the reference ended at {kl[-1]:+.3f} nats/token" if kl else ""
+    if late > first:
+        return [
+            Finding(
+                "reward_rising",
+                "good",
+                f"Reward rising: the reward model scored the policy's sampled answers {first:+.3f} at the first RL "
+                f"step and {late:+.3f} on average over the last half{leash}.",
+            )
+        ]
+    return [
+        Finding(
+            "reward_flat",
+            "info",
+            f"Reward not rising: the reward model scored the policy's sampled answers {first:+.3f} at the first RL "
+            f"step and {late:+.3f} on average over the last half{leash}; more steps or a higher learning rate "
+            "may move it.",
+        )
+    ]
 
 
 def best_step(curve: list[dict[str, Any]]) -> int | None:
@@ -500,7 +554,13 @@ def rule_memorised(facts: RunFacts) -> list[Finding]:
                 )
             )
     accuracy = facts.ev("heldout_reward_accuracy")
-    if accuracy is not None and train_accuracy >= 0.99 and accuracy_band(accuracy) == "chance":
+    # Only where the log's accuracy and the held-out pairs rank by the policy (rlhf's log is its reward model's).
+    if (
+        accuracy is not None
+        and train_accuracy >= 0.99
+        and accuracy_band(accuracy) == "chance"
+        and facts.entry.rewards_from_policy
+    ):
         out.append(
             Finding(
                 "memorised",
@@ -819,12 +879,12 @@ def rule_method_limits(facts: RunFacts) -> list[Finding]:
             )
         )
     if not entry.rewards_relative:
+        whose = f"{entry.title} has no reference model: its" if not entry.has_reference else f"{entry.title}'s"
         out.append(
             Finding(
                 "not_logged",
                 "info",
-                f"{entry.title} has no reference model: its logged rewards are the policy's own length-normalised "
-                "log-probabilities, not a change from the original, so the learning-signal, likelihood-displacement "
+                f"{whose} logged rewards are {entry.rewards_are}, so the learning-signal, likelihood-displacement "
                 "and memorised-log-ratio checks are not read from them (the held-out pairs speak instead).",
             )
         )
@@ -850,6 +910,7 @@ RULES: list[Rule] = [
     rule_drift,
     rule_change,
     rule_learning,
+    rule_reward,
     rule_generalises,
     rule_method_limits,
 ]

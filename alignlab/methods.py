@@ -9,11 +9,11 @@ The runner (:mod:`alignlab.training`), the evidence (:mod:`alignlab.evaluation`)
 a method's name. Adding a method adds an entry here (and, if its data or config is new, a builder
 in :mod:`alignlab.training`).
 
-A method is a tuple of :class:`Stage` s, run in order. Every method registered today has one stage,
-the policy's. A two-stage method (``rlhf``: a reward model trained on the pairs with
-``RewardTrainer``, then an online RL run against it with ``RLOOTrainer``/``GRPOTrainer``) would list
-both; its first stage's product (the reward model) is an input of the second. The runner does not
-run multi-stage methods yet, so no such entry is registered: one that could not run would be a lie.
+A method is a tuple of :class:`Stage` s, run in order; each trains one model (``trains``: the policy, or a
+reward model) and hands it to the later stages that name it in their ``inputs``. Most methods have one
+stage, the policy's. ``rlhf`` has two: a reward model trained on the pairs with ``RewardTrainer``, then
+an online RL run of the policy against it with ``RLOOTrainer``. The runner runs any such tuple the same
+way (:func:`alignlab.training.train_policy`); each stage runs the lab's ``steps``.
 
 This module imports neither torch nor TRL, so that :mod:`alignlab.gpu` (imported before torch
 initialises CUDA) and the UI can read it freely. Facts about the trainers are from TRL 1.16 as
@@ -34,6 +34,7 @@ AXES: dict[str, str] = {
     "rejected": "mean reward of the rejected (undesirable) answers",
     "accuracy": "share of pairs whose chosen answer out-scores its rejected one",
     "kl": "the method's own estimate of the policy's KL divergence from the reference",
+    "reward": "mean reward-model score of the answers the policy sampled (online RL)",
 }
 
 #: Held-out scorers: how a pair's answers are scored for the evidence (``eval.heldout_scorer``).
@@ -49,6 +50,15 @@ SCORERS: dict[str, str] = {
     ),
 }
 
+#: What a stage trains (``Stage.trains``): the product it hands to later stages, and the model it starts from.
+PRODUCTS: dict[str, str] = {
+    "policy": "the policy: a private copy of the loaded causal LM (the run's result)",
+    "reward_model": (
+        "a reward model: the loaded model's backbone under a fresh one-output score head "
+        "(AutoModelForSequenceClassification, num_labels=1), scoring a (prompt, answer) as a whole"
+    ),
+}
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -60,11 +70,12 @@ class Stage:
     """TRL's config class for it (e.g. ``trl.DPOConfig``)."""
     data: str
     """``paired``: (prompt, chosen, rejected) rows. ``unpaired``: (prompt, completion, label) rows, from
-    pairs as chosen -> desirable (label True) and rejected -> undesirable (label False)."""
+    pairs as chosen -> desirable (label True) and rejected -> undesirable (label False). ``prompts``: the
+    pairs' distinct prompts alone (online RL samples its own answers)."""
     reference: str
-    """``frozen``: a frozen reference model is passed to the trainer explicitly (never reloaded by TRL
-    from ``config._name_or_path``); with LoRA it is the adapter switched off. ``none``: the method has
-    no reference model."""
+    """``frozen``: the stage trains against a frozen reference model, the original model's own weights,
+    never TRL's reload of them from ``config._name_or_path`` (see ``ref_model_argument``); with LoRA it is the
+    adapter switched off. ``none``: no reference model."""
     options: dict[str, Any] = field(default_factory=dict)
     """Config fields the method fixes (e.g. SimPO's ``loss_type='simpo'``, ``cpo_alpha=0``)."""
     fields_from: Callable[[Any], dict[str, Any]] | None = None
@@ -72,6 +83,18 @@ class Stage:
     beyond those every trainer shares (rates, steps, batch, precision: ``TrainingSettings.trainer_config``)."""
     rows_per_pair: int = 1
     """Dataset rows each pair becomes (2 for unpaired data): the trainer's batch is this times the lab's."""
+    trains: str = "policy"
+    """What the stage trains and hands on, a key of :data:`PRODUCTS`. The last stage trains the policy."""
+    inputs: dict[str, str] = field(default_factory=dict)
+    """Trainer keyword -> the product of an earlier stage passed as it (RLOO's ``reward_funcs`` <- ``reward_model``)."""
+    ref_model_argument: bool = True
+    """Whether the trainer takes its frozen reference as ``ref_model=``. GRPO/RLOO do not: with ``beta > 0`` they
+    build it themselves from the policy's ``config._name_or_path`` (DESIGN.md §3); the runner then loads the
+    original model's weights, as they are in memory, into the reference they built."""
+    grad_norm_scale: float | None = None
+    """Pre-clipping gradient norms up to this are the trainer's normal scale (None: the lab's usual bound,
+    :data:`alignlab.health.GRAD_NORM_LIMIT`). RLOO's loss sums log-probabilities over each sampled answer, so
+    its norms run to hundreds while clipping (``max_grad_norm=1``) bounds every update."""
 
 
 @dataclass(frozen=True)
@@ -105,9 +128,15 @@ class Method:
     """Whether the method takes the settings' ``loss_type`` variants and ``sft_weight`` (DPO's)."""
     supports_qlora: bool = False
     step_cost: float = 1.0
-    """GPU seconds of one step relative to a DPO step on the same pairs (for :mod:`alignlab.gpu`)."""
+    """GPU seconds of one step relative to a DPO step on the same pairs (for :mod:`alignlab.gpu`); for a
+    method of several stages, one step of each stage together (every stage runs the lab's ``steps``)."""
     script: str | None = None
     """TRL's own script for the method (``trl.scripts.<name>``), or None where TRL 1.16 ships none."""
+    rewards_are: str = "the policy's own length-normalised log-probabilities, not a change from the original"
+    """What the logged rewards are when they are not relative (the verdict says so)."""
+    rewards_from_policy: bool = True
+    """Whether the logged margin and accuracy rank pairs by a score of the policy itself. False for rlhf:
+    they are the reward model's, so the verdict does not compare them with the policy's held-out ranking."""
 
     @property
     def runs_as(self) -> str:
@@ -118,6 +147,10 @@ class Method:
     def stage(self) -> Stage:
         """The policy's stage (the last one)."""
         return self.stages[-1]
+
+    def stage_of(self, trains: str | None) -> Stage:
+        """The stage that trains ``trains`` (a log row's ``stage`` key); None or unknown: the policy's stage."""
+        return next((s for s in self.stages if s.trains == trains), self.stage)
 
     @property
     def has_reference(self) -> bool:
@@ -143,6 +176,10 @@ class Method:
             "heldout_scorer": self.scorer,
             "script": self.script,
             "stages": len(self.stages),
+            "stage_details": [
+                {"trains": s.trains, "trainer": s.trainer, "config": s.config, "data": s.data, "reference": s.reference}
+                for s in self.stages
+            ],
         }
 
 
@@ -190,6 +227,27 @@ def _kto_fields(settings: Any) -> dict[str, Any]:
 def _reference_free_fields(settings: Any) -> dict[str, Any]:
     # ORPO's and CPO's collator needs the raw columns (TRL sets this itself, with a warning, otherwise).
     return {"beta": settings.beta, "remove_unused_columns": False}
+
+
+#: Online RL (rlhf): answers sampled per prompt (RLOO's leave-one-out baseline is the mean of the others),
+#: and their length in tokens, short at lab scale: every step generates batch_size x this many answers.
+RL_GENERATIONS = 4
+RL_COMPLETION_TOKENS = 24
+
+
+def _reward_model_fields(settings: Any) -> dict[str, Any]:
+    # TRL's RewardTrainer drops (not truncates) pairs longer than max_length; the lab's 256 keeps every preset pair.
+    return {"per_device_train_batch_size": settings.batch_size}
+
+
+def _rloo_fields(settings: Any) -> dict[str, Any]:
+    # RLOO's batch counts answers, not prompts: batch_size prompts, each answered RL_GENERATIONS times.
+    return {
+        "beta": settings.beta,
+        "num_generations": RL_GENERATIONS,
+        "per_device_train_batch_size": settings.batch_size * RL_GENERATIONS,
+        "max_completion_length": RL_COMPLETION_TOKENS,
+    }
 
 
 _DPO_STAGE = Stage("trl.DPOTrainer", "trl.DPOConfig", "paired", "frozen", fields_from=_dpo_fields)
@@ -307,6 +365,50 @@ METHODS: dict[str, Method] = {
         beta_means="scale of the length-normalised reward (SimPO's beta; its paper uses 2-2.5)",
         step_cost=0.7,
         script=None,
+    ),
+    "rlhf": Method(
+        name="rlhf",
+        title="RLHF",
+        summary="pairs -> a reward model (RewardTrainer), then online RL against it (RLOO), leashed to the reference",
+        stages=(
+            Stage(
+                "trl.RewardTrainer",
+                "trl.RewardConfig",
+                "paired",
+                "none",
+                {"learning_rate": 5e-5},  # the reward model's own rate; the lab's learning rate is the policy's
+                fields_from=_reward_model_fields,
+                trains="reward_model",
+            ),
+            Stage(
+                "trl.RLOOTrainer",
+                "trl.RLOOConfig",
+                "prompts",
+                "frozen",
+                # Dropout off: with it on, the policy's log-probs are noisy against the reference's (GPT-2 has
+                # 0.1), so step 1's KL is not 0 and RLOO's importance ratio explodes (seen on the tiny GPT-2).
+                {"disable_dropout": True},
+                fields_from=_rloo_fields,
+                inputs={"reward_funcs": "reward_model"},
+                ref_model_argument=False,
+                grad_norm_scale=2000.0,
+            ),
+        ),
+        # The reward model's stage logs accuracy and margin on its pairs; the RL stage logs the reward model's mean
+        # score of the sampled answers (``reward``, without the KL penalty) and RLOO's KL estimate to the reference.
+        logged=("accuracy", "margin", "mean_reward", "reward", "reward_std", "kl", "entropy"),
+        axes={"loss": "loss", "margin": "margin", "accuracy": "accuracy", "reward": "reward", "kl": "kl"},
+        rewards_relative=False,
+        rewards_are="the reward model's scores (its margin and accuracy on the training pairs), not a change from the "
+        "original",
+        rewards_from_policy=False,
+        # The policy has a reference, and the KL-regularised RL objective's optimum is exactly
+        # beta * log(pi/pi_ref) = reward + const: the implicit reward is the reward the policy has taken on.
+        scorer="implicit_reward",
+        defaults={"learning_rate": 2e-5, "beta": 0.05, "steps": 6},
+        beta_means="weight of the KL penalty to the reference in the RL reward (RLOO's beta)",
+        step_cost=2.5,
+        script="trl.scripts.rloo",
     ),
 }
 

@@ -8,7 +8,9 @@ the same frames can be drawn from a live run, a finished run or a saved report.
 Each method logs under its own keys; the frames read them through the method's common axes
 (:mod:`alignlab.methods`), so a margin plot is DPO's ``rewards/margins`` and KTO's alike, and an
 axis a method does not log is an empty frame. The log table adds each method's own figures (KTO's
-KL estimate, ORPO's log-odds ratio, the SFT term of ORPO and SimPO).
+KL estimate, ORPO's log-odds ratio, the SFT term of ORPO and SimPO, RLHF's reward and KL). A method of
+several stages (RLHF) logs each stage under its own keys, so each axis reads the stage that logs it: the
+margin and accuracy are its reward model's, the reward and KL its RL stage's.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ _COLUMN_AXES = {"margin": "margin", "chosen reward": "chosen", "rejected reward"
 
 #: A method's own logged figures, shown in the log table when it logs them (header -> TRL log key).
 OWN_COLUMNS: dict[str, str] = {
+    "RL reward": "reward",
     "KL estimate": "kl",
     "SFT loss": "nll_loss",
     "log-odds ratio": "log_odds_ratio",
@@ -95,10 +98,22 @@ def margin_frame(rows: list[dict[str, Any]], method: str | None = None) -> pd.Da
     return _typed([d for d in data if d[1] is not None], ["step", "margin"])
 
 
+#: Series of :func:`rewards_frame` (axis -> legend label). Online RL's reward is drawn with its KL estimate.
+REWARD_SERIES: dict[str, str] = {
+    "chosen": "chosen",
+    "rejected": "rejected",
+    "reward": "sampled answers (reward model)",
+}
+RL_KL_LABEL = "KL to the reference (nats/token)"
+
+
 def rewards_frame(rows: list[dict[str, Any]], method: str | None = None) -> pd.DataFrame:
-    """Rewards of chosen and rejected answers: columns ``step``, ``reward``, ``answer``."""
+    """Rewards of chosen and rejected answers, or of the answers online RL sampled (with its KL estimate, the
+    leash that reward pays for): columns ``step``, ``reward``, ``answer`` (the series)."""
     data = []
-    keys = {answer: _axis_key(method, answer) for answer in ("chosen", "rejected")}
+    keys = {label: _axis_key(method, axis) for axis, label in REWARD_SERIES.items()}
+    if _axis_key(method, "reward") is not None:
+        keys[RL_KL_LABEL] = _axis_key(method, "kl")
     for step, row in zip(_steps(rows), rows):
         for answer, key in keys.items():
             value = _value(row, key) if key else None
@@ -108,7 +123,8 @@ def rewards_frame(rows: list[dict[str, Any]], method: str | None = None) -> pd.D
 
 
 def running_accuracy(rows: list[dict[str, Any]], method: str | None = None) -> list[float]:
-    """Running mean of the reward accuracy (one step alone is 0 or 1 at batch size 1); NaN where not logged."""
+    """Running mean of the reward accuracy (one step alone is 0 or 1 at batch size 1); NaN on rows that do not
+    log it (all of KTO's; RLHF's RL steps, after its reward model's)."""
     key = _axis_key(method, "accuracy")
     out, total, count = [], 0.0, 0
     for row in rows:
@@ -116,7 +132,7 @@ def running_accuracy(rows: list[dict[str, Any]], method: str | None = None) -> l
         if value is not None:
             total += value
             count += 1
-        out.append(total / count if count else float("nan"))
+        out.append(total / count if count and value is not None else float("nan"))
     return out
 
 

@@ -2,9 +2,11 @@
 
 :class:`TrainingSettings` is the one place where the lab's knobs live (UI defaults, CLI flags and
 the TRL config all come from it), and :meth:`TrainingSettings.trainer_config` the one place where a
-TRL config is built. The method (``settings.method``: DPO, IPO, KTO, ORPO, SimPO) is an entry of
-:mod:`alignlab.methods`, which names its trainer, config, data format and reference handling; this
-module runs whatever entry it is given and never branches on a method's name.
+TRL config is built. The method (``settings.method``: DPO, IPO, KTO, ORPO, SimPO, RLHF) is an entry of
+:mod:`alignlab.methods`, which names its stages' trainers, configs, data formats and reference handling;
+this module runs whatever entry it is given and never branches on a method's name. A method of several
+stages (RLHF: a reward model, then online RL against it) runs them in order, each stage's product handed
+to the later stages that take it, and streams every stage's steps as one numbered run.
 :func:`train_policy` runs the trainer synchronously; :func:`stream_training` runs it in a thread
 and yields a :class:`TrainingEvent` per logged step, which is what a live plot (or a progress bar)
 consumes. Both stop cleanly within one optimizer step when asked to. ``train_dpo`` and
@@ -19,10 +21,15 @@ policy changed in memory against the weights on disk):
 - DPO with ``precompute_ref_log_probs=True``: TRL scores every pair with the untouched policy
   before the first step instead (a pass over the data, and a hash of every weight);
 - LoRA (``use_lora``): the reference is the same network with the adapter switched off.
+GRPO/RLOO take no reference argument: with ``beta > 0`` they build one from the policy's
+``config._name_or_path``. The runner lets them, then loads the original model's weights, as they are in
+memory, into it (:func:`pin_reference`), so that what the policy is measured against is never whatever
+happens to be on disk.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import queue
 import tempfile
@@ -39,7 +46,7 @@ from transformers import PreTrainedModel, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback
 
 from alignlab.memory import PeakMemory
-from alignlab.methods import DEFAULT_METHOD, METHODS, Method, UnknownMethodError, get_method, known_methods
+from alignlab.methods import DEFAULT_METHOD, METHODS, Method, Stage, UnknownMethodError, get_method, known_methods
 from alignlab.models import LoadedModel, copy_for_training, reference_view, use_persistent_kernel_cache
 from alignlab.presets import PreferencePair, TrainingData, UnpairedRow
 
@@ -129,7 +136,7 @@ class TrainingSettings:
     own defaults are in its registry entry: :meth:`for_method`)."""
 
     method: str = DEFAULT_METHOD
-    """The preference method, a name in :data:`alignlab.methods.METHODS` (dpo, ipo, kto, orpo, simpo).
+    """The preference method, a name in :data:`alignlab.methods.METHODS` (dpo, ipo, kto, orpo, simpo, rlhf).
     ``ipo`` is DPO with the IPO loss: it is stored as ``method='dpo'``, ``loss_type='ipo'``."""
     beta: float = 0.1
     """How tightly the policy is held to the reference (0.01-1.0; SimPO's reward scale goes to 10). Small
@@ -139,7 +146,7 @@ class TrainingSettings:
     2e-5 (was 5e-5): at 5e-5 and 3e-5 the seed-lab's greedy answers loop after 6 steps on the
     embedded model, at 2e-5 none do and every preset still moves (bench calibration section)."""
     steps: int | None = 6
-    """Optimizer steps to run (1-500). Set this or ``epochs``, not both."""
+    """Optimizer steps to run (1-500), in each stage of a method of several (RLHF). Set this or ``epochs``, not both."""
     epochs: float | None = None
     """Passes over the pairs (0.1-50), instead of ``steps``."""
     batch_size: int = 2
@@ -268,12 +275,16 @@ class TrainingSettings:
             return False
         return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
-    def total_steps(self, n_pairs: int) -> int:
-        """Optimizer steps this run will take on ``n_pairs`` pairs."""
+    def stage_steps(self, n_pairs: int) -> int:
+        """Optimizer steps each stage of this run takes on ``n_pairs`` pairs."""
         if self.steps is not None:
             return self.steps
         per_epoch = max(1, -(-n_pairs // self.batch_size))
         return max(1, int(round(per_epoch * float(self.epochs))))
+
+    def total_steps(self, n_pairs: int) -> int:
+        """Optimizer steps this run will take on ``n_pairs`` pairs, over all of its method's stages."""
+        return self.stage_steps(n_pairs) * len(self.method_entry.stages)
 
     def peft_config(self) -> Any:
         """The LoRA adapter's config when ``use_lora``, else None (full fine-tuning)."""
@@ -289,10 +300,13 @@ class TrainingSettings:
             task_type="CAUSAL_LM",
         )
 
-    def trainer_config(self, output_dir: str | Path, device: torch.device) -> Any:
+    def trainer_config(self, output_dir: str | Path, device: torch.device, stage: Stage | None = None) -> Any:
         """The only place where a TRL config is built: the fields every trainer shares (see DESIGN.md §3
-        for each choice), then the method's own (its registry entry's ``fields_from`` and ``options``)."""
-        stage = self.method_entry.stage
+        for each choice), then the stage's own (its registry entry's ``fields_from`` and ``options``).
+
+        ``stage``: which of the method's stages (default: the policy's, the last).
+        """
+        stage = stage or self.method_entry.stage
         module, name = stage.config.rsplit(".", 1)
         config_class = getattr(importlib.import_module(module), name)
         bf16 = self.use_bf16(device)
@@ -322,6 +336,9 @@ class TrainingSettings:
             # One fused kernel for the AdamW update on a GPU (the bare loop's optimiser), not a loop of them.
             optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
         )
+        # RLOO/GRPO have no max_length (their lengths are the prompt's and max_completion_length).
+        accepted = {f.name for f in fields(config_class)}
+        shared = {k: v for k, v in shared.items() if k in accepted}
         own = stage.fields_from(self) if stage.fields_from is not None else {}
         return config_class(**{**shared, **own, **stage.options})
 
@@ -525,17 +542,38 @@ def _thumbs_layout(rows: list[UnpairedRow], batch_rows: int, seed: int) -> list[
     return laid_out
 
 
-def method_dataset(
-    loaded: LoadedModel, pairs: list[PreferencePair] | TrainingData, settings: TrainingSettings
-) -> Dataset:
-    """The training data in the data format of ``settings``' method (its registry entry's ``data``).
+def to_prompt_dataset(loaded: LoadedModel, pairs: list[PreferencePair] | TrainingData) -> Dataset:
+    """The data's distinct prompts (pairs' and thumbs rows'), in order, as TRL's prompt-only rows (online RL
+    samples its own answers).
 
-    An ``unpaired`` method gets every row as a thumbs row; a ``paired`` one the pairs, with those that
-    thumbs rows form (:meth:`TrainingData.paired_for`, which refuses data that forms none).
+    Chat models get a conversational prompt (TRL applies the chat template and its generation prompt); base
+    models our plain-text prompt, as in :func:`to_trl_dataset`.
     """
     data = TrainingData.of(pairs)
-    if settings.method_entry.data == "unpaired":
+    prompts = list(dict.fromkeys([p.prompt for p in data.pairs] + [r.prompt for r in data.unpaired]))
+    if loaded.is_chat:
+        return Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
+    return Dataset.from_list([{"prompt": loaded.format_prompt(p)} for p in prompts])
+
+
+def method_dataset(
+    loaded: LoadedModel,
+    pairs: list[PreferencePair] | TrainingData,
+    settings: TrainingSettings,
+    stage: Stage | None = None,
+) -> Dataset:
+    """The training data in the data format of a stage of ``settings``' method (default: the policy's stage).
+
+    An ``unpaired`` stage gets every row as a thumbs row; a ``prompts`` stage the distinct prompts; a ``paired``
+    one the pairs, with those that thumbs rows form (:meth:`TrainingData.paired_for`, which refuses data that
+    forms none).
+    """
+    data = TrainingData.of(pairs)
+    kind = (stage or settings.method_entry.stage).data
+    if kind == "unpaired":
         return to_unpaired_dataset(loaded, data, settings.batch_size, settings.seed)
+    if kind == "prompts":
+        return to_prompt_dataset(loaded, data)
     return to_trl_dataset(loaded, data.paired_for(settings.method))
 
 
@@ -560,7 +598,12 @@ CURVE_PREFIX = "heldout/"
 
 
 class _StreamCallback(TrainerCallback):
-    """Forwards each logged step to ``on_event``, runs the held-out probe, and honours a cancel request."""
+    """Forwards each logged step to ``on_event``, runs the held-out probe, and honours a cancel request.
+
+    A method of several stages gets one callback per stage: ``stage`` (what the stage trains) tags each row,
+    ``offset`` is the steps of the stages before it, so that a row's ``step`` counts the whole run, and
+    ``total`` is the whole run's steps (None: this trainer's own).
+    """
 
     def __init__(
         self,
@@ -568,26 +611,34 @@ class _StreamCallback(TrainerCallback):
         cancel: CancelToken | None,
         started: float,
         probe: StepProbe | None = None,
+        stage: str | None = None,
+        offset: int = 0,
+        total: int | None = None,
     ):
         self.on_event = on_event
         self.cancel = cancel
         self.started = started
         self.probe = probe
+        self.stage = stage
+        self.offset = offset
+        self.total = total
         self.curve: list[dict[str, Any]] = []
         self.stopped_early = False
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):  # noqa: ANN001 - TrainerCallback API
         if logs and "loss" in logs:
-            row = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
-            row["step"] = state.global_step
+            step = self.offset + state.global_step
+            row: dict[str, Any] = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+            row["step"] = step
+            if self.stage is not None:
+                row["stage"] = self.stage
             if self.probe is not None and model is not None:
-                point = self.probe(model, state.global_step)  # the policy in eval mode, no gradients
+                point = self.probe(model, step)  # the policy in eval mode, no gradients
                 self.curve.append(point)
                 row.update({CURVE_PREFIX + k: v for k, v in point.items() if k != "step"})
             if self.on_event is not None:
-                self.on_event(
-                    TrainingEvent("log", state.global_step, state.max_steps, time.perf_counter() - self.started, row)
-                )
+                total = self.total if self.total is not None else self.offset + state.max_steps
+                self.on_event(TrainingEvent("log", step, total, time.perf_counter() - self.started, row))
         return self._maybe_stop(state, control)  # a cancel sent while this step was logged stops here
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
@@ -600,34 +651,93 @@ class _StreamCallback(TrainerCallback):
         return control
 
 
+def reward_model_from(loaded: LoadedModel) -> PreTrainedModel:
+    """A fresh reward model on the loaded model's backbone: the same weights as in memory (copied), under a
+    new one-output score head (``AutoModelForSequenceClassification``, ``num_labels=1``; 2 is TRL's ValueError).
+
+    Built from the model in memory rather than from ``loaded.source``, which may be a GGUF file or a Hub id.
+    The seed is set first (by :func:`build_trainer`), so the head's random start is the same every run.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(loaded.model.config)
+    config.num_labels = 1
+    config.pad_token_id = loaded.tokenizer.pad_token_id  # scores are read at the last non-pad token
+    scorer = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    prefix = scorer.base_model_prefix
+    backbone = getattr(loaded.model, prefix, None)
+    if backbone is None:
+        raise SettingsError(
+            f"A reward model needs the causal LM's backbone under '{prefix}', which "
+            f"{type(loaded.model).__name__} does not have: this model cannot be trained as a reward model here."
+        )
+    getattr(scorer, prefix).load_state_dict(backbone.state_dict())
+    scorer.config._name_or_path = "reward_model"  # TRL names its logged rewards after it: rewards/reward_model/mean
+    return scorer.to(loaded.device)
+
+
+def pin_reference(trainer: Any, loaded: LoadedModel) -> bool:
+    """Load the original model's weights, as they are in memory, into the reference a trainer built itself.
+
+    GRPO and RLOO take no ``ref_model``: with ``beta > 0`` they load one from the policy's
+    ``config._name_or_path`` (the weights on disk, or an error for a model with no path). The policy copy
+    points that at ``loaded.source``, from which ``loaded`` itself was loaded, so the architecture matches;
+    the weights are then replaced by ``loaded.model``'s, so a model changed in memory is still its own
+    reference. Returns False when the trainer holds no reference model (beta 0, or LoRA: the adapter off).
+    """
+    reference = getattr(trainer, "ref_model", None)
+    if reference is None:
+        return False
+    reference = trainer.accelerator.unwrap_model(reference)
+    with torch.no_grad():
+        reference.load_state_dict(loaded.model.state_dict())
+    reference.eval()
+    return True
+
+
 def build_trainer(
     loaded: LoadedModel,
     pairs: list[PreferencePair] | TrainingData,
     settings: TrainingSettings,
     output_dir: str | Path,
     callbacks: list[TrainerCallback] | None = None,
+    stage: Stage | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> Any:
-    """The one place where a trainer is built: a private policy copy, its reference, TRL's config.
+    """The one place where a trainer is built: a private copy of the model it trains, its reference, TRL's config.
 
-    The trainer class, the data format and the reference handling come from the method's registry
-    entry. Seeds first, so the same settings and pairs give the same run. :func:`train_policy` and the
-    bench's probe both train what this returns.
+    ``stage``: which of the method's stages (default: the policy's, the last); ``inputs``: the products of
+    the stages before it (e.g. ``{"reward_model": ...}``), passed as the trainer keywords the stage names.
+    The trainer class, the data format and the reference handling come from the registry entry. Seeds
+    first, so the same settings and pairs give the same run. :func:`train_policy` and the bench's probe both
+    train what this returns.
     """
-    method = settings.method_entry
-    if len(method.stages) != 1:  # no such entry is registered yet (see alignlab.methods)
-        raise SettingsError(f"Method {settings.method!r} has {len(method.stages)} stages; the lab runs one.")
-    stage = method.stage
+    stage = stage or settings.method_entry.stage
     module, name = stage.trainer.rsplit(".", 1)
     trainer_class = getattr(importlib.import_module(module), name)
     use_persistent_kernel_cache()  # before TRL compiles its Triton kernels on a GPU
     set_seed(settings.seed)
-    args = settings.trainer_config(output_dir, loaded.device)
+    args = settings.trainer_config(output_dir, loaded.device, stage)
     extra: dict[str, Any] = {}
-    if settings.use_qlora:  # TRL loads the 4-bit base itself; nothing is copied
-        policy, extra["quantization_config"] = qlora_model_arguments(loaded, args)
+    for keyword, product in stage.inputs.items():
+        if product not in (inputs or {}):
+            raise SettingsError(
+                f"The {stage.trains} stage of {settings.method!r} trains on the {product} of an earlier stage: "
+                "run the method's stages in order (train_policy does)."
+            )
+        extra[keyword] = inputs[product]
+    if "reward_funcs" in extra:  # the reward model reads (prompt, answer) with the policy's own tokenizer
+        extra["reward_processing_classes"] = loaded.tokenizer
+    peft_config = None
+    if stage.trains == "reward_model":  # LoRA and QLoRA are the policy's: the small reward model trains every weight
+        model = reward_model_from(loaded)
+    elif settings.use_qlora:  # TRL loads the 4-bit base itself; nothing is copied
+        model, extra["quantization_config"] = qlora_model_arguments(loaded, args)
+        peft_config = settings.peft_config()
     else:
-        policy = copy_for_training(loaded)
-    if stage.reference == "frozen":
+        model = copy_for_training(loaded)
+        peft_config = settings.peft_config()
+    if stage.reference == "frozen" and stage.ref_model_argument:
         # Always explicit: left to itself, TRL would reload the reference from config._name_or_path (the
         # weights on disk, not the model in memory). LoRA's reference is the adapter switched off; DPO's
         # precomputed reference log-probs come from the untouched policy before the first step.
@@ -635,14 +745,16 @@ def build_trainer(
         shared_reference = not settings.use_lora and not precomputed
         extra["ref_model"] = reference_view(loaded) if shared_reference else None
     trainer = trainer_class(
-        model=policy,
+        model=model,
         args=args,
-        train_dataset=method_dataset(loaded, pairs, settings),
+        train_dataset=method_dataset(loaded, pairs, settings, stage),
         processing_class=loaded.tokenizer,
-        peft_config=settings.peft_config(),
+        peft_config=peft_config,
         callbacks=callbacks,
         **extra,
     )
+    if stage.reference == "frozen" and not stage.ref_model_argument:
+        pin_reference(trainer, loaded)  # the trainer built its reference from disk: make it the model in memory
     trainer.remove_callback(PrinterCallback)  # rows reach the caller as events, not as prints
     return trainer
 
@@ -735,34 +847,74 @@ def train_policy(
     """Run ``settings.method`` on a private copy of ``loaded.model``; the loaded model stays the reference.
 
     ``pairs``: a list of pairs, or :class:`TrainingData` (pairs and/or thumbs rows; see :func:`method_dataset`
-    for what each method trains on). ``probe``, when given, scores the policy after every logged step (the
-    live held-out curve).
+    for what each stage trains on).
+
+    The method's stages run in order, each on its own trainer; what a stage trains is handed to the later
+    stages that take it (RLHF's reward model), and the last stage's is the policy. Rows are numbered over
+    the whole run and, for a method of several stages, carry the ``stage`` that logged them. ``probe``, when
+    given, scores the policy after every logged step of the policy's stage (the live held-out curve). A
+    cancel stops the stage that runs and skips the rest; if the policy's stage never ran, the policy is the
+    untrained copy.
     """
     if TrainingData.of(pairs).empty:
         raise SettingsError("There are no training pairs: add at least one pair before training.")
     counts = trained_on(pairs, settings)  # a paired method on thumbs rows that form no pair stops here
     started = time.perf_counter()
-    callback = _StreamCallback(on_event, cancel, started, probe)
+    method = settings.method_entry
+    per_stage = settings.stage_steps(max(1, counts["rows"] // method.stage.rows_per_pair))
+    planned = per_stage * len(method.stages)
+    tagged = len(method.stages) > 1
+    products: dict[str, Any] = {}
+    log_history: list[dict[str, Any]] = []
+    curve: list[dict[str, Any]] = []
+    done, stopped, trainable, total = 0, False, 0, 0
     with (
         PeakMemory(loaded.device) as peak,
         tempfile.TemporaryDirectory(prefix=f"alignlab-{settings.method}-") as scratch,
     ):
-        trainer = build_trainer(loaded, pairs, settings, output_dir or scratch, [callback])
-        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        trainer.train()
-        trained = plain_model(trainer)
+        for stage in method.stages:
+            if stopped:
+                total += per_stage  # a stage a cancel skipped: still part of the run that was planned
+                continue
+            is_policy = stage is method.stage
+            callback = _StreamCallback(
+                on_event,
+                cancel,
+                started,
+                probe if is_policy else None,  # only the policy's stage changes the policy
+                stage=stage.trains if tagged else None,
+                offset=done,
+                total=planned if tagged else None,
+            )
+            trainer = build_trainer(loaded, pairs, settings, output_dir or scratch, [callback], stage, products)
+            if is_policy:
+                trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+            trainer.train()
+            products[stage.trains] = plain_model(trainer)
+            for row in trainer.state.log_history:
+                row = dict(row)
+                if "step" in row:
+                    row["step"] += done
+                if tagged:
+                    row["stage"] = stage.trains
+                log_history.append(row)
+            curve += callback.curve
+            done += trainer.state.global_step
+            total += trainer.state.max_steps
+            stopped = callback.stopped_early
+            del trainer
     loaded.tokenizer.padding_side = "left"  # the trainer may have changed it; generation needs left
+    trained = products.get("policy") or copy_for_training(loaded)
     trained.eval()
-    log_history = [dict(row) for row in trainer.state.log_history]
     result = TrainingResult(
         policy=trained,
         log_history=log_history,
-        steps_done=trainer.state.global_step,
-        total_steps=trainer.state.max_steps,
-        stopped_early=callback.stopped_early,
+        steps_done=done,
+        total_steps=total,
+        stopped_early=stopped,
         seconds=time.perf_counter() - started,
         settings=settings,
-        heldout_curve=callback.curve,
+        heldout_curve=curve,
         trainable_parameters=trainable,
         peak_memory_bytes=peak.bytes,
         peak_memory_kind=peak.kind,

@@ -69,7 +69,7 @@ def test_presets_are_listed():
         (["--preset", "seed-lab", "--loss", "magic"], "loss_type must be one of"),
         (
             ["--preset", "seed-lab", "--method", "ppo"],
-            "Unknown method 'ppo'. Known methods: dpo, ipo, kto, orpo, simpo",
+            "Unknown method 'ppo'. Known methods: dpo, ipo, kto, orpo, simpo, rlhf",
         ),
         (["--preset", "seed-lab", "--method", "kto", "--loss", "hinge"], "loss_type is DPO's"),
         (["--preset", "seed-lab", "--method", "dpo", "--beta", "2"], "beta must be between 0.01 and 1.0"),
@@ -155,6 +155,23 @@ def test_lab_method_is_in_the_report_with_its_own_defaults(tmp_path, tiny_chat_d
     assert report["settings"]["method_info"]["reference"] == "none"
     assert report["eval"]["heldout_scorer"] == "mean_logprob" and report["eval"]["heldout_scorer_text"]
     assert "heldout_scorer" in report["health"]["codes"]
+
+
+def test_lab_runs_rlhf_and_reports_both_stages(tmp_path, tiny_chat_dir, capsys):
+    out = tmp_path / "r.json"
+    args = ["lab", "--model", str(tiny_chat_dir), "--preset", "seed-lab", "--method", "rlhf", "--steps", "2"]
+    assert main([*args, "--lr", "1e-3", "--max-new-tokens", "4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "method RLHF" in printed and "Reward " in printed  # the verdict reads the RL stage's reward
+    report = json.loads(out.read_text())
+    assert report["settings"]["training"]["method"] == "rlhf" and report["settings"]["steps_done"] == 4
+    info = report["settings"]["method_info"]
+    assert info["stages"] == 2 and [s["trains"] for s in info["stage_details"]] == ["reward_model", "policy"]
+    assert (info["trainer"], info["script"]) == ("trl.RLOOTrainer", "trl.scripts.rloo")
+    steps = [(r["step"], r["stage"]) for r in report["log_history"] if "loss" in r]
+    assert steps == [(1, "reward_model"), (2, "reward_model"), (3, "policy"), (4, "policy")]
+    assert report["eval"]["heldout_scorer"] == "implicit_reward" and report["eval"]["kl_to_reference"] is not None
+    assert {"reward_rising", "reward_flat"} & set(report["health"]["codes"])
 
 
 def test_lab_on_a_list_of_pairs_holds_out_a_quarter(tmp_path, tiny_base_dir, pairs):

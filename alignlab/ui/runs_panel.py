@@ -82,13 +82,21 @@ def _trainer(stage_trainer: str) -> str:
     return stage_trainer.rsplit(".", 1)[-1]
 
 
+_DATA_WORDS = {
+    "paired": "pairs",
+    "unpaired": "thumbs up/down (or pairs, split)",
+    "prompts": "prompts (it samples its own answers)",
+}
+
+
 def needs(method: Method) -> dict[str, str]:
     """What a method needs, read from its registry entry's stages (data, reference, reward model, rollouts)."""
     trainers = [_trainer(stage.trainer) for stage in method.stages]
     reward_model = any(t == "RewardTrainer" for t in trainers)
     online = any(t in ("RLOOTrainer", "GRPOTrainer", "PPOTrainer", "OnlineDPOTrainer") for t in trainers)
+    kinds = dict.fromkeys(stage.data for stage in method.stages)
     return {
-        "data": "pairs" if method.data == "paired" else "thumbs up/down (or pairs, split)",
+        "data": ", then ".join(_DATA_WORDS.get(kind, kind) for kind in kinds),
         "reference": "frozen copy" if method.has_reference else "none",
         "reward model": "trained first" if reward_model else "none",
         "rollouts": "the policy generates while it trains" if online else "none (offline data)",

@@ -47,7 +47,8 @@ INTRO = (
     "**Step 3 — Train.** DPO raises the likelihood of each *chosen* answer relative to the *rejected* one. "
     "**β is the leash:** a small β lets the model drift far from the original, a large β holds it close. "
     "Pick another **method** to see the map's alternatives on the same pairs: IPO, KTO (thumbs up/down: each "
-    "pair's answers rated alone), ORPO and SimPO (no reference model)."
+    "pair's answers rated alone), ORPO and SimPO (no reference model), and RLHF (a reward model trained on the "
+    "pairs, then online RL against it on the pairs' prompts)."
 )
 DEFAULTS = TrainingSettings()
 #: Steps logged closer together than this are drawn together (every row is kept): a tiny model or
@@ -615,7 +616,7 @@ def build() -> SimpleNamespace:
             y="reward",
             color="answer",
             label="rewards plot",
-            title="Rewards: chosen vs rejected",
+            title="Rewards: chosen vs rejected (RLHF: sampled answers' reward, and KL)",
             elem_id="plot-rewards",
             **plot,
         )
