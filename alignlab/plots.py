@@ -206,7 +206,8 @@ OVERLAY_AXES: dict[str, str] = {
     "reward margin": "axis:margin",
     "held-out accuracy": "key:heldout/accuracy",
     "contrast accuracy": "key:heldout/contrast_accuracy",
-    "KL estimate (KTO)": "axis:kl",
+    "reward (RLHF: the reward model's score of sampled answers)": "axis:reward",
+    "KL estimate (KTO, RLHF)": "axis:kl",
     "log-odds ratio (ORPO)": "key:log_odds_ratio",
     "SFT loss (ORPO, SimPO)": "key:nll_loss",
 }

@@ -76,7 +76,7 @@ def test_overlay_reads_each_methods_own_keys() -> None:
     kto = [{"step": 1, "loss": 0.5, "kl": 0.2, "rewards/margins": 0.3}, {"step": 2, "loss": 0.4, "kl": 0.25}]
     orpo = [{"step": 1, "loss": 2.0, "log_odds_ratio": -0.6, "rewards/margins": 0.01}]
     runs = [("A · KTO", kto, "kto"), ("B · ORPO", orpo, "orpo")]
-    kl = overlay_frame(runs, "KL estimate (KTO)")
+    kl = overlay_frame(runs, "KL estimate (KTO, RLHF)")
     assert list(kl["run"]) == ["A · KTO", "A · KTO"] and list(kl["value"]) == [0.2, 0.25]  # ORPO logs no KL
     odds = overlay_frame(runs, "log-odds ratio (ORPO)")
     assert list(odds["run"]) == ["B · ORPO"]
