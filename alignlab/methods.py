@@ -264,6 +264,19 @@ _DPO_STAGE = Stage("trl.DPOTrainer", "trl.DPOConfig", "paired", "frozen", fields
 #: - orpo (beta 0.1, lr 2e-5, 6 steps): 6 changed but warning: its SFT term made answers loop (repetition);
 #:   held-out 0.83 against the original model's 1.00 under the mean log-prob score, contrast 0.63. A lower
 #:   learning rate is the next thing to measure; still open.
+#: - rlhf (reward model: 6 steps of 2 pairs at its own lr 5e-5; RL: 6 RLOO steps of 2 prompts x 4 sampled answers of
+#:   24 tokens, beta 0.05), by lr of the RL stage (`python -m alignlab lab --preset seed-lab --method rlhf --lr LR`, the
+#:   machine shared: load average 5-8 on its 2 cores, so the wall times are 15-30x a quiet run's, see below):
+#:   the reward model ranks every training pair right from step 1 (margin 0.03 -> 5.94). RL reward, first step -> mean
+#:   of the last three: lr 2e-5: -3.41 -> -2.71, KL to the reference 0.019, 5 of 7 answers changed; lr 5e-5: -3.41 ->
+#:   -2.27, KL 0.067, 6 changed, no loops, capability 1.00 -> 1.00, contrast 0.25 -> 0.88 over the RL steps; lr 1e-4:
+#:   -3.41 -> -2.11 but KL 0.46 and every answer turned into the same generic "To tackle this, consider a multi-step
+#:   approach" (template). All three read warning, not healthy: the policy's implicit reward ranks the held-out pairs
+#:   backwards (0.00, 0.17, 0.17): RL moved it toward direct answers without the chosen answers' "Sure! ... Hope that
+#:   helps!" wrapper (hence contrast up, held-out down). lr 5e-5 kept; RLHF reading healthy on seed-lab is still open.
+#:   Seconds per step under that load: reward model 41-56, RL 89-146 (its first step also loads the reference); the
+#:   same runs' baseline (9 s quiet, README) took 137-401 s and their evaluation (18 s quiet) 22-328 s, so a quiet
+#:   2-core run is about 1.5-3 s per reward-model step and 5-10 s per RL step: 1.5-2 minutes for the whole lab.
 METHODS: dict[str, Method] = {
     "dpo": Method(
         name="dpo",
@@ -405,9 +418,11 @@ METHODS: dict[str, Method] = {
         # The policy has a reference, and the KL-regularised RL objective's optimum is exactly
         # beta * log(pi/pi_ref) = reward + const: the implicit reward is the reward the policy has taken on.
         scorer="implicit_reward",
-        defaults={"learning_rate": 2e-5, "beta": 0.05, "steps": 6},
+        defaults={"learning_rate": 5e-5, "beta": 0.05, "steps": 6},
         beta_means="weight of the KL penalty to the reference in the RL reward (RLOO's beta)",
-        step_cost=2.5,
+        # A reward-model step and an RL step together: about 1.5-2.5 DPO steps on 2 CPU cores (above); on a GPU the
+        # RL step's token-by-token sampling weighs more (not measured: no GPU here), hence the margin.
+        step_cost=3.0,
         script="trl.scripts.rloo",
     ),
 }
