@@ -266,17 +266,19 @@ _DPO_STAGE = Stage("trl.DPOTrainer", "trl.DPOConfig", "paired", "frozen", fields
 #:   learning rate is the next thing to measure; still open.
 #: - rlhf (reward model: 6 steps of 2 pairs at its own lr 5e-5; RL: 6 RLOO steps of 2 prompts x 4 sampled answers of
 #:   24 tokens, beta 0.05), by lr of the RL stage (`python -m alignlab lab --preset seed-lab --method rlhf --lr LR`, the
-#:   machine shared: load average 5-8 on its 2 cores, so the wall times are 15-30x a quiet run's, see below):
+#:   machine shared: load average 4-8 on its 2 cores, so wall times are 12-45x a quiet run's, see below):
 #:   the reward model ranks every training pair right from step 1 (margin 0.03 -> 5.94). RL reward, first step -> mean
 #:   of the last three: lr 2e-5: -3.41 -> -2.71, KL to the reference 0.019, 5 of 7 answers changed; lr 5e-5: -3.41 ->
 #:   -2.27, KL 0.067, 6 changed, no loops, capability 1.00 -> 1.00, contrast 0.25 -> 0.88 over the RL steps; lr 1e-4:
-#:   -3.41 -> -2.11 but KL 0.46 and every answer turned into the same generic "To tackle this, consider a multi-step
-#:   approach" (template). All three read warning, not healthy: the policy's implicit reward ranks the held-out pairs
+#:   -3.41 -> -2.11 but KL 0.46 and answers turned generic ("To tackle this task, consider a multi-step approach",
+#:   a new common phrase). All three read warning, not healthy: the policy's implicit reward ranks the held-out pairs
 #:   backwards (0.00, 0.17, 0.17): RL moved it toward direct answers without the chosen answers' "Sure! ... Hope that
 #:   helps!" wrapper (hence contrast up, held-out down). lr 5e-5 kept; RLHF reading healthy on seed-lab is still open.
-#:   Seconds per step under that load: reward model 41-56, RL 89-146 (its first step also loads the reference); the
-#:   same runs' baseline (9 s quiet, README) took 137-401 s and their evaluation (18 s quiet) 22-328 s, so a quiet
-#:   2-core run is about 1.5-3 s per reward-model step and 5-10 s per RL step: 1.5-2 minutes for the whole lab.
+#:   The default run (`... --method rlhf --out /tmp/rlhf.json`, 00:00 UTC, same figures as the lr 5e-5 one: the run is
+#:   seeded) took 1503 s of wall time: load 0.8, baseline 107, train 1373 (reward model 42 s/step, RL 180 s/step; its
+#:   first RL step 5.7 min, not explained yet), evaluate 16. Over the four runs, reward-model steps took 31-56 s and RL
+#:   steps 89-180 s under that load. The same runs' baseline, 9 s on a quiet machine (README), took 107-401 s, so the
+#:   issue's target (the whole rlhf lab under 5 minutes on 2 quiet cores) is plausible, NOT measured here: still open.
 METHODS: dict[str, Method] = {
     "dpo": Method(
         name="dpo",
