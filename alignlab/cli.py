@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="python -m alignlab",
-        description="AlignLab: see preference training (DPO, KTO, ORPO, SimPO) change a model.",
+        description="AlignLab: see preference training (DPO, IPO, KTO, ORPO, SimPO, RLHF) change a model.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

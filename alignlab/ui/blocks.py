@@ -28,8 +28,9 @@ DEFAULTS = TrainingSettings()
 
 HEADER = (
     "# AlignLab\n"
-    "Watch preference training (**DPO**, and IPO, KTO, ORPO, SimPO beside it) change a small language model, live. "
-    "Record its answers, write pairs of better and worse answers, train, then see what changed — and what it cost."
+    "Watch preference training (**DPO**, and IPO, KTO, ORPO, SimPO, RLHF beside it) change a small language model, "
+    "live. Record its answers, write pairs of better and worse answers, train, then see what changed — and what "
+    "it cost."
 )
 
 CSS = """
