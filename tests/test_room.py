@@ -60,10 +60,14 @@ def app(tiny_chat_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def without_timings(report: dict) -> dict:
-    """A report less what the clock measured (its timings, TRL's runtime and throughput figures)."""
+    """A report less what the clock and the memory sampler measured (its timings, TRL's runtime and throughput
+    figures, the run's seconds and peak memory) and which run of its session it was (a session's second run is B)."""
     timed = ("_runtime", "_per_second")
     rows = [{k: v for k, v in row.items() if not k.endswith(timed)} for row in report["log_history"]]
-    return {**{k: v for k, v in report.items() if k != "timings"}, "log_history": rows}
+    measured = ("seconds", "seconds_per_step", "peak_memory_bytes")
+    cost = {k: v for k, v in report["cost"].items() if k not in measured}
+    kept = {k: v for k, v in report.items() if k not in ("timings", "run")}
+    return {**kept, "log_history": rows, "cost": cost}
 
 
 def test_a_room_of_eight_clients(app) -> None:
