@@ -23,7 +23,7 @@ installed here (DESIGN.md §3).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 #: The common plot axes a method's logged keys are mapped onto (axis -> what it means).
@@ -252,6 +252,22 @@ def _rloo_fields(settings: Any) -> dict[str, Any]:
 
 _DPO_STAGE = Stage("trl.DPOTrainer", "trl.DPOConfig", "paired", "frozen", fields_from=_dpo_fields)
 
+_DPO = Method(
+    name="dpo",
+    title="DPO",
+    summary="pairs; a frozen reference; logistic loss on the reward margin (with its loss variants)",
+    stages=(_DPO_STAGE,),
+    logged=_DPO_LOGGED,
+    axes=_DPO_AXES,
+    rewards_relative=True,
+    scorer="implicit_reward",
+    defaults={"learning_rate": 2e-5, "beta": 0.1, "steps": 6},
+    loss_variants=True,
+    supports_qlora=True,
+    step_cost=1.0,
+    script="trl.scripts.dpo",
+)
+
 #: Every runnable method, by the name the CLI, the API and the Train tab use. Defaults were measured
 #: with ``alignlab.lab.run_lab`` on the embedded model and seed-lab (2 shared CPU cores, 2026-11-27):
 #: - dpo (beta 0.1, lr 2e-5, 6 steps): 6 of 7 answers changed, healthy, held-out 1.00, KL 0.089;
@@ -274,43 +290,20 @@ _DPO_STAGE = Stage("trl.DPOTrainer", "trl.DPOConfig", "paired", "frozen", fields
 #:   a new common phrase). All three read warning, not healthy: the policy's implicit reward ranks the held-out pairs
 #:   backwards (0.00, 0.17, 0.17): RL moved it toward direct answers without the chosen answers' "Sure! ... Hope that
 #:   helps!" wrapper (hence contrast up, held-out down). lr 5e-5 kept; RLHF reading healthy on seed-lab is still open.
-#:   The default run (`... --method rlhf --out /tmp/rlhf.json`, 00:00 UTC, same figures as the lr 5e-5 one: the run is
-#:   seeded) took 1503 s of wall time: load 0.8, baseline 107, train 1373 (reward model 42 s/step, RL 180 s/step; its
-#:   first RL step 5.7 min, not explained yet), evaluate 16. Over the four runs, reward-model steps took 31-56 s and RL
-#:   steps 89-180 s under that load. The same runs' baseline, 9 s on a quiet machine (README), took 107-401 s, so the
-#:   issue's target (the whole rlhf lab under 5 minutes on 2 quiet cores) is plausible, NOT measured here: still open.
+#:   The default run on the 2 cores quiet (load 0.6; `time python -m alignlab lab --preset seed-lab --method rlhf`,
+#:   2026-11-28 00:52 UTC): 114 s of wall time (load 0.5, baseline 6.9, train 91.3, evaluate 10.8): reward-model
+#:   steps 1.5-2 s, RL steps about 13 s (the first, with the reference's load, 13 s too); the same figures as above
+#:   (reward -3.41 -> -2.27, held-out 0.17, contrast 0.88, 6 changed, warning). Under the load of the sweep (4-8)
+#:   the same run had taken 1503 s.
 METHODS: dict[str, Method] = {
-    "dpo": Method(
-        name="dpo",
-        title="DPO",
-        summary="pairs; a frozen reference; logistic loss on the reward margin (with its loss variants)",
-        stages=(_DPO_STAGE,),
-        logged=_DPO_LOGGED,
-        axes=_DPO_AXES,
-        rewards_relative=True,
-        scorer="implicit_reward",
-        defaults={"learning_rate": 2e-5, "beta": 0.1, "steps": 6},
-        loss_variants=True,
-        supports_qlora=True,
-        step_cost=1.0,
-        script="trl.scripts.dpo",
-    ),
-    "ipo": Method(
+    "dpo": _DPO,
+    "ipo": replace(
+        _DPO,
         name="ipo",
         title="IPO",
         summary="DPO with the IPO loss: a squared loss that holds the margin near 1/(2 beta); resists overfitting",
-        stages=(_DPO_STAGE,),
-        logged=_DPO_LOGGED,
-        axes=_DPO_AXES,
-        rewards_relative=True,
-        scorer="implicit_reward",
-        defaults={"learning_rate": 2e-5, "beta": 0.1, "steps": 6},
         variant_of="dpo",
         loss_type="ipo",
-        loss_variants=True,
-        supports_qlora=True,
-        step_cost=1.0,
-        script="trl.scripts.dpo",
     ),
     "kto": Method(
         name="kto",

@@ -926,17 +926,8 @@ def train_policy(
     return result
 
 
-def train_dpo(
-    loaded: LoadedModel,
-    pairs: list[PreferencePair] | TrainingData,
-    settings: TrainingSettings,
-    on_event: Callable[[TrainingEvent], None] | None = None,
-    cancel: CancelToken | None = None,
-    output_dir: str | Path | None = None,
-    probe: StepProbe | None = None,
-) -> TrainingResult:
-    """The earlier name of :func:`train_policy`: runs whatever method ``settings`` name (DPO by default)."""
-    return train_policy(loaded, pairs, settings, on_event, cancel, output_dir, probe)
+#: The earlier name of :func:`train_policy` (it runs whatever method the settings name, DPO by default).
+train_dpo = train_policy
 
 
 def stream_training(
@@ -975,15 +966,8 @@ def stream_training(
         thread.join()
 
 
-def stream_dpo(
-    loaded: LoadedModel,
-    pairs: list[PreferencePair] | TrainingData,
-    settings: TrainingSettings,
-    cancel: CancelToken | None = None,
-    probe: StepProbe | None = None,
-) -> Iterator[TrainingEvent]:
-    """The earlier name of :func:`stream_training`: streams whatever method ``settings`` name."""
-    return stream_training(loaded, pairs, settings, cancel, probe)
+#: The earlier name of :func:`stream_training` (it streams whatever method the settings name).
+stream_dpo = stream_training
 
 
 def save_policy(policy: PreTrainedModel, tokenizer: Any, directory: str | Path) -> Path:
