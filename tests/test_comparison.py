@@ -236,3 +236,16 @@ def test_each_start_adds_a_run_and_compare_fills_it_in(app) -> None:
     # Another baseline (other prompts) makes earlier runs no longer comparable: they go.
     client.predict(eval_prompts="What is 2+2?", api_name="/baseline")
     assert session.runs == []
+
+
+@pytest.mark.e2e
+def test_rlhf_through_the_api_streams_both_stages_and_compares(app) -> None:
+    """The two-stage method through /train and /compare like any other: both stages stream, the report says rlhf."""
+    _, url = app
+    client = Client(url, verbose=False)
+    client.predict(max_new_tokens=6, api_name="/baseline")
+    updates = list(client.submit(beta=0.05, learning_rate=5e-5, steps=1, method="rlhf", api_name="/train"))
+    assert "Finished 2 of 2 steps" in updates[-1][0]  # one reward-model step, then one RL step
+    report = client.predict(api_name="/compare")[-1]
+    assert report["settings"]["training"]["method"] == "rlhf" and report["settings"]["method_info"]["stages"] == 2
+    assert [row.get("stage") for row in report["log_history"] if "loss" in row] == ["reward_model", "policy"]
