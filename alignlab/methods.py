@@ -452,3 +452,12 @@ def beta_ranges() -> str:
     for name, entry in METHODS.items():
         groups.setdefault(entry.beta_range, []).append(name)
     return "; ".join(f"{', '.join(names)}: {low:g} to {high:g}" for (low, high), names in groups.items())
+
+
+def method_title(method: str, loss_type: str = "sigmoid") -> str:
+    """The method as a person names it: 'DPO', 'IPO' (a loss variant with its own entry), 'DPO (hinge loss)'."""
+    for entry in METHODS.values():
+        if entry.runs_as == method and entry.loss_type == loss_type:
+            return entry.title
+    title = METHODS[method].title if method in METHODS else str(method)
+    return title + (f" ({loss_type} loss)" if loss_type != "sigmoid" else "")

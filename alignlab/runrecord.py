@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from alignlab.methods import METHODS, get_method
+from alignlab.methods import method_title
 
 #: Runs a session keeps (the oldest goes first); the issue asks for at least 4.
 MAX_RUNS = 6
@@ -46,15 +46,7 @@ def run_label(number: int) -> str:
 
 def method_label(settings: dict[str, Any]) -> str:
     """'DPO', 'IPO', 'DPO (hinge loss)', 'KTO', ... from a settings dict."""
-    method, loss = settings.get("method", "dpo"), settings.get("loss_type", "sigmoid")
-    for entry in METHODS.values():
-        if entry.runs_as == method and entry.loss_type == loss:
-            return entry.title
-    try:
-        title = get_method(method).title
-    except ValueError:
-        title = str(method)
-    label = title + (f" ({loss} loss)" if loss != "sigmoid" else "")
+    label = method_title(settings.get("method", "dpo"), settings.get("loss_type", "sigmoid"))
     if settings.get("sft_weight"):
         label += f" + SFT×{settings['sft_weight']:g}"
     return label

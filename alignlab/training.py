@@ -46,7 +46,16 @@ from transformers import PreTrainedModel, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback
 
 from alignlab.memory import PeakMemory
-from alignlab.methods import DEFAULT_METHOD, METHODS, Method, Stage, UnknownMethodError, get_method, known_methods
+from alignlab.methods import (
+    DEFAULT_METHOD,
+    METHODS,
+    Method,
+    Stage,
+    UnknownMethodError,
+    get_method,
+    known_methods,
+    method_title,
+)
 from alignlab.models import LoadedModel, copy_for_training, reference_view, use_persistent_kernel_cache
 from alignlab.presets import PreferencePair, TrainingData, UnpairedRow
 
@@ -206,11 +215,7 @@ class TrainingSettings:
     @property
     def method_label(self) -> str:
         """The method as a person names it: 'DPO', 'IPO' (a loss variant with its own entry), 'DPO (hinge loss)'."""
-        for entry in METHODS.values():
-            if entry.runs_as == self.method and entry.loss_type == self.loss_type:
-                return entry.title
-        entry = self.method_entry
-        return entry.title + (f" ({self.loss_type} loss)" if self.loss_type != "sigmoid" else "")
+        return method_title(self.method, self.loss_type)
 
     @property
     def method_entry(self) -> Method:

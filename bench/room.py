@@ -17,8 +17,8 @@ Figures, each measured in this one process, side by side:
   read on the server every 0.1 s);
 - answers to a wrong click (``/compare`` with no baseline), one every :data:`CLICK_EVERY` seconds while the
   room waits, the slowest of all;
-- peak resident memory of the server process during the room (sampled every 0.2 s, so it is the
-  peak of this room, not the process's high-water mark), and the cache's memory and disk after it.
+- peak resident memory of the server process during the room (sampled by alignlab.memory.PeakMemory, so
+  it is the peak of this room, not the process's high-water mark), and the cache's memory and disk after it.
 
 Nothing here passes or fails: the issue's targets are reported as met or not.
 """
@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from alignlab.memory import PeakMemory
+
 #: The distinct requests, in the order clients arrive: presets first, then seeds.
 DISTINCT = [{"preset": preset, "seed": seed} for seed in (42, 1, 2) for preset in ("seed-lab", "concise", "warm-tone")][
     :8
@@ -42,35 +44,6 @@ IDENTICAL = {"preset": "seed-lab", "seed": 42}
 #: Seconds between the wrong clicks made while the room waits: a visitor's pace, not a flood (a click
 #: every 0.1 s made ~1000 requests a room, whose handling in this process cost ~20% more CPU time).
 CLICK_EVERY = 2.0
-
-
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-class PeakMemory:
-    """Samples this process's resident memory while a room runs."""
-
-    def __init__(self, every: float = 0.2) -> None:
-        self.every, self.peak, self._stop = every, 0.0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_mib())
-            self._stop.wait(self.every)
-
-    def __enter__(self) -> PeakMemory:
-        self.peak = rss_mib()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def room(demo: Any, url: str, requests: list[dict], lab: dict, probe: bool = False) -> dict[str, Any]:
@@ -101,7 +74,7 @@ def room(demo: Any, url: str, requests: list[dict], lab: dict, probe: bool = Fal
 
     threads = [threading.Thread(target=visit, args=(i,)) for i in range(len(requests))]
     cpu_started = time.process_time()  # this process's CPU time, all threads: server and clients
-    with PeakMemory() as memory:
+    with PeakMemory("cpu") as memory:
         for thread in threads:
             thread.start()
             time.sleep(0.1)
@@ -134,7 +107,7 @@ def room(demo: Any, url: str, requests: list[dict], lab: dict, probe: bool = Fal
         "per_client": [f - s for s, f in zip(submitted, finished)],
         "first_step_last_in_line": first_step[-1],
         "first_step": first_step,
-        "peak_rss_mib": memory.peak,
+        "peak_rss_mib": memory.bytes / 2**20,
         "cache_memory_bytes": stats.memory_bytes,
         "cache_disk_bytes": stats.disk_bytes,
         "shared_runs": {  # in this room only

@@ -19,7 +19,7 @@ from alignlab.comparison import DEFAULT_METHODS, comparison_settings, method_nam
 from alignlab.methods import METHODS
 from alignlab.plots import OVERLAY_AXES
 from alignlab.presets import DatasetError, TrainingData, load_preset
-from alignlab.runrecord import evidence_row
+from alignlab.runrecord import evidence_row, run_label
 from alignlab.training import SettingsError, TrainingSettings, trained_on
 from alignlab.ui import baseline_tab, compare_tab, jobs, runs, runs_panel, train_tab
 from alignlab.ui.common import default_model, fail, pairs_from_table, session_of
@@ -50,8 +50,6 @@ def _settings(methods: Any, steps: Any, batch_size: Any, seed: Any) -> list[Trai
 
 
 def _live_title(session: Session, settings: TrainingSettings) -> str:
-    from alignlab.runrecord import run_label
-
     return f"{run_label(session.runs_started + 1)} · {settings.method_label} (training)"
 
 
@@ -95,7 +93,8 @@ def comparison_ui(
     shown: dict[str, tuple] = {"train": train_tab.view("", []), "compare": (gr.skip(),) * 6}
 
     def frame(status: str, live: tuple | None = None) -> tuple[Any, ...]:
-        mine = [r for r in session.runs if _number(r.label) > first] if session.runs else []
+        made = session.runs_started - first  # this comparison's runs: the session's newest
+        mine = session.runs[len(session.runs) - made :] if made else []
         return (
             status,
             runs_panel.overlay_plot(session, axis or "loss", live),
@@ -125,12 +124,6 @@ def comparison_ui(
         yield frame(status_line(index, total, label, "comparing its answers with the baseline"))
         shown["compare"] = compare_tab.compare_ui(request)
         yield frame(status_line(index + 1, total, None) if index + 1 == total else status_line(index + 1, total, "…"))
-
-
-def _number(label: str) -> int:
-    """A run label's order (A=1 ... Z=26, A2=27 ...), to pick the runs a comparison made."""
-    letter, lap = label[0], label[1:]
-    return (int(lap) - 1 if lap else 0) * 26 + ord(letter) - ord("A") + 1
 
 
 def run_comparison(
