@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from alignlab.methods import SCORERS
+from alignlab.methods import RELATIVE_SCORERS, SCORERS
 from alignlab.models import LoadedModel
 from alignlab.presets import PreferencePair
 
@@ -336,6 +336,13 @@ def implicit_rewards(policy_logps: torch.Tensor, reference_logps: torch.Tensor, 
     return beta * (policy_logps - reference_logps)
 
 
+def mean_implicit_rewards(
+    policy_logps: torch.Tensor, reference_logps: torch.Tensor, answer_tokens: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """IPO's reward as TRL's IPO loss measures it: the implicit reward per answer token."""
+    return beta * (policy_logps - reference_logps) / answer_tokens.clamp(min=1)
+
+
 def mean_logprob_rewards(policy_logps: torch.Tensor, answer_tokens: torch.Tensor, beta: float) -> torch.Tensor:
     """SimPO's reward ``beta * log pi_theta(y|x) / |y|``: the policy's mean log-probability per answer token."""
     return beta * policy_logps / answer_tokens.clamp(min=1)
@@ -345,6 +352,9 @@ def mean_logprob_rewards(policy_logps: torch.Tensor, answer_tokens: torch.Tensor
 #: tokens, beta) -> each answer's reward. A reference-free scorer ignores the reference's log-probs.
 SCORER_FUNCTIONS = {
     "implicit_reward": lambda policy, reference, tokens, beta: implicit_rewards(policy, reference, beta),
+    "mean_implicit_reward": lambda policy, reference, tokens, beta: mean_implicit_rewards(
+        policy, reference, tokens, beta
+    ),
     "mean_logprob": lambda policy, reference, tokens, beta: mean_logprob_rewards(policy, tokens, beta),
 }
 
@@ -481,7 +491,7 @@ class PreferenceProbe:
     @property
     def relative(self) -> bool:
         """Whether the scorer is relative to the reference (then the reference itself scores every margin 0)."""
-        return self.scorer == "implicit_reward"
+        return self.scorer in RELATIVE_SCORERS
 
     def before(self) -> dict[str, PairScores]:
         """Held-out and contrast pairs ranked by the reference under the same scorer (reference-free scorers

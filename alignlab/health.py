@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from alignlab.degeneration import LOOPING_RATE, REPETITIVE_RATE
-from alignlab.methods import DEFAULT_METHOD, METHODS, SCORERS, Method
+from alignlab.methods import DEFAULT_METHOD, METHODS, RELATIVE_SCORERS, SCORERS, Method
 
 # --------------------------------------------------------------------------- thresholds
 
@@ -128,7 +128,7 @@ class RunFacts:
     @property
     def relative_scorer(self) -> bool:
         """Whether the held-out margins are relative to the reference (a policy unchanged scores 0)."""
-        return (self.evidence.get("heldout_scorer") or self.entry.scorer) == "implicit_reward"
+        return (self.evidence.get("heldout_scorer") or self.entry.scorer) in RELATIVE_SCORERS
 
 
 def finite(value: Any) -> float | None:

@@ -110,7 +110,7 @@ def build_report(
         RunFacts(
             log_rows=result.step_rows,
             beta=settings.beta,
-            method=settings.method,
+            method=settings.method_entry.name,
             evidence=evaluation,
             degeneration=degeneration,
             heldout_curve=list(result.heldout_curve),

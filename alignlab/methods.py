@@ -43,12 +43,21 @@ SCORERS: dict[str, str] = {
         "DPO's implicit reward beta * (log pi_theta(y|x) - log pi_ref(y|x)), summed over the answer's tokens: "
         "how much more likely training made each answer, relative to the original model"
     ),
+    "mean_implicit_reward": (
+        "IPO's reward beta * (log pi_theta(y|x) - log pi_ref(y|x)) / |y|, the implicit reward averaged over the "
+        "answer's tokens (TRL's IPO loss is on this length-normalised margin): how much more likely training made "
+        "each answer token, relative to the original model"
+    ),
     "mean_logprob": (
         "beta * the policy's mean log-probability per answer token (the length-normalised reward that SimPO and "
         "ORPO optimise; these methods have no reference model, so the ranking is the policy's own, and the "
         "original model's ranking under the same score is reported beside it)"
     ),
 }
+
+#: Scorers relative to the reference: the original model scores every margin 0 under them, and a policy that
+#: learnt nothing scores 0 too.
+RELATIVE_SCORERS = frozenset({"implicit_reward", "mean_implicit_reward"})
 
 #: What a stage trains (``Stage.trains``): the product it hands to later stages, and the model it starts from.
 PRODUCTS: dict[str, str] = {
@@ -304,6 +313,7 @@ METHODS: dict[str, Method] = {
         summary="DPO with the IPO loss: a squared loss that holds the margin near 1/(2 beta); resists overfitting",
         variant_of="dpo",
         loss_type="ipo",
+        scorer="mean_implicit_reward",
     ),
     "kto": Method(
         name="kto",
@@ -454,10 +464,19 @@ def beta_ranges() -> str:
     return "; ".join(f"{', '.join(names)}: {low:g} to {high:g}" for (low, high), names in groups.items())
 
 
+def entry_for(method: str, loss_type: str = "sigmoid") -> Method:
+    """The registry entry of settings stored as ``method`` with ``loss_type``: a loss variant with an entry of
+    its own (``dpo`` with ``ipo`` -> IPO's, with its scorer and defaults), else ``method``'s own entry."""
+    for entry in METHODS.values():
+        if entry.variant_of == method and entry.loss_type == loss_type:
+            return entry
+    return get_method(method)
+
+
 def method_title(method: str, loss_type: str = "sigmoid") -> str:
     """The method as a person names it: 'DPO', 'IPO' (a loss variant with its own entry), 'DPO (hinge loss)'."""
     for entry in METHODS.values():
-        if entry.runs_as == method and entry.loss_type == loss_type:
+        if entry.variant_of == method and entry.loss_type == loss_type:
             return entry.title
     title = METHODS[method].title if method in METHODS else str(method)
     return title + (f" ({loss_type} loss)" if loss_type != "sigmoid" else "")

@@ -52,6 +52,7 @@ from alignlab.methods import (
     Method,
     Stage,
     UnknownMethodError,
+    entry_for,
     get_method,
     known_methods,
     method_title,
@@ -219,8 +220,9 @@ class TrainingSettings:
 
     @property
     def method_entry(self) -> Method:
-        """This run's registry entry (``ipo`` settings are stored as DPO with loss_type ipo)."""
-        return get_method(self.method)
+        """This run's registry entry: ``ipo`` settings are stored as DPO with loss_type ipo, and their entry is IPO's
+        (its held-out scorer), which runs as DPO's."""
+        return entry_for(self.method, self.loss_type)
 
     def problems(self) -> list[str]:
         """Each out-of-range field as a sentence; empty when the settings are usable."""
