@@ -133,10 +133,16 @@ def _add_compare_parser(sub: Any) -> None:
 
 def _add_recipe_parser(sub: Any) -> None:
     """``recipe``: the lab's settings and pairs as a folder that launches TRL's own script on a cluster."""
-    from alignlab.recipe import DEFAULT_TARGET, ENGINES, KNOWN_TARGETS, METHODS, PUBLIC_DATASETS
+    from alignlab.methods import DEFAULT_METHOD, get_method
+    from alignlab.recipe import DEFAULT_TARGET, ENGINES, KNOWN_TARGETS, PUBLIC_DATASETS
+    from alignlab.recipe import METHODS as RECIPE_METHODS
     from alignlab.training import LOSS_TYPES, TrainingSettings
 
     defaults = TrainingSettings()
+
+    def per_method(field: str) -> str:
+        return ", ".join(f"{name} {get_method(name).defaults[field]:g}" for name in RECIPE_METHODS)
+
     recipe = sub.add_parser(
         "recipe",
         help="export a recipe for a real run (TRL's script under accelerate/DeepSpeed/FSDP)",
@@ -145,7 +151,11 @@ def _add_recipe_parser(sub: Any) -> None:
     source = recipe.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", help="preset id (see `python -m alignlab presets`)")
     source.add_argument("--dataset", help="a preset-format JSON file, or JSON/JSONL/CSV pairs")
-    recipe.add_argument("--method", default="dpo", help=f"training method: {', '.join(METHODS)} (default dpo)")
+    recipe.add_argument(
+        "--method",
+        default=DEFAULT_METHOD,
+        help=f"training method: {', '.join(RECIPE_METHODS)} (default {DEFAULT_METHOD}; the script is TRL's own for it)",
+    )
     recipe.add_argument(
         "--target-model",
         default=DEFAULT_TARGET,
@@ -173,9 +183,11 @@ def _add_recipe_parser(sub: Any) -> None:
         help="repeat the lab's run exactly (its lr, schedule, steps, batch): to check the recipe against the lab",
     )
     # The lab's settings, as `lab` takes them: beta and the loss carry over; steps and batch set the passes.
-    recipe.add_argument("--steps", type=int, default=defaults.steps, help=f"the lab's steps (default {defaults.steps})")
-    recipe.add_argument("--beta", type=float, default=defaults.beta, help=f"DPO beta (default {defaults.beta})")
-    recipe.add_argument("--lr", type=float, default=defaults.learning_rate, help="the lab's learning rate")
+    recipe.add_argument(
+        "--steps", type=int, default=None, help=f"the lab's steps (default: the method's: {per_method('steps')})"
+    )
+    recipe.add_argument("--beta", type=float, default=None, help=f"beta (default: the method's: {per_method('beta')})")
+    recipe.add_argument("--lr", type=float, default=None, help="the lab's learning rate (default: the method's)")
     recipe.add_argument("--batch-size", type=int, default=defaults.batch_size, help="the lab's pairs per step")
     recipe.add_argument("--seed", type=int, default=defaults.seed, help=f"seed (default {defaults.seed})")
     recipe.add_argument("--loss", default=defaults.loss_type, help=f"loss type: {', '.join(LOSS_TYPES)}")
@@ -435,7 +447,8 @@ def _run_recipe(args: argparse.Namespace) -> int:
     from alignlab.training import SettingsError, TrainingSettings
 
     try:
-        settings = TrainingSettings(
+        settings = TrainingSettings.for_method(
+            args.method,
             beta=args.beta,
             learning_rate=args.lr,
             steps=args.steps,
@@ -448,14 +461,9 @@ def _run_recipe(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         raise CliError(str(exc)) from exc
     preset = load_preset(args.preset) if args.preset else load_dataset_file(args.dataset, seed=args.seed)
-    if preset.unpaired:  # a recipe's train.jsonl is written from the pairs: thumbs rows would be dropped
-        raise CliError(
-            f"'{preset.id}' has {len(preset.unpaired)} thumbs rows; recipes are built from pairs only so far."
-        )
     recipe = build_recipe(
         preset,
         settings,
-        method=args.method,
         target=args.target_model,
         gpus=args.gpus,
         engine=args.engine,

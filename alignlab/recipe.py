@@ -28,12 +28,13 @@ import re
 import stat
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from alignlab.methods import Method, UnknownMethodError, get_method
 from alignlab.models import KNOWN_MODELS, PLAIN_PROMPT_TEMPLATE
-from alignlab.presets import PreferencePair, Preset
+from alignlab.presets import PreferencePair, Preset, UnpairedRow
 from alignlab.training import TrainingSettings
 
 GIB = 1024**3
@@ -441,25 +442,66 @@ def preference_rows(pairs: list[PreferencePair], chat: bool, implicit_prompt: bo
     return rows
 
 
+def thumbs_rows(
+    pairs: list[PreferencePair], chat: bool, implicit_prompt: bool = False, unpaired: list[UnpairedRow] | tuple = ()
+) -> list[dict[str, Any]]:
+    """Pairs (and thumbs rows) in TRL's unpaired preference format (``prompt``, ``completion``, ``label``), as the
+    lab trains KTO (:func:`alignlab.training.to_unpaired_dataset`): each pair's chosen answer desirable, its
+    rejected answer undesirable.
+
+    The chosen rows come first, then the rejected ones, then the thumbs rows: KTO estimates its KL term by
+    giving each row the answer of its neighbour in a batch (TRL rotates each batch's answers by one), and
+    neighbours then answer other prompts. ``implicit_prompt`` (a mixture with the public *paired* sets, which
+    TRL's KTO script unpairs itself) writes the pairs as paired rows in the public sets' shape instead.
+    """
+    if implicit_prompt:
+        return preference_rows(pairs, chat, implicit_prompt=True)
+
+    def row(prompt: str, completion: str, label: bool) -> dict[str, Any]:
+        if chat:
+            return {
+                "prompt": [{"role": "user", "content": prompt}],
+                "completion": [{"role": "assistant", "content": completion}],
+                "label": label,
+            }
+        return {
+            "prompt": PLAIN_PROMPT_TEMPLATE.format(prompt=prompt),
+            "completion": " " + completion.strip(),
+            "label": label,
+        }
+
+    return (
+        [row(p.prompt, p.chosen, True) for p in pairs]
+        + [row(p.prompt, p.rejected, False) for p in pairs]
+        + [row(r.prompt, r.completion, r.label) for r in unpaired]
+    )
+
+
 def _dpo_keys(settings: TrainingSettings) -> dict[str, Any]:
+    """DPO's keys as the lab sets them (:func:`alignlab.methods._dpo_fields`): its loss variant and SFT term."""
     keys: dict[str, Any] = {"beta": settings.beta, "loss_type": [settings.loss_type]}
+    if settings.sft_weight > 0:
+        keys["loss_type"] = [settings.loss_type, "sft"]
+        keys["loss_weights"] = [1.0, float(settings.sft_weight)]
     if settings.loss_type == "robust":
         keys["label_smoothing"] = 0.1  # as the lab sets it (TrainingSettings.to_dpo_config)
     return keys
 
 
+def _kto_keys(settings: TrainingSettings) -> dict[str, Any]:
+    # Desirable and undesirable rows come in equal numbers from pairs, so TRL's default weights (1.0) are balanced.
+    return {"beta": settings.beta}
+
+
 @dataclass(frozen=True)
 class RecipeMethod:
-    """One training method as a recipe runs it: TRL's script, its data and its own config keys."""
+    """One training method as a recipe runs it: its data and its own config keys on a real run. Which TRL
+    script runs it, and which config class, is the method registry's (:mod:`alignlab.methods`)."""
 
     name: str
-    script: str
-    """The module ``python -m`` runs (TRL's own script); ``trl <command>`` is the same script."""
-    trl_command: str
-    config_class: str
-    """TRL's config dataclass whose fields the method's keys are (for the README)."""
-    rows: Callable[[list[PreferencePair], bool, bool], list[dict[str, Any]]]
-    """(pairs, chat model?, implicit prompt?) -> rows of the script's dataset."""
+    """The method's name in :data:`alignlab.methods.METHODS`."""
+    rows: Callable[..., list[dict[str, Any]]]
+    """(pairs, chat model?, implicit prompt?, thumbs rows) -> rows of the script's dataset."""
     config_keys: Callable[[TrainingSettings], dict[str, Any]]
     learning_rate_full: float
     """A real run's learning rate, full fine-tuning (the lab's is for six steps on a small model)."""
@@ -469,26 +511,97 @@ class RecipeMethod:
     public_mix: bool
     """Whether the public preference sets (:data:`PUBLIC_DATASETS`) fit this method's data."""
     why: str
+    takes_thumbs: bool = False
+    """Whether thumbs rows (unpaired) are written to its data as they are."""
+
+    @property
+    def entry(self) -> Method:
+        return get_method(self.name)
+
+    @property
+    def script(self) -> str:
+        """The module ``python -m`` runs: TRL's own script, as the registry names it."""
+        return str(self.entry.script)
+
+    @property
+    def trl_command(self) -> str:
+        """``trl <command>`` runs the same script."""
+        return self.script.rsplit(".", 1)[-1]
+
+    @property
+    def config_class(self) -> str:
+        """TRL's config dataclass whose fields the method's keys are (for the README)."""
+        return self.entry.stage.config.rsplit(".", 1)[-1]
+
+    @property
+    def title(self) -> str:
+        return self.entry.title
+
+    @property
+    def rows_per_pair(self) -> int:
+        """Dataset rows per pair: a batch of the lab's pairs is this many of the script's rows."""
+        return self.entry.stage.rows_per_pair
+
+    @property
+    def unit(self) -> str:
+        return "pairs" if self.rows_per_pair == 1 else "rows"
 
 
-#: Methods a recipe can run. DPO's rates: 5e-7 full (Zephyr-7B-beta's DPO recipe), 5e-6 LoRA (the
-#: LoRA example in TRL's own dpo.py). To add KTO: a row with ``trl.scripts.kto``, unpaired rows
-#: (``prompt``, ``completion``, ``label``) and its keys (``beta``, ``desirable_weight``, ...).
+_DPO_RECIPE = RecipeMethod(
+    name="dpo",
+    rows=lambda pairs, chat, implicit, unpaired=(): preference_rows(pairs, chat, implicit),
+    config_keys=_dpo_keys,
+    learning_rate_full=5e-7,
+    learning_rate_adapter=5e-6,
+    reference_copy=True,
+    public_mix=True,
+    why="Direct Preference Optimization on (prompt, chosen, rejected) pairs, with the lab's loss variant.",
+)
+
+#: Methods a recipe can run, by their registry name; the script each runs is the registry's. DPO's rates: 5e-7
+#: full (Zephyr-7B-beta's DPO recipe), 5e-6 LoRA (the LoRA example in TRL's own dpo.py). KTO's: 5e-7 full (the
+#: examples in TRL's own kto.py), 5e-6 for an adapter as for DPO. Methods TRL ships no script for (ORPO and SimPO
+#: live in ``trl.experimental`` in TRL 1.16) have no recipe; the error says so.
 METHODS: dict[str, RecipeMethod] = {
-    "dpo": RecipeMethod(
-        name="dpo",
-        script="trl.scripts.dpo",
-        trl_command="dpo",
-        config_class="DPOConfig",
-        rows=preference_rows,
-        config_keys=_dpo_keys,
+    "dpo": _DPO_RECIPE,
+    "ipo": replace(
+        _DPO_RECIPE,
+        name="ipo",
+        why="IPO: DPO's script with `loss_type: [ipo]`, a squared loss that holds the length-normalised margin near "
+        "1/(2 beta).",
+    ),
+    "kto": RecipeMethod(
+        name="kto",
+        rows=thumbs_rows,
+        config_keys=_kto_keys,
         learning_rate_full=5e-7,
         learning_rate_adapter=5e-6,
         reference_copy=True,
         public_mix=True,
-        why="Direct Preference Optimization on (prompt, chosen, rejected) pairs, with the lab's loss variant.",
+        takes_thumbs=True,
+        why="Kahneman-Tversky Optimization on thumbs-up/down answers (prompt, completion, label): each pair's chosen "
+        "answer desirable, its rejected answer undesirable.",
     ),
 }
+
+
+def recipe_method(name: str) -> RecipeMethod:
+    """The recipe row of a registry method; a method without one raises a :class:`RecipeError` saying why."""
+    if name in METHODS:
+        return METHODS[name]
+    try:
+        entry = get_method(name)
+    except UnknownMethodError as exc:
+        raise RecipeError(str(exc)) from None
+    have = ", ".join(METHODS[n].title for n in METHODS)
+    if entry.script is None:
+        why = (
+            f"TRL 1.16 ships no training script for {entry.title} (its trainer, `{entry.stage.trainer}`, lives in "
+            "`trl.experimental`)"
+        )
+    else:
+        why = f"{entry.title}'s recipe is not written yet"
+    raise RecipeError(f"{why}. Recipes exist for {have}.")
 
 
 # --------------------------------------------------------------------------- public datasets
@@ -570,10 +683,11 @@ def plan_run(
     batch, fp32 weights): the way to check the recipe against the lab, as the tests do.
     """
     reasons: dict[str, str] = {}
+    lab_batch = settings.batch_size * method.rows_per_pair  # in the script's rows (KTO: 2 per pair)
     if scale == "lab":
-        if settings.batch_size % gpus:
+        if lab_batch % gpus:
             raise RecipeError(
-                f"The lab's batch of {settings.batch_size} pairs cannot be split evenly over {gpus} GPUs; "
+                f"The lab's batch of {lab_batch} {method.unit} cannot be split evenly over {gpus} GPUs; "
                 "choose a GPU count that divides it, or scale the recipe for the target."
             )
         steps = settings.steps if settings.steps is not None else -1
@@ -585,8 +699,8 @@ def plan_run(
             warmup_ratio=0.0,
             max_steps=steps,
             num_train_epochs=epochs,
-            global_batch=settings.batch_size,
-            per_device_batch=settings.batch_size // gpus,
+            global_batch=lab_batch,
+            per_device_batch=lab_batch // gpus,
             gradient_accumulation=1,
             max_length=settings.max_length,
             gradient_checkpointing=False,
@@ -606,20 +720,24 @@ def plan_run(
     )
     if mixed:
         global_batch, epochs = GLOBAL_BATCH_MIXED, 1.0
-        reasons["global_batch"] = "64 pairs per step, one pass over the mixture (the usual DPO run)"
+        reasons["global_batch"] = f"64 {method.unit} per step, one pass over the mixture (the usual DPO run)"
         max_length = max(settings.max_length, 1024)
         reasons["max_length"] = "public sets have long answers: at least 1024 tokens"
     else:
-        global_batch = max(settings.batch_size, 1)
+        global_batch = max(lab_batch, 1)
         lab_pairs = settings.total_steps(n_train) * settings.batch_size
         epochs = round(max(lab_pairs / max(n_train, 1), 0.1), 2)
-        reasons["global_batch"] = "the lab's batch, on the lab's pairs"
+        reasons["global_batch"] = (
+            f"the lab's batch, on the lab's pairs ({method.rows_per_pair} rows per pair)"
+            if (method.rows_per_pair > 1)
+            else "the lab's batch, on the lab's pairs"
+        )
         reasons["epochs"] = f"{epochs:g} passes over the pairs, as many as the lab's run made"
         max_length = settings.max_length
         reasons["max_length"] = "the lab's"
     if global_batch < gpus:
         global_batch = gpus
-        reasons["global_batch"] += f" (raised to {gpus}: one pair per GPU at least)"
+        reasons["global_batch"] += f" (raised to {gpus}: one row per GPU at least)"
 
     per_device = 1
     for candidate in PER_DEVICE_CHOICES:
@@ -693,7 +811,7 @@ class Recipe:
         """Two lines for a terminal or the app (three when the run does not fit: what would)."""
         fits = self.memory.fits(self.gpu_memory_gib)
         text = (
-            f"{self.method.name.upper()} on {self.shape.name} ({count_text(self.shape.parameters())} params), "
+            f"{self.method.title} on {self.shape.name} ({count_text(self.shape.parameters())} params), "
             f"{self.gpus} GPU(s), {ENGINES[self.engine].title}, "
             f"{'full fine-tuning' if self.adapter == 'none' else self.adapter.upper()}.\n"
             f"Estimated {self.memory.total / GIB:.1f} GiB per GPU ({'fits' if fits else 'does NOT fit'} in "
@@ -751,7 +869,7 @@ def build_recipe(
     preset: Preset,
     settings: TrainingSettings,
     *,
-    method: str = "dpo",
+    method: str | None = None,
     target: str = DEFAULT_TARGET,
     gpus: int = 1,
     engine: str = "ddp",
@@ -768,9 +886,7 @@ def build_recipe(
     names public sets (:data:`PUBLIC_DATASETS`) to train on with the user's pairs, which then
     appear ``user_repeat`` times.
     """
-    if method not in METHODS:
-        raise RecipeError(f"Unknown method '{method}'. Recipes exist for: {', '.join(METHODS)}.")
-    m = METHODS[method]
+    m = recipe_method(method or settings.method_entry.name)
     if engine not in ENGINES:
         raise RecipeError(f"engine must be one of {', '.join(ENGINES)} (got {engine!r}).")
     if not isinstance(gpus, int) or isinstance(gpus, bool) or not 1 <= gpus <= 1024:
@@ -780,7 +896,14 @@ def build_recipe(
     adapter = adapter or ("qlora" if settings.use_qlora else "lora" if settings.use_lora else "none")
     if adapter not in ADAPTERS:
         raise RecipeError(f"adapter must be one of {', '.join(ADAPTERS)} (got {adapter!r}).")
-    if not preset.pairs:
+    thumbs = list(preset.unpaired)
+    if thumbs and not m.takes_thumbs:
+        takers = ", ".join(r.title for r in METHODS.values() if r.takes_thumbs)
+        raise RecipeError(
+            f"The data has {len(thumbs)} thumbs rows, which {m.title} cannot train on (it needs pairs): its recipe "
+            f"would drop them. Export a recipe for a method that takes thumbs rows ({takers}), or remove them."
+        )
+    if not preset.pairs and not thumbs:
         raise RecipeError("There are no training pairs to export: add at least one pair.")
     if not isinstance(user_repeat, int) or not 1 <= user_repeat <= 1000:
         raise RecipeError(f"user_repeat must be a whole number from 1 to 1000 (got {user_repeat!r}).")
@@ -789,6 +912,11 @@ def build_recipe(
     if unknown:
         raise RecipeError(f"Unknown public dataset(s) {', '.join(unknown)}; choose from {', '.join(PUBLIC_DATASETS)}.")
     shape = resolve_target(target)
+    if mix and thumbs:
+        raise RecipeError(
+            "The public sets are pairs, and thumbs rows cannot be written in their shape: export without --mix, or "
+            "without the thumbs rows."
+        )
     if mix and not m.public_mix:
         raise RecipeError(f"The public preference sets do not fit {m.name.upper()}'s data; export without --mix.")
     if mix and not shape.chat:
@@ -800,7 +928,7 @@ def build_recipe(
         settings,
         m,
         shape,
-        n_train=len(preset.pairs),
+        n_train=len(preset.pairs) + math.ceil(len(thumbs) / m.rows_per_pair),
         gpus=gpus,
         engine=engine,
         adapter=adapter,
@@ -822,7 +950,7 @@ def build_recipe(
     )
     config = _config(settings, m, shape, plan, adapter, engine, mix, has_eval=bool(preset.heldout_pairs))
     files = {
-        "train.jsonl": _jsonl(m.rows(preset.pairs, shape.chat, bool(mix)) * user_repeat),
+        "train.jsonl": _jsonl(m.rows(preset.pairs, shape.chat, bool(mix), thumbs) * user_repeat),
         "eval.jsonl": _jsonl(m.rows(preset.heldout_pairs, shape.chat, bool(mix))),
         "config.yaml": _yaml_text(config, _config_header(m, shape, plan)),
         "run.sh": _run_sh(m, engine, gpus, plan, adapter, mixed=bool(mix)),
@@ -953,7 +1081,7 @@ _RUN_SH = r"""#!/usr/bin/env bash
 #
 #   ./run.sh [--processes N] [--cpu] [--model SPEC] [--max-steps K] [--engine E] [--dry-run] [-- ARGS]
 #
-#   --processes N   processes (GPUs) to launch; default {gpus}. The global batch stays {global_batch} pairs
+#   --processes N   processes (GPUs) to launch; default {gpus}. The global batch stays {global_batch} {unit}
 #                   per step: per-process batch and gradient accumulation are recomputed for N.
 #   --cpu           run on CPU processes over gloo (fp32, no 4-bit), whatever engine the recipe targets
 #   --model SPEC    train this model instead of {model} (a Hub id or a local directory)
@@ -997,7 +1125,7 @@ if [[ ! -f "accelerate/$ENGINE.yaml" ]]; then
     echo "run.sh: no launcher config accelerate/$ENGINE.yaml (choose ddp, zero2, zero3 or fsdp)" >&2; exit 2
 fi
 
-# Keep {global_batch} pairs per optimizer step on $PROCESSES processes: the largest per-process batch
+# Keep {global_batch} {unit} per optimizer step on $PROCESSES processes: the largest per-process batch
 # (up to {per_device}) that divides the share of each process, the rest as gradient accumulation.
 if (( GLOBAL_BATCH % PROCESSES == 0 )); then
     SHARE=$(( GLOBAL_BATCH / PROCESSES ))
@@ -1007,7 +1135,7 @@ if (( GLOBAL_BATCH % PROCESSES == 0 )); then
 else
     BATCH=$PER_DEVICE
     ACCUM=$(( (GLOBAL_BATCH + BATCH * PROCESSES - 1) / (BATCH * PROCESSES) ))
-    echo "run.sh: $GLOBAL_BATCH pairs do not split over $PROCESSES processes;" \
+    echo "run.sh: $GLOBAL_BATCH {unit} do not split over $PROCESSES processes;" \
          "the global batch becomes $(( BATCH * PROCESSES * ACCUM ))" >&2
 fi
 ARGS=(--config config.yaml {dataset_arg}--per_device_train_batch_size "$BATCH" --per_device_eval_batch_size "$BATCH"
@@ -1041,6 +1169,7 @@ echo "+ ${{CMD[*]}}" | tee output/train.log
 def _run_sh(method: RecipeMethod, engine: str, gpus: int, plan: RunPlan, adapter: str, mixed: bool) -> str:
     return _RUN_SH.format(
         script=method.script,
+        unit=method.unit,
         gpus=gpus,
         global_batch=plan.global_batch,
         per_device=plan.per_device_batch,
@@ -1055,6 +1184,19 @@ def _run_sh(method: RecipeMethod, engine: str, gpus: int, plan: RunPlan, adapter
 
 
 # --------------------------------------------------------------------------- README
+
+
+def _data_text(preset: Preset) -> str:
+    thumbs = f" and {len(preset.unpaired)} thumbs rows" if preset.unpaired else ""
+    return f"{len(preset.pairs)} pairs{thumbs}"
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ", ".join(_value_text(v) for v in value)
+    return str(value)
 
 
 def _gib(value: float) -> str:
@@ -1085,7 +1227,8 @@ def _readme(
     recipe: Recipe, preset: Preset, settings: TrainingSettings, mix: list[str], user_repeat: int, scale: str
 ) -> str:
     m, shape, plan = recipe.method, recipe.shape, recipe.plan
-    n_train = len(preset.pairs) * user_repeat
+    n_train = recipe.files["train.jsonl"].count("\n")  # rows: a pair is one row, or two thumbs rows for KTO
+    n_eval = recipe.files["eval.jsonl"].count("\n")
     # `datasets` caches a folder's splits under its folder and config names only, not its files' content:
     # a config named after the content keeps a re-exported folder from reading the old pairs' cache.
     digest = hashlib.sha256((recipe.files["train.jsonl"] + recipe.files["eval.jsonl"]).encode()).hexdigest()[:12]
@@ -1104,9 +1247,8 @@ def _readme(
     }[recipe.adapter]
     lab_steps = f"{settings.steps} steps" if settings.steps is not None else f"{settings.epochs:g} epochs"
     rows = [
-        ("method", m.name.upper(), f"`{m.script}`; {m.why}"),
-        ("beta", f"{settings.beta:g}", "as in the lab"),
-        ("loss_type", settings.loss_type, "as in the lab"),
+        ("method", m.title, f"`{m.script}`; {m.why}"),
+        *[(key, _value_text(value), "as in the lab") for key, value in m.config_keys(settings).items()],
         ("learning rate", f"{plan.learning_rate:g}", plan.reasons.get("learning_rate", "as in the lab")),
         ("schedule", f"{plan.lr_scheduler_type}, warm-up {plan.warmup_ratio:.0%}", "lab: constant, no warm-up"),
         (
@@ -1116,7 +1258,7 @@ def _readme(
         ),
         (
             "batch",
-            f"{plan.global_batch} pairs/step = {plan.per_device_batch} per GPU x {recipe.gpus} GPU(s) x "
+            f"{plan.global_batch} {m.unit}/step = {plan.per_device_batch} per GPU x {recipe.gpus} GPU(s) x "
             f"{plan.gradient_accumulation} accumulation",
             plan.reasons.get("global_batch", "as in the lab") + f"; lab: {settings.batch_size} pairs/step",
         ),
@@ -1153,7 +1295,7 @@ def _readme(
         ]
     else:
         mix_lines = [
-            f"This recipe trains on your {len(preset.pairs)} pairs alone and evaluates on your "
+            f"This recipe trains on your {_data_text(preset)} alone and evaluates on your "
             f"{len(preset.heldout_pairs)} held-out pairs every 50 steps. A real run usually mixes them into a public "
             "preference set, so that the model learns your preference without forgetting the general one. Re-export "
             "with `--mix ultrafeedback` and/or `--mix hh-rlhf`:",
@@ -1178,7 +1320,7 @@ def _readme(
         else ""
     )
     return f"""{card}
-# {m.name.upper()} recipe: {shape.name}
+# {m.title} recipe: {shape.name}
 
 Exported by AlignLab from the `{preset.id}` lab. It runs TRL's own `{m.script}` script (the code of
 `trl {m.trl_command}`) under `accelerate` with DDP, DeepSpeed ZeRO-2/ZeRO-3 or FSDP; nothing here is
@@ -1195,7 +1337,7 @@ pip install "trl==1.16.0" "transformers==5.24.0" "datasets==5.2.0" "accelerate==
 ```
 
 `run.sh` launches `{recipe.gpus}` process(es) with `accelerate/{recipe.engine}.yaml` ({ENGINES[recipe.engine].title}).
-`--processes N` changes the GPU count and keeps {plan.global_batch} pairs per step; `--engine` switches to another
+`--processes N` changes the GPU count and keeps {plan.global_batch} {m.unit} per step; `--engine` switches to another
 config in `accelerate/` (TRL's own `trl/accelerate_configs`, sized for {recipe.gpus} GPU(s)); `--cpu` runs the same
 recipe on N CPU processes over gloo. Several nodes: run it on each with accelerate's `--num_machines`,
 `--machine_rank` and `--main_process_ip` (edit the config or the launch line). Losses and rewards are logged every
@@ -1203,7 +1345,7 @@ step to `output/train.log`; checkpoints (with `trainer_state.json`, the full log
 
 ## What it trains, and how the lab's settings map
 
-Data: `train.jsonl` ({n_train} rows), `eval.jsonl` ({len(preset.heldout_pairs)} rows), TRL's preference format,
+Data: `train.jsonl` ({n_train} rows), `eval.jsonl` ({n_eval} rows), TRL's {m.entry.data} preference format,
 {fmt}. Target: `{shape.hub_id}` ({count_text(shape.parameters())} parameters).
 
 {settings_table}

@@ -339,6 +339,14 @@ def test_export_recipe_returns_a_zip_for_the_target(app) -> None:
         assert "load_in_4bit: true" in config and "mistralai/Mistral-7B-Instruct-v0.3" in config
     assert "Unknown target model" in error_of(lambda: client.predict(target_model="nope", api_name="/export_recipe"))
     assert "GPUs must be" in error_of(lambda: client.predict(gpus=0, api_name="/export_recipe"))
+    # the method picked on the Train tab decides TRL's script: KTO's, on thumbs rows made of the pairs
+    path, summary = client.predict(method="kto", api_name="/export_recipe")
+    assert summary.startswith("KTO on ")
+    with zipfile.ZipFile(path) as archive:
+        assert "trl.scripts.kto" in archive.read("alignlab-recipe/run.sh").decode()
+        first = archive.read("alignlab-recipe/train.jsonl").decode().splitlines()[0]
+        assert '"label": true' in first
+    assert "no training script for ORPO" in error_of(lambda: client.predict(method="orpo", api_name="/export_recipe"))
 
 
 def test_two_sessions_do_not_see_each_others_state(app, trained) -> None:

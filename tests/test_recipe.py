@@ -9,13 +9,15 @@ import stat
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
 from alignlab.cli import main
-from alignlab.presets import load_preset
+from alignlab.methods import get_method
+from alignlab.presets import UnpairedRow, load_preset
 from alignlab.recipe import (
     ENGINES,
     GIB,
@@ -28,9 +30,10 @@ from alignlab.recipe import (
     preference_rows,
     recipe_zip,
     resolve_target,
+    thumbs_rows,
     write_recipe,
 )
-from alignlab.training import TrainingSettings, to_trl_dataset, train_dpo
+from alignlab.training import TrainingSettings, to_trl_dataset, to_unpaired_dataset, train_dpo, train_policy
 
 LLAMA_8B = KNOWN_TARGETS["llama-3.1-8b-instruct"]
 
@@ -133,9 +136,11 @@ def test_rows_are_the_labs_own_training_rows(tiny_chat, tiny_base, pairs):
     assert implicit["chosen"][1]["content"] == pairs[0].chosen and "prompt" not in implicit
 
 
-def _parse_with_trl(directory: Path, *extra: str):
+def _parse_with_trl(directory: Path, *extra: str, script: str = "dpo"):
     """config.yaml through TRL's own script parser, as run.sh --cpu launches it (unknown keys fail)."""
-    from trl.scripts.dpo import make_parser
+    import importlib
+
+    make_parser = importlib.import_module(f"trl.scripts.{script}").make_parser
 
     cwd = os.getcwd()
     os.chdir(directory)
@@ -216,6 +221,67 @@ def test_bad_recipes_are_clear_errors(seed_lab):
         build_recipe(seed_lab, settings, mix=["c4"])
     with pytest.raises(RecipeError, match="cannot be split evenly over 4 GPUs"):
         build_recipe(seed_lab, settings, gpus=4, scale="lab")
+
+
+def test_thumbs_rows_are_the_labs_own_kto_rows(tiny_chat, tiny_base, pairs):
+    for loaded in (tiny_chat, tiny_base):
+        ours = thumbs_rows(pairs, loaded.is_chat)
+        lab = to_unpaired_dataset(loaded, pairs, batch_size=2, seed=0).to_list()
+        key = lambda row: json.dumps(row, sort_keys=True)  # noqa: E731 - the lab shuffles; the rows are the same
+        assert sorted(map(key, ours)) == sorted(map(key, lab))
+        assert [r["label"] for r in ours] == [True] * len(pairs) + [False] * len(pairs)
+        # neighbours answer other prompts (KTO's KL term pairs each row with its neighbour's answer)
+        prompts = [json.dumps(r["prompt"]) for r in ours]
+        assert len(set(prompts)) == len(pairs) > 2
+        assert all(a != b for a, b in zip(prompts, prompts[1:] + prompts[:1]))
+
+
+def test_a_kto_recipe_runs_trls_kto_script_on_thumbs_rows(tmp_path, seed_lab):
+    thumbs = [UnpairedRow("Is the sky green?", "No: it looks blue because air scatters blue light most.", True)]
+    data = replace(seed_lab, unpaired=thumbs)
+    settings = TrainingSettings.for_method("kto", beta=0.2, seed=3)
+    recipe = build_recipe(data, settings, target="llama-3.1-8b-instruct", gpus=2)
+    assert recipe.method.script == get_method("kto").script == "trl.scripts.kto"  # the registry's script
+    out = write_recipe(recipe, tmp_path / "kto")
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * len(seed_lab.pairs) + 1 and set(rows[0]) == {"prompt", "completion", "label"}
+    assert rows[-1]["completion"] == [{"role": "assistant", "content": thumbs[0].completion}]
+    assert sum(r["label"] for r in rows) == len(seed_lab.pairs) + 1
+    _, config, _, _ = _parse_with_trl(out, "--dataset_name", str(out), script="kto")
+    assert type(config).__name__ == "KTOConfig" and config.beta == 0.2 and config.seed == 3
+    assert recipe.plan.global_batch == 2 * settings.batch_size  # a batch of the lab's pairs is 2 rows each
+    readme = (out / "README.md").read_text()
+    assert "# KTO recipe" in readme and "trl.scripts.kto" in readme
+    assert (
+        "-m trl.scripts.kto"
+        in subprocess.run([str(out / "run.sh"), "--dry-run"], capture_output=True, text=True, check=True).stdout
+    )
+    # mixed with the public sets (pairs), the user's pairs are written as pairs too: TRL's KTO script unpairs them
+    mixed = build_recipe(seed_lab, settings, mix=["ultrafeedback"])
+    assert set(json.loads(mixed.files["train.jsonl"].splitlines()[0])) == {"chosen", "rejected"}
+
+
+def test_ipo_and_dpos_sft_term_reach_the_dpo_script(tmp_path, seed_lab):
+    recipe = build_recipe(seed_lab, TrainingSettings.for_method("ipo"))
+    out = write_recipe(recipe, tmp_path / "ipo")
+    _, config, _, _ = _parse_with_trl(out, "--dataset_name", str(out))
+    assert config.loss_type == ["ipo"] and config.beta == get_method("ipo").defaults["beta"]
+    assert "# IPO recipe" in (out / "README.md").read_text()
+    out = write_recipe(build_recipe(seed_lab, TrainingSettings(sft_weight=0.5)), tmp_path / "sft")
+    _, config, _, _ = _parse_with_trl(out, "--dataset_name", str(out))
+    assert config.loss_type == ["sigmoid", "sft"] and config.loss_weights == [1.0, 0.5]
+
+
+def test_methods_without_a_recipe_say_why(seed_lab):
+    for method, message in [
+        ("orpo", "TRL 1.16 ships no training script for ORPO"),
+        ("simpo", "TRL 1.16 ships no training script for SimPO"),
+    ]:
+        with pytest.raises(RecipeError, match=message):
+            build_recipe(seed_lab, TrainingSettings.for_method(method))
+    thumbs = replace(seed_lab, unpaired=[UnpairedRow("Q?", "A.", False)])
+    with pytest.raises(RecipeError, match=r"1 thumbs rows, which DPO cannot train on .* \(KTO\)"):
+        build_recipe(thumbs, TrainingSettings())
 
 
 def test_run_sh_keeps_the_global_batch_for_any_process_count(tmp_path, seed_lab):
@@ -337,3 +403,39 @@ def test_exported_recipe_runs_on_two_processes_and_matches_the_lab(tmp_path, tin
     for ours, theirs in zip(lab, rows, strict=True):
         assert theirs["loss"] == pytest.approx(ours["loss"], abs=1e-4)
         assert theirs["rewards/margins"] == pytest.approx(ours["rewards/margins"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_exported_kto_recipe_runs_on_two_processes(tmp_path, tiny_chat_dir, tiny_chat, seed_lab):
+    """A KTO recipe (TRL's own kto script) under torchrun on 2 CPU processes over gloo, as run.sh --cpu launches it.
+
+    The lab's batch of 2 pairs is 4 thumbs rows, 2 per process. At the first step the policy is the reference, so
+    every row's reward is 0 and KTO's loss is 1 - sigmoid(0) = 0.5, in the recipe as in the lab; after it the
+    weights have moved and the logged loss leaves 0.5.
+    """
+    out = tmp_path / "recipe"
+    code = main(
+        ["recipe", "--method", "kto", "--preset", "seed-lab", "--target-model", str(tiny_chat_dir)]
+        + ["--gpus", "2", "--steps", "3", "--lr", "1e-3", "--as-in-lab", "--out", str(out)]
+    )
+    assert code == 0
+    env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    run = subprocess.run(
+        [str(out / "run.sh"), "--cpu", "--processes", "2", "--model", str(tiny_chat_dir), "--max-steps", "3"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    log = (out / "output" / "train.log").read_text()
+    assert "--nproc_per_node 2" in log and "trl.scripts.kto" in log
+    rows = logged_rows(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[0]["loss"] == pytest.approx(0.5, abs=1e-3)
+    assert all("kl" in r and math.isfinite(r["loss"]) for r in rows)
+    assert any(abs(r["loss"] - 0.5) > 1e-3 for r in rows[1:])  # the weights moved
+
+    lab = train_policy(tiny_chat, seed_lab.pairs, TrainingSettings.for_method("kto", steps=1)).step_rows
+    assert lab[0]["loss"] == pytest.approx(rows[0]["loss"], abs=1e-4)

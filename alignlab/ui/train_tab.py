@@ -13,7 +13,7 @@ import gradio as gr
 
 from alignlab import plots
 from alignlab.health import Health, read_training_health
-from alignlab.methods import DEFAULT_METHOD, METHODS, UnknownMethodError, get_method, method_choices
+from alignlab.methods import DEFAULT_METHOD, METHODS, UnknownMethodError, entry_for, get_method, method_choices
 from alignlab.presets import DatasetError, PreferencePair, Preset, TrainingData, load_preset, validate_preset
 from alignlab.recipe import (
     ADAPTERS,
@@ -29,6 +29,7 @@ from alignlab.recipe import (
     recipe_zip,
     resolve_target,
 )
+from alignlab.recipe import METHODS as RECIPE_METHODS
 from alignlab.sharing import Finished, Published, Waiting
 from alignlab.training import KNOBS, LOSS_TYPES, SettingsError, TrainingSettings, qlora_unavailable, trained_on
 from alignlab.ui import jobs, runs
@@ -167,7 +168,8 @@ def finished_view(session: Session) -> tuple[Any, ...]:
     else:
         status += " No step finished, so there is nothing to compare: press Start again."
     status += "\n\n" + run_cost(training, session.model_spec)
-    method = training["settings"].get("method", DEFAULT_METHOD)
+    settings = training["settings"]
+    method = entry_for(settings.get("method", DEFAULT_METHOD), settings.get("loss_type", "sigmoid")).name
     health = read_training_health(
         [r for r in training["log_history"] if "loss" in r and "step" in r],
         beta=training["settings"]["beta"],
@@ -484,14 +486,16 @@ def export_recipe_ui(
     adapter: str,
     gpu_memory: float,
     mix: list[str] | None,
-    request: gr.Request,
+    method: str = DEFAULT_METHOD,
+    unpaired: list[dict[str, Any]] | None = None,
+    request: gr.Request = None,
 ) -> tuple[str, str]:
     """Export a recipe for a real run: the pairs, TRL's own script's config, launcher configs, run.sh, a README.
 
     Args:
         pairs: training pairs, a table with the columns prompt, chosen, rejected.
         heldout_pairs: held-out pairs (same columns), the recipe's eval.jsonl.
-        beta: DPO β (carried over as is).
+        beta: the method's β (carried over as is; empty: the method's default).
         learning_rate: the lab's learning rate (a real run uses the method's usual rate).
         steps: the lab's steps (the recipe makes as many passes over the pairs).
         batch_size: the lab's pairs per step.
@@ -506,20 +510,24 @@ def export_recipe_ui(
         adapter: lab (as in the lab), none (full fine-tuning), lora or qlora.
         gpu_memory: GiB per GPU, 8-4096 (80 for an H100).
         mix: public preference sets to train on too: ultrafeedback, hh-rlhf.
+        method: the method to run for real: dpo, ipo or kto (TRL's own dpo or kto script); orpo, simpo and rlhf
+            have no recipe yet, and the error says why.
+        unpaired: thumbs rows (prompt, completion, label) imported on the Dataset tab; a KTO recipe trains on them.
     Returns:
         (the recipe as a .zip file, a summary with the memory estimate).
     """
-    settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed)
+    settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed, method)
     rank = knob_value("lora_rank", lora_rank)
     settings = replace(settings, lora_rank=rank, use_lora=bool(use_lora))
     if adapter not in ("lab", *ADAPTERS):
         raise fail(f"adapter must be lab, {', '.join(ADAPTERS)} (got {adapter!r}).", "Out of range")
     train_pairs, heldout = pairs_from_table(pairs), pairs_from_table(heldout_pairs)
-    problems = validate_preset(Preset("recipe", "", "", [], train_pairs, heldout))
+    thumbs = jobs.unpaired_from_dicts(unpaired or [])
+    problems = validate_preset(Preset("recipe", "", "", [], train_pairs, heldout, unpaired=thumbs))
     if problems:
         raise gr.Error("Fix the dataset first (Dataset tab):\n" + problems_markdown(problems), title="Dataset")
     session = session_of(request)
-    preset = Preset(session.preset_id or "custom", "AlignLab pairs", "", [], train_pairs, heldout)
+    preset = Preset(session.preset_id or "custom", "AlignLab pairs", "", [], train_pairs, heldout, unpaired=thumbs)
     try:
         recipe = build_recipe(
             preset,
@@ -686,13 +694,24 @@ def build_adapter_controls() -> SimpleNamespace:
     return SimpleNamespace(use_lora=use_lora, lora_rank=lora_rank, use_qlora=use_qlora)
 
 
+def _no_recipe_text() -> str:
+    """Which methods have no recipe, and why (TRL ships no script for them)."""
+    no_script = [m.title for name, m in METHODS.items() if name not in RECIPE_METHODS and m.script is None]
+    not_yet = [m.title for name, m in METHODS.items() if name not in RECIPE_METHODS and m.script is not None]
+    parts = [f"{', '.join(no_script)}: no recipe (TRL 1.16 ships no script for them)."] if no_script else []
+    parts += [f"{', '.join(not_yet)}: no recipe yet."] if not_yet else []
+    return " ".join(parts)
+
+
 def build_recipe_controls() -> SimpleNamespace:
     """'From the lab to a real run': export the settings and pairs as a recipe for TRL's own script."""
     with gr.Accordion("From the lab to a real run: export a recipe", open=False, elem_id="recipe-panel"):
         gr.Markdown(
             "Take these pairs and settings to a cluster: a folder (zip) with the pairs in TRL's format, a config for "
-            "TRL's own `dpo` script scaled for the target model, launcher configs (DDP, DeepSpeed ZeRO-2/3, FSDP), "
-            "`run.sh`, and a README with the memory estimate and how to mix in public preference data."
+            "TRL's own script of the method above (`dpo` for DPO and IPO, `kto` for KTO, with the thumbs rows) scaled "
+            "for the target model, launcher configs (DDP, DeepSpeed ZeRO-2/3, FSDP), `run.sh`, and a README with the "
+            "memory estimate and how to mix in public preference data. "
+            f"{_no_recipe_text()}"
         )
         with gr.Row():
             target_model = gr.Dropdown(
@@ -756,6 +775,8 @@ def wire_recipe(tab: SimpleNamespace, dataset: SimpleNamespace) -> None:
             tab.recipe_adapter,
             tab.gpu_memory,
             tab.mix,
+            tab.method,
+            dataset.unpaired,  # a state: thumbs rows imported on the Dataset tab (not an API parameter)
         ],
         [tab.recipe_file, tab.recipe_summary],
         api_name="export_recipe",
