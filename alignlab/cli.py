@@ -69,9 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     lab.add_argument("--seed", type=int, default=defaults.seed, help=knob("seed", defaults.seed))
     lab.add_argument("--loss", default=defaults.loss_type, help=f"DPO's loss type: {', '.join(LOSS_TYPES)}")
-    lab.add_argument(
-        "--sft-weight", type=float, default=defaults.sft_weight, help=knob("sft_weight", defaults.sft_weight)
-    )
+    lab.add_argument("--sft-weight", type=float, default=None, help=knob("sft_weight"))
     lab.add_argument(
         "--max-length", type=int, default=defaults.max_length, help=knob("max_length", defaults.max_length)
     )
@@ -191,6 +189,7 @@ def _add_recipe_parser(sub: Any) -> None:
     recipe.add_argument("--batch-size", type=int, default=defaults.batch_size, help="the lab's pairs per step")
     recipe.add_argument("--seed", type=int, default=defaults.seed, help=f"seed (default {defaults.seed})")
     recipe.add_argument("--loss", default=defaults.loss_type, help=f"loss type: {', '.join(LOSS_TYPES)}")
+    recipe.add_argument("--sft-weight", type=float, default=None, help="DPO's SFT term (default: the method's)")
     recipe.add_argument("--out", required=True, help="the folder to write")
 
 
@@ -455,6 +454,7 @@ def _run_recipe(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             loss_type=args.loss,
+            sft_weight=args.sft_weight,
             use_lora=args.lora or args.qlora,
             lora_rank=args.lora_rank,
         )

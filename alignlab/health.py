@@ -426,7 +426,9 @@ def rule_signal(facts: RunFacts) -> list[Finding]:
                 f"Backwards: the policy's shift ranks held-out pairs the wrong way round ({accuracy:.0%} right). "
                 "It trained on its own sampled answers, scored by the reward model, and those moved it away from "
                 "the wording of the chosen answers rather than toward it: the reward model's preference did not "
-                "reach the policy as the pairs state it (more RL steps, or a reward model that generalises).",
+                "reach the policy as the pairs state it. Online RL learns only from what the policy samples: answers "
+                "like the rejected ones that it never writes are never pushed down (DPO learns from them directly). "
+                "More RL steps, longer samples or a reward model that generalises may change this.",
             )
         ]
     if backwards:

@@ -280,15 +280,26 @@ _DPO = Method(
 #: Every runnable method, by the name the CLI, the API and the Train tab use. Defaults were measured
 #: with ``alignlab.lab.run_lab`` on the embedded model and seed-lab (2 shared CPU cores, 2026-11-27):
 #: - dpo (beta 0.1, lr 2e-5, 6 steps): 6 of 7 answers changed, healthy, held-out 1.00, KL 0.089;
-#: - ipo at beta 0.1: 7 changed but warning (grad norm 195 before clipping, chosen answers' likelihood
-#:   fell: displacement), held-out 0.83; beta 0.5 and 1.0 were worse (failed: held-out 0.17 and 0.00 under
-#:   the summed implicit reward, while TRL's IPO optimises the per-token mean). Kept at 0.1; still open;
+#: - ipo, 6 steps, held-out pairs scored by IPO's own per-token implicit reward (`make bench ARGS="--only
+#:   method_defaults --methods ipo"`, bench/calibration.py's SWEEP; 2026-11-28). At lr 2e-5 without an SFT term, beta
+#:   0.1 / 0.25 / 0.5: held-out 1.00, contrast 1.00, but warning: gradient norms above 100 (195 at beta 0.1; 55 at
+#:   beta 0.5 already at step 1, where the policy is the reference: IPO's squared loss pulls the per-token margin
+#:   toward 1/(2 beta)) and displacement (the chosen answers' log-probability fell 2-17 nats: IPO widens the margin by
+#:   pushing both answers down); beta 1.0: an answer loops. IPO's updates barely depend on beta under Adam, so the
+#:   rate and DPO's SFT term on the chosen answers (TRL's loss_type [ipo, sft]) were measured next: lr 1e-5 with SFT
+#:   1 or 2: an answer loops; lr 2e-6 with SFT 1: no real change (KL 0.0014); beta 1.0, lr 5e-6, SFT 1: an answer
+#:   loops; beta 0.5, lr 5e-6, SFT 2: healthy, 4 changed, held-out 1.00, contrast 1.00, KL 0.0037, no loop, gradient
+#:   norms 43-96, the chosen answers' log-probability up 0.9 nats, the rejected ones' down 4.5. Kept (its title in
+#:   tables: "IPO + SFT×2"); the margin to the thresholds is thin (KL 0.0037 against 0.002, norm 96 against 100);
 #: - simpo (beta 2.0, lr 2e-5, 6 steps): 7 changed, healthy, held-out 1.00 but the original model also
 #:   ranks every held-out pair right under SimPO's own score (no_gain), KL 0.054;
 #: - kto (beta 0.1, lr 2e-5, 6 steps of 2 pairs = 4 thumbs rows): 6 changed, healthy, held-out 1.00, KL 0.088;
-#: - orpo (beta 0.1, lr 2e-5, 6 steps): 6 changed but warning: its SFT term made answers loop (repetition);
-#:   held-out 0.83 against the original model's 1.00 under the mean log-prob score, contrast 0.63. A lower
-#:   learning rate is the next thing to measure; still open.
+#: - orpo, 6 steps (`make bench ARGS="--only method_defaults --methods orpo"`, bench/calibration.py's SWEEP; 2 cores,
+#:   2026-11-28): beta 0.1 at lr 2e-5 and 1e-5: an answer loops (repetition, warning; ORPO's SFT term on the chosen
+#:   answers: repeated-phrase rate 0.04 -> 0.17 and 0.15), contrast 0.62; beta 0.1 at lr 5e-6: healthy, 6 changed,
+#:   contrast 0.62 (partial cue), KL 0.01; beta 0.5 at lr 1e-5: healthy, 6 changed, no loop (0.04 -> 0.04),
+#:   held-out 1.00 (the original model's too, under the mean log-prob score: no_gain), contrast 0.75 (beyond the
+#:   cue), KL 0.01. Kept: beta 0.5 (a heavier odds-ratio term beside the SFT loss), lr 1e-5.
 #: - rlhf (reward model: 6 steps of 2 pairs at its own lr 5e-5; RL: 6 RLOO steps of 2 prompts x 4 sampled answers of
 #:   24 tokens, beta 0.05), by lr of the RL stage (`python -m alignlab lab --preset seed-lab --method rlhf --lr LR`, the
 #:   machine shared: load average 4-8 on its 2 cores, so wall times are 12-45x a quiet run's, see below):
@@ -298,7 +309,11 @@ _DPO = Method(
 #:   -3.41 -> -2.11 but KL 0.46 and answers turned generic ("To tackle this task, consider a multi-step approach",
 #:   a new common phrase). All three read warning, not healthy: the policy's implicit reward ranks the held-out pairs
 #:   backwards (0.00, 0.17, 0.17): RL moved it toward direct answers without the chosen answers' "Sure! ... Hope that
-#:   helps!" wrapper (hence contrast up, held-out down). lr 5e-5 kept; RLHF reading healthy on seed-lab is still open.
+#:   helps!" wrapper (hence contrast up, held-out down). lr 5e-5 kept. 2026-11-28: sampled answers of 48 tokens instead
+#:   of 24 (whole answers, as the reward model saw them) read worse: held-out 0.50, contrast 0.38 (shortcut), failed,
+#:   531 s under load. RLHF at its defaults is held by the calibration matrix to read warning, not healthy: online
+#:   RL learns only from the answers the policy samples, and an instruct model never samples the rejected answers'
+#:   kind (a curt brush-off), so nothing pushes them down and the held-out ranking follows incidental drift.
 #:   The default run on the 2 cores quiet (load 0.6; `time python -m alignlab lab --preset seed-lab --method rlhf`,
 #:   2026-11-28 00:52 UTC): 114 s of wall time (load 0.5, baseline 6.9, train 91.3, evaluate 10.8): reward-model
 #:   steps 1.5-2 s, RL steps about 13 s (the first, with the reference's load, 13 s too); the same figures as above
@@ -314,6 +329,7 @@ METHODS: dict[str, Method] = {
         variant_of="dpo",
         loss_type="ipo",
         scorer="mean_implicit_reward",
+        defaults={"learning_rate": 5e-6, "beta": 0.5, "steps": 6, "sft_weight": 2.0},
     ),
     "kto": Method(
         name="kto",
@@ -355,7 +371,7 @@ METHODS: dict[str, Method] = {
         axes=_DPO_AXES,
         rewards_relative=False,
         scorer="mean_logprob",
-        defaults={"learning_rate": 2e-5, "beta": 0.1, "steps": 6},
+        defaults={"learning_rate": 1e-5, "beta": 0.5, "steps": 6},
         beta_means="weight of the odds-ratio term beside the SFT loss (ORPO's lambda)",
         step_cost=0.7,
         script=None,
@@ -473,10 +489,12 @@ def entry_for(method: str, loss_type: str = "sigmoid") -> Method:
     return get_method(method)
 
 
-def method_title(method: str, loss_type: str = "sigmoid") -> str:
-    """The method as a person names it: 'DPO', 'IPO' (a loss variant with its own entry), 'DPO (hinge loss)'."""
+def method_title(method: str, loss_type: str = "sigmoid", sft_weight: float = 0.0) -> str:
+    """The method as a person names it: 'DPO', 'IPO' (a loss variant with its own entry), 'DPO (hinge loss)', and
+    DPO's SFT term when it has one: 'IPO + SFT×2'."""
+    sft = f" + SFT×{sft_weight:g}" if sft_weight else ""
     for entry in METHODS.values():
         if entry.variant_of == method and entry.loss_type == loss_type:
-            return entry.title
+            return entry.title + sft
     title = METHODS[method].title if method in METHODS else str(method)
-    return title + (f" ({loss_type} loss)" if loss_type != "sigmoid" else "")
+    return title + (f" ({loss_type} loss)" if loss_type != "sigmoid" else "") + sft

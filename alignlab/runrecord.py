@@ -46,10 +46,9 @@ def run_label(number: int) -> str:
 
 def method_label(settings: dict[str, Any]) -> str:
     """'DPO', 'IPO', 'DPO (hinge loss)', 'KTO', ... from a settings dict."""
-    label = method_title(settings.get("method", "dpo"), settings.get("loss_type", "sigmoid"))
-    if settings.get("sft_weight"):
-        label += f" + SFT×{settings['sft_weight']:g}"
-    return label
+    return method_title(
+        settings.get("method", "dpo"), settings.get("loss_type", "sigmoid"), settings.get("sft_weight") or 0
+    )
 
 
 @dataclass

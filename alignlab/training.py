@@ -215,8 +215,9 @@ class TrainingSettings:
 
     @property
     def method_label(self) -> str:
-        """The method as a person names it: 'DPO', 'IPO' (a loss variant with its own entry), 'DPO (hinge loss)'."""
-        return method_title(self.method, self.loss_type)
+        """The method as a person names it: 'DPO', 'IPO' (a loss variant with its own entry), 'DPO (hinge loss)',
+        with DPO's SFT term when it has one ('IPO + SFT×2')."""
+        return method_title(self.method, self.loss_type, self.sft_weight)
 
     @property
     def method_entry(self) -> Method:

@@ -12,7 +12,9 @@ against the bare loop in fp32), ``scale`` (a 1.1B model: LoRA vs full fine-tunin
 ``--candidates`` or ``--only candidates``) and ``room`` (N = 1, 3, 8 API clients running the whole
 lab at once on a real server, distinct and identical requests; slow, so only with ``--only room``)
 and ``methods`` (issue 9: DPO, IPO, KTO and ORPO compared from one click on a real server, and each
-method's seconds per step and peak memory beside a plain TRL script of it; only with ``--only methods``).
+method's seconds per step and peak memory beside a plain TRL script of it; only with ``--only methods``)
+and ``method_defaults`` (the sweep each method's defaults were chosen from: settings around them, each a real lab
+run on seed-lab held to the demo's bar; only with ``--only method_defaults``, ``--methods`` picks methods).
 Every figure is a median with its min-max and sample count; ratios come from the same process.
 Nothing here passes or fails: the targets are goals, reported as met or not.
 """
@@ -45,6 +47,7 @@ SECTIONS = (
     "candidates",
     "room",
     "methods",
+    "method_defaults",
 )
 DEFAULT_SECTIONS = ("generation", "training", "lab", "shift", "evidence", "calibration")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -100,7 +103,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--room-tokens", type=int, default=None, help="room section: max new tokens per answer (default 64)"
     )
     parser.add_argument(
-        "--methods", default=None, help="methods section: comma-separated methods (default dpo,ipo,kto,orpo)"
+        "--methods",
+        default=None,
+        help="methods and method_defaults sections: comma-separated methods (default dpo,ipo,kto,orpo; all)",
     )
     parser.add_argument(
         "--method-steps", type=int, default=None, help="methods section: steps per run (default: each method's)"
@@ -235,6 +240,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         steps = args.method_steps or (2 if args.quick else None)
         _say(f"[bench] methods: {', '.join(chosen)} compared from one click, then each beside plain TRL ...")
         results["methods"] = methods.run(spec, args.device, chosen, steps)
+    if "method_defaults" in args.sections:
+        _say("[bench] method_defaults: each method around its defaults, a whole lab run each ...")
+        results["method_defaults"] = calibration.sweep(
+            spec, args.device, args.methods.split(",") if args.methods else None
+        )
     if "candidates" in args.sections:
         _say("[bench] candidates: one probed training run each, in fresh processes ...")
         names = args.candidate_names.split(",") if args.candidate_names else None
@@ -532,6 +542,10 @@ def table(results: dict[str, Any]) -> str:
         from bench.calibration import table_rows as calibration_rows
 
         rows += calibration_rows(results["calibration"])
+    if results.get("method_defaults"):
+        from bench.calibration import table_rows as calibration_rows
+
+        rows += calibration_rows(results["method_defaults"], "method defaults")
     if results.get("room"):
         from bench.room import rows as room_rows
 

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from alignlab.methods import METHODS
 from alignlab.presets import PreferencePair, Preset, preset_ids
 
 
@@ -23,6 +24,8 @@ class Case:
     name: str
     preset: str
     settings: dict[str, Any] = field(default_factory=dict)
+    """Settings fields that differ from the method's own defaults."""
+    method: str = "dpo"
     swap_half: bool = False
     """Swap chosen and rejected on every other pair (training and held-out alike): labels that contradict."""
     verdicts: tuple[str, ...] = ("healthy",)
@@ -107,6 +110,52 @@ CASES: list[Case] = [
 ]
 
 
+def _demo_case(method: str, settings: dict[str, Any] | None = None, why: str = "") -> Case:
+    """A method on seed-lab that must read like the lab's own demo: healthy, an answer changed, no loops."""
+    label = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in (settings or {}).items())
+    return Case(
+        f"{method} on seed-lab at " + (label or "its defaults"),
+        "seed-lab",
+        dict(settings or {}),
+        method=method,
+        verdicts=("healthy",),
+        forbidden=("repetition", "collapse"),
+        min_changed=1,
+        why=why or f"{method}'s defaults are the method's demo in a comparison",
+    )
+
+
+#: Every method but DPO (whose default case is above) at its own defaults on seed-lab: the lab's demo of each.
+#: RLHF is the exception, measured: its reward rises and answers change, but online RL never samples answers like
+#: the pairs' rejected ones, so the policy's shift ranks held-out pairs backwards (0.17) and must not read healthy.
+CASES += [_demo_case(name) for name in METHODS if name not in ("dpo", "rlhf")]
+CASES.append(
+    Case(
+        "rlhf on seed-lab at its defaults",
+        "seed-lab",
+        method="rlhf",
+        verdicts=("warning",),
+        codes=("no_signal", "reward_rising"),
+        forbidden=("repetition", "collapse"),
+        min_changed=1,
+        why="the reward rises, but the policy's shift ranks held-out pairs backwards: not healthy, not a failure",
+    )
+)
+
+#: The measurements each method's defaults were chosen from (``--only method_defaults``): settings around the
+#: defaults, each a real lab run on seed-lab held to the demo's bar. Kept so a change of defaults can be re-measured.
+SWEEP: list[Case] = [
+    *[_demo_case("ipo", {"beta": beta, "learning_rate": 2e-5, "sft_weight": 0.0}) for beta in (0.1, 0.25, 0.5, 1.0)],
+    *[
+        _demo_case("ipo", {"beta": beta, "learning_rate": lr, "sft_weight": sft})
+        for beta, lr, sft in ((0.5, 1e-5, 1.0), (0.5, 1e-5, 2.0), (0.5, 2e-6, 1.0), (0.5, 5e-6, 2.0), (1.0, 5e-6, 1.0))
+    ],
+    *[_demo_case("orpo", {"learning_rate": lr, "beta": 0.1}) for lr in (2e-5, 1e-5, 5e-6)],
+    _demo_case("orpo", {"learning_rate": 1e-5, "beta": 0.5}),
+    *[_demo_case("rlhf", {"learning_rate": lr}) for lr in (2e-5, 5e-5, 1e-4)],
+]
+
+
 def summary(case: Case, report: dict[str, Any]) -> dict[str, Any]:
     """The figures behind a case's verdict (one bench table row)."""
     ev, deg, health = report["eval"], report["eval"]["degeneration"], report["health"]
@@ -141,8 +190,8 @@ def run_case(spec: str, case: Case) -> dict[str, Any]:
     from alignlab.lab import run_lab
     from alignlab.training import TrainingSettings
 
-    report, _ = run_lab(spec, case.dataset(), TrainingSettings(**case.settings))
-    return summary(case, report)
+    report, _ = run_lab(spec, case.dataset(), TrainingSettings.for_method(case.method, **case.settings))
+    return {"method": case.method, "settings": report["settings"], **summary(case, report)}
 
 
 def run(spec: str, device: str | None, names: list[str] | None = None) -> dict[str, Any]:
@@ -158,7 +207,19 @@ def run(spec: str, device: str | None, names: list[str] | None = None) -> dict[s
     return {"model": spec, "cases": rows, "calibrated": all(not r["wrong"] for r in rows)}
 
 
-def table_rows(section: dict[str, Any]) -> list[tuple[str, str]]:
+def sweep(spec: str, device: str | None, methods: list[str] | None = None) -> dict[str, Any]:
+    """The defaults sweep (:data:`SWEEP`; only the named methods'), each run in a fresh process."""
+    from bench.common import run_worker
+
+    rows = [
+        run_worker("calibrate", spec, device, json.dumps({"sweep": index}))
+        for index, case in enumerate(SWEEP)
+        if not methods or case.method in methods
+    ]
+    return {"model": spec, "cases": rows}
+
+
+def table_rows(section: dict[str, Any], label: str = "calibration") -> list[tuple[str, str]]:
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
 
@@ -167,7 +228,7 @@ def table_rows(section: dict[str, Any]) -> list[tuple[str, str]]:
         ok = "ok" if not r["wrong"] else "WRONG: " + "; ".join(r["wrong"])
         rows.append(
             (
-                f"calibration: {r['case']}",
+                f"{label}: {r['case']}",
                 f"{r['verdict']} {r['codes']} ({ok}); changed {r['changed']}/{r['answers']}, distinct "
                 f"{r['distinct'][0]}->{r['distinct'][1]}, repeats {r['repeated_ngram_rate'][0]:.2f}->"
                 f"{r['repeated_ngram_rate'][1]:.2f}, held-out {pct(r['heldout_accuracy'])}, contrast "

@@ -188,9 +188,9 @@ def _evidence(spec: str, options: dict) -> dict:
 
 
 def _calibrate(spec: str, options: dict) -> dict:
-    from bench.calibration import CASES, run_case
+    from bench.calibration import CASES, SWEEP, run_case
 
-    return run_case(spec, CASES[options["case"]])
+    return run_case(spec, SWEEP[options["sweep"]] if "sweep" in options else CASES[options["case"]])
 
 
 def _room(spec: str, options: dict) -> dict:

@@ -228,12 +228,22 @@ def test_plots_follow_each_methods_axes():
 def test_picking_a_method_on_the_train_tab_sets_its_own_defaults():
     from alignlab.ui.train_tab import method_defaults_ui
 
-    beta, lr, steps, loss = method_defaults_ui("simpo")
+    beta, lr, steps, loss, sft = method_defaults_ui("simpo")
     assert (beta.value, lr.value, steps.value) == tuple(
         METHODS["simpo"].defaults[k] for k in ("beta", "learning_rate", "steps")
     )
     assert (loss.value, loss.interactive) == ("sigmoid", False)  # no loss variants outside DPO
-    assert method_defaults_ui("ipo")[3].value == "ipo" and method_defaults_ui("dpo")[3].interactive
+    assert (sft.value, sft.interactive) == (0.0, False)  # nor DPO's SFT term
+    ipo, dpo = method_defaults_ui("ipo"), method_defaults_ui("dpo")
+    assert ipo[3].value == "ipo" and dpo[3].interactive
+    assert ipo[4].value == METHODS["ipo"].defaults.get("sft_weight", 0.0) and ipo[4].interactive
+    assert dpo[4].value == 0.0
+    # the settings the widgets make: an empty SFT weight takes the method's own, and a label that says so
+    from alignlab.ui.train_tab import settings_from_inputs
+
+    settings = settings_from_inputs(None, None, None, 2, "sigmoid", 0, "ipo")
+    assert settings.sft_weight == METHODS["ipo"].defaults.get("sft_weight", 0.0)
+    assert settings_from_inputs(None, None, None, 2, "sigmoid", 0, "dpo", 0.5).method_label == "DPO + SFT×0.5"
 
 
 def test_gpu_estimate_follows_the_methods_cost():

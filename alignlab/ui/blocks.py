@@ -73,6 +73,7 @@ def run_lab(
     seed: int = DEFAULTS.seed,
     max_new_tokens: int = 64,
     method: str = DEFAULT_METHOD,
+    sft_weight: float | None = None,
     request: gr.Request = None,
 ) -> dict:
     """Run the whole lab on a preset: baseline, train, compare. Returns the report JSON.
@@ -87,7 +88,8 @@ def run_lab(
         loss_type: sigmoid (DPO), ipo, hinge, robust, apo_zero, sppo_hard, nca_pair or bco_pair.
         seed: training seed.
         max_new_tokens: answer length for the eval prompts, 1-512.
-        method: dpo, ipo (DPO with the IPO loss), kto, orpo or simpo; settings.training.method in the report.
+        method: dpo, ipo (DPO with the IPO loss), kto, orpo, simpo or rlhf; settings.training.method in the report.
+        sft_weight: DPO's (and IPO's) added SFT term on the chosen answers, 0-10; empty means the method's default.
     Returns:
         The report: model, settings, baseline_outputs, aligned_outputs, changed, log_history, health, eval, timings.
     """
@@ -96,7 +98,9 @@ def run_lab(
     except DatasetError as exc:
         raise gr.Error(str(exc), title="Unknown preset") from exc
     # Every check before any model work, so that a wrong input is answered at once.
-    settings = train_tab.settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed, method)
+    settings = train_tab.settings_from_inputs(
+        beta, learning_rate, steps, batch_size, loss_type, seed, method, sft_weight
+    )
     baseline_tab.generation_settings(max_new_tokens, baseline_tab.GREEDY, 0)
     spec, _ = runs.check_model(model or default_model())
     session = session_of(request)

@@ -70,10 +70,11 @@ def settings_from_inputs(
     loss_type: Any,
     seed: Any,
     method: Any = DEFAULT_METHOD,
+    sft_weight: Any = None,
 ) -> TrainingSettings:
     """TrainingSettings from the widgets (or API values), each field checked with a clear message.
 
-    ``beta``, ``learning_rate`` and ``steps`` left empty (None) take the method's own defaults.
+    ``beta``, ``learning_rate``, ``steps`` and ``sft_weight`` left empty (None) take the method's own defaults.
     """
     try:
         entry = get_method(method)
@@ -91,6 +92,7 @@ def settings_from_inputs(
             batch_size=knob_value("batch_size", batch_size),
             loss_type=loss_type,
             seed=knob_value("seed", seed),
+            sft_weight=knob_value("sft_weight", sft_weight) if sft_weight is not None else None,
         )
     except SettingsError as exc:
         raise gr.Error(str(exc), title="Training settings") from exc
@@ -111,7 +113,8 @@ def knob_widget(name: str, **kwargs: Any) -> gr.Number:
 
 
 def method_defaults_ui(method: str) -> tuple[Any, ...]:
-    """A new method picked: its own β, learning rate and steps in the widgets, and DPO's loss variants only for DPO.
+    """A new method picked: its own β, learning rate, steps and SFT weight in the widgets, and DPO's loss variants and
+    SFT term only for DPO (and IPO, DPO with the IPO loss).
 
     Picking ``ipo`` selects DPO's IPO loss; picking a method that is not DPO sets the loss back to sigmoid
     (it takes no loss variant) and locks the dropdown.
@@ -123,6 +126,7 @@ def method_defaults_ui(method: str) -> tuple[Any, ...]:
         gr.Number(value=entry.defaults["learning_rate"]),
         gr.Number(value=entry.defaults["steps"]),
         gr.Dropdown(value=entry.loss_type or "sigmoid", interactive=entry.loss_variants and entry.loss_type is None),
+        gr.Number(value=entry.defaults.get("sft_weight", 0.0), interactive=entry.loss_variants),
     )
 
 
@@ -249,6 +253,7 @@ def train_ui(
     lora_rank: float = DEFAULTS.lora_rank,
     use_qlora: bool = False,
     method: str = DEFAULT_METHOD,
+    sft_weight: float | None = None,
     unpaired: list[dict[str, Any]] | None = None,
 ) -> Iterator[tuple[Any, ...]]:
     """Run a preference method (DPO by default) on the pairs, streaming each logged step; needs /baseline first.
@@ -269,6 +274,8 @@ def train_ui(
         method: dpo, ipo (DPO with the IPO loss), kto (each pair's answers as thumbs up/down), orpo or simpo (no
             reference model). β, learning rate and steps are used as given: each method's own defaults are listed by
             /run_lab, which uses them when those are left empty. Other methods than dpo take loss_type sigmoid.
+        sft_weight: DPO's (and IPO's) added SFT term on the chosen answers, 0-10 (0 = none); empty means the
+            method's default (IPO's is 2, see its registry entry). Other methods take none.
     Returns:
         Streams (status, loss plot, margin plot, rewards plot, accuracy plot, held-out plot, log table, health).
         While the run waits for the model, the status (and the API's progress updates) say the place
@@ -276,7 +283,7 @@ def train_ui(
         (its steps replayed), not run twice.
     """
     session = session_of(request)
-    settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed, method)
+    settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed, method, sft_weight)
     settings = with_adapter(settings, use_lora, lora_rank, use_qlora)
     train_pairs, heldout, thumbs = _check_ready(session, pairs, heldout_pairs, unpaired, settings)
     probes = probes_for(train_pairs, probes or {})
@@ -487,6 +494,7 @@ def export_recipe_ui(
     gpu_memory: float,
     mix: list[str] | None,
     method: str = DEFAULT_METHOD,
+    sft_weight: float | None = None,
     unpaired: list[dict[str, Any]] | None = None,
     request: gr.Request = None,
 ) -> tuple[str, str]:
@@ -512,11 +520,12 @@ def export_recipe_ui(
         mix: public preference sets to train on too: ultrafeedback, hh-rlhf.
         method: the method to run for real: dpo, ipo or kto (TRL's own dpo or kto script); orpo, simpo and rlhf
             have no recipe yet, and the error says why.
+        sft_weight: DPO's (and IPO's) SFT term, 0-10; empty means the method's default.
         unpaired: thumbs rows (prompt, completion, label) imported on the Dataset tab; a KTO recipe trains on them.
     Returns:
         (the recipe as a .zip file, a summary with the memory estimate).
     """
-    settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed, method)
+    settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed, method, sft_weight)
     rank = knob_value("lora_rank", lora_rank)
     settings = replace(settings, lora_rank=rank, use_lora=bool(use_lora))
     if adapter not in ("lab", *ADAPTERS):
@@ -599,6 +608,7 @@ def build() -> SimpleNamespace:
             info="sigmoid is the original DPO.",
             scale=3,
         )
+        sft_weight = knob_widget("sft_weight", scale=1)
         seed = knob_widget("seed", scale=1)
     adapter = build_adapter_controls()
     with gr.Row():
@@ -664,6 +674,7 @@ def build() -> SimpleNamespace:
         steps=steps,
         batch_size=batch_size,
         loss_type=loss_type,
+        sft_weight=sft_weight,
         seed=seed,
         start=start,
         stop=stop,
@@ -776,6 +787,7 @@ def wire_recipe(tab: SimpleNamespace, dataset: SimpleNamespace) -> None:
             tab.gpu_memory,
             tab.mix,
             tab.method,
+            tab.sft_weight,
             dataset.unpaired,  # a state: thumbs rows imported on the Dataset tab (not an API parameter)
         ],
         [tab.recipe_file, tab.recipe_summary],
@@ -800,6 +812,7 @@ def inputs(tab: SimpleNamespace, dataset: SimpleNamespace) -> list[Any]:
         tab.lora_rank,
         tab.use_qlora,
         tab.method,
+        tab.sft_weight,
         dataset.unpaired,  # a state: thumbs rows imported on the Dataset tab (not an API parameter)
     ]
 
@@ -823,7 +836,7 @@ def wire(tab: SimpleNamespace, dataset: SimpleNamespace) -> Any:
     tab.method.change(
         method_defaults_ui,
         tab.method,
-        [tab.beta, tab.learning_rate, tab.steps, tab.loss_type],
+        [tab.beta, tab.learning_rate, tab.steps, tab.loss_type, tab.sft_weight],
         api_visibility="private",
         queue=False,
     )
