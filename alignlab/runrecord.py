@@ -107,9 +107,11 @@ class RunRecord:
 
 
 def _cost(cost: dict[str, Any]) -> dict[str, Any]:
+    """Seconds per step and peak memory from a report's ``cost`` or, before the compare, a training summary."""
     steps, seconds = cost.get("steps_done") or cost.get("steps"), cost.get("seconds")
+    per_step = cost.get("seconds_per_step") or (seconds / steps if steps and seconds else None)
     return {
-        "seconds_per_step": round(seconds / steps, 2) if steps and seconds else None,
+        "seconds_per_step": round(per_step, 2) if per_step else None,
         "peak_memory": {"bytes": cost.get("peak_memory_bytes"), "kind": cost.get("peak_memory_kind")}
         if cost.get("peak_memory_bytes")
         else None,

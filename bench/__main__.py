@@ -329,7 +329,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     ms = results.get("methods")
     if ms:
-        four = sorted(row["method"] for row in ms["comparison"]["table"]) == ["DPO", "IPO", "KTO", "ORPO"]
+        four = sorted(ms["comparison"].get("methods", "").split(",")) == ["dpo", "ipo", "kto", "orpo"]
         rows.append(
             (
                 "four-method comparison (dpo, ipo, kto, orpo), click to table < 240 s (embedded, 2 CPU cores)",

@@ -87,6 +87,7 @@ def comparison_in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     finally:
         demo.close()
     return {
+        "methods": options["methods"],
         "click_to_table_seconds": seconds,
         "table": result["table"],
         "timings": [r["timings"] for r in result["runs"]],

@@ -384,6 +384,12 @@ def test_run_lab_and_train_take_a_method(app) -> None:
     assert report["settings"]["training"]["method"] == "kto" and not _has_nan(report)
     assert report["settings"]["training"]["beta"] == METHODS["kto"].defaults["beta"]  # left empty: the method's
     assert any("kl" in row for row in report["log_history"]) and report["health"]["verdict"]
+    # every default of the method reaches the run through the whole lab: IPO's SFT term too
+    report = client.predict(preset="concise", steps=1, max_new_tokens=4, method="ipo", api_name="/run_lab")
+    training = report["settings"]["training"]
+    assert (training["loss_type"], training["sft_weight"]) == ("ipo", METHODS["ipo"].defaults["sft_weight"])
+    assert training["learning_rate"] == METHODS["ipo"].defaults["learning_rate"]
+    assert report["eval"]["heldout_scorer"] == "mean_implicit_reward"
     *_, last = list(client.submit(steps=2, method="orpo", api_name="/train"))
     assert "Finished 2 of 2 steps" in last[0] and "log-odds ratio" in last[6]["headers"]
 

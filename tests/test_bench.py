@@ -164,3 +164,23 @@ def test_quick_bench_room_section_runs_rooms_on_a_real_server(tmp_path):
     assert distinct["peak_rss_mib"] > 0 and identical["first_step_last_in_line"] is not None
     targets = {t["target"]: t for t in written["targets"]}
     assert targets["distinct requests: makespan <= 1.15x serial sum"]["value"] == pytest.approx(distinct["ratio"])
+
+
+def test_the_defaults_sweep_is_valid_settings_around_each_methods_defaults():
+    """Every case of the method_defaults sweep is a method's settings the lab accepts, held to the demo's bar, and
+    the chosen defaults were among the candidates measured (they are what the registry comments cite)."""
+    from alignlab.methods import METHODS
+    from alignlab.training import TrainingSettings
+    from bench.calibration import CASES, SWEEP
+
+    assert len({case.name for case in SWEEP}) == len(SWEEP)
+    for case in SWEEP:
+        settings = TrainingSettings.for_method(case.method, **case.settings)
+        assert not settings.problems(), case.name
+        assert case.verdicts == ("healthy",) and case.min_changed == 1 and "repetition" in case.forbidden
+    for name in ("ipo", "orpo"):
+        defaults = {k: v for k, v in METHODS[name].defaults.items() if k != "steps"}
+        measured = [c.settings for c in SWEEP if c.method == name]
+        assert any(all(s.get(k) == v for k, v in defaults.items()) for s in measured), name
+    # and every method's default run is in the calibration matrix, so its verdict is a slow test
+    assert {c.method for c in CASES if not c.settings and c.preset == "seed-lab"} >= set(METHODS)

@@ -55,7 +55,7 @@ def test_a_loss_variant_is_dpo_with_that_loss_and_each_method_keeps_its_defaults
     hinge = settings_for("hinge")
     assert (hinge.method, hinge.loss_type, hinge.method_label) == ("dpo", "hinge", "DPO (hinge loss)")
     ipo = settings_for("ipo")
-    assert (ipo.method, ipo.loss_type, ipo.method_label) == ("dpo", "ipo", "IPO")
+    assert (ipo.method, ipo.loss_type, ipo.method_label) == ("dpo", "ipo", "IPO + SFT×2")
     simpo = settings_for("simpo", steps=3)
     assert (simpo.beta, simpo.steps) == (2.0, 3)  # SimPO's own beta, the shared step count
     with pytest.raises(SettingsError, match="dpo: steps must be"):

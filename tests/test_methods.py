@@ -87,7 +87,9 @@ def test_each_method_trains_logs_its_keys_moves_the_policy_and_not_the_reference
 def test_ipo_is_dpo_with_the_ipo_loss():
     settings = TrainingSettings.for_method("ipo")
     assert (settings.method, settings.loss_type) == ("dpo", "ipo")
-    assert settings.method_label == "IPO" and TrainingSettings(loss_type="hinge").method_label == "DPO (hinge loss)"
+    assert TrainingSettings(loss_type="ipo").method_label == "IPO"
+    assert settings.method_label == "IPO + SFT×2"  # IPO's defaults carry DPO's SFT term (see its registry entry)
+    assert TrainingSettings(loss_type="hinge").method_label == "DPO (hinge loss)"
     assert TrainingSettings.from_dict(settings.to_dict()) == settings
     with pytest.raises(SettingsError, match="cannot also take loss_type 'hinge'"):
         TrainingSettings(method="ipo", loss_type="hinge")

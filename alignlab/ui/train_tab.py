@@ -352,7 +352,8 @@ def train_with(
     request: gr.Request,
     unpaired: list[dict[str, Any]] | None = None,
 ) -> Iterator[tuple[Any, ...]]:
-    """:func:`train_ui` for settings already checked (the whole lab, a comparison's runs)."""
+    """:func:`train_ui` for settings already checked (the whole lab, a comparison's runs): every field of ``settings``
+    reaches the run (``method`` as stored: IPO is DPO with the IPO loss, its SFT term given, not DPO's default)."""
     return train_ui(
         pairs,
         heldout_pairs,
@@ -364,7 +365,11 @@ def train_with(
         settings.loss_type,
         settings.seed,
         request,
+        use_lora=settings.use_lora,
+        lora_rank=settings.lora_rank,
+        use_qlora=settings.use_qlora,
         method=settings.method,
+        sft_weight=settings.sft_weight,
         unpaired=unpaired,
     )
 
