@@ -155,6 +155,9 @@ def plain_trl(loaded: Any, pairs: list, settings: Any) -> tuple[list[float], dic
     extra: dict[str, Any] = dict(stage.options)
     if settings.method_entry.loss_variants:
         extra["loss_type"] = [settings.loss_type]
+        if settings.sft_weight:  # DPO's SFT term, as TRL documents it (IPO's defaults carry one)
+            extra["loss_type"] = [settings.loss_type, "sft"]
+            extra["loss_weights"] = [1.0, float(settings.sft_weight)]
     if not settings.method_entry.has_reference:
         extra["remove_unused_columns"] = False
     clock = StepClock(loaded.device)
