@@ -132,7 +132,8 @@ def test_every_contract_endpoint_is_public_and_documented(app) -> None:
         "use_lora",
         "lora_rank",
         "use_qlora",
-        "method",  # added last, so that clients that pass the others by position keep working
+        "method",  # added after the others, so that clients that pass them by position keep working
+        "sft_weight",
     ]
     for name in ENDPOINTS:
         assert api["named_endpoints"][name]["description"], f"{name} has no description"

@@ -63,7 +63,10 @@ def test_each_entry_names_real_trl_classes_and_consistent_keys(name):
     assert (method.scorer in RELATIVE_SCORERS) == method.has_reference  # reference-free methods say what they use
     if method.script is not None:
         assert importlib.util.find_spec(method.script) is not None
-    assert set(method.defaults) == {"learning_rate", "beta", "steps"}
+    assert (
+        {"learning_rate", "beta", "steps"} <= set(method.defaults) <= {"learning_rate", "beta", "steps", "sft_weight"}
+    )
+    assert "sft_weight" not in method.defaults or method.loss_variants  # DPO's SFT term, only where DPO's loss runs
     TrainingSettings.for_method(name)  # the defaults are valid settings
 
 

@@ -265,7 +265,9 @@ def test_ipo_and_dpos_sft_term_reach_the_dpo_script(tmp_path, seed_lab):
     recipe = build_recipe(seed_lab, TrainingSettings.for_method("ipo"))
     out = write_recipe(recipe, tmp_path / "ipo")
     _, config, _, _ = _parse_with_trl(out, "--dataset_name", str(out))
-    assert config.loss_type == ["ipo"] and config.beta == get_method("ipo").defaults["beta"]
+    ipo = get_method("ipo").defaults
+    assert config.beta == ipo["beta"] and config.loss_type == ["ipo", "sft"]  # IPO's defaults carry DPO's SFT term
+    assert config.loss_weights == [1.0, ipo["sft_weight"]]
     assert "# IPO recipe" in (out / "README.md").read_text()
     out = write_recipe(build_recipe(seed_lab, TrainingSettings(sft_weight=0.5)), tmp_path / "sft")
     _, config, _, _ = _parse_with_trl(out, "--dataset_name", str(out))
