@@ -311,7 +311,8 @@ _DPO = Method(
 #:   backwards (0.00, 0.17, 0.17): RL moved it toward direct answers without the chosen answers' "Sure! ... Hope that
 #:   helps!" wrapper (hence contrast up, held-out down). lr 5e-5 kept. 2026-11-28: sampled answers of 48 tokens instead
 #:   of 24 (whole answers, as the reward model saw them) read worse: held-out 0.50, contrast 0.38 (shortcut), failed,
-#:   531 s under load. RLHF at its defaults is held by the calibration matrix to read warning, not healthy: online
+#:   531 s under load; 12 steps of each stage instead of 6: held-out 0.33, contrast 0.75, KL 0.14, warning (no
+#:   generalisation). RLHF at its defaults is held by the calibration matrix to read warning, not healthy: online
 #:   RL learns only from the answers the policy samples, and an instruct model never samples the rejected answers'
 #:   kind (a curt brush-off), so nothing pushes them down and the held-out ranking follows incidental drift.
 #:   The default run on the 2 cores quiet (load 0.6; `time python -m alignlab lab --preset seed-lab --method rlhf`,
