@@ -351,6 +351,20 @@ def test_cli_writes_a_recipe_and_explains_bad_input(tmp_path, capsys):
 # --------------------------------------------------------------------------- the real thing
 
 
+def _run_on_two_cpu_processes(out: Path, model_dir: Path) -> None:
+    """The exported run.sh --cpu: TRL's own script under torchrun, 2 CPU processes over gloo, 3 steps."""
+    env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    run = subprocess.run(
+        [str(out / "run.sh"), "--cpu", "--processes", "2", "--model", str(model_dir), "--max-steps", "3"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_exported_recipe_runs_on_two_processes_and_matches_the_lab(tmp_path, tiny_chat_dir, tiny_chat, seed_lab):
     """TRL's own script under torchrun, 2 CPU processes over gloo, launched by the exported run.sh.
@@ -384,16 +398,7 @@ def test_exported_recipe_runs_on_two_processes_and_matches_the_lab(tmp_path, tin
         ]
     )
     assert code == 0
-    env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    run = subprocess.run(
-        [str(out / "run.sh"), "--cpu", "--processes", "2", "--model", str(tiny_chat_dir), "--max-steps", "3"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    _run_on_two_cpu_processes(out, tiny_chat_dir)
     assert "--nproc_per_node 2" in (out / "output" / "train.log").read_text()
     rows = logged_rows(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -421,16 +426,7 @@ def test_exported_kto_recipe_runs_on_two_processes(tmp_path, tiny_chat_dir, tiny
         + ["--gpus", "2", "--steps", "3", "--lr", "1e-3", "--as-in-lab", "--out", str(out)]
     )
     assert code == 0
-    env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    run = subprocess.run(
-        [str(out / "run.sh"), "--cpu", "--processes", "2", "--model", str(tiny_chat_dir), "--max-steps", "3"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    _run_on_two_cpu_processes(out, tiny_chat_dir)
     log = (out / "output" / "train.log").read_text()
     assert "--nproc_per_node 2" in log and "trl.scripts.kto" in log
     rows = logged_rows(out)
