@@ -69,7 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     lab.add_argument("--seed", type=int, default=defaults.seed, help=knob("seed", defaults.seed))
     lab.add_argument("--loss", default=defaults.loss_type, help=f"DPO's loss type: {', '.join(LOSS_TYPES)}")
-    lab.add_argument("--sft-weight", type=float, default=None, help=knob("sft_weight"))
+    lab.add_argument(
+        "--sft-weight",
+        type=float,
+        default=None,
+        help=f"{KNOBS['sft_weight'].means} {KNOBS['sft_weight'].range_text(' to ')} "
+        f"(default {defaults.sft_weight:g}; {per_method('sft_weight')})",
+    )
     lab.add_argument(
         "--max-length", type=int, default=defaults.max_length, help=knob("max_length", defaults.max_length)
     )
