@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,20 @@ class CliError(Exception):
     """Bad input: printed as one clear message, exit code 2."""
 
 
+def _method_defaults_text(field: str, names: Iterable[str]) -> str:
+    """'dpo 6, kto 6, ...': each named method's own default of a settings field (those that set it)."""
+    from alignlab.methods import get_method
+
+    own = {name: get_method(name).defaults for name in names}
+    return ", ".join(f"{name} {values[field]:g}" for name, values in own.items() if field in values)
+
+
 def _parser() -> argparse.ArgumentParser:
     from alignlab.methods import DEFAULT_METHOD, METHODS, beta_ranges
     from alignlab.models import EMBEDDED_DEFAULT
     from alignlab.training import KNOBS, LOSS_TYPES, TrainingSettings
 
     defaults = TrainingSettings()
-    own = {name: m.defaults for name, m in METHODS.items()}
 
     def knob(name: str, default: Any = None) -> str:
         """A flag's help from the settings' metadata: what it does, its range, its default."""
@@ -42,8 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         return f"{k.means} {k.range_text(' to ')} ({shown})"
 
     def per_method(field: str) -> str:
-        """'dpo 6, kto 6, ...': a default that is the method's own."""
-        return ", ".join(f"{name} {values[field]:g}" for name, values in own.items() if field in values)
+        return _method_defaults_text(field, METHODS)
 
     parser = argparse.ArgumentParser(
         prog="python -m alignlab",
@@ -137,7 +144,7 @@ def _add_compare_parser(sub: Any) -> None:
 
 def _add_recipe_parser(sub: Any) -> None:
     """``recipe``: the lab's settings and pairs as a folder that launches TRL's own script on a cluster."""
-    from alignlab.methods import DEFAULT_METHOD, get_method
+    from alignlab.methods import DEFAULT_METHOD
     from alignlab.recipe import DEFAULT_TARGET, ENGINES, KNOWN_TARGETS, PUBLIC_DATASETS
     from alignlab.recipe import METHODS as RECIPE_METHODS
     from alignlab.training import LOSS_TYPES, TrainingSettings
@@ -145,7 +152,7 @@ def _add_recipe_parser(sub: Any) -> None:
     defaults = TrainingSettings()
 
     def per_method(field: str) -> str:
-        return ", ".join(f"{name} {get_method(name).defaults[field]:g}" for name in RECIPE_METHODS)
+        return _method_defaults_text(field, RECIPE_METHODS)
 
     recipe = sub.add_parser(
         "recipe",

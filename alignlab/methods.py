@@ -211,15 +211,19 @@ _DPO_LOGGED = (
 
 def _dpo_fields(settings: Any) -> dict[str, Any]:
     """DPO's loss variant, its optional SFT term (TRL's ``loss_type=[loss, "sft"]`` with ``loss_weights``)
-    and how the reference is scored."""
+    and how the reference is scored. ``loss_weights`` and ``label_smoothing`` appear only when they differ from
+    TRL's defaults (None, 0.0), so that a recipe's config (:mod:`alignlab.recipe`) writes only what the lab set."""
     sft = settings.sft_weight > 0
-    return {
+    fields = {
         "beta": settings.beta,
         "loss_type": [settings.loss_type, "sft"] if sft else [settings.loss_type],
-        "loss_weights": [1.0, float(settings.sft_weight)] if sft else None,
-        "label_smoothing": 0.1 if settings.loss_type == "robust" else 0.0,
         "precompute_ref_log_probs": settings.precompute_ref_log_probs and not settings.use_lora,
     }
+    if sft:
+        fields["loss_weights"] = [1.0, float(settings.sft_weight)]
+    if settings.loss_type == "robust":
+        fields["label_smoothing"] = 0.1
+    return fields
 
 
 def _kto_fields(settings: Any) -> dict[str, Any]:
@@ -481,21 +485,23 @@ def beta_ranges() -> str:
     return "; ".join(f"{', '.join(names)}: {low:g} to {high:g}" for (low, high), names in groups.items())
 
 
+def _variant(method: str, loss_type: str) -> Method | None:
+    """The entry of a loss variant stored as ``method`` with ``loss_type`` (``dpo`` with ``ipo`` -> IPO's), if any."""
+    return next((e for e in METHODS.values() if e.variant_of == method and e.loss_type == loss_type), None)
+
+
 def entry_for(method: str, loss_type: str = "sigmoid") -> Method:
     """The registry entry of settings stored as ``method`` with ``loss_type``: a loss variant with an entry of
     its own (``dpo`` with ``ipo`` -> IPO's, with its scorer and defaults), else ``method``'s own entry."""
-    for entry in METHODS.values():
-        if entry.variant_of == method and entry.loss_type == loss_type:
-            return entry
-    return get_method(method)
+    return _variant(method, loss_type) or get_method(method)
 
 
 def method_title(method: str, loss_type: str = "sigmoid", sft_weight: float = 0.0) -> str:
     """The method as a person names it: 'DPO', 'IPO' (a loss variant with its own entry), 'DPO (hinge loss)', and
     DPO's SFT term when it has one: 'IPO + SFT×2'."""
     sft = f" + SFT×{sft_weight:g}" if sft_weight else ""
-    for entry in METHODS.values():
-        if entry.variant_of == method and entry.loss_type == loss_type:
-            return entry.title + sft
+    variant = _variant(method, loss_type)
+    if variant is not None:
+        return variant.title + sft
     title = METHODS[method].title if method in METHODS else str(method)
     return title + (f" ({loss_type} loss)" if loss_type != "sigmoid" else "") + sft

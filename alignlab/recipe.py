@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.methods import Method, UnknownMethodError, get_method
-from alignlab.models import KNOWN_MODELS, PLAIN_PROMPT_TEMPLATE
+from alignlab.models import KNOWN_MODELS
 from alignlab.presets import PreferencePair, Preset, UnpairedRow
-from alignlab.training import TrainingSettings
+from alignlab.training import TrainingSettings, preference_row, thumbs_row
 
 GIB = 1024**3
 
@@ -413,32 +413,17 @@ def preference_rows(pairs: list[PreferencePair], chat: bool, implicit_prompt: bo
     the head of both conversations instead, the shape of the public sets (UltraFeedback, HH-RLHF),
     so that they can be concatenated.
     """
-    rows: list[dict[str, Any]] = []
+    if not (chat and implicit_prompt):
+        return [preference_row(p, chat) for p in pairs]
+    rows = []
     for p in pairs:
-        if chat and implicit_prompt:
-            user = {"role": "user", "content": p.prompt}
-            rows.append(
-                {
-                    "chosen": [user, {"role": "assistant", "content": p.chosen}],
-                    "rejected": [user, {"role": "assistant", "content": p.rejected}],
-                }
-            )
-        elif chat:
-            rows.append(
-                {
-                    "prompt": [{"role": "user", "content": p.prompt}],
-                    "chosen": [{"role": "assistant", "content": p.chosen}],
-                    "rejected": [{"role": "assistant", "content": p.rejected}],
-                }
-            )
-        else:
-            rows.append(
-                {
-                    "prompt": PLAIN_PROMPT_TEMPLATE.format(prompt=p.prompt),
-                    "chosen": " " + p.chosen.strip(),
-                    "rejected": " " + p.rejected.strip(),
-                }
-            )
+        user = {"role": "user", "content": p.prompt}
+        rows.append(
+            {
+                "chosen": [user, {"role": "assistant", "content": p.chosen}],
+                "rejected": [user, {"role": "assistant", "content": p.rejected}],
+            }
+        )
     return rows
 
 
@@ -456,41 +441,11 @@ def thumbs_rows(
     """
     if implicit_prompt:
         return preference_rows(pairs, chat, implicit_prompt=True)
-
-    def row(prompt: str, completion: str, label: bool) -> dict[str, Any]:
-        if chat:
-            return {
-                "prompt": [{"role": "user", "content": prompt}],
-                "completion": [{"role": "assistant", "content": completion}],
-                "label": label,
-            }
-        return {
-            "prompt": PLAIN_PROMPT_TEMPLATE.format(prompt=prompt),
-            "completion": " " + completion.strip(),
-            "label": label,
-        }
-
     return (
-        [row(p.prompt, p.chosen, True) for p in pairs]
-        + [row(p.prompt, p.rejected, False) for p in pairs]
-        + [row(r.prompt, r.completion, r.label) for r in unpaired]
+        [thumbs_row(p.prompt, p.chosen, True, chat) for p in pairs]
+        + [thumbs_row(p.prompt, p.rejected, False, chat) for p in pairs]
+        + [thumbs_row(r.prompt, r.completion, r.label, chat) for r in unpaired]
     )
-
-
-def _dpo_keys(settings: TrainingSettings) -> dict[str, Any]:
-    """DPO's keys as the lab sets them (:func:`alignlab.methods._dpo_fields`): its loss variant and SFT term."""
-    keys: dict[str, Any] = {"beta": settings.beta, "loss_type": [settings.loss_type]}
-    if settings.sft_weight > 0:
-        keys["loss_type"] = [settings.loss_type, "sft"]
-        keys["loss_weights"] = [1.0, float(settings.sft_weight)]
-    if settings.loss_type == "robust":
-        keys["label_smoothing"] = 0.1  # as the lab sets it (TrainingSettings.to_dpo_config)
-    return keys
-
-
-def _kto_keys(settings: TrainingSettings) -> dict[str, Any]:
-    # Desirable and undesirable rows come in equal numbers from pairs, so TRL's default weights (1.0) are balanced.
-    return {"beta": settings.beta}
 
 
 @dataclass(frozen=True)
@@ -502,7 +457,9 @@ class RecipeMethod:
     """The method's name in :data:`alignlab.methods.METHODS`."""
     rows: Callable[..., list[dict[str, Any]]]
     """(pairs, chat model?, implicit prompt?, thumbs rows) -> rows of the script's dataset."""
-    config_keys: Callable[[TrainingSettings], dict[str, Any]]
+    config_fields: tuple[str, ...]
+    """The keys of the method's config that carry over from the lab, as the lab sets them (the registry stage's
+    ``fields_from``); the rest of the lab's own fields (batch, reference pre-computation) are planned here."""
     learning_rate_full: float
     """A real run's learning rate, full fine-tuning (the lab's is for six steps on a small model)."""
     learning_rate_adapter: float
@@ -517,6 +474,12 @@ class RecipeMethod:
     @property
     def entry(self) -> Method:
         return get_method(self.name)
+
+    def config_keys(self, settings: TrainingSettings) -> dict[str, Any]:
+        """The method's own keys in config.yaml: :attr:`config_fields`, valued as the lab's trainer gets them."""
+        fields_from = self.entry.stage.fields_from
+        own = fields_from(settings) if fields_from is not None else {}
+        return {key: own[key] for key in self.config_fields if key in own}
 
     @property
     def script(self) -> str:
@@ -550,7 +513,7 @@ class RecipeMethod:
 _DPO_RECIPE = RecipeMethod(
     name="dpo",
     rows=lambda pairs, chat, implicit, unpaired=(): preference_rows(pairs, chat, implicit),
-    config_keys=_dpo_keys,
+    config_fields=("beta", "loss_type", "loss_weights", "label_smoothing"),
     learning_rate_full=5e-7,
     learning_rate_adapter=5e-6,
     reference_copy=True,
@@ -573,7 +536,8 @@ METHODS: dict[str, RecipeMethod] = {
     "kto": RecipeMethod(
         name="kto",
         rows=thumbs_rows,
-        config_keys=_kto_keys,
+        # Desirable and undesirable rows come in equal numbers from pairs, so TRL's default weights (1.0) balance.
+        config_fields=("beta",),
         learning_rate_full=5e-7,
         learning_rate_adapter=5e-6,
         reference_copy=True,
@@ -727,11 +691,9 @@ def plan_run(
         global_batch = max(lab_batch, 1)
         lab_pairs = settings.total_steps(n_train) * settings.batch_size
         epochs = round(max(lab_pairs / max(n_train, 1), 0.1), 2)
-        reasons["global_batch"] = (
-            f"the lab's batch, on the lab's pairs ({method.rows_per_pair} rows per pair)"
-            if (method.rows_per_pair > 1)
-            else "the lab's batch, on the lab's pairs"
-        )
+        reasons["global_batch"] = "the lab's batch, on the lab's pairs"
+        if method.rows_per_pair > 1:
+            reasons["global_batch"] += f" ({method.rows_per_pair} rows per pair)"
         reasons["epochs"] = f"{epochs:g} passes over the pairs, as many as the lab's run made"
         max_length = settings.max_length
         reasons["max_length"] = "the lab's"
@@ -1248,7 +1210,7 @@ def _readme(
     lab_steps = f"{settings.steps} steps" if settings.steps is not None else f"{settings.epochs:g} epochs"
     rows = [
         ("method", m.title, f"`{m.script}`; {m.why}"),
-        *[(key, _value_text(value), "as in the lab") for key, value in m.config_keys(settings).items()],
+        *[(key, _value_text(recipe.config[key]), "as in the lab") for key in m.config_fields if key in recipe.config],
         ("learning rate", f"{plan.learning_rate:g}", plan.reasons.get("learning_rate", "as in the lab")),
         ("schedule", f"{plan.lr_scheduler_type}, warm-up {plan.warmup_ratio:.0%}", "lab: constant, no warm-up"),
         (

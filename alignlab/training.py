@@ -57,7 +57,13 @@ from alignlab.methods import (
     known_methods,
     method_title,
 )
-from alignlab.models import LoadedModel, copy_for_training, reference_view, use_persistent_kernel_cache
+from alignlab.models import (
+    PLAIN_PROMPT_TEMPLATE,
+    LoadedModel,
+    copy_for_training,
+    reference_view,
+    use_persistent_kernel_cache,
+)
 from alignlab.presets import PreferencePair, TrainingData, UnpairedRow
 
 #: DPO and its siblings, as TRL's ``DPOConfig.loss_type`` names them.
@@ -466,36 +472,34 @@ def to_trl_dataset(loaded: LoadedModel, pairs: list[PreferencePair]) -> Dataset:
     generation uses; base models get the *standard* format with our plain-text prompt
     (TRL appends the eos token to each completion).
     """
-    if loaded.is_chat:
-        rows = [
-            {
-                "prompt": [{"role": "user", "content": p.prompt}],
-                "chosen": [{"role": "assistant", "content": p.chosen}],
-                "rejected": [{"role": "assistant", "content": p.rejected}],
-            }
-            for p in pairs
-        ]
-    else:
-        rows = [
-            {
-                "prompt": loaded.format_prompt(p.prompt),
-                "chosen": " " + p.chosen.strip(),
-                "rejected": " " + p.rejected.strip(),
-            }
-            for p in pairs
-        ]
-    return Dataset.from_list(rows)
+    return Dataset.from_list([preference_row(p, loaded.is_chat) for p in pairs])
 
 
-def _thumbs_row(loaded: LoadedModel, prompt: str, answer: str, label: bool) -> dict[str, Any]:
-    """One row of TRL's unpaired format: conversational for chat models, plain-text prompt for base models."""
-    if loaded.is_chat:
+def preference_row(pair: PreferencePair, chat: bool) -> dict[str, Any]:
+    """One row of TRL's preference format: conversational for a chat model, our plain-text prompt (what
+    :meth:`LoadedModel.format_prompt` gives a base model) with each answer after a space otherwise."""
+    if chat:
+        return {
+            "prompt": [{"role": "user", "content": pair.prompt}],
+            "chosen": [{"role": "assistant", "content": pair.chosen}],
+            "rejected": [{"role": "assistant", "content": pair.rejected}],
+        }
+    return {
+        "prompt": PLAIN_PROMPT_TEMPLATE.format(prompt=pair.prompt),
+        "chosen": " " + pair.chosen.strip(),
+        "rejected": " " + pair.rejected.strip(),
+    }
+
+
+def thumbs_row(prompt: str, answer: str, label: bool, chat: bool) -> dict[str, Any]:
+    """One row of TRL's unpaired format: conversational for a chat model, plain-text prompt for a base model."""
+    if chat:
         return {
             "prompt": [{"role": "user", "content": prompt}],
             "completion": [{"role": "assistant", "content": answer}],
             "label": label,
         }
-    return {"prompt": loaded.format_prompt(prompt), "completion": " " + answer.strip(), "label": label}
+    return {"prompt": PLAIN_PROMPT_TEMPLATE.format(prompt=prompt), "completion": " " + answer.strip(), "label": label}
 
 
 def to_unpaired_dataset(
@@ -516,14 +520,14 @@ def to_unpaired_dataset(
     data = TrainingData.of(pairs)
     if data.unpaired:
         rows = _thumbs_layout(data.thumbs(), 2 * batch_size, seed)
-        return Dataset.from_list([_thumbs_row(loaded, r.prompt, r.completion, r.label) for r in rows])
+        return Dataset.from_list([thumbs_row(r.prompt, r.completion, r.label, loaded.is_chat) for r in rows])
     order = torch.randperm(len(data.pairs), generator=torch.Generator().manual_seed(seed)).tolist()
     shuffled = [data.pairs[i] for i in order]
     rows: list[dict[str, Any]] = []
     for start in range(0, len(shuffled), batch_size):
         batch = shuffled[start : start + batch_size]
-        rows += [_thumbs_row(loaded, p.prompt, p.chosen, True) for p in batch]
-        rows += [_thumbs_row(loaded, p.prompt, p.rejected, False) for p in batch]
+        rows += [thumbs_row(p.prompt, p.chosen, True, loaded.is_chat) for p in batch]
+        rows += [thumbs_row(p.prompt, p.rejected, False, loaded.is_chat) for p in batch]
     return Dataset.from_list(rows)
 
 
