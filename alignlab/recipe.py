@@ -1191,6 +1191,7 @@ def _readme(
     m, shape, plan = recipe.method, recipe.shape, recipe.plan
     n_train = recipe.files["train.jsonl"].count("\n")  # rows: a pair is one row, or two thumbs rows for KTO
     n_eval = recipe.files["eval.jsonl"].count("\n")
+    data_format = "paired" if mix else m.entry.data  # a mixture is written in the public sets' paired shape
     # `datasets` caches a folder's splits under its folder and config names only, not its files' content:
     # a config named after the content keeps a re-exported folder from reading the old pairs' cache.
     digest = hashlib.sha256((recipe.files["train.jsonl"] + recipe.files["eval.jsonl"]).encode()).hexdigest()[:12]
@@ -1307,7 +1308,7 @@ step to `output/train.log`; checkpoints (with `trainer_state.json`, the full log
 
 ## What it trains, and how the lab's settings map
 
-Data: `train.jsonl` ({n_train} rows), `eval.jsonl` ({n_eval} rows), TRL's {m.entry.data} preference format,
+Data: `train.jsonl` ({n_train} rows), `eval.jsonl` ({n_eval} rows), TRL's {data_format} preference format,
 {fmt}. Target: `{shape.hub_id}` ({count_text(shape.parameters())} parameters).
 
 {settings_table}

@@ -259,6 +259,8 @@ def test_a_kto_recipe_runs_trls_kto_script_on_thumbs_rows(tmp_path, seed_lab):
     # mixed with the public sets (pairs), the user's pairs are written as pairs too: TRL's KTO script unpairs them
     mixed = build_recipe(seed_lab, settings, mix=["ultrafeedback"])
     assert set(json.loads(mixed.files["train.jsonl"].splitlines()[0])) == {"chosen", "rejected"}
+    assert "TRL's unpaired preference format" in readme
+    assert "TRL's paired preference format" in mixed.files["README.md"]
 
 
 def test_ipo_and_dpos_sft_term_reach_the_dpo_script(tmp_path, seed_lab):
