@@ -390,11 +390,17 @@ def lab_memory_estimate(shape: ModelShape, settings: TrainingSettings, on_gpu: b
     """Bytes the lab's own run holds: the cached fp32 model, the policy copy, gradients, AdamW, activations.
 
     The lab keeps fp32 weights (bf16 only as autocast on a GPU), shares the cached model as the
-    reference (:func:`alignlab.models.reference_view`) and trains a private fp32 copy.
+    reference (:func:`alignlab.models.reference_view`) and trains a private fp32 copy; QLoRA trains
+    on a 4-bit base TRL loads from disk instead of the copy (the cached model stays for the rest).
     """
     params = shape.parameters()
     trainable = shape.lora_parameters(settings.lora_rank) if settings.use_lora else params
-    weights = 4 * params * 2 + (4 * trainable if settings.use_lora else 0)  # cached model + policy copy (+ adapter)
+    if settings.use_qlora:
+        linear = shape.linear_parameters()
+        policy = QLORA_WEIGHT_BYTES * linear + 2 * (params - linear)
+    else:
+        policy = 4 * params
+    weights = 4 * params + policy + (4 * trainable if settings.use_lora else 0)  # cached model + policy (+ adapter)
     states = 12 * trainable  # gradients (4) + AdamW moments (8)
     activation_bytes = 2 if on_gpu else 4
     tokens = settings.batch_size * 2 * settings.max_length

@@ -481,12 +481,18 @@ def table(results: dict[str, Any]) -> str:
     if sc and "skipped" in sc:
         rows.append(("scale: 1.1B LoRA vs full fine-tuning", "skipped: " + sc["skipped"]))
     elif sc:
-        for name in ("full", "lora_r16"):
-            v = sc[name]
+        for name in ("full", "lora_r16", "qlora_r16"):
+            v = sc.get(name)
+            if v is None:
+                continue
+            label = f"scale: {count_text(sc['parameters'])} params, {sc['precision']}, {name}, {sc['steps']} steps"
+            if "skipped" in v or "failed" in v:
+                rows.append((label, "skipped: " + v["skipped"] if "skipped" in v else "FAILED: " + v["failed"]))
+                continue
             peak = bytes_text(v["peak_memory_mib"] * 2**20) if v["peak_memory_mib"] else "n/a (no CUDA)"
             rows.append(
                 (
-                    f"scale: {count_text(sc['parameters'])} params, {sc['precision']}, {name}, {sc['steps']} steps",
+                    label,
                     f"{v['seconds']:.2f} s (first step {v['first_step_seconds']:.2f} s, then "
                     f"{v['step_seconds_median']:.3f} s/step); peak {peak}, estimate "
                     f"{bytes_text(v['estimate_mib'] * 2**20)}; {count_text(v['trainable_parameters'])} trained",
@@ -511,7 +517,7 @@ def table(results: dict[str, Any]) -> str:
             ("evaluate_warm", "lab: evaluation, warm call"),
             ("warm_up", "lab: start-up warm-up (alignlab.warmup, app.py on a GPU)"),
             ("total_after_warm_up", "lab: total, first call after the start-up warm-up"),
-            ("process_start_and_imports", "lab: process start + imports (before the click)"),
+            ("process_start_and_imports", "lab: process start + imports + preload (before the click)"),
             ("peak_rss_cached", "lab: peak RSS, cached run"),
             ("peak_rss_cold", "lab: peak RSS, cold run / cold load"),
             ("cuda_peak", "lab: peak CUDA memory allocated"),

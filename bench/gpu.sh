@@ -14,15 +14,16 @@
 #   generation   batched vs one prompt at a time, each answer forced to its full length;
 #   training     seconds per DPO step: AlignLab vs a plain DPOTrainer script vs the bare loop;
 #   shift        steps until held-out accuracy reaches 0.75;
-#   scale        a 1.1B Llama-shaped model (random, bf16 autocast): LoRA vs full fine-tuning
-#                through train_dpo, seconds and peak memory against the computed estimate.
+#   scale        a 1.1B Llama-shaped model (random, bf16 autocast): full fine-tuning, LoRA and QLoRA
+#                (4-bit base, bitsandbytes) through train_dpo, seconds and peak memory against the
+#                computed estimate.
 # JSON goes to $OUT (when set, as on a lent device machine) or bench/results/, as gpu.json.
 #
 # What the machine needs: a Python whose torch sees CUDA, with accelerate, huggingface_hub (>=1.31),
 # tokenizers (0.23.x), safetensors, pandas, pyarrow (>=24), numpy, pyyaml, typer and packaging
 # (a stock CUDA PyTorch image with the HF stack, like this workplace's device image). Carried as
 # wheels in $WHEELS (default .whl/): trl, datasets, transformers and peft at the lab's versions,
-# always installed; dill, multiprocess, fsspec and regex, installed only where the machine's own
+# always installed; bitsandbytes where missing; dill, multiprocess, fsspec and regex, installed only where the machine's own
 # version is missing or fails a requirement (bench/wheels.py decides and says why). huggingface_hub
 # is not carried: 2.x needs httpx2, and the machine's 1.x meets transformers 5.24 and datasets 5.2.
 #
@@ -38,16 +39,17 @@ DEVICE=${DEVICE:-cuda}
 RESULTS=${OUT:-bench/results}
 # The lab's versions (requirements.txt) of what the device image lacks or has older, and the
 # support packages the image may lack (dill, multiprocess) or have at a version datasets 5.2 or
-# transformers 5.24 refuse (fsspec <= 2026.9.0, regex >= 2025.10.22). About 14 MB in all.
+# transformers 5.24 refuse (fsspec <= 2026.9.0, regex >= 2025.10.22); bitsandbytes for the QLoRA row
+# (43 MB of CUDA 11.8-13.2 builds; installed where the machine has none). About 60 MB in all.
 PINNED="trl==1.16.0 datasets==5.2.0 transformers==5.24.0 peft==0.21.2 \
-dill==0.4.1 multiprocess==0.70.19 fsspec==2026.9.0 regex==2026.11.19"
+dill==0.4.1 multiprocess==0.70.19 fsspec==2026.9.0 regex==2026.11.19 bitsandbytes==0.50.2"
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
     # Run where PyPI is reachable; fetches CPython 3.12 x86-64 wheels (the device image's Python).
     rm -rf "$WHEELS" && mkdir -p "$WHEELS"
     # shellcheck disable=SC2086
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d "$WHEELS" $PINNED
     ls -la "$WHEELS"
     du -sh "$WHEELS"

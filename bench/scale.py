@@ -1,11 +1,13 @@
-"""A 1B-class model through the lab's own ``train_dpo``: LoRA vs full fine-tuning, time and peak memory.
+"""A 1B-class model through the lab's own ``train_dpo``: full fine-tuning, LoRA and QLoRA, time and peak memory.
 
 A Llama-shaped 1.1B model (TinyLlama-1.1B's dimensions) with random weights, built on the GPU
-from its config (no hub, nothing saved), held as the lab holds a model (fp32 weights, the cached
+from its config (no hub), held as the lab holds a model (fp32 weights, the cached
 model as the reference, a private copy trained under bf16 autocast). One untimed 1-step run first
 compiles the kernels for this shape; then each variant trains ``steps`` steps on the seed lab's
 pairs and reports its total seconds, its median step after the first, its measured peak CUDA
-memory, and the estimate :func:`alignlab.recipe.lab_memory_estimate` computes for it.
+memory, and the estimate :func:`alignlab.recipe.lab_memory_estimate` computes for it. QLoRA (where
+bitsandbytes is installed) loads its 4-bit base from disk as TRL does in the lab, so the model is
+saved once in bf16 before that row; its peak includes the lab's resident fp32 model, as in the lab.
 
 Off a GPU the 1.1B row is skipped (fp32 weights, their copy, gradients and AdamW states need
 about 20 GB and each step minutes on a CPU); ``size='tiny'`` runs the same code on a tiny shape.
@@ -14,7 +16,9 @@ about 20 GB and each step minutes on a CPU); ``size='tiny'`` runs the same code 
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -23,7 +27,7 @@ from alignlab.models import LoadedModel, prepare_tokenizer
 from alignlab.presets import PreferencePair
 from alignlab.recipe import ModelShape, lab_memory_estimate
 from alignlab.tiny import build_tokenizer
-from alignlab.training import TrainingSettings, train_dpo
+from alignlab.training import TrainingSettings, qlora_unavailable, train_dpo
 
 SHAPES: dict[str, dict[str, int]] = {
     "1b": {
@@ -43,7 +47,11 @@ SHAPES: dict[str, dict[str, int]] = {
         "vocab_size": 1024,
     },
 }
-VARIANTS = {"full": {}, "lora_r16": {"use_lora": True, "lora_rank": 16}}
+VARIANTS = {
+    "full": {},
+    "lora_r16": {"use_lora": True, "lora_rank": 16},
+    "qlora_r16": {"use_lora": True, "lora_rank": 16, "use_qlora": True},
+}
 
 
 def build(size: str, device: torch.device) -> tuple[LoadedModel, ModelShape]:
@@ -87,7 +95,20 @@ def run(device: torch.device, pairs: list[PreferencePair], size: str = "1b", ste
     mark = time.perf_counter()
     train_dpo(loaded, pairs, TrainingSettings(steps=1, precision=precision))  # compiles this shape's kernels
     out["compile_run_seconds"] = time.perf_counter() - mark
+    scratch = tempfile.TemporaryDirectory(prefix="bench-scale-")
     for name, overrides in VARIANTS.items():
+        if overrides.get("use_qlora"):
+            if reason := qlora_unavailable():
+                out[name] = {"skipped": reason}
+                continue
+            # TRL loads QLoRA's 4-bit base from disk (as the lab does from the model's source), so the
+            # random model is saved first, in bf16; the lab's fp32 copy stays resident, as in the lab.
+            mark = time.perf_counter()
+            loaded.model.save_pretrained(
+                scratch.name, state_dict={k: v.to(torch.bfloat16) for k, v in loaded.model.state_dict().items()}
+            )
+            loaded = replace(loaded, source=scratch.name)
+            out["qlora_save_seconds"] = time.perf_counter() - mark
         settings = TrainingSettings(steps=steps, precision=precision, **overrides)
         marks: list[float] = []
 
@@ -97,7 +118,13 @@ def run(device: torch.device, pairs: list[PreferencePair], size: str = "1b", ste
                     torch.cuda.synchronize()
                 marks.append(event.elapsed)
 
-        result = train_dpo(loaded, pairs, settings, on_event=on_event)
+        try:
+            result = train_dpo(loaded, pairs, settings, on_event=on_event)
+        except Exception as error:  # noqa: BLE001 - a row that failed says why; the other rows stand
+            if not settings.use_qlora:
+                raise
+            out[name] = {"failed": f"{type(error).__name__}: {error}"[:500]}
+            continue
         step_seconds = [b - a for a, b in zip(marks, marks[1:])]
         out[name] = {
             "seconds": result.seconds,
@@ -107,9 +134,11 @@ def run(device: torch.device, pairs: list[PreferencePair], size: str = "1b", ste
             "estimate_mib": lab_memory_estimate(shape, settings, on_gpu=device.type == "cuda") / 2**20,
             "trainable_parameters": result.trainable_parameters,
             "final_loss": result.step_rows[-1]["loss"] if result.step_rows else None,
+            "losses": [row.get("loss") for row in result.step_rows],
         }
         del result
         if device.type == "cuda":
             torch.cuda.empty_cache()
     del loaded
+    scratch.cleanup()
     return out

@@ -5,6 +5,7 @@ trl or datasets (the device image: torch 2.11, transformers 5.17, huggingface_hu
 accelerate 1.15, tokenizers 0.23.2, peft; see its README). It installs:
 
 - the lab's own packages (:data:`CORE`), always, at the versions the lab is tested with;
+- an optional wheel (:data:`OPTIONAL`: bitsandbytes, for QLoRA) where the machine has none;
 - a support wheel only where the machine's own version of that package is missing or fails a
   requirement of those packages (``fsspec``, say, whose upper bound ``datasets`` pins): the rest of
   the machine's stack is left as it is. ``huggingface_hub`` is deliberately not carried: 2.x needs
@@ -29,6 +30,9 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 #: Installed from the carried wheels whatever the machine has: the versions the lab is tested with.
 CORE = ("trl", "datasets", "transformers", "peft")
+#: Installed where the machine lacks them: what a section needs beyond the lab's requirements
+#: (bitsandbytes: the scale section's QLoRA row; the image has none, and its wheel bundles CUDA 13's).
+OPTIONAL = ("bitsandbytes",)
 #: Packages whose requirements must hold for the bench to run (the core, and accelerate from the machine).
 CHECKED = (*CORE, "accelerate")
 
@@ -80,6 +84,13 @@ def plan(directory: Path) -> list[Path]:
         if name in {canonicalize_name(n) for n in CORE}:
             continue
         have = installed_version(name)
+        if name in {canonicalize_name(n) for n in OPTIONAL}:
+            if have is None:
+                chosen.append(path)
+                print(f"[wheels] {name}: installing carried {version} (not installed; optional)", file=sys.stderr)
+            else:
+                print(f"[wheels] {name}: keeping the machine's {have}", file=sys.stderr)
+            continue
         needs = [r for r in requirements if canonicalize_name(r.name) == name]
         unmet = [str(r) for r in needs if have is None or not r.specifier.contains(have, prereleases=True)]
         if unmet:
