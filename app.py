@@ -4,8 +4,10 @@ import os
 
 import alignlab.gpu  # noqa: F401  (first: on ZeroGPU, `spaces` must be imported before torch)
 from alignlab.ui import build_app, launch_options
+from alignlab.warmup import preload
 
 demo = build_app()
+preload()  # TRL's trainers and Triton's key at start-up, not in the first click (a ZeroGPU worker inherits them)
 
 if __name__ == "__main__":
     if os.environ.get("ALIGNLAB_WARMUP", "1") != "0" and not alignlab.gpu.on_zero_gpu():

@@ -59,7 +59,37 @@ DIGEST_STRIDE = 31
 # --------------------------------------------------------------------------- log-probs
 
 
+#: Rows whose token ids are kept per tokenizer (:func:`_encode_pair`): the live probe scores the same
+#: held-out rows after every step, and the chat template and tokenizer cost more than the forward on a GPU.
+ENCODED_ROWS_KEPT = 20_000
+_encoded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_encoded_lock = threading.Lock()
+
+
 def _encode_pair(loaded: LoadedModel, prompt: str, completion: str) -> tuple[list[int], int]:
+    """Token ids of prompt+completion, as TRL builds them, and where the completion starts (remembered
+    per tokenizer: the same row is encoded once; callers must not change the list)."""
+    key = (
+        loaded.is_chat,
+        MAX_SCORED_TOKENS,
+        getattr(loaded.model.config, "max_position_embeddings", None),
+        prompt,
+        completion,
+    )
+    with _encoded_lock:
+        rows = _encoded.setdefault(loaded.tokenizer, OrderedDict())
+        if key in rows:
+            rows.move_to_end(key)
+            return rows[key]
+    value = _encode_pair_uncached(loaded, prompt, completion)
+    with _encoded_lock:
+        rows[key] = value
+        while len(rows) > ENCODED_ROWS_KEPT:
+            rows.popitem(last=False)
+    return value
+
+
+def _encode_pair_uncached(loaded: LoadedModel, prompt: str, completion: str) -> tuple[list[int], int]:
     """Token ids of prompt+completion, as TRL builds them, and where the completion starts.
 
     A sequence longer than :data:`MAX_SCORED_TOKENS` (or the model's positions) loses the start of its

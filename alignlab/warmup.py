@@ -9,16 +9,22 @@ first user does; the compiled kernels also land in the persistent cache
 model the app serves, because Triton specialises its kernels on the vocabulary's shape.
 
 On ZeroGPU the main process has no GPU (each call runs in a forked worker), so there the
-persistent cache is the lever and this warm-up is skipped.
+persistent cache is the lever and this warm-up is skipped. What needs no GPU is done everywhere at
+start-up by :func:`preload` (a forked worker inherits it): a fresh process's first run on a GPU
+machine spent about a second importing TRL and half a second hashing Triton's sources (py-spy,
+bench/gpu.sh's GPT-2-size model on an H200).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import time
 
 import torch
 
 from alignlab.generation import GenerationSettings, generate
+from alignlab.methods import get_method
 from alignlab.models import load_model, pick_device, use_persistent_kernel_cache
 from alignlab.presets import PreferencePair
 from alignlab.training import TrainingSettings, train_dpo
@@ -27,6 +33,34 @@ WARMUP_PAIRS = [
     PreferencePair("Say hello.", "Hello! How can I help you today?", "No."),
     PreferencePair("Name a colour.", "Blue is a calm, friendly colour.", "Whatever."),
 ]
+
+
+def preload(method: str = "dpo") -> dict[str, float]:
+    """Start-up work that needs no GPU, done before the first click instead of inside it; seconds per part.
+
+    - TRL itself and the method's trainer and config classes (the registry names them; the first
+      import of ``trl`` scans every installed distribution);
+    - Triton's key, a hash of its own sources that the first kernel compiled in a process computes
+      (cached with it after that), where Triton is installed (CUDA builds of torch).
+    """
+    seconds = {}
+    started = time.perf_counter()
+    for stage in get_method(method).stages:
+        for path in (stage.trainer, stage.config):
+            module, name = path.rsplit(".", 1)
+            getattr(importlib.import_module(module), name)
+    seconds["trainers"] = time.perf_counter() - started
+    if importlib.util.find_spec("triton") is not None:
+        mark = time.perf_counter()
+        try:
+            from triton.runtime.cache import triton_key
+        except ImportError:  # another Triton layout: its first kernel pays, as before
+            triton_key = None
+        if triton_key is not None:
+            triton_key()
+        seconds["triton_key"] = time.perf_counter() - mark
+    seconds["total"] = time.perf_counter() - started
+    return seconds
 
 
 def warm_up(spec: str, device: str | torch.device | None = None) -> dict[str, float]:

@@ -26,10 +26,12 @@ def _lab(spec: str, options: dict) -> dict:
     """
     from alignlab.lab import run_lab
     from alignlab.models import clear_model_cache, load_model
+    from alignlab.warmup import preload
     from bench.common import Figure, cuda_peak_mib, load_seed_lab, peak_rss_mib, reset_cuda_peak
 
     preset = load_seed_lab()
-    ready = time.perf_counter() - STARTED  # interpreter + imports, before the "click"
+    preload()  # what app.py does at start-up on any machine
+    ready = time.perf_counter() - STARTED  # interpreter + imports + preload, before the "click"
     warm_up_seconds = None
     if options.get("warm_up"):
         from alignlab.warmup import warm_up
