@@ -23,11 +23,12 @@
 # tokenizers (0.23.x), safetensors, pandas, pyarrow (>=24), numpy, pyyaml, typer and packaging
 # (a stock CUDA PyTorch image with the HF stack, like this workplace's device image). Carried as
 # wheels in $WHEELS (default .whl/): trl, datasets, transformers and peft at the lab's versions,
-# always installed; bitsandbytes where missing; dill, multiprocess, fsspec and regex, installed only where the machine's own
-# version is missing or fails a requirement (bench/wheels.py decides and says why). huggingface_hub
+# always installed; bitsandbytes where missing; dill, multiprocess, fsspec and regex, installed only
+# where the machine's own version is missing or fails a requirement (bench/wheels.py decides and says
+# why). huggingface_hub
 # is not carried: 2.x needs httpx2, and the machine's 1.x meets transformers 5.24 and datasets 5.2.
 #
-# On this workplace's device tool: run("bench/gpu.sh", carry=[".whl"]); about 5 minutes on an H100.
+# On this workplace's device tool: run("bench/gpu.sh", carry=[".whl"]); about 4.5 minutes on an H200.
 # Test the CPU path anywhere: DEVICE=cpu PYTHON=.venv/bin/python bench/gpu.sh --repeats 1 --timed-steps 2
 # (the 1.1B row is skipped off a GPU, with the reason printed).
 set -euo pipefail

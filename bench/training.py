@@ -1,8 +1,10 @@
 """Seconds per DPO step: AlignLab vs a plain ``DPOTrainer`` script vs a bare PyTorch loop.
 
 All three train the same model on the seed lab's pairs, with the same batch size and data order;
-the first step of each is a warm-up and is left out. A step's time is the full period from one
-step's end to the next (forward, backward, optimiser, logging), so the three are comparable:
+the first step of each is a warm-up and is left out, and on a GPU an untimed pass over the same
+batches runs before all three, so that the first to run does not pay alone for each new shape.
+A step's time is the full period from one step's end to the next (forward, backward, optimiser,
+logging), so the three are comparable:
 - AlignLab: ``alignlab.training.train_dpo`` with ``TrainingSettings()`` (only ``steps`` changed),
   timed from the streamed events' timestamps;
 - plain TRL: ``DPOTrainer`` with ``DPOConfig`` defaults (bf16, gradient checkpointing, explicit
@@ -245,20 +247,30 @@ def run(
     device = loaded.device
     bf16 = settings.use_bf16(device)
 
+    def bare_run():  # noqa: ANN202
+        return train_bare(
+            loaded,
+            pairs,
+            steps=steps,
+            batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
+            beta=settings.beta,
+            seed=settings.seed,
+            max_length=settings.max_length,
+            bf16=bf16,
+        )
+
+    if device.type == "cuda":
+        # Every batch has its own sequence length, and on a GPU the first forward and backward at a new shape
+        # pays for picking (and for some attention backends building) its kernels: seen in a py-spy profile of
+        # this section on an H200, where whichever trainer ran first spent a third of its steps in SDPA's first
+        # calls and the later ones almost nothing. One untimed pass over the same batches first, so that no
+        # trainer pays for the others.
+        bare_run()
     ours = alignlab_steps(loaded, pairs, settings)
     plain = trl_default_steps(loaded, pairs, settings.batch_size, steps, trl_budget_s)
     reset_cuda_peak()
-    bare = train_bare(
-        loaded,
-        pairs,
-        steps=steps,
-        batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        beta=settings.beta,
-        seed=settings.seed,
-        max_length=settings.max_length,
-        bf16=bf16,
-    )
+    bare = bare_run()
     bare_cuda = cuda_peak_mib()
 
     figures = {
