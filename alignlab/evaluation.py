@@ -20,6 +20,7 @@ The output-level checks live in :mod:`alignlab.degeneration`, and the verdict in
 
 from __future__ import annotations
 
+import copy
 import threading
 import weakref
 from collections import OrderedDict
@@ -156,8 +157,18 @@ def _forward(
 
 
 def _select_rows(cache: Any, index: torch.Tensor) -> Any:
-    """The KV cache with its batch rows picked (and repeated) by ``index``."""
+    """A new KV cache of ``cache``'s batch rows picked (and repeated) by ``index``; ``cache`` stays as it is
+    (a forward on top of a cache appends to it, and a prompt's cache serves several batches of answers)."""
+    from transformers import DynamicCache
+
+    if isinstance(cache, DynamicCache):
+        picked = []
+        for keys, values, *rest in cache:  # (keys, values[, sliding window])
+            extra = tuple(x for x in rest if x is not None)
+            picked.append((keys.index_select(0, index), values.index_select(0, index), *extra))
+        return DynamicCache(ddp_cache_data=picked)
     if hasattr(cache, "reorder_cache"):
+        cache = copy.deepcopy(cache)
         cache.reorder_cache(index)
         return cache
     return tuple(tuple(t.index_select(0, index) for t in layer) for layer in cache)
@@ -193,13 +204,18 @@ def _scored_batches(
     prefixes = list(groups)
     cost = [len(p) + max(len(encoded[r][0]) - len(p) for r in groups[p]) for p in prefixes]
     weight = [len(groups[p]) for p in prefixes]
-    order = sorted(range(len(prefixes)), key=lambda g: -cost[g])
+    order = sorted(range(len(prefixes)), key=lambda g: (-len(prefixes[g]), -cost[g]))
+    batch_floor = _min_batch_tokens(device)
     batches: list[list[int]] = []
-    for g in order:  # rows x (longest prompt + longest answer) <= max_tokens
-        if batches and (sum(weight[h] for h in batches[-1]) + weight[g]) * cost[batches[-1][0]] <= max_tokens:
-            batches[-1].append(g)
-        else:
-            batches.append([g])
+    for g in order:  # rows x (longest prompt + longest answer) <= max_tokens; prompts of like length together
+        if batches:
+            current = batches[-1]
+            rows = sum(weight[h] for h in current) + weight[g]
+            fits = rows * max(cost[h] for h in current + [g]) <= max_tokens
+            if fits and not _starts_new_run(len(current), len(prefixes[current[0]]), len(prefixes[g]), batch_floor):
+                current.append(g)
+                continue
+        batches.append([g])
     for batch in batches:
         prompts = [prefixes[g] for g in batch]
         width = max(len(p) for p in prompts)
@@ -214,32 +230,77 @@ def _scored_batches(
             model, split, input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True
         )
         last = prompt_states[:, -1]  # (G, H): predicts each answer's first token
-        rows = [r for g in batch for r in groups[prefixes[g]]]
-        row_group = torch.tensor([j for j, g in enumerate(batch) for _ in groups[prefixes[g]]], device=device)
-        answers = [encoded[r][0][encoded[r][1] :] for r in rows]
-        answer_width = max(len(a) for a in answers)
-        answer_ids = torch.full((len(rows), answer_width), pad_id, dtype=torch.long)
-        answer_mask = torch.zeros((len(rows), answer_width), dtype=torch.long)
-        for k, answer in enumerate(answers):  # right-padded after the shared prompt
-            answer_ids[k, : len(answer)] = torch.tensor(answer)
-            answer_mask[k, : len(answer)] = 1
-        answer_ids, answer_mask = answer_ids.to(device), answer_mask.to(device)
-        states = last.index_select(0, row_group)[:, None]  # (R, 1, H)
-        if answer_width > 1:
-            lengths = prompt_mask.sum(-1).index_select(0, row_group)
-            answer_states, _ = _forward(
-                model,
-                split,
-                input_ids=answer_ids[:, :-1],  # the last answer token predicts nothing we score
-                attention_mask=torch.cat([prompt_mask.index_select(0, row_group), answer_mask[:, :-1]], dim=1),
-                position_ids=lengths[:, None] + torch.arange(answer_width - 1, device=device)[None],
-                past_key_values=_select_rows(cache, row_group),
-                use_cache=False,
-            )
-            states = torch.cat([states, answer_states], dim=1)  # (R, answer_width, H)
-        keep = answer_mask.bool()
-        owner = torch.arange(len(rows), device=device)[:, None].expand_as(answer_ids)
-        yield _Batch(rows, states[keep], answer_ids[keep], owner[keep], head)
+        members = [(r, j) for j, g in enumerate(batch) for r in groups[prefixes[g]]]
+        members.sort(key=lambda m: -(len(encoded[m[0]][0]) - encoded[m[0]][1]))  # longest answer first
+        runs: list[list[tuple[int, int]]] = []
+        for m in members:  # answers of like length together, so that little of each forward is padding
+            length = len(encoded[m[0]][0]) - encoded[m[0]][1]
+            if runs and not _starts_new_run(len(runs[-1]), _answer_length(encoded, runs[-1][0]), length, batch_floor):
+                runs[-1].append(m)
+            else:
+                runs.append([m])
+        for run in runs:
+            yield _answers_batch(model, split, head, encoded, run, prompt_mask, last, cache, pad_id, device)
+
+
+def _answer_length(encoded: list[tuple[list[int], int]], member: tuple[int, int]) -> int:
+    return len(encoded[member[0]][0]) - encoded[member[0]][1]
+
+
+#: A batch holds rows of like length (the next row at least this share of the batch's longest), once it holds
+#: enough tokens for an efficient forward: padding is pure waste on a CPU, while a GPU wants few, large batches.
+LIKE_LENGTH = 0.8
+MIN_BATCH_TOKENS = {"cpu": 192, "cuda": 4096}
+
+
+def _min_batch_tokens(device: torch.device) -> int:
+    return MIN_BATCH_TOKENS.get(device.type, MIN_BATCH_TOKENS["cuda"])
+
+
+def _starts_new_run(rows: int, longest: int, length: int, floor: int) -> bool:
+    """Whether a row of ``length`` tokens starts a new batch after ``rows`` rows led by one of ``longest``."""
+    return rows * longest >= floor and length < LIKE_LENGTH * longest
+
+
+def _answers_batch(
+    model: torch.nn.Module,
+    split: tuple[torch.nn.Module, torch.nn.Module] | None,
+    head: torch.nn.Module | None,
+    encoded: list[tuple[list[int], int]],
+    run: list[tuple[int, int]],
+    prompt_mask: torch.Tensor,
+    last: torch.Tensor,
+    cache: Any,
+    pad_id: int,
+    device: torch.device,
+) -> _Batch:
+    """The answers of ``run`` ((row, prompt's place in the batch) pairs) on top of their prompts' KV cache."""
+    rows = [r for r, _ in run]
+    row_group = torch.tensor([j for _, j in run], device=device)
+    answers = [encoded[r][0][encoded[r][1] :] for r in rows]
+    answer_width = max(len(a) for a in answers)
+    answer_ids = torch.full((len(rows), answer_width), pad_id, dtype=torch.long)
+    answer_mask = torch.zeros((len(rows), answer_width), dtype=torch.long)
+    for k, answer in enumerate(answers):  # right-padded after the shared prompt
+        answer_ids[k, : len(answer)] = torch.tensor(answer)
+        answer_mask[k, : len(answer)] = 1
+    answer_ids, answer_mask = answer_ids.to(device), answer_mask.to(device)
+    states = last.index_select(0, row_group)[:, None]  # (R, 1, H)
+    if answer_width > 1:
+        lengths = prompt_mask.sum(-1).index_select(0, row_group)
+        answer_states, _ = _forward(
+            model,
+            split,
+            input_ids=answer_ids[:, :-1],  # the last answer token predicts nothing we score
+            attention_mask=torch.cat([prompt_mask.index_select(0, row_group), answer_mask[:, :-1]], dim=1),
+            position_ids=lengths[:, None] + torch.arange(answer_width - 1, device=device)[None],
+            past_key_values=_select_rows(cache, row_group),
+            use_cache=False,
+        )
+        states = torch.cat([states, answer_states], dim=1)  # (R, answer_width, H)
+    keep = answer_mask.bool()
+    owner = torch.arange(len(rows), device=device)[:, None].expand_as(answer_ids)
+    return _Batch(rows, states[keep], answer_ids[keep], owner[keep], head)
 
 
 def _chunks(n: int, size: int | None = None) -> Iterator[slice]:

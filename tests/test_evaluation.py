@@ -109,6 +109,34 @@ def test_chunked_scoring_equals_full_log_softmax_whatever_the_batching(request, 
         assert torch.allclose(got, expected, atol=1e-4), max_tokens
 
 
+@pytest.mark.parametrize("fixture", ["tiny_chat", "tiny_base"])
+def test_answers_of_unlike_length_go_in_their_own_batches_over_one_prompt_cache(request, fixture, monkeypatch):
+    """With no token floor, each prompt batch's answers split by length into several forwards on copies of the
+    prompts' KV cache (a forward appends to the cache it is given): the scores stay the naive ones."""
+    loaded = request.getfixturevalue(fixture)
+    prompts = ["Hi", "Hi", "Tell me about rivers.", "Tell me about rivers.", "Why?"]
+    completions = [
+        "Yes.",
+        "Hello there, how can I help you with your question about anything today?",
+        "Rivers flow to the sea, carving valleys as they go.",
+        "No.",
+        "Because the sky scatters blue light more than red light.",
+    ]
+    expected = naive_logps(loaded.model, loaded, prompts, completions)
+    forwards = []
+    real_forward = evaluation._forward
+    monkeypatch.setattr(evaluation, "_forward", lambda *a, **k: forwards.append(k) or real_forward(*a, **k))
+    monkeypatch.setattr(evaluation, "MIN_BATCH_TOKENS", {"cpu": 1, "cuda": 1})
+    got = sequence_logps(loaded.model, loaded, prompts, completions)
+    answer_forwards = [k for k in forwards if k.get("past_key_values") is not None]
+    assert len(answer_forwards) >= 3  # the long and short answers of one prompt batch ran apart
+    assert torch.allclose(got, expected, atol=1e-4)
+    forwards.clear()
+    monkeypatch.setattr(evaluation, "MIN_BATCH_TOKENS", {"cpu": 10**6, "cuda": 10**6})  # one forward each
+    assert torch.allclose(sequence_logps(loaded.model, loaded, prompts, completions), expected, atol=1e-4)
+    assert len([k for k in forwards if k.get("past_key_values") is not None]) == 1
+
+
 def test_length_batches_group_by_length_within_the_token_budget():
     lengths = [5, 50, 7, 48, 6, 100]
     batches = length_batches(lengths, max_tokens=100)
