@@ -349,8 +349,9 @@ class TrainingSettings:
             # Measured: checkpointing only costs time at these sizes (bench/).
             gradient_checkpointing=False,
             dataloader_num_workers=0,
-            # One fused kernel for the AdamW update on a GPU (the bare loop's optimiser), not a loop of them.
-            optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
+            # One fused kernel for the AdamW update (the bare loop's optimiser on a GPU), not a loop of them: on
+            # this CPU (2 cores, the embedded 135M model) 0.06 s a step against 0.42 s for the foreach loop.
+            optim="adamw_torch_fused",
         )
         # RLOO/GRPO have no max_length (their lengths are the prompt's and max_completion_length).
         accepted = {f.name for f in fields(config_class)}
