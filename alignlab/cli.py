@@ -157,7 +157,8 @@ def _add_recipe_parser(sub: Any) -> None:
     recipe = sub.add_parser(
         "recipe",
         help="export a recipe for a real run (TRL's script under accelerate/DeepSpeed/FSDP)",
-        description="Write DIR/train.jsonl, eval.jsonl, config.yaml, run.sh, README.md and accelerate/*.yaml.",
+        description="Write DIR/train.jsonl, eval.jsonl, config.yaml, run.sh, README.md and accelerate/*.yaml "
+        "(rlhf, two stages: also config.reward.yaml for the reward model, train_prompts.jsonl and eval_prompts.jsonl).",
     )
     source = recipe.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", help="preset id (see `python -m alignlab presets`)")

@@ -14,8 +14,11 @@ method, beta, the loss variant, LoRA, their pairs) into that run, written by :fu
   its YAML header is also the dataset card that tells ``datasets`` which file is which split.
 
 A method is one row of :data:`METHODS`: the TRL script it runs, the rows it trains on and the
-keys it adds to ``config.yaml``. Adding ``kto`` (``trl.scripts.kto``) or a reward model
-(``trl.scripts.reward``) is one more row; nothing else here branches on the method's name.
+keys it adds to ``config.yaml``; nothing else here branches on the method's name. A method of
+several stages (RLHF) is a row per stage, each one TRL script with its own config file, data and
+output folder, run in order by ``run.sh``: ``trl.scripts.reward`` trains a reward model on the pairs
+(``config.reward.yaml`` -> ``output/reward_model``), then ``trl.scripts.rloo`` trains the policy on
+the pairs' prompts against it (``config.yaml``; its memory: :func:`estimate_sampling_memory`).
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from alignlab.methods import Method, UnknownMethodError, get_method
-from alignlab.models import KNOWN_MODELS
+from alignlab.methods import Method, Stage, UnknownMethodError, get_method
+from alignlab.models import KNOWN_MODELS, PLAIN_PROMPT_TEMPLATE
 from alignlab.presets import PreferencePair, Preset, UnpairedRow
 from alignlab.training import TrainingSettings, preference_row, thumbs_row
 
@@ -300,6 +303,7 @@ def estimate_memory(
     max_length: int = 1024,
     gradient_checkpointing: bool = True,
     reference: bool = True,
+    rows_per_example: int = 2,
 ) -> MemoryEstimate:
     """Peak memory per GPU of a DPO-style run, computed from the model's shape, in bytes per component.
 
@@ -311,7 +315,8 @@ def estimate_memory(
     - **gradients** and **optimizer** (AdamW): per trained parameter; an adapter's own weights
       are fp32 (4 + 4 + 8 bytes each);
     - **activations**: chosen and rejected rows of ``per_device_batch`` pairs at ``max_length``
-      tokens, 16-bit: with checkpointing one hidden state per layer plus one layer recomputed
+      tokens (``rows_per_example=1``: one row per example, e.g. an answer sampled in online RL),
+      16-bit: with checkpointing one hidden state per layer plus one layer recomputed
       (~34 x hidden bytes per token, Korthikanti et al. 2022, without the attention-score term that
       SDPA/flash attention never store), without checkpointing that for every layer;
     - **overhead**: :data:`OVERHEAD_BYTES`.
@@ -361,14 +366,15 @@ def estimate_memory(
         notes["gradients"] = notes["optimizer"] = f"LoRA r={lora_rank} only ({trainable / 1e6:.1f} M params, fp32)"
         components["reference"] = 0.0
         notes["reference"] = "none: the base with the adapter switched off"
-    tokens = per_device_batch * 2 * max_length  # chosen and rejected rows
+    tokens = per_device_batch * rows_per_example * max_length  # a pair: chosen and rejected rows
     per_layer = 34 * shape.hidden * tokens
+    rows = f"{per_device_batch} pair(s) x 2" if rows_per_example == 2 else f"{per_device_batch} row(s)"
     if gradient_checkpointing:
         components["activations"] = 2 * shape.hidden * tokens * shape.layers + per_layer
-        notes["activations"] = f"{per_device_batch} pair(s) x 2 x {max_length} tokens, checkpointed"
+        notes["activations"] = f"{rows} x {max_length} tokens, checkpointed"
     else:
         components["activations"] = per_layer * shape.layers
-        notes["activations"] = f"{per_device_batch} pair(s) x 2 x {max_length} tokens, no checkpointing"
+        notes["activations"] = f"{rows} x {max_length} tokens, no checkpointing"
     components["overhead"] = float(OVERHEAD_BYTES)
     notes["overhead"] = "CUDA context, NCCL buffers, allocator slack"
     return MemoryEstimate(
@@ -384,6 +390,90 @@ def estimate_memory(
         components=components,
         notes=notes,
     )
+
+
+def reward_model_shape(shape: ModelShape) -> ModelShape:
+    """The reward model that TRL's reward script trains on ``shape``: the same backbone under a one-output score head
+    (``AutoModelForSequenceClassification``, ``num_labels=1``). It has no LM head, so its embeddings count once, as a
+    tied model's do; the score head (``hidden`` weights) is too small to count."""
+    return replace(shape, name=f"{shape.name} (reward model)", tied_embeddings=True)
+
+
+def load_dtype(engine: str, adapter: str) -> str:
+    """The ``dtype`` a recipe's scripts load the models in: bf16 under an adapter, else the engine's own."""
+    return "bfloat16" if adapter != "none" else ENGINES[engine].load_dtype
+
+
+def estimate_sampling_memory(
+    shape: ModelShape,
+    *,
+    engine: str = "ddp",
+    gpus: int = 1,
+    adapter: str = "none",
+    lora_rank: int = 16,
+    per_device_batch: int = 8,
+    accumulation: int = 1,
+    prompt_tokens: int = 64,
+    completion_tokens: int = 256,
+    gradient_checkpointing: bool = True,
+    reference: bool = True,
+) -> MemoryEstimate:
+    """Peak memory per GPU of an online-RL run (TRL's RLOO) against a reward model, by component, in bytes.
+
+    The policy's own components are :func:`estimate_memory`'s for ``per_device_batch`` sampled answers (one row
+    each) of ``prompt_tokens + completion_tokens``; its reference is the frozen copy RLOO keeps for the KL penalty
+    (none with an adapter, whose reference is the adapter switched off). Beside them:
+
+    - **reward model**: the reward stage's sequence classifier (:func:`reward_model_shape`), frozen, in the dtype the
+      script loads it in (:func:`load_dtype`: 4 bytes a parameter for DDP's fp32, else 2), with the adapter's own
+      weights where the reward model was trained with one; split over the GPUs where the engine splits weights;
+    - **generation**: the KV cache of the answers each process samples at once (TRL samples the answers of a whole
+      optimizer step, ``per_device_batch x accumulation`` per process, before its first micro-batch), in the same
+      dtype; under ZeRO-3, also the policy's weights gathered whole for sampling (TRL's
+      ``ds3_gather_for_generation``, on by default).
+    """
+    tokens = prompt_tokens + completion_tokens
+    estimate = estimate_memory(
+        shape,
+        engine=engine,
+        gpus=gpus,
+        adapter=adapter,
+        lora_rank=lora_rank,
+        per_device_batch=per_device_batch,
+        max_length=tokens,
+        gradient_checkpointing=gradient_checkpointing,
+        reference=reference,
+        rows_per_example=1,
+    )
+    e = ENGINES[engine]
+    frozen_bytes = 4 if load_dtype(engine, adapter) == "float32" else 2
+    scorer = reward_model_shape(shape).parameters()
+    adapter_weights = shape.lora_parameters(lora_rank) if adapter != "none" else 0
+    reward = frozen_bytes * scorer / (gpus if e.shards_weights else 1) + frozen_bytes * adapter_weights
+    head_dim = shape.head_dim or shape.hidden // shape.heads
+    sequences = per_device_batch * accumulation
+    kv_cache = 2 * shape.layers * shape.kv_heads * head_dim * frozen_bytes * tokens * sequences  # keys and values
+    generation_note = f"KV cache of {sequences} answer(s) x {tokens} tokens"
+    gathered = 0.0
+    if engine == "zero3" and gpus > 1:  # ds3_gather_for_generation: the whole policy on each GPU while it samples
+        if adapter == "qlora":
+            base = QLORA_WEIGHT_BYTES * shape.linear_parameters() + 2 * (shape.parameters() - shape.linear_parameters())
+        elif adapter == "lora":
+            base = 2.0 * shape.parameters()
+        else:
+            base = e.full_weight_bytes * shape.parameters()
+        gathered = base * (gpus - 1) / gpus
+        generation_note += ", plus the policy's weights gathered whole for sampling"
+    overhead = estimate.components.pop("overhead")
+    overhead_note = estimate.notes.pop("overhead")
+    estimate.components["reward model"] = reward
+    estimate.notes["reward model"] = f"frozen sequence classifier, {frozen_bytes} B/param" + (
+        f", split over {gpus}" if e.shards_weights else ""
+    )
+    estimate.components["generation"] = kv_cache + gathered
+    estimate.notes["generation"] = generation_note
+    estimate.components["overhead"], estimate.notes["overhead"] = overhead, overhead_note
+    return estimate
 
 
 def lab_memory_estimate(shape: ModelShape, settings: TrainingSettings, on_gpu: bool) -> float:
@@ -454,10 +544,29 @@ def thumbs_rows(
     )
 
 
+def prompt_rows(pairs: list[PreferencePair], chat: bool) -> list[dict[str, Any]]:
+    """The pairs' distinct prompts, in order, as TRL's prompt-only rows (online RL samples its own answers), as the
+    lab's RL stage trains on them (:func:`alignlab.training.to_prompt_dataset`): a conversational user turn for a
+    chat model (TRL adds the generation prompt), the lab's plain-text prompt for a base model."""
+    prompts = list(dict.fromkeys(p.prompt for p in pairs))
+    if chat:
+        return [{"prompt": [{"role": "user", "content": prompt}]} for prompt in prompts]
+    return [{"prompt": PLAIN_PROMPT_TEMPLATE.format(prompt=prompt)} for prompt in prompts]
+
+
+#: The unit of a stage's batch, by its registry data format: a pair, a thumbs row, or an answer it samples.
+BATCH_UNITS = {"paired": "pairs", "unpaired": "rows", "prompts": "answers"}
+
+
 @dataclass(frozen=True)
 class RecipeMethod:
     """One training method as a recipe runs it: its data and its own config keys on a real run. Which TRL
-    script runs it, and which config class, is the method registry's (:mod:`alignlab.methods`)."""
+    script runs it, and which config class, is the method registry's (:mod:`alignlab.methods`).
+
+    A method of several stages (RLHF: a reward model, then the policy against it) is its policy stage's row with
+    the earlier stages' rows in :attr:`before`; each stage is one TRL script with its own config file, data files
+    and output folder, run in order by ``run.sh``.
+    """
 
     name: str
     """The method's name in :data:`alignlab.methods.METHODS`."""
@@ -465,7 +574,8 @@ class RecipeMethod:
     """(pairs, chat model?, implicit prompt?, thumbs rows) -> rows of the script's dataset."""
     config_fields: tuple[str, ...]
     """The keys of the method's config that carry over from the lab, as the lab sets them (the registry stage's
-    ``fields_from``); the rest of the lab's own fields (batch, reference pre-computation) are planned here."""
+    ``fields_from`` and ``options``); the rest of the lab's own fields (batch, reference pre-computation) are planned
+    here."""
     learning_rate_full: float
     """A real run's learning rate, full fine-tuning (the lab's is for six steps on a small model)."""
     learning_rate_adapter: float
@@ -476,21 +586,76 @@ class RecipeMethod:
     why: str
     takes_thumbs: bool = False
     """Whether thumbs rows (unpaired) are written to its data as they are."""
+    trains: str = "policy"
+    """What this stage trains: the registry stage of that product (:data:`alignlab.methods.PRODUCTS`)."""
+    stage_script: str | None = None
+    """TRL's script for this stage where it is not the method's: the registry names one script per method, the
+    policy stage's (``trl.scripts.rloo`` for RLHF), so an earlier stage names its own (``trl.scripts.reward``)."""
+    config_file: str = "config.yaml"
+    data_files: tuple[str, str] = ("train.jsonl", "eval.jsonl")
+    """This stage's train and eval files: the dataset's splits, in the recipe folder."""
+    data_config: str = "pairs"
+    """The name (before its content digest) of the dataset config that maps :attr:`data_files` to the splits."""
+    output_dir: str = "output"
+    inputs: dict[str, str] = field(default_factory=dict)
+    """Script argument -> the product of an earlier stage, passed as the folder that stage saves it to
+    (RLOO's ``reward_model_name_or_path`` <- ``reward_model``)."""
+    lora_task_type: str | None = None
+    """PEFT's task type for this stage's adapter where it is not a causal LM's (a reward model's: ``SEQ_CLS``, whose
+    score head then trains whole beside the adapter)."""
+    before: tuple[RecipeMethod, ...] = ()
+    """The stages run before this one, in order."""
+    no_mix: str = ""
+    """Why the public sets do not fit, where :attr:`public_mix` is False."""
 
     @property
     def entry(self) -> Method:
         return get_method(self.name)
 
+    @property
+    def entry_stage(self) -> Stage:
+        """This stage's entry in the registry (its trainer, config class, data format and fields)."""
+        return self.entry.stage_of(self.trains)
+
+    @property
+    def stages(self) -> tuple[RecipeMethod, ...]:
+        """Every stage's row, in the order run.sh runs them (this one, the policy's, last)."""
+        return (*self.before, self)
+
+    def lab_fields(self, settings: TrainingSettings) -> dict[str, Any]:
+        """The stage's own config fields as the lab's trainer gets them (the registry's ``fields_from`` and
+        ``options``), beyond those every trainer shares."""
+        stage = self.entry_stage
+        own = stage.fields_from(settings) if stage.fields_from is not None else {}
+        return {**own, **stage.options}
+
     def config_keys(self, settings: TrainingSettings) -> dict[str, Any]:
         """The method's own keys in config.yaml: :attr:`config_fields`, valued as the lab's trainer gets them."""
-        fields_from = self.entry.stage.fields_from
-        own = fields_from(settings) if fields_from is not None else {}
+        own = self.lab_fields(settings)
         return {key: own[key] for key in self.config_fields if key in own}
+
+    def lab_batch(self, settings: TrainingSettings) -> int:
+        """The lab's batch in this stage's rows (:attr:`unit`): its trainer's per-device batch, the lab running on one
+        device (KTO: 2 rows per pair; RLOO: each prompt's sampled answers), else the settings' pairs per step."""
+        return int(self.lab_fields(settings).get("per_device_train_batch_size", settings.batch_size))
+
+    def batch_multiple(self, settings: TrainingSettings) -> int:
+        """What the global batch must be a multiple of: RLOO's whole groups of ``num_generations`` answers."""
+        return int(self.lab_fields(settings).get("num_generations", 1))
+
+    def lab_learning_rate(self, settings: TrainingSettings) -> float:
+        """The rate the lab trains this stage at: the stage's own (the reward model's) or the settings'."""
+        return float(self.entry_stage.options.get("learning_rate", settings.learning_rate))
+
+    @property
+    def samples(self) -> bool:
+        """Whether the stage samples its own answers to prompts (online RL) rather than reading given ones."""
+        return self.entry_stage.data == "prompts"
 
     @property
     def script(self) -> str:
         """The module ``python -m`` runs: TRL's own script, as the registry names it."""
-        return str(self.entry.script)
+        return self.stage_script or str(self.entry.script)
 
     @property
     def trl_command(self) -> str:
@@ -500,20 +665,70 @@ class RecipeMethod:
     @property
     def config_class(self) -> str:
         """TRL's config dataclass whose fields the method's keys are (for the README)."""
-        return self.entry.stage.config.rsplit(".", 1)[-1]
+        return self.entry_stage.config.rsplit(".", 1)[-1]
+
+    def config_class_fields(self) -> set[str]:
+        """The fields TRL's config class for this stage takes (RLOO has no ``max_length``, for one)."""
+        import dataclasses
+        import importlib
+
+        module, name = self.entry_stage.config.rsplit(".", 1)
+        return {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
 
     @property
     def title(self) -> str:
         return self.entry.title
 
     @property
+    def product(self) -> str:
+        """What the stage trains, in words: 'policy', 'reward model'."""
+        return self.trains.replace("_", " ")
+
+    @property
     def rows_per_pair(self) -> int:
         """Dataset rows per pair: a batch of the lab's pairs is this many of the script's rows."""
-        return self.entry.stage.rows_per_pair
+        return self.entry_stage.rows_per_pair
 
     @property
     def unit(self) -> str:
-        return "pairs" if self.rows_per_pair == 1 else "rows"
+        return BATCH_UNITS[self.entry_stage.data]
+
+    def estimate(
+        self,
+        shape: ModelShape,
+        *,
+        engine: str,
+        gpus: int,
+        adapter: str,
+        lora_rank: int,
+        per_device_batch: int,
+        global_batch: int,
+        max_length: int,
+        gradient_checkpointing: bool = True,
+        prompt_tokens: int = 0,
+        completion_tokens: int | None = None,
+    ) -> MemoryEstimate:
+        """This stage's memory per GPU: :func:`estimate_memory` for a stage that reads pairs (a reward model's on the
+        classifier's shape, with no reference), :func:`estimate_sampling_memory` for one that samples answers."""
+        common = dict(engine=engine, gpus=gpus, adapter=adapter, lora_rank=lora_rank, per_device_batch=per_device_batch)
+        if self.samples:
+            return estimate_sampling_memory(
+                shape,
+                **common,
+                accumulation=max(1, math.ceil(global_batch / (per_device_batch * gpus))),
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens if completion_tokens is not None else max_length,
+                gradient_checkpointing=gradient_checkpointing,
+                reference=self.reference_copy,
+            )
+        scored = reward_model_shape(shape) if self.trains == "reward_model" else shape
+        return estimate_memory(
+            scored,
+            **common,
+            max_length=max_length,
+            gradient_checkpointing=gradient_checkpointing,
+            reference=self.reference_copy,
+        )
 
 
 _DPO_RECIPE = RecipeMethod(
@@ -527,10 +742,30 @@ _DPO_RECIPE = RecipeMethod(
     why="Direct Preference Optimization on (prompt, chosen, rejected) pairs, with the lab's loss variant.",
 )
 
+#: RLHF's first stage: a reward model on the pairs (the rows DPO's recipe writes), saved for the RL stage.
+_REWARD_MODEL_RECIPE = RecipeMethod(
+    name="rlhf",
+    trains="reward_model",
+    stage_script="trl.scripts.reward",
+    rows=lambda pairs, chat, implicit, unpaired=(): preference_rows(pairs, chat, implicit),
+    config_fields=(),  # its batch is planned; its rate is the stage's own (lab: 5e-5)
+    learning_rate_full=1e-5,
+    learning_rate_adapter=1e-4,
+    reference_copy=False,
+    public_mix=False,
+    config_file="config.reward.yaml",
+    output_dir="output/reward_model",
+    lora_task_type="SEQ_CLS",
+    why="a reward model (the target's backbone under a one-output score head) learns to score each pair's chosen "
+    "answer above its rejected one.",
+)
+
 #: Methods a recipe can run, by their registry name; the script each runs is the registry's. DPO's rates: 5e-7
 #: full (Zephyr-7B-beta's DPO recipe), 5e-6 LoRA (the LoRA example in TRL's own dpo.py). KTO's: 5e-7 full (the
-#: examples in TRL's own kto.py), 5e-6 for an adapter as for DPO. Methods TRL ships no script for (ORPO and SimPO
-#: live in ``trl.experimental`` in TRL 1.16) have no recipe; the error says so.
+#: examples in TRL's own kto.py), 5e-6 for an adapter as for DPO. RLHF's reward model: 1e-5 full, 1e-4 LoRA (TRL's
+#: reward-modeling examples); its RL stage: 1e-6 full (RLOOConfig's own default), 1e-5 for an adapter (ten times, as
+#: for DPO). Methods TRL ships no script for (ORPO and SimPO live in ``trl.experimental`` in TRL 1.16) have no
+#: recipe; the error says so.
 METHODS: dict[str, RecipeMethod] = {
     "dpo": _DPO_RECIPE,
     "ipo": replace(
@@ -551,6 +786,23 @@ METHODS: dict[str, RecipeMethod] = {
         takes_thumbs=True,
         why="Kahneman-Tversky Optimization on thumbs-up/down answers (prompt, completion, label): each pair's chosen "
         "answer desirable, its rejected answer undesirable.",
+    ),
+    "rlhf": RecipeMethod(
+        name="rlhf",
+        before=(_REWARD_MODEL_RECIPE,),
+        rows=lambda pairs, chat, implicit, unpaired=(): prompt_rows(pairs, chat),
+        # The answers' length (max_completion_length) is planned: the lab's 24 tokens keep a CPU step short.
+        config_fields=("beta", "num_generations", "disable_dropout"),
+        learning_rate_full=1e-6,
+        learning_rate_adapter=1e-5,
+        reference_copy=True,
+        public_mix=False,
+        no_mix="its RL stage samples answers to prompts, and the public sets hold conversations, not prompt rows",
+        data_files=("train_prompts.jsonl", "eval_prompts.jsonl"),
+        data_config="prompts",
+        inputs={"reward_model_name_or_path": "reward_model"},
+        why="online RL (REINFORCE leave-one-out): the policy samples answers to the pairs' prompts, the reward model "
+        "scores them, and a KL penalty (beta) holds the policy near the reference.",
     ),
 }
 
@@ -622,6 +874,15 @@ class RunPlan:
     bf16: bool
     dtype: str
     reasons: dict[str, str] = field(default_factory=dict)
+    max_completion_length: int | None = None
+    """Tokens of each sampled answer, for a stage that samples them (online RL); None otherwise."""
+    prompt_tokens: int = 0
+    """At most this many tokens per prompt (its UTF-8 bytes): the sampled sequences' memory counts them."""
+    per_device_eval_batch: int | None = None
+    """The per-GPU eval batch where it is not the training batch (RLOO: one prompt's group of answers, so that the
+    eval batch on any number of processes holds whole groups)."""
+    batch_multiple: int = 1
+    """The global batch is a multiple of this (RLOO: ``num_generations``, whole groups of one prompt's answers)."""
 
 
 PER_DEVICE_CHOICES = (8, 4, 2, 1)
@@ -641,8 +902,9 @@ def plan_run(
     scale: str = "target",
     gpu_memory_gib: float = 80.0,
     learning_rate: float | None = None,
+    prompt_tokens: int = 0,
 ) -> RunPlan:
-    """Map the lab's settings onto the target.
+    """Map the lab's settings onto the target, for one stage of the method (``method``: the stage's row).
 
     ``scale='target'`` (the default) makes it a real run: the method's usual learning rate for full
     fine-tuning or an adapter, a cosine schedule with 10% warm-up, gradient checkpointing, bf16,
@@ -651,9 +913,18 @@ def plan_run(
     over them as the lab made), 64 pairs for one epoch over a public mixture.
     ``scale='lab'`` repeats the lab's run exactly (its learning rate, constant schedule, steps,
     batch, fp32 weights): the way to check the recipe against the lab, as the tests do.
+
+    ``n_train`` counts what the stage draws its batch from: pairs, or for online RL the distinct prompts (every
+    stage runs the lab's steps, so each makes as many passes over its data as the lab's stage made). A stage that
+    samples answers (RLOO) counts its batch in answers, a multiple of ``num_generations``, and samples them
+    ``max_completion_length`` tokens long: the lab's short answers at ``scale='lab'``; on a real run whole answers,
+    up to the lab's ``max_length`` (the length the reward model learnt to score).
     """
     reasons: dict[str, str] = {}
-    lab_batch = settings.batch_size * method.rows_per_pair  # in the script's rows (KTO: 2 per pair)
+    lab_batch = method.lab_batch(settings)  # in the script's rows (KTO: 2 per pair; RLOO: answers)
+    multiple = method.batch_multiple(settings)
+    eval_batch = multiple if multiple > 1 else None
+    lab_completion = method.lab_fields(settings).get("max_completion_length") if method.samples else None
     if scale == "lab":
         if lab_batch % gpus:
             raise RecipeError(
@@ -664,7 +935,7 @@ def plan_run(
         epochs = float(settings.epochs) if settings.epochs is not None else 1.0
         reasons["everything"] = "as in the lab (scale='lab'): the same run, to check the recipe against the lab"
         return RunPlan(
-            learning_rate=learning_rate or settings.learning_rate,
+            learning_rate=learning_rate or method.lab_learning_rate(settings),
             lr_scheduler_type="constant",
             warmup_ratio=0.0,
             max_steps=steps,
@@ -677,6 +948,10 @@ def plan_run(
             bf16=True,
             dtype="float32",
             reasons=reasons,
+            max_completion_length=lab_completion,
+            prompt_tokens=prompt_tokens,
+            per_device_eval_batch=eval_batch,
+            batch_multiple=multiple,
         )
     if scale != "target":
         raise RecipeError(f"scale must be 'target' or 'lab' (got {scale!r}).")
@@ -686,7 +961,7 @@ def plan_run(
         "given"
         if learning_rate
         else f"the usual rate for {'an adapter' if adapter != 'none' else 'full fine-tuning'} "
-        f"on a real run; the lab's {settings.learning_rate:g} is for a few steps on a small model"
+        f"on a real run; the lab's {method.lab_learning_rate(settings):g} is for a few steps on a small model"
     )
     if mixed:
         global_batch, epochs = GLOBAL_BATCH_MIXED, 1.0
@@ -695,43 +970,64 @@ def plan_run(
         reasons["max_length"] = "public sets have long answers: at least 1024 tokens"
     else:
         global_batch = max(lab_batch, 1)
-        lab_pairs = settings.total_steps(n_train) * settings.batch_size
-        epochs = round(max(lab_pairs / max(n_train, 1), 0.1), 2)
+        lab_items = settings.stage_steps(n_train) * settings.batch_size
+        epochs = round(max(lab_items / max(n_train, 1), 0.1), 2)
         reasons["global_batch"] = "the lab's batch, on the lab's pairs"
         if method.rows_per_pair > 1:
             reasons["global_batch"] += f" ({method.rows_per_pair} rows per pair)"
-        reasons["epochs"] = f"{epochs:g} passes over the pairs, as many as the lab's run made"
+        if multiple > 1:
+            reasons["global_batch"] = (
+                f"the lab's batch: {settings.batch_size} prompts x {multiple} sampled answers (num_generations)"
+            )
+        what = "prompts" if method.samples else "pairs"
+        reasons["epochs"] = f"{epochs:g} passes over the {what}, as many as the lab's run made"
         max_length = settings.max_length
         reasons["max_length"] = "the lab's"
     if global_batch < gpus:
         global_batch = gpus
         reasons["global_batch"] += f" (raised to {gpus}: one row per GPU at least)"
+    completion = None
+    if method.samples:
+        completion = max_length
+        reasons["max_completion_length"] = (
+            f"whole answers, up to the lab's max_length (the length the reward model learnt to score); the lab samples "
+            f"{lab_completion} tokens to keep a CPU step short"
+        )
+
+    def accumulation_for(per_device: int) -> int:
+        """Gradient accumulation making up the global batch, rounded up to whole groups of answers (RLOO)."""
+        accumulation = max(1, math.ceil(global_batch / (per_device * gpus)))
+        while (per_device * gpus * accumulation) % multiple:
+            accumulation += 1
+        return accumulation
 
     per_device = 1
     for candidate in PER_DEVICE_CHOICES:
         if candidate * gpus > global_batch:
             continue
-        estimate = estimate_memory(
+        estimate = method.estimate(
             shape,
             engine=engine,
             gpus=gpus,
             adapter=adapter,
             lora_rank=settings.lora_rank,
             per_device_batch=candidate,
+            global_batch=candidate * gpus * accumulation_for(candidate),
             max_length=max_length,
-            reference=method.reference_copy,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion,
         )
         if estimate.fits(gpu_memory_gib * 0.9):
             per_device = candidate
             break
-    accumulation = max(1, math.ceil(global_batch / (per_device * gpus)))
+    accumulation = accumulation_for(per_device)
     reasons["per_device_batch"] = (
         f"the largest of {', '.join(map(str, PER_DEVICE_CHOICES))} whose estimate fits 90% of {gpu_memory_gib:g} GiB"
     )
     reasons["gradient_accumulation"] = (
         f"{per_device} x {gpus} GPUs x {accumulation} = {per_device * gpus * accumulation}"
     )
-    dtype = "bfloat16" if adapter != "none" else ENGINES[engine].load_dtype
+    dtype = load_dtype(engine, adapter)
     reasons["dtype"] = (
         "frozen base in bf16"
         if adapter != "none"
@@ -753,10 +1049,42 @@ def plan_run(
         bf16=True,
         dtype=dtype,
         reasons=reasons,
+        max_completion_length=completion,
+        prompt_tokens=prompt_tokens,
+        per_device_eval_batch=eval_batch,
+        batch_multiple=multiple,
     )
 
 
 # --------------------------------------------------------------------------- the recipe
+
+
+@dataclass
+class StageRecipe:
+    """One stage of a recipe: one TRL script run, with its plan, memory estimate and config."""
+
+    method: RecipeMethod
+    """The stage's row (for a method of one stage, the method's own)."""
+    plan: RunPlan
+    memory: MemoryEstimate
+    config: dict[str, Any]
+    dataset_config: str
+    """The dataset config (in README.md's header) that maps the stage's data files to the splits."""
+
+    def estimate(self, shape: ModelShape, engine: str, gpus: int, adapter: str, lora_rank: int) -> MemoryEstimate:
+        """This stage's estimate on another engine or adapter, one row per GPU, the rest of its plan kept."""
+        return self.method.estimate(
+            shape,
+            engine=engine,
+            gpus=gpus,
+            adapter=adapter,
+            lora_rank=lora_rank,
+            per_device_batch=1,
+            global_batch=self.plan.global_batch,
+            max_length=self.plan.max_length,
+            prompt_tokens=self.plan.prompt_tokens,
+            completion_tokens=self.plan.max_completion_length,
+        )
 
 
 @dataclass
@@ -769,23 +1097,54 @@ class Recipe:
     engine: str
     gpus: int
     adapter: str
-    plan: RunPlan
-    memory: MemoryEstimate
-    config: dict[str, Any]
+    stages: list[StageRecipe]
+    """Every stage, in the order run.sh runs them; the last trains the policy."""
     lora_rank: int = 16
     gpu_memory_gib: float = 80.0
 
+    @property
+    def plan(self) -> RunPlan:
+        """The policy stage's plan."""
+        return self.stages[-1].plan
+
+    @property
+    def memory(self) -> MemoryEstimate:
+        """The policy stage's memory estimate (:attr:`stages` holds each stage's)."""
+        return self.stages[-1].memory
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The policy stage's config.yaml."""
+        return self.stages[-1].config
+
+    def fits(self) -> bool:
+        """Whether every stage's estimate fits the GPUs."""
+        return all(s.memory.fits(self.gpu_memory_gib) for s in self.stages)
+
     def summary(self) -> str:
         """Two lines for a terminal or the app (three when the run does not fit: what would)."""
-        fits = self.memory.fits(self.gpu_memory_gib)
+        fits = self.fits()
         text = (
             f"{self.method.title} on {self.shape.name} ({count_text(self.shape.parameters())} params), "
             f"{self.gpus} GPU(s), {ENGINES[self.engine].title}, "
             f"{'full fine-tuning' if self.adapter == 'none' else self.adapter.upper()}.\n"
-            f"Estimated {self.memory.total / GIB:.1f} GiB per GPU ({'fits' if fits else 'does NOT fit'} in "
-            f"{self.gpu_memory_gib:g} GiB); batch {self.plan.per_device_batch} x {self.gpus} x "
-            f"{self.plan.gradient_accumulation} accumulation."
         )
+        verdict = f"{'fits' if fits else 'does NOT fit'} in {self.gpu_memory_gib:g} GiB"
+        if len(self.stages) == 1:
+            text += (
+                f"Estimated {self.memory.total / GIB:.1f} GiB per GPU ({verdict}); batch {self.plan.per_device_batch} "
+                f"x {self.gpus} x {self.plan.gradient_accumulation} accumulation."
+            )
+        else:
+            text += (
+                "Estimated per GPU, stage by stage: "
+                + "; ".join(
+                    f"{i}. {s.method.product} {s.memory.total / GIB:.1f} GiB (batch {s.plan.per_device_batch} x "
+                    f"{self.gpus} x {s.plan.gradient_accumulation} accumulation)"
+                    for i, s in enumerate(self.stages, 1)
+                )
+                + f" ({verdict})."
+            )
         if not fits:
             fitting: dict[str, list[str]] = {}
             for engine, adapter, estimate in self.alternatives():
@@ -798,20 +1157,15 @@ class Recipe:
         return text
 
     def alternatives(self) -> list[tuple[str, str, MemoryEstimate]]:
-        """Every engine x adapter at this GPU count, one pair per GPU: what else would fit."""
+        """Every engine x adapter at this GPU count, one row per GPU: what else would fit (for a method of several
+        stages, the stage that needs the most)."""
         return [
             (
                 name,
                 {"none": "full", "lora": "LoRA", "qlora": "QLoRA"}[adapter],
-                estimate_memory(
-                    self.shape,
-                    engine=name,
-                    gpus=self.gpus,
-                    adapter=adapter,
-                    lora_rank=self.lora_rank,
-                    per_device_batch=1,
-                    max_length=self.plan.max_length,
-                    reference=self.method.reference_copy,
+                max(
+                    (s.estimate(self.shape, name, self.gpus, adapter, self.lora_rank) for s in self.stages),
+                    key=lambda estimate: estimate.total,
                 ),
             )
             for name in ENGINES
@@ -852,7 +1206,8 @@ def build_recipe(
 
     ``adapter`` is 'none', 'lora' or 'qlora' (default: LoRA when ``settings.use_lora``); ``mix``
     names public sets (:data:`PUBLIC_DATASETS`) to train on with the user's pairs, which then
-    appear ``user_repeat`` times.
+    appear ``user_repeat`` times. ``learning_rate`` is the real run's rate for the policy (the last stage); a
+    method's earlier stages (RLHF's reward model) take their own usual rates.
     """
     m = recipe_method(method or settings.method_entry.name)
     if engine not in ENGINES:
@@ -886,43 +1241,74 @@ def build_recipe(
             "without the thumbs rows."
         )
     if mix and not m.public_mix:
-        raise RecipeError(f"The public preference sets do not fit {m.name.upper()}'s data; export without --mix.")
+        because = f": {m.no_mix}" if m.no_mix else ""
+        raise RecipeError(
+            f"The public preference sets do not fit {m.name.upper()}'s data{because}; export without --mix."
+        )
     if mix and not shape.chat:
         raise RecipeError(
             f"{shape.name} has no chat template, but the public sets are conversations: "
             "mix them only into a chat model's recipe."
         )
-    plan = plan_run(
-        settings,
-        m,
-        shape,
-        n_train=len(preset.pairs) + math.ceil(len(thumbs) / m.rows_per_pair),
-        gpus=gpus,
-        engine=engine,
-        adapter=adapter,
-        mixed=bool(mix),
-        scale=scale,
-        gpu_memory_gib=gpu_memory_gib,
-        learning_rate=learning_rate,
-    )
-    memory = estimate_memory(
-        shape,
-        engine=engine,
-        gpus=gpus,
-        adapter=adapter,
-        lora_rank=settings.lora_rank,
-        per_device_batch=plan.per_device_batch,
-        max_length=plan.max_length,
-        gradient_checkpointing=plan.gradient_checkpointing,
-        reference=m.reference_copy,
-    )
-    config = _config(settings, m, shape, plan, adapter, engine, mix, has_eval=bool(preset.heldout_pairs))
-    files = {
-        "train.jsonl": _jsonl(m.rows(preset.pairs, shape.chat, bool(mix), thumbs) * user_repeat),
-        "eval.jsonl": _jsonl(m.rows(preset.heldout_pairs, shape.chat, bool(mix))),
-        "config.yaml": _yaml_text(config, _config_header(m, shape, plan)),
-        "run.sh": _run_sh(m, engine, gpus, plan, adapter, mixed=bool(mix)),
-    }
+    # A byte-level tokenizer needs no more tokens than a text's UTF-8 bytes: a bound on a sampled sequence's prompt.
+    prompt_tokens = max((len(p.prompt.encode("utf-8")) for p in [*preset.pairs, *preset.heldout_pairs]), default=0)
+    files: dict[str, str] = {}
+    stages: list[StageRecipe] = []
+    saved_to: dict[str, str] = {}  # product -> the folder its stage saves it to, for the stages after it
+    for stage in m.stages:
+        train_rows = stage.rows(preset.pairs, shape.chat, bool(mix), thumbs)
+        train_file, eval_file = stage.data_files
+        files[train_file] = _jsonl(train_rows * user_repeat)
+        files[eval_file] = _jsonl(stage.rows(preset.heldout_pairs, shape.chat, bool(mix)))
+        plan = plan_run(
+            settings,
+            stage,
+            shape,
+            n_train=len(train_rows)
+            if stage.samples
+            else len(preset.pairs) + math.ceil(len(thumbs) / stage.rows_per_pair),
+            gpus=gpus,
+            engine=engine,
+            adapter=adapter,
+            mixed=bool(mix),
+            scale=scale,
+            gpu_memory_gib=gpu_memory_gib,
+            learning_rate=learning_rate if stage is m else None,
+            prompt_tokens=prompt_tokens if stage.samples else 0,
+        )
+        memory = stage.estimate(
+            shape,
+            engine=engine,
+            gpus=gpus,
+            adapter=adapter,
+            lora_rank=settings.lora_rank,
+            per_device_batch=plan.per_device_batch,
+            global_batch=plan.global_batch,
+            max_length=plan.max_length,
+            gradient_checkpointing=plan.gradient_checkpointing,
+            prompt_tokens=plan.prompt_tokens,
+            completion_tokens=plan.max_completion_length,
+        )
+        # `datasets` caches a folder's splits under its folder and config names only, not its files' content:
+        # a config named after the content keeps a re-exported folder from reading the old rows' cache.
+        digest = hashlib.sha256((files[train_file] + files[eval_file]).encode()).hexdigest()[:12]
+        dataset_config = f"{stage.data_config}-{digest}"
+        config = _config(
+            settings,
+            stage,
+            shape,
+            plan,
+            adapter,
+            engine,
+            mix,
+            has_eval=bool(preset.heldout_pairs),
+            dataset_config=dataset_config if stages else None,  # the first stage's is the folder's default
+            inputs={argument: saved_to[product] for argument, product in stage.inputs.items()},
+        )
+        saved_to[stage.trains] = stage.output_dir
+        files[stage.config_file] = _yaml_text(config, _config_header(stage, shape, len(stages) + 1, len(m.stages)))
+        stages.append(StageRecipe(stage, plan, memory, config, dataset_config))
+    files["run.sh"] = _run_sh(stages, engine, gpus, adapter, mixed=bool(mix))
     for name, e in ENGINES.items():
         files[f"accelerate/{name}.yaml"] = _yaml_text(_accelerate_config(e, gpus), f"# {e.title}: {e.note}.\n")
     recipe = Recipe(
@@ -932,9 +1318,7 @@ def build_recipe(
         engine=engine,
         gpus=gpus,
         adapter=adapter,
-        plan=plan,
-        memory=memory,
-        config=config,
+        stages=stages,
         lora_rank=settings.lora_rank,
         gpu_memory_gib=gpu_memory_gib,
     )
@@ -951,12 +1335,19 @@ def _config(
     engine: str,
     mix: list[str],
     has_eval: bool,
+    dataset_config: str | None = None,
+    inputs: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """config.yaml: TRL's script arguments (ScriptArguments, the method's config, ModelConfig)."""
+    """A stage's config file: TRL's script arguments (ScriptArguments, the stage's config, ModelConfig).
+
+    ``dataset_config``: the folder's dataset config holding the stage's data, where it is not the default (the
+    first stage's); ``inputs``: script arguments naming the folders earlier stages saved their products to.
+    """
     config: dict[str, Any] = {"model_name_or_path": shape.hub_id, "dtype": plan.dtype}
+    config.update(inputs or {})
     if mix:
         # A mixture: TRL's `datasets` list, concatenated (paths relative to the recipe folder).
-        config["datasets"] = [{"path": "json", "data_files": "train.jsonl", "split": "train"}] + [
+        config["datasets"] = [{"path": "json", "data_files": method.data_files[0], "split": "train"}] + [
             {"path": PUBLIC_DATASETS[name].hub_id, "split": "train", "columns": ["chosen", "rejected"]} for name in mix
         ]
         has_eval = False  # TRL's script takes an eval split only from `dataset_name` or a random split
@@ -964,33 +1355,37 @@ def _config(
         # The recipe folder is the dataset: README.md's YAML header maps train.jsonl and eval.jsonl to
         # the train and test splits. `datasets` needs the folder's absolute path (with "." it fails),
         # which only the launch knows: run.sh passes `--dataset_name <this folder>`.
+        if dataset_config:
+            config["dataset_config"] = dataset_config
         config["dataset_train_split"] = "train"
         config["dataset_test_split"] = "test"
     config.update(method.config_keys(settings))
-    config.update(
-        {
-            "learning_rate": plan.learning_rate,
-            "lr_scheduler_type": plan.lr_scheduler_type,
-            "warmup_steps": plan.warmup_ratio,  # transformers 5: a float below 1 is a ratio of all steps
-            "num_train_epochs": plan.num_train_epochs,
-            "max_steps": plan.max_steps,
-            "per_device_train_batch_size": plan.per_device_batch,
-            "per_device_eval_batch_size": plan.per_device_batch,
-            "gradient_accumulation_steps": plan.gradient_accumulation,
-            "max_length": plan.max_length,
-            "gradient_checkpointing": plan.gradient_checkpointing,
-            "bf16": plan.bf16,
-            "seed": settings.seed,
-            "data_seed": settings.seed,
-            "logging_steps": 1,
-            "save_strategy": "steps",
-            "save_steps": 500,
-            "save_total_limit": 2,
-            "eval_strategy": "steps" if has_eval else "no",
-            "report_to": "none",
-            "output_dir": "output",
-        }
-    )
+    training = {
+        "learning_rate": plan.learning_rate,
+        "lr_scheduler_type": plan.lr_scheduler_type,
+        "warmup_steps": plan.warmup_ratio,  # transformers 5: a float below 1 is a ratio of all steps
+        "num_train_epochs": plan.num_train_epochs,
+        "max_steps": plan.max_steps,
+        "per_device_train_batch_size": plan.per_device_batch,
+        "per_device_eval_batch_size": plan.per_device_eval_batch or plan.per_device_batch,
+        "gradient_accumulation_steps": plan.gradient_accumulation,
+        "max_length": plan.max_length,
+        "max_completion_length": plan.max_completion_length,
+        "gradient_checkpointing": plan.gradient_checkpointing,
+        "bf16": plan.bf16,
+        "seed": settings.seed,
+        "data_seed": settings.seed,
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": 500,
+        "save_total_limit": 2,
+        "eval_strategy": "steps" if has_eval else "no",
+        "report_to": "none",
+        "output_dir": method.output_dir,
+    }
+    # Only what the stage's TRL config takes: RLOO has no max_length (its lengths are the prompt's and the answer's).
+    accepted = method.config_class_fields()
+    config.update({key: value for key, value in training.items() if key in accepted and value is not None})
     if has_eval:
         config["eval_steps"] = 50
     if adapter != "none":
@@ -1003,6 +1398,8 @@ def _config(
                 "lora_target_modules": "all-linear",
             }
         )
+        if method.lora_task_type:
+            config["lora_task_type"] = method.lora_task_type
     if adapter == "qlora":
         config.update({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "use_bnb_nested_quant": True})
         if ENGINES[engine].shards_weights:
@@ -1010,12 +1407,20 @@ def _config(
     return config
 
 
-def _config_header(method: RecipeMethod, shape: ModelShape, plan: RunPlan) -> str:
+def _config_header(method: RecipeMethod, shape: ModelShape, number: int, stages: int) -> str:
+    train, evaluate = method.data_files
+    stage_line = (
+        f"# Stage {number} of {stages}: the {method.product}, written to {method.output_dir}/. run.sh runs the stages "
+        "in order.\n"
+        if stages > 1
+        else ""
+    )
     return (
-        f"# Arguments of TRL's own `{method.script}` (also `trl {method.trl_command} --config config.yaml`).\n"
+        stage_line + f"# Arguments of TRL's own `{method.script}` "
+        f"(also `trl {method.trl_command} --config {method.config_file}`).\n"
         f"# Target: {shape.name}. Written by AlignLab; see README.md for why each value is what it is.\n"
         "# Command-line arguments override these. run.sh adds `--dataset_name <this folder>` (the folder is the\n"
-        "# dataset: README.md's header maps train.jsonl/eval.jsonl to its splits) and the batch for N processes.\n"
+        f"# dataset: README.md's header maps {train}/{evaluate} to its splits) and the batch for N processes.\n"
     )
 
 
@@ -1043,31 +1448,31 @@ def _accelerate_config(engine: Engine, gpus: int) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- run.sh
 
-_RUN_SH = r"""#!/usr/bin/env bash
-# Launch this recipe: TRL's own `{script}` under accelerate (DDP, DeepSpeed or FSDP), or, with
-# --cpu, under torchrun over gloo on CPU processes (the same recipe, tried small).
+_RUN_SH_HEAD = r"""#!/usr/bin/env bash
+# Launch this recipe: {what} under accelerate (DDP, DeepSpeed or FSDP),
+# or, with --cpu, under torchrun over gloo on CPU processes (the same recipe, tried small).
 #
 #   ./run.sh [--processes N] [--cpu] [--model SPEC] [--max-steps K] [--engine E] [--dry-run] [-- ARGS]
 #
-#   --processes N   processes (GPUs) to launch; default {gpus}. The global batch stays {global_batch} {unit}
-#                   per step: per-process batch and gradient accumulation are recomputed for N.
+#   --processes N   processes (GPUs) to launch; default {gpus}. The global batch stays {batches} per
+#                   step: per-process batch and gradient accumulation are recomputed for N.
 #   --cpu           run on CPU processes over gloo (fp32, no 4-bit), whatever engine the recipe targets
-#   --model SPEC    train this model instead of {model} (a Hub id or a local directory)
-#   --max-steps K   stop after K optimizer steps (a trial run)
+#   --model SPEC    train this model instead of the config's model (a Hub id or a local directory)
+#   --max-steps K   stop after K optimizer steps (a trial run){each}
 #   --engine E      launch with accelerate/E.yaml instead of accelerate/{engine}.yaml
-#   --dry-run       print the launch command and stop
-#   -- ARGS         anything after -- goes to the TRL script (e.g. -- --learning_rate 1e-6)
+#   --dry-run       print the launch command{s} and stop
+#   -- ARGS         anything after -- goes to {scripts} (e.g. -- --learning_rate 1e-6)
 #
-# PYTHON picks the interpreter (default: python3). The run writes to output/ (checkpoints with
+{stage_lines}# PYTHON picks the interpreter (default: python3). The run writes to output/ (checkpoints with
 # trainer_state.json, the final model) and its log to output/train.log.
-set -euo pipefail
+"""
+
+_RUN_SH_BODY = r"""set -euo pipefail
 HERE="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
 cd "$HERE"
 PYTHON="${{PYTHON:-python3}}"
 
 GPUS={gpus}
-GLOBAL_BATCH={global_batch}
-PER_DEVICE={per_device}
 ENGINE={engine}
 PROCESSES=$GPUS
 CPU=0
@@ -1082,7 +1487,7 @@ while [[ $# -gt 0 ]]; do
         --engine) ENGINE="$2"; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
         --) shift; EXTRA+=("$@"); break ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,{help_end}p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option '$1' (see ./run.sh --help)" >&2; exit 2 ;;
     esac
 done
@@ -1093,62 +1498,114 @@ if [[ ! -f "accelerate/$ENGINE.yaml" ]]; then
     echo "run.sh: no launcher config accelerate/$ENGINE.yaml (choose ddp, zero2, zero3 or fsdp)" >&2; exit 2
 fi
 
-# Keep {global_batch} {unit} per optimizer step on $PROCESSES processes: the largest per-process batch
-# (up to {per_device}) that divides the share of each process, the rest as gradient accumulation.
-if (( GLOBAL_BATCH % PROCESSES == 0 )); then
-    SHARE=$(( GLOBAL_BATCH / PROCESSES ))
-    BATCH=$(( PER_DEVICE < SHARE ? PER_DEVICE : SHARE ))
-    while (( SHARE % BATCH != 0 )); do BATCH=$(( BATCH - 1 )); done
-    ACCUM=$(( SHARE / BATCH ))
-else
-    BATCH=$PER_DEVICE
-    ACCUM=$(( (GLOBAL_BATCH + BATCH * PROCESSES - 1) / (BATCH * PROCESSES) ))
-    echo "run.sh: $GLOBAL_BATCH {unit} do not split over $PROCESSES processes;" \
-         "the global batch becomes $(( BATCH * PROCESSES * ACCUM ))" >&2
-fi
-ARGS=(--config config.yaml {dataset_arg}--per_device_train_batch_size "$BATCH" --per_device_eval_batch_size "$BATCH"
-      --gradient_accumulation_steps "$ACCUM")
-
 export TOKENIZERS_PARALLELISM=false
-{offline}if (( CPU )); then
-    # gloo on CPU: fp32 weights, no bf16 autocast{qlora_note}. TRL's script runs as `python -m` runs
-    # it, and once it has returned (model saved) each process ends at once: at interpreter teardown
-    # gloo's worker threads can deadlock with the release of the DDP model (seen under load).
-    RUN_THEN_EXIT='import os, runpy, sys
+{offline}# --cpu: gloo on CPU, fp32 weights, no bf16 autocast{qlora_note}. TRL's script runs as `python -m` runs
+# it, and each process ends at once when the script ends its run (Trainer.end, called after the model is
+# saved), or else when the script returns: releasing the DDP model can deadlock with gloo's worker threads
+# once the other process has gone (seen: a process stuck in ~ProcessGroupGloo as the script's main()
+# returned, and at interpreter teardown under load).
+RUN_THEN_EXIT='import os, runpy, sys
+import accelerate
 module = sys.argv.pop(1)
 sys.argv[0] = module
+def exit_now():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+end_training = accelerate.Accelerator.end_training
+def end_training_then_exit(self):
+    end_training(self)
+    exit_now()
+accelerate.Accelerator.end_training = end_training_then_exit
 runpy.run_module(module, run_name="__main__", alter_sys=True)
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(0)'
-    CMD=("$PYTHON" -m torch.distributed.run --nproc_per_node "$PROCESSES" --no-python "$PYTHON" -u -c "$RUN_THEN_EXIT"
-         {script} "${{ARGS[@]}}" --use_cpu true --bf16 false --dtype float32 {cpu_extra}${{EXTRA[@]+"${{EXTRA[@]}}"}})
-else
-    CMD=("$PYTHON" -m accelerate.commands.launch --config_file "accelerate/$ENGINE.yaml" --num_processes "$PROCESSES"
-         -m {script} "${{ARGS[@]}}" ${{EXTRA[@]+"${{EXTRA[@]}}"}})
-fi
-if (( DRY_RUN )); then echo "${{CMD[*]}}"; exit 0; fi
-mkdir -p output
-echo "+ ${{CMD[*]}}" | tee output/train.log
-"${{CMD[@]}}" 2>&1 | tee -a output/train.log
-"""
+exit_now()'
+
+# launch SCRIPT CONFIG UNIT GLOBAL_BATCH PER_DEVICE MULTIPLE EVAL_BATCH [ARGS...]: one TRL script on $PROCESSES
+# processes, keeping GLOBAL_BATCH rows (UNIT) per optimizer step: the largest per-process batch (up to
+# PER_DEVICE) that divides the share of each process, the rest as gradient accumulation. A global batch that
+# does not split over the processes grows to one that does, a multiple of MULTIPLE (RLOO: whole groups of
+# answers). EVAL_BATCH: the per-process eval batch (0: the training batch). ARGS go to the script.
+launch() {{
+    local script="$1" config="$2" unit="$3" global_batch="$4" per_device="$5" multiple="$6"
+    local eval_batch="$7"
+    shift 7
+    local batch accum share
+    if (( global_batch % PROCESSES == 0 )); then
+        share=$(( global_batch / PROCESSES ))
+        batch=$(( per_device < share ? per_device : share ))
+        while (( share % batch != 0 )); do batch=$(( batch - 1 )); done
+        accum=$(( share / batch ))
+    else
+        batch=$per_device
+        accum=$(( (global_batch + batch * PROCESSES - 1) / (batch * PROCESSES) ))
+        while (( batch * PROCESSES * accum % multiple != 0 )); do accum=$(( accum + 1 )); done
+        echo "run.sh: $global_batch $unit do not split over $PROCESSES processes;" \
+             "the global batch becomes $(( batch * PROCESSES * accum ))" >&2
+    fi
+    (( eval_batch > 0 )) || eval_batch=$batch
+    local args=(--config "$config" "$@" --per_device_train_batch_size "$batch"
+                --per_device_eval_batch_size "$eval_batch" --gradient_accumulation_steps "$accum")
+    local cmd
+    if (( CPU )); then
+        cmd=("$PYTHON" -m torch.distributed.run --nproc_per_node "$PROCESSES" --no-python "$PYTHON" -u
+             -c "$RUN_THEN_EXIT" "$script" "${{args[@]}}" --use_cpu true --bf16 false --dtype float32
+             {cpu_extra}${{EXTRA[@]+"${{EXTRA[@]}}"}})
+    else
+        cmd=("$PYTHON" -m accelerate.commands.launch --config_file "accelerate/$ENGINE.yaml"
+             --num_processes "$PROCESSES" -m "$script" "${{args[@]}}" ${{EXTRA[@]+"${{EXTRA[@]}}"}})
+    fi
+    if (( DRY_RUN )); then echo "${{cmd[*]}}"; return 0; fi
+    echo "+ ${{cmd[*]}}" | tee -a output/train.log
+    "${{cmd[@]}}" 2>&1 | tee -a output/train.log
+}}
+
+if (( ! DRY_RUN )); then mkdir -p output; : > output/train.log; fi
+{launches}"""
 
 
-def _run_sh(method: RecipeMethod, engine: str, gpus: int, plan: RunPlan, adapter: str, mixed: bool) -> str:
-    return _RUN_SH.format(
-        script=method.script,
-        unit=method.unit,
+def _run_sh(stages: list[StageRecipe], engine: str, gpus: int, adapter: str, mixed: bool) -> str:
+    """run.sh: each stage's TRL script in order, under accelerate, or over gloo on CPU processes with ``--cpu``."""
+    several = len(stages) > 1
+    scripts = [f"`{s.method.script}`" for s in stages]
+    saved_to: dict[str, str] = {}  # product -> the folder its stage saves it to
+    stage_lines, launches = "", ""
+    for number, stage in enumerate(stages, 1):
+        m, plan = stage.method, stage.plan
+        args = [] if mixed else ['--dataset_name "$HERE"']  # a mixture names its data in the config
+        # An earlier stage's product reaches this one as the folder it was saved to (RLOO's reward model).
+        args += [f"--{argument} {saved_to[product]}" for argument, product in m.inputs.items()]
+        given = "".join(f", the {product.replace('_', ' ')} from {saved_to[product]}/" for product in m.inputs.values())
+        saved_to[m.trains] = m.output_dir
+        if several:
+            stage_lines += f"#   {number}. the {m.product}: {m.script} with {m.config_file}{given} -> {m.output_dir}/\n"
+            launches += f"# Stage {number} of {len(stages)}: the {m.product}{given} -> {m.output_dir}/\n"
+        numbers = [plan.global_batch, plan.per_device_batch, plan.batch_multiple, plan.per_device_eval_batch or 0]
+        launches += " ".join(["launch", m.script, m.config_file, m.unit, *map(str, numbers), *args]) + "\n"
+    if several:
+        stage_lines = "# The stages, in order (the run stops at a stage that fails):\n" + stage_lines + "#\n"
+    head = _RUN_SH_HEAD.format(
+        what="TRL's own " + ", then ".join(scripts) + ("," if several else ""),
         gpus=gpus,
-        global_batch=plan.global_batch,
-        per_device=plan.per_device_batch,
+        batches=", ".join(
+            f"{s.plan.global_batch} {s.method.unit}" + (f" ({s.method.product})" if several else "") for s in stages
+        ),
+        each=" in each stage" if several else "",
+        s="s" if several else "",
+        scripts="each stage's TRL script" if several else "the TRL script",
         engine=engine,
-        model="the config's model",
-        dataset_arg="" if mixed else '--dataset_name "$HERE" ',
+        stage_lines=stage_lines,
+    )
+    body = _RUN_SH_BODY.format(
+        gpus=gpus,
+        engine=engine,
+        help_end=head.count("\n"),
         # Local data only: without this, `datasets` may wait minutes for the Hub (measured, DESIGN.md §3).
         offline="" if mixed else "export HF_DATASETS_OFFLINE=1  # the data are local files\n",
         cpu_extra="--load_in_4bit false " if adapter == "qlora" else "",
         qlora_note="; QLoRA's 4-bit base needs CUDA, so it trains as LoRA" if adapter == "qlora" else "",
+        launches=launches,
     )
+    return head + body
 
 
 # --------------------------------------------------------------------------- README
@@ -1171,12 +1628,11 @@ def _gib(value: float) -> str:
     return f"{value / GIB:.1f}"
 
 
-def _memory_table(recipe: Recipe) -> str:
-    m = recipe.memory
+def _memory_table(memory: MemoryEstimate, gpus: int, gpu_memory_gib: float) -> str:
     lines = ["| component | GiB per GPU | how it is counted |", "|---|---:|---|"]
-    for key, value in m.components.items():
-        lines.append(f"| {key} | {_gib(value)} | {m.notes.get(key, '')} |")
-    lines.append(f"| **total** | **{_gib(m.total)}** | {recipe.gpus} x {recipe.gpu_memory_gib:g} GiB GPUs |")
+    for key, value in memory.components.items():
+        lines.append(f"| {key} | {_gib(value)} | {memory.notes.get(key, '')} |")
+    lines.append(f"| **total** | **{_gib(memory.total)}** | {gpus} x {gpu_memory_gib:g} GiB GPUs |")
     return "\n".join(lines)
 
 
@@ -1191,33 +1647,53 @@ def _alternatives_table(recipe: Recipe) -> str:
     return "\n".join(lines)
 
 
-def _readme(
-    recipe: Recipe, preset: Preset, settings: TrainingSettings, mix: list[str], user_repeat: int, scale: str
-) -> str:
-    m, shape, plan = recipe.method, recipe.shape, recipe.plan
-    n_train = recipe.files["train.jsonl"].count("\n")  # rows: a pair is one row, or two thumbs rows for KTO
-    n_eval = recipe.files["eval.jsonl"].count("\n")
-    data_format = "paired" if mix else m.entry.data  # a mixture is written in the public sets' paired shape
-    # `datasets` caches a folder's splits under its folder and config names only, not its files' content:
-    # a config named after the content keeps a re-exported folder from reading the old pairs' cache.
-    digest = hashlib.sha256((recipe.files["train.jsonl"] + recipe.files["eval.jsonl"]).encode()).hexdigest()[:12]
-    card = (
-        "---\n"
-        "# This header is also a dataset card: `datasets.load_dataset(<this folder>)` reads train.jsonl as the\n"
-        "# train split and eval.jsonl as the test split (run.sh passes the folder as --dataset_name).\n"
-        f"configs:\n- config_name: pairs-{digest}\n  default: true\n  data_files:\n  - split: train\n"
-        "    path: train.jsonl\n  - split: test\n    path: eval.jsonl\n---\n"
+def _dataset_card(recipe: Recipe) -> str:
+    """README.md's YAML header: the folder as a dataset, one config per stage's data (the first is the default)."""
+    configs = ""
+    for number, stage in enumerate(recipe.stages):
+        train, evaluate = stage.method.data_files
+        default = "  default: true\n" if number == 0 else ""
+        configs += (
+            f"- config_name: {stage.dataset_config}\n{default}  data_files:\n  - split: train\n    path: {train}\n"
+            f"  - split: test\n    path: {evaluate}\n"
+        )
+    first_train, first_eval = recipe.stages[0].method.data_files
+    others = "".join(
+        f"\n# Config {s.dataset_config} holds {s.method.data_files[0]}/{s.method.data_files[1]} "
+        f"({s.method.config_file} names it)."
+        for s in recipe.stages[1:]
     )
-    fmt = "conversational (the model's chat template is applied by TRL)" if shape.chat else "plain text"
-    adapter_text = {
+    return (
+        "---\n"
+        f"# This header is also a dataset card: `datasets.load_dataset(<this folder>)` reads {first_train} as the\n"
+        f"# train split and {first_eval} as the test split (run.sh passes the folder as --dataset_name).{others}\n"
+        f"configs:\n{configs}---\n"
+    )
+
+
+def _adapter_text(adapter: str, settings: TrainingSettings, method: RecipeMethod) -> str:
+    text = {
         "none": "full fine-tuning",
         "lora": f"LoRA (rank {settings.lora_rank}, all linear layers)",
         "qlora": f"QLoRA (4-bit NF4 base, LoRA rank {settings.lora_rank})",
-    }[recipe.adapter]
+    }[adapter]
+    if adapter != "none" and method.lora_task_type:
+        text += f", task {method.lora_task_type}: the score head trains whole"
+    return text
+
+
+def _settings_table(recipe: Recipe, stage: StageRecipe, number: int, settings: TrainingSettings) -> str:
+    """How the lab's settings map onto one stage's config, with the reason for each value."""
+    m, plan, config = stage.method, stage.plan, stage.config
     lab_steps = f"{settings.steps} steps" if settings.steps is not None else f"{settings.epochs:g} epochs"
+    first = (
+        ("stage", f"{number}. the {m.product}", f"`{m.script}` ({m.config_class}, `{m.config_file}`): {m.why}")
+        if len(recipe.stages) > 1
+        else ("method", m.title, f"`{m.script}`; {m.why}")
+    )
     rows = [
-        ("method", m.title, f"`{m.script}`; {m.why}"),
-        *[(key, _value_text(recipe.config[key]), "as in the lab") for key in m.config_fields if key in recipe.config],
+        first,
+        *[(key, _value_text(config[key]), "as in the lab") for key in m.config_fields if key in config],
         ("learning rate", f"{plan.learning_rate:g}", plan.reasons.get("learning_rate", "as in the lab")),
         ("schedule", f"{plan.lr_scheduler_type}, warm-up {plan.warmup_ratio:.0%}", "lab: constant, no warm-up"),
         (
@@ -1229,15 +1705,123 @@ def _readme(
             "batch",
             f"{plan.global_batch} {m.unit}/step = {plan.per_device_batch} per GPU x {recipe.gpus} GPU(s) x "
             f"{plan.gradient_accumulation} accumulation",
-            plan.reasons.get("global_batch", "as in the lab") + f"; lab: {settings.batch_size} pairs/step",
+            plan.reasons.get("global_batch", "as in the lab")
+            + f"; lab: {settings.batch_size} {'prompts' if m.samples else 'pairs'}/step",
         ),
-        ("max_length", str(plan.max_length), plan.reasons.get("max_length", "as in the lab")),
-        ("weights", f"{adapter_text}, {plan.dtype}", plan.reasons.get("dtype", "")),
+    ]
+    if "max_length" in config:
+        rows.append(("max_length", str(plan.max_length), plan.reasons.get("max_length", "as in the lab")))
+    if plan.max_completion_length is not None:
+        rows.append(
+            (
+                "max_completion_length",
+                str(plan.max_completion_length),
+                plan.reasons.get("max_completion_length", "as in the lab"),
+            )
+        )
+    rows += [
+        ("weights", f"{_adapter_text(recipe.adapter, settings, m)}, {plan.dtype}", plan.reasons.get("dtype", "")),
         ("seed", str(settings.seed), "as in the lab"),
     ]
-    settings_table = "\n".join(
-        ["| setting | this run | why |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(["| setting | this run | why |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+
+
+def _verdict(total: float, gpu_memory_gib: float, where: str = "") -> str:
+    if total <= gpu_memory_gib * GIB:
+        return f"**Fits**: about {_gib(total)} GiB of {gpu_memory_gib:g} GiB per GPU{where}."
+    return (
+        f"**Does not fit**: about {_gib(total)} GiB per GPU{where} against {gpu_memory_gib:g} GiB. "
+        "Pick a row below that fits: more GPUs with ZeRO-3/FSDP, or LoRA/QLoRA."
     )
+
+
+def _stage_memory_text(recipe: Recipe, stage: StageRecipe, number: int) -> str:
+    """One stage's memory: what it holds, then the table (a method of several stages)."""
+    m, plan, memory = stage.method, stage.plan, stage.memory
+    if m.samples:
+        reference = (
+            "no reference copy (the adapter switched off is the reference)"
+            if recipe.adapter != "none"
+            else "the frozen reference the KL penalty compares with"
+        )
+        what = (
+            f"The policy with its gradients and optimizer states, {reference}, the reward model of stage "
+            f"{number - 1} (frozen), and sampling: {plan.per_device_batch} answer(s) per GPU per micro-batch, "
+            f"{plan.per_device_batch * plan.gradient_accumulation} sampled at once per GPU (a whole step's), each at "
+            "most "
+            f"{plan.prompt_tokens} prompt tokens (its bytes) + {plan.max_completion_length} answer tokens"
+        )
+    else:
+        scorer = reward_model_shape(recipe.shape)
+        what = (
+            f"The reward model, the target's backbone under a one-output score head ({count_text(scorer.parameters())} "
+            f"parameters: no LM head), with its gradients and optimizer states and no reference; "
+            f"{plan.per_device_batch} pair(s) per GPU at {plan.max_length} tokens"
+        )
+    checkpointing = "on" if plan.gradient_checkpointing else "off"
+    return (
+        f"### Stage {number}: the {m.product} (`{m.script}`): about {_gib(memory.total)} GiB per GPU\n\n"
+        f"{what}, gradient checkpointing {checkpointing}:\n\n"
+        + _memory_table(memory, recipe.gpus, recipe.gpu_memory_gib)
+    )
+
+
+def _stages_text(recipe: Recipe) -> str:
+    """What each stage of a method of several does, costs and hands on (empty for one stage)."""
+    if len(recipe.stages) == 1:
+        return ""
+    saved_to: dict[str, str] = {}
+    items = []
+    for number, stage in enumerate(recipe.stages, 1):
+        m = stage.method
+        train, evaluate = m.data_files
+        data = "the pairs' prompts" if m.samples else "the pairs"
+        given = "".join(
+            f" `run.sh` hands it the {product.replace('_', ' ')} saved by the stage before "
+            f"(`--{argument} {saved_to[product]}`)."
+            for argument, product in m.inputs.items()
+        )
+        saved_to[m.trains] = m.output_dir
+        items.append(
+            f"{number}. **The {m.product}**: `{m.script}` (TRL's `{m.entry_stage.trainer.rsplit('.', 1)[-1]}`) with "
+            f"`{m.config_file}`, on {data} (`{train}`, held out: `{evaluate}`): {m.why}{given} It is saved to "
+            f"`{m.output_dir}/`; about {_gib(stage.memory.total)} GiB per GPU "
+            f"({stage.plan.global_batch} {m.unit} per step)."
+        )
+    return (
+        f"\n## The {len(recipe.stages)} stages\n\n`run.sh` runs them in order and stops at a stage that fails; "
+        "`--model`, `--max-steps` and `-- ARGS` go to each.\n\n" + "\n".join(items) + "\n"
+    )
+
+
+def _readme(
+    recipe: Recipe, preset: Preset, settings: TrainingSettings, mix: list[str], user_repeat: int, scale: str
+) -> str:
+    m, shape, plan = recipe.method, recipe.shape, recipe.plan
+    several = len(recipe.stages) > 1
+    first = recipe.stages[0].method
+    n_train = recipe.files[first.data_files[0]].count("\n")  # rows: a pair is one row, or two thumbs rows for KTO
+    n_eval = recipe.files[first.data_files[1]].count("\n")
+    data_format = "paired" if mix else first.entry_stage.data  # a mixture is written in the public sets' paired shape
+    fmt = "conversational (the model's chat template is applied by TRL)" if shape.chat else "plain text"
+    adapter_text = _adapter_text(recipe.adapter, settings, m)
+    data_line = (
+        f"Data: `{first.data_files[0]}` ({n_train} rows), `{first.data_files[1]}` ({n_eval} rows), TRL's {data_format} "
+        f"preference format,\n{fmt}."
+    )
+    for stage in recipe.stages[1:]:
+        train, evaluate = stage.method.data_files
+        data_line += (
+            f" `{train}` ({recipe.files[train].count(chr(10))} rows), `{evaluate}` "
+            f"({recipe.files[evaluate].count(chr(10))} rows): their distinct prompts, TRL's prompt-only format."
+        )
+    if several:
+        tables = "\n\n".join(
+            f"### Stage {number}: the {stage.method.product}\n\n{_settings_table(recipe, stage, number, settings)}"
+            for number, stage in enumerate(recipe.stages, 1)
+        )
+    else:
+        tables = _settings_table(recipe, recipe.stages[0], 1, settings)
     if mix:
         total = n_train + sum(PUBLIC_DATASETS[name].rows for name in mix)
         mix_lines = [
@@ -1262,6 +1846,18 @@ def _readme(
             "TRL's script takes an evaluation split only from `dataset_name`, so a mixed recipe does not evaluate "
             "while it trains; `eval.jsonl` holds your held-out pairs for the evaluation afterwards.",
         ]
+    elif not m.public_mix:
+        prompts_only = (
+            " (the stage that samples answers, on their prompts)"
+            if any(s.method.samples for s in recipe.stages)
+            else ""
+        )
+        mix_lines = [
+            f"This recipe trains on your {_data_text(preset)} alone and evaluates on your "
+            f"{len(preset.heldout_pairs)} held-out pairs{prompts_only} every 50 steps. The public preference sets "
+            f"are not mixed into {m.title}'s recipe: {m.no_mix}. For a bigger dataset of your own, replace the data "
+            "files with rows in the same formats.",
+        ]
     else:
         mix_lines = [
             f"This recipe trains on your {_data_text(preset)} alone and evaluates on your "
@@ -1275,25 +1871,66 @@ def _readme(
             "",
             "For a bigger dataset of your own, replace train.jsonl/eval.jsonl with rows in the same format.",
         ]
-    fits = recipe.memory.fits(recipe.gpu_memory_gib)
-    verdict = (
-        f"**Fits**: about {_gib(recipe.memory.total)} GiB of {recipe.gpu_memory_gib:g} GiB per GPU."
-        if fits
-        else f"**Does not fit**: about {_gib(recipe.memory.total)} GiB per GPU against {recipe.gpu_memory_gib:g} GiB. "
-        "Pick a row below that fits: more GPUs with ZeRO-3/FSDP, or LoRA/QLoRA."
-    )
+    if several:
+        peak = max(recipe.stages, key=lambda s: s.memory.total)
+        memory_text = (
+            _verdict(peak.memory.total, recipe.gpu_memory_gib, f" at its larger stage, the {peak.method.product}")
+            + " Computed from the model's shape, stage by stage (AlignLab's `alignlab.recipe.estimate_memory`, and\n"
+            "`estimate_sampling_memory` for the stage that samples answers); the stages run one after the other, so "
+            "the larger decides.\n\n"
+            + "\n\n".join(_stage_memory_text(recipe, s, n) for n, s in enumerate(recipe.stages, 1))
+            + f"\n\nEvery engine and adapter at {recipe.gpus} GPU(s), one row per GPU, the larger stage (GiB per GPU):"
+        )
+    else:
+        memory_text = (
+            _verdict(recipe.memory.total, recipe.gpu_memory_gib)
+            + " Computed from the model's shape (AlignLab's `alignlab.recipe.estimate_memory`), for\n"
+            f"{plan.per_device_batch} pair(s) per GPU at {plan.max_length} tokens, gradient checkpointing\n"
+            f"{'on' if plan.gradient_checkpointing else 'off'}:\n\n"
+            f"{_memory_table(recipe.memory, recipe.gpus, recipe.gpu_memory_gib)}\n\n"
+            f"Every engine and adapter at {recipe.gpus} GPU(s), one pair per GPU (GiB per GPU):"
+        )
     scale_note = (
         "\n> This recipe repeats the lab's own run (`scale='lab'`): the lab's learning rate, schedule, steps and batch."
         " It exists to check the recipe against the lab; export without it for a real run.\n"
         if scale == "lab"
         else ""
     )
-    return f"""{card}
+    if several:
+        runs = (
+            f"scripts in {len(recipe.stages)} stages, "
+            + ", then ".join(f"`{s.method.script}` (the code of `trl {s.method.trl_command}`)" for s in recipe.stages)
+            + ","
+        )
+    else:
+        runs = f"`{m.script}` script (the code of\n`trl {m.trl_command}`)"
+    runs = (
+        f"It runs TRL's own {runs} under `accelerate` with DDP, DeepSpeed ZeRO-2/ZeRO-3 or FSDP; nothing here is\n"
+        "home-made."
+    )
+    batches = " and ".join(
+        f"{s.plan.global_batch} {s.method.unit}" + (f" ({s.method.product})" if several else "") for s in recipe.stages
+    )
+    checkpoints = "step to `output/train.log`; checkpoints (with `trainer_state.json`, the full log) go to " + (
+        "`output/checkpoint-*`"
+        + "".join(f" (the {s.method.product}'s to `{s.method.output_dir}/checkpoint-*`)" for s in recipe.stages[:-1])
+        + "."
+    )
+    files_rows = [
+        f"| `{s.method.config_file}` | arguments of `{s.method.script}` (`ScriptArguments`, `{s.method.config_class}`, "
+        f"`ModelConfig`)" + (f": stage {n}, the {s.method.product}" if several else "") + " |"
+        for n, s in enumerate(recipe.stages, 1)
+    ]
+    files_rows += [
+        f"| `{s.method.data_files[0]}`, `{s.method.data_files[1]}` | "
+        + ("the pairs' distinct prompts" if s.method.samples else "the pairs")
+        + " |"
+        for s in recipe.stages
+    ]
+    return f"""{_dataset_card(recipe)}
 # {m.title} recipe: {shape.name}
 
-Exported by AlignLab from the `{preset.id}` lab. It runs TRL's own `{m.script}` script (the code of
-`trl {m.trl_command}`) under `accelerate` with DDP, DeepSpeed ZeRO-2/ZeRO-3 or FSDP; nothing here is
-home-made.
+Exported by AlignLab from the `{preset.id}` lab. {runs}
 {scale_note}
 ## Run it
 
@@ -1306,28 +1943,21 @@ pip install "trl==1.16.0" "transformers==5.24.0" "datasets==5.2.0" "accelerate==
 ```
 
 `run.sh` launches `{recipe.gpus}` process(es) with `accelerate/{recipe.engine}.yaml` ({ENGINES[recipe.engine].title}).
-`--processes N` changes the GPU count and keeps {plan.global_batch} {m.unit} per step; `--engine` switches to another
+`--processes N` changes the GPU count and keeps {batches} per step; `--engine` switches to another
 config in `accelerate/` (TRL's own `trl/accelerate_configs`, sized for {recipe.gpus} GPU(s)); `--cpu` runs the same
 recipe on N CPU processes over gloo. Several nodes: run it on each with accelerate's `--num_machines`,
 `--machine_rank` and `--main_process_ip` (edit the config or the launch line). Losses and rewards are logged every
-step to `output/train.log`; checkpoints (with `trainer_state.json`, the full log) go to `output/checkpoint-*`.
-
+{checkpoints}
+{_stages_text(recipe)}
 ## What it trains, and how the lab's settings map
 
-Data: `train.jsonl` ({n_train} rows), `eval.jsonl` ({n_eval} rows), TRL's {data_format} preference format,
-{fmt}. Target: `{shape.hub_id}` ({count_text(shape.parameters())} parameters).
+{data_line} Target: `{shape.hub_id}` ({count_text(shape.parameters())} parameters).
 
-{settings_table}
+{tables}
 
 ## Memory: {recipe.gpus} x {recipe.gpu_memory_gib:g} GiB GPU(s), {ENGINES[recipe.engine].title}, {adapter_text}
 
-{verdict} Computed from the model's shape (AlignLab's `alignlab.recipe.estimate_memory`), for
-{plan.per_device_batch} pair(s) per GPU at {plan.max_length} tokens, gradient checkpointing
-{"on" if plan.gradient_checkpointing else "off"}:
-
-{_memory_table(recipe)}
-
-Every engine and adapter at {recipe.gpus} GPU(s), one pair per GPU (GiB per GPU):
+{memory_text}
 
 {_alternatives_table(recipe)}
 
@@ -1341,8 +1971,7 @@ A rough estimate (a few GiB either way): check it with `./run.sh --max-steps 10`
 
 | file | what |
 |---|---|
-| `config.yaml` | arguments of `{m.script}` (`ScriptArguments`, `{m.config_class}`, `ModelConfig`) |
-| `train.jsonl`, `eval.jsonl` | the pairs |
+{chr(10).join(files_rows)}
 | `accelerate/*.yaml` | launcher configs: ddp, zero2, zero3, fsdp |
 | `run.sh` | the launch |
 """
@@ -1381,9 +2010,12 @@ def recipe_zip(recipe: Recipe, path: str | Path, folder: str = "alignlab-recipe"
     return path
 
 
-def logged_rows(recipe_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-step rows TRL logged in a recipe's run (its latest checkpoint's ``trainer_state.json``)."""
-    output = Path(recipe_dir) / "output"
+def logged_rows(recipe_dir: str | Path, output_dir: str = "output") -> list[dict[str, Any]]:
+    """The per-step rows TRL logged in a recipe's run (its latest checkpoint's ``trainer_state.json``).
+
+    ``output_dir``: the stage's output folder in the recipe (an earlier stage's, e.g. ``output/reward_model``;
+    default: the policy's)."""
+    output = Path(recipe_dir) / output_dir
     checkpoints = sorted(
         output.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0)
     )

@@ -451,12 +451,13 @@ def test_rlhf_is_offered_everywhere_a_method_is_picked():
     assert cost["rlhf"] > cost["dpo"]
 
 
-def test_a_recipe_for_rlhf_is_a_clear_message_not_a_traceback(capsys):
+def test_a_recipe_for_a_method_without_a_trl_script_is_a_clear_message_not_a_traceback(capsys):
     from alignlab.cli import main
 
-    assert main(["recipe", "--preset", "seed-lab", "--method", "rlhf", "--out", "/tmp/alignlab-no-recipe"]) == 2
+    assert main(["recipe", "--preset", "seed-lab", "--method", "orpo", "--out", "/tmp/alignlab-no-recipe"]) == 2
     err = capsys.readouterr().err
-    assert "RLHF's recipe is not written yet. Recipes exist for DPO, IPO, KTO." in err and "Traceback" not in err
+    assert "TRL 1.16 ships no training script for ORPO" in err and "Recipes exist for DPO, IPO, KTO, RLHF" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.slow

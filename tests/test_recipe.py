@@ -13,27 +13,39 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from alignlab.cli import main
 from alignlab.methods import get_method
-from alignlab.presets import UnpairedRow, load_preset
+from alignlab.presets import PreferencePair, UnpairedRow, load_preset
 from alignlab.recipe import (
     ENGINES,
     GIB,
     KNOWN_TARGETS,
     OVERHEAD_BYTES,
+    ModelShape,
     RecipeError,
     build_recipe,
     estimate_memory,
+    estimate_sampling_memory,
     logged_rows,
     preference_rows,
+    prompt_rows,
     recipe_zip,
     resolve_target,
+    reward_model_shape,
     thumbs_rows,
     write_recipe,
 )
-from alignlab.training import TrainingSettings, to_trl_dataset, to_unpaired_dataset, train_dpo, train_policy
+from alignlab.training import (
+    TrainingSettings,
+    to_prompt_dataset,
+    to_trl_dataset,
+    to_unpaired_dataset,
+    train_dpo,
+    train_policy,
+)
 
 LLAMA_8B = KNOWN_TARGETS["llama-3.1-8b-instruct"]
 
@@ -136,8 +148,8 @@ def test_rows_are_the_labs_own_training_rows(tiny_chat, tiny_base, pairs):
     assert implicit["chosen"][1]["content"] == pairs[0].chosen and "prompt" not in implicit
 
 
-def _parse_with_trl(directory: Path, *extra: str, script: str = "dpo"):
-    """config.yaml through TRL's own script parser, as run.sh --cpu launches it (unknown keys fail)."""
+def _parse_with_trl(directory: Path, *extra: str, script: str = "dpo", config: str = "config.yaml"):
+    """A config file through TRL's own script parser, as run.sh --cpu launches it (unknown keys fail)."""
     import importlib
 
     make_parser = importlib.import_module(f"trl.scripts.{script}").make_parser
@@ -145,7 +157,7 @@ def _parse_with_trl(directory: Path, *extra: str, script: str = "dpo"):
     cwd = os.getcwd()
     os.chdir(directory)
     try:
-        args = ["--config", "config.yaml", "--use_cpu", "true", "--bf16", "false", *extra]
+        args = ["--config", config, "--use_cpu", "true", "--bf16", "false", *extra]
         return make_parser().parse_args_and_config(args)
     finally:
         os.chdir(cwd)
@@ -286,6 +298,188 @@ def test_methods_without_a_recipe_say_why(seed_lab):
     thumbs = replace(seed_lab, unpaired=[UnpairedRow("Q?", "A.", False)])
     with pytest.raises(RecipeError, match=r"1 thumbs rows, which DPO cannot train on .* \(KTO\)"):
         build_recipe(thumbs, TrainingSettings())
+
+
+# --------------------------------------------------------------------------- RLHF: two stages
+
+
+def test_prompt_rows_are_the_labs_own_rl_rows(tiny_chat, tiny_base, pairs):
+    repeated = [*pairs, PreferencePair(pairs[0].prompt, "Another answer.", "Nope.")]  # a prompt asked twice
+    for loaded in (tiny_chat, tiny_base):
+        assert prompt_rows(repeated, loaded.is_chat) == to_prompt_dataset(loaded, repeated).to_list()
+        assert len(prompt_rows(repeated, loaded.is_chat)) == len(pairs)
+
+
+def test_an_rlhf_recipe_runs_trls_reward_script_then_its_rloo_script(tmp_path, seed_lab):
+    import datasets
+
+    settings = TrainingSettings.for_method("rlhf", beta=0.1, seed=5, max_length=384)
+    recipe = build_recipe(seed_lab, settings, target="llama-3.1-8b-instruct", gpus=2)
+    out = write_recipe(recipe, tmp_path / "rlhf")
+    data = {"train.jsonl", "eval.jsonl", "train_prompts.jsonl", "eval_prompts.jsonl"}
+    assert data | {"config.reward.yaml", "config.yaml", "run.sh", "README.md"} | {
+        f"accelerate/{e}.yaml" for e in ENGINES
+    } == set(recipe.files)
+    assert [s.method.script for s in recipe.stages] == ["trl.scripts.reward", get_method("rlhf").script]
+    # stage 1 trains on the rows DPO's recipe writes; stage 2 on the pairs' distinct prompts
+    reward_rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert reward_rows == preference_rows(seed_lab.pairs, chat=True)
+    prompts = [json.loads(line) for line in (out / "train_prompts.jsonl").read_text().splitlines()]
+    assert [p["prompt"][0]["content"] for p in prompts] == list(dict.fromkeys(p.prompt for p in seed_lab.pairs))
+
+    script, reward, model, _ = _parse_with_trl(
+        out, "--dataset_name", str(out), script="reward", config="config.reward.yaml"
+    )
+    assert type(reward).__name__ == "RewardConfig" and script.dataset_config is None  # the folder's default: pairs
+    assert reward.output_dir == "output/reward_model" and reward.seed == 5 and reward.max_length == 384
+    assert reward.learning_rate == 1e-5  # a reward model's usual rate, not the lab's 5e-5 nor the policy's
+    assert reward.per_device_train_batch_size * 2 * reward.gradient_accumulation_steps == settings.batch_size
+    assert model.model_name_or_path == "meta-llama/Llama-3.1-8B-Instruct"
+
+    script, rloo, model, _ = _parse_with_trl(out, "--dataset_name", str(out), script="rloo")
+    assert type(rloo).__name__ == "RLOOConfig"
+    assert script.reward_model_name_or_path == reward.output_dir  # stage 1's product is stage 2's reward model
+    assert rloo.beta == 0.1 and rloo.num_generations == 4 and rloo.disable_dropout and rloo.seed == 5
+    assert rloo.max_completion_length == 384  # whole answers up to the lab's max_length, not the lab's 24 tokens
+    assert rloo.learning_rate == 1e-6 and rloo.output_dir == "output"
+    # the batch counts answers: the lab's 2 prompts x 4 answers, in whole groups, and eval batches of whole groups
+    assert rloo.per_device_train_batch_size * 2 * rloo.gradient_accumulation_steps == settings.batch_size * 4
+    assert rloo.per_device_eval_batch_size * 2 % rloo.num_generations == 0
+    assert model.model_name_or_path == "meta-llama/Llama-3.1-8B-Instruct"
+    assert recipe.stages[1].plan.global_batch == 8 and recipe.stages[0].plan.global_batch == 2
+
+    # the folder is both datasets: the pairs by default, the prompts under the config stage 2 names
+    pairs, rl = datasets.load_dataset(str(out)), datasets.load_dataset(str(out), name=script.dataset_config)
+    assert pairs["train"].num_rows == len(seed_lab.pairs) and set(pairs["train"].column_names) == {
+        "prompt",
+        "chosen",
+        "rejected",
+    }
+    assert rl["train"].column_names == ["prompt"] and rl["train"].num_rows == len(prompts)
+    assert rl["test"].num_rows == len({p.prompt for p in seed_lab.heldout_pairs})
+
+    readme = (out / "README.md").read_text()
+    assert "# RLHF recipe" in readme and "## The 2 stages" in readme
+    assert readme.index("trl.scripts.reward") < readme.index("trl.scripts.rloo")
+    for stage in recipe.stages:  # each stage's computed estimate is in its own section
+        assert (
+            f"the {stage.method.product} (`{stage.method.script}`): about {stage.memory.total / GIB:.1f} GiB" in readme
+        )
+    assert "`--mix" not in readme.split("## Mixing public datasets")[1]  # no advice the recipe would refuse
+
+
+def test_rlhf_run_sh_runs_the_reward_stage_first_and_hands_its_model_on(tmp_path, seed_lab):
+    recipe = build_recipe(seed_lab, TrainingSettings.for_method("rlhf"), gpus=8, engine="zero3")
+    out = write_recipe(recipe, tmp_path / "r")
+
+    def launch(*args: str) -> list[str]:
+        run = subprocess.run([str(out / "run.sh"), "--dry-run", *args], capture_output=True, text=True, check=True)
+        return [line for line in run.stdout.splitlines() if "trl.scripts." in line]
+
+    def batch(line: str) -> int:
+        words = line.split()
+        per, accum = (
+            int(words[words.index(flag) + 1])
+            for flag in ("--per_device_train_batch_size", "--gradient_accumulation_steps")
+        )
+        return per * accum
+
+    first, second = launch()
+    assert "-m trl.scripts.reward --config config.reward.yaml" in first
+    assert "-m trl.scripts.rloo --config config.yaml" in second
+    reward_dir = yaml.safe_load((out / "config.reward.yaml").read_text())["output_dir"]
+    assert f"--reward_model_name_or_path {reward_dir}" in second and "--reward_model_name_or_path" not in first
+    for processes in (1, 2, 3, 5, 8, 16):
+        first, second = launch("--processes", str(processes))
+        # RLOO's generation batch must hold whole groups of 4 answers per prompt, whatever the process count
+        assert batch(second) * processes % 4 == 0 and batch(second) * processes >= 8
+        words = second.split()
+        assert int(words[words.index("--per_device_eval_batch_size") + 1]) * processes % 4 == 0
+    cpu = launch("--cpu", "--processes", "2", "--model", "m", "--max-steps", "3", "--", "--logging_steps", "2")
+    assert len(cpu) == 2 and all(
+        line.endswith("--model_name_or_path m --max_steps 3 --logging_steps 2") for line in cpu
+    )
+    assert all("--use_cpu true" in line for line in cpu)
+    dry_run = subprocess.run(
+        [str(out / "run.sh"), "--dry-run", "--cpu", "--processes", "2"], capture_output=True, text=True
+    )
+    assert dry_run.stdout.count("torch.distributed.run --nproc_per_node 2") == 2
+
+
+def test_rlhf_memory_counts_each_stage_from_the_shape(tiny_chat_dir):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig
+
+    # the reward model is the backbone under a 1-output head: no LM head (an untied model's second embedding)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        num_labels=1,
+    )
+    shape = ModelShape.from_config(config.to_dict(), "untied", chat=False)
+    scorer = AutoModelForSequenceClassification.from_config(config)
+    assert reward_model_shape(shape).parameters() + 32 == sum(p.numel() for p in scorer.parameters())  # + score head
+    assert reward_model_shape(LLAMA_8B).parameters() == LLAMA_8B.parameters() - 128256 * 4096
+
+    # the generation component's KV cache is the cache a real forward pass keeps (fp32 under DDP: 4 bytes)
+    tiny = resolve_target(str(tiny_chat_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_dir)
+    with torch.no_grad():
+        output = model(torch.ones(3, 7 + 5, dtype=torch.long), use_cache=True)
+    cache = getattr(output, "cache", None) or output.past_key_values
+    measured = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    estimate = estimate_sampling_memory(tiny, per_device_batch=3, accumulation=1, prompt_tokens=7, completion_tokens=5)
+    assert estimate.components["generation"] == measured
+
+    full = estimate_sampling_memory(LLAMA_8B, engine="zero3", gpus=8, per_device_batch=2, accumulation=4)
+    lora = estimate_sampling_memory(
+        LLAMA_8B, engine="zero3", gpus=8, adapter="lora", per_device_batch=2, accumulation=4
+    )
+    assert full.components["reference"] > 0 and lora.components["reference"] == 0  # LoRA: the adapter switched off
+    assert full.components["reward model"] == pytest.approx(2 * reward_model_shape(LLAMA_8B).parameters() / 8)
+    assert full.components["generation"] > 2 * LLAMA_8B.parameters() * 7 / 8  # ZeRO-3 gathers the policy to sample
+    ddp = estimate_sampling_memory(LLAMA_8B, engine="ddp", gpus=8, adapter="lora", per_device_batch=2, accumulation=4)
+    assert ddp.components["generation"] < GIB  # no gathering: the KV cache alone
+    longer = estimate_sampling_memory(LLAMA_8B, completion_tokens=512, per_device_batch=2, accumulation=4)
+    shorter = estimate_sampling_memory(LLAMA_8B, completion_tokens=256, per_device_batch=2, accumulation=4)
+    kv_per_token = 2 * 32 * 8 * 128 * 4  # keys and values, 32 layers, 8 KV heads of 128, fp32 (DDP, full)
+    assert longer.components["generation"] - shorter.components["generation"] == 8 * 256 * kv_per_token
+
+    recipe = build_recipe(load_preset("seed-lab"), TrainingSettings.for_method("rlhf"), gpus=1, engine="ddp")
+    assert not recipe.fits() and "does NOT fit" in recipe.summary() and "LoRA with" in recipe.summary()
+    for name, _, estimate in recipe.alternatives():  # the larger stage decides
+        assert estimate.total == max(
+            s.estimate(recipe.shape, name, 1, estimate.adapter, 16).total for s in recipe.stages
+        )
+
+
+def test_rlhf_recipes_refuse_what_they_cannot_run_and_the_cli_writes_them(tmp_path, seed_lab, capsys):
+    settings = TrainingSettings.for_method("rlhf")
+    with pytest.raises(RecipeError, match="do not fit RLHF's data: its RL stage samples answers to prompts"):
+        build_recipe(seed_lab, settings, mix=["ultrafeedback"])
+    with pytest.raises(RecipeError, match=r"1 thumbs rows, which RLHF cannot train on"):
+        build_recipe(replace(seed_lab, unpaired=[UnpairedRow("Q?", "A.", False)]), settings)
+    with pytest.raises(RecipeError, match="cannot be split evenly over 3 GPUs"):
+        build_recipe(seed_lab, settings, gpus=3, scale="lab")
+    lora = build_recipe(seed_lab, replace(settings, use_lora=True))
+    reward_config = yaml.safe_load(lora.files["config.reward.yaml"])
+    assert reward_config["use_peft"] and reward_config["lora_task_type"] == "SEQ_CLS"  # the score head trains too
+    assert "lora_task_type" not in lora.config  # the policy's adapter is a causal LM's
+
+    out = tmp_path / "cli"
+    assert (
+        main(
+            ["recipe", "--preset", "seed-lab", "--method", "rlhf", "--gpus", "8", "--engine", "fsdp", "--out", str(out)]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "RLHF on llama-3.1-8b-instruct" in printed and "1. reward model" in printed and "2. policy" in printed
+    assert (out / "config.reward.yaml").is_file() and (out / "train_prompts.jsonl").is_file()
 
 
 def test_run_sh_keeps_the_global_batch_for_any_process_count(tmp_path, seed_lab):
@@ -439,3 +633,45 @@ def test_exported_kto_recipe_runs_on_two_processes(tmp_path, tiny_chat_dir, tiny
 
     lab = train_policy(tiny_chat, seed_lab.pairs, TrainingSettings.for_method("kto", steps=1)).step_rows
     assert lab[0]["loss"] == pytest.approx(rows[0]["loss"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_exported_rlhf_recipe_runs_both_stages_on_two_processes(tmp_path, tiny_chat_dir):
+    """An RLHF recipe under torchrun on 2 CPU processes over gloo, as run.sh --cpu launches it: TRL's reward script
+    trains a reward model on the pairs, then TRL's RLOO script trains the policy on their prompts against it.
+
+    As in the lab (``--as-in-lab``): 3 steps of each stage, 2 pairs per reward-model step (1 per process), 2 prompts
+    x 4 sampled answers of 24 tokens per RL step. Checked: each stage's logged rows, that the RL stage scored its
+    answers with stage 1's model (TRL names the reward after the model's folder), and that both stages trained.
+    """
+    from safetensors.torch import load_file
+
+    out = tmp_path / "recipe"
+    code = main(
+        ["recipe", "--method", "rlhf", "--preset", "seed-lab", "--target-model", str(tiny_chat_dir)]
+        + ["--gpus", "2", "--steps", "3", "--as-in-lab", "--out", str(out)]
+    )
+    assert code == 0
+    _run_on_two_cpu_processes(out, tiny_chat_dir)
+    log = (out / "output" / "train.log").read_text()
+    assert log.count("--nproc_per_node 2") == 2 and log.index("trl.scripts.reward") < log.index("trl.scripts.rloo")
+
+    reward_rows = logged_rows(out, "output/reward_model")
+    assert [r["step"] for r in reward_rows] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) and r["accuracy"] in (0.0, 0.5, 1.0) and "margin" in r for r in reward_rows)
+    scorer = json.loads((out / "output" / "reward_model" / "config.json").read_text())
+    assert scorer["architectures"] == ["LlamaForSequenceClassification"] and len(scorer["id2label"]) == 1
+    base = load_file(tiny_chat_dir / "model.safetensors")
+    trained = load_file(out / "output" / "reward_model" / "model.safetensors")
+    assert not torch.equal(base["model.layers.0.mlp.up_proj.weight"], trained["model.layers.0.mlp.up_proj.weight"])
+
+    rows = logged_rows(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(math.isfinite(r["reward"]) and r["rewards/reward_model/mean"] == r["reward"] for r in rows)
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # step 1: the policy is its own reference
+    assert any(abs(r["kl"]) > 1e-6 for r in rows[1:])  # then the updates moved it away
+    policy = load_file(out / "output" / "model.safetensors")
+    assert not torch.equal(base["model.layers.0.mlp.up_proj.weight"], policy["model.layers.0.mlp.up_proj.weight"])
+    # the held-out prompts (the prompts' config of the folder) were evaluated at the end
+    state = json.loads((out / "output" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert any("eval_reward" in row for row in state["log_history"])

@@ -523,8 +523,9 @@ def export_recipe_ui(
         adapter: lab (as in the lab), none (full fine-tuning), lora or qlora.
         gpu_memory: GiB per GPU, 8-4096 (80 for an H100).
         mix: public preference sets to train on too: ultrafeedback, hh-rlhf.
-        method: the method to run for real: dpo, ipo or kto (TRL's own dpo or kto script); orpo, simpo and rlhf
-            have no recipe yet, and the error says why.
+        method: the method to run for real: dpo, ipo or kto (TRL's own dpo or kto script), or rlhf (TRL's reward
+            script, then its rloo script on the reward model); orpo and simpo have no recipe (TRL ships no script
+            for them), and the error says why.
         sft_weight: DPO's (and IPO's) SFT term, 0-10; empty means the method's default.
         unpaired: thumbs rows (prompt, completion, label) imported on the Dataset tab; a KTO recipe trains on them.
     Returns:
@@ -724,8 +725,9 @@ def build_recipe_controls() -> SimpleNamespace:
     with gr.Accordion("From the lab to a real run: export a recipe", open=False, elem_id="recipe-panel"):
         gr.Markdown(
             "Take these pairs and settings to a cluster: a folder (zip) with the pairs in TRL's format, a config for "
-            "TRL's own script of the method above (`dpo` for DPO and IPO, `kto` for KTO, with the thumbs rows) scaled "
-            "for the target model, launcher configs (DDP, DeepSpeed ZeRO-2/3, FSDP), `run.sh`, and a README with the "
+            "TRL's own script of the method above (`dpo` for DPO and IPO, `kto` for KTO, with the thumbs rows; for "
+            "RLHF `reward`, then `rloo` on the reward model it trained) scaled for the target model, launcher "
+            "configs (DDP, DeepSpeed ZeRO-2/3, FSDP), `run.sh`, and a README with the "
             "memory estimate and how to mix in public preference data. "
             f"{_no_recipe_text()}"
         )
