@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from alignlab.evaluation import _encode_pair
 from alignlab.models import LoadedModel, copy_for_training
 from alignlab.presets import PreferencePair
+from alignlab.training import TrainingSettings
 from bench.common import sync
 
 
@@ -148,3 +149,20 @@ def train_bare(
         run.grad_norms.append(float(grad_norm))
     del policy, optimizer
     return run
+
+
+def train_bare_as(
+    loaded: LoadedModel, pairs: list[PreferencePair], settings: TrainingSettings, steps: int | None = None
+) -> BareRun:
+    """:func:`train_bare` with the lab's settings (batch, rate, beta, seed, length, precision on this device)."""
+    return train_bare(
+        loaded,
+        pairs,
+        steps=steps if steps is not None else settings.steps,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        beta=settings.beta,
+        seed=settings.seed,
+        max_length=settings.max_length,
+        bf16=settings.use_bf16(loaded.device),
+    )

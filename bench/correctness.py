@@ -17,7 +17,7 @@ from alignlab.models import load_model
 from alignlab.presets import PreferencePair
 from alignlab.tiny import build_tiny_model
 from alignlab.training import TrainingSettings
-from bench.bare_dpo import train_bare
+from bench.bare_dpo import train_bare_as
 from bench.training import alignlab_steps, loss_agreement
 
 
@@ -26,15 +26,5 @@ def run(device: torch.device, pairs: list[PreferencePair], steps: int = 6) -> di
         loaded = load_model(str(build_tiny_model(Path(scratch) / "tiny", chat=True)), device=device)
         settings = TrainingSettings(steps=steps, precision="fp32")
         ours = alignlab_steps(loaded, pairs, settings)
-        bare = train_bare(
-            loaded,
-            pairs,
-            steps=steps,
-            batch_size=settings.batch_size,
-            learning_rate=settings.learning_rate,
-            beta=settings.beta,
-            seed=settings.seed,
-            max_length=settings.max_length,
-            bf16=False,
-        )
+        bare = train_bare_as(loaded, pairs, settings)  # fp32 settings: no bf16
     return {"steps": steps, "device": str(device), "loss_agreement": loss_agreement(ours["rows"], bare)}

@@ -34,7 +34,7 @@ from transformers.trainer_callback import PrinterCallback
 from alignlab.models import LoadedModel, copy_for_training
 from alignlab.presets import PreferencePair
 from alignlab.training import TrainingSettings, to_trl_dataset, train_dpo
-from bench.bare_dpo import encode_pairs, train_bare
+from bench.bare_dpo import encode_pairs, train_bare_as
 from bench.common import Figure, cuda_peak_mib, ratio, reset_cuda_peak, sync
 
 
@@ -213,17 +213,7 @@ def syncs_per_step(loaded: LoadedModel, pairs: list[PreferencePair], settings: T
         return lambda: train_dpo(loaded, pairs, replace(settings, steps=steps))
 
     def bare(steps: int) -> Callable[[], Any]:
-        return lambda: train_bare(
-            loaded,
-            pairs,
-            steps=steps,
-            batch_size=settings.batch_size,
-            learning_rate=settings.learning_rate,
-            beta=settings.beta,
-            seed=settings.seed,
-            max_length=settings.max_length,
-            bf16=settings.use_bf16(loaded.device),
-        )
+        return lambda: train_bare_as(loaded, pairs, settings, steps)
 
     return {
         "alignlab": (host_syncs(alignlab(3)) - host_syncs(alignlab(1))) / 2,
@@ -247,30 +237,17 @@ def run(
     device = loaded.device
     bf16 = settings.use_bf16(device)
 
-    def bare_run():  # noqa: ANN202
-        return train_bare(
-            loaded,
-            pairs,
-            steps=steps,
-            batch_size=settings.batch_size,
-            learning_rate=settings.learning_rate,
-            beta=settings.beta,
-            seed=settings.seed,
-            max_length=settings.max_length,
-            bf16=bf16,
-        )
-
     if device.type == "cuda":
         # Every batch has its own sequence length, and on a GPU the first forward and backward at a new shape
         # pays for picking (and for some attention backends building) its kernels: seen in a py-spy profile of
         # this section on an H200, where whichever trainer ran first spent a third of its steps in SDPA's first
         # calls and the later ones almost nothing. One untimed pass over the same batches first, so that no
         # trainer pays for the others.
-        bare_run()
+        train_bare_as(loaded, pairs, settings)
     ours = alignlab_steps(loaded, pairs, settings)
     plain = trl_default_steps(loaded, pairs, settings.batch_size, steps, trl_budget_s)
     reset_cuda_peak()
-    bare = bare_run()
+    bare = train_bare_as(loaded, pairs, settings)
     bare_cuda = cuda_peak_mib()
 
     figures = {
