@@ -93,6 +93,20 @@ def comparison_ui(
     shown: dict[str, tuple] = {"train": train_tab.view("", []), "compare": (gr.skip(),) * 6}
 
     def frame(status: str, live: tuple | None = None) -> tuple[Any, ...]:
+        """Everything the comparison shows. While a run trains (``live``), only its curves move: the runs' table,
+        the map and the answers side by side change when a run ends, so those frames skip them (rebuilt and sent
+        at every step, they took a share of the two cores the training needs)."""
+        if live is not None:
+            return (
+                status,
+                runs_panel.overlay_plot(session, axis or "loss", live),
+                gr.skip(),
+                gr.skip(),
+                *shown["train"],
+                gr.skip(),
+                gr.skip(),
+                *(gr.skip(),) * len(shown["compare"]),
+            )
         made = session.runs_started - first  # this comparison's runs: the session's newest
         mine = session.runs[len(session.runs) - made :] if made else []
         return (
