@@ -464,6 +464,14 @@ def known_methods() -> str:
     return ", ".join(METHODS)
 
 
+def resolve(path: str) -> Any:
+    """The class a registry entry names by its dotted path (``trl.DPOTrainer``), imported on first use."""
+    import importlib
+
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
 def get_method(name: str) -> Method:
     """The registry entry for ``name``; an unknown name raises with the list of known ones."""
     try:

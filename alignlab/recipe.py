@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from alignlab.methods import Method, Stage, UnknownMethodError, get_method
+from alignlab.methods import Method, Stage, UnknownMethodError, get_method, resolve
 from alignlab.models import KNOWN_MODELS, PLAIN_PROMPT_TEMPLATE
 from alignlab.presets import PreferencePair, Preset, UnpairedRow
 from alignlab.training import TrainingSettings, preference_row, thumbs_row
@@ -670,10 +670,8 @@ class RecipeMethod:
     def config_class_fields(self) -> set[str]:
         """The fields TRL's config class for this stage takes (RLOO has no ``max_length``, for one)."""
         import dataclasses
-        import importlib
 
-        module, name = self.entry_stage.config.rsplit(".", 1)
-        return {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+        return {f.name for f in dataclasses.fields(resolve(self.entry_stage.config))}
 
     @property
     def title(self) -> str:

@@ -58,6 +58,7 @@ from alignlab.methods import (
     get_method,
     known_methods,
     method_title,
+    resolve,
 )
 from alignlab.models import (
     PLAIN_PROMPT_TEMPLATE,
@@ -323,8 +324,7 @@ class TrainingSettings:
         ``stage``: which of the method's stages (default: the policy's, the last).
         """
         stage = stage or self.method_entry.stage
-        module, name = stage.config.rsplit(".", 1)
-        config_class = getattr(importlib.import_module(module), name)
+        config_class = resolve(stage.config)
         bf16 = self.use_bf16(device)
         shared = dict(
             output_dir=str(output_dir),
@@ -728,8 +728,7 @@ def build_trainer(
     train what this returns.
     """
     stage = stage or settings.method_entry.stage
-    module, name = stage.trainer.rsplit(".", 1)
-    trainer_class = getattr(importlib.import_module(module), name)
+    trainer_class = resolve(stage.trainer)
     use_persistent_kernel_cache()  # before TRL compiles its Triton kernels on a GPU
     set_seed(settings.seed)
     args = settings.trainer_config(output_dir, loaded.device, stage)

@@ -17,14 +17,13 @@ bench/gpu.sh's GPT-2-size model on an H200).
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import time
 
 import torch
 
 from alignlab.generation import GenerationSettings, generate
-from alignlab.methods import get_method
+from alignlab.methods import get_method, resolve
 from alignlab.models import load_model, pick_device, use_persistent_kernel_cache
 from alignlab.presets import PreferencePair
 from alignlab.training import TrainingSettings, train_dpo
@@ -46,9 +45,8 @@ def preload(method: str = "dpo") -> dict[str, float]:
     seconds = {}
     started = time.perf_counter()
     for stage in get_method(method).stages:
-        for path in (stage.trainer, stage.config):
-            module, name = path.rsplit(".", 1)
-            getattr(importlib.import_module(module), name)
+        resolve(stage.trainer)
+        resolve(stage.config)
     seconds["trainers"] = time.perf_counter() - started
     if importlib.util.find_spec("triton") is not None:
         mark = time.perf_counter()
