@@ -231,10 +231,10 @@ def _scored_batches(
         )
         last = prompt_states[:, -1]  # (G, H): predicts each answer's first token
         members = [(r, j) for j, g in enumerate(batch) for r in groups[prefixes[g]]]
-        members.sort(key=lambda m: -(len(encoded[m[0]][0]) - encoded[m[0]][1]))  # longest answer first
+        members.sort(key=lambda m: -_answer_length(encoded, m))  # longest answer first
         runs: list[list[tuple[int, int]]] = []
         for m in members:  # answers of like length together, so that little of each forward is padding
-            length = len(encoded[m[0]][0]) - encoded[m[0]][1]
+            length = _answer_length(encoded, m)
             if runs and not _starts_new_run(len(runs[-1]), _answer_length(encoded, runs[-1][0]), length, batch_floor):
                 runs[-1].append(m)
             else:
