@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from alignlab import cpu_head
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED_DEFAULT = "smollm2-135m-instruct"
@@ -297,6 +299,7 @@ def _load_uncached(spec: str, source: str, device: torch.device) -> LoadedModel:
         raise ModelLoadError(f"'{spec}' is an encoder-decoder model; the lab needs a causal LM.")
     model.to(device)
     model.eval()
+    cpu_head.install(model)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
     return LoadedModel(spec=spec, model=model, tokenizer=prepare_tokenizer(tokenizer), source=source)

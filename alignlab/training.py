@@ -47,6 +47,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback
 
+from alignlab import cpu_head
 from alignlab.memory import PeakMemory
 from alignlab.methods import (
     DEFAULT_METHOD,
@@ -1026,4 +1027,5 @@ def load_policy(directory: str | Path, loaded: LoadedModel) -> PreTrainedModel:
 
         base = AutoModelForCausalLM.from_pretrained(loaded.source, **qlora_load_kwargs(loaded))
         return PeftModel.from_pretrained(base, directory).eval()
-    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).to(loaded.device).eval()
+    policy = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).to(loaded.device).eval()
+    return cpu_head.install(policy)
