@@ -218,17 +218,7 @@ def _scored_batches(
         batches.append([g])
     for batch in batches:
         prompts = [prefixes[g] for g in batch]
-        width = max(len(p) for p in prompts)
-        prompt_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        prompt_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for j, prompt in enumerate(prompts):  # left-padded: every prompt ends in the last column
-            prompt_ids[j, width - len(prompt) :] = torch.tensor(prompt)
-            prompt_mask[j, width - len(prompt) :] = 1
-        prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-        prompt_states, cache = _forward(
-            model, split, input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True
-        )
+        prompt_states, cache, prompt_mask = _prompts_forward(model, split, prompts, pad_id, device)
         last = prompt_states[:, -1]  # (G, H): predicts each answer's first token
         members = [(r, j) for j, g in enumerate(batch) for r in groups[prefixes[g]]]
         members.sort(key=lambda m: -_answer_length(encoded, m))  # longest answer first
@@ -241,6 +231,63 @@ def _scored_batches(
                 runs.append([m])
         for run in runs:
             yield _answers_batch(model, split, head, encoded, run, prompt_mask, last, cache, pad_id, device)
+
+
+#: Prompts of a batch that open with this many tokens in common (a chat template's system prompt) run them once.
+MIN_SHARED_PREFIX = 8
+
+
+def _shared_prefix(prompts: list[tuple[int, ...]]) -> int:
+    """Tokens every prompt starts with, leaving each at least one of its own (its last state predicts the answer)."""
+    if len(prompts) < 2:
+        return 0
+    limit = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    shared = 0
+    while shared < limit and all(p[shared] == first[shared] for p in prompts):
+        shared += 1
+    return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
+def _prompts_forward(
+    model: torch.nn.Module,
+    split: tuple[torch.nn.Module, torch.nn.Module] | None,
+    prompts: list[tuple[int, ...]],
+    pad_id: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    """The prompts of a batch through ``model``: (their states, their KV cache, their attention mask).
+
+    Their common opening (:func:`_shared_prefix`) runs once and its cache is copied to every row; the rest of
+    each prompt follows it, left-padded, so that every prompt ends in the last column:
+    ``[shared prefix][padding][rest of the prompt]``.
+    """
+    shared = _shared_prefix(prompts)
+    rests = [p[shared:] for p in prompts]
+    width = max(len(r) for r in rests)
+    prompt_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(prompts), shared + width), dtype=torch.long)
+    prompt_mask[:, :shared] = 1
+    for j, rest in enumerate(rests):
+        prompt_ids[j, width - len(rest) :] = torch.tensor(rest)
+        prompt_mask[j, shared + width - len(rest) :] = 1
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    past = None
+    if shared:
+        prefix = torch.tensor([prompts[0][:shared]], dtype=torch.long, device=device)
+        _, prefix_cache = _forward(model, split, input_ids=prefix, use_cache=True)
+        past = _select_rows(prefix_cache, torch.zeros(len(prompts), dtype=torch.long, device=device))
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+    states, cache = _forward(
+        model,
+        split,
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=positions,
+        past_key_values=past,
+        use_cache=True,
+    )
+    return states, cache, prompt_mask
 
 
 def _answer_length(encoded: list[tuple[list[int], int]], member: tuple[int, int]) -> int:

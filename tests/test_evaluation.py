@@ -128,13 +128,45 @@ def test_answers_of_unlike_length_go_in_their_own_batches_over_one_prompt_cache(
     monkeypatch.setattr(evaluation, "_forward", lambda *a, **k: forwards.append(k) or real_forward(*a, **k))
     monkeypatch.setattr(evaluation, "MIN_BATCH_TOKENS", {"cpu": 1, "cuda": 1})
     got = sequence_logps(loaded.model, loaded, prompts, completions)
-    answer_forwards = [k for k in forwards if k.get("past_key_values") is not None]
+    answer_forwards = [k for k in forwards if k.get("use_cache") is False]  # prompts run with use_cache=True
     assert len(answer_forwards) >= 3  # the long and short answers of one prompt batch ran apart
     assert torch.allclose(got, expected, atol=1e-4)
     forwards.clear()
     monkeypatch.setattr(evaluation, "MIN_BATCH_TOKENS", {"cpu": 10**6, "cuda": 10**6})  # one forward each
     assert torch.allclose(sequence_logps(loaded.model, loaded, prompts, completions), expected, atol=1e-4)
-    assert len([k for k in forwards if k.get("past_key_values") is not None]) == 1
+    assert len([k for k in forwards if k.get("use_cache") is False]) == 1
+
+
+def test_prompts_opening_alike_run_their_common_opening_once(tiny_chat, monkeypatch):
+    """Prompts that open alike (a chat template's system prompt, an instruction every prompt repeats) run their
+    common opening once per batch, as one row, and each prompt's own tokens on a copy of its cache; the scores
+    stay the naive ones."""
+    opening = "You are a careful assistant: answer in one short sentence. "
+    prompts = [opening + q for q in ("Hi", "Tell me about rivers.", "Why is the sky blue?", "Hi")]
+    completions = ["Yes.", "Rivers flow to the sea.", "Because the sky scatters blue light.", "Hello there!"]
+    expected = naive_logps(tiny_chat.model, tiny_chat, prompts, completions)
+    encoded = [evaluation._encode_pair(tiny_chat, p, c) for p, c in zip(prompts, completions)]
+    shared = evaluation._shared_prefix(list({tuple(ids[:begin]) for ids, begin in encoded}))
+    assert shared >= evaluation.MIN_SHARED_PREFIX
+    forwards = []
+    real_forward = evaluation._forward
+    monkeypatch.setattr(evaluation, "_forward", lambda *a, **k: forwards.append(k) or real_forward(*a, **k))
+    monkeypatch.setattr(evaluation, "MIN_BATCH_TOKENS", {"cpu": 10**6, "cuda": 10**6})  # one batch
+    got = sequence_logps(tiny_chat.model, tiny_chat, prompts, completions)
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert tuple(forwards[0]["input_ids"].shape) == (1, shared)  # the opening, once
+    rests = forwards[1]
+    assert rests["past_key_values"] is not None and rests["use_cache"] is True
+    assert rests["input_ids"].shape[0] == 3  # the three distinct prompts, after the opening
+    assert rests["attention_mask"].shape[1] == shared + rests["input_ids"].shape[1]
+
+
+def test_no_common_opening_runs_every_prompt_whole():
+    assert evaluation._shared_prefix([(1, 2, 3)]) == 0  # one prompt: nothing to share
+    assert evaluation._shared_prefix([tuple(range(20)), (0, 1, 2) + tuple(range(50, 70))]) == 0  # under the floor
+    ten = tuple(range(10))
+    assert evaluation._shared_prefix([ten + (1,), ten + (2,)]) == 10
+    assert evaluation._shared_prefix([ten, ten + (5, 6)]) == 9  # each prompt keeps a token of its own
 
 
 def test_length_batches_group_by_length_within_the_token_budget():
