@@ -529,7 +529,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     _quiet_libraries()
+    from alignlab.memory import keep_freed_memory
     from alignlab.models import ModelLoadError
+
+    keep_freed_memory()
     from alignlab.presets import DatasetError
     from alignlab.recipe import RecipeError
 

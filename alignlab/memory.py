@@ -8,12 +8,46 @@ server's other sessions too). The reading says which of the two it is, so a tabl
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import threading
 from types import TracebackType
 from typing import Any
 
 import psutil  # accelerate's own dependency
 import torch
+
+#: glibc's ``mallopt`` parameters (malloc.h) and the free memory at the heap's top that is given back to the system.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+TRIM_THRESHOLD_BYTES = 1 << 30
+_kept: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Let the process reuse the memory it frees instead of returning it to the system at once (glibc, Linux).
+
+    glibc serves every allocation over 32 MB with a fresh ``mmap`` and unmaps it when freed, so each such tensor
+    pays a page fault per 4 KB page before its first use. On a CPU the lab makes such tensors all the time:
+    TRL's chunked log-probabilities work in (tokens x 32768) float tiles, the evidence in (positions x vocabulary)
+    chunks, and the optimizer's and gradients' buffers are re-made every step. On this project's 2-core VM three
+    elementwise ops on a 36 MB tile took 39 ms with fresh pages and 11 ms on reused ones, and the default
+    seed-lab lab 63.6-66.8 s against 57.5-57.9 s (two runs each, one process per run; peak RSS 3.64 vs 3.69 GB).
+    Freed memory is kept in the heap (given back once more than :data:`TRIM_THRESHOLD_BYTES` is free at its
+    top). A process-wide setting: the entry points (the app, the CLI, the bench's workers) call it at start-up,
+    a library import does not. Returns whether it applied (False where there is no glibc).
+    """
+    global _kept
+    if _kept is None:
+        _kept = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                no_mmap = libc.mallopt(_M_MMAP_MAX, 0)
+                _kept = bool(no_mmap) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+            except (OSError, AttributeError):  # another C library (musl): its own allocator, as it is
+                _kept = False
+    return _kept
+
 
 #: How often the CPU sampler reads the RSS. Allocations of a training step last far longer than this.
 SAMPLE_SECONDS = 0.05

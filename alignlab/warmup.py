@@ -23,6 +23,7 @@ import time
 import torch
 
 from alignlab.generation import GenerationSettings, generate
+from alignlab.memory import keep_freed_memory
 from alignlab.methods import get_method, resolve
 from alignlab.models import load_model, pick_device, use_persistent_kernel_cache
 from alignlab.presets import PreferencePair
@@ -40,10 +41,13 @@ def preload(method: str = "dpo") -> dict[str, float]:
     - TRL itself and the method's trainer and config classes (the registry names them; the first
       import of ``trl`` scans every installed distribution);
     - Triton's key, a hash of its own sources that the first kernel compiled in a process computes
-      (cached with it after that), where Triton is installed (CUDA builds of torch).
+      (cached with it after that), where Triton is installed (CUDA builds of torch);
+    - freed memory kept for reuse (:func:`alignlab.memory.keep_freed_memory`): a CPU run's large tensors
+      then skip a page fault per page.
     """
     seconds = {}
     started = time.perf_counter()
+    keep_freed_memory()
     for stage in get_method(method).stages:
         resolve(stage.trainer)
         resolve(stage.config)

@@ -218,6 +218,11 @@ def main(argv: list[str]) -> None:
 
     quiet()
     mode, spec = argv[0], argv[1]
+    options = json.loads(argv[2]) if len(argv) > 2 else {}
+    if options.get("impl") != "legacy":  # the code before issue 8 ran without it: measured as it was
+        from alignlab.memory import keep_freed_memory
+
+        keep_freed_memory()  # what app.py (through preload) and the CLI do at start-up
     if mode == "lab":
         result = _lab(spec, json.loads(argv[2]) if len(argv) > 2 else {})
     elif mode == "load":

@@ -10,9 +10,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from alignlab.memory import keep_freed_memory  # noqa: E402
 from alignlab.models import LoadedModel, load_model  # noqa: E402
 from alignlab.presets import PreferencePair  # noqa: E402
 from alignlab.tiny import build_tiny_model  # noqa: E402
+
+keep_freed_memory()  # as the app and the CLI do at start-up
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 OUTPUT_DIR = Path(__file__).resolve().parents[1] / "test-output"
