@@ -21,6 +21,8 @@ The output-level checks live in :mod:`alignlab.degeneration`, and the verdict in
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import threading
 import weakref
 from collections import OrderedDict
@@ -667,6 +669,41 @@ class PreferenceProbe:
         todo = {name: len(pairs) for name, pairs in self.sets.items() if name not in reusable}
         return self._scores({**self._pass(policy, todo), **reusable})
 
+    def last_scores(self) -> dict[str, Any] | None:
+        """The live curve's last scores as plain data, for a compare step in another call or process (the app's
+        compare job loads the saved policy; scoring it again cost about 3 s a run on the embedded model).
+
+        Only sets the curve scored whole are kept, each with a digest of its pairs; ``None`` before any step.
+        """
+        if self.last_step is None:
+            return None
+        sets = {
+            name: {"pairs": _pairs_digest(self.sets[name]), "chosen": chosen.tolist(), "rejected": rejected.tolist()}
+            for name, (chosen, rejected) in self._last.items()
+            if len(chosen) == len(self.sets[name])
+        }
+        return {"step": self.last_step, "sets": sets}
+
+    def reuse_scores(self, saved: dict[str, Any] | None) -> bool:
+        """Take :meth:`last_scores` of a probe on the same policy; a set whose pairs differ is scored afresh.
+
+        Returns whether any set was taken. :meth:`score` reuses them when called with ``reuse_step`` equal to
+        the saved step (the policy the curve last scored).
+        """
+        if not saved or saved.get("step") is None:
+            return False
+        taken = {}
+        for name, entry in (saved.get("sets") or {}).items():
+            pairs = self.sets.get(name)
+            if not pairs or name not in LIVE_SETS or entry.get("pairs") != _pairs_digest(pairs):
+                continue
+            chosen, rejected = entry.get("chosen") or [], entry.get("rejected") or []
+            if len(chosen) == len(rejected) == len(pairs):
+                taken[name] = (torch.tensor(chosen, dtype=torch.float32), torch.tensor(rejected, dtype=torch.float32))
+        if taken:
+            self._last, self.last_step = taken, int(saved["step"])
+        return bool(taken)
+
     def curve_point(self, policy: torch.nn.Module, step: int) -> dict[str, Any]:
         """One point of the live held-out curve (``eval.heldout_curve``)."""
         self._last = self._pass(policy, {name: min(len(self.sets[name]), LIVE_PROBE_PAIRS) for name in LIVE_SETS})
@@ -679,6 +716,12 @@ class PreferenceProbe:
             "contrast_accuracy": scores["contrast"].accuracy,
             "contrast_margin": scores["contrast"].mean_margin,
         }
+
+
+def _pairs_digest(pairs: list[PreferencePair]) -> str:
+    """Which pairs, in which order: a probe's saved scores apply only to the very same pairs."""
+    text = json.dumps([[p.prompt, p.chosen, p.rejected] for p in pairs], ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def live_probe(

@@ -309,3 +309,33 @@ def test_final_evidence_reuses_the_live_curves_last_scores(tiny_chat, pairs, mon
     calls.clear()
     gather_evidence(*args, probe=probe, reuse_step=result.steps_done - 1)  # another step: nothing to reuse
     assert calls == [10]
+
+
+def test_live_scores_carry_to_a_compare_in_another_call_only_for_the_same_pairs(tiny_chat, pairs, monkeypatch):
+    """The app trains and compares in separate calls (the policy goes through disk): the live curve's last scores
+    travel as plain data with the run, and a new probe on the same pairs takes them instead of scoring again."""
+    import json
+
+    capability = [PreferencePair("What is 2 plus 2?", "2 plus 2 is 4.", "2 plus 2 is 5.")]
+    trained_probe = PreferenceProbe(tiny_chat, 0.1, pairs[:2], pairs[2:])
+    assert trained_probe.last_scores() is None  # nothing scored yet
+    settings = TrainingSettings(steps=2, batch_size=2, learning_rate=1e-3, max_length=64)
+    result = train_dpo(tiny_chat, pairs, settings, probe=trained_probe.curve_point)
+    saved = json.loads(json.dumps(trained_probe.last_scores()))  # as the run's summary carries it
+    assert saved["step"] == result.steps_done and set(saved["sets"]) == {"heldout", "contrast"}
+
+    probe = PreferenceProbe(tiny_chat, 0.1, pairs[:2], pairs[2:], capability)
+    assert probe.reuse_scores(saved)
+    calls = []
+    real = evaluation.sequence_logps
+    monkeypatch.setattr(evaluation, "sequence_logps", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    args = (result.policy, tiny_chat, pairs[:2], ["Hi"], ["Hello"], 0.1, pairs[2:], capability)
+    reused = gather_evidence(*args, probe=probe, reuse_step=result.steps_done).to_dict()
+    assert calls == [2]  # the capability pair only
+    fresh = gather_evidence(*args).to_dict()
+    for key, value in fresh.items():
+        assert reused[key] == pytest.approx(value, abs=1e-5, nan_ok=True), key
+
+    other = PreferenceProbe(tiny_chat, 0.1, pairs[1:3], pairs[3:], capability)  # other held-out pairs
+    assert other.reuse_scores(saved) is False
+    assert not PreferenceProbe(tiny_chat, 0.1, pairs[:2]).reuse_scores(None)

@@ -90,3 +90,44 @@ def test_expected_failures_reach_the_user_as_gradio_errors() -> None:
 
     with pytest.raises(gr.Error, match="no directory"):
         jobs.baseline_job("/no/such/dir", ["q"], {"max_new_tokens": 4})
+
+
+def test_the_compare_job_reuses_the_runs_last_live_scores(tiny_chat_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Train and compare are separate calls (on ZeroGPU, separate processes): the end event carries the live
+    curve's last scores, and the compare job scores only what the curve did not (the capability pairs)."""
+    from alignlab import evaluation
+    from alignlab.training import TrainingSettings
+    from alignlab.ui import jobs
+    from alignlab.ui.state import Run
+
+    spec = str(tiny_chat_dir)
+    preset = load_preset("seed-lab")
+    settings = TrainingSettings(steps=2).to_dict()
+    heldout = jobs.pairs_to_dicts(preset.heldout_pairs)
+    run = Run()
+    args = (spec, jobs.pairs_to_dicts(preset.pairs), settings, str(tmp_path / "p"), run.id, heldout)
+    end = list(jobs.train_job(*args))[-1]
+    run.finish()
+    assert end["live_scores"]["step"] == end["steps_done"]
+    assert len(end["live_scores"]["sets"]["heldout"]["chosen"]) == len(heldout)
+    pickle.dumps(end)
+
+    training = {k: end[k] for k in ("log_history", "steps_done", "stopped_early", "seconds", "total_steps")}
+    training["settings"] = settings
+    preset_dict = {"id": preset.id, "eval_prompts": preset.eval_prompts[:1], "pairs": [], "heldout_pairs": heldout}
+    generation = {"max_new_tokens": 4}
+    rows: list[int] = []
+    real = evaluation.sequence_logps
+    monkeypatch.setattr(evaluation, "sequence_logps", lambda *a, **k: rows.append(len(a[2])) or real(*a, **k))
+
+    def compare(live_scores) -> dict:  # noqa: ANN001
+        rows.clear()
+        given = {**training, "live_scores": live_scores}
+        return jobs.compare_job(spec, end["policy_dir"], preset_dict, [""], generation, given, {})
+
+    fresh = compare(None)
+    fresh_rows = sum(rows)
+    reused = compare(end["live_scores"])
+    assert sum(rows) == fresh_rows - 2 * len(heldout)  # the held-out pairs' answers were not scored again
+    assert reused["eval"]["heldout_reward_accuracy"] == fresh["eval"]["heldout_reward_accuracy"]
+    assert reused["eval"]["heldout_mean_margin"] == pytest.approx(fresh["eval"]["heldout_mean_margin"], abs=1e-5)

@@ -22,7 +22,7 @@ import torch
 from alignlab import gpu
 from alignlab.evaluation import live_probe
 from alignlab.generation import GenerationSettings, GenerationSettingsError, generate
-from alignlab.lab import build_report, compare
+from alignlab.lab import build_report, compare, run_probe
 from alignlab.models import LoadedModel, ModelLoadError, load_model
 from alignlab.presets import DatasetError, PreferencePair, Preset, TrainingData, UnpairedRow
 from alignlab.training import (
@@ -142,6 +142,7 @@ def train_job(
                 "heldout_curve": [],
                 "device": str(loaded.device),
                 **(result.summary() if result is not None else {}),
+                "live_scores": probe.last_scores() if probe is not None and saved else None,
                 "policy_dir": saved,
             }
             return
@@ -175,7 +176,9 @@ def compare_job(
     except _EXPECTED as exc:
         raise gr.Error(str(exc)) from exc
     result = TrainingResult.from_summary({**training, "settings": settings.to_dict()}, policy)
-    aligned, evidence = compare(loaded, result, lab_preset, generation_settings)
+    probe = run_probe(loaded, lab_preset, settings)
+    probe.reuse_scores(training.get("live_scores"))  # the live curve's last point scored this very policy
+    aligned, evidence = compare(loaded, result, lab_preset, generation_settings, probe=probe)
     timings = {**timings, "evaluate": time.perf_counter() - started}
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
     return build_report(
