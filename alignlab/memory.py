@@ -45,7 +45,7 @@ def keep_freed_memory() -> bool:
                 no_mmap = libc.mallopt(_M_MMAP_MAX, 0)
                 _kept = bool(no_mmap) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
             except (OSError, AttributeError):  # another C library (musl): its own allocator, as it is
-                _kept = False
+                pass
     return _kept
 
 

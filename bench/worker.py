@@ -224,21 +224,21 @@ def main(argv: list[str]) -> None:
 
         keep_freed_memory()  # what app.py (through preload) and the CLI do at start-up
     if mode == "lab":
-        result = _lab(spec, json.loads(argv[2]) if len(argv) > 2 else {})
+        result = _lab(spec, options)
     elif mode == "load":
         result = _load(spec)
     elif mode == "probe":
-        result = _probe(spec, json.loads(argv[2]))
+        result = _probe(spec, options)
     elif mode == "evidence":
-        result = _evidence(spec, json.loads(argv[2]))
+        result = _evidence(spec, options)
     elif mode == "calibrate":
-        result = _calibrate(spec, json.loads(argv[2]))
+        result = _calibrate(spec, options)
     elif mode == "room":
-        result = _room(spec, json.loads(argv[2]))
+        result = _room(spec, options)
     elif mode == "comparison":
-        result = _comparison(spec, json.loads(argv[2]))
+        result = _comparison(spec, options)
     elif mode == "method_steps":
-        result = _method_steps(spec, json.loads(argv[2]))
+        result = _method_steps(spec, options)
     else:
         raise SystemExit(
             f"unknown mode {mode!r}: lab, load, probe, evidence, calibrate, room, comparison or method_steps"
