@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         on_gpu = device.type == "cuda"
         warm_runs = args.warm_runs if args.warm_runs is not None else (1 if on_gpu else 0)
         results["lab"] = lab.run(
-            spec, args.device, args.repeats, cold_loads=min(args.repeats, 2), warm_runs=warm_runs, after_warm_up=on_gpu
+            spec, args.device, args.repeats, cold_loads=min(args.repeats, 2), warm_runs=warm_runs, after_warm_up=True
         )
     if "correctness" in args.sections:
         _say("[bench] correctness: tiny model, fp32, AlignLab (TRL) vs the bare loop ...")
@@ -515,7 +515,7 @@ def table(results: dict[str, Any]) -> str:
             ("total_warm", "lab: total, warm call (same process, after the first)"),
             ("train_warm", "lab: training, warm call"),
             ("evaluate_warm", "lab: evaluation, warm call"),
-            ("warm_up", "lab: start-up warm-up (alignlab.warmup, app.py on a GPU)"),
+            ("warm_up", "lab: start-up warm-up (alignlab.warmup, as app.py runs it)"),
             ("total_after_warm_up", "lab: total, first call after the start-up warm-up"),
             ("process_start_and_imports", "lab: process start + imports + preload (before the click)"),
             ("peak_rss_cached", "lab: peak RSS, cached run"),

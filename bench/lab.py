@@ -9,7 +9,7 @@ reloaded after ``clear_model_cache()`` (a cached load without a process start).
 
 The first lab in a process is reported apart from the ``warm_runs`` that follow it in the same
 process (a GPU server's later clicks), and, with ``after_warm_up``, one more process runs the
-start-up warm-up (:mod:`alignlab.warmup`) before its first lab, as app.py does on a GPU.
+start-up warm-up (:mod:`alignlab.warmup`) before its first lab, as app.py does.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ MARKER = "BENCH-RESULT "
 def _lab(spec: str, options: dict) -> dict:
     """The whole lab in this fresh process (its first call), then ``warm_runs`` more (warm calls).
 
-    With ``warm_up``, :func:`alignlab.warmup.warm_up` runs first, as app.py does at start-up on a GPU.
+    With ``warm_up``, :func:`alignlab.warmup.warm_up` runs first, as app.py does at start-up.
     """
     from alignlab.lab import run_lab
     from alignlab.models import clear_model_cache, load_model

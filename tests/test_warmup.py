@@ -1,8 +1,9 @@
-"""The cold-start levers: a persistent Triton cache and the start-up warm-up (a no-op off a GPU)."""
+"""The cold-start levers: a persistent Triton cache and the start-up warm-up."""
 
 from __future__ import annotations
 
 from alignlab import models
+from alignlab.evaluation import weights_digest
 from alignlab.warmup import warm_up
 
 
@@ -14,9 +15,11 @@ def test_kernel_cache_goes_under_the_alignlab_cache_unless_set(monkeypatch, tmp_
     assert models.use_persistent_kernel_cache() == "/somewhere/else"  # an operator's choice wins
 
 
-def test_warm_up_does_nothing_off_a_gpu(monkeypatch):
-    def no_loading(*args, **kwargs):
-        raise AssertionError("warm_up must not load a model on a CPU")
-
-    monkeypatch.setattr("alignlab.warmup.load_model", no_loading)
-    assert warm_up("smollm2-135m-instruct", device="cpu") == {}
+def test_warm_up_runs_the_lab_once_on_a_cpu_and_leaves_the_served_model_as_it_was(tiny_chat_dir):
+    served = models.load_model(str(tiny_chat_dir), device="cpu")
+    before = weights_digest(served.model)
+    seconds = warm_up(str(tiny_chat_dir), device="cpu")
+    assert set(seconds) == {"load", "generate", "train", "generate_trained", "total"}
+    assert seconds["train"] > 0 and seconds["total"] >= seconds["train"]
+    assert models.load_model(str(tiny_chat_dir), device="cpu") is served  # the model the app serves, from the cache
+    assert weights_digest(served.model) == before  # the DPO step trained a copy
