@@ -11,8 +11,9 @@ Everything here is computed from the models, nothing is assumed:
   ``beta * (log pi_theta - log pi_ref)`` for methods with a reference, the policy's mean
   log-probability per answer token for reference-free ones (SimPO, ORPO) -- and the policy's own
   log-probability ranks capability pairs (before: the reference's; after: the policy's);
-- :func:`mean_token_kl`: KL(pi_theta || pi_ref) per completion token on the eval answers, and
-  :func:`perplexity` on a fixed neutral text -- the *alignment tax*;
+- :func:`mean_token_kl`: KL(pi_theta || pi_ref) per completion token on the eval answers (or
+  :func:`generated_token_kl`, from what the policy predicted while it generated them: only the
+  reference runs again), and :func:`perplexity` on a fixed neutral text -- the *alignment tax*;
 - :func:`count_changed`: eval prompts whose answer differs after training.
 
 The output-level checks live in :mod:`alignlab.degeneration`, and the verdict in :mod:`alignlab.health`.
@@ -32,6 +33,7 @@ from typing import Any
 
 import torch
 
+from alignlab.generation import ScoredAnswers
 from alignlab.methods import RELATIVE_SCORERS, SCORERS
 from alignlab.models import LoadedModel
 from alignlab.presets import PreferencePair
@@ -775,6 +777,35 @@ def mean_token_kl(
 
 
 @torch.inference_mode()
+def generated_token_kl(
+    reference: torch.nn.Module, loaded: LoadedModel, answers: ScoredAnswers, max_tokens: int = TOKENS_PER_BATCH
+) -> float:
+    """:func:`mean_token_kl` on generated answers whose policy log-probabilities were kept while generating
+    (:func:`alignlab.generation.generate_scored`): the same KL per answer token, from the reference's forward
+    alone. The tokens are the generated ones, up to and including the end-of-turn token."""
+    if answers.logps is None:
+        raise ValueError("these answers were generated without keeping their log-probabilities")
+    rows = [i for i, ids in enumerate(answers.answer_ids) if ids]
+    if not rows:
+        return float("nan")
+    encoded = [(answers.prompt_ids[i] + answers.answer_ids[i], len(answers.prompt_ids[i])) for i in rows]
+    was_training = reference.training
+    reference.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in _scored_batches(reference, loaded, encoded, max_tokens):
+            mine = torch.cat([answers.logps[rows[r]] for r in batch.rows]).to(batch.states.device)
+            for part in _chunks(len(batch.targets)):
+                logp_p = mine[part]
+                logp_r = _log_probs(batch.states[part], batch.head)
+                total += float((logp_p.exp() * (logp_p - logp_r)).sum())
+                count += logp_p.shape[0]
+    finally:
+        reference.train(was_training)
+    return total / count if count else float("nan")
+
+
+@torch.inference_mode()
 def perplexity(model: torch.nn.Module, loaded: LoadedModel, text: str = NEUTRAL_TEXT) -> float:
     """exp(mean negative log-likelihood per token) of ``text``."""
     was_training = model.training
@@ -841,12 +872,15 @@ def gather_evidence(
     probe: PreferenceProbe | None = None,
     reuse_step: int | None = None,
     scorer: str = "implicit_reward",
+    scored_answers: ScoredAnswers | None = None,
 ) -> Evidence:
     """All numeric evidence; ``loaded.model`` is the untouched reference.
 
     ``probe``: the run's own probe (built on these same pairs), whose reference scores and, at
     ``reuse_step``, last live-curve scores are reused instead of computed again. ``scorer``: how
     held-out and contrast pairs are ranked (the method's; a given probe brings its own).
+    ``scored_answers``: ``aligned_outputs`` as the policy generated them, with its log-probabilities
+    (:func:`alignlab.generation.generate_scored`); the KL then needs only the reference's forward.
     """
     reference = loaded.model
     if probe is None:
@@ -857,7 +891,11 @@ def gather_evidence(
     return Evidence(
         heldout_reward_accuracy=held.accuracy,
         heldout_mean_margin=held.mean_margin,
-        kl_to_reference=mean_token_kl(policy, reference, loaded, eval_prompts, aligned_outputs),
+        kl_to_reference=(
+            generated_token_kl(reference, loaded, scored_answers)
+            if scored_answers is not None and scored_answers.logps is not None
+            else mean_token_kl(policy, reference, loaded, eval_prompts, aligned_outputs)
+        ),
         perplexity_before=perplexity(reference, loaded),
         perplexity_after=perplexity(policy, loaded),
         heldout_scorer=probe.scorer,

@@ -3,11 +3,16 @@
 All prompts go through the model in one left-padded batch (the padding sits before the prompt, so
 every row's answer starts at the same column). Greedy decoding is the default because the Compare
 tab must show a change caused by training, not by sampling noise; seeded sampling is available.
+
+:func:`generate_scored` also keeps what the generating model predicted at each answer token (its
+log-probabilities over the whole vocabulary): the trained policy's answers are generated anyway, so
+the drift from the reference (:func:`alignlab.evaluation.generated_token_kl`) needs only the
+reference's forward over them, not the policy's again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -64,6 +69,34 @@ class GenerationSettings:
         return out
 
 
+#: :func:`generate_scored` keeps the answers' vocabulary-wide log-probabilities up to this size (rows x answer
+#: tokens x vocabulary floats: seed-lab's 7 answers of 64 tokens on SmolLM2 take 88 MB); past it, none are kept.
+KEPT_LOGPS_BYTES = 256 * 2**20
+
+
+@dataclass
+class ScoredAnswers:
+    """Generated answers, with what the generating model predicted at each of their tokens.
+
+    Per row: ``prompt_ids`` (the prompt as the model saw it), ``answer_ids`` (the generated tokens, up to and
+    including the end-of-turn token when the model stopped) and, when kept, ``logps[i]`` of shape
+    ``(len(answer_ids[i]), vocabulary)``: log-softmax of the model's raw logits at each answer token.
+    """
+
+    texts: list[str]
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    answer_ids: list[list[int]] = field(default_factory=list)
+    logps: list[torch.Tensor] | None = None
+
+
+def _answer_length(tokens: torch.Tensor, stop_ids: set[int]) -> int:
+    """Generated tokens that belong to the answer: up to and including the first stop token (padding follows it)."""
+    for k, token in enumerate(tokens.tolist()):
+        if token in stop_ids:
+            return k + 1
+    return len(tokens)
+
+
 @torch.inference_mode()
 def generate(
     loaded: LoadedModel,
@@ -75,6 +108,19 @@ def generate(
 
     ``model`` overrides ``loaded.model`` (the trained policy shares the tokenizer and formatting).
     """
+    return generate_scored(loaded, prompts, settings, model, keep_logps=False).texts
+
+
+@torch.inference_mode()
+def generate_scored(
+    loaded: LoadedModel,
+    prompts: list[str],
+    settings: GenerationSettings | None = None,
+    model: torch.nn.Module | None = None,
+    keep_logps: bool = True,
+) -> ScoredAnswers:
+    """:func:`generate`, keeping each answer's token ids and (``keep_logps``, within :data:`KEPT_LOGPS_BYTES`)
+    the model's log-probabilities at each of them; ``logps`` is None when they were not kept."""
     settings = settings or GenerationSettings()
     model = model if model is not None else loaded.model
     tokenizer = loaded.tokenizer
@@ -82,6 +128,11 @@ def generate(
     was_training = model.training
     model.eval()
     outputs: list[str] = []
+    vocabulary = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 0
+    keep = keep_logps and 0 < len(prompts) * settings.max_new_tokens * vocabulary * 4 <= KEPT_LOGPS_BYTES
+    eos = tokenizer.eos_token_id
+    stop_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+    answers = ScoredAnswers([], logps=[] if keep else None)
     try:
         for start in range(0, len(prompts), settings.batch_size):
             chunk = [loaded.format_prompt(p) for p in prompts[start : start + settings.batch_size]]
@@ -99,9 +150,20 @@ def generate(
                 kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0)
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            if keep:
+                kwargs.update(return_dict_in_generate=True, output_logits=True)
             generated = model.generate(**batch, **kwargs)
-            new_tokens = generated[:, batch["input_ids"].shape[1] :]
+            sequences = generated.sequences if keep else generated
+            new_tokens = sequences[:, batch["input_ids"].shape[1] :]
             outputs += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            logits = torch.stack(generated.logits, dim=1) if keep else None  # (rows, new tokens, vocabulary), raw
+            for row in range(new_tokens.shape[0]):
+                length = _answer_length(new_tokens[row], stop_ids)
+                answers.prompt_ids.append(batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist())
+                answers.answer_ids.append(new_tokens[row, :length].tolist())
+                if logits is not None:
+                    answers.logps.append(torch.log_softmax(logits[row, :length].float(), dim=-1).cpu())
     finally:
         model.train(was_training)
-    return outputs
+    answers.texts = outputs
+    return answers

@@ -15,7 +15,7 @@ from typing import Any
 
 from alignlab.degeneration import degeneration_report
 from alignlab.evaluation import Evidence, PreferenceProbe, count_changed, gather_evidence
-from alignlab.generation import GenerationSettings, generate
+from alignlab.generation import GenerationSettings, generate, generate_scored
 from alignlab.health import RunFacts, read_health
 from alignlab.models import LoadedModel, load_model
 from alignlab.presets import DatasetError, Preset, capability_probe, heldout_unavailable, validate_preset
@@ -50,7 +50,8 @@ def compare(
 
     ``probe``: the one that drew the run's live curve (see :func:`run_probe`), reused when given.
     """
-    aligned = generate(loaded, preset.eval_prompts, generation, model=result.policy)
+    answers = generate_scored(loaded, preset.eval_prompts, generation, model=result.policy)
+    aligned = answers.texts
     capability, source = capability_probe(preset)
     evidence = gather_evidence(
         result.policy,
@@ -65,6 +66,7 @@ def compare(
         probe=probe,
         reuse_step=result.steps_done if probe is not None else None,
         scorer=result.settings.method_entry.scorer,
+        scored_answers=answers,
     )
     return aligned, evidence
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alignlab import evaluation
+from alignlab import evaluation, generation
 from alignlab.evaluation import (
     PreferenceProbe,
     count_changed,
@@ -18,6 +18,7 @@ from alignlab.evaluation import (
     preference_accuracy,
     sequence_logps,
 )
+from alignlab.generation import GenerationSettings, generate, generate_scored
 from alignlab.presets import PreferencePair
 from alignlab.training import TrainingSettings, train_dpo
 
@@ -339,3 +340,64 @@ def test_live_scores_carry_to_a_compare_in_another_call_only_for_the_same_pairs(
     other = PreferenceProbe(tiny_chat, 0.1, pairs[1:3], pairs[3:], capability)  # other held-out pairs
     assert other.reuse_scores(saved) is False
     assert not PreferenceProbe(tiny_chat, 0.1, pairs[:2]).reuse_scores(None)
+
+
+# --------------------------------------------------------------------------- KL from the generation
+
+
+def _perturbed(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in other.parameters():
+            param.add_(scale * torch.randn_like(param))
+    return other
+
+
+def _kl_by_full_forward(policy, reference, answers) -> float:
+    """The KL per answer token from two plain forwards over each prompt + generated answer, row by row."""
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for prompt, answer in zip(answers.prompt_ids, answers.answer_ids):
+            ids = torch.tensor([prompt + answer])
+            where = slice(len(prompt) - 1, len(prompt) + len(answer) - 1)  # the states that predict the answer
+            logp_p = F.log_softmax(policy(input_ids=ids).logits[0, where].float(), dim=-1)
+            logp_r = F.log_softmax(reference(input_ids=ids).logits[0, where].float(), dim=-1)
+            total += float((logp_p.exp() * (logp_p - logp_r)).sum())
+            count += len(answer)
+    return total / count
+
+
+def test_kl_from_the_generation_equals_the_kl_of_two_full_forwards(tiny_chat, pairs):
+    policy = _perturbed(tiny_chat.model)
+    prompts = [p.prompt for p in pairs]
+    answers = generate_scored(tiny_chat, prompts, GenerationSettings(max_new_tokens=10), model=policy)
+    assert answers.texts == generate(tiny_chat, prompts, GenerationSettings(max_new_tokens=10), model=policy)
+    assert [len(lp) for lp in answers.logps] == [len(ids) for ids in answers.answer_ids]
+    assert all(1 <= len(ids) <= 10 for ids in answers.answer_ids)
+    eos = tiny_chat.tokenizer.eos_token_id
+    assert all(eos not in ids[:-1] for ids in answers.answer_ids)  # an answer ends at its first end-of-turn token
+    kl = evaluation.generated_token_kl(tiny_chat.model, tiny_chat, answers)
+    assert kl > 1e-3
+    assert kl == pytest.approx(_kl_by_full_forward(policy, tiny_chat.model, answers), rel=1e-3)
+    same = generate_scored(tiny_chat, prompts, GenerationSettings(max_new_tokens=10))  # the reference's own answers
+    assert evaluation.generated_token_kl(tiny_chat.model, tiny_chat, same) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_evidence_takes_the_kl_from_the_generation_and_falls_back_past_the_memory_cap(tiny_chat, pairs, monkeypatch):
+    policy = _perturbed(tiny_chat.model)
+    prompts = [p.prompt for p in pairs]
+    answers = generate_scored(tiny_chat, prompts, GenerationSettings(max_new_tokens=10), model=policy)
+
+    def evidence(scored):
+        return gather_evidence(policy, tiny_chat, pairs, prompts, answers.texts, 0.1, scored_answers=scored)
+
+    calls = []
+    monkeypatch.setattr(evaluation, "mean_token_kl", lambda *a, **k: calls.append(a) or 0.5)
+    expected = _kl_by_full_forward(policy, tiny_chat.model, answers)
+    assert evidence(answers).kl_to_reference == pytest.approx(expected, rel=1e-3)
+    assert not calls  # the policy did not run again
+    monkeypatch.setattr(generation, "KEPT_LOGPS_BYTES", 1)
+    capped = generate_scored(tiny_chat, prompts, GenerationSettings(max_new_tokens=10), model=policy)
+    assert capped.logps is None and capped.texts == answers.texts
+    assert evidence(capped).kl_to_reference == 0.5 and len(calls) == 1  # the text path, without kept log-probs
