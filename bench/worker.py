@@ -36,7 +36,7 @@ def _lab(spec: str, options: dict) -> dict:
     if options.get("warm_up"):
         from alignlab.warmup import warm_up
 
-        warm_up_seconds = warm_up(spec).get("total")
+        warm_up_seconds = warm_up(spec, preset=preset).get("total")  # as app.py, on the preset it opens on
     marks: list[float] = []
 
     def on_event(event) -> None:  # noqa: ANN001

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from alignlab import models
-from alignlab.evaluation import weights_digest
+from alignlab.evaluation import REFERENCE_SCORES, weights_digest
+from alignlab.lab import run_probe
+from alignlab.presets import load_preset
+from alignlab.training import TrainingSettings
 from alignlab.warmup import warm_up
 
 
@@ -23,3 +26,17 @@ def test_warm_up_runs_the_lab_once_on_a_cpu_and_leaves_the_served_model_as_it_wa
     assert seconds["train"] > 0 and seconds["total"] >= seconds["train"]
     assert models.load_model(str(tiny_chat_dir), device="cpu") is served  # the model the app serves, from the cache
     assert weights_digest(served.model) == before  # the DPO step trained a copy
+
+
+def test_warm_up_scores_the_opening_presets_probe_pairs_before_the_first_run(tiny_chat_dir):
+    preset = load_preset("seed-lab")
+    served = models.load_model(str(tiny_chat_dir), device="cpu")
+    REFERENCE_SCORES.clear()
+    seconds = warm_up(str(tiny_chat_dir), device="cpu", preset=preset)
+    assert seconds["probe_reference"] > 0
+    scored = REFERENCE_SCORES.misses
+    rows = 2 * (len(preset.heldout_pairs) + len(preset.contrast_pairs) + len(preset.capability_pairs))
+    assert scored >= rows > 0
+    run_probe(served, preset, TrainingSettings())  # what a run on the preset builds first
+    assert REFERENCE_SCORES.misses == scored  # nothing left to score
+    assert REFERENCE_SCORES.hits >= rows

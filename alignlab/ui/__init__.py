@@ -1,5 +1,5 @@
 """The Gradio app: the only package that imports gradio (see DESIGN.md §1)."""
 
-from alignlab.ui.blocks import build_app, launch_options
+from alignlab.ui.blocks import build_app, default_preset, launch_options
 
-__all__ = ["build_app", "launch_options"]
+__all__ = ["build_app", "default_preset", "launch_options"]

@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 
 from alignlab.methods import DEFAULT_METHOD
-from alignlab.presets import DatasetError, load_preset
+from alignlab.presets import DatasetError, Preset, load_preset
 from alignlab.training import TrainingSettings
 from alignlab.ui import baseline_tab, compare_tab, comparison_ui, dataset_tab, runs, runs_panel, train_tab
 from alignlab.ui.common import (
@@ -143,10 +143,15 @@ def show_tab(name: str) -> Any:
     return select
 
 
+def default_preset() -> Preset:
+    """The preset the app opens on (``ALIGNLAB_DEFAULT_PRESET`` overrides, e.g. in tests)."""
+    return load_preset(os.environ.get("ALIGNLAB_DEFAULT_PRESET", dataset_tab.DEFAULT_PRESET))
+
+
 def build_app() -> gr.Blocks:
     """The whole app, queued. Launch it with ``demo.launch(**launch_options())``."""
     runs.setup()
-    preset = load_preset(os.environ.get("ALIGNLAB_DEFAULT_PRESET", dataset_tab.DEFAULT_PRESET))
+    preset = default_preset()
     # delete_cache: Gradio's copies of downloads (reports, exports) older than 2 h, checked hourly.
     with gr.Blocks(title="AlignLab — see DPO change a model", delete_cache=(3600, 7200)) as demo:
         with gr.Row(equal_height=True):
