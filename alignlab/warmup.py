@@ -9,10 +9,10 @@ one-step warm-up (three interleaved runs each, 2026-12-03; the optimizer's state
 first touched, oneDNN's and TRL's first calls). A server that runs the same work on the same model
 once at start-up (one generation, one DPO step on two pairs, and the original model's scores of
 the opening preset's probe pairs, which every run on that preset needs) pays that before its first
-user does;
-on a GPU the compiled kernels also land in the persistent cache
+user does; on a GPU the compiled kernels also land in the persistent cache
 (:func:`alignlab.models.use_persistent_kernel_cache`) for the next process. It is done on the
 model the app serves, because Triton specialises its kernels on the vocabulary's shape.
+
 On ZeroGPU the main process has no GPU (each call runs in a forked worker), so there the
 persistent cache is the lever and this warm-up is skipped. What needs no model is done everywhere at
 start-up by :func:`preload` (a forked worker inherits it): a fresh process's first run on a GPU
