@@ -128,7 +128,8 @@ def generate_scored(
     was_training = model.training
     model.eval()
     outputs: list[str] = []
-    vocabulary = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 0
+    head = model.get_output_embeddings()
+    vocabulary = head.weight.shape[0] if head is not None else 0
     keep = keep_logps and 0 < len(prompts) * settings.max_new_tokens * vocabulary * 4 <= KEPT_LOGPS_BYTES
     eos = tokenizer.eos_token_id
     stop_ids = set(eos if isinstance(eos, list) else [eos]) - {None}

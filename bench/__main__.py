@@ -183,9 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _say("[bench] lab: the whole lab in fresh processes (cold, then cached) ...")
         on_gpu = device.type == "cuda"
         warm_runs = args.warm_runs if args.warm_runs is not None else (1 if on_gpu else 0)
-        results["lab"] = lab.run(
-            spec, args.device, args.repeats, cold_loads=min(args.repeats, 2), warm_runs=warm_runs, after_warm_up=True
-        )
+        results["lab"] = lab.run(spec, args.device, args.repeats, cold_loads=min(args.repeats, 2), warm_runs=warm_runs)
     if "correctness" in args.sections:
         _say("[bench] correctness: tiny model, fp32, AlignLab (TRL) vs the bare loop ...")
         results["correctness"] = correctness.run(device, preset.pairs)

@@ -8,8 +8,8 @@ load-only processes, each with its own empty cache. Inside each lab process the 
 reloaded after ``clear_model_cache()`` (a cached load without a process start).
 
 The first lab in a process is reported apart from the ``warm_runs`` that follow it in the same
-process (a GPU server's later clicks), and, with ``after_warm_up``, one more process runs the
-start-up warm-up (:mod:`alignlab.warmup`) before its first lab, as app.py does.
+process (a GPU server's later clicks), and one more process runs the start-up warm-up
+(:mod:`alignlab.warmup`) before its first lab, as app.py does.
 """
 
 from __future__ import annotations
@@ -23,19 +23,15 @@ from typing import Any
 from bench.common import Figure, run_worker
 
 
-def run(
-    spec: str, device: str | None, repeats: int, cold_loads: int, warm_runs: int = 0, after_warm_up: bool = False
-) -> dict[str, Any]:
+def run(spec: str, device: str | None, repeats: int, cold_loads: int, warm_runs: int = 0) -> dict[str, Any]:
     cache = tempfile.mkdtemp(prefix="bench-cache-")
     env = {"ALIGNLAB_CACHE": cache, "TRITON_CACHE_DIR": os.path.join(cache, "triton")}
     options = json.dumps({"warm_runs": warm_runs})
     runs = []
-    warmed = None
     try:
         for _ in range(max(2, repeats)):  # run 1 is cold; at least one cached run
             runs.append(run_worker("lab", spec, device, options, env=env))
-        if after_warm_up:
-            warmed = run_worker("lab", spec, device, json.dumps({"warm_up": True}), env=env)
+        warmed = run_worker("lab", spec, device, json.dumps({"warm_up": True}), env=env)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     cold_only = []
@@ -69,9 +65,8 @@ def run(
         figures["evaluate_warm"] = Figure([t["evaluate"] for t in warm])
         figures["train_first_cached"] = Figure([r["timings"]["train"] for r in cached])
         figures["evaluate_first_cached"] = Figure([r["timings"]["evaluate"] for r in cached])
-    if warmed is not None:
-        figures["warm_up"] = Figure([warmed["warm_up_seconds"]])
-        figures["total_after_warm_up"] = Figure([warmed["timings"]["total"]])
+    figures["warm_up"] = Figure([warmed["warm_up_seconds"]])
+    figures["total_after_warm_up"] = Figure([warmed["timings"]["total"]])
     return {
         "model": spec,
         "device": cold["device"],

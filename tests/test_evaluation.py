@@ -23,6 +23,16 @@ from alignlab.presets import PreferencePair
 from alignlab.training import TrainingSettings, train_dpo
 
 
+def _perturbed(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
+    """A copy of ``model`` with seeded noise on every weight."""
+    torch.manual_seed(seed)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in other.parameters():
+            param.add_(scale * torch.randn_like(param))
+    return other
+
+
 def test_implicit_reward_from_known_log_probs():
     policy = torch.tensor([-10.0, -20.0, -5.0])
     reference = torch.tensor([-12.0, -18.0, -5.0])
@@ -196,10 +206,7 @@ def test_probe_scores_every_set_in_one_pass_and_the_reference_once(tiny_chat, pa
     capability = [PreferencePair("What is 2 plus 2?", "2 plus 2 is 4.", "2 plus 2 is 5.")]
     probe = PreferenceProbe(tiny_chat, 0.1, pairs[:2], pairs[2:], capability)
     assert calls == [2 * (2 + 2 + 1)]  # the reference: every chosen and rejected answer, once
-    policy = copy.deepcopy(tiny_chat.model)
-    with torch.no_grad():
-        for param in policy.parameters():
-            param.add_(0.02 * torch.randn_like(param))
+    policy = _perturbed(tiny_chat.model, scale=0.02)
     scores = probe.score(policy)
     assert calls == [10, 10]  # the policy: one more pass, whatever the number of sets
     # capability "before" is the reference's own preference, "after" the policy's
@@ -343,15 +350,6 @@ def test_live_scores_carry_to_a_compare_in_another_call_only_for_the_same_pairs(
 
 
 # --------------------------------------------------------------------------- KL from the generation
-
-
-def _perturbed(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    other = copy.deepcopy(model)
-    with torch.no_grad():
-        for param in other.parameters():
-            param.add_(scale * torch.randn_like(param))
-    return other
 
 
 def _kl_by_full_forward(policy, reference, answers) -> float:
