@@ -3,8 +3,12 @@
 import os
 
 import alignlab.gpu  # noqa: F401  (first: on ZeroGPU, `spaces` must be imported before torch)
-from alignlab.ui import build_app, default_preset, launch_options
-from alignlab.warmup import preload
+from alignlab.memory import keep_freed_memory
+
+keep_freed_memory()  # next, before torch's and gradio's imports start threads: every thread reuses freed memory
+
+from alignlab.ui import build_app, default_preset, launch_options  # noqa: E402
+from alignlab.warmup import preload  # noqa: E402
 
 demo = build_app()
 preload()  # TRL's trainers and Triton's key at start-up, not in the first click (a ZeroGPU worker inherits them)

@@ -525,14 +525,14 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
+    from alignlab.memory import keep_freed_memory
+
+    keep_freed_memory()  # first, before torch's import starts a thread
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     _quiet_libraries()
-    from alignlab.memory import keep_freed_memory
     from alignlab.models import ModelLoadError
-
-    keep_freed_memory()
     from alignlab.presets import DatasetError
     from alignlab.recipe import RecipeError
 

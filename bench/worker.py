@@ -214,15 +214,15 @@ def _method_steps(spec: str, options: dict) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    from bench.common import quiet
-
-    quiet()
     mode, spec = argv[0], argv[1]
     options = json.loads(argv[2]) if len(argv) > 2 else {}
     if options.get("impl") != "legacy":  # the code before issue 8 ran without it: measured as it was
         from alignlab.memory import keep_freed_memory
 
-        keep_freed_memory()  # what app.py (through preload) and the CLI do at start-up
+        keep_freed_memory()  # what app.py and the CLI do first at start-up, before any thread starts
+    from bench.common import quiet
+
+    quiet()
     if mode == "lab":
         result = _lab(spec, options)
     elif mode == "load":
