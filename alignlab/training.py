@@ -68,6 +68,7 @@ from alignlab.models import (
     reference_view,
     use_persistent_kernel_cache,
 )
+from alignlab.openmp import release_pool
 from alignlab.presets import PreferencePair, TrainingData, UnpairedRow
 
 #: DPO and its siblings, as TRL's ``DPOConfig.loss_type`` names them.
@@ -984,6 +985,7 @@ def stream_training(
         except BaseException as exc:  # re-raised in the consumer's thread
             events.put(exc)
 
+    release_pool()  # this thread only waits from here: its OpenMP workers would slow the training's (alignlab.openmp)
     thread = threading.Thread(target=work, name=f"alignlab-{settings.method}", daemon=True)
     thread.start()
     try:

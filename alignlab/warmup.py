@@ -32,6 +32,7 @@ from alignlab.lab import run_probe
 from alignlab.memory import keep_freed_memory
 from alignlab.methods import get_method, resolve
 from alignlab.models import load_model, pick_device, use_persistent_kernel_cache
+from alignlab.openmp import release_pool
 from alignlab.presets import PreferencePair, Preset
 from alignlab.training import TrainingSettings, train_dpo
 
@@ -50,6 +51,9 @@ def preload(method: str = "dpo") -> dict[str, float]:
       (cached with it after that), where Triton is installed (CUDA builds of torch);
     - freed memory kept for reuse (:func:`alignlab.memory.keep_freed_memory`): a CPU run's large tensors
       then skip a page fault per page.
+
+    The calling thread then hands back its OpenMP workers (:func:`alignlab.openmp.release_pool`): the
+    server's work runs in other threads, whose own pools then spin at full speed.
     """
     seconds = {}
     started = time.perf_counter()
@@ -67,6 +71,7 @@ def preload(method: str = "dpo") -> dict[str, float]:
         if triton_key is not None:
             triton_key()
         seconds["triton_key"] = time.perf_counter() - mark
+    release_pool()
     seconds["total"] = time.perf_counter() - started
     return seconds
 
@@ -78,7 +83,8 @@ def warm_up(spec: str, device: str | torch.device | None = None, preset: Preset 
     contrast, capability) into the process's reference scores (:data:`alignlab.evaluation.REFERENCE_SCORES`),
     which a run on that preset would otherwise compute first: 3.1 s of seed-lab's training stage on the
     embedded model. The cached model is left as it was (the step trains a copy); about 9 s in all on the
-    embedded model on 2 CPU cores.
+    embedded model on 2 CPU cores. The calling thread (app.py's main thread, which serves no click) then
+    hands back its OpenMP workers (:mod:`alignlab.openmp`).
     """
     device = torch.device(device) if device is not None else pick_device()
     if device.type == "cuda":
@@ -102,5 +108,6 @@ def warm_up(spec: str, device: str | torch.device | None = None, preset: Preset 
         seconds["probe_reference"] = time.perf_counter() - mark
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    release_pool()
     seconds["total"] = time.perf_counter() - started
     return seconds
