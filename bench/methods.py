@@ -1,8 +1,9 @@
 """The methods side by side (issue 9): a comparison from click to filled table, and each method's cost
 beside a plain TRL script of the same method.
 
-- *comparison*: in a fresh process (``python -m bench.worker comparison``) the app is launched on the
-  bench's model and one ``gradio_client`` calls ``/run_comparison`` (default dpo, ipo, kto, orpo on
+- *comparison*: in a fresh process (``python -m bench.worker comparison``) the app is started on the
+  bench's model as ``app.py`` starts it (preload, then the start-up warm-up, reported apart) and one
+  ``gradio_client`` calls ``/run_comparison`` (default dpo, ipo, kto, orpo on
   seed-lab, each at its own defaults), as the presenter's button does: baseline once, then each method
   trained and compared in turn. Click-to-table seconds, and every run's evidence row.
 - *per method*: two fresh processes per method (``python -m bench.worker method_steps``), each on the
@@ -71,9 +72,12 @@ def comparison_in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     from bench.common import peak_rss_mib
 
     os.environ["ALIGNLAB_DEFAULT_MODEL"] = spec
-    from alignlab.ui import build_app, launch_options
+    from alignlab.ui import build_app, default_preset, launch_options
+    from alignlab.warmup import preload, warm_up
 
     demo = build_app()
+    preload()  # the app as app.py starts it: preload, then the start-up warm-up on the opening preset
+    warm_up_seconds = warm_up(spec, preset=default_preset()).get("total")
     demo.session_store.root = tempfile.mkdtemp(prefix="bench-comparison-")
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_options())
     try:
@@ -89,6 +93,7 @@ def comparison_in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     return {
         "methods": options["methods"],
         "click_to_table_seconds": seconds,
+        "warm_up_seconds": warm_up_seconds,
         "table": result["table"],
         "timings": [r["timings"] for r in result["runs"]],
         "codes": [r["health"].get("codes") for r in result["runs"]],
@@ -203,6 +208,8 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     comparison = result["comparison"]
     names = ", ".join(row["method"] for row in comparison["table"])
     out = [(f"methods: comparison click-to-table ({names})", f"{comparison['click_to_table_seconds']:.1f} s")]
+    if comparison.get("warm_up_seconds") is not None:
+        out.append(("methods: the app's start-up warm-up, before the click", f"{comparison['warm_up_seconds']:.1f} s"))
     for row in comparison["table"]:
         out.append(
             (
