@@ -18,6 +18,7 @@ thread calls it first. Threads that end hand theirs back by themselves.
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 from functools import cache
 
@@ -29,8 +30,8 @@ _RUNTIMES = ("libgomp", "libomp", "libiomp5")
 
 @cache
 def _runtime() -> ctypes.CDLL | None:
-    """The OpenMP runtime this process has loaded (torch's own), or None."""
-    import torch  # noqa: F401  (loads the runtime torch uses)
+    """The OpenMP runtime this process has loaded (torch's own first, where another is loaded too), or None."""
+    import torch  # loads the runtime torch uses
 
     if not sys.platform.startswith("linux"):
         return None
@@ -39,7 +40,8 @@ def _runtime() -> ctypes.CDLL | None:
             paths = {line.split()[-1] for line in maps if line.rstrip().endswith(".so") or ".so." in line}
     except OSError:
         return None
-    for path in sorted(paths):
+    torch_dir = os.path.dirname(torch.__file__)
+    for path in sorted(paths, key=lambda p: (not p.startswith(torch_dir), p)):
         name = path.rsplit("/", 1)[-1]
         if name.startswith(_RUNTIMES):
             library = ctypes.CDLL(path)  # already loaded: the same handle
