@@ -42,10 +42,11 @@ def keep_freed_memory() -> bool:
     a library import does not. Returns whether it applied (False where there is no glibc).
 
     Every thread allocates from the one main heap. By default glibc gives each new thread an arena of its
-    own, made of 64 MB heaps that it unmaps as soon as one is wholly free, so the server, which runs all
-    model work in worker threads, faulted its pages in afresh all the same: one seed-lab lab in a worker
-    thread made 1,200,132 minor page faults (18.6 s of system time) against 352,395 in the main thread, and
-    35,881 in a worker thread with the one heap (2026-12-03, embedded model, 2 cores).
+    own, made of 64 MB heaps, which maps every larger block afresh whatever the settings above, so the
+    server, which runs all model work in worker threads, faulted its pages in afresh all the same: one
+    seed-lab lab in a worker thread made 1,200,132 minor page faults (18.6 s of system time) against
+    352,395 in the main thread, and 35,881 in a worker thread with the one heap (2026-12-03, embedded
+    model, 2 cores).
     """
     global _kept
     if _kept is None:

@@ -86,7 +86,7 @@ print(preload_left, holds_pool())
     assert warm_up_left == "False"  # app.py's main thread serves no click: it keeps no workers
 
 
-def test_a_thread_that_hands_its_training_to_another_keeps_no_pool_meanwhile(tiny_chat_dir):
+def test_a_thread_that_hands_its_training_to_another_hands_back_its_pool_first(tiny_chat_dir):
     body = """
 from alignlab.models import load_model
 from alignlab.presets import PreferencePair
