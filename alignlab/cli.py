@@ -36,22 +36,42 @@ def _method_defaults_text(field: str, names: Iterable[str]) -> str:
     return ", ".join(f"{name} {values[field]:g}" for name, values in own.items() if field in values)
 
 
+def _knob_help(name: str, default: Any = None, methods: Iterable[str] | None = None) -> str:
+    """A flag's help from the settings' metadata: what it does, its range, its default (or each method's own)."""
+    from alignlab.methods import METHODS
+    from alignlab.settings import KNOBS
+
+    knob = KNOBS[name]
+    shown = (
+        f"default {default}"
+        if default is not None
+        else f"default: the method's: {_method_defaults_text(name, methods or METHODS)}"
+    )
+    return f"{knob.means} {knob.range_text(' to ')} ({shown})"
+
+
+def _add_source(parser: argparse.ArgumentParser) -> None:
+    """``--preset`` or ``--dataset``, one of them required."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help="preset id (see `python -m alignlab presets`)")
+    source.add_argument("--dataset", help="a preset-format JSON file, or JSON/JSONL/CSV pairs")
+
+
+def _add_answer_length(parser: argparse.ArgumentParser) -> None:
+    from alignlab.settings import GenerationSettings
+
+    default = GenerationSettings().max_new_tokens
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=default, help=f"answer length for eval prompts (default {default})"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
-    from alignlab.methods import DEFAULT_METHOD, METHODS, beta_ranges
+    from alignlab.methods import DEFAULT_METHOD, LOSS_TYPES, METHODS, beta_ranges
     from alignlab.models import EMBEDDED_DEFAULT
-    from alignlab.training import KNOBS, LOSS_TYPES, TrainingSettings
+    from alignlab.settings import KNOBS, TrainingSettings
 
     defaults = TrainingSettings()
-
-    def knob(name: str, default: Any = None) -> str:
-        """A flag's help from the settings' metadata: what it does, its range, its default."""
-        k = KNOBS[name]
-        shown = f"default {default}" if default is not None else f"default: the method's: {per_method(name)}"
-        return f"{k.means} {k.range_text(' to ')} ({shown})"
-
-    def per_method(field: str) -> str:
-        return _method_defaults_text(field, METHODS)
-
     parser = argparse.ArgumentParser(
         prog="python -m alignlab",
         description="AlignLab: see preference training (DPO, IPO, KTO, ORPO, SimPO, RLHF) change a model.",
@@ -60,41 +80,41 @@ def _parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("lab", help="run baseline -> train -> compare and print the report")
     lab.add_argument("--model", default=EMBEDDED_DEFAULT, help=f"model spec (default: {EMBEDDED_DEFAULT})")
-    source = lab.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", help="preset id (see `python -m alignlab presets`)")
-    source.add_argument("--dataset", help="a preset-format JSON file, or JSON/JSONL/CSV pairs")
+    _add_source(lab)
     lab.add_argument(
         "--method",
         default=DEFAULT_METHOD,
         help=f"preference method: {', '.join(METHODS)} (default {DEFAULT_METHOD}; ipo = dpo with the IPO loss)",
     )
-    lab.add_argument("--steps", type=int, default=None, help=knob("steps"))
+    lab.add_argument("--steps", type=int, default=None, help=_knob_help("steps"))
     lab.add_argument("--beta", type=float, default=None, help=f"beta ({beta_ranges()}; default: the method's)")
-    lab.add_argument("--lr", type=float, default=None, help=knob("learning_rate"))
+    lab.add_argument("--lr", type=float, default=None, help=_knob_help("learning_rate"))
     lab.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help=knob("batch_size", defaults.batch_size)
+        "--batch-size", type=int, default=defaults.batch_size, help=_knob_help("batch_size", defaults.batch_size)
     )
-    lab.add_argument("--seed", type=int, default=defaults.seed, help=knob("seed", defaults.seed))
+    lab.add_argument("--seed", type=int, default=defaults.seed, help=_knob_help("seed", defaults.seed))
     lab.add_argument("--loss", default=defaults.loss_type, help=f"DPO's loss type: {', '.join(LOSS_TYPES)}")
     lab.add_argument(
         "--sft-weight",
         type=float,
         default=None,
         help=f"{KNOBS['sft_weight'].means} {KNOBS['sft_weight'].range_text(' to ')} "
-        f"(default {defaults.sft_weight:g}; {per_method('sft_weight')})",
+        f"(default {defaults.sft_weight:g}; {_method_defaults_text('sft_weight', METHODS)})",
     )
     lab.add_argument(
-        "--max-length", type=int, default=defaults.max_length, help=knob("max_length", defaults.max_length)
+        "--max-length", type=int, default=defaults.max_length, help=_knob_help("max_length", defaults.max_length)
     )
     lab.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
-    lab.add_argument("--lora-rank", type=int, default=defaults.lora_rank, help=knob("lora_rank", defaults.lora_rank))
+    lab.add_argument(
+        "--lora-rank", type=int, default=defaults.lora_rank, help=_knob_help("lora_rank", defaults.lora_rank)
+    )
     lab.add_argument(
         "--precision",
         default=defaults.precision,
         choices=["auto", "fp32", "bf16"],
         help="auto = bf16 on a GPU that has it, else fp32 (default auto)",
     )
-    lab.add_argument("--max-new-tokens", type=int, default=64, help="answer length for eval prompts (default 64)")
+    _add_answer_length(lab)
     lab.add_argument("--out", help="write the report JSON here")
 
     _add_compare_parser(sub)
@@ -110,13 +130,9 @@ def _add_compare_parser(sub: Any) -> None:
     """``compare``: several methods on the same data, one after another, and their evidence side by side."""
     from alignlab.comparison import DEFAULT_METHODS, MAX_METHODS, method_names
     from alignlab.models import EMBEDDED_DEFAULT
-    from alignlab.training import KNOBS, TrainingSettings
+    from alignlab.settings import TrainingSettings
 
     defaults = TrainingSettings()
-
-    def knob(name: str, default: Any) -> str:
-        return f"{KNOBS[name].means} {KNOBS[name].range_text(' to ')} (default {default})"
-
     compare = sub.add_parser(
         "compare",
         help="run several methods on the same data and print their evidence side by side",
@@ -130,29 +146,29 @@ def _add_compare_parser(sub: Any) -> None:
         f"(a DPO loss variant means DPO with that loss; default {','.join(DEFAULT_METHODS)})",
     )
     compare.add_argument("--model", default=EMBEDDED_DEFAULT, help=f"model spec (default: {EMBEDDED_DEFAULT})")
-    source = compare.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", help="preset id (see `python -m alignlab presets`)")
-    source.add_argument("--dataset", help="a preset-format JSON file, or JSON/JSONL/CSV pairs")
-    compare.add_argument("--steps", type=int, default=None, help=knob("steps", "each method's own") + ", for every run")
+    _add_source(compare)
     compare.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help=knob("batch_size", defaults.batch_size)
+        "--steps", type=int, default=None, help=_knob_help("steps", "each method's own") + ", for every run"
     )
-    compare.add_argument("--seed", type=int, default=defaults.seed, help=knob("seed", defaults.seed))
-    compare.add_argument("--max-new-tokens", type=int, default=64, help="answer length for eval prompts (default 64)")
+    compare.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help=_knob_help("batch_size", defaults.batch_size)
+    )
+    compare.add_argument("--seed", type=int, default=defaults.seed, help=_knob_help("seed", defaults.seed))
+    _add_answer_length(compare)
     compare.add_argument("--out", help='write {"runs": [report, ...]} here')
 
 
 def _add_recipe_parser(sub: Any) -> None:
     """``recipe``: the lab's settings and pairs as a folder that launches TRL's own script on a cluster."""
-    from alignlab.methods import DEFAULT_METHOD
-    from alignlab.recipe import DEFAULT_TARGET, ENGINES, KNOWN_TARGETS, PUBLIC_DATASETS
-    from alignlab.recipe import METHODS as RECIPE_METHODS
-    from alignlab.training import LOSS_TYPES, TrainingSettings
+    from alignlab.methods import DEFAULT_METHOD, LOSS_TYPES
+    from alignlab.recipe import DEFAULT_TARGET, ENGINES, KNOWN_TARGETS, PUBLIC_DATASETS, recipe_methods
+    from alignlab.settings import TrainingSettings
 
     defaults = TrainingSettings()
+    methods = recipe_methods()
 
     def per_method(field: str) -> str:
-        return _method_defaults_text(field, RECIPE_METHODS)
+        return _method_defaults_text(field, methods)
 
     recipe = sub.add_parser(
         "recipe",
@@ -160,13 +176,11 @@ def _add_recipe_parser(sub: Any) -> None:
         description="Write DIR/train.jsonl, eval.jsonl, config.yaml, run.sh, README.md and accelerate/*.yaml "
         "(rlhf, two stages: also config.reward.yaml for the reward model, train_prompts.jsonl and eval_prompts.jsonl).",
     )
-    source = recipe.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", help="preset id (see `python -m alignlab presets`)")
-    source.add_argument("--dataset", help="a preset-format JSON file, or JSON/JSONL/CSV pairs")
+    _add_source(recipe)
     recipe.add_argument(
         "--method",
         default=DEFAULT_METHOD,
-        help=f"training method: {', '.join(RECIPE_METHODS)} (default {DEFAULT_METHOD}; the script is TRL's own for it)",
+        help=f"training method: {', '.join(methods)} (default {DEFAULT_METHOD}; the script is TRL's own for it)",
     )
     recipe.add_argument(
         "--target-model",
@@ -217,7 +231,9 @@ def _timings_text(timings: dict[str, float]) -> str:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The report as a person reads it in a terminal."""
+    """The report as a person reads it in a terminal (the words are :mod:`alignlab.readings`')."""
+    from alignlab.readings import answer_checks, evidence_readings, finding_details, verdict_word
+
     lines = [f"\n=== Before vs after ({report['changed']} of {len(report['baseline_outputs'])} answers changed) ==="]
     for before, after in zip(report["baseline_outputs"], report["aligned_outputs"]):
         mark = "changed" if before["text"].strip() != after["text"].strip() else "same"
@@ -228,45 +244,18 @@ def format_report(report: dict[str, Any]) -> str:
             "  after:",
             _wrap(after["text"], "    "),
         ]
-    from alignlab.health import (
-        capability_reading,
-        contrast_reading,
-        curve_reading,
-        degeneration_readings,
-        heldout_reading,
-        kl_reading,
-        perplexity_reading,
-    )
-
-    ev = report["eval"]
     lines.append("\n=== Evidence ===")
-    for reading in (
-        heldout_reading(ev.get("heldout_reward_accuracy"), ev.get("heldout_mean_margin"), ev),
-        contrast_reading(ev.get("contrast_accuracy")),
-        capability_reading(
-            ev.get("capability_accuracy_before"), ev.get("capability_accuracy_after"), ev.get("capability_source", "")
-        ),
-        kl_reading(ev.get("kl_to_reference")),
-        perplexity_reading(ev.get("perplexity_before"), ev.get("perplexity_after")),
-    ):
-        lines.append(_wrap(reading, "  - ", "    "))
-    if ev.get("heldout_curve"):
-        lines.append(_wrap(curve_reading(ev["heldout_curve"]), "  - ", "    "))
-    checks = degeneration_readings(ev.get("degeneration") or {})
+    lines += [_wrap(reading, "  - ", "    ") for reading in evidence_readings(report["eval"])]
+    checks = answer_checks(report["eval"])
     if checks:
         lines.append("\n=== The answers themselves (before -> after) ===")
         for name, before, after, reading in checks:
-            lines.append(
-                _wrap(
-                    f"{name}: {before} -> {after} — {reading}" if before else f"{name}: {after} — {reading}",
-                    "  - ",
-                    "    ",
-                )
-            )
+            line = f"{name}: {before} -> {after} — {reading}" if before else f"{name}: {after} — {reading}"
+            lines.append(_wrap(line, "  - ", "    "))
     health = report["health"]
-    lines.append(f"\n=== Health: {health['verdict'].upper()} ===")
-    details = health.get("details") or [{"code": "", "text": t} for t in health["findings"]]
-    lines += [_wrap(f"{d['text']} [{d['code']}]" if d.get("code") else d["text"], "  - ", "    ") for d in details]
+    lines.append(f"\n=== Health: {verdict_word(health)} ===")
+    for d in finding_details(health):
+        lines.append(_wrap(f"{d['text']} [{d['code']}]" if d.get("code") else d["text"], "  - ", "    "))
     if health.get("best_step") is not None:
         lines.append(f"  best held-out step: {health['best_step']}")
     lines.append(_timings_text(report["timings"]))
@@ -282,16 +271,12 @@ def _show_and_write(text: str, data: dict[str, Any], out: str | None, what: str)
     return 0
 
 
-def _run_lab(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from alignlab.generation import GenerationSettings, GenerationSettingsError
-    from alignlab.lab import run_lab
-    from alignlab.presets import load_dataset_file, load_preset
-    from alignlab.training import SettingsError, TrainingSettings, trained_on
+def _training_settings(args: argparse.Namespace, **more: Any) -> Any:
+    """The training settings the flags ask for, each method's own defaults where a flag is left out."""
+    from alignlab.settings import SettingsError, TrainingSettings
 
     try:
-        settings = TrainingSettings.for_method(
+        return TrainingSettings.for_method(
             args.method,
             beta=args.beta,
             learning_rate=args.lr,
@@ -300,15 +285,39 @@ def _run_lab(args: argparse.Namespace) -> int:
             seed=args.seed,
             loss_type=args.loss,
             sft_weight=args.sft_weight,
-            max_length=args.max_length,
-            use_lora=args.lora,
             lora_rank=args.lora_rank,
-            precision=args.precision,
+            **more,
         )
-        generation = GenerationSettings(max_new_tokens=args.max_new_tokens)
-    except (SettingsError, GenerationSettingsError) as exc:
+    except SettingsError as exc:
         raise CliError(str(exc)) from exc
-    preset = load_preset(args.preset) if args.preset else load_dataset_file(args.dataset, seed=args.seed)
+
+
+def _generation_settings(args: argparse.Namespace) -> Any:
+    from alignlab.settings import GenerationSettings, GenerationSettingsError
+
+    try:
+        return GenerationSettings(max_new_tokens=args.max_new_tokens)
+    except GenerationSettingsError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _dataset(args: argparse.Namespace) -> Any:
+    """The preset or the user's dataset file the flags name."""
+    from alignlab.importers import load_dataset_file
+    from alignlab.presets import load_preset
+
+    return load_preset(args.preset) if args.preset else load_dataset_file(args.dataset, seed=args.seed)
+
+
+def _run_lab(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from alignlab.lab import run_lab
+    from alignlab.trl_rows import trained_on
+
+    settings = _training_settings(args, max_length=args.max_length, use_lora=args.lora, precision=args.precision)
+    generation = _generation_settings(args)
+    preset = _dataset(args)
     used = trained_on(preset.training_data, settings)  # a paired method on thumbs that form no pair stops here
     _check_out(args.out)
 
@@ -321,7 +330,7 @@ def _run_lab(args: argparse.Namespace) -> int:
         print(_wrap(preset.description, "  "))
     if preset.unpaired:
         formed = f", {used['formed_pairs']} of them formed from thumbs rows" if used["formed_pairs"] else ""
-        unit = "thumbs rows" if settings.method_entry.data == "unpaired" else f"pairs{formed}"
+        unit = "thumbs rows" if settings.method_entry.stage.reads_thumbs else f"pairs{formed}"
         print(f"  {settings.method_label} trains on {used['rows']} {unit}.")
     bar: dict[str, Any] = {}
     labels = {
@@ -397,17 +406,16 @@ def _run_compare(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from alignlab.comparison import comparison_settings, parse_methods, run_comparison
-    from alignlab.generation import GenerationSettings, GenerationSettingsError
-    from alignlab.presets import load_dataset_file, load_preset
-    from alignlab.training import SettingsError, trained_on
+    from alignlab.settings import SettingsError
+    from alignlab.trl_rows import trained_on
 
     try:
         names = parse_methods(args.methods)
         settings = comparison_settings(names, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
-        generation = GenerationSettings(max_new_tokens=args.max_new_tokens)
-    except (SettingsError, GenerationSettingsError) as exc:
+    except SettingsError as exc:
         raise CliError(str(exc)) from exc
-    preset = load_preset(args.preset) if args.preset else load_dataset_file(args.dataset, seed=args.seed)
+    generation = _generation_settings(args)
+    preset = _dataset(args)
     for run_settings in settings:  # a paired method on thumbs rows that form no pair stops here, before any run
         trained_on(preset.training_data, run_settings)
     _check_out(args.out)
@@ -455,26 +463,10 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 
 def _run_recipe(args: argparse.Namespace) -> int:
-    from alignlab.presets import load_dataset_file, load_preset
     from alignlab.recipe import build_recipe, write_recipe
-    from alignlab.training import SettingsError, TrainingSettings
 
-    try:
-        settings = TrainingSettings.for_method(
-            args.method,
-            beta=args.beta,
-            learning_rate=args.lr,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            loss_type=args.loss,
-            sft_weight=args.sft_weight,
-            use_lora=args.lora or args.qlora,
-            lora_rank=args.lora_rank,
-        )
-    except SettingsError as exc:
-        raise CliError(str(exc)) from exc
-    preset = load_preset(args.preset) if args.preset else load_dataset_file(args.dataset, seed=args.seed)
+    settings = _training_settings(args, use_lora=args.lora or args.qlora)
+    preset = _dataset(args)
     recipe = build_recipe(
         preset,
         settings,
@@ -533,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     _quiet_libraries()
     from alignlab.models import ModelLoadError
-    from alignlab.presets import DatasetError
+    from alignlab.pairs import DatasetError
     from alignlab.recipe import RecipeError
 
     try:

@@ -3,7 +3,7 @@
 ``python -m alignlab compare --methods dpo,ipo,kto,orpo --preset seed-lab`` and the API's
 ``/run_comparison`` both read a list of method names with :func:`parse_methods` (a registry method,
 or one of DPO's loss variants: ``hinge`` means DPO with the hinge loss) and write
-``{"runs": [report, ...], "table": [row, ...]}``: one report per run, in order (DESIGN.md §6.1), and
+``{"runs": [report, ...], "table": [row, ...]}``: one report per run, in order, and
 the runs side by side (:func:`alignlab.runrecord.evidence_row`). The model is loaded and its baseline
 answers are recorded once; every run starts from the same original weights.
 """
@@ -16,14 +16,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from alignlab.generation import GenerationSettings
 from alignlab.lab import load_and_baseline, train_and_compare
-from alignlab.methods import METHODS
+from alignlab.methods import LOSS_TYPES, METHODS
 from alignlab.presets import Preset
 from alignlab.runrecord import evidence_row, run_label
-from alignlab.training import LOSS_TYPES, CancelToken, SettingsError, TrainingEvent, TrainingSettings
+from alignlab.settings import GenerationSettings, SettingsError, TrainingSettings
+from alignlab.training import CancelToken, TrainingEvent
 
-#: What a presenter's comparison runs when nobody picks (the issue's four).
+#: What a presenter's comparison runs when nobody picks: DPO, two of its siblings and a reference-free method.
 DEFAULT_METHODS = ("dpo", "ipo", "kto", "orpo")
 #: At most this many runs in one comparison (a room's queue is shared; a session keeps 6 runs).
 MAX_METHODS = 6

@@ -3,16 +3,10 @@
 A head maps a few hidden states (H wide) onto the whole vocabulary (V rows, V >> H): generation
 projects one position per prompt at each new token, the evidence a chunk of answer positions at a
 time. ``nn.Linear`` computes ``x @ W.T``, and for that shape the CPU BLAS that PyTorch ships picks a
-slow path at many row counts. ``W @ x.T`` gives the same numbers (up to float rounding order) and is
-never slower. Measured on this project's 2-core CPU, SmolLM2's head (49152 x 576):
-
-    rows          1     2     7     8    16    64   512
-    x @ W.T  ms  12.0  24.2  37.8  18.2  23.2  51.2 216.0
-    W @ x.T  ms  11.7   5.0  14.4   9.6  16.4  39.9 195.6
-
-and greedy answers from either are identical. With 7 eval prompts that is 64 x 23 ms, about 1.5 s, off
-each answer set (the whole generation: 8.9 s -> 6.1 s). Training keeps ``nn.Linear``'s own path (and TRL
-projects through its fused head anyway), as does any device but the CPU.
+slow path at many row counts. ``W @ x.T`` gives the same numbers (up to float rounding order), the same
+greedy answers, and is never slower: at 7 rows, SmolLM2's head (49152 x 576) projects in well under half the
+time, a third off each generation of the eval answers (``docs/performance.md``). Training keeps
+``nn.Linear``'s own path (and TRL projects through its fused head anyway), as does any device but the CPU.
 """
 
 from __future__ import annotations

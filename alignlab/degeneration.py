@@ -123,7 +123,7 @@ def template_share(after: list[str], phrases: list[str]) -> float:
 
 @dataclass
 class Degeneration:
-    """The report's ``eval.degeneration`` block (DESIGN.md §6.1), plus per-answer detail."""
+    """The report's ``eval.degeneration`` block (``docs/architecture.md``), plus per-answer detail."""
 
     distinct_answers_before: int
     distinct_answers_after: int
@@ -146,11 +146,9 @@ class Degeneration:
         return asdict(self)
 
 
-#: An answer whose repeated n-gram rate is at least this loops. Calibrated on SmolLM2-135M's greedy
-#: 64-token answers (bench calibration and tuning runs): before training they reach 0.12; answers
-#: that repeat a phrase while still moving on ("remove the wheel from the wheel cylinder ...") sit
-#: at 0.2-0.3; every answer a reader would call a loop ("la femme au martyre, la femme au
-#: martyre, ...", "You can also set a savings goal, and stick to it" x3) measured 0.35-0.8.
+#: An answer whose repeated n-gram rate is at least this loops. Calibrated on SmolLM2-135M's greedy 64-token
+#: answers (``docs/calibration.md``): answers that repeat a phrase while still moving on ("remove the wheel from
+#: the wheel cylinder ...") sit below it, every answer a reader would call a loop above it.
 LOOPING_RATE = 0.3
 #: At or above this (and below :data:`LOOPING_RATE`) an answer is repetitive: said, not a loop.
 REPETITIVE_RATE = 0.2

@@ -17,60 +17,10 @@ from dataclasses import dataclass, field
 import torch
 
 from alignlab.models import LoadedModel
-
-MAX_NEW_TOKENS_LIMIT = 512
-
-
-class GenerationSettingsError(ValueError):
-    """A generation setting is out of range; the message names it."""
-
-
-@dataclass
-class GenerationSettings:
-    """How eval prompts are answered."""
-
-    max_new_tokens: int = 64
-    """Answer length cap in tokens (1-512). Longer answers cost time linearly."""
-    do_sample: bool = False
-    """False: greedy decoding (deterministic). True: seeded sampling."""
-    temperature: float = 0.7
-    """Sampling temperature (0.05-2.0); used only when sampling."""
-    top_p: float = 0.9
-    """Nucleus sampling mass (0.05-1.0); used only when sampling."""
-    seed: int = 0
-    """Seed for sampling, so that a sampled run can be repeated exactly."""
-    batch_size: int = 16
-    """Prompts per forward batch (1-64)."""
-    min_new_tokens: int = 0
-    """Answer length floor in tokens (0 to max_new_tokens): the end-of-turn token is held back until then.
-    0 for the lab; the bench sets it to max_new_tokens so that a random-weight model, which tends to stop
-    at once, generates its full length."""
-
-    def __post_init__(self) -> None:
-        problems = self.problems()
-        if problems:
-            raise GenerationSettingsError(" ".join(problems))
-
-    def problems(self) -> list[str]:
-        out = []
-        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-            out.append(
-                f"max_new_tokens must be a whole number from 1 to {MAX_NEW_TOKENS_LIMIT} (got {self.max_new_tokens!r})."
-            )
-        if not 0.05 <= float(self.temperature) <= 2.0:
-            out.append(f"temperature must be between 0.05 and 2.0 (got {self.temperature!r}).")
-        if not 0.05 <= float(self.top_p) <= 1.0:
-            out.append(f"top_p must be between 0.05 and 1.0 (got {self.top_p!r}).")
-        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 64:
-            out.append(f"batch_size must be from 1 to 64 (got {self.batch_size!r}).")
-        ceiling = self.max_new_tokens if isinstance(self.max_new_tokens, int) else MAX_NEW_TOKENS_LIMIT
-        if not isinstance(self.min_new_tokens, int) or not 0 <= self.min_new_tokens <= ceiling:
-            out.append(f"min_new_tokens must be from 0 to max_new_tokens (got {self.min_new_tokens!r}).")
-        return out
-
+from alignlab.settings import GenerationSettings
 
 #: :func:`generate_scored` keeps the answers' vocabulary-wide log-probabilities up to this size (rows x answer
-#: tokens x vocabulary floats: seed-lab's 7 answers of 64 tokens on SmolLM2 take 88 MB); past it, none are kept.
+#: tokens x vocabulary floats: 7 answers of 64 tokens over SmolLM2's vocabulary take 88 MB); past it, none are kept.
 KEPT_LOGPS_BYTES = 256 * 2**20
 
 

@@ -12,7 +12,6 @@ can be imported first (``spaces`` wants to be imported before torch initialises 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -20,7 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from alignlab.methods import DEFAULT_METHOD, METHODS  # torch-free, like this module
+from alignlab.methods import DEFAULT_METHOD, METHODS  # torch-free, like this module and the two below
+from alignlab.model_shapes import ModelShape, ShapeError, known_shape
+from alignlab.settings import LIVE_PROBE_PAIRS, GenerationSettings
 
 try:  # the package is a no-op outside a ZeroGPU Space, but it may not be installed at all
     import spaces
@@ -33,16 +34,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 MIN_DURATION = 20
 MAX_DURATION = int(os.environ.get("ALIGNLAB_MAX_GPU_SECONDS", "300"))
 
-#: Parameter counts of the models the app offers by name.
-KNOWN_PARAMETERS: dict[str, int] = {
-    "smollm2-135m-instruct": 135_000_000,
-    "gpt2": 124_000_000,
-    "smollm2-360m-instruct": 362_000_000,
-    "qwen2.5-0.5b-instruct": 494_000_000,
-}
 UNKNOWN_PARAMETERS = 1_000_000_000  # an unknown hub model: assume a large one rather than run out
 
-# Costs on a ZeroGPU slice (H200 MIG), measured on an H200 with margin (DESIGN.md §2-3):
+# Costs on a ZeroGPU slice (H200 MIG), from the bench's GPU runs with a margin (docs/performance.md):
 # one DPO step on 8 pairs of a 135M model ~0.22 s, TRL warm-up 2-4 s, batched generation fast.
 _REFERENCE_PARAMETERS = 135_000_000
 _STEP_SECONDS_PER_PAIR = 0.06  # at the reference size, with a 2x margin
@@ -50,7 +44,7 @@ _TOKEN_SECONDS = 0.03  # one decoding step of a batch at the reference size, wit
 _LOAD_SECONDS = 8.0  # weights from disk to the GPU, plus the worker's start
 _TRAIN_OVERHEAD_SECONDS = 12.0  # TRL set-up and first-step warm-up, saving the policy
 _PROBE_SECONDS_PER_PAIR = 0.01  # forward-only scoring of a held-out/contrast pair (chosen + rejected), with margin
-_LIVE_PROBE_PAIRS = 24  # alignlab.evaluation.LIVE_PROBE_PAIRS (not imported: this module stays torch-free)
+_MAX_NEW_TOKENS = GenerationSettings().max_new_tokens
 
 
 def on_zero_gpu() -> bool:
@@ -76,20 +70,18 @@ def gpu(duration: Callable[..., float] | float) -> Callable[[F], F]:
 
 
 def estimate_parameters(spec: str) -> int:
-    """A model's parameter count without loading it: known names, a local config, or the name."""
+    """A model's parameter count without loading it: a known name or Hub id, a local config (each counted from
+    its shape: :mod:`alignlab.model_shapes`), or the size in the name."""
     spec = (spec or "").strip()
-    if spec in KNOWN_PARAMETERS:
-        return KNOWN_PARAMETERS[spec]
-    config_path = Path(spec).expanduser() / "config.json"
-    if config_path.is_file():
+    shape = known_shape(spec)
+    if shape is not None:
+        return shape.parameters()
+    directory = Path(spec).expanduser()
+    if (directory / "config.json").is_file():
         try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            return ModelShape.from_directory(directory).parameters()
+        except ShapeError:
             return UNKNOWN_PARAMETERS
-        hidden = config.get("hidden_size") or config.get("n_embd") or 768
-        layers = config.get("num_hidden_layers") or config.get("n_layer") or 12
-        vocab = config.get("vocab_size") or 50_000
-        return int(12 * layers * hidden * hidden + vocab * hidden)
     match = re.search(r"(\d+(?:\.\d+)?)\s*([mb])\b", spec.lower().replace("-", " ").replace("_", " "))
     if match:
         return int(float(match.group(1)) * (1e6 if match.group(2) == "m" else 1e9))
@@ -111,7 +103,7 @@ def generation_seconds(spec: str, n_prompts: int, max_new_tokens: int) -> float:
 
 def baseline_duration(spec: str, prompts: list[str], generation: dict[str, Any], *args: Any, **kwargs: Any) -> int:
     """GPU seconds for loading ``spec`` and answering ``prompts`` once."""
-    tokens = int(generation.get("max_new_tokens", 64))
+    tokens = int(generation.get("max_new_tokens", _MAX_NEW_TOKENS))
     return _clamp(_LOAD_SECONDS * _scale(spec) ** 0.5 + generation_seconds(spec, len(prompts), tokens))
 
 
@@ -137,7 +129,7 @@ def train_duration(
     steps = settings.get("steps")
     if steps is None:  # epochs instead of steps
         steps = math.ceil(max(1, len(pairs)) / batch * float(settings.get("epochs") or 1))
-    probed = min(len(heldout or []), _LIVE_PROBE_PAIRS) + min(len(contrast or []), _LIVE_PROBE_PAIRS)
+    probed = min(len(heldout or []), LIVE_PROBE_PAIRS) + min(len(contrast or []), LIVE_PROBE_PAIRS)
     per_step = (_STEP_SECONDS_PER_PAIR * batch * cost + _PROBE_SECONDS_PER_PAIR * probed) * _scale(spec)
     reference_pass = _PROBE_SECONDS_PER_PAIR * probed * _scale(spec)  # the reference scores the probe once
     return _clamp(
@@ -159,6 +151,6 @@ def compare_duration(
     paired = sum(len(preset.get(k) or []) for k in ("heldout_pairs", "contrast_pairs"))
     capability = len(preset.get("capability_pairs") or []) or 10  # imported data: the built-in set
     n_scored = paired + capability
-    tokens = int(generation.get("max_new_tokens", 64))
+    tokens = int(generation.get("max_new_tokens", _MAX_NEW_TOKENS))
     scoring = (n_scored * 4 + n_prompts * 2) * 0.05 * _scale(spec)
     return _clamp(2 * _LOAD_SECONDS + generation_seconds(spec, n_prompts, tokens) + scoring)

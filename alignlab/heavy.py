@@ -24,13 +24,11 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-#: Seconds per unit of work before anything has been measured, on 2 CPU cores with the embedded
-#: 135M model (README "Speed"): a baseline of 7 prompts x 64 tokens took 9 s, six DPO steps of two
-#: pairs 26 s, the evaluation 18 s. Units are defined by the caller (see ``ui/runs.py``).
+#: Seconds per unit of work before anything has been measured: the embedded 135M model's on 2 CPU cores
+#: (``docs/performance.md``). Units are defined by the caller (see ``ui/runs.py``).
 PRIOR_SECONDS_PER_UNIT: dict[str, float] = {"load": 1.0, "baseline": 0.14, "train": 2.2, "compare": 0.16}
 
 
@@ -252,18 +250,6 @@ class HeavyGate:
             self._dispatch()
             self._cond.notify_all()
 
-    @contextmanager
-    def slot(self, work: Work, arrival: float | None = None, follow_on: float = 0.0) -> Iterator[Ticket]:
-        """Wait for a slot, run the body, free the slot (also on error)."""
-        ticket = self.enter(work, arrival, follow_on)
-        completed = False
-        try:
-            self.wait(ticket)
-            yield ticket
-            completed = True
-        finally:
-            self.leave(ticket, completed)
-
     def report_progress(self, ticket: Ticket, fraction: float) -> None:
         """Long work says how far it is (0-1): the waits of everyone behind it follow."""
         with self._cond:
@@ -279,11 +265,6 @@ class HeavyGate:
             ordered = sorted(self._waiting, key=lambda t: t.order)
             position = ordered.index(ticket) + 1
             return Place(position, len(ordered), len(self._running), self._work_ahead(ticket) / self.limit)
-
-    def remaining_seconds(self, ticket: Ticket) -> float:
-        """Seconds of work left for a ticket: from its own progress when running, else its estimate."""
-        with self._cond:
-            return self._remaining(ticket)
 
     def _remaining(self, ticket: Ticket) -> float:
         if ticket.state != "running":

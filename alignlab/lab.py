@@ -2,7 +2,7 @@
 
 The CLI and the app's "run the whole lab" button both call :func:`run_lab`; the app's tabs call
 the same step functions one at a time. :func:`build_report` assembles the report JSON whose
-fields are the public contract (DESIGN.md §6).
+fields are the public contract (``docs/architecture.md``).
 """
 
 from __future__ import annotations
@@ -10,16 +10,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 from alignlab.degeneration import degeneration_report
-from alignlab.evaluation import Evidence, PreferenceProbe, count_changed, gather_evidence
-from alignlab.generation import GenerationSettings, generate, generate_scored
-from alignlab.health import RunFacts, read_health
+from alignlab.evaluation import Evidence, count_changed, gather_evidence
+from alignlab.findings import RunFacts
+from alignlab.generation import generate, generate_scored
+from alignlab.health import read_health
 from alignlab.models import LoadedModel, load_model
-from alignlab.presets import DatasetError, Preset, capability_probe, heldout_unavailable, validate_preset
-from alignlab.training import CancelToken, TrainingEvent, TrainingResult, TrainingSettings, train_policy
+from alignlab.pairs import DatasetError
+from alignlab.presets import Preset, capability_probe, heldout_unavailable, validate_preset
+from alignlab.probes import PreferenceProbe
+from alignlab.settings import GenerationSettings, TrainingSettings
+from alignlab.training import CancelToken, TrainingEvent, TrainingResult, train_policy
 
 STAGES = ("load_model", "baseline", "train", "evaluate")
 
@@ -28,14 +31,14 @@ def outputs_table(prompts: list[str], texts: list[str]) -> list[dict[str, str]]:
     return [{"prompt": p, "text": t} for p, t in zip(prompts, texts)]
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: undefined figures (e.g. no held-out pairs) become null."""
+def json_ready(value: Any) -> Any:
+    """JSON has no NaN: undefined figures (e.g. no held-out pairs) become null, in dicts and lists too."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [json_ready(v) for v in value]
     return value
 
 
@@ -96,7 +99,7 @@ def build_report(
     timings: dict[str, float],
     run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report JSON (DESIGN.md §6), with NaN written as null.
+    """The report JSON (its fields: ``docs/architecture.md``), with NaN written as null.
 
     ``run``: which run of a session or a comparison it describes (``{"label": "B", "index": 2, "of": 4}``).
     """
@@ -132,7 +135,7 @@ def build_report(
             "preset": preset.id,
             "training": settings.to_dict(),
             "method_info": settings.method_entry.describe(),
-            "generation": asdict(generation),
+            "generation": generation.to_dict(),
             "train_pairs": len(preset.pairs),
             "train_unpaired": len(preset.unpaired),
             "trained_on": dict(result.trained_on),
@@ -160,7 +163,7 @@ def build_report(
         },
         "run": run or {"label": "A", "index": 1, "of": 1},
     }
-    return _finite(report)
+    return json_ready(report)
 
 
 def train_and_compare(

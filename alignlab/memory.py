@@ -34,19 +34,16 @@ def keep_freed_memory() -> bool:
     glibc serves every allocation over 32 MB with a fresh ``mmap`` and unmaps it when freed, so each such tensor
     pays a page fault per 4 KB page before its first use. On a CPU the lab makes such tensors all the time:
     TRL's chunked log-probabilities work in (tokens x 32768) float tiles, the evidence in (positions x vocabulary)
-    chunks, and the optimizer's and gradients' buffers are re-made every step. On this project's 2-core VM three
-    elementwise ops on a 36 MB tile took 39 ms with fresh pages and 11 ms on reused ones, and the default
-    seed-lab lab 63.6-66.8 s against 57.5-57.9 s (two runs each, one process per run; peak RSS 3.64 vs 3.69 GB).
-    Freed memory is kept in the heap (given back once more than :data:`TRIM_THRESHOLD_BYTES` is free at its
-    top). A process-wide setting: the entry points (the app, the CLI, the bench's workers) call it at start-up,
-    a library import does not. Returns whether it applied (False where there is no glibc).
+    chunks, and the optimizer's and gradients' buffers are re-made every step: an op on fresh pages runs several
+    times slower than on reused ones, and a whole lab about a tenth slower (``docs/performance.md``). Freed memory
+    is kept in the heap (given back once more than :data:`TRIM_THRESHOLD_BYTES` is free at its top). A
+    process-wide setting: the entry points (the app, the CLI, the bench's workers) call it at start-up, a library
+    import does not. Returns whether it applied (False where there is no glibc).
 
     Every thread allocates from the one main heap. By default glibc gives each new thread an arena of its
     own, made of 64 MB heaps, which maps every larger block afresh whatever the settings above, so the
-    server, which runs all model work in worker threads, faulted its pages in afresh all the same: one
-    seed-lab lab in a worker thread made 1,200,132 minor page faults (18.6 s of system time) against
-    352,395 in the main thread, and 35,881 in a worker thread with the one heap (2026-12-03, embedded
-    model, 2 cores).
+    server, which runs all model work in worker threads, would fault its pages in afresh all the same (a lab
+    in a worker thread made over three times the main thread's page faults; ``docs/performance.md``).
     """
     global _kept
     if _kept is None:

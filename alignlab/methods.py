@@ -1,30 +1,65 @@
 """The method registry: each preference method AlignLab runs, as one entry naming what TRL needs.
 
-A :class:`Method` says which TRL trainer and config class run it, how the lab's pairs become its
-dataset (``paired`` rows, or ``unpaired`` thumbs-up/down rows), whether it trains against a frozen
-reference model, which keys it logs and how they map onto the lab's common plot axes, which score
-ranks held-out pairs in its evidence, its defaults, its GPU-time factor and TRL's own script for it.
-The runner (:mod:`alignlab.training`), the evidence (:mod:`alignlab.evaluation`), the verdict
-(:mod:`alignlab.health`), the plots, the CLI and the UI ask this registry; none of them branches on
-a method's name. Adding a method adds an entry here (and, if its data or config is new, a builder
-in :mod:`alignlab.training`).
+A :class:`Method` is a tuple of :class:`Stage` s, run in order. A stage names the TRL trainer and config
+class that run it, TRL's own script for a real run, the rows it reads (:class:`Data`), whether it trains
+against a frozen reference (:class:`Reference`) and what it trains and hands on (:class:`Product`). Most
+methods have one stage, the policy's; ``rlhf`` has two: a reward model trained on the pairs with
+``RewardTrainer``, then online RL of the policy against it with ``RLOOTrainer``. The method adds the keys
+it logs and how they map onto the lab's common plot axes, the score that ranks held-out pairs, its
+defaults and its GPU-time factor.
 
-A method is a tuple of :class:`Stage` s, run in order; each trains one model (``trains``: the policy, or a
-reward model) and hands it to the later stages that name it in their ``inputs``. Most methods have one
-stage, the policy's. ``rlhf`` has two: a reward model trained on the pairs with ``RewardTrainer``, then
-an online RL run of the policy against it with ``RLOOTrainer``. The runner runs any such tuple the same
-way (:func:`alignlab.training.train_policy`); each stage runs the lab's ``steps``.
+The runner (:mod:`alignlab.training`), the evidence, the verdict (:mod:`alignlab.health`), the plots, the
+recipe (:mod:`alignlab.recipe`), the CLI and the UI ask this registry, and a stage answers questions about
+itself (``stage.has_reference``, ``stage.samples_answers``, ...): nothing else branches on a method's name
+or compares these values. Adding a method adds an entry here (and, if its data or config is new, a row
+builder in :mod:`alignlab.trl_rows`).
 
 This module imports neither torch nor TRL, so that :mod:`alignlab.gpu` (imported before torch
-initialises CUDA) and the UI can read it freely. Facts about the trainers are from TRL 1.16 as
-installed here (DESIGN.md §3).
+initialises CUDA) and the UI can read it freely. The facts about the trainers are TRL 1.16's; the design
+notes are in ``docs/architecture.md``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
+
+
+class Data(StrEnum):
+    """The rows a stage trains on."""
+
+    PAIRED = "paired"
+    """(prompt, chosen, rejected) rows."""
+    UNPAIRED = "unpaired"
+    """(prompt, completion, label) thumbs rows: pairs split as chosen -> desirable, rejected -> undesirable."""
+    PROMPTS = "prompts"
+    """The data's distinct prompts alone: online RL samples its own answers."""
+
+
+class Reference(StrEnum):
+    """What a stage is measured against."""
+
+    FROZEN = "frozen"
+    """A frozen reference model, the original model's own weights (with LoRA: the adapter switched off)."""
+    NONE = "none"
+
+
+class Product(StrEnum):
+    """What a stage trains and hands on to the stages after it."""
+
+    POLICY = "policy"
+    REWARD_MODEL = "reward_model"
+
+
+class Scorer(StrEnum):
+    """How held-out and contrast pairs are scored for the evidence (``eval.heldout_scorer``)."""
+
+    IMPLICIT_REWARD = "implicit_reward"
+    MEAN_IMPLICIT_REWARD = "mean_implicit_reward"
+    MEAN_LOGPROB = "mean_logprob"
+
 
 #: The common plot axes a method's logged keys are mapped onto (axis -> what it means).
 AXES: dict[str, str] = {
@@ -37,18 +72,18 @@ AXES: dict[str, str] = {
     "reward": "mean reward-model score of the answers the policy sampled (online RL)",
 }
 
-#: Held-out scorers: how a pair's answers are scored for the evidence (``eval.heldout_scorer``).
-SCORERS: dict[str, str] = {
-    "implicit_reward": (
+#: Each held-out scorer in words.
+SCORERS: dict[Scorer, str] = {
+    Scorer.IMPLICIT_REWARD: (
         "DPO's implicit reward beta * (log pi_theta(y|x) - log pi_ref(y|x)), summed over the answer's tokens: "
         "how much more likely training made each answer, relative to the original model"
     ),
-    "mean_implicit_reward": (
+    Scorer.MEAN_IMPLICIT_REWARD: (
         "IPO's reward beta * (log pi_theta(y|x) - log pi_ref(y|x)) / |y|, the implicit reward averaged over the "
         "answer's tokens (TRL's IPO loss is on this length-normalised margin): how much more likely training made "
         "each answer token, relative to the original model"
     ),
-    "mean_logprob": (
+    Scorer.MEAN_LOGPROB: (
         "beta * the policy's mean log-probability per answer token (the length-normalised reward that SimPO and "
         "ORPO optimise; these methods have no reference model, so the ranking is the policy's own, and the "
         "original model's ranking under the same score is reported beside it)"
@@ -57,12 +92,12 @@ SCORERS: dict[str, str] = {
 
 #: Scorers relative to the reference: the original model scores every margin 0 under them, and a policy that
 #: learnt nothing scores 0 too.
-RELATIVE_SCORERS = frozenset({"implicit_reward", "mean_implicit_reward"})
+RELATIVE_SCORERS = frozenset({Scorer.IMPLICIT_REWARD, Scorer.MEAN_IMPLICIT_REWARD})
 
-#: What a stage trains (``Stage.trains``): the product it hands to later stages, and the model it starts from.
-PRODUCTS: dict[str, str] = {
-    "policy": "the policy: a private copy of the loaded causal LM (the run's result)",
-    "reward_model": (
+#: What each product is, and the model it starts from.
+PRODUCTS: dict[Product, str] = {
+    Product.POLICY: "the policy: a private copy of the loaded causal LM (the run's result)",
+    Product.REWARD_MODEL: (
         "a reward model: the loaded model's backbone under a fresh one-output score head "
         "(AutoModelForSequenceClassification, num_labels=1), scoring a (prompt, answer) as a whole"
     ),
@@ -77,14 +112,10 @@ class Stage:
     """TRL's trainer class, importable as ``module.Class`` (e.g. ``trl.DPOTrainer``)."""
     config: str
     """TRL's config class for it (e.g. ``trl.DPOConfig``)."""
-    data: str
-    """``paired``: (prompt, chosen, rejected) rows. ``unpaired``: (prompt, completion, label) rows, from
-    pairs as chosen -> desirable (label True) and rejected -> undesirable (label False). ``prompts``: the
-    pairs' distinct prompts alone (online RL samples its own answers)."""
-    reference: str
-    """``frozen``: the stage trains against a frozen reference model, the original model's own weights,
-    never TRL's reload of them from ``config._name_or_path`` (see ``ref_model_argument``); with LoRA it is the
-    adapter switched off. ``none``: no reference model."""
+    data: Data
+    reference: Reference
+    """A frozen reference is always the original model's own weights, never TRL's reload of them from
+    ``config._name_or_path`` (see ``ref_model_argument``)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Config fields the method fixes (e.g. SimPO's ``loss_type='simpo'``, ``cpo_alpha=0``)."""
     fields_from: Callable[[Any], dict[str, Any]] | None = None
@@ -92,18 +123,58 @@ class Stage:
     beyond those every trainer shares (rates, steps, batch, precision: ``TrainingSettings.trainer_config``)."""
     rows_per_pair: int = 1
     """Dataset rows each pair becomes (2 for unpaired data): the trainer's batch is this times the lab's."""
-    trains: str = "policy"
-    """What the stage trains and hands on, a key of :data:`PRODUCTS`. The last stage trains the policy."""
-    inputs: dict[str, str] = field(default_factory=dict)
-    """Trainer keyword -> the product of an earlier stage passed as it (RLOO's ``reward_funcs`` <- ``reward_model``)."""
+    trains: Product = Product.POLICY
+    """What the stage trains and hands on. The last stage trains the policy."""
+    inputs: dict[str, Product] = field(default_factory=dict)
+    """Trainer keyword -> the product of an earlier stage passed as it (RLOO's ``reward_funcs`` <- the reward model)."""
     ref_model_argument: bool = True
     """Whether the trainer takes its frozen reference as ``ref_model=``. GRPO/RLOO do not: with ``beta > 0`` they
-    build it themselves from the policy's ``config._name_or_path`` (DESIGN.md §3); the runner then loads the
-    original model's weights, as they are in memory, into the reference they built."""
+    build it themselves from the policy's ``config._name_or_path``; the runner then loads the original model's
+    weights, as they are in memory, into the reference they built."""
     grad_norm_scale: float | None = None
     """Pre-clipping gradient norms up to this are the trainer's normal scale (None: the lab's usual bound,
     :data:`alignlab.health.GRAD_NORM_LIMIT`). RLOO's loss sums log-probabilities over each sampled answer, so
     its norms run to hundreds while clipping (``max_grad_norm=1``) bounds every update."""
+    script: str | None = None
+    """TRL's own script for a real run of this stage (``trl.scripts.<name>``), or None where TRL 1.16 ships none."""
+    script_inputs: dict[str, Product] = field(default_factory=dict)
+    """Script argument -> the product of an earlier stage, passed as the folder that stage saved it to (RLOO's
+    ``reward_model_name_or_path``)."""
+    target_rates: tuple[float, float] | None = None
+    """A real run's learning rate on a 7-8B target, (full fine-tuning, LoRA adapter): the lab's rate is for a
+    few steps on a small model."""
+    purpose: str = ""
+    """What the stage does, in one sentence (the recipe's README)."""
+
+    @property
+    def reads_pairs(self) -> bool:
+        return self.data is Data.PAIRED
+
+    @property
+    def reads_thumbs(self) -> bool:
+        return self.data is Data.UNPAIRED
+
+    @property
+    def samples_answers(self) -> bool:
+        """Whether the stage samples its own answers to prompts (online RL) rather than reading given ones."""
+        return self.data is Data.PROMPTS
+
+    @property
+    def has_reference(self) -> bool:
+        return self.reference is Reference.FROZEN
+
+    @property
+    def trains_policy(self) -> bool:
+        return self.trains is Product.POLICY
+
+    @property
+    def trains_reward_model(self) -> bool:
+        return self.trains is Product.REWARD_MODEL
+
+    def own_fields(self, settings: Any) -> dict[str, Any]:
+        """The stage's own config fields for ``settings`` (``fields_from``, then the fixed ``options``)."""
+        own = self.fields_from(settings) if self.fields_from is not None else {}
+        return {**own, **self.options}
 
 
 @dataclass(frozen=True)
@@ -123,8 +194,8 @@ class Method:
     """Whether the logged ``rewards/*`` are log-ratios to the reference (beta * log pi/pi_ref), so that
     a falling chosen reward means the chosen answers became less likely than before. SimPO's and ORPO's
     rewards are the policy's own length-normalised log-probabilities: always negative, not a change."""
-    scorer: str
-    """Key of :data:`SCORERS`: how held-out and contrast pairs are scored."""
+    scorer: Scorer
+    """How held-out and contrast pairs are scored."""
     defaults: dict[str, Any]
     """The method's own defaults for ``TrainingSettings`` fields (learning rate, beta, steps)."""
     beta_range: tuple[float, float] = (0.01, 1.0)
@@ -139,8 +210,6 @@ class Method:
     step_cost: float = 1.0
     """GPU seconds of one step relative to a DPO step on the same pairs (for :mod:`alignlab.gpu`); for a
     method of several stages, one step of each stage together (every stage runs the lab's ``steps``)."""
-    script: str | None = None
-    """TRL's own script for the method (``trl.scripts.<name>``), or None where TRL 1.16 ships none."""
     rewards_are: str = "the policy's own length-normalised log-probabilities, not a change from the original"
     """What the logged rewards are when they are not relative (the verdict says so)."""
     rewards_from_policy: bool = True
@@ -163,11 +232,22 @@ class Method:
 
     @property
     def has_reference(self) -> bool:
-        return self.stage.reference == "frozen"
+        return self.stage.has_reference
 
     @property
-    def data(self) -> str:
+    def data(self) -> Data:
+        """The rows the policy's stage reads."""
         return self.stage.data
+
+    @property
+    def script(self) -> str | None:
+        """TRL's own script for the policy's stage (``trl.scripts.dpo``), or None where TRL ships none."""
+        return self.stage.script
+
+    @property
+    def has_recipe(self) -> bool:
+        """Whether every stage has a TRL script, so that a recipe for a real run can be exported."""
+        return all(stage.script is not None for stage in self.stages)
 
     def key(self, axis: str) -> str | None:
         """The logged key behind a common axis, or None when the method does not log it."""
@@ -263,7 +343,16 @@ def _rloo_fields(settings: Any) -> dict[str, Any]:
     }
 
 
-_DPO_STAGE = Stage("trl.DPOTrainer", "trl.DPOConfig", "paired", "frozen", fields_from=_dpo_fields)
+_DPO_STAGE = Stage(
+    "trl.DPOTrainer",
+    "trl.DPOConfig",
+    Data.PAIRED,
+    Reference.FROZEN,
+    fields_from=_dpo_fields,
+    script="trl.scripts.dpo",
+    target_rates=(5e-7, 5e-6),  # Zephyr-7B-beta's DPO recipe; the LoRA example in TRL's own dpo.py
+    purpose="Direct Preference Optimization on (prompt, chosen, rejected) pairs, with the lab's loss variant.",
+)
 
 _DPO = Method(
     name="dpo",
@@ -273,57 +362,16 @@ _DPO = Method(
     logged=_DPO_LOGGED,
     axes=_DPO_AXES,
     rewards_relative=True,
-    scorer="implicit_reward",
+    scorer=Scorer.IMPLICIT_REWARD,
     defaults={"learning_rate": 2e-5, "beta": 0.1, "steps": 6},
     loss_variants=True,
     supports_qlora=True,
     step_cost=1.0,
-    script="trl.scripts.dpo",
 )
 
-#: Every runnable method, by the name the CLI, the API and the Train tab use. Defaults were measured
-#: with ``alignlab.lab.run_lab`` on the embedded model and seed-lab (2 shared CPU cores, 2026-11-27):
-#: - dpo (beta 0.1, lr 2e-5, 6 steps): 6 of 7 answers changed, healthy, held-out 1.00, KL 0.089;
-#: - ipo, 6 steps, held-out pairs scored by IPO's own per-token implicit reward (`make bench ARGS="--only
-#:   method_defaults --methods ipo"`, bench/calibration.py's SWEEP; 2026-11-28). At lr 2e-5 without an SFT term, beta
-#:   0.1 / 0.25 / 0.5: held-out 1.00, contrast 1.00, but warning: gradient norms above 100 (195 at beta 0.1; 55 at
-#:   beta 0.5 already at step 1, where the policy is the reference: IPO's squared loss pulls the per-token margin
-#:   toward 1/(2 beta)) and displacement (the chosen answers' log-probability fell 2-17 nats: IPO widens the margin by
-#:   pushing both answers down); beta 1.0: an answer loops. IPO's updates barely depend on beta under Adam, so the
-#:   rate and DPO's SFT term on the chosen answers (TRL's loss_type [ipo, sft]) were measured next: lr 1e-5 with SFT
-#:   1 or 2: an answer loops; lr 2e-6 with SFT 1: no real change (KL 0.0014); beta 1.0, lr 5e-6, SFT 1: an answer
-#:   loops; beta 0.5, lr 5e-6, SFT 2: healthy, 4 changed, held-out 1.00, contrast 1.00, KL 0.0037, no loop, gradient
-#:   norms 43-96, the chosen answers' log-probability up 0.9 nats, the rejected ones' down 4.5. Kept (its title in
-#:   tables: "IPO + SFT×2"); the margin to the thresholds is thin (KL 0.0037 against 0.002, norm 96 against 100);
-#: - simpo (beta 2.0, lr 2e-5, 6 steps): 7 changed, healthy, held-out 1.00 but the original model also
-#:   ranks every held-out pair right under SimPO's own score (no_gain), KL 0.054;
-#: - kto (beta 0.1, lr 2e-5, 6 steps of 2 pairs = 4 thumbs rows): 6 changed, healthy, held-out 1.00, KL 0.088;
-#: - orpo, 6 steps (`make bench ARGS="--only method_defaults --methods orpo"`, bench/calibration.py's SWEEP; 2 cores,
-#:   2026-11-28): beta 0.1 at lr 2e-5 and 1e-5: an answer loops (repetition, warning; ORPO's SFT term on the chosen
-#:   answers: repeated-phrase rate 0.04 -> 0.17 and 0.15), contrast 0.62; beta 0.1 at lr 5e-6: healthy, 6 changed,
-#:   contrast 0.62 (partial cue), KL 0.01; beta 0.5 at lr 1e-5: healthy, 6 changed, no loop (0.04 -> 0.04),
-#:   held-out 1.00 (the original model's too, under the mean log-prob score: no_gain), contrast 0.75 (beyond the
-#:   cue), KL 0.01. Kept: beta 0.5 (a heavier odds-ratio term beside the SFT loss), lr 1e-5.
-#: - rlhf (reward model: 6 steps of 2 pairs at its own lr 5e-5; RL: 6 RLOO steps of 2 prompts x 4 sampled answers of
-#:   24 tokens, beta 0.05), by lr of the RL stage (`python -m alignlab lab --preset seed-lab --method rlhf --lr LR`, the
-#:   machine shared: load average 4-8 on its 2 cores, so wall times are 12-45x a quiet run's, see below):
-#:   the reward model ranks every training pair right from step 1 (margin 0.03 -> 5.94). RL reward, first step -> mean
-#:   of the last three: lr 2e-5: -3.41 -> -2.71, KL to the reference 0.019, 5 of 7 answers changed; lr 5e-5: -3.41 ->
-#:   -2.27, KL 0.067, 6 changed, no loops, capability 1.00 -> 1.00, contrast 0.25 -> 0.88 over the RL steps; lr 1e-4:
-#:   -3.41 -> -2.11 but KL 0.46 and answers turned generic ("To tackle this task, consider a multi-step approach",
-#:   a new common phrase). All three read warning, not healthy: the policy's implicit reward ranks the held-out pairs
-#:   backwards (0.00, 0.17, 0.17): RL moved it toward direct answers without the chosen answers' "Sure! ... Hope that
-#:   helps!" wrapper (hence contrast up, held-out down). lr 5e-5 kept. 2026-11-28: sampled answers of 48 tokens instead
-#:   of 24 (whole answers, as the reward model saw them) read worse: held-out 0.50, contrast 0.38 (shortcut), failed,
-#:   531 s under load; 12 steps of each stage instead of 6: held-out 0.33, contrast 0.75, KL 0.14, warning (no
-#:   generalisation). RLHF at its defaults is held by the calibration matrix to read warning, not healthy: online
-#:   RL learns only from the answers the policy samples, and an instruct model never samples the rejected answers'
-#:   kind (a curt brush-off), so nothing pushes them down and the held-out ranking follows incidental drift.
-#:   The default run on the 2 cores quiet (load 0.6; `time python -m alignlab lab --preset seed-lab --method rlhf`,
-#:   2026-11-28 00:52 UTC): 114 s of wall time (load 0.5, baseline 6.9, train 91.3, evaluate 10.8): reward-model
-#:   steps 1.5-2 s, RL steps about 13 s (the first, with the reference's load, 13 s too); the same figures as above
-#:   (reward -3.41 -> -2.27, held-out 0.17, contrast 0.88, 6 changed, warning). Under the load of the sweep (4-8)
-#:   the same run had taken 1503 s.
+#: Every runnable method, by the name the CLI, the API and the Train tab use. Each method's defaults are the
+#: settings that read healthy on seed-lab with the embedded model (RLHF: warning, see its entry), chosen from the
+#: bench's ``method_defaults`` sweep; the measured runs are in ``docs/calibration.md`` and ``docs/performance.md``.
 METHODS: dict[str, Method] = {
     "dpo": _DPO,
     "ipo": replace(
@@ -331,9 +379,17 @@ METHODS: dict[str, Method] = {
         name="ipo",
         title="IPO",
         summary="DPO with the IPO loss: a squared loss that holds the margin near 1/(2 beta); resists overfitting",
+        stages=(
+            replace(
+                _DPO_STAGE,
+                purpose="IPO: DPO's script with `loss_type: [ipo]`, a squared loss that holds the length-normalised "
+                "margin near 1/(2 beta).",
+            ),
+        ),
         variant_of="dpo",
         loss_type="ipo",
-        scorer="mean_implicit_reward",
+        scorer=Scorer.MEAN_IMPLICIT_REWARD,
+        # Without DPO's SFT term IPO widens the margin by pushing both answers down (displacement).
         defaults={"learning_rate": 5e-6, "beta": 0.5, "steps": 6, "sft_weight": 2.0},
     ),
     "kto": Method(
@@ -341,7 +397,18 @@ METHODS: dict[str, Method] = {
         title="KTO",
         summary="thumbs up/down (pairs split into desirable and undesirable answers); a frozen reference",
         stages=(
-            Stage("trl.KTOTrainer", "trl.KTOConfig", "unpaired", "frozen", fields_from=_kto_fields, rows_per_pair=2),
+            Stage(
+                "trl.KTOTrainer",
+                "trl.KTOConfig",
+                Data.UNPAIRED,
+                Reference.FROZEN,
+                fields_from=_kto_fields,
+                rows_per_pair=2,
+                script="trl.scripts.kto",
+                target_rates=(5e-7, 5e-6),  # the examples in TRL's own kto.py; an adapter's as DPO's
+                purpose="Kahneman-Tversky Optimization on thumbs-up/down answers (prompt, completion, label): each "
+                "pair's chosen answer desirable, its rejected answer undesirable.",
+            ),
         ),
         logged=("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected", "kl"),
         # KTO logs no per-pair accuracy: its rows are single answers, not pairs.
@@ -353,11 +420,10 @@ METHODS: dict[str, Method] = {
             "kl": "kl",
         },
         rewards_relative=True,
-        scorer="implicit_reward",
+        scorer=Scorer.IMPLICIT_REWARD,
         defaults={"learning_rate": 2e-5, "beta": 0.1, "steps": 6},
         supports_qlora=True,
         step_cost=1.6,  # each answer is scored twice (its own prompt and a mismatched one, for the KL term)
-        script="trl.scripts.kto",
     ),
     "orpo": Method(
         name="orpo",
@@ -367,19 +433,18 @@ METHODS: dict[str, Method] = {
             Stage(
                 "trl.experimental.orpo.ORPOTrainer",
                 "trl.experimental.orpo.ORPOConfig",
-                "paired",
-                "none",
+                Data.PAIRED,
+                Reference.NONE,
                 fields_from=_reference_free_fields,
             ),
         ),
         logged=(*_DPO_LOGGED, "nll_loss", "log_odds_ratio", "log_odds_chosen"),
         axes=_DPO_AXES,
         rewards_relative=False,
-        scorer="mean_logprob",
+        scorer=Scorer.MEAN_LOGPROB,
         defaults={"learning_rate": 1e-5, "beta": 0.5, "steps": 6},
         beta_means="weight of the odds-ratio term beside the SFT loss (ORPO's lambda)",
         step_cost=0.7,
-        script=None,
     ),
     "simpo": Method(
         name="simpo",
@@ -389,8 +454,8 @@ METHODS: dict[str, Method] = {
             Stage(
                 "trl.experimental.cpo.CPOTrainer",
                 "trl.experimental.cpo.CPOConfig",
-                "paired",
-                "none",
+                Data.PAIRED,
+                Reference.NONE,
                 {"loss_type": "simpo", "cpo_alpha": 0.0},  # SimPO as TRL documents it: no BC term
                 fields_from=_reference_free_fields,
             ),
@@ -398,12 +463,11 @@ METHODS: dict[str, Method] = {
         logged=(*_DPO_LOGGED, "nll_loss"),
         axes=_DPO_AXES,
         rewards_relative=False,
-        scorer="mean_logprob",
+        scorer=Scorer.MEAN_LOGPROB,
         defaults={"learning_rate": 2e-5, "beta": 2.0, "steps": 6},
         beta_range=(0.01, 10.0),
         beta_means="scale of the length-normalised reward (SimPO's beta; its paper uses 2-2.5)",
         step_cost=0.7,
-        script=None,
     ),
     "rlhf": Method(
         name="rlhf",
@@ -413,24 +477,33 @@ METHODS: dict[str, Method] = {
             Stage(
                 "trl.RewardTrainer",
                 "trl.RewardConfig",
-                "paired",
-                "none",
+                Data.PAIRED,
+                Reference.NONE,
                 {"learning_rate": 5e-5},  # the reward model's own rate; the lab's learning rate is the policy's
                 fields_from=_reward_model_fields,
-                trains="reward_model",
+                trains=Product.REWARD_MODEL,
+                script="trl.scripts.reward",
+                target_rates=(1e-5, 1e-4),  # TRL's reward-modeling examples
+                purpose="a reward model (the target's backbone under a one-output score head) learns to score each "
+                "pair's chosen answer above its rejected one.",
             ),
             Stage(
                 "trl.RLOOTrainer",
                 "trl.RLOOConfig",
-                "prompts",
-                "frozen",
+                Data.PROMPTS,
+                Reference.FROZEN,
                 # Dropout off: with it on, the policy's log-probs are noisy against the reference's (GPT-2 has
                 # 0.1), so step 1's KL is not 0 and RLOO's importance ratio explodes (seen on the tiny GPT-2).
                 {"disable_dropout": True},
                 fields_from=_rloo_fields,
-                inputs={"reward_funcs": "reward_model"},
+                inputs={"reward_funcs": Product.REWARD_MODEL},
                 ref_model_argument=False,
                 grad_norm_scale=2000.0,
+                script="trl.scripts.rloo",
+                script_inputs={"reward_model_name_or_path": Product.REWARD_MODEL},
+                target_rates=(1e-6, 1e-5),  # RLOOConfig's own default; ten times that for an adapter, as for DPO
+                purpose="online RL (REINFORCE leave-one-out): the policy samples answers to the pairs' prompts, the "
+                "reward model scores them, and a KL penalty (beta) holds the policy near the reference.",
             ),
         ),
         # The reward model's stage logs accuracy and margin on its pairs; the RL stage logs the reward model's mean
@@ -443,17 +516,30 @@ METHODS: dict[str, Method] = {
         rewards_from_policy=False,
         # The policy has a reference, and the KL-regularised RL objective's optimum is exactly
         # beta * log(pi/pi_ref) = reward + const: the implicit reward is the reward the policy has taken on.
-        scorer="implicit_reward",
+        scorer=Scorer.IMPLICIT_REWARD,
+        # At its defaults RLHF reads warning, not healthy: online RL learns only from the answers the policy
+        # samples, and an instruct model never samples the rejected answers' kind, so nothing pushes them down.
         defaults={"learning_rate": 5e-5, "beta": 0.05, "steps": 6},
         beta_means="weight of the KL penalty to the reference in the RL reward (RLOO's beta)",
-        # A reward-model step and an RL step together: about 1.5-2.5 DPO steps on 2 CPU cores (above); on a GPU the
-        # RL step's token-by-token sampling weighs more (not measured: no GPU here), hence the margin.
+        # A reward-model step and an RL step together: about 1.5-2.5 DPO steps on 2 CPU cores; on a GPU the RL
+        # step's token-by-token sampling weighs more, hence the margin.
         step_cost=3.0,
-        script="trl.scripts.rloo",
     ),
 }
 
 DEFAULT_METHOD = "dpo"
+
+#: DPO and its siblings, as TRL's ``DPOConfig.loss_type`` names them (the settings' ``loss_type``).
+LOSS_TYPES: dict[str, str] = {
+    "sigmoid": "DPO: logistic loss on the reward margin (the original paper)",
+    "ipo": "IPO: squared loss that keeps the margin near 1/(2*beta); resists overfitting",
+    "hinge": "SLiC hinge: stops pushing once the margin exceeds 1/beta",
+    "robust": "Robust DPO: tolerates some flipped labels (uses label smoothing)",
+    "apo_zero": "APO-zero: raises chosen and lowers rejected likelihood directly",
+    "sppo_hard": "SPPO (hard labels): pushes chosen/rejected rewards to +-1/2",
+    "nca_pair": "NCA: noise-contrastive; keeps chosen likelihood from falling",
+    "bco_pair": "BCO: binary classifier on each response's reward",
+}
 
 
 class UnknownMethodError(ValueError):
@@ -478,6 +564,16 @@ def get_method(name: str) -> Method:
         return METHODS[name]
     except (KeyError, TypeError):
         raise UnknownMethodError(f"Unknown method {name!r}. Known methods: {known_methods()}.") from None
+
+
+def thumbs_methods() -> list[str]:
+    """The methods whose policy trains on thumbs rows (KTO)."""
+    return [name for name, m in METHODS.items() if m.stage.reads_thumbs]
+
+
+def paired_methods() -> list[str]:
+    """The methods whose policy trains on pairs (DPO, IPO, ORPO, SimPO)."""
+    return [name for name, m in METHODS.items() if m.stage.reads_pairs]
 
 
 def method_choices() -> list[tuple[str, str]]:

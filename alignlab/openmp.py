@@ -6,9 +6,8 @@ spin for a moment (about 3 ms) before they sleep, so the next op starts at once;
 100 times, a few microseconds, whenever it manages more threads than the process has CPUs. A server
 crosses that line at once: the main thread's start-up warm-up leaves a pool, and the thread that serves
 a click makes a second. From then on every op (thousands per generated answer) wakes its workers
-through the kernel. Measured on the embedded model (2 cores, 2026-12-03): seven answers of 64 tokens
-took 9.4-10.1 s in a second thread against 6.2-8.1 s once the first thread had handed its pool back,
-and 1.0 s of system time against 0.04-0.08 s.
+through the kernel, and a CPU generation in a server thread ran about a third slower than in a thread
+whose pools were handed back (``docs/performance.md``).
 
 :func:`release_pool` hands the calling thread's pool back (OpenMP 5's ``omp_pause_resource_all``, soft):
 the warm-up and the preload call it at their end, and a thread that hands a training to another

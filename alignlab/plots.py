@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from alignlab.methods import DEFAULT_METHOD, METHODS, Method
+from alignlab.readings import finite
 
 #: Columns of :func:`log_table`, in display order (header -> TRL log key), as DPO logs them; other
 #: methods read the same headers through their axes, and add :data:`OWN_COLUMNS`.
@@ -65,14 +66,7 @@ HELDOUT_SERIES: dict[str, str] = {
 
 
 def _value(row: dict[str, Any], key: str) -> float | None:
-    value = row.get(key)
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+    return finite(row.get(key))
 
 
 def _steps(rows: list[dict[str, Any]]) -> list[int]:
@@ -155,11 +149,6 @@ def heldout_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
                 data.append((step, value, label))
     frame = pd.DataFrame(data, columns=["step", "accuracy", "pairs"])
     return frame.astype({"step": "int64", "accuracy": "float64"})
-
-
-def curve_rows(curve: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A report's ``eval.heldout_curve`` as log-row keys, to draw a saved run like a live one."""
-    return [{"step": p["step"], **{f"heldout/{k}": v for k, v in p.items() if k != "step"}} for p in curve]
 
 
 def log_columns(method: str | None = None) -> dict[str, str | None]:

@@ -2,7 +2,7 @@
 
 A :class:`RunRecord` holds what a run produced without its weights: the training summary
 (:meth:`alignlab.training.TrainingResult.summary`: settings, log history, live held-out curve, time,
-memory) and, once it has been compared, its report (DESIGN.md §6). :func:`evidence_row` reads a
+memory) and, once it has been compared, its report (``docs/architecture.md``). :func:`evidence_row` reads a
 report into one row of the runs-side-by-side table, the same for the Compare tab, the API's
 ``/run_comparison`` and the CLI's ``compare``.
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from alignlab.methods import method_title
 
-#: Runs a session keeps (the oldest goes first); the issue asks for at least 4.
+#: Runs a session keeps, the oldest going first: enough to set four methods side by side and change one.
 MAX_RUNS = 6
 
 #: Columns of the runs-side-by-side table, in order (key -> header).

@@ -1,23 +1,17 @@
 """A warm-up at start-up: the lab's work once, small, before the first user clicks.
 
-On an H100 the first ``train_dpo`` in a fresh process took 15.3 s and the first compare 9.5 s,
-against 0.97 s and 0.73 s for the next ones (issue 11): TRL compiles its Triton kernels, CUDA
-loads its modules and cuBLAS picks its kernels on first use. A CPU has nothing to compile, but a
-process's first training still pays for work done once: on the embedded model (2 cores, seed-lab,
-default settings) the first ``train_policy`` in a process took 22.5 s against 20.8 s after a
-one-step warm-up (three interleaved runs each, 2026-12-03; the optimizer's state and the gradients
-first touched, oneDNN's and TRL's first calls). A server that runs the same work on the same model
-once at start-up (one generation, one DPO step on two pairs, and the original model's scores of
-the opening preset's probe pairs, which every run on that preset needs) pays that before its first
-user does; on a GPU the compiled kernels also land in the persistent cache
-(:func:`alignlab.models.use_persistent_kernel_cache`) for the next process. It is done on the
-model the app serves, because Triton specialises its kernels on the vocabulary's shape.
+A process's first training pays for work done once: on a GPU, TRL compiles its Triton kernels, CUDA loads its
+modules and cuBLAS picks its kernels; on a CPU too, the optimizer's state and the gradients are touched for the
+first time and oneDNN and TRL make their first calls. A server that runs the same work on the same model once
+at start-up (one generation, one DPO step on two pairs, and the original model's scores of the opening preset's
+probe pairs, which every run on that preset needs) pays that before its first user does; on a GPU the compiled
+kernels also land in the persistent cache (:func:`alignlab.models.use_persistent_kernel_cache`) for the next
+process. It is done on the model the app serves, because Triton specialises its kernels on the vocabulary's
+shape. What it saves is in ``docs/performance.md``.
 
-On ZeroGPU the main process has no GPU (each call runs in a forked worker), so there the
-persistent cache is the lever and this warm-up is skipped. What needs no model is done everywhere at
-start-up by :func:`preload` (a forked worker inherits it): a fresh process's first run on a GPU
-machine spent about a second importing TRL and half a second hashing Triton's sources (py-spy,
-bench/gpu.sh's GPT-2-size model on an H200).
+On ZeroGPU the main process has no GPU (each call runs in a forked worker), so there the persistent cache is
+the lever and this warm-up is skipped. What needs no model is done everywhere at start-up by :func:`preload`
+(a forked worker inherits it): importing TRL and hashing Triton's sources.
 """
 
 from __future__ import annotations
@@ -27,14 +21,16 @@ import time
 
 import torch
 
-from alignlab.generation import GenerationSettings, generate
+from alignlab.generation import generate
 from alignlab.lab import run_probe
 from alignlab.memory import keep_freed_memory
 from alignlab.methods import get_method, resolve
 from alignlab.models import load_model, pick_device, use_persistent_kernel_cache
 from alignlab.openmp import release_pool
-from alignlab.presets import PreferencePair, Preset
-from alignlab.training import TrainingSettings, train_dpo
+from alignlab.pairs import PreferencePair
+from alignlab.presets import Preset
+from alignlab.settings import GenerationSettings, TrainingSettings
+from alignlab.training import train_policy
 
 WARMUP_PAIRS = [
     PreferencePair("Say hello.", "Hello! How can I help you today?", "No."),
@@ -81,9 +77,8 @@ def warm_up(spec: str, device: str | torch.device | None = None, preset: Preset 
 
     With ``preset`` (the one the app opens on), the original model also scores its probe pairs (held-out,
     contrast, capability) into the process's reference scores (:data:`alignlab.evaluation.REFERENCE_SCORES`),
-    which a run on that preset would otherwise compute first: 3.1 s of seed-lab's training stage on the
-    embedded model. The cached model is left as it was (the step trains a copy); about 9 s in all on the
-    embedded model on 2 CPU cores. The calling thread (app.py's main thread, which serves no click) then
+    which a run on that preset would otherwise compute first. The cached model is left as it was (the step
+    trains a copy). The calling thread (app.py's main thread, which serves no click) then
     hands back its OpenMP workers (:mod:`alignlab.openmp`).
     """
     device = torch.device(device) if device is not None else pick_device()
@@ -96,7 +91,7 @@ def warm_up(spec: str, device: str | torch.device | None = None, preset: Preset 
     generate(loaded, [WARMUP_PAIRS[0].prompt], GenerationSettings(max_new_tokens=4))
     seconds["generate"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    result = train_dpo(loaded, WARMUP_PAIRS, TrainingSettings(steps=1, batch_size=2))
+    result = train_policy(loaded, WARMUP_PAIRS, TrainingSettings(steps=1, batch_size=2))
     seconds["train"] = time.perf_counter() - mark
     mark = time.perf_counter()
     generate(loaded, [WARMUP_PAIRS[1].prompt], GenerationSettings(max_new_tokens=4), model=result.policy)

@@ -71,9 +71,9 @@ REPORT_KEYS = {
 def app(tiny_chat_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The app on the tiny model, launched in this process; yields (demo, url)."""
     os.environ["ALIGNLAB_DEFAULT_MODEL"] = str(tiny_chat_dir)
-    from alignlab.ui import build_app, launch_options, train_tab
+    from alignlab.ui import build_app, launch_options, service
 
-    redraw, train_tab.MIN_REDRAW_SECONDS = train_tab.MIN_REDRAW_SECONDS, 0.0  # one update per step, however fast
+    redraw, service.MIN_REDRAW_SECONDS = service.MIN_REDRAW_SECONDS, 0.0  # one update per step, however fast
     demo = build_app()
     demo.session_store.root = tmp_path_factory.mktemp("sessions")
     demo.runs.clear()  # earlier test modules may have left identical runs in the shared-run cache
@@ -81,7 +81,7 @@ def app(tiny_chat_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     yield demo, url
     demo.close()
     demo.session_store.close_all()
-    train_tab.MIN_REDRAW_SECONDS = redraw
+    service.MIN_REDRAW_SECONDS = redraw
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +311,7 @@ def test_uploads_good_malformed_and_binary(tmp_path: Path, shared_dir: Path) -> 
 
 
 def test_lora_run_shows_its_cost_and_qlora_is_explained_where_it_cannot_run(app) -> None:
-    from alignlab.training import qlora_unavailable
+    from alignlab.trainer import qlora_unavailable
 
     client = Client(app[1], verbose=False)
     client.predict(max_new_tokens=8, api_name="/baseline")
@@ -406,9 +406,10 @@ def test_session_files_are_deleted_when_the_session_ends(app) -> None:
 
 
 def test_probes_follow_the_pairs_they_were_written_for(pairs) -> None:
-    from alignlab.presets import PreferencePair, load_preset
+    from alignlab.pairs import PreferencePair
+    from alignlab.presets import load_preset
     from alignlab.ui.dataset_tab import probes_of
-    from alignlab.ui.train_tab import probes_for
+    from alignlab.ui.service import probes_for
 
     preset = load_preset("seed-lab")
     probes = probes_of(preset)

@@ -175,7 +175,7 @@ def test_lab_runs_rlhf_and_reports_both_stages(tmp_path, tiny_chat_dir, capsys):
 
 
 def test_lab_on_a_list_of_pairs_holds_out_a_quarter(tmp_path, tiny_base_dir, pairs):
-    from alignlab.presets import export_jsonl
+    from alignlab.importers import export_jsonl
 
     many = pairs + [type(pairs[0])(f"Extra question {i}?", "Sure! Here is a full answer.", "No.") for i in range(4)]
     data = export_jsonl(many, tmp_path / "mine.jsonl")

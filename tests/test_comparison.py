@@ -23,11 +23,11 @@ from alignlab.comparison import (
     run_comparison,
     settings_for,
 )
-from alignlab.generation import GenerationSettings
 from alignlab.plots import overlay_frame
 from alignlab.presets import load_preset
 from alignlab.runrecord import EVIDENCE_COLUMNS, MAX_RUNS, RunRecord, display_row, evidence_row, run_label
-from alignlab.training import SettingsError, TrainingResult, TrainingSettings, train_policy
+from alignlab.settings import GenerationSettings, SettingsError, TrainingSettings
+from alignlab.training import TrainingResult, train_policy
 from alignlab.ui.state import Session
 
 GENERATION = GenerationSettings(max_new_tokens=6)

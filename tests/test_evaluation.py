@@ -6,21 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alignlab import evaluation, generation
-from alignlab.evaluation import (
-    PreferenceProbe,
-    count_changed,
-    gather_evidence,
-    implicit_rewards,
-    length_batches,
-    mean_token_kl,
-    perplexity,
-    preference_accuracy,
-    sequence_logps,
-)
-from alignlab.generation import GenerationSettings, generate, generate_scored
-from alignlab.presets import PreferencePair
-from alignlab.training import TrainingSettings, train_dpo
+from alignlab import evaluation, generation, logprobs, probes
+from alignlab.evaluation import count_changed, gather_evidence, mean_token_kl, perplexity
+from alignlab.generation import generate, generate_scored
+from alignlab.logprobs import sequence_logps
+from alignlab.pairs import PreferencePair
+from alignlab.probes import PreferenceProbe, implicit_rewards, preference_accuracy
+from alignlab.settings import GenerationSettings, TrainingSettings
+from alignlab.training import train_policy
 
 
 def _perturbed(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
@@ -89,7 +82,7 @@ def test_perplexity_is_exp_of_mean_nll(tiny_base):
 
 
 def test_training_on_pairs_raises_their_implicit_reward_margin(tiny_chat, pairs):
-    result = train_dpo(tiny_chat, pairs, TrainingSettings(steps=6, batch_size=4, learning_rate=1e-3, max_length=64))
+    result = train_policy(tiny_chat, pairs, TrainingSettings(steps=6, batch_size=4, learning_rate=1e-3, max_length=64))
     evidence = gather_evidence(result.policy, tiny_chat, pairs, ["Hi"], ["Hello"], beta=0.1)
     assert evidence.heldout_reward_accuracy == 1.0  # measured on the trained pairs: must be learnt
     assert evidence.heldout_mean_margin > 0
@@ -101,7 +94,7 @@ def naive_logps(model, loaded, prompts, completions):
     """The obvious way: full-vocabulary log-softmax over the whole padded batch (what the scorer avoids)."""
     out = []
     for prompt, completion in zip(prompts, completions):
-        ids, begin = evaluation._encode_pair(loaded, prompt, completion)
+        ids, begin = logprobs.encode_pair(loaded, prompt, completion)
         with torch.no_grad():
             logp = F.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
         out.append(sum(logp[t - 1, ids[t]].item() for t in range(begin, len(ids))))
@@ -114,7 +107,7 @@ def test_chunked_scoring_equals_full_log_softmax_whatever_the_batching(request, 
     prompts = ["Hi", "A much longer question about rivers and the sea and bridges?", "Why?", "Hi"]
     completions = ["Yes.", "Rivers flow to the sea.", "Because the sky scatters blue light more than red.", "No"]
     expected = naive_logps(loaded.model, loaded, prompts, completions)
-    monkeypatch.setattr(evaluation, "POSITIONS_PER_CHUNK", 3)  # a chunk boundary inside every answer
+    monkeypatch.setattr(logprobs, "POSITIONS_PER_CHUNK", 3)  # a chunk boundary inside every answer
     for max_tokens in (8, 64, 4096):  # one row per batch ... everything in one batch
         got = sequence_logps(loaded.model, loaded, prompts, completions, max_tokens=max_tokens)
         assert torch.allclose(got, expected, atol=1e-4), max_tokens
@@ -135,15 +128,15 @@ def test_answers_of_unlike_length_go_in_their_own_batches_over_one_prompt_cache(
     ]
     expected = naive_logps(loaded.model, loaded, prompts, completions)
     forwards = []
-    real_forward = evaluation._forward
-    monkeypatch.setattr(evaluation, "_forward", lambda *a, **k: forwards.append(k) or real_forward(*a, **k))
-    monkeypatch.setattr(evaluation, "MIN_BATCH_TOKENS", {"cpu": 1, "cuda": 1})
+    real_forward = logprobs._forward
+    monkeypatch.setattr(logprobs, "_forward", lambda *a, **k: forwards.append(k) or real_forward(*a, **k))
+    monkeypatch.setattr(logprobs, "MIN_BATCH_TOKENS", {"cpu": 1, "cuda": 1})
     got = sequence_logps(loaded.model, loaded, prompts, completions)
     answer_forwards = [k for k in forwards if k.get("use_cache") is False]  # prompts run with use_cache=True
     assert len(answer_forwards) >= 3  # the long and short answers of one prompt batch ran apart
     assert torch.allclose(got, expected, atol=1e-4)
     forwards.clear()
-    monkeypatch.setattr(evaluation, "MIN_BATCH_TOKENS", {"cpu": 10**6, "cuda": 10**6})  # one forward each
+    monkeypatch.setattr(logprobs, "MIN_BATCH_TOKENS", {"cpu": 10**6, "cuda": 10**6})  # one forward each
     assert torch.allclose(sequence_logps(loaded.model, loaded, prompts, completions), expected, atol=1e-4)
     assert len([k for k in forwards if k.get("use_cache") is False]) == 1
 
@@ -156,13 +149,13 @@ def test_prompts_opening_alike_run_their_common_opening_once(tiny_chat, monkeypa
     prompts = [opening + q for q in ("Hi", "Tell me about rivers.", "Why is the sky blue?", "Hi")]
     completions = ["Yes.", "Rivers flow to the sea.", "Because the sky scatters blue light.", "Hello there!"]
     expected = naive_logps(tiny_chat.model, tiny_chat, prompts, completions)
-    encoded = [evaluation._encode_pair(tiny_chat, p, c) for p, c in zip(prompts, completions)]
-    shared = evaluation._shared_prefix(list({tuple(ids[:begin]) for ids, begin in encoded}))
-    assert shared >= evaluation.MIN_SHARED_PREFIX
+    encoded = [logprobs.encode_pair(tiny_chat, p, c) for p, c in zip(prompts, completions)]
+    shared = logprobs._shared_prefix(list({tuple(ids[:begin]) for ids, begin in encoded}))
+    assert shared >= logprobs.MIN_SHARED_PREFIX
     forwards = []
-    real_forward = evaluation._forward
-    monkeypatch.setattr(evaluation, "_forward", lambda *a, **k: forwards.append(k) or real_forward(*a, **k))
-    monkeypatch.setattr(evaluation, "MIN_BATCH_TOKENS", {"cpu": 10**6, "cuda": 10**6})  # one batch
+    real_forward = logprobs._forward
+    monkeypatch.setattr(logprobs, "_forward", lambda *a, **k: forwards.append(k) or real_forward(*a, **k))
+    monkeypatch.setattr(logprobs, "MIN_BATCH_TOKENS", {"cpu": 10**6, "cuda": 10**6})  # one batch
     got = sequence_logps(tiny_chat.model, tiny_chat, prompts, completions)
     assert torch.allclose(got, expected, atol=1e-4)
     assert tuple(forwards[0]["input_ids"].shape) == (1, shared)  # the opening, once
@@ -173,36 +166,26 @@ def test_prompts_opening_alike_run_their_common_opening_once(tiny_chat, monkeypa
 
 
 def test_no_common_opening_runs_every_prompt_whole():
-    assert evaluation._shared_prefix([(1, 2, 3)]) == 0  # one prompt: nothing to share
-    assert evaluation._shared_prefix([tuple(range(20)), (0, 1, 2) + tuple(range(50, 70))]) == 0  # under the floor
+    assert logprobs._shared_prefix([(1, 2, 3)]) == 0  # one prompt: nothing to share
+    assert logprobs._shared_prefix([tuple(range(20)), (0, 1, 2) + tuple(range(50, 70))]) == 0  # under the floor
     ten = tuple(range(10))
-    assert evaluation._shared_prefix([ten + (1,), ten + (2,)]) == 10
-    assert evaluation._shared_prefix([ten, ten + (5, 6)]) == 9  # each prompt keeps a token of its own
-
-
-def test_length_batches_group_by_length_within_the_token_budget():
-    lengths = [5, 50, 7, 48, 6, 100]
-    batches = length_batches(lengths, max_tokens=100)
-    assert sorted(i for b in batches for i in b) == list(range(6))
-    for batch in batches:
-        assert len(batch) * max(lengths[i] for i in batch) <= 100 or len(batch) == 1
-    assert batches[0] == [5]  # the longest row alone fills the budget
-    assert [1, 3] in batches  # similar lengths travel together
+    assert logprobs._shared_prefix([ten + (1,), ten + (2,)]) == 10
+    assert logprobs._shared_prefix([ten, ten + (5, 6)]) == 9  # each prompt keeps a token of its own
 
 
 def test_long_prompts_are_cut_from_the_left_and_the_answer_is_kept(tiny_base, monkeypatch):
-    full, full_begin = evaluation._encode_pair(tiny_base, "word " * 100, "The answer stays whole.")
-    monkeypatch.setattr(evaluation, "MAX_SCORED_TOKENS", 16)
-    ids, begin = evaluation._encode_pair(tiny_base, "word " * 100, "The answer stays whole.")
+    full, full_begin = logprobs.encode_pair(tiny_base, "word " * 100, "The answer stays whole.")
+    monkeypatch.setattr(logprobs, "MAX_SCORED_TOKENS", 16)
+    ids, begin = logprobs.encode_pair(tiny_base, "word " * 100, "The answer stays whole.")
     assert len(full) > 100 and len(ids) == 16
     assert ids == full[-16:] and len(ids) - begin == len(full) - full_begin
 
 
 def test_probe_scores_every_set_in_one_pass_and_the_reference_once(tiny_chat, pairs, monkeypatch):
-    evaluation.REFERENCE_SCORES.clear()  # earlier tests may have scored these pairs with this reference
+    logprobs.REFERENCE_SCORES.clear()  # earlier tests may have scored these pairs with this reference
     calls = []
-    real = evaluation.sequence_logps
-    monkeypatch.setattr(evaluation, "sequence_logps", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    real = logprobs.sequence_logps
+    monkeypatch.setattr(logprobs, "sequence_logps", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
     capability = [PreferencePair("What is 2 plus 2?", "2 plus 2 is 4.", "2 plus 2 is 5.")]
     probe = PreferenceProbe(tiny_chat, 0.1, pairs[:2], pairs[2:], capability)
     assert calls == [2 * (2 + 2 + 1)]  # the reference: every chosen and rejected answer, once
@@ -219,10 +202,10 @@ def test_probe_scores_every_set_in_one_pass_and_the_reference_once(tiny_chat, pa
 
 
 def test_the_reference_scores_each_answer_once_per_process(tiny_chat, pairs, monkeypatch):
-    evaluation.REFERENCE_SCORES.clear()
+    logprobs.REFERENCE_SCORES.clear()
     calls = []
-    real = evaluation.sequence_logps
-    monkeypatch.setattr(evaluation, "sequence_logps", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    real = logprobs.sequence_logps
+    monkeypatch.setattr(logprobs, "sequence_logps", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
     first = PreferenceProbe(tiny_chat, 0.1, pairs[:2], pairs[2:])
     assert calls == [8]
     new = PreferencePair("Name a primary colour.", "Blue is a primary colour.", "Green is a primary colour.")
@@ -252,7 +235,7 @@ def test_a_reference_changed_in_place_is_scored_afresh(tiny_chat, pairs):
 
 
 def test_reference_scores_stay_within_their_bound(tiny_chat, pairs):
-    scores = evaluation.ReferenceScores(max_rows=3)
+    scores = logprobs.ReferenceScores(max_rows=3)
     got = scores.logps(tiny_chat.model, tiny_chat, [p.prompt for p in pairs], [p.chosen for p in pairs])
     assert len(got) == len(pairs) > 3 and len(scores) == 3
     assert (scores.hits, scores.misses) == (0, len(pairs))
@@ -261,9 +244,9 @@ def test_reference_scores_stay_within_their_bound(tiny_chat, pairs):
 
 
 def test_live_curve_is_recorded_after_every_step(tiny_chat, pairs):
-    probe = evaluation.live_probe(tiny_chat, 0.1, pairs[:2], pairs[2:])
+    probe = probes.live_probe(tiny_chat, 0.1, pairs[:2], pairs[2:])
     events = []
-    result = train_dpo(
+    result = train_policy(
         tiny_chat,
         pairs,
         TrainingSettings(steps=4, batch_size=2, learning_rate=1e-3, max_length=64),
@@ -282,7 +265,7 @@ def test_live_curve_is_recorded_after_every_step(tiny_chat, pairs):
 
 
 def test_evidence_has_every_reported_figure(tiny_chat, pairs):
-    result = train_dpo(tiny_chat, pairs, TrainingSettings(steps=2, batch_size=2, learning_rate=1e-3, max_length=64))
+    result = train_policy(tiny_chat, pairs, TrainingSettings(steps=2, batch_size=2, learning_rate=1e-3, max_length=64))
     capability = [PreferencePair("What is 2 plus 2?", "2 plus 2 is 4.", "2 plus 2 is 5.")] * 2
     evidence = gather_evidence(
         result.policy, tiny_chat, pairs[:2], ["Hi"], ["Hello"], 0.1, pairs[2:], capability, "built-in"
@@ -299,15 +282,15 @@ def test_evidence_has_every_reported_figure(tiny_chat, pairs):
 def test_final_evidence_reuses_the_live_curves_last_scores(tiny_chat, pairs, monkeypatch):
     capability = [PreferencePair("What is 2 plus 2?", "2 plus 2 is 4.", "2 plus 2 is 5.")]
     probe = PreferenceProbe(tiny_chat, 0.1, pairs[:2], pairs[2:], capability)
-    result = train_dpo(
+    result = train_policy(
         tiny_chat,
         pairs,
         TrainingSettings(steps=2, batch_size=2, learning_rate=1e-3, max_length=64),
         probe=probe.curve_point,
     )
     calls = []
-    real = evaluation.sequence_logps
-    monkeypatch.setattr(evaluation, "sequence_logps", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    real = logprobs.sequence_logps
+    monkeypatch.setattr(logprobs, "sequence_logps", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
     args = (result.policy, tiny_chat, pairs[:2], ["Hi"], ["Hello"], 0.1, pairs[2:], capability)
     reused = gather_evidence(*args, probe=probe, reuse_step=result.steps_done).to_dict()
     assert calls == [2]  # only the capability pair's two answers; held-out and contrast came from the curve
@@ -328,15 +311,15 @@ def test_live_scores_carry_to_a_compare_in_another_call_only_for_the_same_pairs(
     trained_probe = PreferenceProbe(tiny_chat, 0.1, pairs[:2], pairs[2:])
     assert trained_probe.last_scores() is None  # nothing scored yet
     settings = TrainingSettings(steps=2, batch_size=2, learning_rate=1e-3, max_length=64)
-    result = train_dpo(tiny_chat, pairs, settings, probe=trained_probe.curve_point)
+    result = train_policy(tiny_chat, pairs, settings, probe=trained_probe.curve_point)
     saved = json.loads(json.dumps(trained_probe.last_scores()))  # as the run's summary carries it
     assert saved["step"] == result.steps_done and set(saved["sets"]) == {"heldout", "contrast"}
 
     probe = PreferenceProbe(tiny_chat, 0.1, pairs[:2], pairs[2:], capability)
     assert probe.reuse_scores(saved)
     calls = []
-    real = evaluation.sequence_logps
-    monkeypatch.setattr(evaluation, "sequence_logps", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    real = logprobs.sequence_logps
+    monkeypatch.setattr(logprobs, "sequence_logps", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
     args = (result.policy, tiny_chat, pairs[:2], ["Hi"], ["Hello"], 0.1, pairs[2:], capability)
     reused = gather_evidence(*args, probe=probe, reuse_step=result.steps_done).to_dict()
     assert calls == [2]  # the capability pair only

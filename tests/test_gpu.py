@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from alignlab import gpu
+from alignlab.pairs import pairs_to_dicts
 from alignlab.presets import load_preset
 
 
@@ -39,14 +40,20 @@ def test_durations_grow_with_steps_and_model_size_and_stay_bounded(tiny_chat_dir
     assert gpu.compare_duration("gpt2", "dir", {"eval_prompts": ["q"], "heldout_pairs": []}, ["a"], {}) >= 20
 
 
-def test_parameter_estimates() -> None:
-    assert gpu.estimate_parameters("gpt2") == 124_000_000
+def test_parameter_estimates_count_the_models_shape(tiny_chat_dir: Path, tiny_chat) -> None:
+    """Known models and local folders are counted from their shape, as the loaded model counts itself; an unknown
+    Hub id by the size in its name, else as a large model (a GPU lease too short kills the run)."""
+    from alignlab.model_shapes import KNOWN_SHAPES
+
+    assert gpu.estimate_parameters("gpt2") == KNOWN_SHAPES["gpt2"].parameters()
+    assert gpu.estimate_parameters("openai-community/gpt2") == KNOWN_SHAPES["gpt2"].parameters()
+    assert gpu.estimate_parameters(str(tiny_chat_dir)) == tiny_chat.num_parameters
     assert gpu.estimate_parameters("HuggingFaceTB/SmolLM2-1.7B-Instruct") == 1_700_000_000
     assert gpu.estimate_parameters("someone/mystery") == gpu.UNKNOWN_PARAMETERS
 
 
 def test_every_value_crossing_the_gpu_boundary_pickles(tiny_chat_dir: Path, tmp_path: Path) -> None:
-    from alignlab.training import TrainingSettings
+    from alignlab.settings import TrainingSettings
     from alignlab.ui import jobs
     from alignlab.ui.state import Run
 
@@ -59,7 +66,7 @@ def test_every_value_crossing_the_gpu_boundary_pickles(tiny_chat_dir: Path, tmp_
     pickle.dumps(baseline)
 
     run = Run()
-    args = (spec, jobs.pairs_to_dicts(preset.pairs), TrainingSettings(steps=2).to_dict(), str(tmp_path / "p"), run.id)
+    args = (spec, pairs_to_dicts(preset.pairs), TrainingSettings(steps=2).to_dict(), str(tmp_path / "p"), run.id)
     pickle.dumps(args)
     events = list(jobs.train_job(*args))
     run.finish()
@@ -73,8 +80,8 @@ def test_every_value_crossing_the_gpu_boundary_pickles(tiny_chat_dir: Path, tmp_
     preset_dict = {
         "id": preset.id,
         "eval_prompts": prompts,
-        "pairs": jobs.pairs_to_dicts(preset.pairs),
-        "heldout_pairs": jobs.pairs_to_dicts(preset.heldout_pairs),
+        "pairs": pairs_to_dicts(preset.pairs),
+        "heldout_pairs": pairs_to_dicts(preset.heldout_pairs),
     }
     compare_args = (spec, end["policy_dir"], preset_dict, baseline, generation, training, {"train": 1.0})
     pickle.dumps(compare_args)
@@ -95,17 +102,17 @@ def test_expected_failures_reach_the_user_as_gradio_errors() -> None:
 def test_the_compare_job_reuses_the_runs_last_live_scores(tiny_chat_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """Train and compare are separate calls (on ZeroGPU, separate processes): the end event carries the live
     curve's last scores, and the compare job scores only what the curve did not (the capability pairs)."""
-    from alignlab import evaluation
-    from alignlab.training import TrainingSettings
+    from alignlab import logprobs
+    from alignlab.settings import TrainingSettings
     from alignlab.ui import jobs
     from alignlab.ui.state import Run
 
     spec = str(tiny_chat_dir)
     preset = load_preset("seed-lab")
     settings = TrainingSettings(steps=2).to_dict()
-    heldout = jobs.pairs_to_dicts(preset.heldout_pairs)
+    heldout = pairs_to_dicts(preset.heldout_pairs)
     run = Run()
-    args = (spec, jobs.pairs_to_dicts(preset.pairs), settings, str(tmp_path / "p"), run.id, heldout)
+    args = (spec, pairs_to_dicts(preset.pairs), settings, str(tmp_path / "p"), run.id, heldout)
     end = list(jobs.train_job(*args))[-1]
     run.finish()
     assert end["live_scores"]["step"] == end["steps_done"]
@@ -117,8 +124,8 @@ def test_the_compare_job_reuses_the_runs_last_live_scores(tiny_chat_dir: Path, t
     preset_dict = {"id": preset.id, "eval_prompts": preset.eval_prompts[:1], "pairs": [], "heldout_pairs": heldout}
     generation = {"max_new_tokens": 4}
     rows: list[int] = []
-    real = evaluation.sequence_logps
-    monkeypatch.setattr(evaluation, "sequence_logps", lambda *a, **k: rows.append(len(a[2])) or real(*a, **k))
+    real = logprobs.sequence_logps
+    monkeypatch.setattr(logprobs, "sequence_logps", lambda *a, **k: rows.append(len(a[2])) or real(*a, **k))
 
     def compare(live_scores) -> dict:  # noqa: ANN001
         rows.clear()

@@ -2,8 +2,10 @@
 
 import pytest
 
-from alignlab import health
-from alignlab.health import RunFacts, accuracy_band, best_step, read_health, read_training_health
+from alignlab import readings
+from alignlab.findings import RunFacts
+from alignlab.health import read_health, read_training_health
+from alignlab.readings import accuracy_band, best_step
 
 BETA = 0.1  # the synthetic histories' rewards are read as if trained with this beta
 
@@ -241,7 +243,7 @@ def test_heavy_drift_by_kl_and_by_perplexity():
 def test_one_source_of_thresholds_for_readings_and_verdict():
     # the Compare tab and the verdict use the same bands: 60% is "about chance" in both
     assert accuracy_band(0.6) == "chance"
-    assert "about chance" in health.heldout_reading(0.6, 0.1)
+    assert "about chance" in readings.heldout_reading(0.6, 0.1)
     assert "no_generalisation" in codes(facts(evidence={"heldout_reward_accuracy": 0.6}))
     assert accuracy_band(0.7) == "partial" and accuracy_band(0.75) == "generalises"
 
@@ -262,7 +264,7 @@ def test_the_curve_in_one_sentence():
         {"step": s, "accuracy": a, "contrast_accuracy": c}
         for s, a, c in [(1, 0.5, 0.25), (2, 1.0, 0.75), (3, 1.0, 0.5)]
     ]
-    text = health.curve_reading(curve)
+    text = readings.curve_reading(curve)
     assert "50% (contrast 25%) at step 1" in text and "best 100% (contrast 75%) at step 2" in text
     assert "100% (contrast 50%) at step 3" in text
-    assert "No held-out curve" in health.curve_reading([])
+    assert "No held-out curve" in readings.curve_reading([])

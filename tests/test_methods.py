@@ -18,20 +18,15 @@ import pytest
 import torch
 
 from alignlab import gpu, plots
-from alignlab.health import RunFacts, read_health
+from alignlab.findings import RunFacts
+from alignlab.health import read_health
 from alignlab.methods import AXES, METHODS, PRODUCTS, RELATIVE_SCORERS, SCORERS, get_method, method_choices
 from alignlab.models import LoadedModel, copy_for_training
-from alignlab.training import (
-    CancelToken,
-    SettingsError,
-    TrainingSettings,
-    build_trainer,
-    method_dataset,
-    reward_model_from,
-    stream_training,
-    to_unpaired_dataset,
-    train_policy,
-)
+from alignlab.pairs import TrainingData
+from alignlab.settings import SettingsError, TrainingSettings
+from alignlab.trainer import build_trainer, reward_model_from
+from alignlab.training import CancelToken, stream_training, train_policy
+from alignlab.trl_rows import stage_dataset, stage_rows
 
 FAST = {"steps": 2, "batch_size": 2, "learning_rate": 1e-3, "max_length": 64}
 
@@ -122,7 +117,7 @@ def test_kto_is_measured_against_the_policy_in_memory_not_the_weights_on_disk(ti
     trap = KTOTrainer(  # no ref_model: TRL loads one from config._name_or_path (the unperturbed disk weights)
         model=copy_for_training(perturbed),
         args=settings.trainer_config(tmp_path, perturbed.device),
-        train_dataset=method_dataset(perturbed, pairs, settings),
+        train_dataset=stage_dataset(perturbed, TrainingData(pairs), settings),
         processing_class=perturbed.tokenizer,
     )
     trap.train()
@@ -138,7 +133,11 @@ def test_kto_trainer_gets_an_explicit_reference(tiny_chat, pairs, tmp_path):
 
 
 def test_unpaired_rows_are_thumbs_and_each_kl_neighbour_answers_another_prompt(tiny_chat, pairs):
-    rows = to_unpaired_dataset(tiny_chat, pairs, batch_size=2, seed=1).to_list()
+    def kto_rows(seed: int) -> list[dict]:
+        settings = TrainingSettings.for_method("kto", batch_size=2, seed=seed)
+        return stage_rows(tiny_chat.is_chat, TrainingData(pairs), settings, settings.method_entry.stage)
+
+    rows = kto_rows(seed=1)
     assert len(rows) == 2 * len(pairs)
     assert sorted(r["label"] for r in rows) == [False] * 4 + [True] * 4
     by_answer = {}
@@ -153,8 +152,7 @@ def test_unpaired_rows_are_thumbs_and_each_kl_neighbour_answers_another_prompt(t
         rotated = [batch[-1]] + batch[:-1]
         for row, other in zip(batch, rotated):
             assert by_answer[other["completion"][0]["content"]][0] != row["prompt"][0]["content"]
-    again = to_unpaired_dataset(tiny_chat, pairs, batch_size=2, seed=1).to_list()
-    assert again == rows and to_unpaired_dataset(tiny_chat, pairs, batch_size=2, seed=2).to_list() != rows
+    assert kto_rows(seed=1) == rows and kto_rows(seed=2) != rows
 
 
 @pytest.mark.parametrize(
@@ -244,7 +242,7 @@ def test_picking_a_method_on_the_train_tab_sets_its_own_defaults():
     assert ipo[4].value == METHODS["ipo"].defaults.get("sft_weight", 0.0) and ipo[4].interactive
     assert dpo[4].value == 0.0
     # the settings the widgets make: an empty SFT weight takes the method's own, and a label that says so
-    from alignlab.ui.train_tab import settings_from_inputs
+    from alignlab.ui.inputs import settings_from_inputs
 
     settings = settings_from_inputs(None, None, None, 2, "sigmoid", 0, "ipo")
     assert settings.sft_weight == METHODS["ipo"].defaults.get("sft_weight", 0.0)
@@ -336,7 +334,7 @@ def test_rlhf_is_measured_against_the_model_in_memory_not_the_weights_on_disk(ti
         model=copy_for_training(perturbed),
         reward_funcs=reward_model_from(perturbed),
         args=settings.trainer_config(tmp_path, perturbed.device, rl),
-        train_dataset=method_dataset(perturbed, pairs, settings, rl),
+        train_dataset=stage_dataset(perturbed, TrainingData(pairs), settings, rl),
         processing_class=perturbed.tokenizer,
         reward_processing_classes=perturbed.tokenizer,
     )
@@ -349,7 +347,7 @@ def test_rlhf_stage_needs_the_reward_model_of_the_stage_before(tiny_chat, pairs,
     settings = TrainingSettings.for_method("rlhf", **FAST)
     with pytest.raises(SettingsError, match="trains on the reward_model of an earlier stage"):
         build_trainer(tiny_chat, pairs, settings, tmp_path)  # the RL stage alone, with no reward model
-    rows = method_dataset(tiny_chat, pairs + pairs[:1], settings).to_list()  # the distinct prompts, once each
+    rows = stage_dataset(tiny_chat, TrainingData(pairs + pairs[:1]), settings).to_list()  # distinct prompts, once
     assert [r["prompt"][0]["content"] for r in rows] == [p.prompt for p in pairs]
     assert set(rows[0]) == {"prompt"}
 
@@ -465,9 +463,9 @@ def test_a_recipe_for_a_method_without_a_trl_script_is_a_clear_message_not_a_tra
 def test_each_method_runs_the_whole_lab_on_the_embedded_model(name):
     import json
 
-    from alignlab.generation import GenerationSettings
     from alignlab.lab import run_lab
     from alignlab.presets import load_preset
+    from alignlab.settings import GenerationSettings
 
     settings = TrainingSettings.for_method(name, steps=2)
     report, result = run_lab(
@@ -487,9 +485,9 @@ def test_each_method_runs_the_whole_lab_on_the_embedded_model(name):
 @pytest.mark.slow
 def test_rlhf_at_its_defaults_raises_its_reward_and_changes_answers_on_the_embedded_model():
     """The issue's target: the rlhf method at lab scale on the embedded model, its reward rising."""
-    from alignlab.generation import GenerationSettings
     from alignlab.lab import run_lab
     from alignlab.presets import load_preset
+    from alignlab.settings import GenerationSettings
 
     settings = TrainingSettings.for_method("rlhf")
     report, result = run_lab("smollm2-135m-instruct", load_preset("seed-lab"), settings, GenerationSettings())

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from alignlab import models
-from alignlab.models import EMBEDDED_DEFAULT, ModelLoadError, load_model, resolve_spec
+from alignlab.model_shapes import EMBEDDED_DEFAULT
+from alignlab.models import ModelLoadError, load_model, resolve_spec
 
 
 def test_chat_model_gets_chat_template_and_left_padding(tiny_chat):

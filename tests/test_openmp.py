@@ -89,8 +89,9 @@ print(preload_left, holds_pool())
 def test_a_thread_that_hands_its_training_to_another_hands_back_its_pool_first(tiny_chat_dir):
     body = """
 from alignlab.models import load_model
-from alignlab.presets import PreferencePair
-from alignlab.training import TrainingSettings, stream_training
+from alignlab.pairs import PreferencePair
+from alignlab.settings import TrainingSettings
+from alignlab.training import stream_training
 loaded = load_model(sys.argv[1], device="cpu")
 pairs = [PreferencePair("Say hi.", "Hello there, friend!", "No."), PreferencePair("Name a fruit.", "An apple.", "Meh.")]
 parallel_op()

@@ -3,18 +3,9 @@ import json
 
 import pytest
 
-from alignlab.presets import (
-    DatasetError,
-    PreferencePair,
-    export_jsonl,
-    import_pairs,
-    list_presets,
-    load_dataset_file,
-    load_preset,
-    preset_from_dict,
-    split_heldout,
-    validate_pairs,
-)
+from alignlab.importers import export_jsonl, import_pairs, load_dataset_file, split_heldout
+from alignlab.pairs import DatasetError, PreferencePair, validate_pairs
+from alignlab.presets import checked_preset, list_presets, load_preset
 
 
 def test_shipped_presets_meet_the_lab_minimums():
@@ -68,15 +59,15 @@ def test_imported_data_gets_the_built_in_capability_set_and_no_contrast(tmp_path
 
 def test_probe_sets_round_trip_and_are_validated_by_section():
     preset = load_preset("warm-tone")
-    again = preset_from_dict(json.loads(json.dumps(preset.to_dict())))
+    again = checked_preset(json.loads(json.dumps(preset.to_dict())))
     assert again == preset
     data = preset.to_dict()
     data["contrast_pairs"][2]["rejected"] = data["contrast_pairs"][2]["chosen"]
     with pytest.raises(DatasetError, match="contrast pairs row 3: 'chosen' and 'rejected' are identical"):
-        preset_from_dict(data)
+        checked_preset(data)
     data = preset.to_dict()
     del data["contrast_pairs"], data["capability_pairs"]  # optional keys: old files stay valid
-    assert preset_from_dict(data).contrast_pairs == []
+    assert checked_preset(data).contrast_pairs == []
 
 
 def test_unknown_preset_names_the_available_ones():
@@ -109,7 +100,7 @@ def test_preset_file_problems_are_reported_with_their_section():
         "heldout_pairs": [{"prompt": "q", "chosen": "a"}],
     }
     with pytest.raises(DatasetError, match="held-out pairs row 1: missing 'rejected'"):
-        preset_from_dict(data, "mine.json")
+        checked_preset(data, "mine.json")
 
 
 def test_import_standard_jsonl_and_export_round_trip(tmp_path, pairs):

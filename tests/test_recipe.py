@@ -17,35 +17,28 @@ import torch
 import yaml
 
 from alignlab.cli import main
-from alignlab.methods import get_method
-from alignlab.presets import PreferencePair, UnpairedRow, load_preset
+from alignlab.methods import METHODS, get_method
+from alignlab.model_shapes import ModelShape
+from alignlab.pairs import PreferencePair, TrainingData, UnpairedRow
+from alignlab.presets import load_preset
 from alignlab.recipe import (
     ENGINES,
     GIB,
     KNOWN_TARGETS,
-    OVERHEAD_BYTES,
-    ModelShape,
     RecipeError,
     build_recipe,
     estimate_memory,
     estimate_sampling_memory,
     logged_rows,
-    preference_rows,
-    prompt_rows,
     recipe_zip,
     resolve_target,
     reward_model_shape,
-    thumbs_rows,
     write_recipe,
 )
-from alignlab.training import (
-    TrainingSettings,
-    to_prompt_dataset,
-    to_trl_dataset,
-    to_unpaired_dataset,
-    train_dpo,
-    train_policy,
-)
+from alignlab.recipe.memory import OVERHEAD_BYTES
+from alignlab.settings import TrainingSettings
+from alignlab.training import train_policy
+from alignlab.trl_rows import recipe_rows, stage_rows
 
 LLAMA_8B = KNOWN_TARGETS["llama-3.1-8b-instruct"]
 
@@ -140,10 +133,17 @@ def test_estimate_rejects_bad_arguments():
 # --------------------------------------------------------------------------- data and files
 
 
+def _lab_rows(loaded, pairs, method, stage=-1, **settings):
+    """The rows the lab's trainer trains ``method``'s stage on."""
+    chosen = TrainingSettings.for_method(method, **settings)
+    return stage_rows(loaded.is_chat, TrainingData(list(pairs)), chosen, chosen.method_entry.stages[stage])
+
+
 def test_rows_are_the_labs_own_training_rows(tiny_chat, tiny_base, pairs):
+    dpo = METHODS["dpo"].stage
     for loaded in (tiny_chat, tiny_base):
-        assert preference_rows(pairs, loaded.is_chat) == to_trl_dataset(loaded, pairs).to_list()
-    implicit = preference_rows(pairs[:1], chat=True, implicit_prompt=True)[0]
+        assert recipe_rows(dpo, pairs, loaded.is_chat) == _lab_rows(loaded, pairs, "dpo")
+    implicit = recipe_rows(dpo, pairs[:1], chat=True, implicit_prompt=True)[0]
     assert implicit["chosen"][0] == {"role": "user", "content": pairs[0].prompt}
     assert implicit["chosen"][1]["content"] == pairs[0].chosen and "prompt" not in implicit
 
@@ -237,8 +237,8 @@ def test_bad_recipes_are_clear_errors(seed_lab):
 
 def test_thumbs_rows_are_the_labs_own_kto_rows(tiny_chat, tiny_base, pairs):
     for loaded in (tiny_chat, tiny_base):
-        ours = thumbs_rows(pairs, loaded.is_chat)
-        lab = to_unpaired_dataset(loaded, pairs, batch_size=2, seed=0).to_list()
+        ours = recipe_rows(METHODS["kto"].stage, pairs, loaded.is_chat)
+        lab = _lab_rows(loaded, pairs, "kto", batch_size=2, seed=0)
         key = lambda row: json.dumps(row, sort_keys=True)  # noqa: E731 - the lab shuffles; the rows are the same
         assert sorted(map(key, ours)) == sorted(map(key, lab))
         assert [r["label"] for r in ours] == [True] * len(pairs) + [False] * len(pairs)
@@ -253,7 +253,7 @@ def test_a_kto_recipe_runs_trls_kto_script_on_thumbs_rows(tmp_path, seed_lab):
     data = replace(seed_lab, unpaired=thumbs)
     settings = TrainingSettings.for_method("kto", beta=0.2, seed=3)
     recipe = build_recipe(data, settings, target="llama-3.1-8b-instruct", gpus=2)
-    assert recipe.method.script == get_method("kto").script == "trl.scripts.kto"  # the registry's script
+    assert recipe.stages[-1].stage.script == get_method("kto").script == "trl.scripts.kto"  # the registry's script
     out = write_recipe(recipe, tmp_path / "kto")
     rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * len(seed_lab.pairs) + 1 and set(rows[0]) == {"prompt", "completion", "label"}
@@ -306,8 +306,9 @@ def test_methods_without_a_recipe_say_why(seed_lab):
 def test_prompt_rows_are_the_labs_own_rl_rows(tiny_chat, tiny_base, pairs):
     repeated = [*pairs, PreferencePair(pairs[0].prompt, "Another answer.", "Nope.")]  # a prompt asked twice
     for loaded in (tiny_chat, tiny_base):
-        assert prompt_rows(repeated, loaded.is_chat) == to_prompt_dataset(loaded, repeated).to_list()
-        assert len(prompt_rows(repeated, loaded.is_chat)) == len(pairs)
+        rl = METHODS["rlhf"].stage
+        assert recipe_rows(rl, repeated, loaded.is_chat) == _lab_rows(loaded, repeated, "rlhf")
+        assert len(recipe_rows(rl, repeated, loaded.is_chat)) == len(pairs)
 
 
 def test_an_rlhf_recipe_runs_trls_reward_script_then_its_rloo_script(tmp_path, seed_lab):
@@ -320,10 +321,11 @@ def test_an_rlhf_recipe_runs_trls_reward_script_then_its_rloo_script(tmp_path, s
     assert data | {"config.reward.yaml", "config.yaml", "run.sh", "README.md"} | {
         f"accelerate/{e}.yaml" for e in ENGINES
     } == set(recipe.files)
-    assert [s.method.script for s in recipe.stages] == ["trl.scripts.reward", get_method("rlhf").script]
+    assert [s.stage.script for s in recipe.stages] == ["trl.scripts.reward", get_method("rlhf").script]
     # stage 1 trains on the rows DPO's recipe writes; stage 2 on the pairs' distinct prompts
     reward_rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
-    assert reward_rows == preference_rows(seed_lab.pairs, chat=True)
+    assert reward_rows == recipe_rows(METHODS["rlhf"].stages[0], seed_lab.pairs, chat=True)
+    assert reward_rows == recipe_rows(METHODS["dpo"].stage, seed_lab.pairs, chat=True)
     prompts = [json.loads(line) for line in (out / "train_prompts.jsonl").read_text().splitlines()]
     assert [p["prompt"][0]["content"] for p in prompts] == list(dict.fromkeys(p.prompt for p in seed_lab.pairs))
 
@@ -362,9 +364,7 @@ def test_an_rlhf_recipe_runs_trls_reward_script_then_its_rloo_script(tmp_path, s
     assert "# RLHF recipe" in readme and "## The 2 stages" in readme
     assert readme.index("trl.scripts.reward") < readme.index("trl.scripts.rloo")
     for stage in recipe.stages:  # each stage's computed estimate is in its own section
-        assert (
-            f"the {stage.method.product} (`{stage.method.script}`): about {stage.memory.total / GIB:.1f} GiB" in readme
-        )
+        assert f"the {stage.stage.product} (`{stage.stage.script}`): about {stage.memory.total / GIB:.1f} GiB" in readme
     assert "`--mix" not in readme.split("## Mixing public datasets")[1]  # no advice the recipe would refuse
 
 
@@ -600,7 +600,7 @@ def test_exported_recipe_runs_on_two_processes_and_matches_the_lab(tmp_path, tin
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)
 
-    lab = train_dpo(tiny_chat, seed_lab.pairs, TrainingSettings(steps=3)).step_rows
+    lab = train_policy(tiny_chat, seed_lab.pairs, TrainingSettings(steps=3)).step_rows
     # The weights moved (the loss left ln 2 after the first update), so the comparison below means something.
     assert abs(rows[1]["loss"] - math.log(2)) > 0.01 and abs(lab[1]["loss"] - math.log(2)) > 0.01
     for ours, theirs in zip(lab, rows, strict=True):

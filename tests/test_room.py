@@ -46,9 +46,9 @@ WRONG_CLICKS = [
 @pytest.fixture(scope="module")
 def app(tiny_chat_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     os.environ["ALIGNLAB_DEFAULT_MODEL"] = str(tiny_chat_dir)
-    from alignlab.ui import build_app, launch_options, train_tab
+    from alignlab.ui import build_app, launch_options, service
 
-    redraw, train_tab.MIN_REDRAW_SECONDS = train_tab.MIN_REDRAW_SECONDS, 0.0
+    redraw, service.MIN_REDRAW_SECONDS = service.MIN_REDRAW_SECONDS, 0.0
     demo = build_app()
     demo.session_store.root = tmp_path_factory.mktemp("room-sessions")
     demo.runs.clear()  # earlier test modules may have left identical runs in the cache
@@ -56,7 +56,7 @@ def app(tiny_chat_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     yield demo, url
     demo.close()
     demo.session_store.close_all()
-    train_tab.MIN_REDRAW_SECONDS = redraw
+    service.MIN_REDRAW_SECONDS = redraw
 
 
 def without_timings(report: dict) -> dict:

@@ -3,16 +3,12 @@ import pickle
 import pytest
 import torch
 
+from alignlab.methods import LOSS_TYPES
 from alignlab.models import reference_view
-from alignlab.training import (
-    LOSS_TYPES,
-    CancelToken,
-    SettingsError,
-    TrainingSettings,
-    stream_dpo,
-    to_trl_dataset,
-    train_dpo,
-)
+from alignlab.pairs import TrainingData
+from alignlab.settings import SettingsError, TrainingSettings
+from alignlab.training import CancelToken, stream_training, train_policy
+from alignlab.trl_rows import stage_rows
 
 FAST = {"steps": 3, "batch_size": 2, "learning_rate": 1e-3, "max_length": 64}
 
@@ -45,14 +41,14 @@ def test_settings_round_trip_and_reject_unknown_keys():
 
 
 def test_dpo_config_is_built_for_a_short_visible_run():
-    config = TrainingSettings(**FAST, loss_type="ipo").to_dpo_config("/tmp/x", torch.device("cpu"))
+    config = TrainingSettings(**FAST, loss_type="ipo").trainer_config("/tmp/x", torch.device("cpu"))
     assert config.logging_steps == 1
     assert config.loss_type == ["ipo"]
     assert config.max_steps == 3 and config.learning_rate == 1e-3
     assert config.use_cpu and not config.bf16 and not config.gradient_checkpointing
     assert not config.precompute_ref_log_probs  # the reference scores each batch (see reference_view)
     precomputed = TrainingSettings(**FAST, precompute_ref_log_probs=True)
-    assert precomputed.to_dpo_config("/tmp/x", torch.device("cpu")).precompute_ref_log_probs
+    assert precomputed.trainer_config("/tmp/x", torch.device("cpu")).precompute_ref_log_probs
 
 
 @pytest.mark.parametrize("loss", list(LOSS_TYPES))
@@ -60,7 +56,7 @@ def test_every_loss_type_trains_a_step_on_trl(tiny_chat, pairs, loss):
     # DPOConfig accepts any loss name (a bogus one fails only inside training), so train one step,
     # as TRL's own tests do, and check that the step produced a finite loss and moved the weights.
     before = {n: p.detach().clone() for n, p in tiny_chat.model.named_parameters()}
-    result = train_dpo(tiny_chat, pairs, TrainingSettings(**(FAST | {"steps": 1, "loss_type": loss})))
+    result = train_policy(tiny_chat, pairs, TrainingSettings(**(FAST | {"steps": 1, "loss_type": loss})))
     (row,) = result.step_rows
     assert torch.isfinite(torch.tensor(row["loss"])), row
     moved = [n for n, p in result.policy.named_parameters() if not torch.equal(p.detach(), before[n])]
@@ -73,9 +69,10 @@ def test_an_unknown_loss_type_is_refused_before_trl_sees_it():
 
 
 def test_chat_models_get_conversational_data_and_base_models_plain_text(tiny_chat, tiny_base, pairs):
-    chat_row = to_trl_dataset(tiny_chat, pairs)[0]
+    dpo = TrainingSettings()
+    chat_row = stage_rows(tiny_chat.is_chat, TrainingData(pairs), dpo, dpo.method_entry.stage)[0]
     assert chat_row["prompt"] == [{"role": "user", "content": pairs[0].prompt}]
-    base_row = to_trl_dataset(tiny_base, pairs)[0]
+    base_row = stage_rows(tiny_base.is_chat, TrainingData(pairs), dpo, dpo.method_entry.stage)[0]
     assert base_row["prompt"] == f"Question: {pairs[0].prompt}\nAnswer:"
     assert base_row["chosen"] == " " + pairs[0].chosen
 
@@ -83,7 +80,7 @@ def test_chat_models_get_conversational_data_and_base_models_plain_text(tiny_cha
 def test_training_changes_weights_streams_each_step_and_keeps_reference(tiny_chat, pairs):
     reference_before = {k: v.clone() for k, v in tiny_chat.model.state_dict().items()}
     events = []
-    result = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST), on_event=events.append)
+    result = train_policy(tiny_chat, pairs, TrainingSettings(**FAST), on_event=events.append)
     logs = [e for e in events if e.kind == "log"]
     assert [e.step for e in logs] == [1, 2, 3]
     assert [e.row["step"] for e in logs] == [r["step"] for r in result.step_rows]
@@ -103,28 +100,28 @@ def test_reference_view_shares_the_cached_weights_and_takes_trls_patches_itself(
     cached = dict(tiny_chat.model.named_parameters())
     assert all(p is cached[name] for name, p in view.named_parameters())  # shared, not copied
     flags = {name: p.requires_grad for name, p in cached.items()}
-    train_dpo(tiny_chat, pairs, TrainingSettings(**FAST))
+    train_policy(tiny_chat, pairs, TrainingSettings(**FAST))
     # TRL replaces the reference's forward with a fused-LM-head one; that must not reach the cached model
     assert "forward" not in vars(tiny_chat.model)
     assert {name: p.requires_grad for name, p in tiny_chat.model.named_parameters()} == flags
 
 
 def test_shared_and_precomputed_references_give_the_same_run(tiny_chat, pairs):
-    shared = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST, seed=3))
-    precomputed = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST, seed=3, precompute_ref_log_probs=True))
+    shared = train_policy(tiny_chat, pairs, TrainingSettings(**FAST, seed=3))
+    precomputed = train_policy(tiny_chat, pairs, TrainingSettings(**FAST, seed=3, precompute_ref_log_probs=True))
     for a, b in zip(shared.step_rows, precomputed.step_rows, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
         assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], abs=1e-4)
 
 
 def test_base_model_trains_on_plain_text(tiny_base, pairs):
-    result = train_dpo(tiny_base, pairs, TrainingSettings(**FAST))
+    result = train_policy(tiny_base, pairs, TrainingSettings(**FAST))
     assert len(result.step_rows) == 3
 
 
 def test_same_seed_same_run(tiny_chat, pairs):
-    first = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST, seed=7))
-    second = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST, seed=7))
+    first = train_policy(tiny_chat, pairs, TrainingSettings(**FAST, seed=7))
+    second = train_policy(tiny_chat, pairs, TrainingSettings(**FAST, seed=7))
     assert [r["loss"] for r in first.step_rows] == [r["loss"] for r in second.step_rows]
     for (name, a), (_, b) in zip(first.policy.named_parameters(), second.policy.named_parameters()):
         assert torch.equal(a, b), name
@@ -139,31 +136,33 @@ def test_cancel_stops_within_one_step(tiny_chat, pairs):
         if event.kind == "log" and event.step == 2:
             cancel.cancel()
 
-    result = train_dpo(tiny_chat, pairs, TrainingSettings(**(FAST | {"steps": 50})), on_event=on_event, cancel=cancel)
+    result = train_policy(
+        tiny_chat, pairs, TrainingSettings(**(FAST | {"steps": 50})), on_event=on_event, cancel=cancel
+    )
     assert result.stopped_early
     assert result.steps_done == 2
     assert result.total_steps == 50
 
 
 def test_stream_yields_while_training_and_stops_when_closed(tiny_chat, pairs):
-    stream = stream_dpo(tiny_chat, pairs, TrainingSettings(**(FAST | {"steps": 50})))
+    stream = stream_training(tiny_chat, pairs, TrainingSettings(**(FAST | {"steps": 50})))
     first = next(stream)
     assert first.kind == "log" and first.step == 1
     stream.close()  # the consumer went away: training must stop, not run 49 more steps in the background
-    events = list(stream_dpo(tiny_chat, pairs, TrainingSettings(**FAST)))
+    events = list(stream_training(tiny_chat, pairs, TrainingSettings(**FAST)))
     assert [e.kind for e in events] == ["log", "log", "log", "end"]
 
 
 def test_stream_reraises_training_errors(tiny_chat):
     with pytest.raises(SettingsError, match="no training pairs"):
-        list(stream_dpo(tiny_chat, [], TrainingSettings(**FAST)))
+        list(stream_training(tiny_chat, [], TrainingSettings(**FAST)))
 
 
 def test_lora_trains_an_adapter_and_returns_it_merged_into_a_plain_model(tiny_chat, pairs):
     from alignlab.recipe import resolve_target
 
     base_before = {n: p.detach().clone() for n, p in tiny_chat.model.named_parameters()}
-    result = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST, use_lora=True, lora_rank=4))
+    result = train_policy(tiny_chat, pairs, TrainingSettings(**FAST, use_lora=True, lora_rank=4))
     assert len(result.step_rows) == 3
     assert result.trainable_parameters == resolve_target(tiny_chat.source).lora_parameters(4)
     assert type(result.policy) is type(tiny_chat.model)  # merged: no PeftModel, no lora_ layers left
@@ -180,7 +179,7 @@ def test_lora_trains_an_adapter_and_returns_it_merged_into_a_plain_model(tiny_ch
 
 
 def test_the_trained_policy_is_a_plain_model_without_the_trainers_wrappers(tiny_chat, pairs):
-    result = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST))
+    result = train_policy(tiny_chat, pairs, TrainingSettings(**FAST))
     policy = result.policy
     # TRL's fused LM head and accelerate's wrapper both live on the instance's forward; both are gone
     assert "forward" not in vars(policy) and "_original_forward" not in vars(policy)
@@ -196,7 +195,7 @@ def test_the_trained_policy_is_a_plain_model_without_the_trainers_wrappers(tiny_
 
 
 def test_qlora_needs_lora_and_says_why_it_cannot_run_here(tiny_chat, pairs):
-    from alignlab.training import qlora_unavailable
+    from alignlab.trainer import qlora_unavailable
 
     with pytest.raises(SettingsError, match="use_qlora needs use_lora"):
         TrainingSettings(use_qlora=True)
@@ -205,7 +204,7 @@ def test_qlora_needs_lora_and_says_why_it_cannot_run_here(tiny_chat, pairs):
         pytest.skip("this machine can run QLoRA (CUDA and bitsandbytes present)")
     assert "CUDA" in reason or "bitsandbytes" in reason
     with pytest.raises(SettingsError, match="QLoRA"):
-        train_dpo(tiny_chat, pairs, TrainingSettings(**FAST, use_lora=True, use_qlora=True))
+        train_policy(tiny_chat, pairs, TrainingSettings(**FAST, use_lora=True, use_qlora=True))
 
 
 def test_events_and_settings_are_picklable(tiny_chat, pairs):
@@ -213,15 +212,15 @@ def test_events_and_settings_are_picklable(tiny_chat, pairs):
     settings = TrainingSettings(**FAST)
     assert pickle.loads(pickle.dumps(settings)) == settings
     events = []
-    train_dpo(tiny_chat, pairs, TrainingSettings(**(FAST | {"steps": 1})), on_event=events.append)
+    train_policy(tiny_chat, pairs, TrainingSettings(**(FAST | {"steps": 1})), on_event=events.append)
     log = pickle.loads(pickle.dumps(events[0]))
     assert log.row == events[0].row
 
 
 def test_a_saved_policy_loads_back_as_the_same_plain_model(tiny_chat, pairs, tmp_path):
-    from alignlab.training import load_policy, save_policy
+    from alignlab.trainer import load_policy, save_policy
 
-    result = train_dpo(tiny_chat, pairs, TrainingSettings(**FAST))
+    result = train_policy(tiny_chat, pairs, TrainingSettings(**FAST))
     loaded_back = load_policy(save_policy(result.policy, tiny_chat.tokenizer, tmp_path / "policy"), tiny_chat)
     ids = torch.tensor([[1, 5, 9, 13]])
     torch.testing.assert_close(loaded_back(ids).logits, result.policy(ids).logits)
@@ -230,7 +229,7 @@ def test_a_saved_policy_loads_back_as_the_same_plain_model(tiny_chat, pairs, tmp
 def test_every_range_comes_from_the_settings_metadata(capsys) -> None:
     """KNOBS is the one source of each setting's range: the checks, the CLI's flags and the API docs read it."""
     from alignlab.cli import main
-    from alignlab.training import KNOBS
+    from alignlab.settings import KNOBS
     from alignlab.ui.common import api_doc
     from alignlab.ui.train_tab import train_ui
 

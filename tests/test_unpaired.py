@@ -15,21 +15,12 @@ import gradio as gr
 import pytest
 import torch
 
-from alignlab.presets import (
-    DatasetError,
-    PreferencePair,
-    Preset,
-    TrainingData,
-    UnpairedRow,
-    export_jsonl,
-    import_pairs,
-    load_dataset_file,
-    pairs_from_thumbs,
-    preset_from_dict,
-    thumbs_view,
-    validate_preset,
-)
-from alignlab.training import TrainingSettings, to_unpaired_dataset, train_policy, trained_on
+from alignlab.importers import export_jsonl, import_pairs, load_dataset_file
+from alignlab.pairs import DatasetError, PreferencePair, TrainingData, UnpairedRow, pairs_from_thumbs, thumbs_view
+from alignlab.presets import Preset, checked_preset, validate_preset
+from alignlab.settings import TrainingSettings
+from alignlab.training import train_policy
+from alignlab.trl_rows import kto_layout, thumbs_row, trained_on
 
 FAST = {"steps": 2, "batch_size": 2, "learning_rate": 1e-3, "max_length": 64}
 
@@ -157,13 +148,13 @@ def test_a_preset_file_may_carry_thumbs_rows_and_round_trips(tmp_path, pairs):
     preset = Preset("t", "T", "", ["Q?"], pairs[:2], pairs[2:], unpaired=[UnpairedRow("Q", "A", True)])
     data = preset.to_dict()
     assert data["unpaired"] == [{"prompt": "Q", "completion": "A", "label": True}]
-    assert preset_from_dict(data) == preset and Preset.from_dict(data) == preset
+    assert checked_preset(data) == preset and Preset.from_dict(data) == preset
     thumbs_only = {"eval_prompts": ["Q?"], "unpaired": data["unpaired"]}  # pairs may be left out
-    assert preset_from_dict(thumbs_only).unpaired == preset.unpaired
+    assert checked_preset(thumbs_only).unpaired == preset.unpaired
     with pytest.raises(DatasetError, match=r"thumbs rows row 1: 'label' must be true or false"):
-        preset_from_dict({**thumbs_only, "unpaired": [{"prompt": "Q", "completion": "A", "label": "no"}]})
+        checked_preset({**thumbs_only, "unpaired": [{"prompt": "Q", "completion": "A", "label": "no"}]})
     old = {k: v for k, v in data.items() if k != "unpaired"}  # files without the key stay valid
-    assert preset_from_dict(old).unpaired == []
+    assert checked_preset(old).unpaired == []
 
 
 # --------------------------------------------------------------------------- held-out
@@ -253,7 +244,8 @@ def test_thumbs_rows_that_form_too_many_pairs_are_refused_not_cut():
 def test_kto_batches_of_thumbs_rows_give_each_row_a_kl_neighbour_with_another_prompt(tiny_chat, pairs):
     thumbs = [UnpairedRow(r["prompt"], r["completion"], r["label"]) for r in THUMBS]
     data = TrainingData(pairs, thumbs)
-    rows = to_unpaired_dataset(tiny_chat, data, batch_size=2, seed=3).to_list()
+    settings = TrainingSettings.for_method("kto", batch_size=2, seed=3)
+    rows = [thumbs_row(r.prompt, r.completion, r.label, chat=True) for r in kto_layout(data, settings)]
     seen = sorted((r["prompt"][0]["content"], r["completion"][0]["content"], r["label"]) for r in rows)
     assert seen == sorted((r.prompt, r.completion, r.label) for r in data.thumbs())  # every row, once
     for start in range(0, len(rows), 4):  # TRL rotates each batch's answers by one for the KL term
@@ -261,7 +253,7 @@ def test_kto_batches_of_thumbs_rows_give_each_row_a_kl_neighbour_with_another_pr
         rotated = [batch[-1]] + batch[:-1]
         if len(batch) > 1 and max(batch.count(p) for p in batch) <= len(batch) // 2:
             assert all(mine != theirs for mine, theirs in zip(batch, rotated)), batch
-    assert to_unpaired_dataset(tiny_chat, data, batch_size=2, seed=3).to_list() == rows  # seeded
+    assert kto_layout(data, settings) == kto_layout(data, settings)  # seeded
 
 
 def test_kto_trains_on_an_imported_thumbs_file(tiny_chat, tmp_path):
@@ -390,7 +382,8 @@ def test_the_reason_held_out_accuracy_is_unavailable(tmp_path, pairs):
 def test_the_train_tab_trains_on_imported_thumbs_rows_and_compare_reports_them(tmp_path, tiny_chat_dir):
     """The Dataset tab's thumbs state reaches the Train tab's run (KTO), and the report counts the rows."""
     from alignlab.ui import compare_tab, train_tab
-    from alignlab.ui.common import STORE, table_from_pairs
+    from alignlab.ui.common import STORE
+    from alignlab.ui.inputs import table_from_pairs
 
     _, _, prompts, _, _, _, _, _, unpaired, _, _ = import_tab_outputs(tmp_path)
     session = STORE.get("thumbs-train-test")

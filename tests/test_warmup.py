@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from alignlab import models
-from alignlab.evaluation import REFERENCE_SCORES, weights_digest
 from alignlab.lab import run_probe
+from alignlab.logprobs import REFERENCE_SCORES, weights_digest
 from alignlab.presets import load_preset
-from alignlab.training import TrainingSettings
+from alignlab.settings import TrainingSettings
 from alignlab.warmup import warm_up
 
 

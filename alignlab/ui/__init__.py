@@ -1,4 +1,4 @@
-"""The Gradio app: the only package that imports gradio (see DESIGN.md §1)."""
+"""The Gradio app: the only package that imports gradio (``docs/architecture.md``)."""
 
 from alignlab.ui.blocks import build_app, default_preset, launch_options
 

@@ -8,48 +8,18 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from alignlab.generation import MAX_NEW_TOKENS_LIMIT
-from alignlab.presets import validate_eval_prompts
-from alignlab.ui import runs
-from alignlab.ui.common import (
-    api_doc,
-    default_model,
-    fail,
-    model_choices,
-    problems_markdown,
-    prompts_from_text,
-    real_number,
-    session_of,
-    whole_number,
-)
-from alignlab.ui.state import Session
+from alignlab.settings import MAX_NEW_TOKENS_LIMIT, GenerationSettings
+from alignlab.ui import service
+from alignlab.ui.common import api_doc, default_model, model_choices, session_of
+from alignlab.ui.inputs import GREEDY, SAMPLING, generation_settings, prompts_from_text
 
 INTRO = (
     "**Step 1 — Baseline.** Record how the model answers *before* training. "
     "Greedy decoding makes this “before” exactly repeatable, so any change later is caused by training."
 )
-GREEDY, SAMPLING = "greedy (repeatable)", "sampling (seeded)"
 
 
 # --------------------------------------------------------------------------- handlers
-
-
-def _adopt_model(session: Session, spec: str, info: dict[str, Any]) -> str:
-    """Make ``spec`` the session's model and describe it in one line."""
-    if session.model_spec != spec:  # another model: earlier answers and training are not comparable
-        session.baseline_outputs = None
-        session.forget_training()
-        session.forget_runs()
-    session.model_spec = spec
-    session.model_info = dict(info)
-    chat = info["chat_template"]
-    kind = "chat model (its chat template wraps each prompt)" if chat else "base model (plain-text prompts)"
-    return f"**Loaded `{spec}`** — {info['parameters'] / 1e6:,.1f} M parameters, {kind}."
-
-
-def _not_training(session: Session) -> None:
-    if session.training_now:
-        raise fail("Training is running in this session: wait for it to end or press Stop first.")
 
 
 def load_model_ui(model: str, request: gr.Request) -> str:
@@ -60,22 +30,7 @@ def load_model_ui(model: str, request: gr.Request) -> str:
     Returns:
         One line describing the loaded model (size, chat or base).
     """
-    session = session_of(request)
-    spec, identity = runs.check_model(model)  # checks first: a bad name is answered at once
-    _not_training(session)
-    return _adopt_model(session, spec, runs.load(session, spec, identity, gr.Progress()))
-
-
-def generation_settings(max_new_tokens: Any, decoding: str, seed: Any) -> dict[str, Any]:
-    """Plain generation settings from the widgets, each checked with a message naming its range."""
-    if decoding not in (GREEDY, SAMPLING):
-        raise fail(f"decoding must be '{GREEDY}' or '{SAMPLING}' (got {decoding!r}).", "Out of range")
-    return {
-        "max_new_tokens": whole_number(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS_LIMIT),
-        "do_sample": decoding == SAMPLING,
-        "seed": whole_number(seed, "seed", 0, 2**31 - 1),
-        "temperature": real_number(0.7, "temperature", 0.05, 2.0),
-    }
+    return service.load(session_of(request), model, gr.Progress())
 
 
 def baseline_ui(
@@ -95,22 +50,9 @@ def baseline_ui(
     """
     session = session_of(request)
     prompts = prompts_from_text(eval_prompts)
-    if not prompts:
-        raise fail("Write at least one eval prompt (one per line) before recording the baseline.", "No prompts")
-    problems = validate_eval_prompts(prompts)
-    if problems:
-        raise gr.Error(problems_markdown(problems), title="Eval prompts")
+    service.check_prompts(prompts)
     generation = generation_settings(max_new_tokens, decoding, seed)
-    spec, identity = runs.check_model(model)
-    _not_training(session)
-    result = runs.baseline(session, spec, identity, prompts, generation, gr.Progress())
-    _adopt_model(session, spec, result["model_info"])
-    outputs, seconds = result["outputs"], result["seconds"]
-    if (prompts, outputs) != (session.eval_prompts, session.baseline_outputs):
-        session.forget_runs()  # other answers before training: earlier runs no longer compare with them
-    session.eval_prompts, session.generation, session.baseline_outputs = prompts, generation, outputs
-    session.report = None
-    session.timings = {"baseline": seconds}
+    outputs, seconds = service.record_baseline(session, model, prompts, generation, gr.Progress())
     table = pd.DataFrame({"prompt": prompts, "answer before training": outputs})
     status = (
         f"**Recorded {len(outputs)} answers** from `{session.model_spec}` in {seconds:.1f} s. "
@@ -145,7 +87,9 @@ def build(eval_prompts: list[str]) -> SimpleNamespace:
     )
     with gr.Row():
         max_new_tokens = gr.Number(
-            64, label="Max new tokens", info=f"Answer length cap, 1-{MAX_NEW_TOKENS_LIMIT}. Longer costs time."
+            GenerationSettings().max_new_tokens,
+            label="Max new tokens",
+            info=f"Answer length cap, 1-{MAX_NEW_TOKENS_LIMIT}. Longer costs time.",
         )
         decoding = gr.Radio([GREEDY, SAMPLING], value=GREEDY, label="Decoding")
         seed = gr.Number(0, label="Sampling seed", info="Used only when sampling.")

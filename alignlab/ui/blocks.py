@@ -7,24 +7,21 @@ No ``from __future__ import annotations`` here: ``gr.api`` reads the real type h
 """
 
 import os
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
 
 from alignlab.methods import DEFAULT_METHOD
-from alignlab.presets import DatasetError, Preset, load_preset
-from alignlab.training import TrainingSettings
-from alignlab.ui import baseline_tab, compare_tab, comparison_ui, dataset_tab, runs, runs_panel, train_tab
-from alignlab.ui.common import (
-    STORE,
-    api_doc,
-    close_session,
-    default_model,
-    fail,
-    session_of,
-)
+from alignlab.pairs import DatasetError
+from alignlab.presets import Preset, load_preset
+from alignlab.settings import GenerationSettings, TrainingSettings
+from alignlab.ui import baseline_tab, compare_tab, comparison_panel, dataset_tab, runs, runs_panel, service, train_tab
+from alignlab.ui.common import STORE, api_doc, close_session, default_model, session_of
+from alignlab.ui.inputs import GREEDY, generation_settings, settings_from_inputs
 
 DEFAULTS = TrainingSettings()
+MAX_NEW_TOKENS = GenerationSettings().max_new_tokens
 
 HEADER = (
     "# AlignLab\n"
@@ -71,7 +68,7 @@ def run_lab(
     batch_size: int = DEFAULTS.batch_size,
     loss_type: str = DEFAULTS.loss_type,
     seed: int = DEFAULTS.seed,
-    max_new_tokens: int = 64,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     method: str = DEFAULT_METHOD,
     sft_weight: float | None = None,
     request: gr.Request = None,
@@ -98,23 +95,9 @@ def run_lab(
     except DatasetError as exc:
         raise gr.Error(str(exc), title="Unknown preset") from exc
     # Every check before any model work, so that a wrong input is answered at once.
-    settings = train_tab.settings_from_inputs(
-        beta, learning_rate, steps, batch_size, loss_type, seed, method, sft_weight
-    )
-    baseline_tab.generation_settings(max_new_tokens, baseline_tab.GREEDY, 0)
-    spec, _ = runs.check_model(model or default_model())
-    session = session_of(request)
-    if session.training_now:
-        raise fail("A training run is already in progress in this session: wait for it or press Stop.")
-    runs.start_lab(
-        session, spec, len(lab.eval_prompts), int(max_new_tokens), len(lab.pairs), len(lab.heldout_pairs), settings
-    )
-    try:
-        baseline_tab.baseline_ui(spec, "\n".join(lab.eval_prompts), max_new_tokens, baseline_tab.GREEDY, 0, request)
-        compare_tab.train_then_compare(lab, settings, request, "Training")
-    finally:
-        runs.end_lab(session)
-    return session.report
+    settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed, method, sft_weight)
+    generation = generation_settings(max_new_tokens, GREEDY, 0)
+    return service.run_lab(session_of(request), model or default_model(), lab, settings, generation)
 
 
 def prepare_lab(preset_id: str, request: gr.Request) -> tuple[Any, ...]:
@@ -123,16 +106,7 @@ def prepare_lab(preset_id: str, request: gr.Request) -> tuple[Any, ...]:
     The lab's later steps keep this click's place in line (see ``runs.start_lab``).
     """
     filled = dataset_tab.load_preset_ui(preset_id)
-    lab = load_preset(preset_id)
-    runs.start_lab(
-        session_of(request),
-        default_model(),
-        len(lab.eval_prompts),
-        64,
-        len(lab.pairs),
-        len(lab.heldout_pairs),
-        DEFAULTS,
-    )
+    service.start_lab(session_of(request), default_model(), load_preset(preset_id), DEFAULTS, MAX_NEW_TOKENS)
     return (*filled, gr.Tabs(selected="baseline"))
 
 
@@ -146,6 +120,61 @@ def show_tab(name: str) -> Any:
 def default_preset() -> Preset:
     """The preset the app opens on (``ALIGNLAB_DEFAULT_PRESET`` overrides, e.g. in tests)."""
     return load_preset(os.environ.get("ALIGNLAB_DEFAULT_PRESET", dataset_tab.DEFAULT_PRESET))
+
+
+def show_runs_after(event: Any, comparison: SimpleNamespace) -> None:
+    """A finished run joins the overlay and the map, whichever button trained it."""
+    event.then(runs_panel.overlay_ui, comparison.axis, comparison.overlay, api_visibility="private", queue=False).then(
+        runs_panel.map_ui, None, comparison.map, api_visibility="private", queue=False
+    )
+
+
+def _wire_presenter_chain(
+    run_all: gr.Button,
+    tabs: gr.Tabs,
+    baseline: SimpleNamespace,
+    dataset: SimpleNamespace,
+    train: SimpleNamespace,
+    compare: SimpleNamespace,
+    comparison: SimpleNamespace,
+) -> Any:
+    """Presenter mode: the same handlers as the tabs, chained, each tab shown as its step runs; returns the
+    training event (for Stop).
+
+    Model work waits in ``runs.GATE``, not in Gradio's queue: each step's checks answer at once.
+    """
+    heavy = {"concurrency_limit": None, "api_visibility": "private"}
+    private = {"api_visibility": "private", "queue": False}
+    lab_train = (
+        run_all.click(
+            prepare_lab,
+            dataset.preset_id,
+            [
+                dataset.description,
+                dataset.pairs,
+                dataset.heldout,
+                baseline.prompts,
+                dataset.validation,
+                *dataset_tab.probe_outputs(dataset),
+                tabs,
+            ],
+            **private,
+        )
+        .success(baseline_tab.load_model_ui, baseline.model, baseline.model_status, **heavy)
+        .success(
+            baseline_tab.baseline_ui,
+            [baseline.model, baseline.prompts, baseline.max_new_tokens, baseline.decoding, baseline.seed],
+            [baseline.outputs, baseline.status],
+            **heavy,
+        )
+        .success(show_tab("train"), None, tabs, **private)
+        .success(train_tab.train_ui, train_tab.inputs(train, dataset), train_tab.outputs(train), **heavy)
+    )
+    show_runs_after(lab_train, comparison)
+    lab_train.success(show_tab("compare"), None, tabs, **private).success(
+        compare_tab.compare_ui, None, compare_tab.outputs(compare), **heavy
+    ).success(compare_tab.show_runs_ui, None, compare_tab.runs_outputs(compare), **private)
+    return lab_train
 
 
 def build_app() -> gr.Blocks:
@@ -166,7 +195,7 @@ def build_app() -> gr.Blocks:
                 dataset = dataset_tab.build(preset)
             with gr.Tab("3 · Train", id="train"):
                 train = train_tab.build()
-                comparison = comparison_ui.build()
+                comparison = comparison_panel.build()
             with gr.Tab("4 · Compare", id="compare"):
                 compare = compare_tab.build()
 
@@ -174,49 +203,17 @@ def build_app() -> gr.Blocks:
         dataset_tab.wire(dataset, baseline.prompts)
         train_event = train_tab.wire(train, dataset)
         compare_tab.wire(compare)
-        comparison_event = comparison_ui.wire(comparison, train, dataset, baseline, compare)
-
-        def show_runs_after(event: Any) -> None:
-            """A finished run joins the overlay and the map, whichever button trained it."""
-            event.then(
-                runs_panel.overlay_ui, comparison.axis, comparison.overlay, api_visibility="private", queue=False
-            ).then(runs_panel.map_ui, None, comparison.map, api_visibility="private", queue=False)
-
-        show_runs_after(train_event)
-
-        # Presenter mode: the same handlers as the tabs, chained, each tab shown as its step runs.
-        # Model work waits in runs.GATE, not in Gradio's queue: each step's checks answer at once.
-        heavy = {"concurrency_limit": None, "api_visibility": "private"}
-        private = {"api_visibility": "private", "queue": False}
-        lab_train = (
-            run_all.click(
-                prepare_lab,
-                dataset.preset_id,
-                [
-                    dataset.description,
-                    dataset.pairs,
-                    dataset.heldout,
-                    baseline.prompts,
-                    dataset.validation,
-                    *dataset_tab.probe_outputs(dataset),
-                    tabs,
-                ],
-                **private,
-            )
-            .success(baseline_tab.load_model_ui, baseline.model, baseline.model_status, **heavy)
-            .success(
-                baseline_tab.baseline_ui,
-                [baseline.model, baseline.prompts, baseline.max_new_tokens, baseline.decoding, baseline.seed],
-                [baseline.outputs, baseline.status],
-                **heavy,
-            )
-            .success(show_tab("train"), None, tabs, **private)
-            .success(train_tab.train_ui, train_tab.inputs(train, dataset), train_tab.outputs(train), **heavy)
+        comparison_event = comparison_panel.wire(
+            comparison,
+            train,
+            dataset,
+            baseline,
+            train_tab.outputs(train),
+            [*compare_tab.runs_outputs(compare), *compare_tab.outputs(compare)],
         )
-        show_runs_after(lab_train)
-        lab_train.success(show_tab("compare"), None, tabs, **private).success(
-            compare_tab.compare_ui, None, compare_tab.outputs(compare), **heavy
-        ).success(compare_tab.show_runs_ui, None, compare_tab.runs_outputs(compare), **private)
+
+        show_runs_after(train_event, comparison)
+        lab_train = _wire_presenter_chain(run_all, tabs, baseline, dataset, train, compare, comparison)
 
         # Stop: cancel this session's streaming event, and tell its training thread to stop now.
         train.stop.click(None, None, None, cancels=[train_event, lab_train, comparison_event])

@@ -7,7 +7,6 @@ how they are written out is :mod:`alignlab.presets`' business; the handlers here
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,33 +14,24 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from alignlab.presets import (
-    EXPORT_FORMATS,
+from alignlab.importers import EXPORT_FORMATS, export_jsonl, load_dataset_file
+from alignlab.pairs import (
     MAX_PAIRS,
     THUMBS_COLUMNS,
     DatasetError,
     PreferencePair,
-    Preset,
     TrainingData,
     UnpairedRow,
     describe_training_data,
-    export_jsonl,
-    load_dataset_file,
-    load_preset,
-    preset_ids,
+    pairs_to_dicts,
+    thumbs_from_dicts,
+    thumbs_to_dicts,
     thumbs_view,
-    validate_preset,
     validate_unpaired,
 )
-from alignlab.ui.common import (
-    PAIR_COLUMNS,
-    api_doc,
-    fail,
-    pairs_from_table,
-    problems_markdown,
-    session_of,
-    table_from_pairs,
-)
+from alignlab.presets import Preset, load_preset, preset_ids, validate_preset
+from alignlab.ui.common import api_doc, fail, problems_markdown, session_of
+from alignlab.ui.inputs import PAIR_COLUMNS, pairs_from_table, table_from_pairs
 
 INTRO = (
     "**Step 2 — Dataset.** Each row says: for this *prompt*, prefer the *chosen* answer over the *rejected* one. "
@@ -61,8 +51,8 @@ def probes_of(preset: Preset) -> dict[str, Any]:
     """The probe sets a run on this preset is judged with (kept in the page's state, see train_tab)."""
     return {
         "preset": preset.id,
-        "contrast_pairs": [asdict(p) for p in preset.contrast_pairs],
-        "capability_pairs": [asdict(p) for p in preset.capability_pairs],
+        "contrast_pairs": pairs_to_dicts(preset.contrast_pairs),
+        "capability_pairs": pairs_to_dicts(preset.capability_pairs),
     }
 
 
@@ -107,12 +97,12 @@ def load_preset_ui(preset_id: str) -> tuple[Any, ...]:
 
 def unpaired_from_state(rows: list[dict[str, Any]] | None) -> list[UnpairedRow]:
     """The thumbs rows kept in the page's state (plain dicts, as ``UnpairedRow.to_dict`` wrote them)."""
-    return [UnpairedRow(r["prompt"], r["completion"], r["label"]) for r in rows or []]
+    return thumbs_from_dicts(rows or [])
 
 
 def thumbs_outputs(pairs: list[PreferencePair], unpaired: list[UnpairedRow]) -> tuple[Any, ...]:
     """The thumbs state, the thumbs view and its counts for these pairs and thumbs rows."""
-    rows = [r.to_dict() for r in unpaired]
+    rows = thumbs_to_dicts(unpaired)
     return (rows, *thumbs_view_ui(pairs, rows))
 
 
@@ -264,7 +254,7 @@ def build(preset: Preset) -> SimpleNamespace:
             export = gr.Button("Export as JSONL")
             exported = gr.File(label="exported pairs", interactive=False)
     import_status = gr.Markdown(elem_id="import-status")
-    unpaired = gr.State([r.to_dict() for r in preset.unpaired])
+    unpaired = gr.State(thumbs_to_dicts(preset.unpaired))
     thumbs_table, thumbs_text = thumbs_view_ui(preset.pairs, unpaired.value)
     with gr.Accordion("Thumbs view: the training data as thumbs up/down (what KTO trains on)", open=False):
         thumbs_note = gr.Markdown(thumbs_text, elem_id="thumbs-note")
@@ -278,6 +268,27 @@ def build(preset: Preset) -> SimpleNamespace:
             column_widths=["30%", "48%", "10%", "12%"],
             max_height=360,
         )
+    probe_sets = _build_probe_sets(preset)
+    return SimpleNamespace(
+        preset_id=preset_id,
+        description=description,
+        validation=validation,
+        pairs=pairs,
+        heldout=heldout,
+        upload=upload,
+        import_status=import_status,
+        export=export,
+        export_as=export_as,
+        exported=exported,
+        unpaired=unpaired,
+        thumbs=thumbs,
+        thumbs_note=thumbs_note,
+        **vars(probe_sets),
+    )
+
+
+def _build_probe_sets(preset: Preset) -> SimpleNamespace:
+    """The probe sets (contrast and capability pairs) the Compare tab reads, shown read-only, and their state."""
     probes = gr.State(probes_of(preset))
     with gr.Accordion("Probe sets: how the Compare tab tells real alignment from a shortcut", open=False):
         probes_text = gr.Markdown(probes_note(probes_of(preset)), elem_id="probes-note")
@@ -299,25 +310,7 @@ def build(preset: Preset) -> SimpleNamespace:
             elem_id="capability-table",
             max_height=260,
         )
-    return SimpleNamespace(
-        preset_id=preset_id,
-        description=description,
-        validation=validation,
-        pairs=pairs,
-        heldout=heldout,
-        upload=upload,
-        import_status=import_status,
-        export=export,
-        export_as=export_as,
-        exported=exported,
-        unpaired=unpaired,
-        thumbs=thumbs,
-        thumbs_note=thumbs_note,
-        probes=probes,
-        probes_text=probes_text,
-        contrast=contrast,
-        capability=capability,
-    )
+    return SimpleNamespace(probes=probes, probes_text=probes_text, contrast=contrast, capability=capability)
 
 
 def probe_outputs(tab: SimpleNamespace) -> list[Any]:

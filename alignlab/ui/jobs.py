@@ -20,21 +20,15 @@ import gradio as gr
 import torch
 
 from alignlab import gpu
-from alignlab.evaluation import live_probe
-from alignlab.generation import GenerationSettings, GenerationSettingsError, generate
+from alignlab.generation import generate
 from alignlab.lab import build_report, compare, run_probe
 from alignlab.models import LoadedModel, ModelLoadError, load_model
-from alignlab.presets import DatasetError, PreferencePair, Preset, TrainingData, UnpairedRow
-from alignlab.training import (
-    CancelToken,
-    SettingsError,
-    TrainingResult,
-    TrainingSettings,
-    is_quantized,
-    load_policy,
-    save_policy,
-    stream_training,
-)
+from alignlab.pairs import DatasetError, TrainingData, pairs_from_dicts, thumbs_from_dicts
+from alignlab.presets import Preset
+from alignlab.probes import live_probe
+from alignlab.settings import GenerationSettings, GenerationSettingsError, SettingsError, TrainingSettings
+from alignlab.trainer import is_quantized, load_policy, save_policy
+from alignlab.training import CancelToken, TrainingResult, stream_training
 from alignlab.ui.state import RUN_TOKENS
 
 _EXPECTED = (ModelLoadError, DatasetError, SettingsError, GenerationSettingsError)
@@ -45,22 +39,6 @@ def _load(spec: str) -> LoadedModel:
         return load_model(spec)
     except ModelLoadError as exc:
         raise gr.Error(str(exc), title="Model not loaded") from exc
-
-
-def pairs_to_dicts(pairs: list[PreferencePair]) -> list[dict[str, str]]:
-    return [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
-
-
-def pairs_from_dicts(rows: list[dict[str, str]]) -> list[PreferencePair]:
-    return [PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
-
-
-def unpaired_to_dicts(rows: list[UnpairedRow]) -> list[dict[str, Any]]:
-    return [r.to_dict() for r in rows]
-
-
-def unpaired_from_dicts(rows: list[dict[str, Any]]) -> list[UnpairedRow]:
-    return [UnpairedRow(r["prompt"], r["completion"], r["label"]) for r in rows]
 
 
 @gpu.gpu(duration=gpu.baseline_duration)
@@ -106,14 +84,17 @@ def train_job(
     except (SettingsError, TypeError) as exc:
         raise gr.Error(str(exc), title="Training settings") from exc
     cancel = RUN_TOKENS.get(run_id) or CancelToken()
-    probe = live_probe(
-        loaded,
-        training.beta,
-        pairs_from_dicts(heldout or []),
-        pairs_from_dicts(contrast or []),
-        scorer=training.method_entry.scorer,
-    )
-    data = TrainingData(pairs_from_dicts(pairs), unpaired_from_dicts(unpaired or []))
+    try:
+        data = TrainingData(pairs_from_dicts(pairs), thumbs_from_dicts(unpaired or []))
+        probe = live_probe(
+            loaded,
+            training.beta,
+            pairs_from_dicts(heldout or [], "held-out pairs"),
+            pairs_from_dicts(contrast or [], "contrast pairs"),
+            scorer=training.method_entry.scorer,
+        )
+    except DatasetError as exc:
+        raise gr.Error(str(exc), title="Training data") from exc
     events = stream_training(loaded, data, training, cancel, probe=probe.curve_point if probe is not None else None)
     try:
         for event in events:
@@ -169,8 +150,8 @@ def compare_job(
     loaded = _load(spec)
     started = time.perf_counter()
     policy = load_policy(policy_dir, loaded)
-    lab_preset = Preset.from_dict(preset)
     try:
+        lab_preset = Preset.from_dict(preset)
         generation_settings = GenerationSettings(**generation)
         settings = TrainingSettings.from_dict(training["settings"])
     except _EXPECTED as exc:

@@ -32,13 +32,14 @@ import gradio as gr
 from alignlab import gpu
 from alignlab.heavy import GateFull, HeavyGate, Place, Work, configure_torch_threads
 from alignlab.models import ModelLoadError, is_loaded, load_model, pick_device, spec_identity
-from alignlab.presets import PreferencePair, UnpairedRow
+from alignlab.pairs import PreferencePair, UnpairedRow, pairs_to_dicts, thumbs_to_dicts
+from alignlab.settings import GenerationSettings, TrainingSettings
 from alignlab.sharing import Finished, Member, Published, SharedRun, SharedRuns, Waiting, link_tree, run_key
-from alignlab.training import TrainingSettings
 from alignlab.ui import jobs
 from alignlab.ui.common import HEAVY_LIMIT, STORE, fail
 from alignlab.ui.state import LabPlan, Run, Session
 
+_MAX_NEW_TOKENS = GenerationSettings().max_new_tokens
 #: How many requests may wait for the model at once (beyond that, "the lab is full").
 QUEUE_SIZE = int(os.environ.get("ALIGNLAB_QUEUE_SIZE", "64"))
 
@@ -289,13 +290,13 @@ def training_key(
     contrast: list[PreferencePair] | None = None,
     unpaired: list[UnpairedRow] | None = None,
 ) -> str:
-    thumbs = {"unpaired": jobs.unpaired_to_dicts(unpaired)} if unpaired else {}  # pairs alone keep their keys
+    thumbs = {"unpaired": thumbs_to_dicts(unpaired)} if unpaired else {}  # pairs alone keep their keys
     return run_key(
         "train",
         model=model_fingerprint(identity),
-        pairs=jobs.pairs_to_dicts(pairs),
-        heldout=jobs.pairs_to_dicts(heldout),
-        contrast=jobs.pairs_to_dicts(contrast or []),
+        pairs=pairs_to_dicts(pairs),
+        heldout=pairs_to_dicts(heldout),
+        contrast=pairs_to_dicts(contrast or []),
         settings=settings.to_dict(),
         **thumbs,
     )
@@ -317,9 +318,9 @@ def start_training(
     so are the thumbs rows (``unpaired``) trained on beside the pairs.
     """
     key = training_key(identity, pairs, heldout, settings, contrast, unpaired)
-    pair_dicts, settings_dict = jobs.pairs_to_dicts(pairs), settings.to_dict()
-    probe_dicts = (jobs.pairs_to_dicts(heldout), jobs.pairs_to_dicts(contrast or []))
-    thumb_dicts = jobs.unpaired_to_dicts(unpaired or [])
+    pair_dicts, settings_dict = pairs_to_dicts(pairs), settings.to_dict()
+    probe_dicts = (pairs_to_dicts(heldout), pairs_to_dicts(contrast or []))
+    thumb_dicts = thumbs_to_dicts(unpaired or [])
     units = settings.total_steps(len(pairs) + len(unpaired or []) // 2) * settings.batch_size
 
     def produce(run: SharedRun) -> tuple[Any, bool]:
@@ -403,7 +404,7 @@ def compare(session: Session, preset: dict[str, Any], progress: gr.Progress | No
         baseline=baseline_outputs,
         generation=generation,
     )
-    units = generation_units(len(preset["eval_prompts"]), generation.get("max_new_tokens", 64))
+    units = generation_units(len(preset["eval_prompts"]), generation.get("max_new_tokens", _MAX_NEW_TOKENS))
     units += 8 * len(preset.get("heldout_pairs", []))
 
     def produce(run: SharedRun) -> tuple[Any, bool]:

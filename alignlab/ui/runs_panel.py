@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from alignlab import plots
-from alignlab.methods import METHODS, Method
+from alignlab.methods import METHODS, Data, Method
 from alignlab.runrecord import EVIDENCE_COLUMNS, RunRecord, display_table, method_label
 from alignlab.ui.common import session_of
 from alignlab.ui.diff import runs_html
@@ -78,28 +78,21 @@ def runs_views_ui(request: gr.Request) -> tuple[Any, ...]:
 # --------------------------------------------------------------------------- the map
 
 
-def _trainer(stage_trainer: str) -> str:
-    return stage_trainer.rsplit(".", 1)[-1]
-
-
-_DATA_WORDS = {
-    "paired": "pairs",
-    "unpaired": "thumbs up/down (or pairs, split)",
-    "prompts": "prompts (it samples its own answers)",
-}
-
-
 def needs(method: Method) -> dict[str, str]:
     """What a method needs, read from its registry entry's stages (data, reference, reward model, rollouts)."""
-    trainers = [_trainer(stage.trainer) for stage in method.stages]
-    reward_model = any(t == "RewardTrainer" for t in trainers)
-    online = any(t in ("RLOOTrainer", "GRPOTrainer", "PPOTrainer", "OnlineDPOTrainer") for t in trainers)
+    words = {
+        Data.PAIRED: "pairs",
+        Data.UNPAIRED: "thumbs up/down (or pairs, split)",
+        Data.PROMPTS: "prompts (it samples its own answers)",
+    }
     kinds = dict.fromkeys(stage.data for stage in method.stages)
     return {
-        "data": ", then ".join(_DATA_WORDS.get(kind, kind) for kind in kinds),
+        "data": ", then ".join(words[kind] for kind in kinds),
         "reference": "frozen copy" if method.has_reference else "none",
-        "reward model": "trained first" if reward_model else "none",
-        "rollouts": "the policy generates while it trains" if online else "none (offline data)",
+        "reward model": "trained first" if any(s.trains_reward_model for s in method.stages) else "none",
+        "rollouts": "the policy generates while it trains"
+        if any(s.samples_answers for s in method.stages)
+        else "none (offline data)",
     }
 
 

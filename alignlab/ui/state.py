@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignlab.presets import PreferencePair, UnpairedRow
+from alignlab.pairs import PreferencePair, UnpairedRow
 from alignlab.runrecord import MAX_RUNS, RunRecord, run_label
 from alignlab.training import CancelToken
 

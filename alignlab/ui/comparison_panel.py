@@ -1,9 +1,10 @@
 """One click, several methods: the presenter's comparison (Train tab) and the ``/run_comparison`` endpoint.
 
-Each method of the comparison is an ordinary run of the session: the Train tab's handler trains it
-(streaming its curves, sharing identical runs with the room), the Compare tab's handler compares it,
-and it joins the session's runs. So a comparison is nothing but Start and Compare pressed once per
-method, with each method's own defaults; its table is the runs' evidence rows side by side.
+Each method of the comparison is an ordinary run of the session: the run service trains it
+(:func:`alignlab.ui.service.train`, streaming its curves, sharing identical runs with the room), compares it
+(:func:`alignlab.ui.service.compare`), and it joins the session's runs. So a comparison is nothing but Start
+and Compare pressed once per method, with each method's own defaults; its table is the runs' evidence rows side
+by side.
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ import gradio as gr
 
 from alignlab.comparison import DEFAULT_METHODS, comparison_settings, method_names, parse_methods
 from alignlab.methods import METHODS
+from alignlab.pairs import DatasetError, TrainingData, thumbs_from_dicts
 from alignlab.plots import OVERLAY_AXES
-from alignlab.presets import DatasetError, TrainingData, load_preset
+from alignlab.presets import load_preset
 from alignlab.runrecord import evidence_row, run_label
-from alignlab.training import SettingsError, TrainingSettings, trained_on
-from alignlab.ui import baseline_tab, compare_tab, jobs, runs, runs_panel, train_tab
-from alignlab.ui.common import default_model, fail, pairs_from_table, session_of
+from alignlab.settings import GenerationSettings, SettingsError, TrainingSettings
+from alignlab.trl_rows import trained_on
+from alignlab.ui import runs_panel, service
+from alignlab.ui.common import api_doc, default_model, fail, session_of
+from alignlab.ui.inputs import GREEDY, generation_settings, knob_value, pairs_from_table, prompts_from_text
 from alignlab.ui.state import Session
+from alignlab.ui.views import finished_view, report_views, train_view
 
 DEFAULTS = TrainingSettings()
 INTRO = (
@@ -38,12 +43,12 @@ def _settings(methods: Any, steps: Any, batch_size: Any, seed: Any) -> list[Trai
     """Every run's settings, checked before any model work; a bad input raises a gr.Error naming it."""
     try:
         names = parse_methods(methods)
-        chosen_steps = None if steps in (None, "") else train_tab.knob_value("steps", steps)
+        chosen_steps = None if steps in (None, "") else knob_value("steps", steps)
         return comparison_settings(
             names,
             steps=chosen_steps,
-            batch_size=train_tab.knob_value("batch_size", batch_size),
-            seed=train_tab.knob_value("seed", seed),
+            batch_size=knob_value("batch_size", batch_size),
+            seed=knob_value("seed", seed),
         )
     except SettingsError as exc:
         raise fail(str(exc), "Methods") from exc
@@ -57,6 +62,45 @@ def status_line(done: int, total: int, current: str | None, stage: str = "") -> 
     if current is None:
         return f"**Comparison finished:** {done} of {total} runs trained and compared."
     return f"**Run {done + 1} of {total}: {current}** — {stage}"
+
+
+class _ComparisonView:
+    """What the comparison shows as it goes: the Train tab's outputs as the current run last drew them, the
+    Compare tab's as the last compare left them, and the runs this comparison made (the session's newest)."""
+
+    def __init__(self, session: Session, request: gr.Request, axis: str) -> None:
+        self.session, self.request, self.axis = session, request, axis
+        self.first = session.runs_started
+        self.shown: dict[str, tuple] = {"train": train_view("", []), "compare": (gr.skip(),) * 6}
+
+    def frame(self, status: str, live: tuple | None = None) -> tuple[Any, ...]:
+        """Everything the comparison shows. While a run trains (``live``), only its curves move: the runs' table,
+        the map and the answers side by side change when a run ends, so those frames skip them (rebuilt and sent
+        at every step, they took a share of the two cores the training needs)."""
+        session, shown = self.session, self.shown
+        overlay = runs_panel.overlay_plot(session, self.axis, live)
+        if live is not None:
+            return (
+                status,
+                overlay,
+                gr.skip(),
+                gr.skip(),
+                *shown["train"],
+                gr.skip(),
+                gr.skip(),
+                *(gr.skip(),) * len(shown["compare"]),
+            )
+        made = session.runs_started - self.first
+        mine = session.runs[len(session.runs) - made :] if made else []
+        return (
+            status,
+            overlay,
+            runs_panel.runs_frame(mine),
+            runs_panel.map_markdown(session),
+            *shown["train"],
+            *runs_panel.runs_views_ui(self.request)[:2],
+            *shown["compare"],
+        )
 
 
 def comparison_ui(
@@ -79,7 +123,8 @@ def comparison_ui(
     """Train and compare each method in turn, streaming the Train tab, the overlay and the table."""
     session = session_of(request)
     settings = _settings(methods, steps, batch_size, seed)
-    data = TrainingData(pairs_from_table(pairs), jobs.unpaired_from_dicts(unpaired or []))
+    data = TrainingData(pairs_from_table(pairs), thumbs_from_dicts(unpaired or []))
+    heldout = pairs_from_table(heldout_pairs)
     for run_settings in settings:  # a paired method on thumbs rows that form no pair: refused before any run
         try:
             trained_on(data, run_settings)
@@ -88,46 +133,25 @@ def comparison_ui(
     if session.training_now:
         raise fail("A training run is already in progress in this session: wait for it or press Stop.")
     total = len(settings)
-    first = session.runs_started
-    # The Train tab's own outputs as the current run last drew them, the Compare tab's as the last compare left them.
-    shown: dict[str, tuple] = {"train": train_tab.view("", []), "compare": (gr.skip(),) * 6}
-
-    def frame(status: str, live: tuple | None = None) -> tuple[Any, ...]:
-        """Everything the comparison shows. While a run trains (``live``), only its curves move: the runs' table,
-        the map and the answers side by side change when a run ends, so those frames skip them (rebuilt and sent
-        at every step, they took a share of the two cores the training needs)."""
-        if live is not None:
-            return (
-                status,
-                runs_panel.overlay_plot(session, axis or "loss", live),
-                gr.skip(),
-                gr.skip(),
-                *shown["train"],
-                gr.skip(),
-                gr.skip(),
-                *(gr.skip(),) * len(shown["compare"]),
-            )
-        made = session.runs_started - first  # this comparison's runs: the session's newest
-        mine = session.runs[len(session.runs) - made :] if made else []
-        return (
-            status,
-            runs_panel.overlay_plot(session, axis or "loss", live),
-            runs_panel.runs_frame(mine),
-            runs_panel.map_markdown(session),
-            *shown["train"],
-            *runs_panel.runs_views_ui(request)[:2],
-            *shown["compare"],
-        )
-
+    view = _ComparisonView(session, request, axis or "loss")
+    frame = view.frame
+    shown = view.shown
     if not session.baseline_outputs:
         yield frame(status_line(0, total, settings[0].method_label, "recording the baseline answers first"))
-        baseline_tab.baseline_ui(model or default_model(), prompts, max_new_tokens, decoding, generation_seed, request)
+        eval_prompts = prompts_from_text(prompts)
+        service.check_prompts(eval_prompts)
+        generation = generation_settings(max_new_tokens, decoding, generation_seed)
+        service.record_baseline(session, model or default_model(), eval_prompts, generation, gr.Progress())
     for index, run_settings in enumerate(settings):
         label = run_settings.method_label
         live_title = _live_title(session, run_settings)
-        training = train_tab.train_with(run_settings, pairs, heldout_pairs, probes, request, unpaired)
+        training = service.train(session, run_settings, data.pairs, heldout, probes, data.unpaired)
         try:
-            for shown["train"] in training:
+            for update in training:
+                if update.finished:
+                    shown["train"] = finished_view(session)
+                else:
+                    shown["train"] = train_view(update.status, update.rows, method=run_settings.method)
                 live = (live_title, list(session.log_rows), run_settings.method)
                 yield frame(status_line(index, total, label, "training"), live)
         finally:
@@ -136,7 +160,7 @@ def comparison_ui(
             yield frame(f"**Stopped** during run {index + 1} ({label}) before its first step ended.")
             return
         yield frame(status_line(index, total, label, "comparing its answers with the baseline"))
-        shown["compare"] = compare_tab.compare_ui(request)
+        shown["compare"] = report_views(*service.compare(session, gr.Progress()))
         yield frame(status_line(index + 1, total, None) if index + 1 == total else status_line(index + 1, total, "…"))
 
 
@@ -147,7 +171,7 @@ def run_comparison(
     steps: int | None = None,
     batch_size: int = DEFAULTS.batch_size,
     seed: int = DEFAULTS.seed,
-    max_new_tokens: int = 64,
+    max_new_tokens: int = GenerationSettings().max_new_tokens,
     request: gr.Request = None,
 ) -> dict:
     """Several methods on one preset, one after another, each with its own defaults. Returns the comparison JSON.
@@ -171,16 +195,15 @@ def run_comparison(
     except DatasetError as exc:
         raise gr.Error(str(exc), title="Unknown preset") from exc
     settings = _settings(methods, steps, batch_size, seed)
-    baseline_tab.generation_settings(max_new_tokens, baseline_tab.GREEDY, 0)
-    spec, _ = runs.check_model(model or default_model())
+    generation = generation_settings(max_new_tokens, GREEDY, 0)
     session = session_of(request)
     if session.training_now:
         raise fail("A training run is already in progress in this session: wait for it or press Stop.")
-    baseline_tab.baseline_ui(spec, "\n".join(lab.eval_prompts), max_new_tokens, baseline_tab.GREEDY, 0, request)
+    service.record_baseline(session, model or default_model(), list(lab.eval_prompts), generation, gr.Progress())
     reports = []
     for index, run_settings in enumerate(settings):
         what = f"Run {index + 1} ({run_settings.method_label})"
-        report = copy.deepcopy(compare_tab.train_then_compare(lab, run_settings, request, what))
+        report = copy.deepcopy(service.train_then_compare(session, lab, run_settings, what))
         report["run"] = {**report.get("run", {}), "index": index + 1, "of": len(settings)}
         reports.append(report)
     return {"runs": reports, "table": [evidence_row(r) for r in reports]}
@@ -225,9 +248,17 @@ def build() -> SimpleNamespace:
 
 
 def wire(
-    panel: SimpleNamespace, train: SimpleNamespace, dataset: SimpleNamespace, baseline: Any, compare: SimpleNamespace
+    panel: SimpleNamespace,
+    train: SimpleNamespace,
+    dataset: SimpleNamespace,
+    baseline: Any,
+    train_outputs: list[Any],
+    compare_outputs: list[Any],
 ) -> Any:
-    """The button (private: the API has ``/run_comparison``), the axis picker; returns the event for Stop."""
+    """The button (private: the API has ``/run_comparison``), the axis picker; returns the event for Stop.
+
+    ``train_outputs``: the Train tab's outputs; ``compare_outputs``: the Compare tab's runs table and answers, then
+    its report outputs (the app passes them in, so that no tab's module reaches into another's)."""
     panel.axis.change(runs_panel.overlay_ui, panel.axis, panel.overlay, api_visibility="private", queue=False)
     gr.api(run_comparison, api_name="run_comparison", api_description=_doc(), concurrency_limit=None)
     return panel.run.click(
@@ -253,10 +284,8 @@ def wire(
             panel.overlay,
             panel.table,
             panel.map,
-            *train_tab.outputs(train),
-            compare.runs_table,
-            compare.runs_answers,
-            *compare_tab.outputs(compare),
+            *train_outputs,
+            *compare_outputs,
         ],
         api_visibility="private",
         concurrency_limit=None,
@@ -265,6 +294,4 @@ def wire(
 
 
 def _doc() -> str:
-    from alignlab.ui.common import api_doc
-
     return api_doc(run_comparison) + f" Known method names: {', '.join(method_names())}."

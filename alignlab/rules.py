@@ -1,0 +1,655 @@
+"""The verdict's rules: one small function per finding code, and the thresholds they read.
+
+Each rule is a function of :class:`~alignlab.findings.RunFacts` that returns
+:class:`~alignlab.findings.Finding` s. A rule whose quantity a method does not log, or logs with another
+meaning (SimPO's and ORPO's rewards are not relative to a reference), stands aside, and
+:func:`rule_method_limits` says which checks could not be made. :data:`RULES` lists them in the order their
+findings are listed; :func:`alignlab.health.read_health` applies them.
+
+The thresholds are checked against runs whose answer we know (the calibration matrix: ``bench/calibration.py``,
+``tests/test_calibration.py``, ``docs/calibration.md``): collapse, loops, contradicting labels, memorising and
+the shipped presets at their defaults.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from alignlab.degeneration import LOOPING_RATE, REPETITIVE_RATE
+from alignlab.findings import Finding, RunFacts, tail_mean
+from alignlab.methods import SCORERS, Scorer
+from alignlab.readings import (
+    CAPABILITY_DROP,
+    CHANCE_ACCURACY,
+    CONTRAST_WORDS,
+    GENERALISES_ACCURACY,
+    HEAVY_KL,
+    HEAVY_PPL_RATIO,
+    HELDOUT_WORDS,
+    accuracy_band,
+    best_step,
+    capability_reading,
+    contrast_reading,
+    finite,
+    heldout_reading,
+)
+
+#: Training reward margin that moved less than this (reward units) did not move.
+FLAT_MARGIN = 0.05
+#: Held-out margins that agree in sign less than this (|mean| / mean |margin|) carry no signal.
+CONSISTENT_MARGINS = 0.3
+GRAD_NORM_LIMIT = 100.0
+#: A policy closer than this (nats per token) to the reference has not moved.
+NO_MOVE_KL = 0.002
+#: Nats of summed log-prob below the reference, per chosen answer, that count as displacement.
+DISPLACEMENT_DROP = 1.0
+#: Training pairs separated by more than this many nats of log-ratio (margin / beta)...
+MEMORISED_NATS = 40.0
+#: ...and by more than this many times the held-out margin are memorised.
+MEMORISED_GAP = 2.0
+#: The held-out curve falling this far below its best point means generalisation was lost.
+CURVE_DROP = 0.2
+#: Template phrases making up more than this share of the answers' words is template capture.
+TEMPLATE_WORDS = 0.4
+
+Rule = Callable[[RunFacts], list[Finding]]
+
+
+def rule_trained(facts: RunFacts) -> list[Finding]:
+    if not facts.log_rows:
+        return [Finding("no_steps", "failed", "No training step was logged: the run did not train.")]
+    return []
+
+
+def rule_unstable(facts: RunFacts) -> list[Finding]:
+    out = []
+    for row in facts.log_rows:
+        loss = row.get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            out.append(
+                Finding(
+                    "unstable",
+                    "failed",
+                    f"Instability: the loss became NaN or infinite at step {row.get('step', '?')}; "
+                    "lower the learning rate.",
+                )
+            )
+            break
+    # Each row against its own stage's scale: RL's loss sums over whole sampled answers, so its norms run higher.
+    over = []
+    for row in facts.log_rows:
+        if row.get("grad_norm") is None:
+            continue
+        grad = float(row["grad_norm"])
+        limit = facts.entry.stage_of(row.get("stage")).grad_norm_scale or GRAD_NORM_LIMIT
+        if not math.isfinite(grad) or grad > limit:
+            over.append((grad if math.isfinite(grad) else float("inf"), limit))
+    if over:
+        worst, limit = max(over)
+        out.append(
+            Finding(
+                "unstable",
+                "warning",
+                f"Instability: the gradient norm reached {worst:.3g} (above {limit:g}); "
+                "the updates are exploding, lower the learning rate.",
+            )
+        )
+    return out
+
+
+def rule_signal(facts: RunFacts) -> list[Finding]:
+    """No learnable signal: a flat training margin at chance, fresh pairs ranked at chance, held-out pairs ranked
+    backwards, or held-out margins that disagree in sign (the first of these that holds).
+
+    The training log tells learnt from unlearnt only where its rewards are relative to the reference (a
+    policy that learnt nothing scores 0). SimPO's and ORPO's logged rewards are the policy's own ranking,
+    the original model's preference included, so for them only the held-out evidence is read here.
+    """
+    for check in (_flat_training_signal, _fresh_pairs_at_chance, _backwards, _inconsistent_margins):
+        found = check(facts)
+        if found:
+            return found
+    return []
+
+
+def _flat_training_signal(facts: RunFacts) -> list[Finding]:
+    relative = facts.entry.rewards_relative
+    accuracies = facts.series("accuracy") if relative else []
+    margins = facts.series("margin") if relative else []
+    if accuracies and margins:
+        train_accuracy = tail_mean(accuracies)
+        gain = tail_mean(margins) - margins[0]
+        if 1 - CHANCE_ACCURACY <= train_accuracy <= CHANCE_ACCURACY and abs(gain) < FLAT_MARGIN:
+            return [
+                Finding(
+                    "no_signal",
+                    "failed",
+                    f"No learning signal: training reward accuracy stayed near chance ({train_accuracy:.2f}) and "
+                    f"the margin moved by only {gain:+.3f}; raise the learning rate or the number of steps.",
+                )
+            ]
+    return []
+
+
+def _fresh_pairs_at_chance(facts: RunFacts) -> list[Finding]:
+    accuracy = facts.ev("heldout_reward_accuracy")
+    # Each step's reward accuracy is measured on its batch before the update: in the first epoch those
+    # pairs are unseen, so the log itself says whether what was learnt so far carries to new pairs.
+    accuracy_key = facts.key("accuracy") if facts.entry.rewards_relative else None
+    fresh = [
+        float(r[accuracy_key])
+        for r in facts.log_rows[1:]
+        if accuracy_key is not None
+        and finite(r.get(accuracy_key)) is not None
+        and (finite(r.get("epoch")) or 0.0) <= 1.0 + 1e-6
+    ]
+    if len(fresh) >= 3 and sum(fresh) / len(fresh) <= CHANCE_ACCURACY and accuracy_band(accuracy) != "generalises":
+        return [
+            Finding(
+                "no_signal",
+                "failed",
+                f"No learning signal: pairs seen for the first time were ranked right only "
+                f"{sum(fresh) / len(fresh):.0%} of the time during training (steps 2-{1 + len(fresh)}), about chance"
+                + (f", and held-out pairs {accuracy:.0%}" if accuracy is not None else "")
+                + ". What one pair teaches does not carry to the next: the pairs may contradict each other (chosen "
+                "and rejected swapped on some), or the learning rate is too small to learn anything.",
+            )
+        ]
+    return []
+
+
+def _backwards(facts: RunFacts) -> list[Finding]:
+    accuracy = facts.ev("heldout_reward_accuracy")
+    before = facts.ev("heldout_reward_accuracy_before")  # reference-free scorers: the original model's ranking
+    backwards = accuracy is not None and accuracy <= 1 - GENERALISES_ACCURACY and (before is None or accuracy < before)
+    if backwards and facts.entry.stage.samples_answers:
+        # Online RL trains the policy on its own sampled answers, never on the pairs: a backwards ranking says
+        # where RL moved the policy's likelihoods, not that the pairs' labels are swapped.
+        return [
+            Finding(
+                "no_signal",
+                "warning",
+                f"Backwards: the policy's shift ranks held-out pairs the wrong way round ({accuracy:.0%} right). "
+                "It trained on its own sampled answers, scored by the reward model, and those moved it away from "
+                "the wording of the chosen answers rather than toward it: the reward model's preference did not "
+                "reach the policy as the pairs state it. Online RL learns only from what the policy samples: answers "
+                "like the rejected ones that it never writes are never pushed down (DPO learns from them directly). "
+                "More RL steps, longer samples or a reward model that generalises may change this.",
+            )
+        ]
+    if backwards:
+        return [
+            Finding(
+                "no_signal",
+                "failed",
+                f"Backwards: held-out pairs are ranked the wrong way round ({accuracy:.0%} right). The training pairs "
+                "teach the opposite of the held-out labels: check for swapped chosen and rejected answers.",
+            )
+        ]
+    return []
+
+
+def _inconsistent_margins(facts: RunFacts) -> list[Finding]:
+    accuracy = facts.ev("heldout_reward_accuracy")
+    held = [m for m in (facts.evidence.get("heldout_margins") or []) if finite(m) is not None]
+    # Margins that point both ways mean "moved, but not in one direction" only when they measure the move
+    # (relative to the reference); a reference-free score's margins carry the original model's own ranking.
+    if len(held) >= 4 and accuracy is not None and accuracy_band(accuracy) == "chance" and facts.relative_scorer:
+        spread = sum(abs(m) for m in held) / len(held)
+        agreement = abs(sum(held) / len(held)) / spread if spread > 0 else 0.0
+        if agreement < CONSISTENT_MARGINS:
+            return [
+                Finding(
+                    "no_signal",
+                    "failed",
+                    f"No consistent preference: held-out pairs are ranked right only {accuracy:.0%} of the time and "
+                    f"their margins point both ways (agreement {agreement:.2f}, below {CONSISTENT_MARGINS}). "
+                    "The training moved the model, but not in one direction: check that the pairs agree with "
+                    "each other (are some chosen and rejected answers swapped?).",
+                )
+            ]
+    return []
+
+
+def rule_learning(facts: RunFacts) -> list[Finding]:
+    margins = facts.series("margin")
+    accuracies = facts.series("accuracy")
+    if len(margins) >= 2 and tail_mean(margins) - margins[0] > FLAT_MARGIN:
+        reached = f" and training reward accuracy reached {tail_mean(accuracies):.2f}" if accuracies else ""
+        return [
+            Finding(
+                "learning",
+                "good",
+                f"Learning signal: the training reward margin grew from {margins[0]:+.3f} to {margins[-1]:+.3f}"
+                f"{reached}.",
+            )
+        ]
+    return []
+
+
+def rule_reward(facts: RunFacts) -> list[Finding]:
+    """Online RL: whether the reward of the answers the policy sampled rose (its logged ``reward`` axis).
+
+    Each step samples fresh answers to other prompts, so one step is noisy: the last half of the steps
+    is compared with the first step, as the margin is in :func:`rule_learning`.
+    """
+    rewards = facts.series("reward")
+    if len(rewards) < 2:
+        return []
+    first, late = rewards[0], tail_mean(rewards)
+    kl = facts.series("kl")
+    leash = f"; its KL estimate to the reference ended at {kl[-1]:+.3f} nats/token" if kl else ""
+    if late > first:
+        return [
+            Finding(
+                "reward_rising",
+                "good",
+                f"Reward rising: the reward model scored the policy's sampled answers {first:+.3f} at the first RL "
+                f"step and {late:+.3f} on average over the last half{leash}.",
+            )
+        ]
+    return [
+        Finding(
+            "reward_flat",
+            "info",
+            f"Reward not rising: the reward model scored the policy's sampled answers {first:+.3f} at the first RL "
+            f"step and {late:+.3f} on average over the last half{leash}; more steps or a higher learning rate "
+            "may move it.",
+        )
+    ]
+
+
+def rule_memorised(facts: RunFacts) -> list[Finding]:
+    out = []
+    accuracies = facts.series("accuracy")
+    margins = facts.series("margin")
+    train_accuracy = tail_mean(accuracies) if accuracies else float("nan")
+    # margin / beta is nats of log-ratio to the reference only where the rewards are relative to it.
+    if margins and accuracies and train_accuracy >= 0.99 and facts.entry.rewards_relative:
+        # Pairs separated by a huge log-ratio are memorised only if they were seen before (a batch of
+        # pairs seen for the first time measures generalisation, not memory: warm-tone's first epoch at the
+        # defaults separates fresh pairs by twice the held-out ones) and if unseen pairs are not separated alike.
+        train_margin = tail_mean(margins[-2:])
+        curve = [p for p in facts.heldout_curve if finite(p.get("margin")) is not None]
+        heldout_margin = curve[-1]["margin"] if curve else facts.ev("heldout_mean_margin")
+        if not facts.relative_scorer:
+            heldout_margin = None  # another unit: no gap to compare
+        revisited = (finite(facts.log_rows[-1].get("epoch")) or 0.0) > 1.0
+        nats = train_margin / facts.beta
+        gap = heldout_margin is None or train_margin > MEMORISED_GAP * max(heldout_margin, 0.0)
+        if nats > MEMORISED_NATS and gap and revisited:
+            unseen = (
+                f" against {heldout_margin / facts.beta:.0f} on held-out pairs" if heldout_margin is not None else ""
+            )
+            out.append(
+                Finding(
+                    "memorised",
+                    "warning",
+                    f"Memorised: the training pairs are separated by {nats:.0f} nats of log-ratio{unseen}; the "
+                    "loss is near zero and further steps only push these exact answers apart. Train fewer steps "
+                    "or lower the learning rate.",
+                )
+            )
+    accuracy = facts.ev("heldout_reward_accuracy")
+    # Only where the log's accuracy and the held-out pairs rank by the policy (rlhf's log is its reward model's).
+    if (
+        accuracy is not None
+        and train_accuracy >= 0.99
+        and accuracy_band(accuracy) == "chance"
+        and facts.entry.rewards_from_policy
+    ):
+        out.append(
+            Finding(
+                "memorised",
+                "warning",
+                f"Memorised, not generalised: training pairs are all ranked right but held-out pairs only "
+                f"{accuracy:.0%}, about chance.",
+            )
+        )
+    curve = [p for p in facts.heldout_curve if finite(p.get("accuracy")) is not None]
+    step = best_step(curve)
+    revisited = bool(facts.log_rows) and (finite(facts.log_rows[-1].get("epoch")) or 0.0) > 1.0
+    # Only re-seen pairs can be memorised: a dip within the first epoch is noise or drift (warm-tone's first
+    # epoch at the defaults moves two of its 8 contrast pairs).
+    if step is not None and len(curve) >= 3 and revisited:
+        best = next(p for p in curve if p["step"] == step)
+        last = curve[-1]
+
+        def total(p: dict[str, Any]) -> float:
+            return p["accuracy"] + (finite(p.get("contrast_accuracy")) or 0.0)
+
+        if last["step"] > step and total(best) - total(last) >= CURVE_DROP:
+            which = "held-out and contrast" if finite(best.get("contrast_accuracy")) is not None else "held-out"
+            out.append(
+                Finding(
+                    "memorised",
+                    "warning",
+                    f"Stopped generalising: {which} accuracy peaked at step {step} and fell by the last step "
+                    f"({total(best):.2f} -> {total(last):.2f} summed); the later steps memorised the training "
+                    f"pairs. Train about {step} steps instead.",
+                )
+            )
+    return out
+
+
+def rule_generalises(facts: RunFacts) -> list[Finding]:
+    if not facts.evidence:  # the Train tab's reading, before any evidence is gathered
+        return []
+    accuracy = facts.ev("heldout_reward_accuracy")
+    if accuracy is None:
+        return [Finding("no_heldout", "info", HELDOUT_WORDS["unknown"].capitalize() + ".")]
+    band = accuracy_band(accuracy)
+    before = facts.ev("heldout_reward_accuracy_before")
+    if before is not None and accuracy <= before and band != "chance":
+        return [
+            Finding(
+                "no_gain",
+                "info",
+                f"Held-out pairs: {accuracy:.0%} ranked right, but the original model already ranked {before:.0%} "
+                "right under the same score (this method has no reference, so the score is the policy's own): "
+                "training added no held-out preference of its own.",
+            )
+        ]
+    contrast = facts.ev("contrast_accuracy")
+    if band != "chance" and contrast is not None and accuracy_band(contrast) == "chance":
+        return [
+            Finding(
+                "cue_only",
+                "info",
+                f"Held-out pairs: {accuracy:.0%} ranked right, but they share the training answers' surface cue, and "
+                f"the contrast pairs ({contrast:.0%}) show that the cue, not the preference, does the ranking.",
+            )
+        ]
+    if band == "generalises":
+        was = f" (the original model: {before:.0%})" if before is not None else ""
+        return [
+            Finding(
+                "generalises",
+                "good",
+                f"Generalises: {accuracy:.0%} of held-out pairs, never trained on, are ranked right{was}.",
+            )
+        ]
+    if band == "partial":
+        return [Finding("weak_generalisation", "info", heldout_reading(accuracy, facts.ev("heldout_mean_margin")))]
+    return [
+        Finding(
+            "no_generalisation",
+            "warning",
+            f"No generalisation: only {accuracy:.0%} of held-out pairs are ranked right, about chance; the preference "
+            "was not learnt beyond the training pairs.",
+        )
+    ]
+
+
+def rule_shortcut(facts: RunFacts) -> list[Finding]:
+    contrast = facts.ev("contrast_accuracy")
+    if contrast is None:
+        if "heldout_reward_accuracy" in facts.evidence:
+            return [Finding("no_contrast", "info", "Contrast: " + CONTRAST_WORDS["unknown"] + ".")]
+        return []
+    band = accuracy_band(contrast)
+    if band == "chance":
+        return [
+            Finding(
+                "shortcut",
+                "warning",
+                f"Shortcut: with the training answers' surface cue moved to the worse answer, only {contrast:.0%} of "
+                "contrast pairs are ranked right; the model learnt the cue (a greeting, a sign-off, a length), not "
+                "the preference behind it.",
+            )
+        ]
+    if band == "partial":
+        return [Finding("partial_cue", "info", contrast_reading(contrast))]
+    return [
+        Finding(
+            "beyond_cue",
+            "good",
+            f"Beyond the cue: {contrast:.0%} of contrast pairs are ranked right even with the cue on the worse answer.",
+        )
+    ]
+
+
+def rule_capability(facts: RunFacts) -> list[Finding]:
+    before, after = facts.ev("capability_accuracy_before"), facts.ev("capability_accuracy_after")
+    if before is None or after is None:
+        return []
+    n = int(facts.evidence.get("capability_pairs") or 0)
+    dropped = before - after
+    if dropped >= CAPABILITY_DROP - 1e-9 and dropped * n >= 2 - 1e-9:
+        return [
+            Finding(
+                "capability_loss",
+                "warning",
+                f"Capability loss: on unrelated questions the correct answer is preferred {after:.0%} of the time, "
+                f"down from {before:.0%}; training cost knowledge it was not about. Raise β or train fewer steps.",
+            )
+        ]
+    return [Finding("capability_kept", "good", capability_reading(before, after))]
+
+
+def rule_displacement(facts: RunFacts) -> list[Finding]:
+    # Rewards are beta x (policy - reference) log-probability on the step's own pairs, so they compare
+    # like with like; raw ``logps/*`` move with which pairs a batch drew (short or long answers). A method
+    # whose rewards are not relative to a reference (SimPO, ORPO) says nothing about displacement here.
+    if not facts.entry.rewards_relative:
+        return []
+    chosen, rejected = facts.series("chosen"), facts.series("rejected")
+    if len(chosen) >= 2 and len(rejected) >= 2:
+        chosen_drop, rejected_drop = -tail_mean(chosen) / facts.beta, -tail_mean(rejected) / facts.beta
+        if chosen_drop > DISPLACEMENT_DROP and rejected_drop > 0:
+            return [
+                Finding(
+                    "displacement",
+                    "warning",
+                    f"Likelihood displacement: the chosen answers' log-probability fell {chosen_drop:.2f} nats "
+                    f"below the reference's, along with the rejected ones' ({rejected_drop:.2f}); the margin grew "
+                    "by pushing both down.",
+                )
+            ]
+    return []
+
+
+def rule_change(facts: RunFacts) -> list[Finding]:
+    if facts.changed is None:
+        return []
+    if facts.changed == 0:
+        return [
+            Finding(
+                "no_change",
+                "warning",
+                "No behaviour change: every eval prompt gives the same answer as before training.",
+            )
+        ]
+    kl = facts.ev("kl_to_reference")
+    if kl is not None and kl < NO_MOVE_KL:
+        return [
+            Finding(
+                "no_change",
+                "warning",
+                f"No real change: the policy is only {kl:.4f} nats/token from the original (below {NO_MOVE_KL}); the "
+                f"{facts.changed} answer(s) that differ are near-ties that rounding tipped, not a learnt shift. Raise "
+                "the learning rate or train more steps.",
+            )
+        ]
+    of = f" of {facts.answers}" if facts.answers else ""
+    return [Finding("behaviour_changed", "good", f"Behaviour changed on {facts.changed}{of} eval prompt(s).")]
+
+
+def rule_drift(facts: RunFacts) -> list[Finding]:
+    out = []
+    kl = facts.ev("kl_to_reference")
+    if kl is not None and kl > HEAVY_KL:
+        out.append(
+            Finding(
+                "heavy_drift",
+                "warning",
+                f"Heavy drift: {kl:.2f} nats/token of KL from the reference (above {HEAVY_KL}); raise β or train "
+                "fewer steps to pay less alignment tax.",
+            )
+        )
+    before, after = facts.ev("perplexity_before"), facts.ev("perplexity_after")
+    if before and after and after / before > HEAVY_PPL_RATIO:
+        out.append(
+            Finding(
+                "heavy_drift",
+                "warning",
+                f"Heavy drift: perplexity on neutral text rose from {before:.1f} to {after:.1f} "
+                f"(x{after / before:.2f}); the run hurt general language ability.",
+            )
+        )
+    return out
+
+
+def rule_collapse(facts: RunFacts) -> list[Finding]:
+    d = facts.degeneration
+    if not d or not d.get("answers"):
+        return []
+    n, before, after = d["answers"], d["distinct_answers_before"], d["distinct_answers_after"]
+    if after < before and after <= math.ceil(n / 2):
+        return [
+            Finding(
+                "collapse",
+                "failed",
+                f"Collapse: the {n} eval prompts now get only {after} distinct answer(s) (before: {before}); the model "
+                "answers everything the same way, whatever is asked. The loss and rewards can look perfect while this "
+                "happens: lower the learning rate or train fewer steps.",
+            )
+        ]
+    if after < before:
+        return [
+            Finding(
+                "collapse",
+                "warning",
+                f"Answers converging: {n - after} answer(s) became near-duplicates of others ({before} -> {after} "
+                "distinct).",
+            )
+        ]
+    return []
+
+
+def rule_repetition(facts: RunFacts) -> list[Finding]:
+    d = facts.degeneration
+    if not d or not d.get("answers"):
+        return []
+    n, before, after = d["answers"], d["looping_answers_before"], d["looping_answers_after"]
+    if after <= before:
+        more = d.get("repetitive_answers_after", 0) - d.get("repetitive_answers_before", 0)
+        if more > 0:
+            return [
+                Finding(
+                    "repetitive",
+                    "info",
+                    f"Repetitive phrasing: {more} more answer(s) repeat a phrase ({REPETITIVE_RATE:.0%}-"
+                    f"{LOOPING_RATE:.0%} of their 3-word phrases) but still move on; not a loop. Worth a look in the "
+                    "table below.",
+                )
+            ]
+        return []
+    severity = "failed" if after > n / 2 else "warning"
+    return [
+        Finding(
+            "repetition",
+            severity,
+            f"Repetition: {after} of {n} answers now loop (at least {LOOPING_RATE:.0%} of their 3-word phrases repeat; "
+            f"before: {before}); mean repeated-phrase rate {d['repeated_ngram_rate_before']:.0%} -> "
+            f"{d['repeated_ngram_rate_after']:.0%}.",
+        )
+    ]
+
+
+def rule_template(facts: RunFacts) -> list[Finding]:
+    d = facts.degeneration
+    phrases = (d or {}).get("new_common_phrases") or []
+    if not phrases:
+        return []
+    share = d.get("template_share", 0.0)
+    quoted = ", ".join(f"“{p}”" for p in phrases[:3])
+    if share > TEMPLATE_WORDS:
+        return [
+            Finding(
+                "template",
+                "warning",
+                f"Template capture: {quoted} now fill {share:.0%} of the answers' words; the replies are mostly a "
+                "stamped-on phrase from the training answers.",
+            )
+        ]
+    return [
+        Finding(
+            "template",
+            "info",
+            f"New common phrasing: {quoted} now appear(s) in most answers ({share:.0%} of their words); expected "
+            "when the training answers share a phrase, a problem only if it crowds out the content.",
+        )
+    ]
+
+
+def rule_garbage(facts: RunFacts) -> list[Finding]:
+    d = facts.degeneration
+    if not d or not d.get("answers"):
+        return []
+    n, before, after = d["answers"], d["garbage_answers_before"], d["garbage_answers_after"]
+    if after <= before:
+        return []
+    return [
+        Finding(
+            "garbage",
+            "failed" if after > n / 2 else "warning",
+            f"Garbage: {after} of {n} answers are broken text (symbol runs, emoji or invalid characters; before: "
+            f"{before}).",
+        )
+    ]
+
+
+def rule_method_limits(facts: RunFacts) -> list[Finding]:
+    """Which checks this run's method leaves out, and which score its held-out evidence uses."""
+    entry = facts.entry
+    out = []
+    missing = [axis for axis in ("margin", "accuracy") if entry.key(axis) is None]
+    if missing:
+        out.append(
+            Finding(
+                "not_logged",
+                "info",
+                f"{entry.title} logs no training reward {' or '.join(missing)} (its rows are single answers, not "
+                "pairs), so the checks that read them (no signal on fresh pairs, memorised pairs) rest on the "
+                "held-out pairs instead.",
+            )
+        )
+    if not entry.rewards_relative:
+        whose = f"{entry.title} has no reference model: its" if not entry.has_reference else f"{entry.title}'s"
+        out.append(
+            Finding(
+                "not_logged",
+                "info",
+                f"{whose} logged rewards are {entry.rewards_are}, so the learning-signal, likelihood-displacement "
+                "and memorised-log-ratio checks are not read from them (the held-out pairs speak instead).",
+            )
+        )
+    scorer = facts.evidence.get("heldout_scorer")
+    if scorer and scorer != Scorer.IMPLICIT_REWARD:
+        out.append(Finding("heldout_scorer", "info", f"Held-out pairs are scored by {SCORERS.get(scorer, scorer)}."))
+    return out
+
+
+#: The rules, in the order their findings are listed (failures are listed first by the verdict).
+RULES: list[Rule] = [
+    rule_trained,
+    rule_unstable,
+    rule_signal,
+    rule_collapse,
+    rule_repetition,
+    rule_garbage,
+    rule_memorised,
+    rule_shortcut,
+    rule_capability,
+    rule_template,
+    rule_displacement,
+    rule_drift,
+    rule_change,
+    rule_learning,
+    rule_reward,
+    rule_generalises,
+    rule_method_limits,
+]

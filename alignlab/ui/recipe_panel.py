@@ -1,0 +1,214 @@
+"""From the lab to a real run: the Train tab's recipe export (``/export_recipe``).
+
+The pairs and the settings on the page become a folder (a zip) for a cluster: the pairs in TRL's format, a
+config for TRL's own script of the chosen method scaled for the target model, launcher configs, ``run.sh`` and a
+README with the memory estimate (:mod:`alignlab.recipe`). It loads no model, so it runs outside the line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any
+
+import gradio as gr
+
+from alignlab.methods import DEFAULT_METHOD, METHODS
+from alignlab.pairs import thumbs_from_dicts
+from alignlab.presets import Preset, validate_preset
+from alignlab.recipe import (
+    ADAPTERS,
+    DEFAULT_TARGET,
+    ENGINES,
+    KNOWN_TARGETS,
+    PUBLIC_DATASETS,
+    RecipeError,
+    build_recipe,
+    recipe_zip,
+)
+from alignlab.ui.common import api_doc, fail, problems_markdown, session_of
+from alignlab.ui.inputs import knob_value, pairs_from_table, real_number, settings_from_inputs, whole_number
+
+# --------------------------------------------------------------------------- handler
+
+
+def export_recipe_ui(
+    pairs: Any,
+    heldout_pairs: Any,
+    beta: float,
+    learning_rate: float,
+    steps: float,
+    batch_size: float,
+    loss_type: str,
+    seed: float,
+    use_lora: bool,
+    lora_rank: float,
+    target_model: str,
+    gpus: float,
+    engine: str,
+    adapter: str,
+    gpu_memory: float,
+    mix: list[str] | None,
+    method: str = DEFAULT_METHOD,
+    sft_weight: float | None = None,
+    unpaired: list[dict[str, Any]] | None = None,
+    request: gr.Request = None,
+) -> tuple[str, str]:
+    """Export a recipe for a real run: the pairs, TRL's own script's config, launcher configs, run.sh, a README.
+
+    Args:
+        pairs: training pairs, a table with the columns prompt, chosen, rejected.
+        heldout_pairs: held-out pairs (same columns), the recipe's eval.jsonl.
+        beta: the method's β (carried over as is; empty: the method's default).
+        learning_rate: the lab's learning rate (a real run uses the method's usual rate).
+        steps: the lab's steps (the recipe makes as many passes over the pairs).
+        batch_size: the lab's pairs per step.
+        loss_type: sigmoid (DPO), ipo, hinge, robust, apo_zero, sppo_hard, nca_pair or bco_pair.
+        seed: seed for data order.
+        use_lora: whether the lab trains LoRA (used when adapter is 'lab').
+        lora_rank: LoRA rank.
+        target_model: the model to train for real: a known name (e.g. llama-3.1-8b-instruct), its Hub id, or a
+            local directory holding its config.json.
+        gpus: GPUs the run is sized for, 1-1024.
+        engine: ddp, zero2, zero3 or fsdp (DeepSpeed ZeRO-2/3, FSDP).
+        adapter: lab (as in the lab), none (full fine-tuning), lora or qlora.
+        gpu_memory: GiB per GPU, 8-4096 (80 for an H100).
+        mix: public preference sets to train on too: ultrafeedback, hh-rlhf.
+        method: the method to run for real: dpo, ipo or kto (TRL's own dpo or kto script), or rlhf (TRL's reward
+            script, then its rloo script on the reward model); orpo and simpo have no recipe (TRL ships no script
+            for them), and the error says why.
+        sft_weight: DPO's (and IPO's) SFT term, 0-10; empty means the method's default.
+        unpaired: thumbs rows (prompt, completion, label) imported on the Dataset tab; a KTO recipe trains on them.
+    Returns:
+        (the recipe as a .zip file, a summary with the memory estimate).
+    """
+    settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed, method, sft_weight)
+    rank = knob_value("lora_rank", lora_rank)
+    settings = replace(settings, lora_rank=rank, use_lora=bool(use_lora))
+    if adapter not in ("lab", *ADAPTERS):
+        raise fail(f"adapter must be lab, {', '.join(ADAPTERS)} (got {adapter!r}).", "Out of range")
+    session = session_of(request)
+    preset = _checked_data(session.preset_id, pairs, heldout_pairs, unpaired)
+    try:
+        recipe = build_recipe(
+            preset,
+            settings,
+            target=target_model,
+            gpus=whole_number(gpus, "GPUs", 1, 1024),
+            engine=engine,
+            adapter=None if adapter == "lab" else adapter,
+            mix=list(mix or []),
+            gpu_memory_gib=real_number(gpu_memory, "GPU memory (GiB)", 8, 4096),
+        )
+    except RecipeError as exc:
+        raise gr.Error(str(exc), title="Recipe") from exc
+    path = recipe_zip(recipe, session.path("alignlab-recipe.zip"))
+    summary = (
+        recipe.summary().replace("\n", "  \n")
+        + "  \nUnzip, then `alignlab-recipe/run.sh --cpu --processes 2 --model <a small model> --max-steps 3` "
+        "tries it anywhere; `alignlab-recipe/run.sh` runs it on the GPUs. Its README says what runs and why."
+    )
+    return str(path), summary
+
+
+def _checked_data(preset_id: str, pairs: Any, heldout_pairs: Any, unpaired: list[dict[str, Any]] | None) -> Preset:
+    """The page's pairs, held-out pairs and thumbs rows as the recipe's data, checked; every problem named."""
+    train_pairs, heldout = pairs_from_table(pairs), pairs_from_table(heldout_pairs)
+    thumbs = thumbs_from_dicts(unpaired or [])
+    problems = validate_preset(Preset("recipe", "", "", [], train_pairs, heldout, unpaired=thumbs))
+    if problems:
+        raise gr.Error("Fix the dataset first (Dataset tab):\n" + problems_markdown(problems), title="Dataset")
+    return Preset(preset_id or "custom", "AlignLab pairs", "", [], train_pairs, heldout, unpaired=thumbs)
+
+
+# --------------------------------------------------------------------------- layout and events
+
+
+def _no_recipe_text() -> str:
+    """Which methods have no recipe, and why (TRL ships no script for them)."""
+    titles = [m.title for m in METHODS.values() if not m.has_recipe]
+    return f"{', '.join(titles)}: no recipe (TRL 1.16 ships no script for them)." if titles else ""
+
+
+def build() -> SimpleNamespace:
+    """'From the lab to a real run': export the settings and pairs as a recipe for TRL's own script."""
+    with gr.Accordion("From the lab to a real run: export a recipe", open=False, elem_id="recipe-panel"):
+        gr.Markdown(
+            "Take these pairs and settings to a cluster: a folder (zip) with the pairs in TRL's format, a config for "
+            "TRL's own script of the method above (`dpo` for DPO and IPO, `kto` for KTO, with the thumbs rows; for "
+            "RLHF `reward`, then `rloo` on the reward model it trained) scaled for the target model, launcher "
+            "configs (DDP, DeepSpeed ZeRO-2/3, FSDP), `run.sh`, and a README with the "
+            "memory estimate and how to mix in public preference data. "
+            f"{_no_recipe_text()}"
+        )
+        with gr.Row():
+            target_model = gr.Dropdown(
+                list(KNOWN_TARGETS),
+                value=DEFAULT_TARGET,
+                allow_custom_value=True,
+                label="Target model",
+                info="Or a local directory with the model's config.json.",
+                scale=2,
+            )
+            gpus = gr.Number(1, label="GPUs", info="1-1024", scale=1)
+            gpu_memory = gr.Number(80, label="GiB per GPU", info="80 = H100", scale=1)
+        with gr.Row():
+            engine = gr.Dropdown([(e.title, name) for name, e in ENGINES.items()], value="ddp", label="Engine", scale=1)
+            recipe_adapter = gr.Radio(
+                [("As in the lab", "lab"), ("Full", "none"), ("LoRA", "lora"), ("QLoRA", "qlora")],
+                value="lora",
+                label="Weights trained",
+                info="LoRA fits an 8B model on one 80 GiB GPU; full fine-tuning needs ZeRO-3/FSDP on several.",
+                scale=2,
+            )
+            mix = gr.CheckboxGroup(
+                [(d.hub_id, name) for name, d in PUBLIC_DATASETS.items()],
+                label="Mix in public preference data",
+                scale=2,
+            )
+        export = gr.Button("Export recipe (.zip)", elem_id="recipe-export")
+        recipe_summary = gr.Markdown(elem_id="recipe-summary")
+        recipe_file = gr.File(label="recipe", interactive=False, elem_id="recipe-file")
+    return SimpleNamespace(
+        target_model=target_model,
+        gpus=gpus,
+        gpu_memory=gpu_memory,
+        engine=engine,
+        recipe_adapter=recipe_adapter,
+        mix=mix,
+        export=export,
+        recipe_summary=recipe_summary,
+        recipe_file=recipe_file,
+    )
+
+
+def wire(tab: SimpleNamespace, dataset: SimpleNamespace) -> None:
+    """Export streams nothing and loads no model: it runs outside the model-work queue (``/export_recipe``)."""
+    tab.export.click(
+        export_recipe_ui,
+        [
+            dataset.pairs,
+            dataset.heldout,
+            tab.beta,
+            tab.learning_rate,
+            tab.steps,
+            tab.batch_size,
+            tab.loss_type,
+            tab.seed,
+            tab.use_lora,
+            tab.lora_rank,
+            tab.target_model,
+            tab.gpus,
+            tab.engine,
+            tab.recipe_adapter,
+            tab.gpu_memory,
+            tab.mix,
+            tab.method,
+            tab.sft_weight,
+            dataset.unpaired,  # a state: thumbs rows imported on the Dataset tab (not an API parameter)
+        ],
+        [tab.recipe_file, tab.recipe_summary],
+        api_name="export_recipe",
+        api_description=api_doc(export_recipe_ui),
+        concurrency_limit=None,
+    )

@@ -1,0 +1,378 @@
+"""The run service: every tab hands it settings and data, and gets back events and reports.
+
+Below the tabs, above the room (:mod:`alignlab.ui.runs`): each function here is one thing a session does with a
+model, checked first (a wrong click or value is answered at once, however long the line), then done as a shared
+run in the line, its result kept in the session (:class:`alignlab.ui.state.Session`).
+
+- :func:`load` and :func:`record_baseline`: the model and its answers before training;
+- :func:`train`: a run streamed as :class:`TrainingUpdate` s (settings in, events out), joined with identical
+  runs, stopped by :func:`stop`; the Train tab, the presenter's chain and the comparison panel all draw it;
+- :func:`compare`: the report of the session's trained policy against its baseline;
+- :func:`train_then_compare` and :func:`run_lab`: the same, unwatched, for ``/run_lab`` and a comparison's runs.
+
+No tab calls another tab: each goes through here, and the views (:mod:`alignlab.ui.views`) draw the result.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from alignlab.pairs import DatasetError, PreferencePair, TrainingData, UnpairedRow, pairs_from_dicts
+from alignlab.presets import Preset, load_preset, validate_eval_prompts, validate_preset
+from alignlab.settings import TrainingSettings
+from alignlab.sharing import Finished, Member, Published, Waiting
+from alignlab.trl_rows import trained_on
+from alignlab.ui import runs
+from alignlab.ui.common import fail, problems_markdown
+from alignlab.ui.state import Run, Session
+from alignlab.ui.views import progress_line
+
+#: Steps logged closer together than this are drawn together (every row is kept): a tiny model or a fast GPU
+#: logs many steps a second, more redraws than a browser can follow. A CPU takes seconds per step, so every
+#: step of a real run is drawn.
+MIN_REDRAW_SECONDS = 0.25
+
+
+# --------------------------------------------------------------------------- model and baseline
+
+
+def not_training(session: Session) -> None:
+    if session.training_now:
+        raise fail("Training is running in this session: wait for it to end or press Stop first.")
+
+
+def _adopt_model(session: Session, spec: str, info: dict[str, Any]) -> str:
+    """Make ``spec`` the session's model and describe it in one line."""
+    if session.model_spec != spec:  # another model: earlier answers and training are not comparable
+        session.baseline_outputs = None
+        session.forget_training()
+        session.forget_runs()
+    session.model_spec = spec
+    session.model_info = dict(info)
+    chat = info["chat_template"]
+    kind = "chat model (its chat template wraps each prompt)" if chat else "base model (plain-text prompts)"
+    return f"**Loaded `{spec}`** — {info['parameters'] / 1e6:,.1f} M parameters, {kind}."
+
+
+def load(session: Session, model: Any, progress: gr.Progress | None = None) -> str:
+    """Load ``model`` for the session; one line describing it."""
+    spec, identity = runs.check_model(model)  # checks first: a bad name is answered at once
+    not_training(session)
+    return _adopt_model(session, spec, runs.load(session, spec, identity, progress))
+
+
+def check_prompts(prompts: list[str]) -> None:
+    """Eval prompts the lab can answer; a clear message naming each problem otherwise."""
+    if not prompts:
+        raise fail("Write at least one eval prompt (one per line) before recording the baseline.", "No prompts")
+    problems = validate_eval_prompts(prompts)
+    if problems:
+        raise gr.Error(problems_markdown(problems), title="Eval prompts")
+
+
+def record_baseline(
+    session: Session, model: Any, prompts: list[str], generation: dict[str, Any], progress: gr.Progress | None = None
+) -> tuple[list[str], float]:
+    """The model's answers to ``prompts`` before training, kept as the session's baseline; (answers, seconds)."""
+    check_prompts(prompts)
+    spec, identity = runs.check_model(model)
+    not_training(session)
+    result = runs.baseline(session, spec, identity, prompts, generation, progress)
+    _adopt_model(session, spec, result["model_info"])
+    outputs, seconds = result["outputs"], result["seconds"]
+    if (prompts, outputs) != (session.eval_prompts, session.baseline_outputs):
+        session.forget_runs()  # other answers before training: earlier runs no longer compare with them
+    session.eval_prompts, session.generation, session.baseline_outputs = prompts, generation, outputs
+    session.report = None
+    session.timings = {"baseline": seconds}
+    return outputs, seconds
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainingUpdate:
+    """What a watcher of a run sees at one moment: a status line and the run's logged rows so far.
+
+    ``finished``: the run has ended and the session holds its result (draw :func:`views.finished_view`).
+    """
+
+    status: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    finished: bool = False
+
+
+def check_ready(
+    session: Session,
+    pairs: list[PreferencePair],
+    heldout: list[PreferencePair],
+    thumbs: list[UnpairedRow],
+    settings: TrainingSettings | None = None,
+) -> None:
+    """Whether the session can train on these pairs; a clear message when it cannot."""
+    if session.training_now:
+        raise fail("A training run is already in progress in this session: wait for it or press Stop.")
+    if not session.baseline_outputs or not session.model_spec:
+        raise fail(
+            "Record the baseline first (Baseline tab, “Load model and record answers”): "
+            "Compare needs the answers from before training."
+        )
+    if not pairs and not thumbs:
+        raise fail("There are no training pairs: add at least one row on the Dataset tab (or pick a preset).")
+    problems = validate_preset(Preset("train", "", "", [], pairs, heldout, unpaired=thumbs))
+    if problems:
+        raise gr.Error("Fix the dataset first (Dataset tab):\n" + problems_markdown(problems), title="Dataset")
+    if settings is not None:
+        try:  # a paired method on thumbs rows that form no pair is refused here, before the line
+            trained_on(TrainingData(pairs, thumbs), settings)
+        except DatasetError as exc:
+            raise gr.Error(str(exc), title="Dataset") from exc
+
+
+def probes_for(pairs: list[PreferencePair], probes: dict[str, Any]) -> dict[str, Any]:
+    """The probe sets that fit these training pairs, and the preset id the report names.
+
+    The preset's own pairs keep its id and probes. Pairs edited from it (most prompts still the
+    preset's) are ``custom`` but keep its probes, which test the same preference. Pairs of another
+    origin (an API client's own) get no contrast pairs and the built-in capability set.
+    """
+    preset_id = probes.get("preset") or "custom"
+    kept = {
+        "contrast_pairs": probes.get("contrast_pairs") or [],
+        "capability_pairs": probes.get("capability_pairs") or [],
+    }
+    try:
+        preset = load_preset(preset_id)
+    except DatasetError:
+        return {"preset": "custom", **kept}
+    if pairs == preset.pairs:
+        return {"preset": preset.id, **kept}
+    shared = len({p.prompt for p in pairs} & {p.prompt for p in preset.pairs})
+    if shared * 2 >= len(pairs):
+        return {"preset": "custom", **kept}
+    return {"preset": "custom", "contrast_pairs": [], "capability_pairs": []}
+
+
+def train(
+    session: Session,
+    settings: TrainingSettings,
+    pairs: list[PreferencePair],
+    heldout: list[PreferencePair],
+    probes: dict[str, Any] | None = None,
+    thumbs: list[UnpairedRow] | None = None,
+) -> Iterator[TrainingUpdate]:
+    """Train ``settings`` on the data in this session, one update per drawn step; checks run before the line.
+
+    While the run waits for the model the status (and the API's progress updates) say the place in line and the
+    estimated wait. An identical run already in progress or finished is joined (its steps replayed, paced so that
+    a late joiner sees the curves grow), not run twice. If the consumer stops reading (Stop, a closed tab, a
+    client's cancel), the run ends at its next step and keeps what it made, unless others share it.
+    """
+    thumbs = list(thumbs or [])
+    check_ready(session, pairs, heldout, thumbs, settings)
+    probes = probes_for(pairs, probes or {})
+    contrast = pairs_from_dicts(probes["contrast_pairs"])
+    _, identity = runs.check_model(session.model_spec)
+    member = runs.start_training(session, session.model_spec, identity, pairs, heldout, settings, contrast, thumbs)
+    session.forget_training()
+    session.pairs, session.heldout_pairs, session.unpaired = pairs, heldout, thumbs
+    session.contrast_pairs = contrast
+    session.capability_pairs = pairs_from_dicts(probes["capability_pairs"])
+    session.preset_id = probes["preset"]
+    run = session.run = Run(member=member)
+    return _follow_training(session, settings, member, run, len(pairs))
+
+
+def _follow_training(
+    session: Session, settings: TrainingSettings, member: Member, run: Run, n_pairs: int
+) -> Iterator[TrainingUpdate]:
+    progress = gr.Progress()
+    rows: list[dict[str, Any]] = []
+    finished = False
+    try:
+        yield TrainingUpdate(starting_line(member, n_pairs, session.model_spec, settings.method_label), rows)
+        last_redraw = 0.0
+        for update in runs.training_updates(member):
+            if isinstance(update, Waiting):
+                runs.show_place(update, progress)
+                yield TrainingUpdate(f"**{runs.waiting_text(update.place)}**", rows)
+                continue
+            if isinstance(update, Finished):
+                if update.error is not None:
+                    runs.raise_failure(update)
+                break
+            event = update.payload
+            record(session, settings, rows, event, member)
+            if event["kind"] != "log":
+                yield TrainingUpdate("", rows, finished=True)
+            elif update.replayed:  # a late joiner: the steps already run, redrawn one by one
+                if runs.replay_frame(member, update.index, MIN_REDRAW_SECONDS):
+                    yield TrainingUpdate(progress_line(event["step"], event["total_steps"], event["elapsed"]), rows)
+            elif time.monotonic() - last_redraw >= MIN_REDRAW_SECONDS or event["step"] >= event["total_steps"]:
+                last_redraw = time.monotonic()
+                yield TrainingUpdate(progress_line(event["step"], event["total_steps"], event["elapsed"]), rows)
+        finished = True
+    except Exception:
+        finished = True  # a failed run: nothing to wind down
+        runs.end_lab(session)
+        raise
+    finally:
+        if finished:
+            member.leave()
+            run.finish()
+            runs.touch_lab(session)
+        else:  # cancelled (Stop, a closed tab, a client's cancel): end the run without blocking the server
+            runs.end_lab(session)
+            if run.stop():  # nobody else follows it: it ends at this step; keep what it made
+                args = (member, run, session, settings, rows)
+                threading.Thread(target=_wind_down, args=args, name="alignlab-stop", daemon=True).start()
+            else:  # others share the run: it goes on for them
+                run.finish()
+
+
+def starting_line(member: Member, n_pairs: int, spec: str, method: str = "DPO") -> str:
+    """The first status of a run: starting, waiting for the model, or sharing an identical run."""
+    shared = runs.how_text(member)
+    if member.run.state == "waiting":
+        place = runs.GATE.place(member.run.ticket) if member.run.ticket is not None else None
+        return f"**{runs.waiting_text(place)}** {shared}".strip()
+    if shared:
+        return f"**Starting** — {shared}"
+    return (
+        f"**Starting** {method} on {n_pairs} pairs with `{spec}`: preparing TRL and scoring the held-out pairs "
+        "once with the original model (the reference for the live held-out curve)…"
+    )
+
+
+#: Keys of a run's end event that describe the event, not the run (the rest is its training summary).
+_EVENT_ONLY = ("kind", "step", "elapsed", "policy_dir")
+
+
+def record(
+    session: Session, settings: TrainingSettings, rows: list[dict[str, Any]], event: dict[str, Any], member: Member
+) -> None:
+    """Keep a streamed event in the session: a log row, or the finished run and where its policy is."""
+    if event["kind"] == "log":
+        rows.append(event["row"])
+        session.log_rows = rows
+        return
+    session.training = {key: value for key, value in event.items() if key not in _EVENT_ONLY}
+    session.training["settings"] = settings.to_dict()
+    session.timings["train"] = event["seconds"]
+    session.policy_dir = runs.adopt_policy(session, member, event)
+    if session.policy_dir is not None:  # a run that made at least one step joins the session's runs
+        session.add_run(session.training)
+
+
+def _wind_down(member: Member, run: Run, session: Session, settings: TrainingSettings, rows: list) -> None:
+    """After a cancelled stream: let the run end at this step and keep its result (policy included).
+
+    Locally the cancel reaches the training thread, so the run ends after the current step and its
+    remaining events are read here. In a ZeroGPU worker it cannot, so the run's stream is closed
+    instead (see ``runs.start_training``), which stops the run without a result.
+    """
+    try:
+        for update in runs.training_updates(member):
+            if isinstance(update, Published):
+                record(session, settings, rows, update.payload, member)
+    except Exception:  # noqa: BLE001 - nobody is listening any more; the session shows what was kept
+        pass
+    finally:
+        member.leave()
+        run.finish()
+
+
+def stop(session: Session) -> str:
+    """Stop this session's run at the end of its step: ``idle`` (nothing ran), ``stopped``, or ``left`` (others
+    share the run, which goes on for them)."""
+    run = session.run
+    if run is None or run.done.is_set():
+        return "idle"
+    stopped = run.stop()
+    run.done.wait(timeout=600)
+    return "stopped" if stopped else "left"
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def compare(session: Session, progress: gr.Progress | None = None) -> tuple[dict[str, Any], str]:
+    """The report of the session's trained policy against its baseline, kept with its run; (report, its file)."""
+    if not session.baseline_outputs or not session.model_spec:
+        raise fail("Record the baseline first (Baseline tab), then train (Train tab), then compare.")
+    if session.training_now:
+        raise fail("Training is still running: wait for it to finish (or press Stop), then compare.")
+    if session.training is None or session.policy_dir is None or not session.policy_dir.is_dir():
+        raise fail("Train first (Train tab): there is no trained model to compare with yet.")
+    preset = Preset(
+        session.preset_id or "custom",
+        session.preset_id or "custom",
+        "",
+        session.eval_prompts,
+        session.pairs,
+        session.heldout_pairs,
+        session.contrast_pairs,
+        session.capability_pairs,
+        session.unpaired,
+    )
+    report = runs.compare(session, preset.to_dict(), progress)  # waits its turn; shared with identical sessions
+    runs.end_lab(session)
+    record = session.latest_run
+    if record is not None and record.training is session.training:  # the run this report describes
+        report = {**report, "run": {"label": record.label, "index": session.runs_started, "of": session.runs_started}}
+        record.report = report
+    session.report = report
+    path = session.path("alignlab-report.json")
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    return report, str(path)
+
+
+def train_then_compare(session: Session, lab: Preset, settings: TrainingSettings, what: str) -> dict[str, Any]:
+    """Train ``settings`` on a preset's pairs in this session, unwatched, then compare: the report.
+
+    The whole-lab endpoint and each run of a comparison go through here; ``what`` names the run in the
+    message when it stopped before its first step.
+    """
+    probes = {
+        "preset": lab.id,
+        "contrast_pairs": [p.to_dict() for p in lab.contrast_pairs],
+        "capability_pairs": [p.to_dict() for p in lab.capability_pairs],
+    }
+    with runs.unpaced_replay():  # nobody watches the curves here
+        for _ in train(session, settings, list(lab.pairs), list(lab.heldout_pairs), probes):
+            pass
+    if session.policy_dir is None:
+        raise fail(f"{what} stopped before its first step ended, so there is nothing to compare.", "Stopped")
+    session.preset_id = lab.id
+    report, _ = compare(session)
+    return report
+
+
+def start_lab(session: Session, spec: str, lab: Preset, settings: TrainingSettings, max_new_tokens: int) -> None:
+    """A whole lab begins: its steps keep this click's place in line (see ``runs.start_lab``)."""
+    runs.start_lab(
+        session, spec, len(lab.eval_prompts), max_new_tokens, len(lab.pairs), len(lab.heldout_pairs), settings
+    )
+
+
+def run_lab(
+    session: Session, model: Any, lab: Preset, settings: TrainingSettings, generation: dict[str, Any]
+) -> dict[str, Any]:
+    """The whole lab on a preset in this session (baseline, train, compare), its place in line kept: the report."""
+    spec, _ = runs.check_model(model)
+    if session.training_now:
+        raise fail("A training run is already in progress in this session: wait for it or press Stop.")
+    start_lab(session, spec, lab, settings, generation["max_new_tokens"])
+    try:
+        record_baseline(session, spec, list(lab.eval_prompts), generation, gr.Progress())
+        return train_then_compare(session, lab, settings, "Training")
+    finally:
+        runs.end_lab(session)
