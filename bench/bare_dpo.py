@@ -3,7 +3,7 @@
 Policy + frozen reference, chosen and rejected rows in one forward pass, completion-only summed
 log-probs, the sigmoid DPO loss ``-logsigmoid(beta * ((pc - rc) - (pr - rr)))`` and AdamW.
 It mirrors what TRL does for the same settings, so its losses can be checked against TRL's:
-- tokens: :func:`alignlab.evaluation._encode_pair` (TRL's rule: the completion starts where the
+- tokens: :func:`alignlab.logprobs.encode_pair` (TRL's rule: the completion starts where the
   tokenised prompt and prompt+completion diverge), cut to ``max_length`` from the start;
 - data order: per epoch ``randperm(n)`` from a generator seeded ``seed + epoch`` (accelerate's
   seedable sampler, which TRL's Trainer uses), batches of ``batch_size``, the last one short;
@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from alignlab.evaluation import _encode_pair
+from alignlab.logprobs import encode_pair
 from alignlab.models import LoadedModel, copy_for_training
-from alignlab.presets import PreferencePair
-from alignlab.training import TrainingSettings
+from alignlab.pairs import PreferencePair
+from alignlab.settings import TrainingSettings
 from bench.common import sync
 
 
@@ -38,8 +38,8 @@ def encode_pairs(loaded: LoadedModel, pairs: list[PreferencePair]) -> list[Encod
     """Prompt / chosen / rejected token ids, split where TRL splits them."""
     out = []
     for pair in pairs:
-        chosen_full, chosen_start = _encode_pair(loaded, pair.prompt, pair.chosen)
-        rejected_full, rejected_start = _encode_pair(loaded, pair.prompt, pair.rejected)
+        chosen_full, chosen_start = encode_pair(loaded, pair.prompt, pair.chosen)
+        rejected_full, rejected_start = encode_pair(loaded, pair.prompt, pair.rejected)
         prompt_len = min(chosen_start, rejected_start)
         out.append(EncodedPair(chosen_full[:prompt_len], chosen_full[prompt_len:], rejected_full[prompt_len:]))
     return out

@@ -1,20 +1,29 @@
-"""The calibration matrix: runs whose right verdict we know, on the embedded model (issue 8).
+"""The calibration matrix: runs whose right verdict we know, on the embedded model.
 
 Each case is a real lab run (``alignlab.lab.run_lab``) with a preset, settings and sometimes a
-deliberately broken dataset, and the verdict a person should get. ``make bench`` prints the matrix
-with every figure behind each verdict; ``tests/test_calibration.py`` (slow) asserts the same cases,
-so the verdict's thresholds cannot drift away from runs where the answer is known.
+deliberately broken dataset, and the verdict a person should get. ``make bench ARGS="--only calibration"``
+prints the matrix with every figure behind each verdict and writes it as ``docs/calibration.md``
+(:func:`markdown`); ``tests/test_calibration.py`` (slow) asserts the same cases, so the verdict's
+thresholds cannot drift away from runs where the answer is known.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from alignlab.methods import METHODS
-from alignlab.presets import PreferencePair, Preset, preset_ids
+from alignlab.pairs import PreferencePair
+from alignlab.presets import Preset, preset_ids
+from bench.protocol import ROOT, run_worker
+
+#: Where the matrix on the embedded model is written.
+DOC = ROOT / "docs" / "calibration.md"
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,9 @@ class Case:
     """Codes that must not be."""
     min_changed: int = 0
     why: str = ""
+    guards: bool = False
+    """One of the cases that guard the verdict in ``make test`` (``tests/test_calibration.py``); the others run
+    in ``make bench`` only."""
 
     def dataset(self) -> Preset:
         from alignlab.presets import load_preset
@@ -51,16 +63,20 @@ class Case:
             preset, id=f"{preset.id}-swapped", pairs=swap(preset.pairs), heldout_pairs=swap(preset.heldout_pairs)
         )
 
-    def check(self, report: dict[str, Any]) -> list[str]:
-        """What the report gets wrong for this case (empty: the verdict is calibrated)."""
-        health = report["health"]
+    @property
+    def slug(self) -> str:
+        """The name as a file name's part (``seed-lab-at-the-defaults``)."""
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+
+    def check(self, verdict: str, codes: list[str], changed: int) -> list[str]:
+        """What a run's verdict, codes and changed answers get wrong for this case (empty: calibrated)."""
         wrong = []
-        if health["verdict"] not in self.verdicts:
-            wrong.append(f"verdict {health['verdict']}, expected {' or '.join(self.verdicts)}")
-        wrong += [f"missing code {c}" for c in self.codes if c not in health["codes"]]
-        wrong += [f"unexpected code {c}" for c in self.forbidden if c in health["codes"]]
-        if report["changed"] < self.min_changed:
-            wrong.append(f"{report['changed']} answers changed, expected at least {self.min_changed}")
+        if verdict not in self.verdicts:
+            wrong.append(f"verdict {verdict}, expected {' or '.join(self.verdicts)}")
+        wrong += [f"missing code {c}" for c in self.codes if c not in codes]
+        wrong += [f"unexpected code {c}" for c in self.forbidden if c in codes]
+        if changed < self.min_changed:
+            wrong.append(f"{changed} answers changed, expected at least {self.min_changed}")
         return wrong
 
 
@@ -72,6 +88,7 @@ CASES: list[Case] = [
         verdicts=("failed",),
         codes=("collapse",),
         why="every answer becomes the cue phrase 'Sure! Hope that helps!'",
+        guards=True,
     ),
     Case(
         "seed-lab at the default lr for 30 steps",
@@ -87,6 +104,7 @@ CASES: list[Case] = [
         verdicts=("failed",),
         codes=("no_signal",),
         why="the pairs contradict each other, so there is no preference to learn",
+        guards=True,
     ),
     Case(
         "seed-lab at lr 1e-7 (too small to move)",
@@ -101,9 +119,11 @@ CASES: list[Case] = [
             f"{preset} at the defaults",
             preset,
             verdicts=("healthy",),
+            codes=("generalises",),
             forbidden=("repetition", "collapse"),
             min_changed=1,
             why="a shipped preset at the defaults is the lab's own demo",
+            guards=preset == "seed-lab",  # DPO's demo; the other presets in make bench
         )
         for preset in ("seed-lab", "concise", "warm-tone")
     ],
@@ -122,12 +142,13 @@ def _demo_case(method: str, settings: dict[str, Any] | None = None, why: str = "
         forbidden=("repetition", "collapse"),
         min_changed=1,
         why=why or f"{method}'s defaults are the method's demo in a comparison",
+        guards=not settings,  # each method's demo at its defaults; the sweep around them in make bench
     )
 
 
 #: Every method but DPO (whose default case is above) at its own defaults on seed-lab: the lab's demo of each.
-#: RLHF is the exception, measured: its reward rises and answers change, but online RL never samples answers like
-#: the pairs' rejected ones, so the policy's shift ranks held-out pairs backwards (0.17) and must not read healthy.
+#: RLHF is the exception: its reward rises and answers change, but online RL never samples answers like the
+#: pairs' rejected ones, so the policy's shift ranks held-out pairs backwards and must not read healthy.
 CASES += [_demo_case(name) for name in METHODS if name not in ("dpo", "rlhf")]
 CASES.append(
     Case(
@@ -139,8 +160,13 @@ CASES.append(
         forbidden=("repetition", "collapse"),
         min_changed=1,
         why="the reward rises, but the policy's shift ranks held-out pairs backwards: not healthy, not a failure",
+        guards=True,
     )
 )
+
+#: The cases that guard the verdict in ``make test``: collapse, contradicting labels, and every method's demo
+#: at its defaults on seed-lab (DPO's is the lab's own).
+GUARDS: list[Case] = [case for case in CASES if case.guards]
 
 #: The measurements each method's defaults were chosen from (``--only method_defaults``): settings around the
 #: defaults, each a real lab run on seed-lab held to the demo's bar. Kept so a change of defaults can be re-measured.
@@ -166,7 +192,7 @@ def summary(case: Case, report: dict[str, Any]) -> dict[str, Any]:
         "codes": health["codes"],
         "best_step": health["best_step"],
         "expected": list(case.verdicts),
-        "wrong": case.check(report),
+        "wrong": case.check(health["verdict"], health["codes"], report["changed"]),
         "changed": report["changed"],
         "answers": len(report["aligned_outputs"]),
         "distinct": [deg["distinct_answers_before"], deg["distinct_answers_after"]],
@@ -188,17 +214,20 @@ def summary(case: Case, report: dict[str, Any]) -> dict[str, Any]:
 def run_case(spec: str, case: Case) -> dict[str, Any]:
     """Run one case in this process; returns its summary."""
     from alignlab.lab import run_lab
-    from alignlab.training import TrainingSettings
+    from alignlab.settings import TrainingSettings
 
     report, _ = run_lab(spec, case.dataset(), TrainingSettings.for_method(case.method, **case.settings))
     return {"method": case.method, "settings": report["settings"], **summary(case, report)}
 
 
+def in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The worker's mode: the case (``options['case']``) or sweep run (``options['sweep']``) with that index."""
+    return run_case(spec, SWEEP[options["sweep"]] if "sweep" in options else CASES[options["case"]])
+
+
 def run(spec: str, device: str | None, names: list[str] | None = None) -> dict[str, Any]:
     """Every case (or the named ones), each in a fresh process."""
-    from bench.common import run_worker
-
-    assert set(p for c in CASES for p in [c.preset]) <= set(preset_ids())
+    assert {c.preset for c in CASES} <= set(preset_ids())
     rows = []
     for index, case in enumerate(CASES):
         if names and case.name not in names:
@@ -209,8 +238,6 @@ def run(spec: str, device: str | None, names: list[str] | None = None) -> dict[s
 
 def sweep(spec: str, device: str | None, methods: list[str] | None = None) -> dict[str, Any]:
     """The defaults sweep (:data:`SWEEP`; only the named methods'), each run in a fresh process."""
-    from bench.common import run_worker
-
     rows = [
         run_worker("calibrate", spec, device, json.dumps({"sweep": index}))
         for index, case in enumerate(SWEEP)
@@ -219,23 +246,93 @@ def sweep(spec: str, device: str | None, methods: list[str] | None = None) -> di
     return {"model": spec, "cases": rows}
 
 
-def table_rows(section: dict[str, Any], label: str = "calibration") -> list[tuple[str, str]]:
-    def pct(value: float | None) -> str:
-        return "-" if value is None else f"{value:.2f}"
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
-    rows = []
-    for r in section["cases"]:
-        ok = "ok" if not r["wrong"] else "WRONG: " + "; ".join(r["wrong"])
-        rows.append(
-            (
-                f"{label}: {r['case']}",
-                f"{r['verdict']} {r['codes']} ({ok}); changed {r['changed']}/{r['answers']}, distinct "
-                f"{r['distinct'][0]}->{r['distinct'][1]}, repeats {r['repeated_ngram_rate'][0]:.2f}->"
-                f"{r['repeated_ngram_rate'][1]:.2f}, held-out {pct(r['heldout_accuracy'])}, contrast "
-                f"{pct(r['contrast_accuracy'])}, capability {pct(r['capability_accuracy'][0])}->"
-                f"{pct(r['capability_accuracy'][1])}, KL {pct(r['kl_to_reference'])}, ppl "
-                f"{pct(r['perplexity'][0])}->{pct(r['perplexity'][1])}, best step {r['best_step']}, "
-                f"final loss {pct(r['final_loss'])}",
-            )
+
+def _change(pair: list[Any], digits: int | None = 2) -> str:
+    """``before->after``."""
+    return "->".join(str(v) if digits is None else _num(v, digits) for v in pair)
+
+
+#: The figures behind a verdict: (the bench table's label, the column of docs/calibration.md, the row's value).
+FIGURES: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
+    ("changed", "answers changed", lambda r: f"{r['changed']}/{r['answers']}"),
+    ("distinct", "distinct answers", lambda r: _change(r["distinct"], None)),
+    ("repeats", "repeated-phrase rate", lambda r: _change(r["repeated_ngram_rate"])),
+    ("held-out", "held-out", lambda r: _num(r["heldout_accuracy"])),
+    ("contrast", "contrast", lambda r: _num(r["contrast_accuracy"])),
+    ("capability", "capability", lambda r: _change(r["capability_accuracy"])),
+    ("KL", "KL", lambda r: _num(r["kl_to_reference"], 3)),
+    ("ppl", "perplexity", lambda r: _change(r["perplexity"], 1)),
+    ("best step", "best step", lambda r: str(r["best_step"])),
+]
+
+
+def _ok(row: dict[str, Any]) -> str:
+    return "ok" if not row["wrong"] else "WRONG: " + "; ".join(row["wrong"])
+
+
+def table_rows(section: dict[str, Any], label: str = "calibration") -> list[tuple[str, str]]:
+    """The bench table's rows: one per case, its verdict and every figure behind it."""
+    return [
+        (
+            f"{label}: {r['case']}",
+            f"{r['verdict']} {r['codes']} ({_ok(r)}); "
+            + ", ".join(f"{name} {value(r)}" for name, _, value in FIGURES)
+            + f", final loss {_num(r['final_loss'])}",
         )
-    return rows
+        for r in section["cases"]
+    ]
+
+
+HEADER = """# The calibration matrix
+
+Runs whose right verdict is known: each case is a real lab run (`alignlab.lab.run_lab`) with a preset, settings
+and sometimes a deliberately broken dataset, beside the verdict a person should get. The cases are defined in
+`bench/calibration.py`; `tests/test_calibration.py` asserts the ones that guard the verdict in `make test`
+(marked *guard*: collapse, contradicting labels, every method's demo at its defaults), so that the verdict's
+rules (`alignlab/rules.py`) cannot drift away from runs where the answer is known.
+
+Written by the bench: `make bench ARGS="--only calibration"` runs every case afresh and rewrites this file.
+Model: {model}.
+Machine: {machine}.
+
+*expected*: the verdicts a person should get; *codes*: the findings' codes, worst first; *ok*: whether the
+verdict, the codes and the answers changed are what the case asks (else WRONG, and why). The figures: eval
+answers changed after training; distinct answers and the repeated-phrase rate (the share of an answer's
+3-word phrases that repeat an earlier one) before->after; held-out and contrast preference accuracy after
+training; capability accuracy on general pairs before->after; KL per answer token to the reference;
+perplexity on a neutral text before->after; the step at which the live held-out curve peaked.
+"""
+
+
+def _model_words(spec: str) -> str:
+    from alignlab.model_shapes import EMBEDDED_DEFAULT, known_shape
+
+    shape = known_shape(spec)
+    words = f"`{spec}`" + (f" ({shape.hub_id})" if shape else "")
+    return words + (", the lab's embedded model" if spec == EMBEDDED_DEFAULT else "")
+
+
+def markdown(section: dict[str, Any], machine: str) -> str:
+    """The matrix as ``docs/calibration.md``: a short header, then one table row per case."""
+    columns = ["case", "why", "expected", "verdict", "codes", "ok", *(column for _, column, _ in FIGURES)]
+    lines = [
+        HEADER.format(model=_model_words(section["model"]), machine=machine),
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    guards = {case.name for case in GUARDS}
+    for r in section["cases"]:
+        name = r["case"] + (" *(guard)*" if r["case"] in guards else "")
+        cells = [name, r["why"], " or ".join(r["expected"]), r["verdict"], ", ".join(r["codes"]), _ok(r)]
+        cells += [value(r) for _, _, value in FIGURES]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(section: dict[str, Any], machine: str, path: Path = DOC) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(markdown(section, machine))
+    return path

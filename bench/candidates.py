@@ -1,4 +1,4 @@
-"""Issue 4's candidate settings, each measured against today's defaults (``--candidates``).
+"""Candidate training settings, each measured against the defaults (``--candidates``).
 
 Every candidate is one probed training run (:mod:`bench.probe`) in a fresh process, so that its
 peak RSS is its own: seconds per step (median after the warm-up step, held-out scoring left
@@ -10,11 +10,15 @@ Only the named fields differ from the defaults.
 
 from __future__ import annotations
 
+import json
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alignlab.training import TrainingSettings
-from bench.common import Figure, run_worker
+from alignlab.settings import TrainingSettings
+from bench.common import Figure
+from bench.protocol import run_worker
 
 #: name -> the TrainingSettings fields that differ from the defaults
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -39,17 +43,13 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 
 def run(spec: str, device: str | None, names: list[str] | None = None, progress: Path | None = None) -> dict[str, Any]:
     """Candidates in the order named (all by default); each result is saved to ``progress`` as it comes."""
-    import json
-    import sys
-    from datetime import datetime, timezone
-
     unknown = sorted(set(names or []) - set(CANDIDATES))
     if unknown:
         raise ValueError(f"unknown candidate(s) {', '.join(unknown)}; known: {', '.join(CANDIDATES)}")
     out: dict[str, Any] = {}
     for name in names or list(CANDIDATES):
         overrides = CANDIDATES[name]
-        print(f"{datetime.now(timezone.utc):%H:%M:%S} [bench]   candidate {name} ...", file=sys.stderr, flush=True)
+        print(f"{datetime.now(UTC):%H:%M:%S} [bench]   candidate {name} ...", file=sys.stderr, flush=True)
         settings = TrainingSettings.from_dict(overrides)
         options = {"settings": settings.to_dict(), "every_step": True}
         try:
@@ -82,3 +82,23 @@ def run(spec: str, device: str | None, names: list[str] | None = None, progress:
         if progress is not None:
             progress.write_text(json.dumps(out, indent=2))
     return out
+
+
+def table_rows(cand: dict[str, Any]) -> list[tuple[str, str]]:
+    """The bench table's rows: one per candidate."""
+    rows: list[tuple[str, str]] = []
+    for name, c in cand.items():
+        if "error" in c:
+            rows.append((f"candidate {name}", "failed: " + c["error"].splitlines()[-1]))
+            continue
+        shift_text = f"shift at step {c['shift_step']}" if c["shift_step"] else "no shift"
+        rows.append(
+            (
+                f"candidate {name}",
+                f"{c['seconds_per_pair']:.2f} s/pair, setup {c['setup_seconds']:.1f} s, "
+                f"train {c['train_seconds']:.1f} s; RSS {c['peak_rss_mib']:.0f} MiB; {shift_text}; final acc "
+                f"{c['final_heldout_accuracy']:.2f}; KL {c['kl_heldout_chosen']:.3f}; "
+                f"ppl {c['perplexity_before']:.1f}->{c['perplexity_after']:.1f}",
+            )
+        )
+    return rows

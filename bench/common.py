@@ -83,6 +83,13 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+def figure_text(d: dict[str, Any] | None) -> str:
+    """A figure as :meth:`Figure.to_dict` wrote it, as text (``-`` when there is none)."""
+    if not d or d.get("median") is None:
+        return "-"
+    return Figure(d["samples"], d["unit"]).text()
+
+
 def ratio(numerator: Figure, denominator: Figure) -> Figure:
     """Sample-by-sample ratios (step i against step i: same data order, so the same batch)."""
     out = Figure(unit="x")
@@ -126,7 +133,7 @@ def peak_rss_mib() -> float:
     """This process's resident-set high-water mark, in MiB.
 
     Linux: ``VmHWM`` of /proc/self/status, which starts afresh at ``exec``. ``ru_maxrss`` does
-    not: a worker forked from a 5 GB parent reports the parent's 5 GB (measured here).
+    not: a worker forked from a 5 GB parent reports the parent's 5 GB.
     """
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -176,12 +183,18 @@ def machine() -> dict[str, Any]:
     }
 
 
+def machine_words(info: dict[str, Any]) -> str:
+    """The machine in a few words: its CPU, cores and GPU."""
+    gpu = f"GPU {info['gpu']}" if info.get("gpu") else "no GPU"
+    return f"{info['cpu']}, {info['cores']} cores, {gpu}"
+
+
 def machine_line(info: dict[str, Any]) -> str:
-    gpu = f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU"
+    """The table's machine line: :func:`machine_words`, torch's threads, the load, the versions."""
     load = info.get("load_average")
     load_text = f", load avg {load[0]}" if load else ""
     return (
-        f"{info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}{gpu}{load_text}; "
+        f"{machine_words(info)}, torch threads {info['torch_threads']}{load_text}; "
         f"torch {info['torch']}, transformers {info['transformers']}, trl {info['trl']}"
     )
 
@@ -206,32 +219,3 @@ def load_seed_lab():
     from alignlab.presets import load_preset
 
     return load_preset(PRESET)
-
-
-def run_worker(
-    mode: str, spec: str, device: str | None, *extra: str, env: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """Run ``python -m bench.worker`` in a fresh process and return its JSON result."""
-    import json
-    import subprocess
-
-    from bench.worker import MARKER
-
-    child_env = dict(os.environ)
-    child_env.update(env or {})
-    if device == "cpu":
-        child_env["CUDA_VISIBLE_DEVICES"] = ""  # run_lab picks CUDA whenever it sees one
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.worker", mode, spec, *extra],
-        cwd=root,
-        env=child_env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(MARKER):
-            return json.loads(line[len(MARKER) :])
-    tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
-    raise RuntimeError(f"bench.worker {mode} failed (exit {proc.returncode}):\n{tail}")

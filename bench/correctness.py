@@ -14,9 +14,9 @@ from typing import Any
 import torch
 
 from alignlab.models import load_model
-from alignlab.presets import PreferencePair
+from alignlab.pairs import PreferencePair
+from alignlab.settings import TrainingSettings
 from alignlab.tiny import build_tiny_model
-from alignlab.training import TrainingSettings
 from bench.bare_dpo import train_bare_as
 from bench.training import alignlab_steps, loss_agreement
 
@@ -28,3 +28,15 @@ def run(device: torch.device, pairs: list[PreferencePair], steps: int = 6) -> di
         ours = alignlab_steps(loaded, pairs, settings)
         bare = train_bare_as(loaded, pairs, settings)  # fp32 settings: no bf16
     return {"steps": steps, "device": str(device), "loss_agreement": loss_agreement(ours["rows"], bare)}
+
+
+def table_rows(co: dict[str, Any]) -> list[tuple[str, str]]:
+    """The bench table's row: the losses of AlignLab (TRL) and the bare loop."""
+    la = co["loss_agreement"]
+    return [
+        (
+            f"correctness: tiny model fp32 on {co['device']}, AlignLab (TRL) vs bare loop",
+            f"step-1 loss {la['first_step_loss_trl']:.6f} vs {la['first_step_loss_bare']:.6f}; max diff over "
+            f"{len(la['losses_trl'])} steps {la['max_loss_diff']:.2e}",
+        )
+    ]

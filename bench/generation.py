@@ -6,7 +6,7 @@ Greedy decoding stops a row at its end-of-turn token, so the two modes may gener
 token counts; both counts are reported, as is how many answers came out identical.
 
 A model with random weights (the bench's own GPT-2-size one) stops after 0-1 tokens, which times
-overheads, not generation (seen on an H100: "new tokens 1, 1"). With ``full_length`` every answer
+overheads, not generation. With ``full_length`` every answer
 is held to ``max_new_tokens`` (``min_new_tokens``), and the decoding steps are counted from the
 model's forward calls (a random model's tokens need not decode to text the tokenizer knows).
 """
@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from alignlab.generation import GenerationSettings, generate
+from alignlab.generation import generate
 from alignlab.models import LoadedModel
-from bench.common import Figure, ratio, timed
+from alignlab.settings import GenerationSettings
+from bench.common import Figure, figure_text, ratio, timed
 
 
 def _new_tokens(loaded: LoadedModel, texts: list[str]) -> int:
@@ -97,5 +98,29 @@ def run(
         # Forward calls of one repeat: batched = the longest answer's tokens; one at a time = the sum of all.
         "decoding_steps": steps,
         "identical_answers": sum(a == b for a, b in zip(batched_out, single_out)),
-        "_figures": {"batched": batched, "one_at_a_time": single},
     }
+
+
+def table_rows(g: dict[str, Any]) -> list[tuple[str, str]]:
+    """The bench table's rows: both modes' seconds, their answers, the decoding steps."""
+    n, t = g["prompts"], g["max_new_tokens"]
+    return [
+        (f"generation: batched, {n} prompts x {t} new tokens", figure_text(g["batched_seconds"])),
+        ("generation: one prompt at a time", figure_text(g["one_at_a_time_seconds"])),
+        ("generation: speedup (one-at-a-time / batched)", figure_text(g["speedup"])),
+        (
+            "generation: identical answers / tokens of the decoded answers (batched, single)",
+            f"{g['identical_answers']}/{n}; {g['new_tokens']['batched']}, {g['new_tokens']['one_at_a_time']}",
+        ),
+        (
+            "generation: decoding steps per repeat (batched = longest answer, single = sum)"
+            + (", held to full length" if g.get("full_length") else ""),
+            f"{g['decoding_steps']['batched']}, {g['decoding_steps']['one_at_a_time']}",
+        ),
+        ("generation: one decoding step, batch 1", figure_text(g["decode_step_seconds"]["batch_1"])),
+        (f"generation: one decoding step, batch {n}", figure_text(g["decode_step_seconds"][f"batch_{n}"])),
+        (
+            f"generation: speedup bound, {n} x step(1) / step({n})",
+            f"{g['speedup_bound_from_decode_steps']:.2f} x",
+        ),
+    ]

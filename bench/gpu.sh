@@ -15,7 +15,7 @@
 #   training     seconds per DPO step: AlignLab vs a plain DPOTrainer script vs the bare loop;
 #   shift        steps until held-out accuracy reaches 0.75;
 #   scale        a 1.1B Llama-shaped model (random, bf16 autocast): full fine-tuning, LoRA and QLoRA
-#                (4-bit base, bitsandbytes) through train_dpo, seconds and peak memory against the
+#                (4-bit base, bitsandbytes) through train_policy, seconds and peak memory against the
 #                computed estimate.
 # JSON goes to $OUT (when set, as on a lent device machine) or bench/results/, as gpu.json.
 #
@@ -28,7 +28,7 @@
 # why). huggingface_hub
 # is not carried: 2.x needs httpx2, and the machine's 1.x meets transformers 5.24 and datasets 5.2.
 #
-# On this workplace's device tool: run("bench/gpu.sh", carry=[".whl"]); about 4.5 minutes on an H200.
+# On this workplace's device tool: run("bench/gpu.sh", carry=[".whl"]).
 # Test the CPU path anywhere: DEVICE=cpu PYTHON=.venv/bin/python bench/gpu.sh --repeats 1 --timed-steps 2
 # (the 1.1B row is skipped off a GPU, with the reason printed).
 set -euo pipefail

@@ -1,11 +1,12 @@
 """The whole lab (``alignlab.lab.run_lab``, seed-lab preset, default settings), stage by stage.
 
-Every run is a fresh process (:mod:`bench.worker`) sharing one new ``ALIGNLAB_CACHE``: the first
-run finds the cache empty and pays the cold load (for the embedded default, the GGUF conversion;
-on a GPU, the compilation of TRL's Triton kernels, whose cache lives there too), the later ones
-read the cached safetensors and kernels, as a restarted app would. More cold loads come from
-load-only processes, each with its own empty cache. Inside each lab process the model is also
-reloaded after ``clear_model_cache()`` (a cached load without a process start).
+Every run is a fresh process (:func:`in_process`, through :mod:`bench.worker`) sharing one new
+``ALIGNLAB_CACHE``: the first run finds the cache empty and pays the cold load (for the embedded
+default, the GGUF conversion; on a GPU, the compilation of TRL's Triton kernels, whose cache lives
+there too), the later ones read the cached safetensors and kernels, as a restarted app would. More
+cold loads come from load-only processes (:func:`load_in_process`), each with its own empty cache.
+Inside each lab process the model is also reloaded after ``clear_model_cache()`` (a cached load
+without a process start).
 
 The first lab in a process is reported apart from the ``warm_runs`` that follow it in the same
 process (a GPU server's later clicks), and one more process runs the start-up warm-up
@@ -18,9 +19,11 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from typing import Any
 
-from bench.common import Figure, run_worker
+from bench.common import Figure, cuda_peak_mib, figure_text, load_seed_lab, peak_rss_mib, reset_cuda_peak
+from bench.protocol import run_worker
 
 
 def run(spec: str, device: str | None, repeats: int, cold_loads: int, warm_runs: int = 0) -> dict[str, Any]:
@@ -84,5 +87,103 @@ def run(spec: str, device: str | None, repeats: int, cold_loads: int, warm_runs:
             )
         },
         "step_elapsed": [r["step_elapsed"] for r in runs],
-        "_figures": figures,
     }
+
+
+# --------------------------------------------------------------------------- in the worker processes
+
+
+def in_process(spec: str, options: dict[str, Any], started: float) -> dict[str, Any]:
+    """The whole lab in this fresh process (its first call), then ``warm_runs`` more (warm calls).
+
+    ``started``: when the process began (``time.perf_counter``). With ``warm_up``,
+    :func:`alignlab.warmup.warm_up` runs first, as app.py does at start-up.
+    """
+    from alignlab.lab import run_lab
+    from alignlab.models import clear_model_cache, load_model
+    from alignlab.warmup import preload, warm_up
+
+    preset = load_seed_lab()
+    preload()  # what app.py does at start-up on any machine
+    ready = time.perf_counter() - started  # interpreter + imports + preload, before the "click"
+    warm_up_seconds = None
+    if options.get("warm_up"):
+        warm_up_seconds = warm_up(spec, preset=preset).get("total")  # as app.py, on the preset it opens on
+    marks: list[float] = []
+
+    def on_event(event) -> None:  # noqa: ANN001
+        if event.kind == "log":
+            marks.append(event.elapsed)
+
+    reset_cuda_peak()
+    report, _ = run_lab(spec, preset, on_event=on_event)
+    peak = peak_rss_mib()
+    cuda = cuda_peak_mib()
+    warm = [run_lab(spec, preset)[0]["timings"] for _ in range(int(options.get("warm_runs", 0)))]
+    reload = Figure()  # a tab switch after clear_model_cache: the safetensors cache read again
+    for _ in range(2):
+        clear_model_cache()
+        mark = time.perf_counter()
+        load_model(spec)
+        reload.add(time.perf_counter() - mark)
+    ev = report["eval"]
+    return {
+        "process_ready_seconds": ready,
+        "warm_up_seconds": warm_up_seconds,
+        "timings": report["timings"],
+        "warm_timings": warm,
+        "step_elapsed": marks,
+        "peak_rss_mib": peak,
+        "cuda_peak_mib": cuda,
+        "reload_in_process_seconds": reload.samples,
+        "heldout_accuracy": ev["heldout_reward_accuracy"],
+        "kl_to_reference": ev["kl_to_reference"],
+        "perplexity_before": ev["perplexity_before"],
+        "perplexity_after": ev["perplexity_after"],
+        "changed": report["changed"],
+        "health": report["health"]["verdict"],
+        "steps": report["settings"]["steps_done"],
+        "device": report["model"]["device"],
+    }
+
+
+def load_in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
+    """One model load in this fresh process (a cold load, when its cache is empty)."""
+    from alignlab.models import load_model
+
+    mark = time.perf_counter()
+    load_model(spec)
+    return {"load_seconds": time.perf_counter() - mark, "peak_rss_mib": peak_rss_mib()}
+
+
+def table_rows(lb: dict[str, Any]) -> list[tuple[str, str]]:
+    """The bench table's rows: each figure of the lab, then its outcome."""
+    rows: list[tuple[str, str]] = []
+    f = lb["figures"]
+    names = [
+        ("load_cold", "lab: model load, cold (empty cache)"),
+        ("load_cached_fresh_process", "lab: model load, cached (fresh process)"),
+        ("load_cached_in_process", "lab: model load, cached (after clear_model_cache)"),
+        ("baseline", "lab: baseline generation"),
+        ("train", f"lab: training ({lb['steps']} steps)"),
+        ("evaluate", "lab: evaluation (compare + evidence)"),
+        ("total_cached", "lab: total, first call in a fresh process (model + kernels cached)"),
+        ("total_cold", "lab: total, first call on a new machine (empty caches)"),
+        ("train_first_cached", "lab: training, first call in a fresh process"),
+        ("evaluate_first_cached", "lab: evaluation, first call in a fresh process"),
+        ("total_warm", "lab: total, warm call (same process, after the first)"),
+        ("train_warm", "lab: training, warm call"),
+        ("evaluate_warm", "lab: evaluation, warm call"),
+        ("warm_up", "lab: start-up warm-up (alignlab.warmup, as app.py runs it)"),
+        ("total_after_warm_up", "lab: total, first call after the start-up warm-up"),
+        ("process_start_and_imports", "lab: process start + imports + preload (before the click)"),
+        ("peak_rss_cached", "lab: peak RSS, cached run"),
+        ("peak_rss_cold", "lab: peak RSS, cold run / cold load"),
+        ("cuda_peak", "lab: peak CUDA memory allocated"),
+    ]
+    rows += [(label, figure_text(f.get(key))) for key, label in names if key in f]
+    o = lb["outcome"]
+    rows.append(
+        ("lab: held-out accuracy / changed / health", f"{o['heldout_accuracy']} / {o['changed']} / {o['health']}")
+    )
+    return rows

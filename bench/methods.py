@@ -1,5 +1,5 @@
-"""The methods side by side (issue 9): a comparison from click to filled table, and each method's cost
-beside a plain TRL script of the same method.
+"""The methods side by side: a comparison from click to filled table, and each method's cost beside a
+plain TRL script of the same method.
 
 - *comparison*: in a fresh process (``python -m bench.worker comparison``) the app is started on the
   bench's model as ``app.py`` starts it (preload, then the start-up warm-up, reported apart) and one
@@ -9,25 +9,25 @@ beside a plain TRL script of the same method.
 - *per method*: two fresh processes per method (``python -m bench.worker method_steps``), each on the
   seed lab's pairs with the method's defaults: AlignLab's ``train_policy`` as the lab runs it (its live
   held-out probe after each step included) and a plain script that builds TRL's trainer for the method
-  directly (the method's config class with the same learning rate, beta, batch, steps, fp32, no
-  gradient checkpointing; the pairs as TRL's conversational rows; the reference a second copy of the
-  model). Seconds per step after one warm-up step, and the process's peak resident memory.
+  directly (the method's config class with the same learning rate, beta, batch, steps and the stage's own
+  fields, fp32, no gradient checkpointing; the pairs as TRL's conversational rows; the reference a second
+  copy of the model). Seconds per step after one warm-up step, and the process's peak resident memory.
 
-Nothing here passes or fails: the issue's targets are reported as met or not.
+Nothing here passes or fails: the bench's targets are reported as met or not.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import tempfile
 import time
 from typing import Any
 
-from bench.common import Figure, run_worker
+from bench.common import Figure
+from bench.protocol import run_worker
 
-#: What the issue's comparison runs.
+#: What the comparison runs by default.
 METHODS = ("dpo", "ipo", "kto", "orpo")
 
 
@@ -105,7 +105,8 @@ def method_steps(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     """One method's training in this fresh process: AlignLab's runner or a plain TRL script."""
     from alignlab.lab import run_probe
     from alignlab.models import load_model
-    from alignlab.training import TrainingSettings, train_policy
+    from alignlab.settings import TrainingSettings
+    from alignlab.training import train_policy
     from bench.common import load_seed_lab, peak_rss_mib
 
     preset = load_seed_lab()
@@ -133,77 +134,49 @@ def plain_trl(loaded: Any, pairs: list, settings: Any) -> tuple[list[float], dic
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
 
+    from alignlab.methods import resolve
+    from alignlab.pairs import thumbs_from_pairs
+    from alignlab.trl_rows import preference_row, thumbs_row
     from bench.training import StepClock
 
     stage = settings.method_entry.stage
-    config_class = _import(stage.config)
-    trainer_class = _import(stage.trainer)
-    unpaired = stage.data == "unpaired"
-    rows: list[dict[str, Any]] = []
-    for pair in pairs:
-        prompt = [{"role": "user", "content": pair.prompt}]
-        if unpaired:
-            rows.append(
-                {"prompt": prompt, "completion": [{"role": "assistant", "content": pair.chosen}], "label": True}
-            )
-            rows.append(
-                {"prompt": prompt, "completion": [{"role": "assistant", "content": pair.rejected}], "label": False}
-            )
-        else:
-            rows.append(
-                {
-                    "prompt": prompt,
-                    "chosen": [{"role": "assistant", "content": pair.chosen}],
-                    "rejected": [{"role": "assistant", "content": pair.rejected}],
-                }
-            )
-    extra: dict[str, Any] = dict(stage.options)
-    if settings.method_entry.loss_variants:
-        extra["loss_type"] = [settings.loss_type]
-        if settings.sft_weight:  # DPO's SFT term, as TRL documents it (IPO's defaults carry one)
-            extra["loss_type"] = [settings.loss_type, "sft"]
-            extra["loss_weights"] = [1.0, float(settings.sft_weight)]
-    if not settings.method_entry.has_reference:
-        extra["remove_unused_columns"] = False
+    if stage.reads_thumbs:  # each pair as its chosen answer (desirable) and its rejected answer (undesirable)
+        rows = [thumbs_row(r.prompt, r.completion, r.label, chat=True) for r in thumbs_from_pairs(pairs)]
+    else:
+        rows = [preference_row(p, chat=True) for p in pairs]
     clock = StepClock(loaded.device)
     with tempfile.TemporaryDirectory(prefix="bench-plain-") as scratch:
-        args = config_class(
-            output_dir=scratch,
-            use_cpu=loaded.device.type != "cuda",
-            learning_rate=settings.learning_rate,
-            beta=settings.beta,
-            per_device_train_batch_size=settings.batch_size * stage.rows_per_pair,
-            max_steps=settings.steps,
-            logging_steps=1,
-            bf16=False,
-            gradient_checkpointing=False,
-            report_to="none",
-            disable_tqdm=True,
-            save_strategy="no",
-            **extra,
-        )
+        fields = {
+            "output_dir": scratch,
+            "use_cpu": loaded.device.type != "cuda",
+            "learning_rate": settings.learning_rate,
+            "per_device_train_batch_size": settings.batch_size * stage.rows_per_pair,
+            "max_steps": settings.steps,
+            "logging_steps": 1,
+            "bf16": False,
+            "gradient_checkpointing": False,
+            "report_to": "none",
+            "disable_tqdm": True,
+            "save_strategy": "no",
+            **stage.own_fields(settings),  # beta, the loss variant, what the method fixes
+        }
         kwargs: dict[str, Any] = {
             "model": copy.deepcopy(loaded.model).train(),
-            "args": args,
+            "args": resolve(stage.config)(**fields),
             "train_dataset": Dataset.from_list(rows),
             "processing_class": loaded.tokenizer,
             "callbacks": [clock],
         }
-        if settings.method_entry.has_reference:
+        if stage.has_reference:
             kwargs["ref_model"] = copy.deepcopy(loaded.model)
-        trainer = trainer_class(**kwargs)
+        trainer = resolve(stage.trainer)(**kwargs)
         trainer.remove_callback(PrinterCallback)
         trainer.train()
     config = {"trainer": stage.trainer, "config": stage.config, "fp32": True, "gradient_checkpointing": False}
     return clock.step_seconds, config
 
 
-def _import(dotted: str) -> Any:
-    module, name = dotted.rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)
-
-
-def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+def table_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     """Table rows: the comparison, each of its runs, then each method against plain TRL."""
     comparison = result["comparison"]
     names = ", ".join(row["method"] for row in comparison["table"])

@@ -1,10 +1,9 @@
 """AlignLab's DPO run with a probe: step times, and held-out preference accuracy after every step.
 
-It trains what ``alignlab.training.build_dpo_trainer`` builds (the trainer ``train_dpo`` runs)
-with one callback added.
-After each step the callback scores the held-out pairs with the policy (the reference's scores are
-computed once, before training) and the time that takes is left out of the step times. Used by
-the time-to-shift section and by the candidates.
+It trains what :func:`alignlab.trainer.build_trainer` builds (the trainer ``train_policy`` runs)
+with one callback added. After each step the callback scores the held-out pairs with the policy
+(the reference's scores are computed once, before training) and the time that takes is left out
+of the step times. Used by the time-to-shift section and by the candidates.
 """
 
 from __future__ import annotations
@@ -16,11 +15,14 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from alignlab.evaluation import completion_logps, implicit_rewards, mean_token_kl, perplexity, preference_accuracy
+from alignlab.evaluation import mean_token_kl, perplexity
+from alignlab.logprobs import sequence_logps
 from alignlab.models import LoadedModel
-from alignlab.presets import PreferencePair
-from alignlab.training import TrainingSettings, build_dpo_trainer
-from bench.common import cuda_peak_mib, peak_rss_mib, reset_cuda_peak, sync
+from alignlab.pairs import PreferencePair
+from alignlab.probes import implicit_rewards, preference_accuracy
+from alignlab.settings import TrainingSettings
+from alignlab.trainer import build_trainer
+from bench.common import cuda_peak_mib, load_seed_lab, peak_rss_mib, reset_cuda_peak, sync
 
 SHIFT_ACCURACY = 0.75
 
@@ -33,13 +35,13 @@ class HeldoutScorer:
         self.prompts = [p.prompt for p in pairs]
         self.chosen = [p.chosen for p in pairs]
         self.rejected = [p.rejected for p in pairs]
-        self.ref_chosen = completion_logps(loaded.model, loaded, self.prompts, self.chosen)
-        self.ref_rejected = completion_logps(loaded.model, loaded, self.prompts, self.rejected)
+        self.ref_chosen = sequence_logps(loaded.model, loaded, self.prompts, self.chosen)
+        self.ref_rejected = sequence_logps(loaded.model, loaded, self.prompts, self.rejected)
 
     def __call__(self, policy: torch.nn.Module) -> tuple[float, float]:
         was_training = policy.training
-        chosen = completion_logps(policy, self.loaded, self.prompts, self.chosen)
-        rejected = completion_logps(policy, self.loaded, self.prompts, self.rejected)
+        chosen = sequence_logps(policy, self.loaded, self.prompts, self.chosen)
+        rejected = sequence_logps(policy, self.loaded, self.prompts, self.rejected)
         policy.train(was_training)
         return preference_accuracy(
             implicit_rewards(chosen, self.ref_chosen, self.beta),
@@ -105,14 +107,14 @@ def probe_run(
     every_step: bool = True,
     drift: bool = True,
 ) -> dict[str, Any]:
-    """Train like ``train_dpo`` and report step times, held-out accuracy per step and drift."""
+    """Train like ``train_policy`` and report step times, held-out accuracy per step and drift."""
     device = loaded.device
     reset_cuda_peak()
     scorer = HeldoutScorer(loaded, heldout, settings.beta) if heldout else None
     started = time.perf_counter()
     callback = ProbeCallback(device, scorer if every_step else None)
     with tempfile.TemporaryDirectory(prefix="bench-probe-") as scratch:
-        trainer = build_dpo_trainer(loaded, pairs, settings, scratch, [callback])
+        trainer = build_trainer(loaded, pairs, settings, scratch, [callback])
         trainer.train()
         trained = trainer.model
     loaded.tokenizer.padding_side = "left"
@@ -152,3 +154,17 @@ def probe_run(
     out["cuda_peak_mib"] = cuda_peak_mib()
     del trainer, trained
     return out
+
+
+def in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
+    """One probed run on the seed lab in this fresh process (a candidate's): ``options['settings']``."""
+    from alignlab.models import load_model
+
+    preset = load_seed_lab()
+    return probe_run(
+        load_model(spec),
+        preset.pairs,
+        preset.heldout_pairs,
+        TrainingSettings.from_dict(options.get("settings", {})),
+        every_step=options.get("every_step", True),
+    )

@@ -20,7 +20,7 @@ Figures, each measured in this one process, side by side:
 - peak resident memory of the server process during the room (sampled by alignlab.memory.PeakMemory, so
   it is the peak of this room, not the process's high-water mark), and the cache's memory and disk after it.
 
-Nothing here passes or fails: the issue's targets are reported as met or not.
+Nothing here passes or fails: the bench's targets are reported as met or not.
 """
 
 from __future__ import annotations
@@ -35,14 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.memory import PeakMemory
+from bench.protocol import run_worker
 
 #: The distinct requests, in the order clients arrive: presets first, then seeds.
 DISTINCT = [{"preset": preset, "seed": seed} for seed in (42, 1, 2) for preset in ("seed-lab", "concise", "warm-tone")][
     :8
 ]
 IDENTICAL = {"preset": "seed-lab", "seed": 42}
-#: Seconds between the wrong clicks made while the room waits: a visitor's pace, not a flood (a click
-#: every 0.1 s made ~1000 requests a room, whose handling in this process cost ~20% more CPU time).
+#: Seconds between the wrong clicks made while the room waits: a visitor's pace, not a flood (this process
+#: handles them too, and its CPU time is one of the room's figures).
 CLICK_EVERY = 2.0
 
 
@@ -120,7 +121,7 @@ def room(demo: Any, url: str, requests: list[dict], lab: dict, probe: bool = Fal
     }
 
 
-def run_in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
+def in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     """The whole section, in the calling (fresh) process: singles, then each room."""
     os.environ["ALIGNLAB_DEFAULT_MODEL"] = spec
     sizes = sorted(set(options.get("sizes", [1, 3, 8])))
@@ -175,12 +176,10 @@ def run_in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def run(spec: str, device: str | None, options: dict[str, Any]) -> dict[str, Any]:
     """The section from the bench's main process: one fresh worker process does it all."""
-    from bench.common import run_worker
-
     return run_worker("room", spec, device, json.dumps(options))
 
 
-def rows(section: dict[str, Any]) -> list[tuple[str, str]]:
+def table_rows(section: dict[str, Any]) -> list[tuple[str, str]]:
     """Table rows: one per room, then the singles."""
 
     def secs(value: float | None) -> str:

@@ -1,4 +1,4 @@
-"""A 1B-class model through the lab's own ``train_dpo``: full fine-tuning, LoRA and QLoRA, time and peak memory.
+"""A 1B-class model through the lab's own ``train_policy``: full fine-tuning, LoRA and QLoRA, time and peak memory.
 
 A Llama-shaped 1.1B model (TinyLlama-1.1B's dimensions) with random weights, built on the GPU
 from its config (no hub), held as the lab holds a model (fp32 weights, the cached
@@ -23,11 +23,14 @@ from typing import Any
 
 import torch
 
+from alignlab.model_shapes import ModelShape, count_text
 from alignlab.models import LoadedModel, prepare_tokenizer
-from alignlab.presets import PreferencePair
-from alignlab.recipe import ModelShape, lab_memory_estimate
+from alignlab.pairs import PreferencePair
+from alignlab.recipe import bytes_text, lab_memory_estimate
+from alignlab.settings import TrainingSettings
 from alignlab.tiny import build_tokenizer
-from alignlab.training import TrainingSettings, qlora_unavailable, train_dpo
+from alignlab.trainer import qlora_unavailable
+from alignlab.training import train_policy
 
 SHAPES: dict[str, dict[str, int]] = {
     "1b": {
@@ -93,7 +96,7 @@ def run(device: torch.device, pairs: list[PreferencePair], size: str = "1b", ste
         "build_seconds": time.perf_counter() - started,
     }
     mark = time.perf_counter()
-    train_dpo(loaded, pairs, TrainingSettings(steps=1, precision=precision))  # compiles this shape's kernels
+    train_policy(loaded, pairs, TrainingSettings(steps=1, precision=precision))  # compiles this shape's kernels
     out["compile_run_seconds"] = time.perf_counter() - mark
     scratch = tempfile.TemporaryDirectory(prefix="bench-scale-")
     for name, overrides in VARIANTS.items():
@@ -119,7 +122,7 @@ def run(device: torch.device, pairs: list[PreferencePair], size: str = "1b", ste
                 marks.append(event.elapsed)
 
         try:
-            result = train_dpo(loaded, pairs, settings, on_event=on_event)
+            result = train_policy(loaded, pairs, settings, on_event=on_event)
         except Exception as error:  # noqa: BLE001 - a row that failed says why; the other rows stand
             if not settings.use_qlora:
                 raise
@@ -142,3 +145,28 @@ def run(device: torch.device, pairs: list[PreferencePair], size: str = "1b", ste
     del loaded
     scratch.cleanup()
     return out
+
+
+def table_rows(sc: dict[str, Any]) -> list[tuple[str, str]]:
+    """The bench table's rows: each variant's seconds, peak memory and estimate."""
+    if "skipped" in sc:
+        return [("scale: 1.1B LoRA vs full fine-tuning", "skipped: " + sc["skipped"])]
+    rows: list[tuple[str, str]] = []
+    for name in ("full", "lora_r16", "qlora_r16"):
+        v = sc.get(name)
+        if v is None:
+            continue
+        label = f"scale: {count_text(sc['parameters'])} params, {sc['precision']}, {name}, {sc['steps']} steps"
+        if "skipped" in v or "failed" in v:
+            rows.append((label, "skipped: " + v["skipped"] if "skipped" in v else "FAILED: " + v["failed"]))
+            continue
+        peak = bytes_text(v["peak_memory_mib"] * 2**20) if v["peak_memory_mib"] else "n/a (no CUDA)"
+        rows.append(
+            (
+                label,
+                f"{v['seconds']:.2f} s (first step {v['first_step_seconds']:.2f} s, then "
+                f"{v['step_seconds_median']:.3f} s/step); peak {peak}, estimate "
+                f"{bytes_text(v['estimate_mib'] * 2**20)}; {count_text(v['trainable_parameters'])} trained",
+            )
+        )
+    return rows

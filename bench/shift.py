@@ -12,8 +12,8 @@ from typing import Any
 
 from alignlab.models import LoadedModel
 from alignlab.presets import Preset
-from alignlab.training import TrainingSettings
-from bench.common import Figure
+from alignlab.settings import TrainingSettings
+from bench.common import Figure, figure_text
 from bench.probe import SHIFT_ACCURACY, probe_run
 
 
@@ -45,3 +45,18 @@ def seconds_in_lab_runs(step: int | None, step_elapsed: list[list[float]]) -> Fi
             if len(marks) >= step:
                 figure.add(marks[step - 1])
     return figure
+
+
+def table_rows(sh: dict[str, Any]) -> list[tuple[str, str]]:
+    """The bench table's rows: the step of the shift, and held-out accuracy per step."""
+    rows: list[tuple[str, str]] = []
+    step = sh["shift_step"]
+    if step:
+        what = f"step {step} of {sh['steps_run']}, {sh['shift_train_seconds']:.1f} s of training (probe run)"
+    else:
+        what = f"not reached in {sh['steps_run']} steps (best {max(sh['heldout_accuracy_per_step'] or [0]):.2f})"
+    rows.append((f"shift: held-out accuracy >= {sh['threshold']} ({sh['heldout_pairs']} pairs)", what))
+    if sh.get("seconds_in_lab_runs", {}).get("median") is not None:
+        rows.append(("shift: training seconds to that step in the lab runs", figure_text(sh["seconds_in_lab_runs"])))
+    rows.append(("shift: held-out accuracy per step", " ".join(f"{a:.2f}" for a in sh["heldout_accuracy_per_step"])))
+    return rows

@@ -5,7 +5,7 @@ the first step of each is a warm-up and is left out, and on a GPU an untimed pas
 batches runs before all three, so that the first to run does not pay alone for each new shape.
 A step's time is the full period from one step's end to the next (forward, backward, optimiser,
 logging), so the three are comparable:
-- AlignLab: ``alignlab.training.train_dpo`` with ``TrainingSettings()`` (only ``steps`` changed),
+- AlignLab: :func:`alignlab.training.train_policy` with ``TrainingSettings()`` (only ``steps`` changed),
   timed from the streamed events' timestamps;
 - plain TRL: ``DPOTrainer`` with ``DPOConfig`` defaults (bf16, gradient checkpointing, explicit
   reference model: a copy of the loaded model, as a script would load it twice). Changed only:
@@ -32,10 +32,12 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from alignlab.models import LoadedModel, copy_for_training
-from alignlab.presets import PreferencePair
-from alignlab.training import TrainingSettings, to_trl_dataset, train_dpo
+from alignlab.pairs import PreferencePair, TrainingData
+from alignlab.settings import TrainingSettings
+from alignlab.training import train_policy
+from alignlab.trl_rows import stage_dataset
 from bench.bare_dpo import encode_pairs, train_bare_as
-from bench.common import Figure, cuda_peak_mib, ratio, reset_cuda_peak, sync
+from bench.common import Figure, cuda_peak_mib, figure_text, ratio, reset_cuda_peak, sync
 
 
 class StepClock(TrainerCallback):
@@ -71,7 +73,7 @@ class StepClock(TrainerCallback):
 
 
 def alignlab_steps(loaded: LoadedModel, pairs: list[PreferencePair], settings: TrainingSettings) -> dict[str, Any]:
-    """Per-step seconds and log rows of AlignLab's own ``train_dpo``."""
+    """Per-step seconds and log rows of AlignLab's own ``train_policy``."""
     marks: list[float] = []
 
     def on_event(event) -> None:  # noqa: ANN001
@@ -80,7 +82,7 @@ def alignlab_steps(loaded: LoadedModel, pairs: list[PreferencePair], settings: T
             marks.append(event.elapsed)
 
     reset_cuda_peak()
-    result = train_dpo(loaded, pairs, settings, on_event=on_event)
+    result = train_policy(loaded, pairs, settings, on_event=on_event)
     steps = [b - a for a, b in zip([0.0] + marks, marks)]
     return {
         "step_seconds": steps,
@@ -91,10 +93,11 @@ def alignlab_steps(loaded: LoadedModel, pairs: list[PreferencePair], settings: T
 
 
 def trl_default_steps(
-    loaded: LoadedModel, pairs: list[PreferencePair], batch_size: int, steps: int, budget_s: float | None = None
+    loaded: LoadedModel, pairs: list[PreferencePair], settings: TrainingSettings, budget_s: float | None = None
 ) -> dict[str, Any]:
     """Per-step seconds of a plain TRL script: ``DPOConfig`` defaults, reference passed in.
 
+    Only the batch size and the number of steps are the settings'; the rows are the lab's (the same tokens).
     ``budget_s`` stops it early (after at least 1 warm-up + 2 timed steps) when it runs long.
     """
     from trl import DPOConfig, DPOTrainer
@@ -102,14 +105,14 @@ def trl_default_steps(
     device = loaded.device
     policy = copy_for_training(loaded)
     reference = copy.deepcopy(loaded.model)  # what `from_pretrained` twice gives a plain script
-    clock = StepClock(device, budget_s=budget_s, min_steps=min(3, steps))
+    clock = StepClock(device, budget_s=budget_s, min_steps=min(3, settings.steps))
     reset_cuda_peak()
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as scratch:
         args = DPOConfig(
             output_dir=scratch,
             use_cpu=device.type != "cuda",
-            per_device_train_batch_size=batch_size,
-            max_steps=steps,
+            per_device_train_batch_size=settings.batch_size,
+            max_steps=settings.steps,
             report_to="none",
             disable_tqdm=True,
         )
@@ -117,7 +120,7 @@ def trl_default_steps(
             model=policy,
             ref_model=reference,
             args=args,
-            train_dataset=to_trl_dataset(loaded, pairs),
+            train_dataset=stage_dataset(loaded, TrainingData(pairs), settings),
             processing_class=loaded.tokenizer,
             callbacks=[clock],
         )
@@ -210,7 +213,7 @@ def syncs_per_step(loaded: LoadedModel, pairs: list[PreferencePair], settings: T
     """Host-device syncs per DPO step, AlignLab vs the bare loop: (3 steps - 1 step) / 2, so set-up cancels out."""
 
     def alignlab(steps: int) -> Callable[[], Any]:
-        return lambda: train_dpo(loaded, pairs, replace(settings, steps=steps))
+        return lambda: train_policy(loaded, pairs, replace(settings, steps=steps))
 
     def bare(steps: int) -> Callable[[], Any]:
         return lambda: train_bare_as(loaded, pairs, settings, steps)
@@ -239,13 +242,11 @@ def run(
 
     if device.type == "cuda":
         # Every batch has its own sequence length, and on a GPU the first forward and backward at a new shape
-        # pays for picking (and for some attention backends building) its kernels: seen in a py-spy profile of
-        # this section on an H200, where whichever trainer ran first spent a third of its steps in SDPA's first
-        # calls and the later ones almost nothing. One untimed pass over the same batches first, so that no
-        # trainer pays for the others.
+        # pays for picking (and for some attention backends building) its kernels, which would fall on whichever
+        # trainer runs first. One untimed pass over the same batches first, so that no trainer pays for the others.
         train_bare_as(loaded, pairs, settings)
     ours = alignlab_steps(loaded, pairs, settings)
-    plain = trl_default_steps(loaded, pairs, settings.batch_size, steps, trl_budget_s)
+    plain = trl_default_steps(loaded, pairs, settings, trl_budget_s)
     reset_cuda_peak()
     bare = train_bare_as(loaded, pairs, settings)
     bare_cuda = cuda_peak_mib()
@@ -274,5 +275,58 @@ def run(
         "loss_agreement": loss_agreement(ours["rows"], bare),
         "cuda_peak_mib": {"alignlab": ours["cuda_peak_mib"], "trl_default": plain["cuda_peak_mib"], "bare": bare_cuda},
         "host_syncs_per_step": syncs_per_step(loaded, pairs, settings) if device.type == "cuda" else None,
-        "_figures": figures,
     }
+
+
+def table_rows(tr: dict[str, Any]) -> list[tuple[str, str]]:
+    """The bench table's rows: each trainer's seconds per step, the ratios, the loss check, the padding."""
+    rows: list[tuple[str, str]] = []
+    s = tr["settings"]
+    steps = tr["step_seconds"]
+    cfg = tr["trl_default_config"]
+    rows += [
+        (
+            f"train s/step: AlignLab (batch {s['batch_size']}, {'bf16' if s['bf16'] else 'fp32'}, "
+            f"{'pre-computed ref' if s['precompute_ref_log_probs'] else 'shared ref model'})",
+            figure_text(steps["alignlab"]),
+        ),
+        (
+            f"train s/step: plain DPOTrainer (bf16={cfg['bf16']}, grad ckpt={cfg['gradient_checkpointing']}, ref copy)",
+            figure_text(steps["trl_default"]),
+        ),
+        ("train s/step: bare PyTorch loop (policy + frozen ref)", figure_text(steps["bare"])),
+        ("train ratio: AlignLab / plain DPOTrainer", figure_text(tr["ratio_alignlab_vs_trl_default"])),
+        ("train ratio: AlignLab / bare loop", figure_text(tr["ratio_alignlab_vs_bare"])),
+    ]
+    syncs = tr.get("host_syncs_per_step")
+    if syncs:
+        rows.append(
+            (
+                "train: host-device syncs per step, AlignLab (TRL) vs bare loop",
+                f"{syncs['alignlab']:.0f} vs {syncs['bare']:.0f}",
+            )
+        )
+    la = tr["loss_agreement"]
+    rows.append(
+        (
+            "loss check: step-1 loss TRL vs bare (diff)",
+            f"{la['first_step_loss_trl']:.6f} vs {la['first_step_loss_bare']:.6f} "
+            f"({la['first_step_loss_diff']:.2e}); max diff over {len(la['losses_trl'])} steps "
+            f"{la['max_loss_diff']:.2e}; tokens match TRL: {tr['tokens_match_trl']}",
+        )
+    )
+    rows.append(
+        (
+            "loss check: step-1 logps chosen/rejected TRL vs bare",
+            f"{la['first_step_logps_chosen_trl']:.4f}/{la['first_step_logps_rejected_trl']:.4f} vs "
+            f"{la['first_step_logps_chosen_bare']:.4f}/{la['first_step_logps_rejected_bare']:.4f}",
+        )
+    )
+    pad = tr["padding_share"]
+    rows.append(
+        (
+            f"train: padded positions per batch of {pad['batch_size']} (floor: perfect length grouping)",
+            f"{pad['mean']:.0%} (floor {pad['floor']:.0%})",
+        )
+    )
+    return rows

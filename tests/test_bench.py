@@ -8,12 +8,14 @@ with TRL's losses, which is the bench's own correctness check.
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
 from bench.__main__ import main
 from bench.bare_dpo import EncodedPair
 from bench.probe import pairs_per_step
+from bench.protocol import ROOT
 from bench.training import padding_share
 
 
@@ -112,32 +114,84 @@ def test_candidates_run_each_setting_in_its_own_process(tmp_path):
     assert all(c["seconds_per_pair"] > 0 and c["peak_rss_mib"] > 0 for c in cand.values())
 
 
-def test_quick_evidence_section_agrees_with_the_code_it_replaced(tmp_path):
+def _worktrees() -> list[str]:
+    listing = subprocess.run(
+        ["git", "worktree", "list", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return [line for line in listing.stdout.splitlines() if line.startswith("worktree ")]
+
+
+def test_quick_evidence_section_measures_this_checkout_beside_another_revision(tmp_path):
+    """The compare step on HH-RLHF with this checkout's code and, in a git worktree, HEAD's: in a clean clone
+    the same code, so every figure agrees; the worktree is gone afterwards."""
+    before = _worktrees()
     out = tmp_path / "bench.json"
-    main(["--quick", "--only", "evidence", "--out", str(out)])
+    main(["--quick", "--only", "evidence", "--evidence-against", "HEAD", "--out", str(out)])
     evidence = json.loads(out.read_text())["evidence"]
     assert evidence["pairs"]["heldout"] == 75 and evidence["pairs"]["train"] == 224  # HH-RLHF: one empty reply
-    for impl in ("legacy", "current"):
-        assert evidence["figures"][impl]["evidence_seconds"]["n"] == 1
-        assert evidence["figures"][impl]["peak_rss"]["median"] > 0
-    # the new scorer (shared prompts, chunked vocabulary) computes the same figures as the old one;
-    # the tiny model's tokenizer makes one held-out pair 1096 tokens long, past its 1024 positions,
-    # which the new scorer cuts from the prompt's start (the old one ran past the model's positions),
-    # so that pair's margin differs: the mean margin agrees to 0.02, every other figure exactly
-    for key, (legacy, current) in evidence["agreement"].items():
-        tolerance = 0.02 if key == "heldout_mean_margin" else 1e-4
-        assert current == pytest.approx(legacy, rel=1e-3, abs=tolerance), key
-    assert evidence["current_extra"]["capability_source"] == "built-in"
-    assert evidence["repeat_seconds"]["n"] == 1 and evidence["repeat_speedup"]["median"] > 0
+    now, head = evidence["now"], evidence["against"]
+    for side in (now, head):
+        assert side["evidence_seconds"]["n"] == side["repeat_seconds"]["n"] == 1
+        assert side["peak_rss"]["median"] > 0 and side["generate_seconds"]["median"] > 0
+        assert side["capability_source"] == "built-in" and side["capability_pairs"] > 0
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert head["revision"] == "HEAD" and head["commit"] == commit.stdout.strip()
+    assert (
+        set(evidence["agreement"])
+        == set(now["figures"])
+        == {
+            "heldout_reward_accuracy",
+            "heldout_mean_margin",
+            "kl_to_reference",
+            "perplexity_after",
+        }
+    )
+    for key, (theirs, ours) in evidence["agreement"].items():
+        assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-5), key
+    assert now["verdict"] == head["verdict"] is not None
+    assert evidence["speedup"]["n"] == evidence["repeat_speedup"]["n"] == 1 and evidence["repeat_speedup"]["median"] > 0
+    assert _worktrees() == before
+
+
+def test_the_revisions_worktree_is_removed_also_when_its_measurement_fails():
+    from bench.evidence import worktree
+
+    before = _worktrees()
+    with pytest.raises(RuntimeError, match="the measurement failed"), worktree("HEAD") as (tree, _):
+        assert (tree / "alignlab" / "evaluation.py").is_file() and len(_worktrees()) == len(before) + 1
+        raise RuntimeError("the measurement failed")
+    assert not tree.exists() and _worktrees() == before
+    with pytest.raises(RuntimeError, match="names no commit"), worktree("no-such-revision"):
+        pass
+    assert _worktrees() == before
+
+
+def test_a_calibration_case_names_each_way_a_run_misses_its_verdict():
+    from bench.calibration import Case
+
+    case = Case("a case", "seed-lab", verdicts=("failed",), codes=("collapse",), forbidden=("loop",), min_changed=1)
+    assert case.check("failed", ["collapse", "learning"], 1) == []
+    assert case.check("healthy", ["loop"], 0) == [
+        "verdict healthy, expected failed",
+        "missing code collapse",
+        "unexpected code loop",
+        "0 answers changed, expected at least 1",
+    ]
 
 
 def test_quick_calibration_section_reports_each_case_with_its_figures(tmp_path):
+    from bench.calibration import CASES
+
+    name = "seed-lab at the defaults"
+    case = next(c for c in CASES if c.name == name)
     out = tmp_path / "bench.json"
-    main(["--quick", "--only", "calibration", "--calibration-cases", "seed-lab at the defaults", "--out", str(out)])
+    main(["--quick", "--only", "calibration", "--calibration-cases", name, "--out", str(out)])
     section = json.loads(out.read_text())["calibration"]
     (row,) = section["cases"]
-    assert row["case"] == "seed-lab at the defaults" and row["expected"] == ["healthy"]
-    assert row["verdict"] in {"healthy", "warning", "failed"} and row["codes"]
+    assert row["case"] == name and row["expected"] == list(case.verdicts) == ["healthy"]
+    # the case's own check read this run's verdict, codes and changed answers: on the tiny model it may well miss
+    assert row["codes"] and row["wrong"] == case.check(row["verdict"], row["codes"], row["changed"])
+    assert section["calibrated"] is (not row["wrong"])
     assert len(row["answers_after"]) == row["answers"] == 7
     assert set(row) >= {
         "distinct",
@@ -146,6 +200,27 @@ def test_quick_calibration_section_reports_each_case_with_its_figures(tmp_path):
         "contrast_accuracy",
         "capability_accuracy",
     }
+    # one case on the tiny model is not the matrix: its table goes beside the JSON, not to docs/calibration.md
+    assert section["markdown"] == str(tmp_path / "bench.calibration.md")
+    table = [line for line in (tmp_path / "bench.calibration.md").read_text().splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| case | why | expected | verdict | codes | ok |") and len(table) == 2
+    cells = table[1].strip("| ").split(" | ")
+    assert cells[:4] == [name, case.why, "healthy", row["verdict"]]
+    assert cells[5] == ("ok" if not row["wrong"] else "WRONG: " + "; ".join(row["wrong"]))
+
+
+def test_docs_calibration_has_a_row_for_every_case_in_order():
+    from bench.calibration import CASES, DOC
+
+    rows = [line.split(" | ")[0].removeprefix("| ") for line in DOC.read_text().splitlines() if line.startswith("| ")]
+    assert rows[0] == "case" and rows[1:] == [case.name for case in CASES]
+
+
+def test_a_workers_result_is_the_last_marked_line_of_its_output():
+    from bench.protocol import MARKER, read_result
+
+    assert read_result(f'loading\n{MARKER}{{"n": 1}}\nwarning\n{MARKER}{{"n": 2}}\nbye\n') == {"n": 2}
+    assert read_result("a worker that died before its result") is None
 
 
 @pytest.mark.slow
@@ -170,7 +245,7 @@ def test_the_defaults_sweep_is_valid_settings_around_each_methods_defaults():
     """Every case of the method_defaults sweep is a method's settings the lab accepts, held to the demo's bar, and
     the chosen defaults were among the candidates measured (they are what the registry comments cite)."""
     from alignlab.methods import METHODS
-    from alignlab.training import TrainingSettings
+    from alignlab.settings import TrainingSettings
     from bench.calibration import CASES, SWEEP
 
     assert len({case.name for case in SWEEP}) == len(SWEEP)

@@ -1,26 +1,27 @@
-"""The calibration matrix (bench/calibration.py) on the embedded model: the verdict must be right
-on runs whose answer we know — collapse fails, contradicting labels read no_signal, long runs and
-runs that change nothing do not read healthy, and every shipped preset reads healthy at its defaults.
+"""The calibration cases that guard the verdict, on the embedded model: collapse fails, contradicting labels read
+no_signal, and every method at its defaults on seed-lab reads as the lab's own demo (RLHF: warning). The whole
+matrix, with long runs, runs that change nothing and the other presets, is ``make bench ARGS="--only
+calibration"`` (docs/calibration.md).
 
-Slow: each case is a real lab run on SmolLM2-135M (about a minute on 2 CPU cores).
+Slow: each case is a real lab run on SmolLM2-135M (half a minute to a minute and a half on 2 CPU cores); the
+cases share one loaded model and one baseline (the ``embedded_runs`` fixture).
 """
 
 import json
-import re
 
 import pytest
 
-from bench.calibration import CASES, run_case
+from bench.calibration import GUARDS, summary
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_verdict_is_calibrated(case, output_dir):
-    row = run_case("smollm2-135m-instruct", case)
+@pytest.mark.parametrize("case", GUARDS, ids=[c.name for c in GUARDS])
+def test_verdict_is_calibrated(case, embedded_runs, output_dir):
+    report = embedded_runs(case)
+    row = {"method": case.method, "settings": report["settings"], **summary(case, report)}
     # every figure behind the verdict, kept for the reader of a CI run (test-output/calibration-*.json)
-    name = re.sub(r"[^a-z0-9]+", "-", case.name.lower()).strip("-")
-    (output_dir / f"calibration-{name}.json").write_text(json.dumps(row, indent=2))
+    (output_dir / f"calibration-{case.slug}.json").write_text(json.dumps(row, indent=2))
     assert not row["wrong"], (row["wrong"], row)
     # every figure behind the verdict is present and finite
     for key in ("heldout_accuracy", "kl_to_reference", "final_loss"):
