@@ -28,13 +28,13 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "Install Chromium (Debian: apt-get install chromium) for the browser test."; fi; }
 
-# The full suite, slow tests included (what CI runs).
+# The full suite, slow tests included (what CI runs); the ten slowest tests are listed at the end.
 test: setup browser
-	$(PYTEST)
+	$(PYTEST) --durations=10
 
-# The quick loop while developing: everything but the tests marked slow.
+# The quick loop while developing: no embedded-model run, no server, no browser.
 test-fast: setup
-	$(PYTEST) -m "not slow"
+	$(PYTEST) -m "not slow and not e2e and not browser"
 
 lint: setup
 	$(PY) -m ruff check .

@@ -117,15 +117,17 @@ class ModelShape:
             ) from None
 
     @classmethod
-    def from_directory(cls, directory: Path) -> ModelShape:
-        """The shape of a model saved in ``directory`` (its ``config.json``; chat if its tokenizer has a template)."""
+    def from_directory(cls, directory: Path, label: str | None = None) -> ModelShape:
+        """The shape of a model saved in ``directory`` (its ``config.json``; chat if its tokenizer has a template).
+        ``label``: how messages name the directory (default: its path)."""
+        label = label or str(directory)
         config_path = directory / "config.json"
         if not config_path.is_file():
-            raise ShapeError(f"'{directory}' is a directory without config.json: the recipe needs the model's config.")
+            raise ShapeError(f"'{label}' is a directory without config.json: the recipe needs the model's config.")
         try:
             config = json.loads(config_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ShapeError(f"'{directory}/config.json' could not be read: {exc}") from None
+            raise ShapeError(f"'{label}/config.json' could not be read: {exc}") from None
         return cls.from_config(config, str(directory.resolve()), chat=has_chat_template(directory))
 
 

@@ -43,6 +43,53 @@ def tiny_base(tiny_base_dir: Path) -> LoadedModel:
     return load_model(str(tiny_base_dir), device="cpu")
 
 
+@pytest.fixture(scope="session")
+def tiny_comparison(tiny_chat_dir: Path) -> dict:
+    """Every method of the registry run on seed-lab with the tiny model, one after another on one baseline
+    (``alignlab.comparison.run_comparison``, 2 steps each): the runs the comparison and method tests read."""
+    from alignlab.comparison import comparison_settings, run_comparison
+    from alignlab.methods import METHODS
+    from alignlab.presets import load_preset
+    from alignlab.settings import GenerationSettings
+
+    settings = comparison_settings(list(METHODS), steps=2)
+    return run_comparison(str(tiny_chat_dir), load_preset("seed-lab"), settings, GenerationSettings(max_new_tokens=6))
+
+
+@pytest.fixture(scope="session")
+def embedded_runs():
+    """Calibration cases (``bench.calibration.Case``) run on the embedded model, each at most once per session, on
+    one loaded model and one baseline per preset: ``run(case)`` -> the case's report.
+
+    The same path as ``alignlab.lab.run_lab`` (``load_and_baseline``, then ``train_and_compare``), with the
+    baseline answers of a preset recorded once for every case on it. Only the report is kept (a run's policy is
+    a full copy of the model)."""
+    import gc
+
+    from alignlab.lab import load_and_baseline, train_and_compare
+    from alignlab.model_shapes import EMBEDDED_DEFAULT
+    from alignlab.presets import load_preset
+    from alignlab.settings import GenerationSettings, TrainingSettings
+
+    generation = GenerationSettings()
+    baselines: dict[str, tuple] = {}
+    reports: dict[str, dict] = {}
+
+    def run(case) -> dict:  # noqa: ANN001 - a bench.calibration.Case
+        if case.name not in reports:
+            if case.preset not in baselines:
+                baselines[case.preset] = load_and_baseline(EMBEDDED_DEFAULT, load_preset(case.preset), generation)
+            loaded, baseline, timings = baselines[case.preset]
+            settings = TrainingSettings.for_method(case.method, **case.settings)
+            report, result = train_and_compare(loaded, case.dataset(), settings, generation, baseline, timings)
+            del result
+            gc.collect()
+            reports[case.name] = report
+        return reports[case.name]
+
+    return run
+
+
 @pytest.fixture
 def pairs() -> list[PreferencePair]:
     return [

@@ -16,6 +16,8 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from contract import EVAL_KEYS, REPORT_KEYS
+
 pytestmark = pytest.mark.e2e
 
 ENDPOINTS = {
@@ -30,18 +32,6 @@ ENDPOINTS = {
     "/export_recipe",
     "/run_comparison",
 }
-EVAL_KEYS = {
-    "heldout_reward_accuracy",
-    "heldout_mean_margin",
-    "kl_to_reference",
-    "perplexity_before",
-    "perplexity_after",
-    "contrast_accuracy",
-    "capability_accuracy_before",
-    "capability_accuracy_after",
-    "heldout_curve",
-    "degeneration",
-}
 
 
 def _has_nan(node) -> bool:
@@ -52,19 +42,6 @@ def _has_nan(node) -> bool:
     if isinstance(node, list):
         return any(_has_nan(v) for v in node)
     return False
-
-
-REPORT_KEYS = {
-    "model",
-    "settings",
-    "baseline_outputs",
-    "aligned_outputs",
-    "changed",
-    "log_history",
-    "health",
-    "eval",
-    "timings",
-}
 
 
 @pytest.fixture(scope="module")

@@ -7,39 +7,9 @@ import pytest
 
 from alignlab.cli import main
 
+from contract import DEGENERATION_KEYS, EVAL_KEYS, REPORT_KEYS
+
 ROOT = Path(__file__).resolve().parents[1]
-REPORT_FIELDS = {
-    "model",
-    "settings",
-    "baseline_outputs",
-    "aligned_outputs",
-    "changed",
-    "log_history",
-    "health",
-    "eval",
-    "timings",
-}
-EVAL_FIELDS = {
-    "heldout_reward_accuracy",
-    "heldout_mean_margin",
-    "kl_to_reference",
-    "perplexity_before",
-    "perplexity_after",
-    "contrast_accuracy",
-    "capability_accuracy_before",
-    "capability_accuracy_after",
-    "heldout_curve",
-    "degeneration",
-}
-DEGENERATION_FIELDS = {
-    "distinct_answers_before",
-    "distinct_answers_after",
-    "repeated_ngram_rate_before",
-    "repeated_ngram_rate_after",
-    "mean_words_before",
-    "mean_words_after",
-    "new_common_phrases",
-}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -124,9 +94,9 @@ def test_lab_on_tiny_model_writes_every_report_field(tmp_path, tiny_chat_dir, ca
         assert words in printed, words
     assert "=== The answers themselves" in printed and "distinct answers" in printed
     report = json.loads(out.read_text())
-    assert set(report) >= REPORT_FIELDS
-    assert set(report["eval"]) >= EVAL_FIELDS
-    assert set(report["eval"]["degeneration"]) >= DEGENERATION_FIELDS
+    assert set(report) >= REPORT_KEYS
+    assert set(report["eval"]) >= EVAL_KEYS
+    assert set(report["eval"]["degeneration"]) >= DEGENERATION_KEYS
     assert [p["step"] for p in report["eval"]["heldout_curve"]] == [1, 2, 3]
     assert set(report["health"]) >= {"verdict", "findings", "codes", "best_step"}
     assert len(report["health"]["codes"]) >= 1 and all(f"[{c}]" in printed for c in report["health"]["codes"])
@@ -203,14 +173,3 @@ def test_lab_on_a_list_of_pairs_holds_out_a_quarter(tmp_path, tiny_base_dir, pai
     # imported pairs: no contrast pairs (null, and the verdict says so), the built-in capability set
     assert report["eval"]["contrast_accuracy"] is None and "no_contrast" in report["health"]["codes"]
     assert report["eval"]["capability_source"] == "built-in" and report["eval"]["capability_accuracy_after"] is not None
-
-
-@pytest.mark.slow
-def test_full_lab_on_the_embedded_model_shows_a_real_shift(tmp_path):
-    out = tmp_path / "r.json"
-    proc = run_cli("lab", "--model", "smollm2-135m-instruct", "--preset", "seed-lab", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(out.read_text())
-    assert report["changed"] >= 1
-    assert report["eval"]["heldout_reward_accuracy"] > 0.5
-    assert report["health"]["verdict"] == "healthy", report["health"]

@@ -20,11 +20,10 @@ from alignlab.comparison import (
     MAX_METHODS,
     comparison_settings,
     parse_methods,
-    run_comparison,
     settings_for,
 )
+from alignlab.methods import METHODS
 from alignlab.plots import overlay_frame
-from alignlab.presets import load_preset
 from alignlab.runrecord import EVIDENCE_COLUMNS, MAX_RUNS, RunRecord, display_row, evidence_row, run_label
 from alignlab.settings import GenerationSettings, SettingsError, TrainingSettings
 from alignlab.training import TrainingResult, train_policy
@@ -94,35 +93,33 @@ def test_a_session_keeps_its_latest_runs_labelled_in_order(tmp_path: Path) -> No
 
 
 @pytest.fixture(scope="module")
-def comparison(tiny_chat_dir: Path) -> dict:
-    preset = load_preset("seed-lab")
-    settings = comparison_settings(["dpo", "orpo"], steps=2)
-    return run_comparison(str(tiny_chat_dir), preset, settings, GENERATION)
+def comparison(tiny_comparison: dict) -> dict:
+    return tiny_comparison
 
 
 def test_every_method_runs_on_the_same_baseline_and_gets_its_own_report(comparison: dict) -> None:
     runs = comparison["runs"]
-    assert [r["settings"]["training"]["method"] for r in runs] == ["dpo", "orpo"]
-    assert [r["run"] for r in runs] == [{"label": "A", "index": 1, "of": 2}, {"label": "B", "index": 2, "of": 2}]
-    assert runs[0]["baseline_outputs"] == runs[1]["baseline_outputs"]  # recorded once, shared
-    assert runs[0]["settings"]["method_info"]["reference"] == "frozen"
-    assert runs[1]["settings"]["method_info"]["reference"] == "none"
+    names = list(METHODS)
+    assert [r["settings"]["training"]["method"] for r in runs] == [METHODS[n].runs_as for n in names]
+    assert [r["run"] for r in runs] == [{"label": run_label(i), "index": i, "of": len(names)} for i in range(1, 7)]
+    assert all(r["baseline_outputs"] == runs[0]["baseline_outputs"] for r in runs)  # recorded once, shared
+    assert [r["settings"]["method_info"]["reference"] for r in runs] == [METHODS[n].stage.reference for n in names]
     # Each run starts from the original weights: their step-1 losses are each method's own first loss,
     # so DPO's is ln 2 whatever ran before it.
     assert runs[0]["log_history"][0]["loss"] == pytest.approx(0.6931, abs=1e-3)
-    for report in runs:
-        assert report["settings"]["steps_done"] == 2
+    for name, report in zip(names, runs):
+        stages = len(METHODS[name].stages)
+        assert report["settings"]["steps_done"] == 2 * stages
         cost = report["cost"]
-        assert cost["steps"] == 2 and cost["seconds_per_step"] > 0
+        assert cost["steps"] == 2 * stages and cost["seconds_per_step"] > 0
         assert cost["peak_memory_kind"] == "process_rss" and cost["peak_memory_bytes"] > 0
         assert cost["trainable_parameters"] > 0
-        assert report["health"]["verdict"] in ("healthy", "warning", "failed")
 
 
 def test_the_table_is_each_report_as_a_row(comparison: dict) -> None:
     table = comparison["table"]
-    assert [row["run"] for row in table] == ["A", "B"]
-    assert [row["method"] for row in table] == ["DPO", "ORPO"]
+    assert [row["run"] for row in table] == [run_label(i) for i in range(1, 7)]
+    assert [row["method"] for row in table] == ["DPO", "IPO + SFT×2", "KTO", "ORPO", "SimPO", "RLHF"]
     for row, report in zip(table, comparison["runs"]):
         assert row == evidence_row(report)
         assert set(row) == set(EVIDENCE_COLUMNS)
@@ -137,10 +134,10 @@ def test_overlaid_curves_have_one_series_per_run(comparison: dict) -> None:
         for r in comparison["runs"]
     ]
     frame = overlay_frame(series, "loss")
-    assert sorted(frame["run"].unique()) == ["A", "B"]
-    assert len(frame) == 4  # two steps each
+    assert sorted(frame["run"].unique()) == [run_label(i) for i in range(1, 7)]
+    assert len(frame) == 2 * 5 + 4  # two steps each, RLHF two in each of its stages
     margin = overlay_frame(series, "reward margin")
-    assert sorted(margin["run"].unique()) == ["A", "B"]
+    assert sorted(margin["run"].unique()) == [run_label(i) for i in range(1, 7)]  # RLHF's: its reward model's
 
 
 def test_cli_compare_writes_every_run_and_refuses_a_bad_list(tiny_chat_dir: Path, tmp_path: Path, capsys) -> None:

@@ -11,6 +11,8 @@ from alignlab.degeneration import (
     template_share,
 )
 
+from contract import DEGENERATION_KEYS
+
 BEFORE = [
     "To cook rice on the stove, rinse one cup of rice and add two cups of water, then simmer for 18 minutes.",
     "Practise every day, use flashcards, and talk with native speakers as often as you can.",
@@ -59,16 +61,7 @@ def test_garbage_is_symbols_runs_and_broken_characters_not_punctuation():
 
 def test_report_has_every_contract_field_before_and_after():
     report = degeneration_report(BEFORE, COLLAPSED).to_dict()
-    for key in (
-        "distinct_answers_before",
-        "distinct_answers_after",
-        "repeated_ngram_rate_before",
-        "repeated_ngram_rate_after",
-        "mean_words_before",
-        "mean_words_after",
-        "new_common_phrases",
-    ):
-        assert key in report
+    assert set(report) >= DEGENERATION_KEYS
     assert report["distinct_answers_before"] == 7 and report["distinct_answers_after"] == 1
     assert report["mean_words_after"] < report["mean_words_before"]
     assert "sure hope that helps" in report["new_common_phrases"]

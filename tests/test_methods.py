@@ -458,40 +458,49 @@ def test_a_recipe_for_a_method_without_a_trl_script_is_a_clear_message_not_a_tra
     assert "Traceback" not in err
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(METHODS))
-def test_each_method_runs_the_whole_lab_on_the_embedded_model(name):
+@pytest.mark.parametrize("index", range(len(METHODS)), ids=list(METHODS))
+def test_each_method_runs_the_whole_lab_and_reports_it(index, tiny_comparison):
+    """The whole lab, end to end, for every method: the report names what ran, is JSON without NaN, and its
+    verdict is the rules' reading of its own figures. The mechanics on the tiny model; what each method does to
+    the embedded model is the calibration matrix's."""
     import json
 
-    from alignlab.lab import run_lab
-    from alignlab.presets import load_preset
-    from alignlab.settings import GenerationSettings
-
-    settings = TrainingSettings.for_method(name, steps=2)
-    report, result = run_lab(
-        "smollm2-135m-instruct", load_preset("seed-lab"), settings, GenerationSettings(max_new_tokens=16)
-    )
+    report = tiny_comparison["runs"][index]
+    name = list(METHODS)[index]
     json.dumps(report, allow_nan=False)  # NaN-free: undefined figures are null
     training = report["settings"]["training"]
     entry = METHODS[name]
     assert (training["method"], training["loss_type"]) == (entry.runs_as, entry.loss_type or "sigmoid")
     assert report["settings"]["method_info"]["trainer"] == entry.stage.trainer
-    assert report["settings"]["steps_done"] == 2 * len(entry.stages)
-    assert all(math.isfinite(r["loss"]) for r in result.step_rows)
-    assert report["eval"]["heldout_scorer"] == entry.scorer and report["eval"]["kl_to_reference"] is not None
-    assert report["health"]["verdict"] in {"healthy", "warning", "failed"} and report["health"]["codes"]
+    rows = [r for r in report["log_history"] if "loss" in r and "step" in r]
+    assert len(rows) == report["settings"]["steps_done"] == 2 * len(entry.stages)
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    assert report["eval"]["heldout_scorer"] == entry.scorer and report["eval"]["kl_to_reference"] > 0
+    policy_steps = [r["step"] for r in rows if r.get("stage", "policy") == "policy"]
+    assert [p["step"] for p in report["eval"]["heldout_curve"]] == policy_steps  # the policy's stage only
+    expected = read_health(
+        RunFacts(
+            log_rows=rows,
+            beta=training["beta"],
+            evidence=report["eval"],
+            degeneration=report["eval"]["degeneration"],
+            heldout_curve=report["eval"]["heldout_curve"],
+            changed=report["changed"],
+            answers=len(report["aligned_outputs"]),
+            method=entry.name,
+        )
+    )
+    assert (report["health"]["verdict"], report["health"]["codes"]) == (expected.verdict, expected.codes)
 
 
 @pytest.mark.slow
-def test_rlhf_at_its_defaults_raises_its_reward_and_changes_answers_on_the_embedded_model():
-    """The issue's target: the rlhf method at lab scale on the embedded model, its reward rising."""
-    from alignlab.lab import run_lab
-    from alignlab.presets import load_preset
-    from alignlab.settings import GenerationSettings
+def test_rlhf_at_its_defaults_raises_its_reward_and_changes_answers_on_the_embedded_model(embedded_runs):
+    """The rlhf method at lab scale on the embedded model: its reward model learns and the reward of the answers the
+    policy samples rises (the run is the calibration matrix's RLHF case, shared)."""
+    from bench.calibration import GUARDS
 
-    settings = TrainingSettings.for_method("rlhf")
-    report, result = run_lab("smollm2-135m-instruct", load_preset("seed-lab"), settings, GenerationSettings())
-    rows = result.step_rows
+    report = embedded_runs(next(c for c in GUARDS if c.method == "rlhf"))
+    rows = [r for r in report["log_history"] if "loss" in r and "step" in r]
     assert {r["stage"] for r in rows} == {"reward_model", "policy"}
     accuracy = [r["accuracy"] for r in rows if r["stage"] == "reward_model"]
     assert sum(accuracy[len(accuracy) // 2 :]) / len(accuracy[len(accuracy) // 2 :]) > 0.5  # the reward model learnt

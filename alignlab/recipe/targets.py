@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from alignlab.model_shapes import KNOWN_SHAPES, RECIPE_TARGETS, ModelShape, ShapeError, has_chat_template, known_shape
+from alignlab.model_shapes import KNOWN_SHAPES, RECIPE_TARGETS, ModelShape, ShapeError, known_shape
 
 
 class RecipeError(ValueError):
@@ -31,15 +30,8 @@ def resolve_target(spec: str) -> ModelShape:
         return shape
     path = Path(spec).expanduser()
     if path.is_dir():
-        config_path = path / "config.json"
-        if not config_path.is_file():
-            raise RecipeError(f"'{spec}' is a directory without config.json: the recipe needs the model's config.")
         try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise RecipeError(f"'{spec}/config.json' could not be read: {exc}") from None
-        try:
-            return ModelShape.from_config(config, str(path.resolve()), chat=has_chat_template(path))
+            return ModelShape.from_directory(path, label=spec)
         except ShapeError as exc:
             raise RecipeError(str(exc)) from None
     raise RecipeError(

@@ -182,19 +182,16 @@ def build() -> SimpleNamespace:
     )
 
 
-def wire(tab: SimpleNamespace, dataset: SimpleNamespace) -> None:
-    """Export streams nothing and loads no model: it runs outside the model-work queue (``/export_recipe``)."""
+def wire(tab: SimpleNamespace, dataset: SimpleNamespace, knobs: list[Any]) -> None:
+    """Export streams nothing and loads no model: it runs outside the model-work queue (``/export_recipe``).
+
+    ``knobs``: the Train tab's settings widgets (β, learning rate, steps, batch size, loss type, seed)."""
     tab.export.click(
         export_recipe_ui,
         [
             dataset.pairs,
             dataset.heldout,
-            tab.beta,
-            tab.learning_rate,
-            tab.steps,
-            tab.batch_size,
-            tab.loss_type,
-            tab.seed,
+            *knobs,
             tab.use_lora,
             tab.lora_rank,
             tab.target_model,

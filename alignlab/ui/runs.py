@@ -282,26 +282,6 @@ def baseline(
     return copy.deepcopy(follow(session, member, progress))
 
 
-def training_key(
-    identity: str,
-    pairs: list[PreferencePair],
-    heldout: list[PreferencePair],
-    settings: TrainingSettings,
-    contrast: list[PreferencePair] | None = None,
-    unpaired: list[UnpairedRow] | None = None,
-) -> str:
-    thumbs = {"unpaired": thumbs_to_dicts(unpaired)} if unpaired else {}  # pairs alone keep their keys
-    return run_key(
-        "train",
-        model=model_fingerprint(identity),
-        pairs=pairs_to_dicts(pairs),
-        heldout=pairs_to_dicts(heldout),
-        contrast=pairs_to_dicts(contrast or []),
-        settings=settings.to_dict(),
-        **thumbs,
-    )
-
-
 def start_training(
     session: Session,
     spec: str,
@@ -312,15 +292,24 @@ def start_training(
     contrast: list[PreferencePair] | None = None,
     unpaired: list[UnpairedRow] | None = None,
 ) -> Member:
-    """Join (or start) the shared run for these exact inputs; its events are the old stream's dicts.
+    """Join (or start) the shared run for these exact inputs; its events are the training job's dicts.
 
     The held-out and contrast pairs are part of the run (its live held-out curve), so of its key;
     so are the thumbs rows (``unpaired``) trained on beside the pairs.
     """
-    key = training_key(identity, pairs, heldout, settings, contrast, unpaired)
     pair_dicts, settings_dict = pairs_to_dicts(pairs), settings.to_dict()
     probe_dicts = (pairs_to_dicts(heldout), pairs_to_dicts(contrast or []))
     thumb_dicts = thumbs_to_dicts(unpaired or [])
+    thumbs = {"unpaired": thumb_dicts} if thumb_dicts else {}  # pairs alone keep their keys
+    key = run_key(
+        "train",
+        model=model_fingerprint(identity),
+        pairs=pair_dicts,
+        heldout=probe_dicts[0],
+        contrast=probe_dicts[1],
+        settings=settings_dict,
+        **thumbs,
+    )
     units = settings.total_steps(len(pairs) + len(unpaired or []) // 2) * settings.batch_size
 
     def produce(run: SharedRun) -> tuple[Any, bool]:

@@ -287,17 +287,17 @@ def build_adapter_controls() -> SimpleNamespace:
     return SimpleNamespace(use_lora=use_lora, lora_rank=lora_rank, use_qlora=use_qlora)
 
 
+def knobs(tab: SimpleNamespace) -> list[Any]:
+    """The settings' widgets, in the order the handlers (and the API) take them."""
+    return [tab.beta, tab.learning_rate, tab.steps, tab.batch_size, tab.loss_type, tab.seed]
+
+
 def inputs(tab: SimpleNamespace, dataset: SimpleNamespace) -> list[Any]:
     return [
         dataset.pairs,
         dataset.heldout,
         dataset.probes,
-        tab.beta,
-        tab.learning_rate,
-        tab.steps,
-        tab.batch_size,
-        tab.loss_type,
-        tab.seed,
+        *knobs(tab),
         tab.use_lora,
         tab.lora_rank,
         tab.use_qlora,
@@ -322,7 +322,7 @@ def outputs(tab: SimpleNamespace) -> list[Any]:
 
 def wire(tab: SimpleNamespace, dataset: SimpleNamespace) -> Any:
     """Start streams ``/train``; returns that event so that Stop (wired in blocks.py) can cancel it."""
-    recipe_panel.wire(tab, dataset)
+    recipe_panel.wire(tab, dataset, knobs(tab))
     tab.method.change(
         method_defaults_ui,
         tab.method,
