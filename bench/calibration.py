@@ -291,7 +291,7 @@ HEADER = """# The calibration matrix
 Runs whose right verdict is known: each case is a real lab run (`alignlab.lab.run_lab`) with a preset, settings
 and sometimes a deliberately broken dataset, beside the verdict a person should get. The cases are defined in
 `bench/calibration.py`; `tests/test_calibration.py` asserts the ones that guard the verdict in `make test`
-(marked *guard*: collapse, contradicting labels, every method's demo at its defaults), so that the verdict's
+(*guard* in the last column: collapse, contradicting labels, every method's demo at its defaults), so that the verdict's
 rules (`alignlab/rules.py`) cannot drift away from runs where the answer is known.
 
 Written by the bench: `make bench ARGS="--only calibration"` runs every case afresh and rewrites this file.
@@ -317,7 +317,7 @@ def _model_words(spec: str) -> str:
 
 def markdown(section: dict[str, Any], machine: str) -> str:
     """The matrix as ``docs/calibration.md``: a short header, then one table row per case."""
-    columns = ["case", "why", "expected", "verdict", "codes", "ok", *(column for _, column, _ in FIGURES)]
+    columns = ["case", "why", "expected", "verdict", "codes", "ok", *(column for _, column, _ in FIGURES), "make test"]
     lines = [
         HEADER.format(model=_model_words(section["model"]), machine=machine),
         "| " + " | ".join(columns) + " |",
@@ -325,9 +325,9 @@ def markdown(section: dict[str, Any], machine: str) -> str:
     ]
     guards = {case.name for case in GUARDS}
     for r in section["cases"]:
-        name = r["case"] + (" *(guard)*" if r["case"] in guards else "")
-        cells = [name, r["why"], " or ".join(r["expected"]), r["verdict"], ", ".join(r["codes"]), _ok(r)]
+        cells = [r["case"], r["why"], " or ".join(r["expected"]), r["verdict"], ", ".join(r["codes"]), _ok(r)]
         cells += [value(r) for _, _, value in FIGURES]
+        cells.append("guard" if r["case"] in guards else "")
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -212,8 +212,10 @@ def test_quick_calibration_section_reports_each_case_with_its_figures(tmp_path):
 def test_docs_calibration_has_a_row_for_every_case_in_order():
     from bench.calibration import CASES, DOC
 
-    rows = [line.split(" | ")[0].removeprefix("| ") for line in DOC.read_text().splitlines() if line.startswith("| ")]
-    assert rows[0] == "case" and rows[1:] == [case.name for case in CASES]
+    rows = [line[2:-2].split(" | ") for line in DOC.read_text().splitlines() if line.startswith("| ")]
+    assert rows[0][0] == "case" and [row[0] for row in rows[1:]] == [case.name for case in CASES]
+    # the last column marks the cases make test runs
+    assert rows[0][-1] == "make test" and [row[-1] == "guard" for row in rows[1:]] == [case.guards for case in CASES]
 
 
 def test_a_workers_result_is_the_last_marked_line_of_its_output():
