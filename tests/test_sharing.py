@@ -81,7 +81,8 @@ def test_an_identical_request_in_flight_joins_and_sees_every_event(runs: SharedR
     first = runs.join("k", WORK, produce)
     produce.release(1)
     first_updates = first.updates()
-    assert isinstance(next(u for u in first_updates if isinstance(u, Published)), Published)
+    event = next(u for u in first_updates if isinstance(u, Published))
+    assert (event.payload, event.replayed) == ({"step": 1}, False)  # the first member saw step 1 live
     second = runs.join("k", WORK, Producer())  # a different producer: it must never be called
     assert (first.how, second.how) == ("new", "joined") and second.others == 1
     produce.release(2)
