@@ -3,20 +3,24 @@
 A run can drive its loss down and its rewards apart while its answers fall apart: every prompt
 answered with the same sentence (*collapse*), answers that loop (*repetition*), a phrase from the
 training answers stamped onto every reply (*template capture*), or broken text (*garbage*). These
-figures are read from the generated text alone, the same way before and after, so a reading is a
-comparison with the model's own baseline, not with an absolute ideal.
+figures are read from the generated text, the same way before and after, and from the original model's
+surprise at each answer (*garbled*: words that no longer make sense to it), so a reading is a comparison with
+the model's own baseline, not with an absolute ideal.
 
 :func:`degeneration_report` gives the report's ``eval.degeneration`` block; the readings and
-thresholds that turn it into findings live in :mod:`alignlab.health`.
+thresholds that turn it into findings live in :mod:`alignlab.rules`.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from alignlab.stats import median
 
 #: Two answers whose word-bigram sets overlap this much (Jaccard) count as the same answer.
 NEAR_DUPLICATE = 0.7
@@ -28,6 +32,12 @@ TEMPLATE_SHARE = 0.5
 TEMPLATE_BEFORE_SHARE = 0.25
 #: Share of an answer's characters that may be symbols before it reads as garbage.
 SYMBOL_SHARE = 0.25
+#: An answer surprises the original model by this many nats per token more than its own typical answer (the
+#: median of its baseline answers): garbled, each token about 3.5 times less likely to it. On SmolLM2-135M and
+#: the calibration family (``docs/calibration.md``), fluent answers a trained policy drifted to sit at most
+#: 0.8 nats above the baseline's median; over-trained word salad ("What can I build a small project at a time
+#: and build one thing at a time?"), 1.7 to 2.6 above.
+GARBLED_NATS = 1.25
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _RUN = re.compile(r"(\S)\1{5,}")  # the same non-space character 6+ times in a row
@@ -80,6 +90,15 @@ def is_garbage(text: str) -> bool:
         1 for c in stripped if not (c.isalnum() or c.isspace() or unicodedata.category(c) in ("Po", "Pd", "Ps", "Pe"))
     )
     return symbols / len(stripped) > SYMBOL_SHARE
+
+
+def is_garbled(text: str, surprise: float | None, typical: float) -> bool:
+    """Words that no longer make sense: the original model's surprise at the answer (mean nats per token) is at
+    least :data:`GARBLED_NATS` above its surprise at its own typical answer (``typical``). An empty answer has
+    no words to garble."""
+    if surprise is None or not math.isfinite(surprise) or not math.isfinite(typical) or not words(text):
+        return False
+    return surprise >= typical + GARBLED_NATS
 
 
 def _answer_shares(texts: list[str], n: int) -> Counter:
@@ -141,6 +160,14 @@ class Degeneration:
     garbage_answers_before: int = 0
     garbage_answers_after: int = 0
     repeated_ngram_rates_after: list[float] = field(default_factory=list)
+    surprise_before: list[float] = field(default_factory=list)
+    """The original model's surprise at each answer before training (mean nats per token; empty: not measured)."""
+    surprise_after: list[float] = field(default_factory=list)
+    garbled_answers_before: int = 0
+    garbled_answers_after: int = 0
+    broken_answers_before: int = 0
+    """Answers that loop, are garbage or are garbled (each counted once)."""
+    broken_answers_after: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,8 +181,17 @@ LOOPING_RATE = 0.3
 REPETITIVE_RATE = 0.2
 
 
-def degeneration_report(before: list[str], after: list[str]) -> Degeneration:
-    """Every output-level figure, before and after, on the same prompts."""
+def degeneration_report(
+    before: list[str],
+    after: list[str],
+    surprise_before: list[float] | None = None,
+    surprise_after: list[float] | None = None,
+) -> Degeneration:
+    """Every output-level figure, before and after, on the same prompts.
+
+    ``surprise_before`` / ``surprise_after``: the original model's surprise at each answer
+    (:func:`alignlab.evaluation.answer_surprise`); without them no answer reads as garbled.
+    """
 
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else 0.0
@@ -163,6 +199,17 @@ def degeneration_report(before: list[str], after: list[str]) -> Degeneration:
     rates_before = [repeated_ngram_rate(t) for t in before]
     rates_after = [repeated_ngram_rate(t) for t in after]
     phrases = new_common_phrases(before, after)
+    surprise_before, surprise_after = list(surprise_before or []), list(surprise_after or [])
+    typical = median(surprise_before)
+
+    def broken(texts: list[str], rates: list[float], surprise: list[float]) -> tuple[int, int]:
+        """(garbled answers, answers that loop, are garbage or are garbled)."""
+        garbled = [is_garbled(t, s, typical) for t, s in zip(texts, surprise)] if surprise else [False] * len(texts)
+        flags = [g or r >= LOOPING_RATE or is_garbage(t) for t, r, g in zip(texts, rates, garbled)]
+        return sum(garbled), sum(flags)
+
+    garbled_before, broken_before = broken(before, rates_before, surprise_before)
+    garbled_after, broken_after = broken(after, rates_after, surprise_after)
     return Degeneration(
         distinct_answers_before=distinct_answers(before),
         distinct_answers_after=distinct_answers(after),
@@ -180,4 +227,10 @@ def degeneration_report(before: list[str], after: list[str]) -> Degeneration:
         garbage_answers_before=sum(is_garbage(t) for t in before),
         garbage_answers_after=sum(is_garbage(t) for t in after),
         repeated_ngram_rates_after=[round(r, 4) for r in rates_after],
+        surprise_before=surprise_before,
+        surprise_after=surprise_after,
+        garbled_answers_before=garbled_before,
+        garbled_answers_after=garbled_after,
+        broken_answers_before=broken_before,
+        broken_answers_after=broken_after,
     )

@@ -19,11 +19,20 @@ from typing import Any
 import torch
 
 from alignlab.generation import ScoredAnswers
-from alignlab.logprobs import TOKENS_PER_BATCH, chunks, encode_pair, log_probs, scored_batches
+from alignlab.logprobs import (
+    REFERENCE_SCORES,
+    TOKENS_PER_BATCH,
+    answer_tokens,
+    chunks,
+    encode_pair,
+    log_probs,
+    scored_batches,
+)
 from alignlab.methods import SCORERS, Scorer
 from alignlab.models import LoadedModel
 from alignlab.pairs import PreferencePair
 from alignlab.probes import PreferenceProbe
+from alignlab.stats import paired_gain
 
 #: A neutral paragraph, unrelated to any preset, on which the policy's perplexity is measured
 #: before and after training: if it rises a lot, the run damaged general language ability.
@@ -114,6 +123,22 @@ def perplexity(model: torch.nn.Module, loaded: LoadedModel, text: str = NEUTRAL_
     return float(torch.exp(loss.float()))
 
 
+def answer_surprise(
+    reference: torch.nn.Module, loaded: LoadedModel, prompts: list[str], answers: list[str]
+) -> list[float]:
+    """The original model's surprise at each answer: its mean negative log-likelihood per answer token, in nats.
+
+    Its own greedy answers surprise it little; answers whose words no longer make sense to it (a trained
+    policy's word salad) surprise it a lot, whatever characters they are written in. Scored through
+    :data:`~alignlab.logprobs.REFERENCE_SCORES`, so the baseline's answers are scored once per process.
+    """
+    if not answers:
+        return []
+    logps = REFERENCE_SCORES.logps(reference, loaded, prompts, answers)
+    tokens = answer_tokens(loaded, prompts, answers).clamp(min=1)
+    return [round(float(v), 4) for v in (-logps / tokens)]
+
+
 def count_changed(before: list[str], after: list[str]) -> int:
     """How many eval prompts' answers differ (whitespace at the ends ignored)."""
     return sum(a.strip() != b.strip() for a, b in zip(before, after))
@@ -150,9 +175,31 @@ class Evidence:
     heldout_rejected_rewards: list[float] = field(default_factory=list)
     heldout_margins: list[float] = field(default_factory=list)
     contrast_margins: list[float] = field(default_factory=list)
+    heldout_count: int = 0
+    heldout_accuracy_interval: list[float] | None = None
+    """The Wilson 95% interval of the held-out accuracy (:mod:`alignlab.stats`)."""
+    heldout_p_value: float = float("nan")
+    """How often a coin ranks as many held-out pairs right (one-sided exact binomial test)."""
+    heldout_margin_interval: list[float] | None = None
+    heldout_margins_before: list[float] = field(default_factory=list)
+    """Each held-out pair's margin under the original model (reference-free scorers; a relative score gives 0)."""
+    heldout_gain: dict[str, Any] = field(default_factory=dict)
+    """A sign test of each held-out pair's margin against the original model's: gains, losses, p-value."""
+    contrast_count: int = 0
+    contrast_accuracy_interval: list[float] | None = None
+    contrast_p_value: float = float("nan")
+    contrast_margin_interval: list[float] | None = None
+    capability_count: int = 0
+    capability_accuracy_interval_before: list[float] | None = None
+    capability_accuracy_interval_after: list[float] | None = None
+    answer_surprise: dict[str, list[float]] = field(default_factory=dict)
+    """The original model's surprise at each eval answer, ``before`` and ``after`` training
+    (:func:`answer_surprise`); the report carries it in ``eval.degeneration``."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["answer_surprise"]
+        return data
 
 
 def gather_evidence(
@@ -169,6 +216,7 @@ def gather_evidence(
     reuse_step: int | None = None,
     scorer: str = Scorer.IMPLICIT_REWARD,
     scored_answers: ScoredAnswers | None = None,
+    baseline_outputs: list[str] | None = None,
 ) -> Evidence:
     """All numeric evidence; ``loaded.model`` is the untouched reference.
 
@@ -177,13 +225,17 @@ def gather_evidence(
     held-out and contrast pairs are ranked (the method's; a given probe brings its own).
     ``scored_answers``: ``aligned_outputs`` as the policy generated them, with its log-probabilities
     (:func:`alignlab.generation.generate_scored`); the KL then needs only the reference's forward.
+    ``baseline_outputs``: the original model's answers to ``eval_prompts``; with them, the original model's
+    surprise at each answer before and after (:func:`answer_surprise`) is measured too.
     """
     reference = loaded.model
     if probe is None:
         probe = PreferenceProbe(loaded, beta, heldout_pairs, contrast_pairs, capability_pairs, scorer=scorer)
     scores = probe.score(policy, reuse_step=reuse_step)
     before = probe.before()
-    held = scores["heldout"]
+    held, contrast = scores["heldout"], scores["contrast"]
+    held_before = before["heldout"].margins if not probe.relative else [0.0] * held.count
+    gains, losses, gain_p = paired_gain(held.margins, held_before)
     return Evidence(
         heldout_reward_accuracy=held.accuracy,
         heldout_mean_margin=held.mean_margin,
@@ -198,8 +250,8 @@ def gather_evidence(
         heldout_scorer_text=SCORERS[probe.scorer],
         heldout_reward_accuracy_before=before["heldout"].accuracy,
         contrast_accuracy_before=before["contrast"].accuracy,
-        contrast_accuracy=scores["contrast"].accuracy,
-        contrast_mean_margin=scores["contrast"].mean_margin,
+        contrast_accuracy=contrast.accuracy,
+        contrast_mean_margin=contrast.mean_margin,
         capability_accuracy_before=scores["capability_before"].accuracy,
         capability_accuracy_after=scores["capability_after"].accuracy,
         capability_margin_before=scores["capability_before"].mean_margin,
@@ -209,5 +261,26 @@ def gather_evidence(
         heldout_chosen_rewards=held.chosen,
         heldout_rejected_rewards=held.rejected,
         heldout_margins=held.margins,
-        contrast_margins=scores["contrast"].margins,
+        contrast_margins=contrast.margins,
+        heldout_count=held.count,
+        heldout_accuracy_interval=held.accuracy_interval,
+        heldout_p_value=held.p_value,
+        heldout_margin_interval=held.margin_interval,
+        heldout_margins_before=before["heldout"].margins,
+        heldout_gain={"gains": gains, "losses": losses, "p_value": gain_p} if held.count else {},
+        contrast_count=contrast.count,
+        contrast_accuracy_interval=contrast.accuracy_interval,
+        contrast_p_value=contrast.p_value,
+        contrast_margin_interval=contrast.margin_interval,
+        capability_count=scores["capability_after"].count,
+        capability_accuracy_interval_before=scores["capability_before"].accuracy_interval,
+        capability_accuracy_interval_after=scores["capability_after"].accuracy_interval,
+        answer_surprise=(
+            {
+                "before": answer_surprise(reference, loaded, eval_prompts, baseline_outputs),
+                "after": answer_surprise(reference, loaded, eval_prompts, aligned_outputs),
+            }
+            if baseline_outputs is not None
+            else {}
+        ),
     )

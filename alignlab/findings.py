@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from alignlab.methods import DEFAULT_METHOD, METHODS, RELATIVE_SCORERS, Method
-from alignlab.readings import finite
+from alignlab.readings import finite, ranked
+from alignlab.stats import Proportion
 
 SEVERITY_ORDER = {"failed": 3, "warning": 2, "info": 1, "good": 0}
 
@@ -84,6 +85,15 @@ class RunFacts:
         key = self.key(axis)
         return series_of(self.log_rows, key) if key is not None else []
 
+    def ranked(self, name: str) -> Proportion | None:
+        """A ranked set of the evidence (``heldout``, ``contrast``, ``capability_before``, ``capability_after``)
+        as ``k`` of ``n`` pairs ranked right; None when the run has no such pairs or no evidence yet."""
+        return ranked(self.evidence, name)
+
+    def training_accuracy(self) -> Proportion | None:
+        """The training reward accuracy over the last half of the steps, counted, once the evidence has it."""
+        return Proportion.of(self.evidence.get("training_accuracy"), self.evidence.get("training_accuracy_count"))
+
     @property
     def relative_scorer(self) -> bool:
         """Whether the held-out margins are relative to the reference (a policy unchanged scores 0)."""
@@ -98,3 +108,15 @@ def tail_mean(values: list[float]) -> float:
     """The mean of the last half of ``values`` (a noisy per-step series, read once it has settled)."""
     tail = values[len(values) // 2 :] or values
     return sum(tail) / len(tail) if tail else float("nan")
+
+
+def training_accuracy(rows: list[dict[str, Any]], method: str, pairs_per_step: int) -> Proportion | None:
+    """The training reward accuracy over the last half of the logged steps, as pairs ranked right of pairs seen
+    (each step logs its batch's mean over ``pairs_per_step`` pairs); None when the method logs no accuracy."""
+    key = (METHODS.get(method) or METHODS[DEFAULT_METHOD]).key("accuracy")
+    values = series_of(rows, key) if key is not None else []
+    tail = values[len(values) // 2 :] or values
+    if not tail or pairs_per_step < 1:
+        return None
+    n = len(tail) * pairs_per_step
+    return Proportion(round(sum(tail) * pairs_per_step), n)

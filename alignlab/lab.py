@@ -14,7 +14,7 @@ from typing import Any
 
 from alignlab.degeneration import degeneration_report
 from alignlab.evaluation import Evidence, count_changed, gather_evidence
-from alignlab.findings import RunFacts
+from alignlab.findings import RunFacts, training_accuracy
 from alignlab.generation import generate, generate_scored
 from alignlab.health import read_health
 from alignlab.models import LoadedModel, load_model
@@ -48,10 +48,12 @@ def compare(
     preset: Preset,
     generation: GenerationSettings,
     probe: PreferenceProbe | None = None,
+    baseline: list[str] | None = None,
 ) -> tuple[list[str], Evidence]:
     """Step 4: the trained policy's answers on the same prompts, and the numeric evidence.
 
     ``probe``: the one that drew the run's live curve (see :func:`run_probe`), reused when given.
+    ``baseline``: the original model's answers, for the original model's surprise at both.
     """
     answers = generate_scored(loaded, preset.eval_prompts, generation, model=result.policy)
     aligned = answers.texts
@@ -70,6 +72,7 @@ def compare(
         reuse_step=result.steps_done if probe is not None else None,
         scorer=result.settings.method_entry.scorer,
         scored_answers=answers,
+        baseline_outputs=baseline,
     )
     return aligned, evidence
 
@@ -104,9 +107,16 @@ def build_report(
     ``run``: which run of a session or a comparison it describes (``{"label": "B", "index": 2, "of": 4}``).
     """
     changed = count_changed(baseline_outputs, aligned_outputs)
-    degeneration = degeneration_report(baseline_outputs, aligned_outputs).to_dict()
+    surprise = evidence.answer_surprise
+    degeneration = degeneration_report(
+        baseline_outputs, aligned_outputs, surprise.get("before"), surprise.get("after")
+    ).to_dict()
+    training = training_accuracy(result.step_rows, settings.method_entry.name, settings.batch_size)
     evaluation = {
         **evidence.to_dict(),
+        "training_accuracy": training.value if training else None,
+        "training_accuracy_count": training.n if training else 0,
+        "training_accuracy_interval": list(training.interval) if training else None,
         "heldout_curve": list(result.heldout_curve),
         "degeneration": degeneration,
         "heldout_unavailable": heldout_unavailable(preset),  # why held-out accuracy is null, when it is
@@ -187,7 +197,7 @@ def train_and_compare(
     timings["train"] = time.perf_counter() - started
 
     started = _stage(on_stage, "evaluate")
-    aligned, evidence = compare(loaded, result, preset, generation, probe=probe)
+    aligned, evidence = compare(loaded, result, preset, generation, probe=probe, baseline=baseline)
     timings["evaluate"] = time.perf_counter() - started
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
     report = build_report(loaded, preset, settings, generation, baseline, aligned, result, evidence, timings, run)

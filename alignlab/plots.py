@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from alignlab.methods import DEFAULT_METHOD, METHODS, Method
+from alignlab.methods import DEFAULT_METHOD, METHODS, RELATIVE_SCORERS, Method
 from alignlab.readings import finite
 
 #: Columns of :func:`log_table`, in display order (header -> TRL log key), as DPO logs them; other
@@ -137,7 +137,8 @@ def accuracy_frame(rows: list[dict[str, Any]], method: str | None = None) -> pd.
 
 
 def heldout_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Held-out (and contrast) preference accuracy after each step: columns ``step``, ``accuracy``, ``pairs``.
+    """Held-out (and contrast) preference accuracy at each step the live curve scored: columns ``step``,
+    ``accuracy``, ``pairs``.
 
     The rows carry these figures when the run had a probe (``heldout/*`` keys, see training.py).
     """
@@ -149,6 +150,51 @@ def heldout_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
                 data.append((step, value, label))
     frame = pd.DataFrame(data, columns=["step", "accuracy", "pairs"])
     return frame.astype({"step": "int64", "accuracy": "float64"})
+
+
+#: The live curve's separation series: (legend label, mean-margin key, interval key) per probe set.
+SEPARATION_SERIES: tuple[tuple[str, str, str], ...] = (
+    ("held-out pairs", "heldout/margin", "heldout/margin_interval"),
+    ("contrast pairs", "heldout/contrast_margin", "heldout/contrast_margin_interval"),
+)
+#: The interval's bounds are drawn as series of their own, each named after its set.
+INTERVAL_SUFFIXES = (" (95% low)", " (95% high)")
+#: Each set's mean in a strong colour, its interval's bounds in a pale one of the same hue.
+SEPARATION_COLORS: dict[str, str] = {
+    "held-out pairs": "#1f6fb4",
+    **{"held-out pairs" + suffix: "#9ecae1" for suffix in INTERVAL_SUFFIXES},
+    "contrast pairs": "#e6730e",
+    **{"contrast pairs" + suffix: "#fdc897" for suffix in INTERVAL_SUFFIXES},
+}
+
+
+def separation_frame(rows: list[dict[str, Any]], method: str | None = None) -> pd.DataFrame:
+    """How far apart the live curve holds held-out and contrast pairs: the mean margin (chosen minus rejected,
+    under the method's held-out score) at each scored step, with its 95% interval as two more series; columns
+    ``step``, ``margin``, ``pairs``.
+
+    Under a score relative to the original model every margin starts at 0, so such a curve starts at step 0 from
+    0: a presenter sees it rise, level off and, when over-trained, fall.
+    """
+    data = []
+    scored = [(step, row) for step, row in zip(_steps(rows), rows) if _value(row, "heldout/margin") is not None]
+    if scored and _entry(method).scorer in RELATIVE_SCORERS:
+        data += [(0, 0.0, label) for label, key, _ in SEPARATION_SERIES if _value(scored[0][1], key) is not None]
+    for step, row in scored:
+        for label, key, interval_key in SEPARATION_SERIES:
+            value = _value(row, key)
+            if value is None:
+                continue
+            data.append((step, value, label))
+            interval = row.get(interval_key)
+            if isinstance(interval, (list, tuple)) and len(interval) == 2:
+                data += [
+                    (step, bound, label + suffix)
+                    for bound, suffix in zip(interval, INTERVAL_SUFFIXES)
+                    if finite(bound) is not None
+                ]
+    frame = pd.DataFrame(data, columns=["step", "margin", "pairs"])
+    return frame.astype({"step": "int64", "margin": "float64"})
 
 
 def log_columns(method: str | None = None) -> dict[str, str | None]:
@@ -177,7 +223,8 @@ def log_table(rows: list[dict[str, Any]], digits: int = 4, method: str | None = 
 
 
 def all_frames(rows: list[dict[str, Any]], method: str | None = None) -> tuple[pd.DataFrame, ...]:
-    """(loss, margin, rewards, accuracy, held-out, log table): everything the Train tab draws."""
+    """(loss, margin, rewards, accuracy, held-out, log table, separation): everything the Train tab draws, in
+    the order of its outputs (the separation plot came last, so the API's earlier outputs keep their places)."""
     return (
         loss_frame(rows),
         margin_frame(rows, method),
@@ -185,6 +232,7 @@ def all_frames(rows: list[dict[str, Any]], method: str | None = None) -> tuple[p
         accuracy_frame(rows, method),
         heldout_frame(rows),
         log_table(rows, method=method),
+        separation_frame(rows, method),
     )
 
 

@@ -14,13 +14,17 @@ from typing import Any
 
 from alignlab.degeneration import LOOPING_RATE
 from alignlab.methods import SCORERS, Scorer
+from alignlab.stats import ALPHA, Proportion, interval_text, median
 
-#: Preference accuracy at or below this is "about chance" (6 held-out pairs: 3 or fewer right).
+#: Preference accuracy at or below this is "about chance" whatever the count: a reading of harm or of no
+#: learning (no generalisation, a shortcut) fires on the point estimate, so that a test never hides it.
 CHANCE_ACCURACY = 0.6
-#: ...and at or above this the preference "generalises".
-GENERALISES_ACCURACY = 0.75
+#: Held-out accuracy at or below this is backwards: the pairs are ranked the wrong way round.
+BACKWARDS_ACCURACY = 0.25
 HEAVY_KL = 0.5  # nats per token
 HEAVY_PPL_RATIO = 1.5
+#: A figure this many times past its line (KL, the perplexity ratio) is a failure, not a warning.
+SEVERE_FACTOR = 2.0
 #: Capability accuracy falling by this much (and by at least 2 pairs) is a capability loss.
 CAPABILITY_DROP = 0.2
 
@@ -51,68 +55,112 @@ def best_step(curve: list[dict[str, Any]]) -> int | None:
     return int(min(p["step"] for p in points if score(p)[0] == top))
 
 
-def accuracy_band(accuracy: float | None) -> str:
-    """'chance', 'partial' or 'generalises' for a preference accuracy (None: 'unknown')."""
-    if accuracy is None:
+#: The report's ``eval`` keys of each ranked set: (accuracy, count, margins that count it in older reports).
+RANKED_SETS: dict[str, tuple[str, str, str]] = {
+    "heldout": ("heldout_reward_accuracy", "heldout_count", "heldout_margins"),
+    "contrast": ("contrast_accuracy", "contrast_count", "contrast_margins"),
+    "capability_before": ("capability_accuracy_before", "capability_count", "capability_pairs"),
+    "capability_after": ("capability_accuracy_after", "capability_count", "capability_pairs"),
+}
+
+
+def ranked(evaluation: dict[str, Any], name: str) -> Proportion | None:
+    """A set of :data:`RANKED_SETS` as ``k`` of ``n`` ranked right, from a report's ``eval`` block (None: no pairs)."""
+    accuracy_key, count_key, fallback = RANKED_SETS[name]
+    count = evaluation.get(count_key)
+    if count is None:
+        older = evaluation.get(fallback)
+        count = len(older) if isinstance(older, list) else older
+    return Proportion.of(evaluation.get(accuracy_key), count)
+
+
+def accuracy_band(ranking: Proportion | None) -> str:
+    """'chance' (at or below :data:`CHANCE_ACCURACY`), 'beats_chance' (a one-sided exact test at
+    :data:`alignlab.stats.ALPHA`), 'undecided' (better than even, too few pairs to tell), or 'unknown'."""
+    if ranking is None:
         return "unknown"
-    if accuracy <= CHANCE_ACCURACY:
+    if ranking.value <= CHANCE_ACCURACY:
         return "chance"
-    if accuracy < GENERALISES_ACCURACY:
-        return "partial"
-    return "generalises"
+    return "beats_chance" if ranking.beats_chance else "undecided"
 
 
 HELDOUT_WORDS = {
     "chance": "about chance: the preference was not learnt beyond the training pairs",
-    "partial": "better than chance, but the preference only partly generalises",
-    "generalises": "most pairs it never saw are ranked the right way: the preference generalises",
+    "undecided": "more right than wrong, but not yet more than a coin would give",
+    "beats_chance": "more pairs it never saw are ranked right than a coin would: the preference generalises",
     "unknown": "no held-out pairs: add some on the Dataset tab to test whether the preference generalises",
 }
 CONTRAST_WORDS = {
     "chance": "the surface cue of the training answers, not the preference, drives the ranking (a shortcut)",
-    "partial": "the preference partly holds when the cue points the other way",
-    "generalises": "the preference holds even when the surface cue points the other way",
+    "undecided": "the preference may hold when the cue points the other way, but not yet more than a coin would give",
+    "beats_chance": "the preference holds even when the surface cue points the other way",
     "unknown": "no contrast pairs in this dataset, so cue-following cannot be told from the preference",
 }
 
 
-def heldout_reading(accuracy: float | None, margin: float | None, evaluation: dict[str, Any] | None = None) -> str:
-    """The held-out figure in words; ``evaluation`` (the report's ``eval``) adds which score ranked the pairs
-    when it is not DPO's implicit reward, and the original model's accuracy under it."""
-    accuracy, margin = finite(accuracy), finite(margin)
-    if accuracy is None:
+def margin_text(margin: Any, interval: Any) -> str:
+    """'mean margin +0.123 (95%: +0.051 to +0.195)', the interval left out when there is none."""
+    value = finite(margin)
+    if value is None:
+        return "mean margin —"
+    span = interval_text(interval)
+    return f"mean margin {value:+.3f}" + (f" (95%: {span})" if span else "")
+
+
+def _ranking_sentence(ranking: Proportion, band: str, words: dict[str, str]) -> str:
+    """'14/14 (78–100%; p = 6.1e-05: a coin does as well under 1% of the time): <words>'."""
+    tail = f"; {ranking.undecided_text()}" if band == "undecided" else ""
+    return f"{ranking.text()} ranked right ({ranking.chance_text()}): {words[band]}{tail}"
+
+
+def heldout_reading(evaluation: dict[str, Any]) -> str:
+    """The held-out figure in words, with its count, interval and test; which score ranked the pairs when it is
+    not DPO's implicit reward, and the original model's accuracy and the gain over it under that score."""
+    ranking = ranked(evaluation, "heldout")
+    if ranking is None:
         return HELDOUT_WORDS["unknown"].capitalize() + "."
-    text = (
-        f"Held-out preference accuracy {accuracy:.0%} (mean reward margin {margin:+.3f}): "
-        f"{HELDOUT_WORDS[accuracy_band(accuracy)]}."
-    )
-    scorer = (evaluation or {}).get("heldout_scorer")
+    margin = margin_text(evaluation.get("heldout_mean_margin"), evaluation.get("heldout_margin_interval"))
+    text = f"Held-out pairs: {_ranking_sentence(ranking, accuracy_band(ranking), HELDOUT_WORDS)} ({margin})."
+    scorer = evaluation.get("heldout_scorer")
     if scorer and scorer != Scorer.IMPLICIT_REWARD:
-        before = finite((evaluation or {}).get("heldout_reward_accuracy_before"))
+        before = finite(evaluation.get("heldout_reward_accuracy_before"))
         was = f"; the original model ranked {before:.0%} right under it" if before is not None else ""
         text += f" Scored by {SCORERS.get(scorer, scorer)}{was}."
+        gain = evaluation.get("heldout_gain") or {}
+        if before is not None and gain:
+            text += f" {gain_text(gain)}."
     return text
 
 
-def contrast_reading(accuracy: float | None) -> str:
-    accuracy = finite(accuracy)
-    if accuracy is None:
+def gain_text(gain: dict[str, Any]) -> str:
+    """The paired test of each held-out margin against the original model's, in words."""
+    gains, losses, p = gain.get("gains", 0), gain.get("losses", 0), finite(gain.get("p_value"))
+    shown = p is not None and p < ALPHA
+    verdict = "a gain over the original model" if shown else "no gain over the original model a test can see"
+    p_text = f"{p:.2g}" if p is not None else "1"
+    return f"Training widened the margin on {gains} pairs and narrowed it on {losses} (p = {p_text}): {verdict}"
+
+
+def contrast_reading(evaluation: dict[str, Any]) -> str:
+    ranking = ranked(evaluation, "contrast")
+    if ranking is None:
         return "Contrast: " + CONTRAST_WORDS["unknown"] + "."
-    return f"Contrast accuracy {accuracy:.0%} (cue on the wrong side): {CONTRAST_WORDS[accuracy_band(accuracy)]}."
+    sentence = _ranking_sentence(ranking, accuracy_band(ranking), CONTRAST_WORDS)
+    return f"Contrast pairs (cue on the wrong side): {sentence}."
 
 
-def capability_reading(before: float | None, after: float | None, source: str = "preset") -> str:
-    before, after = finite(before), finite(after)
+def capability_reading(evaluation: dict[str, Any]) -> str:
+    before, after = ranked(evaluation, "capability_before"), ranked(evaluation, "capability_after")
     if before is None or after is None:
         return "Capability could not be measured (no capability pairs)."
-    origin = " (the built-in general set)" if source == "built-in" else ""
-    if after < before - CAPABILITY_DROP + 1e-9:
+    origin = " (the built-in general set)" if evaluation.get("capability_source") == "built-in" else ""
+    if after.value < before.value - CAPABILITY_DROP + 1e-9:
         words = "knowledge unrelated to the preference got worse: an alignment tax"
-    elif after < before:
+    elif after.value < before.value:
         words = "a slight dip on unrelated facts"
     else:
         words = "knowledge unrelated to the preference is intact"
-    return f"Capability{origin}: correct answer preferred {before:.0%} -> {after:.0%} — {words}."
+    return f"Capability{origin}: correct answer preferred {before.text()} -> {after.text()} — {words}."
 
 
 def kl_reading(kl: float | None) -> str:
@@ -123,8 +171,10 @@ def kl_reading(kl: float | None) -> str:
         words = "the model barely moved from the original"
     elif kl <= HEAVY_KL:
         words = "a moderate, deliberate move away from the original"
-    else:
+    elif kl < SEVERE_FACTOR * HEAVY_KL:
         words = "a large move away from the original: a high alignment tax (raise β or train fewer steps)"
+    else:
+        words = "far from the original: the model no longer writes like itself (raise β or train fewer steps)"
     return f"KL drift {kl:.3f} nats/token — {words}."
 
 
@@ -137,28 +187,40 @@ def perplexity_reading(before: float | None, after: float | None) -> str:
         words = "general fluency on unrelated text is intact"
     elif ratio <= HEAVY_PPL_RATIO:
         words = "a small loss of fluency on unrelated text"
-    else:
+    elif ratio < SEVERE_FACTOR * HEAVY_PPL_RATIO:
         words = "fluency on unrelated text got much worse: training damaged general ability"
+    else:
+        words = "fluency on unrelated text is broken: training wrecked general ability"
     return f"Perplexity {before:.1f} -> {after:.1f} (x{ratio:.2f}) — {words}."
 
 
 def curve_reading(curve: list[dict[str, Any]]) -> str:
-    """The live held-out curve in one sentence: where it started, peaked and ended."""
+    """The live held-out curve in one sentence: the steps it scored, where it started, peaked and ended, and how
+    far apart it held the held-out pairs (the mean margin with its interval) at its last point."""
     points = [p for p in curve if finite(p.get("accuracy")) is not None]
     if not points:
-        return "No held-out curve: the run had no held-out or contrast pairs to score after each step."
+        return "No held-out curve: the run had no held-out or contrast pairs to score during training."
     first, last = points[0], points[-1]
     step = best_step(points)
     best = next(p for p in points if p["step"] == step)
 
     def at(p: dict[str, Any]) -> str:
-        contrast = finite(p.get("contrast_accuracy"))
-        return f"{p['accuracy']:.0%}" + (f" (contrast {contrast:.0%})" if contrast is not None else "")
+        held = Proportion.of(p["accuracy"], p.get("count"))
+        text = held.text() if held else f"{p['accuracy']:.0%}"
+        contrast = Proportion.of(p.get("contrast_accuracy"), p.get("contrast_count"))
+        if contrast is not None:
+            text += f" (contrast {contrast.text()})"
+        elif finite(p.get("contrast_accuracy")) is not None:
+            text += f" (contrast {p['contrast_accuracy']:.0%})"
+        return text
 
-    text = f"Held-out accuracy after each step: {at(first)} at step {first['step']}"
+    steps = ", ".join(str(p["step"]) for p in points)
+    text = f"The live curve, scored after steps {steps}: held-out {at(first)} at step {first['step']}"
     if step not in (first["step"], last["step"]):
         text += f", best {at(best)} at step {step}"
-    return text + f", {at(last)} at step {last['step']} (the Train tab's live curve)."
+    if last is not first:
+        text += f", {at(last)} at step {last['step']}"
+    return text + f"; {margin_text(last.get('margin'), last.get('margin_interval'))} at the end."
 
 
 def degeneration_readings(d: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -217,6 +279,16 @@ def degeneration_readings(d: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "new garbage" if d["garbage_answers_after"] > d["garbage_answers_before"] else "none new",
         )
     )
+    if d.get("surprise_after"):
+        before, after = d.get("garbled_answers_before", 0), d.get("garbled_answers_after", 0)
+        rows.append(
+            (
+                "answers that no longer make sense (the original model's surprise, nats/token)",
+                f"{before} (median {median(d.get('surprise_before') or []):.2f})",
+                f"{after} (median {median(d['surprise_after']):.2f})",
+                "new garbled answers" if after > before else "none new",
+            )
+        )
     return rows
 
 
@@ -226,13 +298,9 @@ def degeneration_readings(d: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 def evidence_readings(evaluation: dict[str, Any]) -> list[str]:
     """The evidence of a report's ``eval`` block, one sentence per figure (the live curve's when it has one)."""
     lines = [
-        heldout_reading(evaluation.get("heldout_reward_accuracy"), evaluation.get("heldout_mean_margin"), evaluation),
-        contrast_reading(evaluation.get("contrast_accuracy")),
-        capability_reading(
-            evaluation.get("capability_accuracy_before"),
-            evaluation.get("capability_accuracy_after"),
-            evaluation.get("capability_source", "preset"),
-        ),
+        heldout_reading(evaluation),
+        contrast_reading(evaluation),
+        capability_reading(evaluation),
         kl_reading(evaluation.get("kl_to_reference")),
         perplexity_reading(evaluation.get("perplexity_before"), evaluation.get("perplexity_after")),
     ]

@@ -4,11 +4,14 @@ Each rule is a function of :class:`~alignlab.findings.RunFacts` that returns
 :class:`~alignlab.findings.Finding` s. A rule whose quantity a method does not log, or logs with another
 meaning (SimPO's and ORPO's rewards are not relative to a reference), stands aside, and
 :func:`rule_method_limits` says which checks could not be made. :data:`RULES` lists them in the order their
-findings are listed; :func:`alignlab.health.read_health` applies them.
+findings are listed; :func:`alignlab.health.read_health` applies them. The rules here read the training log and
+the ranked pairs; those on what the policy writes and what it cost are in :mod:`alignlab.answer_rules`.
 
-The thresholds are checked against runs whose answer we know (the calibration matrix: ``bench/calibration.py``,
-``tests/test_calibration.py``, ``docs/calibration.md``): collapse, loops, contradicting labels, memorising and
-the shipped presets at their defaults.
+A reading of success is decided by a test against chance (:mod:`alignlab.stats`): held-out pairs "generalise"
+only where a coin would rank as many right less than 5% of the time. A reading of harm (no generalisation, a
+shortcut, backwards, a capability loss) fires on the point estimate, so that a test never hides it. The rules are
+checked against runs whose answer is known (the calibration family: ``bench/calibration.py``,
+``tests/test_calibration.py``, ``docs/calibration.md``).
 """
 
 from __future__ import annotations
@@ -17,32 +20,37 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from alignlab.degeneration import LOOPING_RATE, REPETITIVE_RATE
+from alignlab.answer_rules import (
+    NO_MOVE_KL,
+    rule_broken,
+    rule_change,
+    rule_collapse,
+    rule_drift,
+    rule_garbage,
+    rule_repetition,
+    rule_template,
+)
 from alignlab.findings import Finding, RunFacts, tail_mean
 from alignlab.methods import SCORERS, Scorer
 from alignlab.readings import (
+    BACKWARDS_ACCURACY,
     CAPABILITY_DROP,
     CHANCE_ACCURACY,
     CONTRAST_WORDS,
-    GENERALISES_ACCURACY,
-    HEAVY_KL,
-    HEAVY_PPL_RATIO,
     HELDOUT_WORDS,
     accuracy_band,
     best_step,
     capability_reading,
-    contrast_reading,
     finite,
-    heldout_reading,
+    gain_text,
 )
+from alignlab.stats import ALPHA
 
 #: Training reward margin that moved less than this (reward units) did not move.
 FLAT_MARGIN = 0.05
 #: Held-out margins that agree in sign less than this (|mean| / mean |margin|) carry no signal.
 CONSISTENT_MARGINS = 0.3
 GRAD_NORM_LIMIT = 100.0
-#: A policy closer than this (nats per token) to the reference has not moved.
-NO_MOVE_KL = 0.002
 #: Nats of summed log-prob below the reference, per chosen answer, that count as displacement.
 DISPLACEMENT_DROP = 1.0
 #: Training pairs separated by more than this many nats of log-ratio (margin / beta)...
@@ -51,8 +59,6 @@ MEMORISED_NATS = 40.0
 MEMORISED_GAP = 2.0
 #: The held-out curve falling this far below its best point means generalisation was lost.
 CURVE_DROP = 0.2
-#: Template phrases making up more than this share of the answers' words is template capture.
-TEMPLATE_WORDS = 0.4
 
 Rule = Callable[[RunFacts], list[Finding]]
 
@@ -134,7 +140,7 @@ def _flat_training_signal(facts: RunFacts) -> list[Finding]:
 
 
 def _fresh_pairs_at_chance(facts: RunFacts) -> list[Finding]:
-    accuracy = facts.ev("heldout_reward_accuracy")
+    heldout = facts.ranked("heldout")
     # Each step's reward accuracy is measured on its batch before the update: in the first epoch those
     # pairs are unseen, so the log itself says whether what was learnt so far carries to new pairs.
     accuracy_key = facts.key("accuracy") if facts.entry.rewards_relative else None
@@ -145,14 +151,14 @@ def _fresh_pairs_at_chance(facts: RunFacts) -> list[Finding]:
         and finite(r.get(accuracy_key)) is not None
         and (finite(r.get("epoch")) or 0.0) <= 1.0 + 1e-6
     ]
-    if len(fresh) >= 3 and sum(fresh) / len(fresh) <= CHANCE_ACCURACY and accuracy_band(accuracy) != "generalises":
+    if len(fresh) >= 3 and sum(fresh) / len(fresh) <= CHANCE_ACCURACY and accuracy_band(heldout) != "beats_chance":
         return [
             Finding(
                 "no_signal",
                 "failed",
                 f"No learning signal: pairs seen for the first time were ranked right only "
                 f"{sum(fresh) / len(fresh):.0%} of the time during training (steps 2-{1 + len(fresh)}), about chance"
-                + (f", and held-out pairs {accuracy:.0%}" if accuracy is not None else "")
+                + (f", and held-out pairs {heldout.text()}" if heldout is not None else "")
                 + ". What one pair teaches does not carry to the next: the pairs may contradict each other (chosen "
                 "and rejected swapped on some), or the learning rate is too small to learn anything.",
             )
@@ -161,9 +167,10 @@ def _fresh_pairs_at_chance(facts: RunFacts) -> list[Finding]:
 
 
 def _backwards(facts: RunFacts) -> list[Finding]:
-    accuracy = facts.ev("heldout_reward_accuracy")
+    heldout = facts.ranked("heldout")
+    accuracy = heldout.value if heldout is not None else None
     before = facts.ev("heldout_reward_accuracy_before")  # reference-free scorers: the original model's ranking
-    backwards = accuracy is not None and accuracy <= 1 - GENERALISES_ACCURACY and (before is None or accuracy < before)
+    backwards = accuracy is not None and accuracy <= BACKWARDS_ACCURACY and (before is None or accuracy < before)
     if backwards and facts.entry.stage.samples_answers:
         # Online RL trains the policy on its own sampled answers, never on the pairs: a backwards ranking says
         # where RL moved the policy's likelihoods, not that the pairs' labels are swapped.
@@ -171,7 +178,7 @@ def _backwards(facts: RunFacts) -> list[Finding]:
             Finding(
                 "no_signal",
                 "warning",
-                f"Backwards: the policy's shift ranks held-out pairs the wrong way round ({accuracy:.0%} right). "
+                f"Backwards: the policy's shift ranks held-out pairs the wrong way round ({heldout.text()} right). "
                 "It trained on its own sampled answers, scored by the reward model, and those moved it away from "
                 "the wording of the chosen answers rather than toward it: the reward model's preference did not "
                 "reach the policy as the pairs state it. Online RL learns only from what the policy samples: answers "
@@ -184,19 +191,19 @@ def _backwards(facts: RunFacts) -> list[Finding]:
             Finding(
                 "no_signal",
                 "failed",
-                f"Backwards: held-out pairs are ranked the wrong way round ({accuracy:.0%} right). The training pairs "
-                "teach the opposite of the held-out labels: check for swapped chosen and rejected answers.",
+                f"Backwards: held-out pairs are ranked the wrong way round ({heldout.text()} right). The training "
+                "pairs teach the opposite of the held-out labels: check for swapped chosen and rejected answers.",
             )
         ]
     return []
 
 
 def _inconsistent_margins(facts: RunFacts) -> list[Finding]:
-    accuracy = facts.ev("heldout_reward_accuracy")
+    heldout = facts.ranked("heldout")
     held = [m for m in (facts.evidence.get("heldout_margins") or []) if finite(m) is not None]
     # Margins that point both ways mean "moved, but not in one direction" only when they measure the move
     # (relative to the reference); a reference-free score's margins carry the original model's own ranking.
-    if len(held) >= 4 and accuracy is not None and accuracy_band(accuracy) == "chance" and facts.relative_scorer:
+    if len(held) >= 4 and accuracy_band(heldout) == "chance" and facts.relative_scorer:
         spread = sum(abs(m) for m in held) / len(held)
         agreement = abs(sum(held) / len(held)) / spread if spread > 0 else 0.0
         if agreement < CONSISTENT_MARGINS:
@@ -204,7 +211,7 @@ def _inconsistent_margins(facts: RunFacts) -> list[Finding]:
                 Finding(
                     "no_signal",
                     "failed",
-                    f"No consistent preference: held-out pairs are ranked right only {accuracy:.0%} of the time and "
+                    f"No consistent preference: held-out pairs are ranked right only {heldout.text()} and "
                     f"their margins point both ways (agreement {agreement:.2f}, below {CONSISTENT_MARGINS}). "
                     "The training moved the model, but not in one direction: check that the pairs agree with "
                     "each other (are some chosen and rejected answers swapped?).",
@@ -217,7 +224,14 @@ def rule_learning(facts: RunFacts) -> list[Finding]:
     margins = facts.series("margin")
     accuracies = facts.series("accuracy")
     if len(margins) >= 2 and tail_mean(margins) - margins[0] > FLAT_MARGIN:
-        reached = f" and training reward accuracy reached {tail_mean(accuracies):.2f}" if accuracies else ""
+        counted = facts.training_accuracy()
+        reached = (
+            f" and training reward accuracy reached {counted.text()} over the last half of the steps"
+            if counted is not None
+            else f" and training reward accuracy reached {tail_mean(accuracies):.2f}"
+            if accuracies
+            else ""
+        )
         return [
             Finding(
                 "learning",
@@ -292,20 +306,15 @@ def rule_memorised(facts: RunFacts) -> list[Finding]:
                     "or lower the learning rate.",
                 )
             )
-    accuracy = facts.ev("heldout_reward_accuracy")
+    heldout = facts.ranked("heldout")
     # Only where the log's accuracy and the held-out pairs rank by the policy (rlhf's log is its reward model's).
-    if (
-        accuracy is not None
-        and train_accuracy >= 0.99
-        and accuracy_band(accuracy) == "chance"
-        and facts.entry.rewards_from_policy
-    ):
+    if train_accuracy >= 0.99 and accuracy_band(heldout) == "chance" and facts.entry.rewards_from_policy:
         out.append(
             Finding(
                 "memorised",
                 "warning",
                 f"Memorised, not generalised: training pairs are all ranked right but held-out pairs only "
-                f"{accuracy:.0%}, about chance.",
+                f"{heldout.text()}, about chance.",
             )
         )
     curve = [p for p in facts.heldout_curve if finite(p.get("accuracy")) is not None]
@@ -335,56 +344,90 @@ def rule_memorised(facts: RunFacts) -> list[Finding]:
 
 
 def rule_generalises(facts: RunFacts) -> list[Finding]:
+    """Whether held-out pairs, never trained on, are ranked right more often than a coin would (a one-sided exact
+    binomial test); for a reference-free score, also whether training widened their margins over the original
+    model's (a sign test on the same pairs). Below :data:`CHANCE_ACCURACY` the reading is no generalisation
+    whatever the count; between, too few pairs to tell, and how many would."""
     if not facts.evidence:  # the Train tab's reading, before any evidence is gathered
         return []
-    accuracy = facts.ev("heldout_reward_accuracy")
-    if accuracy is None:
+    heldout = facts.ranked("heldout")
+    if heldout is None:
         return [Finding("no_heldout", "info", HELDOUT_WORDS["unknown"].capitalize() + ".")]
-    band = accuracy_band(accuracy)
+    band = accuracy_band(heldout)
+    if band == "chance":
+        return [
+            Finding(
+                "no_generalisation",
+                "warning",
+                f"No generalisation: only {heldout.text()} held-out pairs are ranked right, about chance; the "
+                "preference was not learnt beyond the training pairs.",
+            )
+        ]
+    if band == "undecided":
+        return [
+            Finding(
+                "weak_generalisation",
+                "warning",
+                f"Not shown to generalise: {heldout.text()} held-out pairs are ranked right, "
+                f"{heldout.undecided_text()}. Add held-out pairs on the Dataset tab to decide it.",
+            )
+        ]
+    kl = facts.ev("kl_to_reference")
+    if kl is not None and kl < NO_MOVE_KL and facts.relative_scorer:
+        # Under a score relative to the original model, the first tiny step in the right direction ranks every pair
+        # right: the direction generalises, the size is nothing.
+        margin = facts.ev("heldout_mean_margin")
+        return [
+            Finding(
+                "weak_generalisation",
+                "warning",
+                f"Held-out pairs: {heldout.text()} ranked right, but by a mean margin of {margin or 0:+.2g} while the "
+                f"policy is only {kl:.4f} nats/token from the original: the step went the right way and moved "
+                "nothing. Raise the learning rate or train more steps.",
+            )
+        ]
+    gain = facts.evidence.get("heldout_gain") or {}
     before = facts.ev("heldout_reward_accuracy_before")
-    if before is not None and accuracy <= before and band != "chance":
+    if not facts.relative_scorer and before is not None and not _gain_shown(gain):
         return [
             Finding(
                 "no_gain",
                 "info",
-                f"Held-out pairs: {accuracy:.0%} ranked right, but the original model already ranked {before:.0%} "
-                "right under the same score (this method has no reference, so the score is the policy's own): "
-                "training added no held-out preference of its own.",
+                f"Held-out pairs: {heldout.text()} ranked right, but the original model already ranked {before:.0%} "
+                "right under the same score (this method has no reference, so the score is the policy's own). "
+                f"{gain_text(gain)}: training added no held-out preference of its own.",
             )
         ]
-    contrast = facts.ev("contrast_accuracy")
-    if band != "chance" and contrast is not None and accuracy_band(contrast) == "chance":
+    contrast = facts.ranked("contrast")
+    if accuracy_band(contrast) == "chance":
         return [
             Finding(
                 "cue_only",
                 "info",
-                f"Held-out pairs: {accuracy:.0%} ranked right, but they share the training answers' surface cue, and "
-                f"the contrast pairs ({contrast:.0%}) show that the cue, not the preference, does the ranking.",
+                f"Held-out pairs: {heldout.text()} ranked right, but they share the training answers' surface cue, "
+                f"and the contrast pairs ({contrast.text()}) show that the cue, not the preference, does the ranking.",
             )
         ]
-    if band == "generalises":
-        was = f" (the original model: {before:.0%})" if before is not None else ""
-        return [
-            Finding(
-                "generalises",
-                "good",
-                f"Generalises: {accuracy:.0%} of held-out pairs, never trained on, are ranked right{was}.",
-            )
-        ]
-    if band == "partial":
-        return [Finding("weak_generalisation", "info", heldout_reading(accuracy, facts.ev("heldout_mean_margin")))]
+    was = f"; the original model: {before:.0%}" if before is not None else ""
     return [
         Finding(
-            "no_generalisation",
-            "warning",
-            f"No generalisation: only {accuracy:.0%} of held-out pairs are ranked right, about chance; the preference "
-            "was not learnt beyond the training pairs.",
+            "generalises",
+            "good",
+            f"Generalises: {heldout.text()} held-out pairs, never trained on, are ranked right "
+            f"({heldout.chance_text()}{was}).",
         )
     ]
 
 
+def _gain_shown(gain: dict[str, Any]) -> bool:
+    p = finite(gain.get("p_value"))
+    return p is not None and p < ALPHA
+
+
 def rule_shortcut(facts: RunFacts) -> list[Finding]:
-    contrast = facts.ev("contrast_accuracy")
+    """Contrast pairs put the training answers' cue on the worse answer: at chance, a shortcut (read on the point
+    estimate); beyond the cue only where they are ranked right more often than a coin would."""
+    contrast = facts.ranked("contrast")
     if contrast is None:
         if "heldout_reward_accuracy" in facts.evidence:
             return [Finding("no_contrast", "info", "Contrast: " + CONTRAST_WORDS["unknown"] + ".")]
@@ -395,38 +438,47 @@ def rule_shortcut(facts: RunFacts) -> list[Finding]:
             Finding(
                 "shortcut",
                 "warning",
-                f"Shortcut: with the training answers' surface cue moved to the worse answer, only {contrast:.0%} of "
+                f"Shortcut: with the training answers' surface cue moved to the worse answer, only {contrast.text()} "
                 "contrast pairs are ranked right; the model learnt the cue (a greeting, a sign-off, a length), not "
                 "the preference behind it.",
             )
         ]
-    if band == "partial":
-        return [Finding("partial_cue", "info", contrast_reading(contrast))]
+    if band == "undecided":
+        return [
+            Finding(
+                "partial_cue",
+                "info",
+                f"Contrast: {contrast.text()} pairs ranked right with the cue on the worse answer, "
+                f"{contrast.undecided_text()}; whether the preference goes beyond the cue is not decided.",
+            )
+        ]
     return [
         Finding(
             "beyond_cue",
             "good",
-            f"Beyond the cue: {contrast:.0%} of contrast pairs are ranked right even with the cue on the worse answer.",
+            f"Beyond the cue: {contrast.text()} contrast pairs are ranked right even with the cue on the worse answer "
+            f"({contrast.chance_text()}).",
         )
     ]
 
 
 def rule_capability(facts: RunFacts) -> list[Finding]:
-    before, after = facts.ev("capability_accuracy_before"), facts.ev("capability_accuracy_after")
+    """Capability loss is read on the point estimate (a fall of :data:`CAPABILITY_DROP` and of two pairs or more),
+    with both intervals shown."""
+    before, after = facts.ranked("capability_before"), facts.ranked("capability_after")
     if before is None or after is None:
         return []
-    n = int(facts.evidence.get("capability_pairs") or 0)
-    dropped = before - after
-    if dropped >= CAPABILITY_DROP - 1e-9 and dropped * n >= 2 - 1e-9:
+    dropped = before.value - after.value
+    if dropped >= CAPABILITY_DROP - 1e-9 and before.k - after.k >= 2:
         return [
             Finding(
                 "capability_loss",
                 "warning",
-                f"Capability loss: on unrelated questions the correct answer is preferred {after:.0%} of the time, "
-                f"down from {before:.0%}; training cost knowledge it was not about. Raise β or train fewer steps.",
+                f"Capability loss: on unrelated questions the correct answer is preferred {after.text()}, down from "
+                f"{before.text()}; training cost knowledge it was not about. Raise β or train fewer steps.",
             )
         ]
-    return [Finding("capability_kept", "good", capability_reading(before, after))]
+    return [Finding("capability_kept", "good", capability_reading(facts.evidence))]
 
 
 def rule_displacement(facts: RunFacts) -> list[Finding]:
@@ -449,157 +501,6 @@ def rule_displacement(facts: RunFacts) -> list[Finding]:
                 )
             ]
     return []
-
-
-def rule_change(facts: RunFacts) -> list[Finding]:
-    if facts.changed is None:
-        return []
-    if facts.changed == 0:
-        return [
-            Finding(
-                "no_change",
-                "warning",
-                "No behaviour change: every eval prompt gives the same answer as before training.",
-            )
-        ]
-    kl = facts.ev("kl_to_reference")
-    if kl is not None and kl < NO_MOVE_KL:
-        return [
-            Finding(
-                "no_change",
-                "warning",
-                f"No real change: the policy is only {kl:.4f} nats/token from the original (below {NO_MOVE_KL}); the "
-                f"{facts.changed} answer(s) that differ are near-ties that rounding tipped, not a learnt shift. Raise "
-                "the learning rate or train more steps.",
-            )
-        ]
-    of = f" of {facts.answers}" if facts.answers else ""
-    return [Finding("behaviour_changed", "good", f"Behaviour changed on {facts.changed}{of} eval prompt(s).")]
-
-
-def rule_drift(facts: RunFacts) -> list[Finding]:
-    out = []
-    kl = facts.ev("kl_to_reference")
-    if kl is not None and kl > HEAVY_KL:
-        out.append(
-            Finding(
-                "heavy_drift",
-                "warning",
-                f"Heavy drift: {kl:.2f} nats/token of KL from the reference (above {HEAVY_KL}); raise β or train "
-                "fewer steps to pay less alignment tax.",
-            )
-        )
-    before, after = facts.ev("perplexity_before"), facts.ev("perplexity_after")
-    if before and after and after / before > HEAVY_PPL_RATIO:
-        out.append(
-            Finding(
-                "heavy_drift",
-                "warning",
-                f"Heavy drift: perplexity on neutral text rose from {before:.1f} to {after:.1f} "
-                f"(x{after / before:.2f}); the run hurt general language ability.",
-            )
-        )
-    return out
-
-
-def rule_collapse(facts: RunFacts) -> list[Finding]:
-    d = facts.degeneration
-    if not d or not d.get("answers"):
-        return []
-    n, before, after = d["answers"], d["distinct_answers_before"], d["distinct_answers_after"]
-    if after < before and after <= math.ceil(n / 2):
-        return [
-            Finding(
-                "collapse",
-                "failed",
-                f"Collapse: the {n} eval prompts now get only {after} distinct answer(s) (before: {before}); the model "
-                "answers everything the same way, whatever is asked. The loss and rewards can look perfect while this "
-                "happens: lower the learning rate or train fewer steps.",
-            )
-        ]
-    if after < before:
-        return [
-            Finding(
-                "collapse",
-                "warning",
-                f"Answers converging: {n - after} answer(s) became near-duplicates of others ({before} -> {after} "
-                "distinct).",
-            )
-        ]
-    return []
-
-
-def rule_repetition(facts: RunFacts) -> list[Finding]:
-    d = facts.degeneration
-    if not d or not d.get("answers"):
-        return []
-    n, before, after = d["answers"], d["looping_answers_before"], d["looping_answers_after"]
-    if after <= before:
-        more = d.get("repetitive_answers_after", 0) - d.get("repetitive_answers_before", 0)
-        if more > 0:
-            return [
-                Finding(
-                    "repetitive",
-                    "info",
-                    f"Repetitive phrasing: {more} more answer(s) repeat a phrase ({REPETITIVE_RATE:.0%}-"
-                    f"{LOOPING_RATE:.0%} of their 3-word phrases) but still move on; not a loop. Worth a look in the "
-                    "table below.",
-                )
-            ]
-        return []
-    severity = "failed" if after > n / 2 else "warning"
-    return [
-        Finding(
-            "repetition",
-            severity,
-            f"Repetition: {after} of {n} answers now loop (at least {LOOPING_RATE:.0%} of their 3-word phrases repeat; "
-            f"before: {before}); mean repeated-phrase rate {d['repeated_ngram_rate_before']:.0%} -> "
-            f"{d['repeated_ngram_rate_after']:.0%}.",
-        )
-    ]
-
-
-def rule_template(facts: RunFacts) -> list[Finding]:
-    d = facts.degeneration
-    phrases = (d or {}).get("new_common_phrases") or []
-    if not phrases:
-        return []
-    share = d.get("template_share", 0.0)
-    quoted = ", ".join(f"“{p}”" for p in phrases[:3])
-    if share > TEMPLATE_WORDS:
-        return [
-            Finding(
-                "template",
-                "warning",
-                f"Template capture: {quoted} now fill {share:.0%} of the answers' words; the replies are mostly a "
-                "stamped-on phrase from the training answers.",
-            )
-        ]
-    return [
-        Finding(
-            "template",
-            "info",
-            f"New common phrasing: {quoted} now appear(s) in most answers ({share:.0%} of their words); expected "
-            "when the training answers share a phrase, a problem only if it crowds out the content.",
-        )
-    ]
-
-
-def rule_garbage(facts: RunFacts) -> list[Finding]:
-    d = facts.degeneration
-    if not d or not d.get("answers"):
-        return []
-    n, before, after = d["answers"], d["garbage_answers_before"], d["garbage_answers_after"]
-    if after <= before:
-        return []
-    return [
-        Finding(
-            "garbage",
-            "failed" if after > n / 2 else "warning",
-            f"Garbage: {after} of {n} answers are broken text (symbol runs, emoji or invalid characters; before: "
-            f"{before}).",
-        )
-    ]
 
 
 def rule_method_limits(facts: RunFacts) -> list[Finding]:
@@ -641,6 +542,7 @@ RULES: list[Rule] = [
     rule_collapse,
     rule_repetition,
     rule_garbage,
+    rule_broken,
     rule_memorised,
     rule_shortcut,
     rule_capability,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alignlab.methods import method_title
+from alignlab.stats import Proportion
 
 #: Runs a session keeps, the oldest going first: enough to set four methods side by side and change one.
 MAX_RUNS = 6
@@ -130,6 +131,7 @@ def evidence_row(report: dict[str, Any]) -> dict[str, Any]:
         "heldout_accuracy": ev.get("heldout_reward_accuracy"),
         "contrast_accuracy": ev.get("contrast_accuracy"),
         "capability": [ev.get("capability_accuracy_before"), ev.get("capability_accuracy_after")],
+        "counts": {name: ev.get(f"{name}_count") for name in ("heldout", "contrast", "capability")},
         "kl_to_reference": ev.get("kl_to_reference"),
         "perplexity": [ev.get("perplexity_before"), ev.get("perplexity_after")],
         "changed": report.get("changed"),
@@ -154,12 +156,26 @@ def _memory(value: dict[str, Any] | None) -> str:
     return f"{gib:.1f} GiB ({where})"
 
 
+def _ranked(value: Any, count: Any) -> str:
+    """'5/5 (57–100%)' where the count is known, else the share as a number."""
+    ranking = Proportion.of(value, count)
+    return ranking.text() if ranking is not None else _number(value)
+
+
 def display_row(row: dict[str, Any]) -> list[str]:
-    """An :func:`evidence_row` as the strings a table shows, in :data:`EVIDENCE_COLUMNS` order."""
+    """An :func:`evidence_row` as the strings a table shows, in :data:`EVIDENCE_COLUMNS` order; accuracies with
+    their count and 95% interval."""
     out = []
+    counts = row.get("counts") or {}
     for key in EVIDENCE_COLUMNS:
         value = row.get(key)
-        if key in ("capability", "perplexity"):
+        if key in ("heldout_accuracy", "contrast_accuracy"):
+            out.append(_ranked(value, counts.get(key.removesuffix("_accuracy"))))
+        elif key == "capability":
+            before, after = value or (None, None)
+            count = counts.get("capability")
+            out.append(f"{_ranked(before, count)} → {_ranked(after, count)}" if before is not None else "—")
+        elif key == "perplexity":
             before, after = value or (None, None)
             out.append(f"{_number(before)} → {_number(after)}" if before is not None or after is not None else "—")
         elif key == "peak_memory":

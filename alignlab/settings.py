@@ -84,7 +84,7 @@ class Knob:
 
 
 def _number_text(value: float) -> str:
-    """1e-7 and 1e-3 as people write them (not 1e-07 and 0.001); other numbers as ``:g`` has them."""
+    """1e-8 and 1e-3 as people write them (not 1e-08 and 0.001); other numbers as ``:g`` has them."""
     if 0 < abs(value) < 0.01:
         mantissa, exponent = f"{value:.0e}".split("e")
         return f"{mantissa}e{int(exponent)}"
@@ -94,7 +94,7 @@ def _number_text(value: float) -> str:
 #: Every numeric training setting's label, range and meaning (β's range is the method's: ``Method.beta_range``).
 KNOBS: dict[str, Knob] = {
     "beta": Knob("β (beta)", 0.01, 1.0, "How tightly the model is held to the original: higher = closer."),
-    "learning_rate": Knob("Learning rate", 1e-7, 1e-3, "Optimizer step size; too high and training goes unstable."),
+    "learning_rate": Knob("Learning rate", 1e-8, 1e-3, "Optimizer step size; too high and training goes unstable."),
     "steps": Knob("Steps", 1, 500, "Optimizer steps; more = bigger change.", whole=True),
     "epochs": Knob("Epochs", 0.1, 50, "Passes over the pairs, instead of steps."),
     "batch_size": Knob("Batch size", 1, 64, "Pairs per optimizer step.", whole=True),
@@ -117,7 +117,7 @@ class TrainingSettings:
     """How tightly the policy is held to the reference (0.01-1.0; SimPO's reward scale goes to 10). Small
     beta lets it move far; large beta keeps it close and needs a bigger log-prob gap for the same reward."""
     learning_rate: float = _DEFAULT["learning_rate"]
-    """Adam step size (1e-7 to 1e-3). A lab run has few steps, so it is higher than a real run's; DPO's 2e-5 is
+    """Adam step size (1e-8 to 1e-3). A lab run has few steps, so it is higher than a real run's; DPO's 2e-5 is
     the highest at which no seed-lab answer loops after 6 steps on the embedded model while every preset moves."""
     steps: int | None = _DEFAULT["steps"]
     """Optimizer steps to run (1-500), in each stage of a method of several (RLHF). Set this or ``epochs``, not both."""
@@ -318,8 +318,23 @@ class TrainingSettings:
 
 #: The longest answer the lab generates, in tokens.
 MAX_NEW_TOKENS_LIMIT = 512
-#: The live held-out curve scores at most this many held-out and contrast pairs after each step.
+#: The live held-out curve scores at most this many held-out and contrast pairs at each of its points.
 LIVE_PROBE_PAIRS = 24
+#: The live curve scores every this many steps at least: a point costs about two thirds of a CPU training step
+#: of the embedded model on 14 + 14 pairs (``docs/performance.md``), so every other step keeps the lab's time.
+CURVE_EVERY = 2
+#: ...and at most this many points on a long run.
+MAX_CURVE_POINTS = 15
+
+
+def curve_every(steps: int) -> int:
+    """Every how many steps the live curve scores a run of ``steps`` steps (the last step is always scored)."""
+    return max(CURVE_EVERY, -(-steps // MAX_CURVE_POINTS))
+
+
+def curve_scores_step(step: int, steps: int) -> bool:
+    """Whether the live curve scores the policy after ``step`` (1-based) of a run of ``steps`` steps."""
+    return step >= steps or step % curve_every(steps) == 0
 
 
 class GenerationSettingsError(ValueError):

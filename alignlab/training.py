@@ -29,7 +29,7 @@ from alignlab.methods import Product, Stage
 from alignlab.models import LoadedModel, copy_for_training
 from alignlab.openmp import release_pool
 from alignlab.pairs import PreferencePair, TrainingData
-from alignlab.settings import SettingsError, TrainingSettings
+from alignlab.settings import SettingsError, TrainingSettings, curve_scores_step
 from alignlab.trainer import build_trainer, plain_model
 from alignlab.trl_rows import trained_on
 
@@ -179,7 +179,7 @@ class _StreamCallback(TrainerCallback):
             row["step"] = step
             if self.stage is not None:
                 row["stage"] = self.stage
-            if self.probe is not None and model is not None:
+            if self.probe is not None and model is not None and curve_scores_step(state.global_step, state.max_steps):
                 point = self.probe(model, step)  # the policy in eval mode, no gradients
                 self.curve.append(point)
                 row.update({CURVE_PREFIX + k: v for k, v in point.items() if k != "step"})

@@ -1,17 +1,22 @@
-"""The calibration matrix: runs whose right verdict we know, on the embedded model.
+"""The calibration family: runs whose right verdict we know, generated, on the embedded model.
 
-Each case is a real lab run (``alignlab.lab.run_lab``) with a preset, settings and sometimes a
-deliberately broken dataset, and the verdict a person should get. ``make bench ARGS="--only calibration"``
-prints the matrix with every figure behind each verdict and writes it as ``docs/calibration.md``
-(:func:`markdown`); ``tests/test_calibration.py`` (slow) asserts the same cases, so the verdict's
-thresholds cannot drift away from runs where the answer is known.
+Each case is a real lab run (``alignlab.lab.run_lab``) on one of the family's sources (each shipped preset and
+the shared HH-RLHF sample), clean or with half its labels swapped at random, over-trained or moved too little,
+or another method at its defaults, beside the verdict a person should get. ``make bench ARGS="--only
+calibration"`` runs the family, prints every figure behind each verdict, and writes the confusion matrix
+(expected reading against verdict) and every case to ``docs/calibration.md`` (:func:`markdown`), with the
+targets the family must meet (:data:`TARGETS`); ``tests/test_calibration.py`` (slow) asserts the core cases
+(:data:`GUARDS`), so the verdict's rules cannot drift away from runs where the answer is known.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import re
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +27,52 @@ from alignlab.pairs import PreferencePair
 from alignlab.presets import Preset, preset_ids
 from bench.protocol import ROOT, run_worker
 
-#: Where the matrix on the embedded model is written.
+#: Where the family's matrix on the embedded model is written.
 DOC = ROOT / "docs" / "calibration.md"
+#: The shared HH-RLHF sample (``../shared/data``): real preference data the rules were never fitted to.
+HH_RLHF = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-test-300.jsonl"
+HH_SOURCE = "hh-rlhf"
+#: The sample's first rows the family uses: a quarter held out (24 pairs), the rest to train on.
+HH_ROWS = 96
+#: The family's sources: each shipped preset, then the HH-RLHF sample.
+PRESETS = ("seed-lab", "concise", "warm-tone")
+SOURCES = (*PRESETS, HH_SOURCE)
+#: The two random patterns of swapped labels on each source.
+SWAP_SEEDS = (1, 2)
+#: The opening preset: where each method's demo runs.
+OPENING = "seed-lab"
+NOT_HEALTHY = ("warning", "failed")
+
+
+def source_dataset(source: str) -> Preset:
+    """A family source as a lab dataset: a shipped preset, or the HH-RLHF sample's first :data:`HH_ROWS` rows."""
+    from alignlab.importers import load_dataset_file
+    from alignlab.presets import load_preset
+
+    if source != HH_SOURCE:
+        return load_preset(source)
+    if not HH_RLHF.is_file():
+        raise FileNotFoundError(f"the HH-RLHF sample is not at {HH_RLHF}")
+    lines = HH_RLHF.read_text().splitlines()[:HH_ROWS]
+    with tempfile.TemporaryDirectory(prefix="calibration-hh-") as folder:
+        path = Path(folder) / f"{HH_SOURCE}.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        preset = load_dataset_file(path, seed=0)
+    return dataclasses.replace(preset, id=HH_SOURCE, title="HH-RLHF sample", description="")
+
+
+def swapped_half(preset: Preset, seed: int) -> Preset:
+    """``preset`` with chosen and rejected swapped on half of its training and of its held-out pairs, the pairs
+    picked at random (``seed``), unrelated to any feature of the answers: labels that contradict each other."""
+    rng = random.Random(seed)
+
+    def swap(pairs: list[PreferencePair]) -> list[PreferencePair]:
+        flipped = set(rng.sample(range(len(pairs)), len(pairs) // 2))
+        return [PreferencePair(p.prompt, p.rejected, p.chosen) if i in flipped else p for i, p in enumerate(pairs)]
+
+    return dataclasses.replace(
+        preset, id=f"{preset.id}-swapped-{seed}", pairs=swap(preset.pairs), heldout_pairs=swap(preset.heldout_pairs)
+    )
 
 
 @dataclass(frozen=True)
@@ -31,12 +80,15 @@ class Case:
     """One calibration run and what its verdict must say."""
 
     name: str
-    preset: str
+    source: str
+    """A shipped preset's id, or :data:`HH_SOURCE`."""
+    kind: str
+    """The case's family: ``clean``, ``swapped``, ``over-trained``, ``too small a step`` or ``method demo``."""
     settings: dict[str, Any] = field(default_factory=dict)
     """Settings fields that differ from the method's own defaults."""
     method: str = "dpo"
-    swap_half: bool = False
-    """Swap chosen and rejected on every other pair (training and held-out alike): labels that contradict."""
+    swap_seed: int | None = None
+    """Swap chosen and rejected on a random half of the pairs (training and held-out alike) with this seed."""
     verdicts: tuple[str, ...] = ("healthy",)
     """Acceptable verdicts."""
     codes: tuple[str, ...] = ()
@@ -46,22 +98,18 @@ class Case:
     min_changed: int = 0
     why: str = ""
     guards: bool = False
-    """One of the cases that guard the verdict in ``make test`` (``tests/test_calibration.py``); the others run
-    in ``make bench`` only."""
+    """One of the core cases ``make test`` runs (``tests/test_calibration.py``); the family runs in ``make bench``."""
 
     def dataset(self) -> Preset:
-        from alignlab.presets import load_preset
+        preset = source_dataset(self.source)
+        return preset if self.swap_seed is None else swapped_half(preset, self.swap_seed)
 
-        preset = load_preset(self.preset)
-        if not self.swap_half:
-            return preset
-
-        def swap(pairs: list[PreferencePair]) -> list[PreferencePair]:
-            return [PreferencePair(p.prompt, p.rejected, p.chosen) if i % 2 else p for i, p in enumerate(pairs)]
-
-        return dataclasses.replace(
-            preset, id=f"{preset.id}-swapped", pairs=swap(preset.pairs), heldout_pairs=swap(preset.heldout_pairs)
-        )
+    @property
+    def expected(self) -> str:
+        """The reading a person should get, as the confusion matrix's row: 'healthy', 'not healthy', 'failed', ..."""
+        if set(self.verdicts) == set(NOT_HEALTHY):
+            return "not healthy"
+        return " or ".join(self.verdicts)
 
     @property
     def slug(self) -> str:
@@ -80,96 +128,157 @@ class Case:
         return wrong
 
 
-CASES: list[Case] = [
-    Case(
-        "seed-lab at lr 5e-4 for 20 steps",
-        "seed-lab",
+def _clean(source: str) -> Case:
+    return Case(
+        f"{source} at the defaults",
+        source,
+        "clean",
+        codes=("generalises",),
+        forbidden=("repetition", "collapse", "garbled"),
+        min_changed=1,
+        why="clean labels at the defaults: the lab's own demo"
+        if source != HH_SOURCE
+        else "real preference data, clean labels, at the defaults",
+        guards=source == OPENING,
+    )
+
+
+def _swapped(source: str, seed: int) -> Case:
+    return Case(
+        f"{source} with half the labels swapped (pattern {seed})",
+        source,
+        "swapped",
+        swap_seed=seed,
+        verdicts=NOT_HEALTHY,
+        forbidden=("generalises",),
+        why="a random half of the pairs contradict the rest: there is no preference to learn",
+        guards=source == OPENING and seed == SWAP_SEEDS[0],
+    )
+
+
+def _over_trained(preset: str) -> Case:
+    return Case(
+        f"{preset} at lr 5e-4 for 20 steps",
+        preset,
+        "over-trained",
         {"learning_rate": 5e-4, "steps": 20},
         verdicts=("failed",),
-        codes=("collapse",),
-        why="every answer becomes the cue phrase 'Sure! Hope that helps!'",
-        guards=True,
-    ),
-    Case(
-        "seed-lab at the default lr for 30 steps",
-        "seed-lab",
-        {"steps": 30},
-        verdicts=("warning", "failed"),
-        why="far past the point where held-out evidence stops improving: memorising",
-    ),
-    Case(
-        "seed-lab with half the labels swapped",
-        "seed-lab",
-        swap_half=True,
-        verdicts=("failed",),
-        codes=("no_signal",),
-        why="the pairs contradict each other, so there is no preference to learn",
-        guards=True,
-    ),
-    Case(
-        "seed-lab at lr 1e-7 (too small to move)",
-        "seed-lab",
-        {"learning_rate": 1e-7},
-        verdicts=("warning", "failed"),
+        why="far too large a step for far too long: the answers collapse, loop or stop making sense",
+        guards=preset == OPENING,
+    )
+
+
+def _too_small(preset: str) -> Case:
+    return Case(
+        f"{preset} at lr 1e-8",
+        preset,
+        "too small a step",
+        {"learning_rate": 1e-8},
+        verdicts=NOT_HEALTHY,
         codes=("no_change",),
-        why="a run that changed nothing must not read healthy",
-    ),
-    *[
-        Case(
-            f"{preset} at the defaults",
-            preset,
-            verdicts=("healthy",),
-            codes=("generalises",),
-            forbidden=("repetition", "collapse"),
+        forbidden=("generalises",),
+        why="a step too small to move the model: nothing changed, and nothing may read as learnt",
+    )
+
+
+def _method_demo(method: str) -> Case:
+    """A method at its own defaults on the opening preset: the lab's demo of that method (RLHF: see below)."""
+    if method == "rlhf":
+        # Its reward rises and answers change, but online RL never samples answers like the pairs' rejected ones,
+        # so the policy's shift ranks held-out pairs backwards: not healthy, not a failure.
+        return Case(
+            f"rlhf on {OPENING} at its defaults",
+            OPENING,
+            "method demo",
+            method="rlhf",
+            verdicts=("warning",),
+            codes=("reward_rising",),
+            forbidden=("repetition", "collapse", "generalises"),
             min_changed=1,
-            why="a shipped preset at the defaults is the lab's own demo",
-            guards=preset == "seed-lab",  # DPO's demo; the other presets in make bench
+            why="the reward rises, but the policy's shift does not rank held-out pairs right: not healthy, not failed",
+            guards=True,
         )
-        for preset in ("seed-lab", "concise", "warm-tone")
-    ],
+    return Case(
+        f"{method} on {OPENING} at its defaults",
+        OPENING,
+        "method demo",
+        method=method,
+        forbidden=("repetition", "collapse", "garbled"),
+        min_changed=1,
+        why=f"{method}'s defaults are the method's demo in a comparison",
+        guards=True,
+    )
+
+
+def family() -> list[Case]:
+    """The generated family: each source clean and with half its labels swapped (two random patterns each);
+    over-training and too small a step on two presets; each method but DPO at its defaults on the opening preset
+    (DPO's is the opening preset's clean case)."""
+    cases = []
+    for source in SOURCES:
+        cases.append(_clean(source))
+        cases += [_swapped(source, seed) for seed in SWAP_SEEDS]
+    cases += [_over_trained(preset) for preset in (OPENING, "warm-tone")]
+    cases += [_too_small(preset) for preset in (OPENING, "concise")]
+    cases += [_method_demo(method) for method in METHODS if method != "dpo"]
+    return cases
+
+
+CASES: list[Case] = family()
+
+#: The core cases that guard the verdict in ``make test``: the opening preset clean, with swapped labels and
+#: over-trained, and every other method's demo.
+GUARDS: list[Case] = [case for case in CASES if case.guards]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A promise the family keeps: among its cases of ``kinds`` (and ``sources``), at most ``allowed`` read
+    otherwise than ``verdicts``."""
+
+    text: str
+    kinds: tuple[str, ...]
+    verdicts: tuple[str, ...]
+    allowed: int = 0
+    sources: tuple[str, ...] = SOURCES
+
+    def misses(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in rows
+            if r["kind"] in self.kinds and r["source"] in self.sources and r["verdict"] not in self.verdicts
+        ]
+
+    def met(self, rows: list[dict[str, Any]]) -> bool:
+        return len(self.misses(rows)) <= self.allowed
+
+
+TARGETS: list[Target] = [
+    Target("no healthy verdict for swapped labels", ("swapped",), NOT_HEALTHY),
+    Target("no healthy verdict for over-training (collapse)", ("over-trained",), NOT_HEALTHY),
+    Target("no healthy verdict for a run that changed nothing", ("too small a step",), NOT_HEALTHY),
+    Target("the clean cases healthy in all but at most one", ("clean",), ("healthy",), allowed=1),
 ]
 
 
-def _demo_case(method: str, settings: dict[str, Any] | None = None, why: str = "") -> Case:
-    """A method on seed-lab that must read like the lab's own demo: healthy, an answer changed, no loops."""
-    label = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in (settings or {}).items())
+def _demo_case(method: str, settings: dict[str, Any], why: str = "") -> Case:
+    """A method on the opening preset held to the demo's bar (the defaults sweep's cases)."""
+    label = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in settings.items())
     return Case(
-        f"{method} on seed-lab at " + (label or "its defaults"),
-        "seed-lab",
-        dict(settings or {}),
+        f"{method} on {OPENING} at {label}",
+        OPENING,
+        "method demo",
+        dict(settings),
         method=method,
-        verdicts=("healthy",),
         forbidden=("repetition", "collapse"),
         min_changed=1,
-        why=why or f"{method}'s defaults are the method's demo in a comparison",
-        guards=not settings,  # each method's demo at its defaults; the sweep around them in make bench
+        why=why or f"{method} around its defaults",
     )
 
-
-#: Every method but DPO (whose default case is above) at its own defaults on seed-lab: the lab's demo of each.
-#: RLHF is the exception: its reward rises and answers change, but online RL never samples answers like the
-#: pairs' rejected ones, so the policy's shift ranks held-out pairs backwards and must not read healthy.
-CASES += [_demo_case(name) for name in METHODS if name not in ("dpo", "rlhf")]
-CASES.append(
-    Case(
-        "rlhf on seed-lab at its defaults",
-        "seed-lab",
-        method="rlhf",
-        verdicts=("warning",),
-        codes=("no_signal", "reward_rising"),
-        forbidden=("repetition", "collapse"),
-        min_changed=1,
-        why="the reward rises, but the policy's shift ranks held-out pairs backwards: not healthy, not a failure",
-        guards=True,
-    )
-)
-
-#: The cases that guard the verdict in ``make test``: collapse, contradicting labels, and every method's demo
-#: at its defaults on seed-lab (DPO's is the lab's own).
-GUARDS: list[Case] = [case for case in CASES if case.guards]
 
 #: The measurements each method's defaults were chosen from (``--only method_defaults``): settings around the
-#: defaults, each a real lab run on seed-lab held to the demo's bar. Kept so a change of defaults can be re-measured.
+#: defaults, each a real lab run on the opening preset held to the demo's bar. Kept so a change of defaults can be
+#: re-measured.
 SWEEP: list[Case] = [
     *[_demo_case("ipo", {"beta": beta, "learning_rate": 2e-5, "sft_weight": 0.0}) for beta in (0.1, 0.25, 0.5, 1.0)],
     *[
@@ -182,26 +291,37 @@ SWEEP: list[Case] = [
 ]
 
 
+def _counted(ev: dict[str, Any], accuracy: str, count: str) -> dict[str, Any]:
+    return {"accuracy": ev.get(accuracy), "count": ev.get(count)}
+
+
 def summary(case: Case, report: dict[str, Any]) -> dict[str, Any]:
     """The figures behind a case's verdict (one bench table row)."""
     ev, deg, health = report["eval"], report["eval"]["degeneration"], report["health"]
     return {
         "case": case.name,
+        "source": case.source,
+        "kind": case.kind,
         "why": case.why,
         "verdict": health["verdict"],
         "codes": health["codes"],
         "best_step": health["best_step"],
         "expected": list(case.verdicts),
+        "expected_reading": case.expected,
         "wrong": case.check(health["verdict"], health["codes"], report["changed"]),
         "changed": report["changed"],
         "answers": len(report["aligned_outputs"]),
         "distinct": [deg["distinct_answers_before"], deg["distinct_answers_after"]],
         "repeated_ngram_rate": [deg["repeated_ngram_rate_before"], deg["repeated_ngram_rate_after"]],
         "looping_answers": [deg["looping_answers_before"], deg["looping_answers_after"]],
+        "garbled_answers": [deg.get("garbled_answers_before", 0), deg.get("garbled_answers_after", 0)],
         "mean_words": [deg["mean_words_before"], deg["mean_words_after"]],
         "new_common_phrases": deg["new_common_phrases"],
         "heldout_accuracy": ev["heldout_reward_accuracy"],
+        "heldout": _counted(ev, "heldout_reward_accuracy", "heldout_count"),
+        "heldout_p_value": ev.get("heldout_p_value"),
         "contrast_accuracy": ev["contrast_accuracy"],
+        "contrast": _counted(ev, "contrast_accuracy", "contrast_count"),
         "capability_accuracy": [ev["capability_accuracy_before"], ev["capability_accuracy_after"]],
         "kl_to_reference": ev["kl_to_reference"],
         "perplexity": [ev["perplexity_before"], ev["perplexity_after"]],
@@ -226,14 +346,28 @@ def in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(spec: str, device: str | None, names: list[str] | None = None) -> dict[str, Any]:
-    """Every case (or the named ones), each in a fresh process."""
-    assert {c.preset for c in CASES} <= set(preset_ids())
-    rows = []
+    """Every case of the family (or the named ones), each in a fresh process; the HH-RLHF cases are skipped, and
+    said to be, where the shared sample is not on this machine."""
+    assert {c.source for c in CASES} - {HH_SOURCE} <= set(preset_ids())
+    rows, skipped = [], []
+    started = time.perf_counter()
     for index, case in enumerate(CASES):
         if names and case.name not in names:
             continue
+        if case.source == HH_SOURCE and not HH_RLHF.is_file():
+            skipped.append(f"{case.name}: the HH-RLHF sample is not at {HH_RLHF}")
+            continue
         rows.append(run_worker("calibrate", spec, device, json.dumps({"case": index})))
-    return {"model": spec, "cases": rows, "calibrated": all(not r["wrong"] for r in rows)}
+    return {
+        "model": spec,
+        "cases": rows,
+        "skipped": skipped,
+        "seconds": round(time.perf_counter() - started, 1),
+        "calibrated": all(not r["wrong"] for r in rows),
+        "targets": [
+            {"target": t.text, "met": t.met(rows), "misses": [r["case"] for r in t.misses(rows)]} for t in TARGETS
+        ],
+    }
 
 
 def sweep(spec: str, device: str | None, methods: list[str] | None = None) -> dict[str, Any]:
@@ -255,13 +389,22 @@ def _change(pair: list[Any], digits: int | None = 2) -> str:
     return "->".join(str(v) if digits is None else _num(v, digits) for v in pair)
 
 
+def _ranked(counted: dict[str, Any] | None, accuracy: float | None) -> str:
+    """'12/14 (60–96%)' where the count is known, else the accuracy."""
+    from alignlab.stats import Proportion
+
+    ranking = Proportion.of((counted or {}).get("accuracy"), (counted or {}).get("count"))
+    return ranking.text() if ranking is not None else _num(accuracy)
+
+
 #: The figures behind a verdict: (the bench table's label, the column of docs/calibration.md, the row's value).
 FIGURES: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("changed", "answers changed", lambda r: f"{r['changed']}/{r['answers']}"),
     ("distinct", "distinct answers", lambda r: _change(r["distinct"], None)),
     ("repeats", "repeated-phrase rate", lambda r: _change(r["repeated_ngram_rate"])),
-    ("held-out", "held-out", lambda r: _num(r["heldout_accuracy"])),
-    ("contrast", "contrast", lambda r: _num(r["contrast_accuracy"])),
+    ("held-out", "held-out", lambda r: _ranked(r.get("heldout"), r["heldout_accuracy"])),
+    ("contrast", "contrast", lambda r: _ranked(r.get("contrast"), r["contrast_accuracy"])),
+    ("garbled", "garbled answers", lambda r: _change(r.get("garbled_answers", [0, 0]), None)),
     ("capability", "capability", lambda r: _change(r["capability_accuracy"])),
     ("KL", "KL", lambda r: _num(r["kl_to_reference"], 3)),
     ("ppl", "perplexity", lambda r: _change(r["perplexity"], 1)),
@@ -286,25 +429,56 @@ def table_rows(section: dict[str, Any], label: str = "calibration") -> list[tupl
     ]
 
 
-HEADER = """# The calibration matrix
+HEADER = """# The calibration family
 
-Runs whose right verdict is known: each case is a real lab run (`alignlab.lab.run_lab`) with a preset, settings
-and sometimes a deliberately broken dataset, beside the verdict a person should get. The cases are defined in
-`bench/calibration.py`; `tests/test_calibration.py` asserts the ones that guard the verdict in `make test`
-(*guard* in the last column: collapse, contradicting labels, every method's demo at its defaults), so that the verdict's
-rules (`alignlab/rules.py`) cannot drift away from runs where the answer is known.
+Runs whose right verdict is known, generated by `bench/calibration.py`: each shipped preset and the shared
+HH-RLHF sample (its first {hh_rows} pairs), clean and with half the labels swapped at random (two patterns each,
+training and held-out pairs alike); over-training (lr 5e-4 for 20 steps) and too small a step (lr 1e-8) on two
+presets; each method at its defaults on the opening preset. Each case is a real lab run (`alignlab.lab.run_lab`)
+beside the reading a person should get. `tests/test_calibration.py` asserts the core cases in `make test` (*guard*
+in the last column), so that the verdict's rules (`alignlab/rules.py`) cannot drift away from runs where the answer
+is known; the rules decide success by tests against chance (`alignlab/stats.py`), not by fractions fitted to these
+cases.
 
-Written by the bench: `make bench ARGS="--only calibration"` runs every case afresh and rewrites this file.
+Written by the bench: `make bench ARGS="--only calibration"` runs the family afresh and rewrites this file.
 Model: {model}.
 Machine: {machine}.
-
-*expected*: the verdicts a person should get; *codes*: the findings' codes, worst first; *ok*: whether the
-verdict, the codes and the answers changed are what the case asks (else WRONG, and why). The figures: eval
-answers changed after training; distinct answers and the repeated-phrase rate (the share of an answer's
-3-word phrases that repeat an earlier one) before->after; held-out and contrast preference accuracy after
-training; capability accuracy on general pairs before->after; KL per answer token to the reference;
-perplexity on a neutral text before->after; the step at which the live held-out curve peaked.
+The family took {minutes:.0f} minutes ({cases} cases, each in a fresh process).
 """
+
+LEGEND = """*expected*: the verdicts a person should get; *codes*: the findings' codes, worst first; *ok*: whether the
+verdict, the codes and the answers changed are what the case asks (else WRONG, and why). The figures: eval
+answers changed after training; distinct answers and the repeated-phrase rate (the share of an answer's 3-word
+phrases that repeat an earlier one) before->after; held-out and contrast pairs ranked right after training, with
+the count and the 95% interval; answers the original model finds garbled before->after; capability accuracy on
+general pairs before->after; KL per answer token to the reference; perplexity on a neutral text before->after;
+the step at which the live held-out curve peaked.
+"""
+
+#: The confusion matrix's columns, in order.
+VERDICTS = ("healthy", "warning", "failed")
+
+
+def confusion(rows: list[dict[str, Any]]) -> list[str]:
+    """Expected reading against verdict: a Markdown table of counts, with the codes behind each cell."""
+    expected = list(dict.fromkeys(r["expected_reading"] for r in rows))
+    lines = ["| expected \\ verdict | " + " | ".join(VERDICTS) + " |", "|---|" + "---|" * len(VERDICTS)]
+    for reading in expected:
+        cells = []
+        for verdict in VERDICTS:
+            hits = [r for r in rows if r["expected_reading"] == reading and r["verdict"] == verdict]
+            cells.append(str(len(hits)) if hits else "")
+        lines.append(f"| {reading} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def targets_lines(section: dict[str, Any]) -> list[str]:
+    lines = []
+    for target in section.get("targets") or []:
+        misses = f" (otherwise: {', '.join(target['misses'])})" if target["misses"] else ""
+        lines.append(f"- {'met' if target['met'] else 'NOT MET'}: {target['target']}{misses}")
+    lines += [f"- skipped: {note}" for note in section.get("skipped") or []]
+    return lines
 
 
 def _model_words(spec: str) -> str:
@@ -316,15 +490,22 @@ def _model_words(spec: str) -> str:
 
 
 def markdown(section: dict[str, Any], machine: str) -> str:
-    """The matrix as ``docs/calibration.md``: a short header, then one table row per case."""
+    """The family as ``docs/calibration.md``: a short header, the confusion matrix, the targets, then one table
+    row per case."""
+    rows = section["cases"]
     columns = ["case", "why", "expected", "verdict", "codes", "ok", *(column for _, column, _ in FIGURES), "make test"]
-    lines = [
-        HEADER.format(model=_model_words(section["model"]), machine=machine),
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-    ]
+    header = HEADER.format(
+        hh_rows=HH_ROWS,
+        model=_model_words(section["model"]),
+        machine=machine,
+        minutes=(section.get("seconds") or 0) / 60,
+        cases=len(rows),
+    )
+    lines = [header, "## Expected reading against verdict", "", *confusion(rows), "", "## Targets", ""]
+    lines += [*targets_lines(section), "", "## Every case", "", LEGEND]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     guards = {case.name for case in GUARDS}
-    for r in section["cases"]:
+    for r in rows:
         cells = [r["case"], r["why"], " or ".join(r["expected"]), r["verdict"], ", ".join(r["codes"]), _ok(r)]
         cells += [value(r) for _, _, value in FIGURES]
         cells.append("guard" if r["case"] in guards else "")

@@ -59,17 +59,17 @@ def tiny_comparison(tiny_chat_dir: Path) -> dict:
 @pytest.fixture(scope="session")
 def embedded_runs():
     """Calibration cases (``bench.calibration.Case``) run on the embedded model, each at most once per session, on
-    one loaded model and one baseline per preset: ``run(case)`` -> the case's report.
+    one loaded model and one baseline per source: ``run(case)`` -> the case's report.
 
     The same path as ``alignlab.lab.run_lab`` (``load_and_baseline``, then ``train_and_compare``), with the
-    baseline answers of a preset recorded once for every case on it. Only the report is kept (a run's policy is
+    baseline answers of a source recorded once for every case on it. Only the report is kept (a run's policy is
     a full copy of the model)."""
     import gc
 
     from alignlab.lab import load_and_baseline, train_and_compare
     from alignlab.model_shapes import EMBEDDED_DEFAULT
-    from alignlab.presets import load_preset
     from alignlab.settings import GenerationSettings, TrainingSettings
+    from bench.calibration import source_dataset
 
     generation = GenerationSettings()
     baselines: dict[str, tuple] = {}
@@ -77,9 +77,9 @@ def embedded_runs():
 
     def run(case) -> dict:  # noqa: ANN001 - a bench.calibration.Case
         if case.name not in reports:
-            if case.preset not in baselines:
-                baselines[case.preset] = load_and_baseline(EMBEDDED_DEFAULT, load_preset(case.preset), generation)
-            loaded, baseline, timings = baselines[case.preset]
+            if case.source not in baselines:
+                baselines[case.source] = load_and_baseline(EMBEDDED_DEFAULT, source_dataset(case.source), generation)
+            loaded, baseline, timings = baselines[case.source]
             settings = TrainingSettings.for_method(case.method, **case.settings)
             report, result = train_and_compare(loaded, case.dataset(), settings, generation, baseline, timings)
             del result

@@ -22,7 +22,16 @@ EVAL_KEYS = {
     "capability_accuracy_after",
     "heldout_curve",
     "degeneration",
+    "heldout_count",
+    "heldout_accuracy_interval",
+    "contrast_count",
+    "contrast_accuracy_interval",
+    "capability_count",
+    "capability_accuracy_interval_before",
+    "capability_accuracy_interval_after",
 }
+#: Each point of ``eval.heldout_curve``: its step, its figures, and each accuracy's count and interval.
+CURVE_POINT_KEYS = {"step", "accuracy", "count", "accuracy_interval", "margin", "margin_interval"}
 DEGENERATION_KEYS = {
     "distinct_answers_before",
     "distinct_answers_after",

@@ -169,7 +169,15 @@ def test_the_revisions_worktree_is_removed_also_when_its_measurement_fails():
 def test_a_calibration_case_names_each_way_a_run_misses_its_verdict():
     from bench.calibration import Case
 
-    case = Case("a case", "seed-lab", verdicts=("failed",), codes=("collapse",), forbidden=("loop",), min_changed=1)
+    case = Case(
+        "a case",
+        "seed-lab",
+        "over-trained",
+        verdicts=("failed",),
+        codes=("collapse",),
+        forbidden=("loop",),
+        min_changed=1,
+    )
     assert case.check("failed", ["collapse", "learning"], 1) == []
     assert case.check("healthy", ["loop"], 0) == [
         "verdict healthy, expected failed",
@@ -202,20 +210,81 @@ def test_quick_calibration_section_reports_each_case_with_its_figures(tmp_path):
     }
     # one case on the tiny model is not the matrix: its table goes beside the JSON, not to docs/calibration.md
     assert section["markdown"] == str(tmp_path / "bench.calibration.md")
-    table = [line for line in (tmp_path / "bench.calibration.md").read_text().splitlines() if line.startswith("| ")]
+    table = _cases_table((tmp_path / "bench.calibration.md").read_text())
     assert table[0].startswith("| case | why | expected | verdict | codes | ok |") and len(table) == 2
     cells = table[1].strip("| ").split(" | ")
     assert cells[:4] == [name, case.why, "healthy", row["verdict"]]
     assert cells[5] == ("ok" if not row["wrong"] else "WRONG: " + "; ".join(row["wrong"]))
 
 
+def _cases_table(markdown: str) -> list[str]:
+    """The rows of a calibration document's table of every case, its header first."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| case |"))
+    return [line for line in lines[start:] if line.startswith("| ")]
+
+
 def test_docs_calibration_has_a_row_for_every_case_in_order():
     from bench.calibration import CASES, DOC
 
-    rows = [line[2:-2].split(" | ") for line in DOC.read_text().splitlines() if line.startswith("| ")]
+    text = DOC.read_text()
+    rows = [line[2:-2].split(" | ") for line in _cases_table(text)]
     assert rows[0][0] == "case" and [row[0] for row in rows[1:]] == [case.name for case in CASES]
     # the last column marks the cases make test runs
     assert rows[0][-1] == "make test" and [row[-1] == "guard" for row in rows[1:]] == [case.guards for case in CASES]
+    # the confusion matrix counts every case once, and every target is met
+    matrix = text.split("## Expected reading against verdict")[1].split("## Targets")[0]
+    counts = [
+        int(cell)
+        for line in matrix.splitlines()[3:]
+        if line.startswith("| ")
+        for cell in line[2:-2].split(" | ")[1:]
+        if cell.strip()
+    ]
+    assert sum(counts) == len(CASES)
+    targets = text.split("## Targets")[1].split("## Every case")[0]
+    assert targets.count("- met: ") == 4 and "NOT MET" not in targets
+
+
+def test_the_calibration_family_is_generated_from_its_sources():
+    from alignlab.methods import METHODS
+    from alignlab.presets import load_preset
+    from bench.calibration import CASES, OPENING, SOURCES, SWAP_SEEDS, TARGETS, Case, confusion, swapped_half
+
+    kinds = {}
+    for case in CASES:
+        kinds.setdefault(case.kind, []).append(case)
+    assert {c.source for c in kinds["clean"]} == set(SOURCES) == {c.source for c in kinds["swapped"]}
+    assert len(kinds["swapped"]) == len(SOURCES) * len(SWAP_SEEDS) and len(kinds["over-trained"]) == 2
+    assert all(c.settings == {"learning_rate": 1e-8} for c in kinds["too small a step"])
+    assert {c.method for c in kinds["method demo"]} | {"dpo"} == set(METHODS)
+    assert all(c.source == OPENING for c in kinds["method demo"])
+    # half the labels swapped at random: exactly half of each list, a different half for each pattern
+    preset = load_preset(OPENING)
+    patterns = []
+    for seed in SWAP_SEEDS:
+        swapped = swapped_half(preset, seed)
+        for name in ("pairs", "heldout_pairs"):
+            original, now = getattr(preset, name), getattr(swapped, name)
+            flipped = [
+                i for i, (a, b) in enumerate(zip(original, now)) if (a.chosen, a.rejected) == (b.rejected, b.chosen)
+            ]
+            unchanged = [i for i, (a, b) in enumerate(zip(original, now)) if a == b]
+            assert len(flipped) == len(original) // 2 and len(flipped) + len(unchanged) == len(original)
+            patterns.append(tuple(flipped))
+        assert swapped.contrast_pairs == preset.contrast_pairs and swapped.eval_prompts == preset.eval_prompts
+    assert patterns[:2] != patterns[2:]
+    # the targets and the confusion matrix read the rows' verdicts
+    rows = [
+        {"case": "a", "kind": "swapped", "source": OPENING, "verdict": "healthy", "expected_reading": "not healthy"},
+        {"case": "b", "kind": "clean", "source": OPENING, "verdict": "warning", "expected_reading": "healthy"},
+        {"case": "c", "kind": "clean", "source": OPENING, "verdict": "healthy", "expected_reading": "healthy"},
+    ]
+    met = {t.text: t.met(rows) for t in TARGETS}
+    assert met["no healthy verdict for swapped labels"] is False
+    assert met["the clean cases healthy in all but at most one"] is True
+    assert confusion(rows)[2:] == ["| not healthy | 1 |  |  |", "| healthy | 1 | 1 |  |"]
+    assert Case("x", OPENING, "swapped", verdicts=("warning", "failed")).expected == "not healthy"
 
 
 def test_a_workers_result_is_the_last_marked_line_of_its_output():
@@ -260,4 +329,4 @@ def test_the_defaults_sweep_is_valid_settings_around_each_methods_defaults():
         measured = [c.settings for c in SWEEP if c.method == name]
         assert any(all(s.get(k) == v for k, v in defaults.items()) for s in measured), name
     # and every method's default run is in the calibration matrix, so its verdict is a slow test
-    assert {c.method for c in CASES if not c.settings and c.preset == "seed-lab"} >= set(METHODS)
+    assert {c.method for c in CASES if not c.settings and c.source == "seed-lab"} >= set(METHODS)

@@ -7,7 +7,7 @@ import pytest
 
 from alignlab.cli import main
 
-from contract import DEGENERATION_KEYS, EVAL_KEYS, REPORT_KEYS
+from contract import CURVE_POINT_KEYS, DEGENERATION_KEYS, EVAL_KEYS, REPORT_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,10 +86,10 @@ def test_lab_on_tiny_model_writes_every_report_field(tmp_path, tiny_chat_dir, ca
     printed = capsys.readouterr().out
     assert "=== Before vs after" in printed and "=== Health:" in printed
     for words in (
-        "Held-out preference accuracy",
-        "Contrast accuracy",
+        "Held-out pairs: ",
+        "Contrast pairs (cue on the wrong side): ",
         "Capability",
-        "Held-out accuracy after each step",
+        "The live curve, scored after steps 2, 3",
     ):
         assert words in printed, words
     assert "=== The answers themselves" in printed and "distinct answers" in printed
@@ -97,7 +97,20 @@ def test_lab_on_tiny_model_writes_every_report_field(tmp_path, tiny_chat_dir, ca
     assert set(report) >= REPORT_KEYS
     assert set(report["eval"]) >= EVAL_KEYS
     assert set(report["eval"]["degeneration"]) >= DEGENERATION_KEYS
-    assert [p["step"] for p in report["eval"]["heldout_curve"]] == [1, 2, 3]
+    assert [p["step"] for p in report["eval"]["heldout_curve"]] == [2, 3]  # every other step, and the last
+    assert all(set(point) >= CURVE_POINT_KEYS for point in report["eval"]["heldout_curve"])
+    # every accuracy with its count and its 95% interval, the interval containing it
+    ev = report["eval"]
+    for accuracy, count, interval in (
+        ("heldout_reward_accuracy", "heldout_count", "heldout_accuracy_interval"),
+        ("contrast_accuracy", "contrast_count", "contrast_accuracy_interval"),
+        ("capability_accuracy_before", "capability_count", "capability_accuracy_interval_before"),
+        ("capability_accuracy_after", "capability_count", "capability_accuracy_interval_after"),
+    ):
+        low, high = ev[interval]
+        assert ev[count] >= 8 and 0 <= low <= ev[accuracy] <= high <= 1, accuracy
+        k = round(ev[accuracy] * ev[count])
+        assert f"{k}/{ev[count]} (" in printed, accuracy
     assert set(report["health"]) >= {"verdict", "findings", "codes", "best_step"}
     assert len(report["health"]["codes"]) >= 1 and all(f"[{c}]" in printed for c in report["health"]["codes"])
     assert "NaN" not in out.read_text() and "Infinity" not in out.read_text()

@@ -122,10 +122,15 @@ def test_the_table_is_each_report_as_a_row(comparison: dict) -> None:
     assert [row["method"] for row in table] == ["DPO", "IPO + SFT×2", "KTO", "ORPO", "SimPO", "RLHF"]
     for row, report in zip(table, comparison["runs"]):
         assert row == evidence_row(report)
-        assert set(row) == set(EVIDENCE_COLUMNS)
+        assert set(row) == set(EVIDENCE_COLUMNS) | {"counts"}
         assert row["heldout_accuracy"] == report["eval"]["heldout_reward_accuracy"]
+        assert row["counts"]["heldout"] == report["eval"]["heldout_count"] > 0
         assert row["verdict"] == report["health"]["verdict"]
-        assert len(display_row(row)) == len(EVIDENCE_COLUMNS)
+        cells = dict(zip(EVIDENCE_COLUMNS, display_row(row)))
+        assert len(cells) == len(EVIDENCE_COLUMNS)
+        held = round(row["heldout_accuracy"] * row["counts"]["heldout"])
+        assert cells["heldout_accuracy"].startswith(f"{held}/{row['counts']['heldout']} (")  # '5/6 (44–97%)'
+        assert cells["capability"].count("/") == 2 and " → " in cells["capability"]
 
 
 def test_overlaid_curves_have_one_series_per_run(comparison: dict) -> None:

@@ -67,3 +67,22 @@ def test_report_has_every_contract_field_before_and_after():
     assert "sure hope that helps" in report["new_common_phrases"]
     looped = degeneration_report(BEFORE, BEFORE[:6] + [LOOP]).to_dict()
     assert looped["looping_answers_before"] == 0 and looped["looping_answers_after"] == 1
+
+
+def test_garbled_answers_surprise_the_original_model_far_beyond_its_own():
+    from alignlab.degeneration import GARBLED_NATS, is_garbled
+
+    typical = 1.0  # nats per token: the original model's median surprise at its own answers
+    assert is_garbled("It can be a little thing like small kids can you take", typical + GARBLED_NATS, typical)
+    assert not is_garbled("A fluent answer, worded differently.", typical + 0.8, typical)
+    assert not is_garbled("", typical + 9.0, typical)  # an empty answer has no words to garble
+    assert not is_garbled("no measurement", None, typical)
+    before = ["The capital of France is Paris.", "Boil it for nine minutes.", "Use flashcards daily."]
+    after = ["The capital of France is Paris.", "Boil build one thing at a time small", "a a a a a a a a a a a a"]
+    d = degeneration_report(before, after, [0.4, 1.0, 1.2], [0.4, 3.0, 0.9])
+    assert (d.garbled_answers_before, d.garbled_answers_after) == (0, 1)
+    # a loop and a garbled answer are both broken; counted once each
+    assert (d.looping_answers_after, d.broken_answers_after, d.broken_answers_before) == (1, 2, 0)
+    assert d.surprise_after == [0.4, 3.0, 0.9]
+    # without the original model's surprise, nothing reads as garbled
+    assert degeneration_report(before, after).garbled_answers_after == 0

@@ -243,7 +243,7 @@ def test_reference_scores_stay_within_their_bound(tiny_chat, pairs):
     assert (scores.hits, len(scores)) == (1, 3)
 
 
-def test_live_curve_is_recorded_after_every_step(tiny_chat, pairs):
+def test_live_curve_is_recorded_every_other_step_and_at_the_last(tiny_chat, pairs):
     probe = probes.live_probe(tiny_chat, 0.1, pairs[:2], pairs[2:])
     events = []
     result = train_policy(
@@ -253,9 +253,15 @@ def test_live_curve_is_recorded_after_every_step(tiny_chat, pairs):
         on_event=events.append,
         probe=probe.curve_point,
     )
-    assert [p["step"] for p in result.heldout_curve] == [1, 2, 3, 4]
-    logs = [e for e in events if e.kind == "log"]
+    assert [p["step"] for p in result.heldout_curve] == [2, 4]
+    logs = [e for e in events if e.kind == "log" and "heldout/accuracy" in e.row]
     assert [e.row["heldout/accuracy"] for e in logs] == [p["accuracy"] for p in result.heldout_curve]
+    for point in result.heldout_curve:  # each point with its count and intervals
+        assert point["count"] == 2 and point["contrast_count"] == len(pairs) - 2
+        low, high = point["accuracy_interval"]
+        assert low <= point["accuracy"] <= high
+        low, high = point["margin_interval"]
+        assert low <= point["margin"] <= high
     # the last point is the final policy's own held-out score
     final = probe.score(result.policy)
     assert result.heldout_curve[-1]["margin"] == pytest.approx(final["heldout"].mean_margin, abs=1e-5)

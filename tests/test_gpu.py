@@ -129,6 +129,7 @@ def test_the_compare_job_reuses_the_runs_last_live_scores(tiny_chat_dir: Path, t
 
     def compare(live_scores) -> dict:  # noqa: ANN001
         rows.clear()
+        logprobs.REFERENCE_SCORES.clear()  # both compares score the reference's rows alike
         given = {**training, "live_scores": live_scores}
         return jobs.compare_job(spec, end["policy_dir"], preset_dict, [""], generation, given, {})
 

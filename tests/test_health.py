@@ -31,9 +31,11 @@ def rows(n=6, **series):
 
 GOOD_EVIDENCE = {
     "heldout_reward_accuracy": 1.0,
+    "heldout_count": 6,
     "heldout_mean_margin": 0.8,
     "heldout_margins": [0.8] * 6,
     "contrast_accuracy": 0.875,
+    "contrast_count": 8,
     "capability_accuracy_before": 0.875,
     "capability_accuracy_after": 0.875,
     "capability_pairs": 8,
@@ -68,6 +70,10 @@ def facts(log=None, evidence=None, outputs=None, **kw):
         answers=7,
         **kw,
     )
+
+
+def details(f):
+    return [(d.code, d.severity) for d in read_health(f).details]
 
 
 def codes(f, severity=None):
@@ -235,17 +241,72 @@ def test_no_behaviour_change():
     assert "no_change" not in codes(facts(changed=1, evidence={"kl_to_reference": 0.05}))
 
 
-def test_heavy_drift_by_kl_and_by_perplexity():
-    assert "heavy_drift" in codes(facts(evidence={"kl_to_reference": 2.0}), "warning")
-    assert "heavy_drift" in codes(facts(evidence={"perplexity_after": 40.0}), "warning")
+def test_drift_is_a_warning_past_its_line_and_a_failure_at_twice_the_line():
+    assert ("heavy_drift", "warning") in details(facts(evidence={"kl_to_reference": 0.8}))
+    assert ("heavy_drift", "failed") in details(facts(evidence={"kl_to_reference": 1.0}))
+    assert ("heavy_drift", "warning") in details(facts(evidence={"perplexity_after": 40.0}))  # x2.0
+    assert ("heavy_drift", "failed") in details(facts(evidence={"perplexity_after": 60.0}))  # x3.0, twice x1.5
+    # KL 3.1 and perplexity 24 -> 1,082: failed, and none of the good findings is shown as a good sign
+    h = read_health(facts(evidence={"kl_to_reference": 3.1, "perplexity_before": 24.0, "perplexity_after": 1082.0}))
+    assert h.verdict == "failed" and not [d for d in h.details if d.severity == "good"]
+    assert {"generalises", "capability_kept"} <= set(h.codes)  # still in the report, as information
 
 
 def test_one_source_of_thresholds_for_readings_and_verdict():
-    # the Compare tab and the verdict use the same bands: 60% is "about chance" in both
-    assert accuracy_band(0.6) == "chance"
-    assert "about chance" in readings.heldout_reading(0.6, 0.1)
-    assert "no_generalisation" in codes(facts(evidence={"heldout_reward_accuracy": 0.6}))
-    assert accuracy_band(0.7) == "partial" and accuracy_band(0.75) == "generalises"
+    from alignlab.stats import Proportion
+
+    # the Compare tab and the verdict use the same bands: 60% is "about chance" in both, whatever the count
+    assert accuracy_band(Proportion(6, 10)) == "chance" and accuracy_band(Proportion(60, 100)) == "chance"
+    evidence = {**GOOD_EVIDENCE, "heldout_reward_accuracy": 0.6, "heldout_count": 10}
+    assert "about chance" in readings.heldout_reading(evidence)
+    assert "no_generalisation" in codes(facts(evidence=evidence))
+    # above it, a test against chance decides: 5/5 beats a coin (p = 0.031), 4/5 and 5/6 do not
+    assert accuracy_band(Proportion(5, 5)) == "beats_chance" and accuracy_band(Proportion(6, 6)) == "beats_chance"
+    assert accuracy_band(Proportion(4, 5)) == "undecided" and accuracy_band(Proportion(5, 6)) == "undecided"
+    assert accuracy_band(None) == "unknown"
+
+
+def test_generalises_only_where_a_coin_would_not_match_the_held_out_ranking():
+    # 4 of 5 held-out pairs: 80%, and a coin does as well 19% of the time: not "generalises", and not healthy
+    four_of_five = facts(evidence={"heldout_reward_accuracy": 0.8, "heldout_count": 5, "heldout_margins": [0.5] * 5})
+    h = read_health(four_of_five)
+    assert "generalises" not in h.codes and "weak_generalisation" in h.codes and h.verdict == "warning"
+    text = next(d.text for d in h.details if d.code == "weak_generalisation")
+    assert "4/5 (38–96%)" in text and "19%" in text and "about 13 pairs" in text
+    # 5 of 5 does beat a coin (p = 0.031): the finding says how sure, with the count
+    h = read_health(facts(evidence={"heldout_reward_accuracy": 1.0, "heldout_count": 5}))
+    assert h.verdict == "healthy" and "5/5 (57–100%)" in next(d.text for d in h.details if d.code == "generalises")
+
+
+def test_beyond_the_cue_only_where_the_contrast_ranking_beats_chance():
+    undecided = facts(evidence={"contrast_accuracy": 5 / 6, "contrast_count": 6})
+    assert "beyond_cue" not in codes(undecided) and "partial_cue" in codes(undecided, "info")
+    assert "beyond_cue" in codes(facts(evidence={"contrast_accuracy": 1.0, "contrast_count": 6}), "good")
+    # a shortcut is read on the point estimate: a test never makes a harm easier to miss
+    assert "shortcut" in codes(facts(evidence={"contrast_accuracy": 0.5, "contrast_count": 4}), "warning")
+
+
+def test_a_reference_free_score_needs_a_gain_over_the_original_model_on_the_same_pairs():
+    ref_free = {"heldout_scorer": "mean_logprob", "heldout_reward_accuracy_before": 1.0, "heldout_count": 12}
+    no_gain = {**ref_free, "heldout_gain": {"gains": 7, "losses": 5, "p_value": 0.39}}
+    assert "no_gain" in codes(facts(evidence=no_gain, method="orpo")) and "generalises" not in codes(
+        facts(evidence=no_gain, method="orpo")
+    )
+    gain = {**ref_free, "heldout_gain": {"gains": 11, "losses": 1, "p_value": 0.0032}}
+    assert "generalises" in codes(facts(evidence=gain, method="orpo"), "good")
+
+
+def test_answers_that_no_longer_make_sense_are_garbled_and_half_or_more_fail():
+    garbled = {"garbled_answers_before": 0, "surprise_before": [1.0] * 7, "surprise_after": [3.0] * 7}
+    assert ("garbled", "warning") in details(facts(outputs={**garbled, "garbled_answers_after": 3}))
+    assert ("garbled", "failed") in details(facts(outputs={**garbled, "garbled_answers_after": 4}))
+    # 2 looping and 2 garbled answers of 7: no one kind reaches half, together they do
+    mixed = {**garbled, "garbled_answers_after": 2, "looping_answers_after": 2, "broken_answers_after": 4}
+    assert ("broken", "failed") in details(facts(outputs=mixed))
+    assert read_health(facts(outputs=mixed)).verdict == "failed"
+    assert "broken" not in codes(facts(outputs={**mixed, "broken_answers_after": 3}))
+    # four of seven looping answers: half or more, failed on its own
+    assert ("repetition", "failed") in details(facts(outputs={"looping_answers_after": 4}))
 
 
 def test_training_tab_reading_needs_only_the_log():
@@ -261,10 +322,12 @@ def test_best_step_is_the_earliest_peak():
 
 def test_the_curve_in_one_sentence():
     curve = [
-        {"step": s, "accuracy": a, "contrast_accuracy": c}
-        for s, a, c in [(1, 0.5, 0.25), (2, 1.0, 0.75), (3, 1.0, 0.5)]
+        {"step": s, "accuracy": a, "count": 4, "contrast_accuracy": c, "contrast_count": 4, "margin": m}
+        for s, a, c, m in [(2, 0.5, 0.25, 0.01), (4, 1.0, 0.75, 0.2), (6, 1.0, 0.5, 0.1)]
     ]
+    curve[-1]["margin_interval"] = [0.05, 0.15]
     text = readings.curve_reading(curve)
-    assert "50% (contrast 25%) at step 1" in text and "best 100% (contrast 75%) at step 2" in text
-    assert "100% (contrast 50%) at step 3" in text
+    assert "scored after steps 2, 4, 6" in text and "2/4 (15–85%) (contrast 1/4 (5–70%)) at step 2" in text
+    assert "best 4/4 (51–100%) (contrast 3/4 (30–95%)) at step 4" in text
+    assert "mean margin +0.100 (95%: +0.050 to +0.150) at the end" in text
     assert "No held-out curve" in readings.curve_reading([])

@@ -23,7 +23,7 @@ from alignlab.health import read_health
 from alignlab.methods import AXES, METHODS, PRODUCTS, RELATIVE_SCORERS, SCORERS, get_method, method_choices
 from alignlab.models import LoadedModel, copy_for_training
 from alignlab.pairs import TrainingData
-from alignlab.settings import SettingsError, TrainingSettings
+from alignlab.settings import SettingsError, TrainingSettings, curve_scores_step
 from alignlab.trainer import build_trainer, reward_model_from
 from alignlab.training import CancelToken, stream_training, train_policy
 from alignlab.trl_rows import stage_dataset, stage_rows
@@ -215,7 +215,13 @@ def test_health_reads_each_methods_keys_and_says_what_it_cannot_check():
     health = read_health(RunFacts(simpo, beta=2.0, method="simpo"))
     assert "displacement" not in health.codes and "not_logged" in health.codes
     # A reference-free held-out score that is no better than the original model's is not credited.
-    evidence = {"heldout_reward_accuracy": 0.8, "heldout_reward_accuracy_before": 0.8, "heldout_scorer": "mean_logprob"}
+    evidence = {
+        "heldout_reward_accuracy": 1.0,
+        "heldout_count": 12,
+        "heldout_reward_accuracy_before": 1.0,
+        "heldout_gain": {"gains": 6, "losses": 6, "p_value": 0.61},
+        "heldout_scorer": "mean_logprob",
+    }
     health = read_health(RunFacts(simpo, beta=2.0, method="simpo", evidence=evidence))
     assert "no_gain" in health.codes and "generalises" not in health.codes and "heldout_scorer" in health.codes
 
@@ -407,11 +413,21 @@ def test_health_reads_rlhf_logs_by_stage():
     assert "unstable" in read_health(RunFacts(_rlhf_rows(rl_grad=1e4), beta=0.05, method="rlhf")).codes
     # the reward model ranks its training pairs perfectly while the policy's held-out ranking is at chance:
     # not "memorised" (they are different models' scores), but the held-out pairs still speak
-    evidence = {"heldout_reward_accuracy": 0.5, "heldout_mean_margin": 0.0, "heldout_scorer": "implicit_reward"}
+    evidence = {
+        "heldout_reward_accuracy": 0.5,
+        "heldout_count": 10,
+        "heldout_mean_margin": 0.0,
+        "heldout_scorer": "implicit_reward",
+    }
     health = read_health(RunFacts(_rlhf_rows(), beta=0.05, method="rlhf", evidence=evidence))
     assert "memorised" not in health.codes and "no_generalisation" in health.codes
     # a backwards held-out ranking is where RL moved the policy, not swapped labels: the policy never saw the pairs
-    evidence = {"heldout_reward_accuracy": 0.0, "heldout_mean_margin": -0.1, "heldout_scorer": "implicit_reward"}
+    evidence = {
+        "heldout_reward_accuracy": 0.0,
+        "heldout_count": 10,
+        "heldout_mean_margin": -0.1,
+        "heldout_scorer": "implicit_reward",
+    }
     health = read_health(RunFacts(_rlhf_rows(), beta=0.05, method="rlhf", evidence=evidence))
     backwards = next(d for d in health.details if d.code == "no_signal")
     assert backwards.severity == "warning" and "swapped" not in backwards.text and "sampled answers" in backwards.text
@@ -477,7 +493,8 @@ def test_each_method_runs_the_whole_lab_and_reports_it(index, tiny_comparison):
     assert all(math.isfinite(r["loss"]) for r in rows)
     assert report["eval"]["heldout_scorer"] == entry.scorer and report["eval"]["kl_to_reference"] > 0
     policy_steps = [r["step"] for r in rows if r.get("stage", "policy") == "policy"]
-    assert [p["step"] for p in report["eval"]["heldout_curve"]] == policy_steps  # the policy's stage only
+    scored = [s for i, s in enumerate(policy_steps, 1) if curve_scores_step(i, len(policy_steps))]
+    assert [p["step"] for p in report["eval"]["heldout_curve"]] == scored  # the policy's stage only
     expected = read_health(
         RunFacts(
             log_rows=rows,

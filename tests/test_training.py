@@ -18,7 +18,7 @@ FAST = {"steps": 3, "batch_size": 2, "learning_rate": 1e-3, "max_length": 64}
     [
         ({"beta": 0}, "beta must be between 0.01 and 1.0 \\(got 0\\)"),
         ({"beta": -1}, "beta must be"),
-        ({"learning_rate": 1.0}, "learning_rate must be between 1e-7 and 1e-3"),
+        ({"learning_rate": 1.0}, "learning_rate must be between 1e-8 and 1e-3"),
         ({"steps": 0}, "steps must be a whole number from 1 to 500"),
         ({"steps": None}, "Give either steps or epochs"),
         ({"epochs": 2.0}, "Give either steps or epochs"),

@@ -159,7 +159,7 @@ def compare_job(
     result = TrainingResult.from_summary({**training, "settings": settings.to_dict()}, policy)
     probe = run_probe(loaded, lab_preset, settings)
     probe.reuse_scores(training.get("live_scores"))  # the live curve's last point scored this very policy
-    aligned, evidence = compare(loaded, result, lab_preset, generation_settings, probe=probe)
+    aligned, evidence = compare(loaded, result, lab_preset, generation_settings, probe=probe, baseline=baseline_outputs)
     timings = {**timings, "evaluate": time.perf_counter() - started}
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
     return build_report(

@@ -16,6 +16,7 @@ import gradio as gr
 from alignlab import plots
 from alignlab.methods import DEFAULT_METHOD, LOSS_TYPES, METHODS, method_choices
 from alignlab.pairs import thumbs_from_dicts
+from alignlab.plots import SEPARATION_COLORS
 from alignlab.settings import KNOBS, TrainingSettings
 from alignlab.trainer import qlora_unavailable
 from alignlab.ui import recipe_panel, service
@@ -222,7 +223,8 @@ def build() -> SimpleNamespace:
 
 
 def _build_plots() -> SimpleNamespace:
-    """The five live plots: loss, margin, rewards, running accuracy and the held-out curve."""
+    """The six live plots: loss, margin, rewards, running accuracy, and the held-out curve's share ranked right
+    and separation."""
     plot = {"x": "step", "height": 260, "show_label": False}
     with gr.Row():
         loss_plot = gr.LinePlot(
@@ -257,9 +259,18 @@ def _build_plots() -> SimpleNamespace:
             y="accuracy",
             color="pairs",
             label="held-out plot",
-            title="Held-out evidence after each step: pairs never trained on (should rise and stay up)",
+            title="Held-out pairs ranked right, never trained on (scored every few steps; should rise, stay up)",
             y_lim=[0, 1],
             elem_id="plot-heldout",
+            **plot,
+        )
+        separation_plot = gr.LinePlot(
+            y="margin",
+            color="pairs",
+            color_map=SEPARATION_COLORS,
+            label="separation plot",
+            title="How far apart: mean margin, chosen − rejected, with its 95% interval (rises, levels off)",
+            elem_id="plot-separation",
             **plot,
         )
     return SimpleNamespace(
@@ -268,6 +279,7 @@ def _build_plots() -> SimpleNamespace:
         rewards_plot=rewards_plot,
         accuracy_plot=accuracy_plot,
         heldout_plot=heldout_plot,
+        separation_plot=separation_plot,
     )
 
 
@@ -317,6 +329,7 @@ def outputs(tab: SimpleNamespace) -> list[Any]:
         tab.heldout_plot,
         tab.log_table,
         tab.health,
+        tab.separation_plot,
     ]
 
 

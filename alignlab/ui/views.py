@@ -27,8 +27,9 @@ def progress_line(step: int, total: int, elapsed: float) -> str:
 
 
 def train_view(status: str, rows: list[dict[str, Any]], health: str = "", method: str | None = None) -> tuple:
-    """The Train tab's outputs: status, the five plots, the log table, the health reading."""
-    return (status, *plots.all_frames(rows, method), health)
+    """The Train tab's outputs: status, five plots, the log table, the health reading, the separation plot."""
+    *frames, separation = plots.all_frames(rows, method)
+    return (status, *frames, health, separation)
 
 
 def finished_view(session: Session) -> tuple:
