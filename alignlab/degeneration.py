@@ -35,8 +35,8 @@ SYMBOL_SHARE = 0.25
 #: An answer surprises the original model by this many nats per token more than its own typical answer (the
 #: median of its baseline answers): garbled, each token about 3.5 times less likely to it. On SmolLM2-135M and
 #: the calibration family (``docs/calibration.md``), fluent answers a trained policy drifted to sit at most
-#: 0.8 nats above the baseline's median; over-trained word salad ("What can I build a small project at a time
-#: and build one thing at a time?"), 1.7 to 2.6 above.
+#: 0.8 nats above the baseline's median; over-trained nonsense ("What can I build a small project at a time and
+#: build one thing at a time?", "1. Open send. 2. Send it to friends. 3. Encourage."), 1.3 to 3.5 above.
 GARBLED_NATS = 1.25
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")

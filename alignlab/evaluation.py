@@ -20,9 +20,8 @@ import torch
 
 from alignlab.generation import ScoredAnswers
 from alignlab.logprobs import (
-    REFERENCE_SCORES,
+    ANSWER_SURPRISE,
     TOKENS_PER_BATCH,
-    answer_tokens,
     chunks,
     encode_pair,
     log_probs,
@@ -88,26 +87,46 @@ def generated_token_kl(
     """:func:`mean_token_kl` on generated answers whose policy log-probabilities were kept while generating
     (:func:`alignlab.generation.generate_scored`): the same KL per answer token, from the reference's forward
     alone. The tokens are the generated ones, up to and including the end-of-turn token."""
+    return reference_pass(reference, loaded, answers, max_tokens)[0]
+
+
+@torch.inference_mode()
+def reference_pass(
+    reference: torch.nn.Module, loaded: LoadedModel, answers: ScoredAnswers, max_tokens: int = TOKENS_PER_BATCH
+) -> tuple[float, list[float]]:
+    """One forward of the reference over generated answers whose policy log-probabilities were kept: the KL per
+    answer token (:func:`generated_token_kl`) and the reference's surprise at each answer (mean nats per token,
+    as :func:`answer_surprise`; NaN for an empty answer)."""
     if answers.logps is None:
         raise ValueError("these answers were generated without keeping their log-probabilities")
     rows = [i for i, ids in enumerate(answers.answer_ids) if ids]
+    surprise = [float("nan")] * len(answers.answer_ids)
     if not rows:
-        return float("nan")
+        return float("nan"), surprise
     encoded = [(answers.prompt_ids[i] + answers.answer_ids[i], len(answers.prompt_ids[i])) for i in rows]
     was_training = reference.training
     reference.eval()
     total, count = 0.0, 0
+    nll = torch.zeros(len(answers.answer_ids), dtype=torch.float64)
+    tokens = torch.zeros(len(answers.answer_ids), dtype=torch.float64)
     try:
         for batch in scored_batches(reference, loaded, encoded, max_tokens):
             mine = torch.cat([answers.logps[rows[r]] for r in batch.rows]).to(batch.states.device)
+            owners = torch.tensor([rows[r] for r in batch.rows], device=batch.states.device)[batch.owner]
             for part in chunks(len(batch.targets)):
                 logp_p = mine[part]
                 logp_r = log_probs(batch.states[part], batch.head)
                 total += float((logp_p.exp() * (logp_p - logp_r)).sum())
                 count += logp_p.shape[0]
+                taken = logp_r.gather(-1, batch.targets[part, None]).squeeze(-1).double()
+                nll.index_add_(0, owners[part].cpu(), -taken.cpu())
+                tokens.index_add_(0, owners[part].cpu(), torch.ones_like(taken).cpu())
     finally:
         reference.train(was_training)
-    return total / count if count else float("nan")
+    for i in rows:
+        if tokens[i]:
+            surprise[i] = round(float(nll[i] / tokens[i]), 4)
+    return (total / count if count else float("nan")), surprise
 
 
 @torch.inference_mode()
@@ -129,14 +148,12 @@ def answer_surprise(
     """The original model's surprise at each answer: its mean negative log-likelihood per answer token, in nats.
 
     Its own greedy answers surprise it little; answers whose words no longer make sense to it (a trained
-    policy's word salad) surprise it a lot, whatever characters they are written in. Scored through
-    :data:`~alignlab.logprobs.REFERENCE_SCORES`, so the baseline's answers are scored once per process.
+    policy's word salad) surprise it a lot, whatever characters they are written in. Read through
+    :data:`~alignlab.logprobs.ANSWER_SURPRISE`: the baseline's answers were remembered as it wrote them.
     """
     if not answers:
         return []
-    logps = REFERENCE_SCORES.logps(reference, loaded, prompts, answers)
-    tokens = answer_tokens(loaded, prompts, answers).clamp(min=1)
-    return [round(float(v), 4) for v in (-logps / tokens)]
+    return [round(float(v), 4) for v in ANSWER_SURPRISE.logps(reference, loaded, prompts, answers)]
 
 
 def count_changed(before: list[str], after: list[str]) -> int:
@@ -236,14 +253,15 @@ def gather_evidence(
     held, contrast = scores["heldout"], scores["contrast"]
     held_before = before["heldout"].margins if not probe.relative else [0.0] * held.count
     gains, losses, gain_p = paired_gain(held.margins, held_before)
+    if scored_answers is not None and scored_answers.logps is not None:
+        kl, surprise_after = reference_pass(reference, loaded, scored_answers)
+    else:
+        kl = mean_token_kl(policy, reference, loaded, eval_prompts, aligned_outputs)
+        surprise_after = answer_surprise(reference, loaded, eval_prompts, aligned_outputs) if baseline_outputs else []
     return Evidence(
         heldout_reward_accuracy=held.accuracy,
         heldout_mean_margin=held.mean_margin,
-        kl_to_reference=(
-            generated_token_kl(reference, loaded, scored_answers)
-            if scored_answers is not None and scored_answers.logps is not None
-            else mean_token_kl(policy, reference, loaded, eval_prompts, aligned_outputs)
-        ),
+        kl_to_reference=kl,
         perplexity_before=perplexity(reference, loaded),
         perplexity_after=perplexity(policy, loaded),
         heldout_scorer=probe.scorer,
@@ -276,10 +294,7 @@ def gather_evidence(
         capability_accuracy_interval_before=scores["capability_before"].accuracy_interval,
         capability_accuracy_interval_after=scores["capability_after"].accuracy_interval,
         answer_surprise=(
-            {
-                "before": answer_surprise(reference, loaded, eval_prompts, baseline_outputs),
-                "after": answer_surprise(reference, loaded, eval_prompts, aligned_outputs),
-            }
+            {"before": answer_surprise(reference, loaded, eval_prompts, baseline_outputs), "after": surprise_after}
             if baseline_outputs is not None
             else {}
         ),

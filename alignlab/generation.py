@@ -12,10 +12,12 @@ reference's forward over them, not the policy's again.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
+from alignlab.logprobs import ANSWER_SURPRISE
 from alignlab.models import LoadedModel
 from alignlab.settings import GenerationSettings
 
@@ -38,6 +40,20 @@ class ScoredAnswers:
     answer_ids: list[list[int]] = field(default_factory=list)
     logps: list[torch.Tensor] | None = None
 
+    def surprise(self) -> list[float] | None:
+        """The generating model's own surprise at each answer: mean negative log-likelihood per answer token, in
+        nats (NaN for an empty answer); None when the log-probabilities were not kept."""
+        if self.logps is None:
+            return None
+        out = []
+        for ids, logps in zip(self.answer_ids, self.logps):
+            if not ids:
+                out.append(float("nan"))
+                continue
+            taken = logps.gather(-1, torch.tensor(ids, device=logps.device)[:, None])
+            out.append(round(float(-taken.double().mean()), 4))
+        return out
+
 
 def _answer_length(tokens: torch.Tensor, stop_ids: set[int]) -> int:
     """Generated tokens that belong to the answer: up to and including the first stop token (padding follows it)."""
@@ -59,6 +75,24 @@ def generate(
     ``model`` overrides ``loaded.model`` (the trained policy shares the tokenizer and formatting).
     """
     return generate_scored(loaded, prompts, settings, model, keep_logps=False).texts
+
+
+def generate_baseline(loaded: LoadedModel, prompts: list[str], settings: GenerationSettings | None = None) -> list[str]:
+    """The original model's answers (:func:`generate`), its surprise at each remembered as it writes them
+    (:data:`alignlab.logprobs.ANSWER_SURPRISE`): the compare step reads how far the trained policy's answers
+    surprise it beyond its own without scoring these again."""
+    answers = generate_scored(loaded, prompts, settings)
+    surprise = answers.surprise()
+    if surprise is not None:
+        kept = [i for i, value in enumerate(surprise) if math.isfinite(value)]
+        ANSWER_SURPRISE.remember(
+            loaded.model,
+            loaded,
+            [prompts[i] for i in kept],
+            [answers.texts[i] for i in kept],
+            [surprise[i] for i in kept],
+        )
+    return answers.texts
 
 
 @torch.inference_mode()

@@ -15,7 +15,7 @@ from typing import Any
 from alignlab.degeneration import degeneration_report
 from alignlab.evaluation import Evidence, count_changed, gather_evidence
 from alignlab.findings import RunFacts, training_accuracy
-from alignlab.generation import generate, generate_scored
+from alignlab.generation import generate_baseline, generate_scored
 from alignlab.health import read_health
 from alignlab.models import LoadedModel, load_model
 from alignlab.pairs import DatasetError
@@ -225,7 +225,7 @@ def load_and_baseline(
     loaded = load_model(model_spec)
     timings["load_model"] = time.perf_counter() - started
     started = _stage(on_stage, "baseline")
-    baseline = generate(loaded, preset.eval_prompts, generation)
+    baseline = generate_baseline(loaded, preset.eval_prompts, generation)
     timings["baseline"] = time.perf_counter() - started
     return loaded, baseline, timings
 

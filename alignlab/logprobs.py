@@ -378,10 +378,14 @@ class ReferenceScores:
     changed in place is scored afresh rather than served stale figures. At most ``max_rows``
     answers are kept per model (least recently used out first); a model that is gone takes its
     scores with it.
+
+    ``score`` computes the rows not yet known (default :func:`sequence_logps`); :meth:`remember` takes rows
+    already computed elsewhere (the original model's surprise at the answers it generated).
     """
 
-    def __init__(self, max_rows: int = REFERENCE_CACHE_ROWS) -> None:
+    def __init__(self, max_rows: int = REFERENCE_CACHE_ROWS, score: Any = None) -> None:
         self.max_rows = max_rows
+        self.score = score
         self._tables: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[float, float], OrderedDict]] = (
             weakref.WeakKeyDictionary()
         )
@@ -397,22 +401,50 @@ class ReferenceScores:
             self._tables.clear()
             self.hits = self.misses = 0
 
+    def _table(self, model: torch.nn.Module, digest: tuple[float, float]) -> OrderedDict:
+        """The model's rows, emptied when its weights changed (call with the lock held)."""
+        known_digest, table = self._tables.get(model, (None, None))
+        if table is None or known_digest != digest:
+            table = OrderedDict()
+            self._tables[model] = (digest, table)
+        return table
+
+    @staticmethod
+    def _keys(loaded: LoadedModel, prompts: list[str], completions: list[str]) -> list[tuple]:
+        context = (id(loaded.tokenizer), loaded.is_chat, MAX_SCORED_TOKENS)
+        return [(context, p, c) for p, c in zip(prompts, completions)]
+
+    def remember(
+        self,
+        model: torch.nn.Module,
+        loaded: LoadedModel,
+        prompts: list[str],
+        completions: list[str],
+        values: list[float],
+    ) -> None:
+        """Keep rows computed elsewhere for ``model`` as it is now."""
+        digest = weights_digest(model)
+        with self._lock:
+            table = self._table(model, digest)
+            for key, value in zip(self._keys(loaded, prompts, completions), values):
+                table[key] = float(value)
+                table.move_to_end(key)
+            while len(table) > self.max_rows:
+                table.popitem(last=False)
+
     def logps(
         self, model: torch.nn.Module, loaded: LoadedModel, prompts: list[str], completions: list[str]
     ) -> torch.Tensor:
-        """:func:`sequence_logps` of the reference, each row computed once per process."""
+        """:func:`sequence_logps` of the reference (or this table's ``score``), each row computed once per process."""
         digest = weights_digest(model)
-        context = (id(loaded.tokenizer), loaded.is_chat, MAX_SCORED_TOKENS)
-        keys = [(context, p, c) for p, c in zip(prompts, completions)]
+        keys = self._keys(loaded, prompts, completions)
         with self._lock:
-            known_digest, table = self._tables.get(model, (None, None))
-            if table is None or known_digest != digest:
-                table = OrderedDict()
-                self._tables[model] = (digest, table)
+            table = self._table(model, digest)
             found = {key: table[key] for key in keys if key in table}
         missing = list(dict.fromkeys(key for key in keys if key not in found))
         if missing:
-            scored = sequence_logps(model, loaded, [k[1] for k in missing], [k[2] for k in missing]).tolist()
+            score = self.score or sequence_logps  # looked up here, so that a test can count the calls
+            scored = score(model, loaded, [k[1] for k in missing], [k[2] for k in missing]).tolist()
             found.update(zip(missing, scored))
         with self._lock:
             self.hits += len(keys) - len(missing)
@@ -436,3 +468,47 @@ def answer_tokens(loaded: LoadedModel, prompts: list[str], completions: list[str
         ids, start = encode_pair(loaded, p, c)
         counts.append(len(ids) - start)
     return torch.tensor(counts, dtype=torch.float32)
+
+
+def encode_answer(loaded: LoadedModel, prompt: str, answer: str) -> tuple[list[int], int]:
+    """Token ids of a generated answer after its formatted prompt, as the model wrote it (no end-of-turn token
+    added: an answer cut at its token limit has none), and where the answer starts."""
+    special = not loaded.is_chat
+    prompt_ids = loaded.tokenizer(loaded.format_prompt(prompt), add_special_tokens=special)["input_ids"]
+    answer_ids = loaded.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    return prompt_ids + answer_ids, len(prompt_ids)
+
+
+@torch.inference_mode()
+def mean_surprise(
+    model: torch.nn.Module,
+    loaded: LoadedModel,
+    prompts: list[str],
+    answers: list[str],
+    max_tokens: int = TOKENS_PER_BATCH,
+) -> torch.Tensor:
+    """The model's mean negative log-likelihood per token of each answer, in nats, shape (N,); NaN for an empty
+    answer. The same measure as a generation's own (:meth:`alignlab.generation.ScoredAnswers.surprise`), up to
+    the end-of-turn token a finished answer carries there."""
+    encoded = [encode_answer(loaded, p, a) for p, a in zip(prompts, answers)]
+    rows = [i for i, (ids, start) in enumerate(encoded) if len(ids) > start]
+    nll = torch.zeros(len(encoded), dtype=torch.float64)
+    tokens = torch.zeros(len(encoded), dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in scored_batches(model, loaded, [encoded[i] for i in rows], max_tokens):
+            owners = torch.tensor([rows[r] for r in batch.rows], device=batch.states.device)[batch.owner]
+            for part in chunks(len(batch.targets)):
+                taken = log_probs(batch.states[part], batch.head).gather(-1, batch.targets[part, None]).squeeze(-1)
+                nll.index_add_(0, owners[part].cpu(), -taken.double().cpu())
+                tokens.index_add_(0, owners[part].cpu(), torch.ones_like(taken, dtype=torch.float64).cpu())
+    finally:
+        model.train(was_training)
+    return (nll / tokens).float()  # 0/0: NaN for an empty answer
+
+
+#: The original model's surprise at answers (:func:`mean_surprise`), remembered per model for the life of the
+#: process: at its own baseline answers, kept while it generated them (:func:`alignlab.generation.generate_baseline`),
+#: so that the compare step reads them without a second pass.
+ANSWER_SURPRISE = ReferenceScores(score=mean_surprise)

@@ -388,3 +388,40 @@ def test_evidence_takes_the_kl_from_the_generation_and_falls_back_past_the_memor
     capped = generate_scored(tiny_chat, prompts, GenerationSettings(max_new_tokens=10), model=policy)
     assert capped.logps is None and capped.texts == answers.texts
     assert evidence(capped).kl_to_reference == 0.5 and len(calls) == 1  # the text path, without kept log-probs
+
+
+def test_the_original_models_surprise_is_kept_as_it_writes_and_read_from_the_kl_pass(tiny_chat, pairs):
+    from alignlab.generation import generate_baseline
+    from alignlab.logprobs import ANSWER_SURPRISE, mean_surprise
+
+    prompts = [p.prompt for p in pairs]
+    settings = GenerationSettings(max_new_tokens=10)
+    ANSWER_SURPRISE.clear()
+    baseline = generate_baseline(tiny_chat, prompts, settings)
+    assert baseline == generate(tiny_chat, prompts, settings)
+    assert (ANSWER_SURPRISE.hits, ANSWER_SURPRISE.misses, len(ANSWER_SURPRISE)) == (0, 0, len(prompts))
+    remembered = evaluation.answer_surprise(tiny_chat.model, tiny_chat, prompts, baseline)
+    assert ANSWER_SURPRISE.misses == 0  # read, not scored again
+    # the same figure as the reference's pass over the same answers (the policy's KL pass measures the after side)
+    same = generate_scored(tiny_chat, prompts, settings)
+    kl, surprise = evaluation.reference_pass(tiny_chat.model, tiny_chat, same)
+    assert kl == pytest.approx(0.0, abs=1e-5) and surprise == pytest.approx(remembered, abs=1e-3)
+    # without a generation to read, a forward over the answer's text as the model writes it (no end-of-turn token
+    # added): the mean negative log-likelihood of its tokens, as one plain forward computes it
+    from alignlab.logprobs import encode_answer
+
+    forward = mean_surprise(tiny_chat.model, tiny_chat, prompts, baseline).tolist()
+    for i, scored in enumerate(forward):
+        ids, start = encode_answer(tiny_chat, prompts[i], baseline[i])
+        with torch.no_grad():
+            logits = tiny_chat.model(torch.tensor([ids])).logits[0, start - 1 : -1].float()
+        nll = -torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[start:])[:, None]).mean()
+        assert scored == pytest.approx(float(nll), abs=1e-4)
+    # an answer the original model would never write surprises it more than its own
+    policy = _perturbed(tiny_chat.model)
+    drifted = generate_scored(tiny_chat, prompts, settings, model=policy)
+    evidence = gather_evidence(
+        policy, tiny_chat, pairs, prompts, drifted.texts, 0.1, scored_answers=drifted, baseline_outputs=baseline
+    )
+    assert evidence.answer_surprise["before"] == remembered and len(evidence.answer_surprise["after"]) == len(prompts)
+    assert "answer_surprise" not in evidence.to_dict()  # the report carries it in eval.degeneration

@@ -20,7 +20,7 @@ import gradio as gr
 import torch
 
 from alignlab import gpu
-from alignlab.generation import generate
+from alignlab.generation import generate_baseline
 from alignlab.lab import build_report, compare, run_probe
 from alignlab.models import LoadedModel, ModelLoadError, load_model
 from alignlab.pairs import DatasetError, TrainingData, pairs_from_dicts, thumbs_from_dicts
@@ -46,7 +46,7 @@ def baseline_job(spec: str, prompts: list[str], generation: dict[str, Any]) -> l
     """Load ``spec`` and answer every prompt in one batched call."""
     loaded = _load(spec)
     try:
-        return generate(loaded, prompts, GenerationSettings(**generation))
+        return generate_baseline(loaded, prompts, GenerationSettings(**generation))
     except GenerationSettingsError as exc:
         raise gr.Error(str(exc), title="Generation settings") from exc
 
