@@ -138,7 +138,8 @@ def _clean(source: str) -> Case:
         min_changed=1,
         why="clean labels at the defaults: the lab's own demo"
         if source != HH_SOURCE
-        else "real preference data, clean labels, at the defaults",
+        else "real preference data, clean labels, at the defaults; the clean target allows it to miss: six steps of"
+        " two pairs are few for HH harmlessness, whose chosen and rejected answers differ in little but stance",
         guards=source == OPENING,
     )
 
