@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup demo test test-fast lint format bench browser clean
+.PHONY: setup demo test test-fast lint format bench screenshots browser clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,10 @@ format: setup
 
 bench: setup
 	$(PY) -m bench $(ARGS)
+
+# The page at a phone's and a projector's size, before and after a run, into docs/screenshots/.
+screenshots: setup browser
+	$(PY) docs/screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-output bench/results

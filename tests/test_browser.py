@@ -96,6 +96,99 @@ WATCH_TRAINING = """() => {
 }"""
 
 
+PHONE = {"width": 390, "height": 844}
+PROJECTOR = {"width": 1280, "height": 720}
+STEP_TABS = ("1 · Baseline", "2 · Dataset", "3 · Train", "4 · Compare")
+#: The buttons a presenter presses in a demo, by the tab they sit on (None: the header, above every tab).
+DEMO_BUTTONS = {
+    None: ("Run the whole lab",),
+    "3 · Train": ("Start training", "Compare methods"),
+    "4 · Compare": ("Compare before and after",),
+}
+TITLE_BOX = """() => {
+    const title = document.querySelector('#header h1');
+    const word = document.createRange();
+    word.selectNodeContents(title);
+    return {box: title.getBoundingClientRect().width, word: word.getBoundingClientRect().width,
+            lines: new Set(Array.from(word.getClientRects(), (r) => Math.round(r.top))).size};
+}"""
+
+
+def sideways_scroll(page) -> int:
+    """How many pixels the page scrolls sideways (0: none)."""
+    return page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+
+
+def in_first_screen(page, name: str) -> bool:
+    """Whether the button ``name`` is visible without scrolling, the page at its top."""
+    page.evaluate("window.scrollTo(0, 0)")
+    button = page.get_by_role("button", name=name, exact=True)
+    box = button.bounding_box()
+    return (
+        button.is_visible()
+        and box is not None
+        and box["y"] >= 0
+        and box["y"] + box["height"] <= page.viewport_size["height"]
+    )
+
+
+def screens(page, output_dir: Path, what: str, tabs: dict[str, str | None]) -> None:
+    """Screenshots of the first screen at both sizes: ``screen-<size>-<name>.png`` for each of ``tabs``."""
+    for size, viewport in (("phone", PHONE), ("projector", PROJECTOR)):
+        page.set_viewport_size(viewport)
+        for name, tab in tabs.items():
+            if tab:
+                page.get_by_role("tab", name=tab).click()
+            page.evaluate("window.scrollTo(0, 0)")
+            page.screenshot(path=str(output_dir / f"screen-{size}-{name}{what}.png"))
+
+
+def test_on_a_phone_the_header_wraps_and_every_step_is_one_click_away(app, browser, output_dir: Path) -> None:
+    """390 × 844: the title on one line, the introduction full width, a normal-sized Run the whole lab button in
+    the first screen; every step one click away at 390 and 360 px, and no page that scrolls sideways."""
+    expect = playwright_api.expect
+    page = browser.new_page(viewport=PHONE)
+    page.goto(app[1])
+    expect(page.get_by_role("heading", name="AlignLab")).to_be_visible()
+    title = page.evaluate(TITLE_BOX)
+    assert title["lines"] == 1 and title["box"] >= title["word"], f"the title breaks inside the word: {title}"
+    header = page.locator("#header").bounding_box()
+    assert header["width"] >= PHONE["width"] * 0.8, f"the introduction is squeezed into {header['width']:.0f} px"
+    run_all = page.get_by_role("button", name="Run the whole lab").bounding_box()
+    assert run_all["height"] <= 80, f"the Run the whole lab button is {run_all['height']:.0f} px tall"
+    assert in_first_screen(page, "Run the whole lab")
+    for width in (PHONE["width"], 360):
+        page.set_viewport_size({"width": width, "height": PHONE["height"]})
+        for tab in STEP_TABS:  # each step in one click, none hidden in an overflow menu
+            step = page.get_by_role("tab", name=tab)
+            expect(step).to_be_visible()
+            step.click()
+            expect(step).to_have_attribute("aria-selected", "true")
+            assert sideways_scroll(page) <= 0, f"{tab} scrolls sideways at {width} px"
+    page.get_by_role("tab", name=STEP_TABS[0]).click()
+    screens(page, output_dir, "", {"open": None})
+    page.close()
+
+
+def test_on_a_projector_the_demo_buttons_are_in_the_first_screen(app, browser) -> None:
+    """1280 × 720: the buttons a presenter presses are visible from the top of their tab, the Train tab's
+    log, recipe export and map are folded."""
+    expect = playwright_api.expect
+    page = browser.new_page(viewport=PROJECTOR)
+    page.goto(app[1])
+    expect(page.get_by_role("heading", name="AlignLab")).to_be_visible()
+    for tab, buttons in DEMO_BUTTONS.items():
+        if tab:
+            page.get_by_role("tab", name=tab).click()
+        for name in buttons:
+            assert in_first_screen(page, name), f"{name} is below the first screen of {tab or 'the page'}"
+    page.get_by_role("tab", name="3 · Train").click()
+    for folded in ("#train-log", "#recipe-export", "#method-map"):  # the Train tab's less-used parts
+        expect(page.locator(folded)).to_be_hidden()
+    assert sideways_scroll(page) <= 0
+    page.close()
+
+
 def test_whole_journey_in_a_browser(page, output_dir: Path) -> None:
     expect = playwright_api.expect
     expect(page.get_by_role("heading", name="AlignLab")).to_be_visible()
@@ -111,7 +204,7 @@ def test_whole_journey_in_a_browser(page, output_dir: Path) -> None:
     # 2. Dataset: a bad edit is named by row, a good one makes the dataset ready again.
     page.get_by_role("tab", name="2 · Dataset").click()
     validation = page.locator("#dataset-validation")
-    expect(validation).to_contain_text("Ready: 13 training pairs, 6 held-out pairs")
+    expect(validation).to_contain_text("Ready: 13 training pairs, 14 held-out pairs")
     edit_cell(page, "#pairs-table", 0, 1, "Figure it out yourself.")
     expect(validation).to_contain_text("pairs row 1")
     expect(validation).to_contain_text("identical")
@@ -139,6 +232,7 @@ def test_whole_journey_in_a_browser(page, output_dir: Path) -> None:
     curves = {s["heldout"] for s in during_run}
     assert len(curves) >= 3, "the live held-out curve did not redraw while training ran"
     expect(page.locator("#train-health")).to_contain_text("Training health")
+    page.get_by_text("The log: every step's figures").click()  # folded by default
     expect(page.locator("#train-log")).to_contain_text(str(STEPS))
     page.screenshot(path=str(output_dir / "browser-3-train.png"), full_page=True)
 
@@ -149,7 +243,7 @@ def test_whole_journey_in_a_browser(page, output_dir: Path) -> None:
     expect(page.locator("#compare-table")).to_contain_text("Before training")
     expect(page.locator("#compare-table")).to_contain_text("What is the capital of France?")
     evidence = page.locator("#compare-evidence")
-    for reading in ("Held-out preference accuracy", "Contrast accuracy", "Capability", "KL drift", "Perplexity"):
+    for reading in ("Held-out pairs", "Contrast pairs", "Capability", "KL drift", "Perplexity"):
         expect(evidence).to_contain_text(reading)
     expect(evidence).to_contain_text("The answers themselves")
     expect(evidence).to_contain_text("distinct answers")
@@ -157,6 +251,16 @@ def test_whole_journey_in_a_browser(page, output_dir: Path) -> None:
     expect(page.locator("#compare-health code").first).to_be_visible()  # each finding shows its code
     expect(page.locator("#report-file a")).to_have_attribute("href", re.compile(r"alignlab-report\.json$"))
     page.screenshot(path=str(output_dir / "browser-4-compare.png"), full_page=True)
+
+    # The same run on a phone: nothing scrolls sideways, each answer before above its answer after.
+    page.set_viewport_size(PHONE)
+    for tab in STEP_TABS:
+        page.get_by_role("tab", name=tab).click()
+        assert sideways_scroll(page) <= 0, f"{tab} after a run scrolls sideways on a phone"
+    before = page.locator("#compare-table td.al-before").first.bounding_box()
+    after = page.locator("#compare-table td.al-after").first.bounding_box()
+    assert after["y"] >= before["y"] + before["height"] - 1 and after["width"] >= PHONE["width"] * 0.6
+    screens(page, output_dir, "-after-a-run", {"train": "3 · Train", "compare": "4 · Compare"})
 
 
 def test_out_of_order_then_the_whole_lab_then_closing_the_tab(app, browser) -> None:
@@ -232,6 +336,7 @@ def test_two_methods_compared_with_one_click(app, browser, output_dir: Path) -> 
     expect(overlay).to_contain_text("B · ORPO")
     page.locator("#comparison-axis").get_by_label("held-out accuracy").check()
     expect(overlay).to_contain_text("B · ORPO")
+    page.get_by_text("The map of methods").click()  # folded by default
     expect(page.locator("#method-map")).to_contain_text("DPO (run A)")
     expect(page.locator("#method-map")).to_contain_text("ORPO (run B)")
     page.screenshot(path=str(output_dir / "browser-5-comparison.png"), full_page=True)

@@ -33,7 +33,11 @@ HEADER = (
 CSS = """
 .gradio-container { font-size: 1.15rem; max-width: 1400px !important; }
 .al-intro p { font-size: 1.2rem; line-height: 1.5; }
+#header h1, #header p { overflow-wrap: normal; word-break: normal; }
 #train-status p, #compare-summary h2 { font-size: 1.35rem; }
+#comparison-run-row { align-items: end; }
+#comparison-run-row > button { flex-grow: 1; max-height: 3.2rem; }
+[role="tab"][aria-selected="true"] { font-weight: 700; background: var(--color-accent-soft); }
 table.al-compare { width: 100%; border-collapse: collapse; font-size: 1.1rem; }
 table.al-compare th { text-align: left; padding: 6px; border-bottom: 2px solid #888; width: 50%; }
 table.al-compare td { vertical-align: top; padding: 6px 8px; }
@@ -43,6 +47,22 @@ ins.al-ins { background: #dfd; color: #060; text-decoration: none; font-weight: 
 .al-badge { font-size: 0.85rem; padding: 1px 8px; border-radius: 10px; margin-left: 8px; font-weight: 500; }
 .al-changed { background: #2563eb; color: white; }
 .al-same { background: #ddd; color: #333; }
+@media (max-width: 720px) {
+  .gradio-container { font-size: 1rem; padding-left: 8px !important; padding-right: 8px !important; }
+  .al-intro p, #header p { font-size: 1rem; line-height: 1.45; }
+  #header-row { flex-direction: column; align-items: stretch; }
+  #header-row > * { min-width: 0 !important; width: 100%; }
+  #run-lab-button { flex: none !important; min-height: 0; }
+  [role="tab"] { padding: 0 10px !important; }
+  table.al-compare thead { display: none; }
+  table.al-compare tr, table.al-compare td { display: block; width: auto !important; }
+  table.al-compare td[data-label]::before {
+    content: attr(data-label); display: block; font-size: 0.85rem; font-weight: 600; color: #555;
+  }
+  table.al-compare td { border: none !important; }
+  .prose table { display: block; overflow-x: auto; max-width: 100%; }
+  .prose th, .prose td { overflow-wrap: normal; word-break: normal; min-width: 4.5em; }
+}
 """
 
 
@@ -183,19 +203,19 @@ def build_app() -> gr.Blocks:
     preset = default_preset()
     # delete_cache: Gradio's copies of downloads (reports, exports) older than 2 h, checked hourly.
     with gr.Blocks(title="AlignLab — see DPO change a model", delete_cache=(3600, 7200)) as demo:
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=True, elem_id="header-row"):
             gr.Markdown(HEADER, elem_id="header")
             run_all = gr.Button(
                 "Run the whole lab", variant="secondary", scale=0, min_width=260, elem_id="run-lab-button"
             )
-        with gr.Tabs() as tabs:
+        with gr.Tabs(overflow_behavior="wrap") as tabs:  # on a phone the steps wrap, none hidden in a menu
             with gr.Tab("1 · Baseline", id="baseline"):
                 baseline = baseline_tab.build(preset.eval_prompts)
             with gr.Tab("2 · Dataset", id="dataset"):
                 dataset = dataset_tab.build(preset)
             with gr.Tab("3 · Train", id="train"):
-                train = train_tab.build()
-                comparison = comparison_panel.build()
+                train, controls = train_tab.build(beside=comparison_panel.build_controls)
+                comparison = comparison_panel.build(controls)
             with gr.Tab("4 · Compare", id="compare"):
                 compare = compare_tab.build()
 

@@ -33,9 +33,9 @@ from alignlab.ui.views import finished_view, report_views, train_view
 DEFAULTS = TrainingSettings()
 INTRO = (
     "### Compare methods on the same pairs\n"
-    "Pick methods and press **Compare methods**: each trains with its own defaults on the pairs above, one after "
-    "another, and is compared with the same baseline. Their curves overlay below; the table fills in as each "
-    "finishes, and the **Compare** tab shows every run's answers side by side."
+    "Tick methods at the top of this tab and press **Compare methods**: each trains with its own defaults on the "
+    "pairs, one after another, and is compared with the same baseline. Their curves overlay below; the table fills "
+    "in as each finishes, and the **Compare** tab shows every run's answers side by side."
 )
 
 
@@ -212,23 +212,33 @@ def run_comparison(
 # --------------------------------------------------------------------------- layout and events
 
 
-def build() -> SimpleNamespace:
-    """The comparison panel, under the Train tab's own controls."""
+def build_controls() -> SimpleNamespace:
+    """The methods to compare, the steps per run and *Compare methods*: beside the Train tab's *Start training*."""
+    methods = gr.CheckboxGroup(
+        [(entry.title, name) for name, entry in METHODS.items()],
+        value=list(DEFAULT_METHODS),
+        label="Compare methods on the same pairs",
+        info="Each runs with its own β, learning rate and steps, one after another (see the map below).",
+        elem_id="comparison-methods",
+    )
+    with gr.Row(elem_id="comparison-run-row"):
+        steps = gr.Number(
+            None,
+            label="Steps per run",
+            info="Empty = each method's own.",
+            elem_id="comparison-steps",
+            scale=1,
+            min_width=160,
+        )
+        run = gr.Button("Compare methods", variant="primary", elem_id="comparison-button", scale=1, min_width=160)
+    return SimpleNamespace(methods=methods, steps=steps, run=run)
+
+
+def build(controls: SimpleNamespace) -> SimpleNamespace:
+    """The comparison's results under the Train tab's plots: its progress, the runs' curves overlaid, their table
+    and the map of methods; ``controls`` are the widgets :func:`build_controls` put at the top of the tab."""
     with gr.Accordion("Compare methods side by side", open=True, elem_id="comparison-panel"):
         gr.Markdown(INTRO)
-        with gr.Row():
-            methods = gr.CheckboxGroup(
-                [(entry.title, name) for name, entry in METHODS.items()],
-                value=list(DEFAULT_METHODS),
-                label="Methods",
-                info="Each runs with its own β, learning rate and steps (see the map below).",
-                elem_id="comparison-methods",
-                scale=3,
-            )
-            steps = gr.Number(
-                None, label="Steps per run", info="Empty = each method's own.", elem_id="comparison-steps", scale=1
-            )
-        run = gr.Button("Compare methods", variant="primary", elem_id="comparison-button")
         status = gr.Markdown(elem_id="comparison-status")
         axis = gr.Radio(list(OVERLAY_AXES), value="loss", label="Curves of every run on", elem_id="comparison-axis")
         overlay = gr.LinePlot(
@@ -241,10 +251,9 @@ def build() -> SimpleNamespace:
             elem_id="plot-overlay",
         )
         table = runs_panel.runs_table("runs of this comparison", "comparison-table")
-        method_map = gr.Markdown(runs_panel.map_markdown(), elem_id="method-map")
-    return SimpleNamespace(
-        methods=methods, steps=steps, run=run, status=status, axis=axis, overlay=overlay, table=table, map=method_map
-    )
+        with gr.Accordion("The map of methods", open=False, elem_id="map-panel"):
+            method_map = gr.Markdown(runs_panel.map_markdown(), elem_id="method-map")
+    return SimpleNamespace(**vars(controls), status=status, axis=axis, overlay=overlay, table=table, map=method_map)
 
 
 def wire(

@@ -43,7 +43,8 @@ def comparison_html(prompts: list[str], before: list[str], after: list[str]) -> 
         )
         rows.append(
             f'<tr class="al-row"><td colspan="2" class="al-prompt">{i}. {html.escape(prompt)} {badge}</td></tr>'
-            f'<tr><td class="al-before">{left}</td><td class="al-after">{right}</td></tr>'
+            f'<tr><td class="al-before" data-label="Before training">{left}</td>'
+            f'<td class="al-after" data-label="After training">{right}</td></tr>'
         )
     return (
         '<table class="al-compare"><thead><tr><th>Before training</th><th>After training</th></tr></thead>'
@@ -59,12 +60,12 @@ def runs_html(prompts: list[str], baseline: list[str], runs: list[tuple[str, lis
     head = "".join(f'<th style="width:{width}">{html.escape(title)}</th>' for title, _ in runs)
     rows = []
     for i, (prompt, old) in enumerate(zip(prompts, baseline)):
-        cells = [f'<td class="al-before">{html.escape(old) or "<em>(empty)</em>"}</td>']
+        cells = [f'<td class="al-before" data-label="Baseline">{html.escape(old) or "<em>(empty)</em>"}</td>']
         changed = 0
-        for _, texts in runs:
+        for title, texts in runs:
             new = texts[i] if i < len(texts) else ""
             changed += old.strip() != new.strip()
-            cells.append(f'<td class="al-after">{word_diff(old, new)[1]}</td>')
+            cells.append(f'<td class="al-after" data-label="{html.escape(title)}">{word_diff(old, new)[1]}</td>')
         badge = f'<span class="al-badge al-changed">{changed} of {len(runs)} runs changed it</span>'
         rows.append(
             f'<tr class="al-row"><td colspan="{len(runs) + 1}" class="al-prompt">{i + 1}. {html.escape(prompt)} '

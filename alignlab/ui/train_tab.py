@@ -7,7 +7,7 @@ export below the plots is :mod:`alignlab.ui.recipe_panel`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,13 +25,19 @@ from alignlab.ui.inputs import pairs_from_table, settings_from_inputs, with_adap
 from alignlab.ui.views import finished_view, train_view
 
 INTRO = (
-    "**Step 3 — Train.** DPO raises the likelihood of each *chosen* answer relative to the *rejected* one. "
-    "**β is the leash:** a small β lets the model drift far from the original, a large β holds it close. "
-    "Pick another **method** to see the map's alternatives on the same pairs: IPO, KTO (thumbs up/down: each "
-    "pair's answers rated alone), ORPO and SimPO (no reference model), and RLHF (a reward model trained on the "
-    "pairs, then online RL against it on the pairs' prompts)."
+    "**Step 3 — Train.** DPO raises the likelihood of each *chosen* answer relative to the *rejected* one; "
+    "**β is the leash** that holds the model near the original. Train one method, or tick several and compare them "
+    "on the same pairs: IPO, KTO (thumbs up/down), ORPO and SimPO (no reference model), RLHF (a reward model, then "
+    "online RL)."
 )
 DEFAULTS = TrainingSettings()
+#: Above the live curve's two plots, whose titles stay short enough for a phone.
+CURVE_CAPTION = (
+    "**The live held-out curve**: pairs never trained on (held-out, and contrast pairs with the cue on the wrong "
+    "side), scored every few steps. The share ranked right should rise and stay up; the mean margin between "
+    "chosen and rejected, with its 95% interval, should rise and level off. RLHF's rewards are its sampled "
+    "answers' reward and KL."
+)
 
 
 # --------------------------------------------------------------------------- handlers
@@ -160,49 +166,58 @@ def knob_widget(name: str, **kwargs: Any) -> gr.Number:
     return gr.Number(getattr(DEFAULTS, name), label=knob.label, info=knob.info(), **kwargs)
 
 
-def build() -> SimpleNamespace:
+def build(beside: Callable[[], SimpleNamespace]) -> tuple[SimpleNamespace, SimpleNamespace]:
+    """The tab's widgets, and what ``beside`` builds next to the method and *Start training* (the comparison's
+    controls), so that a presenter finds both buttons in the first screen of the tab."""
     gr.Markdown(INTRO, elem_classes="al-intro")
-    method = gr.Dropdown(
-        method_choices(),
-        value=DEFAULT_METHOD,
-        label="Method",
-        info="Each on TRL's own trainer; picking one sets its own β, learning rate and steps.",
-        allow_custom_value=True,  # an API client's unknown name gets the list of known ones from settings_from_inputs
-        elem_id="train-method",
-    )
-    with gr.Row():
-        beta = knob_widget("beta")
-        learning_rate = knob_widget("learning_rate")
-        steps = knob_widget("steps")
-        batch_size = knob_widget("batch_size")
-    with gr.Row():
-        loss_type = gr.Dropdown(
-            [(f"{name} — {text}", name) for name, text in LOSS_TYPES.items()],
-            value=DEFAULTS.loss_type,
-            label="Loss type",
-            info="sigmoid is the original DPO.",
-            scale=3,
-        )
-        sft_weight = knob_widget("sft_weight", scale=1)
-        seed = knob_widget("seed", scale=1)
-    adapter = build_adapter_controls()
-    with gr.Row():
-        start = gr.Button("Start training", variant="primary", elem_id="train-start")
-        stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+    with gr.Row(elem_id="train-top"):
+        with gr.Column(scale=3, min_width=300):
+            method = gr.Dropdown(
+                method_choices(),
+                value=DEFAULT_METHOD,
+                label="Method",
+                info="Each on TRL's own trainer; picking one sets its own β, learning rate and steps.",
+                allow_custom_value=True,  # an API client's unknown name gets the list of known ones
+                elem_id="train-method",
+            )
+            with gr.Row():
+                start = gr.Button("Start training", variant="primary", elem_id="train-start", min_width=140)
+                stop = gr.Button("Stop", variant="stop", elem_id="train-stop", min_width=100)
+        with gr.Column(scale=2, min_width=300, elem_id="train-beside"):
+            side = beside()
     status = gr.Markdown(
         "Press **Start training** once the baseline is recorded.", label="status", elem_id="train-status"
     )
+    with gr.Accordion("Settings: β, learning rate, steps, batch, loss, seed, LoRA", open=True, elem_id="settings"):
+        with gr.Row():
+            beta = knob_widget("beta")
+            learning_rate = knob_widget("learning_rate")
+            steps = knob_widget("steps")
+            batch_size = knob_widget("batch_size")
+        with gr.Row():
+            loss_type = gr.Dropdown(
+                [(f"{name} — {text}", name) for name, text in LOSS_TYPES.items()],
+                value=DEFAULTS.loss_type,
+                label="Loss type",
+                info="sigmoid is the original DPO.",
+                scale=3,
+            )
+            sft_weight = knob_widget("sft_weight", scale=1)
+            seed = knob_widget("seed", scale=1)
+        with gr.Accordion("LoRA and QLoRA adapters", open=False, elem_id="adapter-panel"):
+            adapter = build_adapter_controls()
     curves = _build_plots()
     health = gr.Markdown(label="health", elem_id="train-health")
-    log_table = gr.Dataframe(
-        headers=list(plots.LOG_COLUMNS),
-        interactive=False,
-        label="log",
-        elem_id="train-log",
-        max_height=300,
-    )
+    with gr.Accordion("The log: every step's figures", open=False, elem_id="log-panel"):
+        log_table = gr.Dataframe(
+            headers=list(plots.LOG_COLUMNS),
+            interactive=False,
+            label="log",
+            elem_id="train-log",
+            max_height=300,
+        )
     recipe = recipe_panel.build()
-    return SimpleNamespace(
+    tab = SimpleNamespace(
         **vars(adapter),
         **vars(recipe),
         method=method,
@@ -220,6 +235,7 @@ def build() -> SimpleNamespace:
         log_table=log_table,
         health=health,
     )
+    return tab, side
 
 
 def _build_plots() -> SimpleNamespace:
@@ -233,7 +249,7 @@ def _build_plots() -> SimpleNamespace:
         margin_plot = gr.LinePlot(
             y="margin",
             label="margin plot",
-            title="Reward margin: chosen − rejected (should rise)",
+            title="Reward margin (should rise)",
             elem_id="plot-margin",
             **plot,
         )
@@ -242,24 +258,25 @@ def _build_plots() -> SimpleNamespace:
             y="reward",
             color="answer",
             label="rewards plot",
-            title="Rewards: chosen vs rejected (RLHF: sampled answers' reward, and KL)",
+            title="Rewards: chosen vs rejected",
             elem_id="plot-rewards",
             **plot,
         )
         accuracy_plot = gr.LinePlot(
             y="accuracy",
             label="accuracy plot",
-            title="Reward accuracy (running mean)",
+            title="Reward accuracy so far",
             y_lim=[0, 1],
             elem_id="plot-accuracy",
             **plot,
         )
+    gr.Markdown(CURVE_CAPTION, elem_classes="al-caption")
     with gr.Row():
         heldout_plot = gr.LinePlot(
             y="accuracy",
             color="pairs",
             label="held-out plot",
-            title="Held-out pairs ranked right, never trained on (scored every few steps; should rise, stay up)",
+            title="Held-out pairs ranked right",
             y_lim=[0, 1],
             elem_id="plot-heldout",
             **plot,
@@ -269,7 +286,7 @@ def _build_plots() -> SimpleNamespace:
             color="pairs",
             color_map=SEPARATION_COLORS,
             label="separation plot",
-            title="How far apart: mean margin, chosen − rejected, with its 95% interval (rises, levels off)",
+            title="Held-out margin, 95% interval",
             elem_id="plot-separation",
             **plot,
         )
