@@ -57,6 +57,30 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--dataset", help="a preset-format JSON file, or JSON/JSONL/CSV pairs")
 
 
+def _add_tracking(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--project",
+        default=None,
+        help="trackio project for the run(s) (default: $ALIGNLAB_TRACKIO_PROJECT, else alignlab)",
+    )
+    parser.add_argument("--no-track", action="store_true", help="do not record the run(s) in trackio")
+
+
+def _tracking_project(args: argparse.Namespace) -> tuple[bool, str | None]:
+    """(track, project) from ``--no-track`` and ``--project``, the project name checked before any work."""
+    from alignlab.tracking import check_project, project_name
+
+    if args.no_track:
+        return False, None
+    project = project_name(args.project)
+    if project is None:
+        return False, None
+    try:
+        return True, check_project(project)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
 def _add_answer_length(parser: argparse.ArgumentParser) -> None:
     from alignlab.settings import GenerationSettings
 
@@ -115,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
         help="auto = bf16 on a GPU that has it, else fp32 (default auto)",
     )
     _add_answer_length(lab)
+    _add_tracking(lab)
     lab.add_argument("--out", help="write the report JSON here")
 
     _add_compare_parser(sub)
@@ -155,6 +180,7 @@ def _add_compare_parser(sub: Any) -> None:
     )
     compare.add_argument("--seed", type=int, default=defaults.seed, help=_knob_help("seed", defaults.seed))
     _add_answer_length(compare)
+    _add_tracking(compare)
     compare.add_argument("--out", help='write {"runs": [report, ...]} here')
 
 
@@ -259,6 +285,11 @@ def format_report(report: dict[str, Any]) -> str:
     if health.get("best_step") is not None:
         lines.append(f"  best held-out step: {health['best_step']}")
     lines.append(_timings_text(report["timings"]))
+    tracked = report.get("tracking")
+    if tracked:
+        lines.append(_wrap(tracked["dashboard"], "", ""))
+        if tracked.get("failed"):
+            lines.append(_wrap(f"trackio: {tracked['failed']}; the run went on untracked.", "", ""))
     return "\n".join(lines)
 
 
@@ -312,7 +343,7 @@ def _dataset(args: argparse.Namespace) -> Any:
 def _run_lab(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from alignlab.lab import run_lab
+    from alignlab.lab import run_lab, start_tracking
     from alignlab.trl_rows import trained_on
 
     settings = _training_settings(args, max_length=args.max_length, use_lora=args.lora, precision=args.precision)
@@ -320,6 +351,7 @@ def _run_lab(args: argparse.Namespace) -> int:
     preset = _dataset(args)
     used = trained_on(preset.training_data, settings)  # a paired method on thumbs that form no pair stops here
     _check_out(args.out)
+    track, project = _tracking_project(args)
 
     print(
         f"AlignLab: {args.model} on '{preset.id}' ({len(preset.pairs)} pairs, {len(preset.heldout_pairs)} held out), "
@@ -364,8 +396,11 @@ def _run_lab(args: argparse.Namespace) -> int:
         bar["bar"].set_postfix({k: v if isinstance(v, str) else f"{v:+.3f}" for k, v in shown.items()}, refresh=False)
         bar["bar"].update(event.step - bar["bar"].n)  # draws the step with its own figures
 
+    tracker = start_tracking(preset, settings, args.model, project) if track else None
     try:
-        report, _ = run_lab(args.model, preset, settings, generation, on_stage=on_stage, on_event=on_event)
+        report, _ = run_lab(
+            args.model, preset, settings, generation, on_stage=on_stage, on_event=on_event, tracker=tracker
+        )
     finally:
         if "bar" in bar:
             bar["bar"].close()
@@ -398,6 +433,10 @@ def format_comparison(result: dict[str, Any]) -> str:
         for report, table_row in zip(reports, result["table"]):
             codes = ", ".join(report["health"].get("codes") or []) or "no findings"
             lines.append(f"  {table_row['run']} {table_row['method']}: {table_row['verdict'].upper()} ({codes})")
+        tracked = [r["tracking"] for r in reports if r.get("tracking")]
+        if tracked:
+            names = ", ".join(f"`{t['run']}`" for t in tracked)
+            lines.append(_wrap(f"Tracked in trackio: project `{tracked[0]['project']}`, runs {names}.", "", ""))
     lines.append(_timings_text(result["timings"]))
     return "\n".join(lines)
 
@@ -419,6 +458,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     for run_settings in settings:  # a paired method on thumbs rows that form no pair stops here, before any run
         trained_on(preset.training_data, run_settings)
     _check_out(args.out)
+    track, project = _tracking_project(args)
     print(
         f"AlignLab: comparing {', '.join(s.method_label for s in settings)} with {args.model} on '{preset.id}' "
         f"({len(preset.pairs)} pairs, {len(preset.heldout_pairs)} held out)"
@@ -454,7 +494,15 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     try:
         result = run_comparison(
-            args.model, preset, settings, generation, on_run=on_run, on_stage=on_stage, on_event=on_event
+            args.model,
+            preset,
+            settings,
+            generation,
+            on_run=on_run,
+            on_stage=on_stage,
+            on_event=on_event,
+            track=track,
+            project=project,
         )
     finally:
         if "bar" in bar:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from alignlab.lab import load_and_baseline, train_and_compare
+from alignlab.lab import load_and_baseline, start_tracking, train_and_compare
 from alignlab.methods import LOSS_TYPES, METHODS
 from alignlab.presets import Preset
 from alignlab.runrecord import evidence_row, run_label
@@ -90,8 +90,12 @@ def run_comparison(
     on_stage: Callable[[str], None] | None = None,
     on_event: Callable[[TrainingEvent], None] | None = None,
     cancel: CancelToken | None = None,
+    track: bool = False,
+    project: str | None = None,
 ) -> dict[str, Any]:
     """Load the model and record its baseline once, then train and compare each settings in turn.
+
+    With ``track`` each run is a trackio run (under ``project``; see :mod:`alignlab.tracking`).
 
     Returns ``{"runs": [report, ...], "table": [evidence row, ...], "timings": {...}}``. A cancelled
     comparison returns the runs finished so far (and the stopped one, if it made a step).
@@ -106,8 +110,9 @@ def run_comparison(
         if on_run is not None:
             on_run(index, run_settings)
         run = {"label": run_label(index + 1), "index": index + 1, "of": len(settings)}
+        tracker = start_tracking(preset, run_settings, model_spec, project, run["label"]) if track else None
         report, result = train_and_compare(
-            loaded, preset, run_settings, generation, baseline, shared, on_stage, on_event, cancel, run
+            loaded, preset, run_settings, generation, baseline, shared, on_stage, on_event, cancel, run, tracker
         )
         del result  # each run's policy is a full copy of the model: free it before the next one
         gc.collect()

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from alignlab import tracking
 from alignlab.degeneration import degeneration_report
 from alignlab.evaluation import Evidence, count_changed, gather_evidence
 from alignlab.findings import RunFacts, training_accuracy
@@ -22,6 +23,7 @@ from alignlab.pairs import DatasetError
 from alignlab.presets import Preset, capability_probe, heldout_unavailable, validate_preset
 from alignlab.probes import PreferenceProbe
 from alignlab.settings import GenerationSettings, TrainingSettings
+from alignlab.tracking import RunTracker
 from alignlab.training import CancelToken, TrainingEvent, TrainingResult, train_policy
 
 STAGES = ("load_model", "baseline", "train", "evaluate")
@@ -187,21 +189,56 @@ def train_and_compare(
     on_event: Callable[[TrainingEvent], None] | None = None,
     cancel: CancelToken | None = None,
     run: dict[str, Any] | None = None,
+    tracker: RunTracker | None = None,
 ) -> tuple[dict[str, Any], TrainingResult]:
-    """Steps 3 and 4 on a loaded model whose baseline is recorded: train ``settings``, compare, report."""
+    """Steps 3 and 4 on a loaded model whose baseline is recorded: train ``settings``, compare, report.
+
+    With a ``tracker`` the run's steps, then its evidence and verdict, go to trackio (see :mod:`alignlab.tracking`).
+    """
     timings = dict(timings)
     started = _stage(on_stage, "train")
     probe = run_probe(loaded, preset, settings)
     live = probe.curve_point if preset.heldout_pairs or preset.contrast_pairs else None
-    result = train_policy(loaded, preset.training_data, settings, on_event=on_event, cancel=cancel, probe=live)
+    events = _tracked(on_event, tracker)
+    result = train_policy(loaded, preset.training_data, settings, on_event=events, cancel=cancel, probe=live)
     timings["train"] = time.perf_counter() - started
+    if tracker is not None:
+        tracker.end_training(result.steps_done, result.seconds, result.stopped_early)
 
     started = _stage(on_stage, "evaluate")
     aligned, evidence = compare(loaded, result, preset, generation, probe=probe, baseline=baseline)
     timings["evaluate"] = time.perf_counter() - started
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
     report = build_report(loaded, preset, settings, generation, baseline, aligned, result, evidence, timings, run)
+    if tracker is not None:
+        tracker.log_report(report)
+        report["tracking"] = tracker.summary()
     return report, result
+
+
+def _tracked(
+    on_event: Callable[[TrainingEvent], None] | None, tracker: RunTracker | None
+) -> Callable[[TrainingEvent], None] | None:
+    """``on_event``, with each logged step also sent to ``tracker``."""
+    if tracker is None:
+        return on_event
+
+    def both(event: TrainingEvent) -> None:
+        if event.kind == "log":
+            tracker.log_row(event.row)
+        if on_event is not None:
+            on_event(event)
+
+    return both
+
+
+def start_tracking(
+    preset: Preset, settings: TrainingSettings, model_spec: str, project: str | None = None, label: str = ""
+) -> RunTracker | None:
+    """A trackio run for a lab run of ``settings`` on ``preset`` (None when tracking is off)."""
+    name = tracking.run_name(preset.id, label, settings.method)
+    config = tracking.run_config(label or settings.method_label, settings.to_dict(), preset=preset.id, model=model_spec)
+    return tracking.start(name, settings.method, config, project)
 
 
 def _stage(on_stage: Callable[[str], None] | None, name: str) -> float:
@@ -238,9 +275,12 @@ def run_lab(
     on_stage: Callable[[str], None] | None = None,
     on_event: Callable[[TrainingEvent], None] | None = None,
     cancel: CancelToken | None = None,
+    tracker: RunTracker | None = None,
 ) -> tuple[dict[str, Any], TrainingResult]:
-    """Run the whole lab headless; returns (report, training result)."""
+    """Run the whole lab headless; returns (report, training result). ``tracker``: see :func:`train_and_compare`."""
     settings = settings or TrainingSettings()
     generation = generation or GenerationSettings()
     loaded, baseline, timings = load_and_baseline(model_spec, preset, generation, on_stage)
-    return train_and_compare(loaded, preset, settings, generation, baseline, timings, on_stage, on_event, cancel)
+    return train_and_compare(
+        loaded, preset, settings, generation, baseline, timings, on_stage, on_event, cancel, tracker=tracker
+    )

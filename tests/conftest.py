@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+#: The tests' own trackio store (trackio reads TRACKIO_DIR once, when first imported).
+TRACKIO_STORE = Path(tempfile.mkdtemp(prefix="alignlab-trackio-"))
+os.environ["TRACKIO_DIR"] = str(TRACKIO_STORE)
+os.environ.pop("ALIGNLAB_TRACKIO_PROJECT", None)
+#: The trackio projects of the shared runs below: the tiny model's comparison and the embedded model's cases.
+TINY_PROJECT = "alignlab-tiny"
+EMBEDDED_PROJECT = "alignlab-embedded"
 
 from alignlab.memory import keep_freed_memory  # noqa: E402
 from alignlab.models import LoadedModel, load_model  # noqa: E402
@@ -53,7 +61,14 @@ def tiny_comparison(tiny_chat_dir: Path) -> dict:
     from alignlab.settings import GenerationSettings
 
     settings = comparison_settings(list(METHODS), steps=2)
-    return run_comparison(str(tiny_chat_dir), load_preset("seed-lab"), settings, GenerationSettings(max_new_tokens=6))
+    return run_comparison(
+        str(tiny_chat_dir),
+        load_preset("seed-lab"),
+        settings,
+        GenerationSettings(max_new_tokens=6),
+        track=True,
+        project=TINY_PROJECT,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +81,7 @@ def embedded_runs():
     a full copy of the model)."""
     import gc
 
-    from alignlab.lab import load_and_baseline, train_and_compare
+    from alignlab.lab import load_and_baseline, start_tracking, train_and_compare
     from alignlab.model_shapes import EMBEDDED_DEFAULT
     from alignlab.settings import GenerationSettings, TrainingSettings
     from bench.calibration import source_dataset
@@ -81,7 +96,11 @@ def embedded_runs():
                 baselines[case.source] = load_and_baseline(EMBEDDED_DEFAULT, source_dataset(case.source), generation)
             loaded, baseline, timings = baselines[case.source]
             settings = TrainingSettings.for_method(case.method, **case.settings)
-            report, result = train_and_compare(loaded, case.dataset(), settings, generation, baseline, timings)
+            dataset = case.dataset()
+            tracker = start_tracking(dataset, settings, EMBEDDED_DEFAULT, EMBEDDED_PROJECT, case.slug)
+            report, result = train_and_compare(
+                loaded, dataset, settings, generation, baseline, timings, tracker=tracker
+            )
             del result
             gc.collect()
             reports[case.name] = report

@@ -342,6 +342,27 @@ def test_two_sessions_do_not_see_each_others_state(app, trained) -> None:
     assert "answers changed" in trained.predict(api_name="/compare")[0]  # the first session is unaffected
 
 
+def test_two_visitors_runs_are_tracked_apart(app) -> None:
+    """Two visitors start the same lab: the training is shared, but each has a trackio run of their own, with
+    every step, the evidence and the verdict, and neither run holds the other's rows."""
+    from trackio.sqlite_storage import SQLiteStorage
+
+    _, url = app
+    jobs = [Client(url, verbose=False).submit(preset="warm-tone", steps=2, max_new_tokens=6, api_name="/run_lab")]
+    jobs.append(Client(url, verbose=False).submit(preset="warm-tone", steps=2, max_new_tokens=6, api_name="/run_lab"))
+    reports = [job.result(timeout=300) for job in jobs]
+    names = [report["tracking"]["run"] for report in reports]
+    assert names[0] != names[1] and all(report["tracking"]["project"] == "alignlab" for report in reports)
+    keys = [name.removeprefix("warm-tone-").split("-")[0] for name in names]
+    assert keys[0] != keys[1]  # each name carries its own session's key
+    for report, name in zip(reports, names):
+        logs = SQLiteStorage.get_logs("alignlab", name)
+        assert [row["step"] for row in logs if "loss" in row] == [1, 2]
+        assert [row["verdict"] for row in logs if "verdict" in row] == [report["health"]["verdict"]]
+        assert SQLiteStorage.get_run_config("alignlab", name)["preset"] == "warm-tone"
+    assert f"run `{names[0]}`" in reports[0]["tracking"]["dashboard"]
+
+
 def test_run_lab_returns_the_report_and_fills_the_session(app) -> None:
     demo, url = app
     client = Client(url, verbose=False)

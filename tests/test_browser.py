@@ -240,6 +240,7 @@ def test_whole_journey_in_a_browser(page, output_dir: Path) -> None:
     page.get_by_role("tab", name="4 · Compare").click()
     page.get_by_role("button", name="Compare before and after").click()
     expect(page.locator("#compare-summary")).to_contain_text("answers changed")
+    expect(page.locator("#compare-summary")).to_contain_text("Tracked in trackio: project alignlab")
     expect(page.locator("#compare-table")).to_contain_text("Before training")
     expect(page.locator("#compare-table")).to_contain_text("What is the capital of France?")
     evidence = page.locator("#compare-evidence")

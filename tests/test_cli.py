@@ -45,6 +45,7 @@ def test_presets_are_listed():
         (["--preset", "seed-lab", "--method", "dpo", "--beta", "2"], "beta must be between 0.01 and 1.0"),
         (["--preset", "seed-lab", "--model", "/no/such/model"], "There is no directory"),
         (["--dataset", "/no/such/file.jsonl"], "There is no file"),
+        (["--preset", "seed-lab", "--project", "../elsewhere"], "trackio project '../elsewhere': use letters"),
     ],
 )
 def test_bad_input_ends_with_one_clear_message(capsys, args, message):
@@ -94,6 +95,7 @@ def test_lab_on_tiny_model_writes_every_report_field(tmp_path, tiny_chat_dir, ca
         assert words in printed, words
     assert "=== The answers themselves" in printed and "distinct answers" in printed
     report = json.loads(out.read_text())
+    assert f"Tracked in trackio: project `alignlab`, run `{report['tracking']['run']}`" in printed
     assert set(report) >= REPORT_KEYS
     assert set(report["eval"]) >= EVAL_KEYS
     assert set(report["eval"]["degeneration"]) >= DEGENERATION_KEYS

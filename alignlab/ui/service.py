@@ -24,8 +24,10 @@ from typing import Any
 
 import gradio as gr
 
+from alignlab import tracking
 from alignlab.pairs import DatasetError, PreferencePair, TrainingData, UnpairedRow, pairs_from_dicts
 from alignlab.presets import Preset, load_preset, validate_eval_prompts, validate_preset
+from alignlab.runrecord import run_label
 from alignlab.settings import TrainingSettings
 from alignlab.sharing import Finished, Member, Published, Waiting
 from alignlab.trl_rows import trained_on
@@ -188,7 +190,21 @@ def train(
     session.capability_pairs = pairs_from_dicts(probes["capability_pairs"])
     session.preset_id = probes["preset"]
     run = session.run = Run(member=member)
+    start_tracking(session, settings)
     return _follow_training(session, settings, member, run, len(pairs))
+
+
+def start_tracking(session: Session, settings: TrainingSettings) -> None:
+    """The run's trackio run, named for this session (its key's start) and the run's label: no other visitor's
+    run can share the name. The previous run's, if still open, is closed."""
+    if session.tracker is not None:
+        session.tracker.finish()
+    label = run_label(session.runs_started + 1)
+    name = tracking.run_name(session.preset_id or "custom", session.key[:8], label, settings.method)
+    config = tracking.run_config(
+        f"{label} · {settings.method_label}", settings.to_dict(), preset=session.preset_id, model=session.model_spec
+    )
+    session.tracker = tracking.start(name, settings.method, config)
 
 
 def _follow_training(
@@ -260,10 +276,16 @@ def record(
     session: Session, settings: TrainingSettings, rows: list[dict[str, Any]], event: dict[str, Any], member: Member
 ) -> None:
     """Keep a streamed event in the session: a log row, or the finished run and where its policy is."""
+    tracker = session.tracker
     if event["kind"] == "log":
         rows.append(event["row"])
         session.log_rows = rows
+        if tracker is not None:
+            tracker.log_row(event["row"])
         return
+    if tracker is not None:
+        stopped = bool(event.get("stopped_early"))
+        tracker.end_training(event.get("steps_done") or 0, event.get("seconds") or 0.0, stopped)
     session.training = {key: value for key, value in event.items() if key not in _EVENT_ONLY}
     session.training["settings"] = settings.to_dict()
     session.timings["train"] = event["seconds"]
@@ -325,6 +347,9 @@ def compare(session: Session, progress: gr.Progress | None = None) -> tuple[dict
     )
     report = runs.compare(session, preset.to_dict(), progress)  # waits its turn; shared with identical sessions
     runs.end_lab(session)
+    if session.tracker is not None:
+        session.tracker.log_report(report)
+        report = {**report, "tracking": session.tracker.summary()}
     record = session.latest_run
     if record is not None and record.training is session.training:  # the run this report describes
         report = {**report, "run": {"label": record.label, "index": session.runs_started, "of": session.runs_started}}

@@ -24,6 +24,7 @@ from typing import Any
 
 from alignlab.pairs import PreferencePair, UnpairedRow
 from alignlab.runrecord import MAX_RUNS, RunRecord, run_label
+from alignlab.tracking import RunTracker
 from alignlab.training import CancelToken
 
 #: Cancel tokens of the runs in progress, by run id. A heavy job looks its token up here: in the
@@ -103,6 +104,8 @@ class Session:
     side); the last one is the run ``training`` and ``report`` describe."""
     runs_started: int = 0
     """Runs recorded in this session so far: the next run's label is ``run_label(runs_started + 1)``."""
+    tracker: RunTracker | None = None
+    """The trackio run of the session's latest training (its steps, then its evidence once compared)."""
 
     @property
     def training_now(self) -> bool:

@@ -100,6 +100,11 @@ def report_views(report: dict[str, Any], report_path: str | None) -> tuple:
     after = [row["text"] for row in report["aligned_outputs"]]
     stopped = " (training was stopped early)" if report["settings"].get("stopped_early") else ""
     summary = f"## {report['changed']} of {len(prompts)} answers changed{stopped}"
+    tracked = report.get("tracking")
+    if tracked:
+        summary += f"\n{tracked['dashboard']}"
+        if tracked.get("failed"):
+            summary += f" (trackio stopped recording it: {tracked['failed']}; the run itself went on.)"
     return (
         summary,
         comparison_html(prompts, before, after),
