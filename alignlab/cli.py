@@ -141,6 +141,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_answer_length(lab)
     _add_tracking(lab)
     lab.add_argument("--out", help="write the report JSON here")
+    lab.add_argument("--save-model", metavar="DIR", help="save the aligned model with its model card in DIR")
+    lab.add_argument("--overwrite", action="store_true", help="let --save-model replace a folder that is not empty")
+    lab.add_argument(
+        "--push-to", metavar="OWNER/NAME", help="push the saved model to this Hub repo (private; token: $HF_TOKEN)"
+    )
 
     _add_compare_parser(sub)
     sub.add_parser("presets", help="list the presets")
@@ -352,6 +357,7 @@ def _run_lab(args: argparse.Namespace) -> int:
     used = trained_on(preset.training_data, settings)  # a paired method on thumbs that form no pair stops here
     _check_out(args.out)
     track, project = _tracking_project(args)
+    _check_save(args)
 
     print(
         f"AlignLab: {args.model} on '{preset.id}' ({len(preset.pairs)} pairs, {len(preset.heldout_pairs)} held out), "
@@ -398,13 +404,57 @@ def _run_lab(args: argparse.Namespace) -> int:
 
     tracker = start_tracking(preset, settings, args.model, project) if track else None
     try:
-        report, _ = run_lab(
+        report, result = run_lab(
             args.model, preset, settings, generation, on_stage=on_stage, on_event=on_event, tracker=tracker
         )
     finally:
         if "bar" in bar:
             bar["bar"].close()
-    return _show_and_write(format_report(report), report, args.out, "Report")
+    code = _show_and_write(format_report(report), report, args.out, "Report")
+    if args.save_model:
+        return max(code, _save_model(args, report, result))
+    return code
+
+
+def _check_save(args: argparse.Namespace) -> None:
+    """--save-model, --push-to: the folder, the repo id and the token checked before any work."""
+    import os
+
+    from alignlab.export import ExportError, check_repo_id, check_target
+
+    if args.push_to and not args.save_model:
+        raise CliError("--push-to pushes the folder --save-model writes: give --save-model DIR too.")
+    try:
+        if args.save_model:
+            check_target(args.save_model, args.overwrite)
+        if args.push_to:
+            check_repo_id(args.push_to)
+            if not os.environ.get("HF_TOKEN"):
+                raise ExportError("--push-to needs a Hugging Face token with write access in $HF_TOKEN.")
+    except ExportError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _save_model(args: argparse.Namespace, report: dict[str, Any], result: Any) -> int:
+    """Save the run's policy and its card; push it where asked. 1 when the push failed (the folder is kept)."""
+    import os
+
+    from alignlab.export import ExportError, push_folder, save_model
+    from alignlab.models import load_model
+
+    folder = save_model(
+        report, args.save_model, policy=result.policy, tokenizer=load_model(args.model).tokenizer, overwrite=True
+    )
+    print(f"Model saved to {folder} (weights, tokenizer, generation config, model card README.md)")
+    if not args.push_to:
+        return 0
+    try:
+        url = push_folder(folder, args.push_to, os.environ.get("HF_TOKEN"))
+    except ExportError as exc:
+        print(f"error: {exc} The model is saved in {folder}.", file=sys.stderr)
+        return 1
+    print(f"Pushed to {url}")
+    return 0
 
 
 def _check_out(out: str | None) -> None:

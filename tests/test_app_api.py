@@ -33,6 +33,8 @@ ENDPOINTS = {
     "/stop",
     "/export_recipe",
     "/run_comparison",
+    "/export_model",
+    "/export_dataset",
 }
 
 
@@ -361,6 +363,55 @@ def test_two_visitors_runs_are_tracked_apart(app) -> None:
         assert [row["verdict"] for row in logs if "verdict" in row] == [report["health"]["verdict"]]
         assert SQLiteStorage.get_run_config("alignlab", name)["preset"] == "warm-tone"
     assert f"run `{names[0]}`" in reports[0]["tracking"]["dashboard"]
+
+
+def test_export_model_saves_a_loadable_folder_and_a_failed_push_keeps_it(app) -> None:
+    import zipfile
+
+    from transformers import AutoModelForCausalLM
+
+    _, url = app
+    with pytest.raises(AppError, match="Train and compare first"):
+        Client(url, verbose=False).predict(api_name="/export_model")
+    client = Client(url, verbose=False)
+    report = client.predict(preset="concise", steps=2, max_new_tokens=6, api_name="/run_lab")
+    archive, said = client.predict(api_name="/export_model")
+    assert "Saved **alignlab-dpo-concise**" in said
+    folder = Path(archive).parent / "unzipped"
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder / "alignlab-dpo-concise")
+    assert model.num_parameters() == report["model"]["parameters"]
+    assert report["health"]["verdict"].upper() in (folder / "alignlab-dpo-concise" / "README.md").read_text()
+    with pytest.raises(AppError, match="owner/name"):
+        client.predict(repo_id="not a repo", api_name="/export_model")
+    archive, said = client.predict(repo_id="someone/alignlab-dpo", token="hf_not_real", api_name="/export_model")
+    assert "Not pushed" in said and "offline" in said and Path(archive).is_file()
+
+
+def test_export_dataset_is_a_folder_datasets_loads_with_its_card(app) -> None:
+    import zipfile
+
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard
+
+    client = Client(app[1], verbose=False)
+    archive, said = client.predict(api_name="/export_dataset")  # the opening preset's pairs, as the tab shows them
+    assert "Saved **alignlab-seed-lab-pairs**" in said
+    folder = Path(archive).parent / "unzipped"
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(folder)
+    folder /= "alignlab-seed-lab-pairs"
+    card = DatasetCard.load(folder / "README.md")
+    assert card.data.license == "apache-2.0" and "dpo" in card.data.tags
+    preset = load_preset("seed-lab")
+    data = load_dataset(str(folder))
+    assert data["train"].num_rows == len(preset.pairs) and data["test"].num_rows == len(preset.heldout_pairs)
+    assert f"{len(preset.pairs)} pairs" in card.text
+    archive, said = client.predict(
+        repo_id="someone/pairs", token="hf_not_real", export_as="thumbs", api_name="/export_dataset"
+    )
+    assert "alignlab-seed-lab-thumbs" in said and "Not pushed" in said and Path(archive).is_file()
 
 
 def test_run_lab_returns_the_report_and_fills_the_session(app) -> None:

@@ -253,6 +253,12 @@ def test_whole_journey_in_a_browser(page, output_dir: Path) -> None:
     expect(page.locator("#report-file a")).to_have_attribute("href", re.compile(r"alignlab-report\.json$"))
     page.screenshot(path=str(output_dir / "browser-4-compare.png"), full_page=True)
 
+    # Take it home: the model folder as a zip, offered for download.
+    page.get_by_text("Take it home: save the model, push it to the Hub").click()
+    page.get_by_role("button", name="Save the model", exact=True).click()
+    expect(page.locator("#export-status")).to_contain_text("Saved alignlab-dpo-")
+    expect(page.locator("#export-file a")).to_have_attribute("href", re.compile(r"alignlab-dpo-[\w-]+\.zip$"))
+
     # The same run on a phone: nothing scrolls sideways, each answer before above its answer after.
     page.set_viewport_size(PHONE)
     for tab in STEP_TABS:

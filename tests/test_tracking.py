@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from conftest import EMBEDDED_PROJECT, TINY_PROJECT
 from trackio.sqlite_storage import SQLiteStorage
@@ -104,3 +106,16 @@ def test_a_failing_store_never_stops_the_run(tmp_path) -> None:
     tracker.log_row({"step": 2, "loss": 0.4})  # quietly nothing: one warning, not one per step
     tracker.log_report({"eval": {}, "health": {"verdict": "healthy", "codes": []}})
     assert tracker.summary()["failed"] == tracker.failed
+
+
+def test_an_unreachable_hub_never_blocks_a_run(monkeypatch) -> None:
+    """A project synced to a Space (the owner's TRACKIO_SPACE_ID) on a machine that cannot reach the Hub: one
+    warning, and the run goes on untracked."""
+    monkeypatch.setenv("TRACKIO_SPACE_ID", "nobody/alignlab-dashboard")
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    tracker = tracking.start("unreachable-1", "dpo", {"label": "A"}, "alignlab-synced")
+    assert tracker is not None and tracker.failed and "starting the run" in tracker.failed
+    tracker.log_row({"step": 1, "loss": 0.5})
+    tracker.end_training(1, 1.0, False)
+    tracker.log_report({"eval": {}, "health": {"verdict": "healthy", "codes": []}})
+    assert "dashboard at https://huggingface.co/spaces/nobody/alignlab-dashboard" in tracker.summary()["dashboard"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -78,3 +79,23 @@ def api_doc(fn: Any) -> str:
     if returns:
         lines.append("Returns: " + " ".join(r.strip() for r in returns))
     return "\n".join(lines)
+
+
+def take_home_panel(title: str, what: str, placeholder: str, prefix: str, button: str) -> SimpleNamespace:
+    """An accordion that saves something as a zip and pushes it to the Hub: a repo id, a token (used for one push
+    and not kept), the button, what happened, and the zip. Element ids start with ``prefix``."""
+    with gr.Accordion(title, open=False, elem_id=f"{prefix}-panel"):
+        with gr.Row():
+            repo_id = gr.Textbox(
+                "", label=f"Hub {what} repo (optional)", placeholder=placeholder, elem_id=f"{prefix}-repo"
+            )
+            token = gr.Textbox(
+                "",
+                label="Hugging Face token (write access; used for this push only)",
+                type="password",
+                elem_id=f"{prefix}-token",
+            )
+        run = gr.Button(button, elem_id=f"{prefix}-button")
+        status = gr.Markdown(elem_id=f"{prefix}-status")
+        file = gr.File(label=f"{what} folder (zip)", interactive=False, elem_id=f"{prefix}-file")
+    return SimpleNamespace(repo_id=repo_id, token=token, run=run, status=status, file=file)

@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from alignlab.ui import runs_panel, service
-from alignlab.ui.common import api_doc, session_of
+from alignlab.ui.common import api_doc, session_of, take_home_panel
 from alignlab.ui.views import report_views
 
 INTRO = (
@@ -30,6 +30,19 @@ def compare_ui(request: gr.Request) -> tuple[Any, ...]:
     return report_views(report, path)
 
 
+def export_model_ui(repo_id: str = "", token: str = "", request: gr.Request = None) -> tuple[Any, ...]:
+    """Save the compared run's model (weights, tokenizer, generation config, a model card with its evidence) as a
+    zip; with a repo id and a token, push it to the Hub too (private). Needs /compare first.
+
+    Args:
+        repo_id: owner/name of a Hub model repo to push to; empty: only the zip.
+        token: a Hugging Face token with write access, used for this push alone (a local app may use $HF_TOKEN).
+    Returns:
+        (the zip file, what was saved and pushed).
+    """
+    return service.export_model(session_of(request), repo_id, token)
+
+
 # --------------------------------------------------------------------------- layout and events
 
 
@@ -43,6 +56,9 @@ def build() -> SimpleNamespace:
     report_file = gr.File(label="report file", interactive=False, elem_id="report-file")
     with gr.Accordion("Report JSON", open=False):
         report_json = gr.JSON(label="report", elem_id="report-json")
+    home = take_home_panel(
+        "Take it home: save the model, push it to the Hub", "model", "your-name/smollm2-dpo", "export", "Save the model"
+    )
     gr.Markdown(runs_panel.RUNS_INTRO)
     runs_table = runs_panel.runs_table("every run of this session", "runs-table")
     runs_answers = gr.HTML(label="answers of every run", elem_id="runs-answers")
@@ -56,6 +72,7 @@ def build() -> SimpleNamespace:
         health=health,
         report_file=report_file,
         report_json=report_json,
+        home=home,
     )
 
 
@@ -77,6 +94,14 @@ def wire(tab: SimpleNamespace) -> Any:
         concurrency_limit=None,  # checks answer at once; the model work waits in runs.GATE
     )
     event.success(show_runs_ui, None, runs_outputs(tab), api_visibility="private", queue=False)
+    tab.home.run.click(
+        export_model_ui,
+        [tab.home.repo_id, tab.home.token],
+        [tab.home.file, tab.home.status],
+        api_name="export_model",
+        api_description=api_doc(export_model_ui),
+        concurrency_limit=2,
+    )
     return event
 
 

@@ -30,7 +30,8 @@ from alignlab.pairs import (
     validate_unpaired,
 )
 from alignlab.presets import Preset, load_preset, preset_ids, validate_preset
-from alignlab.ui.common import api_doc, fail, problems_markdown, session_of
+from alignlab.ui import service
+from alignlab.ui.common import api_doc, fail, problems_markdown, session_of, take_home_panel
 from alignlab.ui.inputs import PAIR_COLUMNS, pairs_from_table, table_from_pairs
 
 INTRO = (
@@ -196,6 +197,41 @@ def export_ui(
     return str(export_jsonl(TrainingData(rows, thumbs), session_of(request).path(name), export_as))
 
 
+def export_dataset_ui(
+    pairs: pd.DataFrame,
+    heldout_pairs: pd.DataFrame,
+    repo_id: str = "",
+    token: str = "",
+    unpaired: list[dict[str, Any]] | None = None,
+    export_as: str = "pairs",
+    preset_id: str = "",
+    request: gr.Request = None,
+) -> tuple[str, str]:
+    """Save the training and held-out pairs as a Hub dataset folder with a dataset card (zipped); with a repo id and
+    a token, push it to the Hub too (private).
+
+    Args:
+        pairs: the training pairs table (columns prompt, chosen, rejected).
+        heldout_pairs: the held-out pairs table (the dataset's test split).
+        repo_id: owner/name of a Hub dataset repo to push to; empty: only the zip.
+        token: a Hugging Face token with write access, used for this push alone (a local app may use $HF_TOKEN).
+        export_as: 'pairs' or 'thumbs', as /export.
+        preset_id: the preset the pairs came from (its license goes on the card while the pairs are unchanged).
+    Returns:
+        (the zip file, what was saved and pushed).
+    """
+    rows, thumbs = pairs_from_table(pairs), unpaired_from_state(unpaired)
+    if not rows and not thumbs:
+        raise fail("There are no pairs to save: add at least one row.", "Nothing to save")
+    if export_as not in EXPORT_FORMATS:
+        raise fail(f"export_as must be {' or '.join(map(repr, EXPORT_FORMATS))} (got {export_as!r}).", "Bad format")
+    source = preset_id if preset_id in preset_ids() and load_preset(preset_id).pairs == rows else ""
+    data = TrainingData(rows, thumbs)
+    return service.export_dataset(
+        session_of(request), data, pairs_from_table(heldout_pairs), export_as, source, repo_id, token
+    )
+
+
 # --------------------------------------------------------------------------- layout and events
 
 
@@ -253,6 +289,13 @@ def build(preset: Preset) -> SimpleNamespace:
             )
             export = gr.Button("Export as JSONL")
             exported = gr.File(label="exported pairs", interactive=False)
+    home = take_home_panel(
+        "Save as a dataset with its card, push it to the Hub",
+        "dataset",
+        "your-name/my-pairs",
+        "dataset",
+        "Save the dataset",
+    )
     import_status = gr.Markdown(elem_id="import-status")
     unpaired = gr.State(thumbs_to_dicts(preset.unpaired))
     thumbs_table, thumbs_text = thumbs_view_ui(preset.pairs, unpaired.value)
@@ -271,6 +314,7 @@ def build(preset: Preset) -> SimpleNamespace:
     probe_sets = _build_probe_sets(preset)
     return SimpleNamespace(
         preset_id=preset_id,
+        home=home,
         description=description,
         validation=validation,
         pairs=pairs,
@@ -354,6 +398,14 @@ def wire(tab: SimpleNamespace, eval_prompts: gr.Textbox) -> None:
         api_visibility="private",
         concurrency_limit=None,
     ).success(validate_dataset, [tab.pairs, tab.heldout, tab.unpaired], tab.validation, api_visibility="private")
+    tab.home.run.click(
+        export_dataset_ui,
+        [tab.pairs, tab.heldout, tab.home.repo_id, tab.home.token, tab.unpaired, tab.export_as, tab.preset_id],
+        [tab.home.file, tab.home.status],
+        api_name="export_dataset",
+        api_description=api_doc(export_dataset_ui),
+        concurrency_limit=2,
+    )
     tab.export.click(
         export_ui,
         [tab.pairs, tab.unpaired, tab.export_as],

@@ -16,6 +16,8 @@ No tab calls another tab: each goes through here, and the views (:mod:`alignlab.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -24,9 +26,10 @@ from typing import Any
 
 import gradio as gr
 
-from alignlab import tracking
+from alignlab import export, tracking
 from alignlab.pairs import DatasetError, PreferencePair, TrainingData, UnpairedRow, pairs_from_dicts
 from alignlab.presets import Preset, load_preset, validate_eval_prompts, validate_preset
+from alignlab.public import public_mode
 from alignlab.runrecord import run_label
 from alignlab.settings import TrainingSettings
 from alignlab.sharing import Finished, Member, Published, Waiting
@@ -401,3 +404,83 @@ def run_lab(
         return train_then_compare(session, lab, settings, "Training")
     finally:
         runs.end_lab(session)
+
+
+# --------------------------------------------------------------------------- take it home
+
+
+def _push(folder: Any, repo_id: str, token: str, said: str, repo_type: str = "model") -> str:
+    """Push ``folder`` where asked and say what happened; the zip stays whatever the push does."""
+    if not repo_id:
+        return said + " Give a repo id and a token to push it to the Hub."
+    if not token and not public_mode():  # on a public Space, never the Space's own token
+        token = os.environ.get("HF_TOKEN", "")
+    try:
+        url = export.push_folder(folder, repo_id, token, repo_type=repo_type)
+    except export.ExportError as exc:
+        return f"{said}\n\n**Not pushed:** {exc} The zip is still yours to download."
+    return f"{said}\n\nPushed to [{repo_id}]({url}) (private)."
+
+
+def export_dataset(
+    session: Session,
+    data: TrainingData,
+    heldout: list[PreferencePair],
+    fmt: str,
+    source: str,
+    repo_id: str = "",
+    token: str = "",
+) -> tuple[str, str]:
+    """The training data as a dataset folder with its card, zipped; pushed to ``repo_id`` when one is given."""
+    repo_id = (repo_id or "").strip()
+    try:
+        if repo_id:
+            export.check_repo_id(repo_id)
+    except export.ExportError as exc:
+        raise fail(str(exc), "Cannot save") from exc
+    name = f"alignlab-{source or 'custom'}-{fmt}"
+    folder = export.save_dataset(data, heldout, session.path("export") / name, fmt, source, overwrite=True)
+    archive = export.zip_folder(folder, session.path(f"{name}.zip"))
+    said = f"Saved **{name}**: train.jsonl, test.jsonl ({len(heldout)} held-out pairs) and a dataset card."
+    return str(archive), _push(folder, repo_id, token, said, repo_type="dataset")
+
+
+#: The largest zip a browser is offered (MB; ``ALIGNLAB_MAX_DOWNLOAD_MB``): larger models are saved with the CLI.
+MAX_DOWNLOAD_MB = int(os.environ.get("ALIGNLAB_MAX_DOWNLOAD_MB", "4096"))
+
+
+def export_model(session: Session, repo_id: str = "", token: str = "") -> tuple[str, str]:
+    """The session's compared run as a model folder with its card, zipped; pushed to ``repo_id`` when one is given.
+
+    Returns (zip path, what happened). Checks come first (a compared run, the repo id, the room on disk and the
+    download's size); a failed push keeps the zip. On a public Space the token comes only from the visitor's
+    field, never from the Space's own secrets, and it is used for this push alone.
+    """
+    if session.report is None or session.policy_dir is None or not session.policy_dir.is_dir():
+        raise fail("Train and compare first: the model is saved with its evidence, which Compare produces.")
+    repo_id = (repo_id or "").strip()
+    try:
+        if repo_id:
+            export.check_repo_id(repo_id)
+        size = export.folder_bytes(session.policy_dir)
+        free = shutil.disk_usage(session.directory).free
+        if 2 * size > free:
+            raise export.ExportError(
+                f"The model is {size / 1e9:.2f} GB and this machine has {free / 1e9:.2f} GB free: save it with the "
+                "CLI on your own machine (python -m alignlab lab ... --save-model DIR)."
+            )
+        if size > MAX_DOWNLOAD_MB * 1e6:
+            raise export.ExportError(
+                f"The model is {size / 1e9:.2f} GB, over the {MAX_DOWNLOAD_MB / 1e3:g} GB a browser download is "
+                "offered here: train a LoRA adapter, or save it with the CLI (--save-model DIR)."
+            )
+    except export.ExportError as exc:
+        raise fail(str(exc), "Cannot save") from exc
+    training = session.report["settings"]["training"]
+    name = f"alignlab-{training['method']}-{session.report['settings'].get('preset') or 'custom'}"
+    folder = export.save_model(
+        session.report, session.path("export") / name, policy_dir=session.policy_dir, overwrite=True
+    )
+    archive = export.zip_folder(folder, session.path(f"{name}.zip"))
+    said = f"Saved **{name}** ({export.folder_bytes(folder) / 1e6:.0f} MB): weights, tokenizer, model card."
+    return str(archive), _push(folder, repo_id, token, said)
