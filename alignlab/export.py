@@ -22,6 +22,8 @@ from typing import Any
 from alignlab.model_shapes import EMBEDDED_DEFAULT, known_shape
 from alignlab.pairs import PreferencePair, TrainingData
 from alignlab.readings import evidence_readings, finding_details, verdict_word
+from alignlab.runrecord import display_table, evidence_row
+from alignlab.trainer import ADAPTER_FOLDER
 
 #: Files of a saved policy that belong in the model folder (the rest of a session's directory stays behind).
 MODEL_FILES = re.compile(
@@ -100,6 +102,8 @@ def save_model(
             for path in Path(policy_dir).iterdir():
                 if path.is_file() and MODEL_FILES.match(path.name):
                     shutil.copy2(path, staging / path.name)
+                elif path.is_dir() and path.name == ADAPTER_FOLDER:  # a LoRA run's adapter, beside its merged weights
+                    shutil.copytree(path, staging / path.name)
         else:
             from alignlab.trainer import save_policy
 
@@ -170,7 +174,10 @@ def model_card(report: dict[str, Any]) -> str:
         lines += ["", EMBEDDED_NOTE]
     lines += ["", "## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in training.items() if value is not None]
-    lines += ["", "## Evidence", "", *(f"- {reading}" for reading in evidence_readings(report["eval"]))]
+    headers, body = display_table([evidence_row(report)])
+    lines += ["", "## Evidence", "", "| figure | value |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in zip(headers, body[0]) if name != "run"]
+    lines += ["", *(f"- {reading}" for reading in evidence_readings(report["eval"]))]
     health = report["health"]
     lines += ["", f"## Verdict: {verdict_word(health)}", ""]
     lines += [f"- {d['text']}" + (f" (`{d['code']}`)" if d.get("code") else "") for d in finding_details(health)]
@@ -179,6 +186,13 @@ def model_card(report: dict[str, Any]) -> str:
     for before, after in zip(report["baseline_outputs"], report["aligned_outputs"]):
         lines += [f"**{before['prompt']}**", "", f"- before: {_one_line(before['text'])}"]
         lines += [f"- after: {_one_line(after['text'])}", ""]
+    if training.get("use_lora"):
+        lines += [
+            f"This run trained a LoRA adapter (rank {training.get('lora_rank')}): the weights here have it merged "
+            "in; the adapter alone is in `adapter/`, for `peft.PeftModel.from_pretrained(base_model, "
+            '"<this folder>/adapter")` over the base model.',
+            "",
+        ]
     lines += [
         "## Use",
         "",

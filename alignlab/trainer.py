@@ -200,7 +200,9 @@ def plain_model(trainer: Any) -> PreTrainedModel:
     """
     model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     if hasattr(model, "merge_and_unload") and not is_quantized(model):
+        adapter = _adapter_of(model)
         model = model.merge_and_unload()
+        model.__dict__[ADAPTER_ATTRIBUTE] = adapter  # kept beside the merged weights: saved as ``adapter/``
     patched = model.get_base_model() if hasattr(model, "get_base_model") else model
     for name in ("forward", "_original_forward"):
         patched.__dict__.pop(name, None)
@@ -210,12 +212,35 @@ def plain_model(trainer: Any) -> PreTrainedModel:
     return model.eval()
 
 
+#: Where a merged LoRA policy keeps the adapter it was merged from (its weights and config, as plain data).
+ADAPTER_ATTRIBUTE = "alignlab_adapter"
+#: The adapter's own folder beside the merged weights: ``PeftModel.from_pretrained(base, <folder>/adapter)``.
+ADAPTER_FOLDER = "adapter"
+
+
+def _adapter_of(model: Any) -> tuple[dict[str, torch.Tensor], Any]:
+    """A PEFT model's adapter as ``PeftModel.save_pretrained`` would write it: its weights and its config."""
+    from peft import get_peft_model_state_dict
+
+    weights = {key: value.detach().cpu().clone() for key, value in get_peft_model_state_dict(model).items()}
+    return weights, model.peft_config["default"]
+
+
 def save_policy(policy: PreTrainedModel, tokenizer: Any, directory: str | Path) -> Path:
-    """Save a trained policy (or LoRA adapter) so that another process can load it."""
+    """Save a trained policy (or LoRA adapter) so that another process can load it; a LoRA run's merged policy
+    also writes the adapter it was merged from into ``adapter/``, which ``peft`` loads over the base model."""
+    from safetensors.torch import save_file
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     policy.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    adapter = policy.__dict__.get(ADAPTER_ATTRIBUTE)
+    if adapter is not None:
+        weights, config = adapter
+        folder = directory / ADAPTER_FOLDER
+        config.save_pretrained(folder)
+        save_file(weights, folder / "adapter_model.safetensors", metadata={"format": "pt"})
     return directory
 
 

@@ -94,3 +94,23 @@ def test_a_push_offline_says_so_and_keeps_the_folder(saved) -> None:
     assert (folder / "model.safetensors").is_file()
     with pytest.raises(ExportError, match="owner/name"):
         check_repo_id("someone/alignlab dpo")
+
+
+def test_a_lora_run_saves_its_adapter_beside_the_merged_weights(tiny_chat_dir: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    from alignlab.models import LoadedModel
+
+    folder, out = tmp_path / "lora", tmp_path / "report.json"
+    args = ["lab", "--model", str(tiny_chat_dir), "--preset", "concise", "--steps", "2", "--lr", "1e-3", "--lora"]
+    assert main([*args, "--max-new-tokens", "8", "--out", str(out), "--save-model", str(folder)]) == 0
+    report = json.loads(out.read_text())
+    assert report["changed"] > 0  # the adapter moved the answers: the base alone would not give them
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (folder / "adapter").iterdir()}
+    base = AutoModelForCausalLM.from_pretrained(tiny_chat_dir)
+    adapted = PeftModel.from_pretrained(base, folder / "adapter").merge_and_unload().eval()
+    loaded = LoadedModel(str(folder), adapted, load_model(str(folder)).tokenizer, str(folder))
+    prompts = [row["prompt"] for row in report["aligned_outputs"]]
+    answers = generate_baseline(loaded, prompts, GenerationSettings(max_new_tokens=8))
+    assert answers == [row["text"] for row in report["aligned_outputs"]]  # the adapter is the run's, not another
+    assert "the adapter alone is in `adapter/`" in (folder / "README.md").read_text()
