@@ -16,8 +16,6 @@ most ``ALIGNLAB_TRACKIO_MAX_RUNS`` runs (default 500), the oldest deleted first,
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import math
 import os
@@ -131,11 +129,24 @@ def report_metrics(report: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-@contextlib.contextmanager
-def _quiet() -> Any:
-    """trackio prints its progress to stdout; the lab's own output (a CLI report, a server's log) stays clean."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
+_PRINTS_ROUTED = False
+
+
+def _route_trackio_prints() -> None:
+    """trackio announces each step of its own on stdout with ``print``; send those lines to this module's log
+    instead, so that the lab's output (a CLI report, a server's log, a bench worker's result line) stays its own.
+    A module-level ``print`` shadows the builtin for that module only: no other thread's output is touched."""
+    global _PRINTS_ROUTED
+    if _PRINTS_ROUTED:
+        return
+    import importlib
+
+    def to_log(*args: Any, **_: Any) -> None:
+        LOG.info("trackio: %s", " ".join(str(a) for a in args).strip())
+
+    for name in ("trackio", "trackio.run", "trackio.utils", "trackio.sqlite_storage"):
+        importlib.import_module(name).print = to_log
+    _PRINTS_ROUTED = True
 
 
 @dataclass
@@ -158,8 +169,7 @@ class RunTracker:
             return None
         started = time.perf_counter()
         try:
-            with _quiet():
-                return work()
+            return work()
         except Exception as exc:  # noqa: BLE001 - tracking never stops a run
             self.failed = f"{what}: {exc}"
             self._run = None
@@ -173,6 +183,7 @@ class RunTracker:
         import trackio
         from trackio import context_vars
 
+        _route_trackio_prints()
         self._run = trackio.init(
             project=self.project,
             name=self.name,
@@ -265,7 +276,8 @@ def prune(project: str, keep: int | None = None) -> int:
     try:
         from trackio.sqlite_storage import SQLiteStorage
 
-        with _PRUNE_LOCK, _quiet():
+        _route_trackio_prints()
+        with _PRUNE_LOCK:
             runs = SQLiteStorage.get_runs(project)
             surplus = runs[: max(0, len(runs) - (keep - 1))]
             for old in surplus:

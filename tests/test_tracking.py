@@ -85,6 +85,15 @@ def test_where_runs_go(monkeypatch) -> None:
         tracking.check_project("../elsewhere")
 
 
+def test_trackio_says_nothing_on_stdout(capsys) -> None:
+    """trackio's own announcements go to the log: a CLI's report or a worker's result line stays alone on stdout."""
+    tracker = tracking.start(tracking.run_name("quiet"), "dpo", {"label": "A"}, "alignlab-quiet")
+    tracker.log_row({"step": 1, "loss": 0.5})
+    tracker.end_training(1, 0.1, False)
+    tracker.log_report({"eval": {}, "health": {"verdict": "healthy", "codes": []}})
+    assert tracker.failed is None and capsys.readouterr().out == ""
+
+
 def test_names_are_unique_and_the_store_is_bounded(monkeypatch) -> None:
     project = "alignlab-bound"
     names = [tracking.run_name("seed-lab", "A", "dpo") for _ in range(4)]
