@@ -128,3 +128,17 @@ def test_an_unreachable_hub_never_blocks_a_run(monkeypatch) -> None:
     tracker.end_training(1, 1.0, False)
     tracker.log_report({"eval": {}, "health": {"verdict": "healthy", "codes": []}})
     assert "dashboard at https://huggingface.co/spaces/nobody/alignlab-dashboard" in tracker.summary()["dashboard"]
+
+
+def test_a_closed_session_closes_its_open_run(tmp_path) -> None:
+    """A visitor who trained and left without comparing: the session's trackio run is closed with it, its rows kept."""
+    from alignlab.ui.state import SessionStore
+
+    store = SessionStore(tmp_path)
+    session = store.get("visitor")
+    session.tracker = tracking.start(tracking.run_name("left"), "dpo", {"label": "A"}, "alignlab-closed")
+    session.tracker.log_row({"step": 1, "loss": 0.5})
+    assert session.tracker._run is not None
+    store.close("visitor")
+    assert session.tracker._run is None and not session.directory.exists()
+    assert _logs("alignlab-closed", session.tracker.name)[0]["loss"] == 0.5

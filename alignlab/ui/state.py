@@ -221,6 +221,8 @@ class SessionStore:
 
 
 def _dispose(session: Session) -> None:
+    if session.tracker is not None:  # its trackio run, if still open (trained, never compared), is closed
+        session.tracker.finish()
     run = session.run
     if run is not None and not run.done.is_set():
         run.stop()
