@@ -12,7 +12,6 @@ from typing import Any
 
 import gradio as gr
 
-from alignlab import owners
 from alignlab.methods import DEFAULT_METHOD
 from alignlab.pairs import DatasetError
 from alignlab.presets import Preset, load_preset
@@ -201,8 +200,6 @@ def _wire_presenter_chain(
 def build_app() -> gr.Blocks:
     """The whole app, queued. Launch it with ``demo.launch(**launch_options())``."""
     runs.setup()
-    # Folders left under the root by servers that are gone (killed, crashed); live servers' stay.
-    owners.sweep(STORE.root, unclaimed_after=STORE.ttl)
     preset = default_preset()
     # delete_cache: Gradio's copies of downloads (reports, exports) older than 2 h, checked hourly.
     with gr.Blocks(title="AlignLab — see DPO change a model", delete_cache=(3600, 7200)) as demo:

@@ -32,7 +32,6 @@ import gradio as gr
 from alignlab import gpu
 from alignlab.heavy import GateFull, HeavyGate, Place, Work, configure_torch_threads
 from alignlab.models import ModelLoadError, is_loaded, load_model, pick_device, spec_identity
-from alignlab.owners import claim
 from alignlab.pairs import PreferencePair, UnpairedRow, pairs_to_dicts, thumbs_to_dicts
 from alignlab.settings import GenerationSettings, TrainingSettings
 from alignlab.sharing import Finished, Member, Published, SharedRun, SharedRuns, Waiting, link_tree, run_key
@@ -316,7 +315,7 @@ def start_training(
     def produce(run: SharedRun) -> tuple[Any, bool]:
         token = Run()  # the cancel token train_job looks up by id (a forked ZeroGPU worker gets a copy)
         run.on_cancel(token.cancel.cancel)
-        policy_dir = str(claim(run.directory) / "policy")  # this server's: swept if it dies (alignlab.owners)
+        policy_dir = str(run.directory / "policy")
         stream = jobs.train_job(
             spec, pair_dicts, settings_dict, policy_dir, token.id, *probe_dicts, unpaired=thumb_dicts
         )

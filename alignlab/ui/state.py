@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignlab.owners import claim
 from alignlab.pairs import PreferencePair, UnpairedRow
 from alignlab.runrecord import MAX_RUNS, RunRecord, run_label
 from alignlab.tracking import RunTracker
@@ -113,10 +112,8 @@ class Session:
         return self.run is not None and not self.run.done.is_set()
 
     def path(self, name: str) -> Path:
-        """A file or folder inside this session's private directory (created, and claimed by this server, on first
-        use: see :mod:`alignlab.owners`)."""
-        if not self.directory.is_dir():
-            claim(self.directory)
+        """A file or folder inside this session's private directory (created on first use)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
         return self.directory / name
 
     def add_run(self, training: dict[str, Any]) -> RunRecord:
