@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from alignlab import tracking
+from alignlab import model_checks, tracking
 from alignlab.degeneration import degeneration_report
 from alignlab.evaluation import Evidence, count_changed, gather_evidence
 from alignlab.findings import RunFacts, training_accuracy
@@ -259,6 +259,7 @@ def load_and_baseline(
         raise DatasetError(problems)
     timings: dict[str, float] = {}
     started = _stage(on_stage, "load_model")
+    model_checks.check(model_spec)  # its size, architecture and memory need, before any weight is fetched
     loaded = load_model(model_spec)
     timings["load_model"] = time.perf_counter() - started
     started = _stage(on_stage, "baseline")

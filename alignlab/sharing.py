@@ -390,6 +390,14 @@ class SharedRuns:
         thread.start()
         return member
 
+    def has(self, key: str) -> bool:
+        """Whether a request for ``key`` would join a run (in flight or cached) rather than start one."""
+        with self._lock:
+            if key in self._cache:
+                return True
+            run = self._in_flight.get(key)
+            return run is not None and run.joinable
+
     def _work(self, run: SharedRun, produce: Producer) -> None:
         ticket = run.ticket
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -474,3 +475,28 @@ def test_probes_follow_the_pairs_they_were_written_for(pairs) -> None:
     assert kept["preset"] == "custom" and kept["contrast_pairs"] == same["contrast_pairs"]
     foreign = probes_for(pairs, probes)  # someone else's pairs (an API client's): no contrast, built-in capability
     assert foreign == {"preset": "custom", "contrast_pairs": [], "capability_pairs": []}
+
+
+def test_a_public_space_refuses_local_paths_before_loading_and_says_what_it_allows(
+    app, tiny_chat_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alignlab import models
+    from alignlab.ui.blocks import public_notice
+
+    client = Client(app[1], verbose=False)
+    visitors_policy = tmp_path / "someone" / "policy"
+    shutil.copytree(tiny_chat_dir, visitors_policy)
+    monkeypatch.setenv("ALIGNLAB_PUBLIC", "1")
+    for field, call in (
+        ("model", lambda: client.predict(str(visitors_policy), api_name="/load_model")),
+        ("model", lambda: client.predict(model=str(visitors_policy), api_name="/run_lab")),
+        ("recipe target", lambda: client.predict(target_model=str(visitors_policy), api_name="/export_recipe")),
+    ):
+        assert f"public Space: a local path as the {field} is refused" in error_of(call)
+    assert not models.is_loaded(str(visitors_policy))
+    assert "Loaded" in client.predict(str(tiny_chat_dir), api_name="/load_model")  # the server's own default model
+    notice = public_notice()
+    assert "local paths are refused" in notice and "2 requests waiting" in notice and "16 per network address" in notice
+    monkeypatch.setenv("ALIGNLAB_PUBLIC", "0")
+    assert public_notice() == ""
+    assert "Loaded" in client.predict(str(visitors_policy), api_name="/load_model")  # a private server loads it

@@ -237,3 +237,33 @@ def test_stop_leaves_a_shared_run_to_the_others_and_the_last_one_stops_it(app) -
     assert run.cancelled and demo.runs.stats().in_flight == 0
     assert demo.session_store.peek(a.session_hash).policy_dir is None  # a left: nothing to compare
     assert "answers changed" in b.predict(api_name="/compare")[0]  # b kept the stopped run's policy
+
+
+def test_one_visitor_holds_two_places_in_line_and_a_third_request_is_refused_at_once(app) -> None:
+    """A scripted client cannot fill the line: its third waiting request is answered at once, others keep theirs."""
+    from alignlab.heavy import Work
+    from alignlab.ui import runs
+
+    demo, url = app
+    greedy, b, c = (Client(url, verbose=False) for _ in range(3))
+    ticket = demo.gate.enter(Work("train", "someone-else"))  # the line's slot taken until the test lets it go
+    assert demo.gate.wait(ticket, timeout=60)
+    try:
+        held = [greedy.submit(max_new_tokens=n, api_name="/baseline") for n in (11, 12)]  # none ran before
+        deadline = time.monotonic() + 60
+        while len(runs.waiting(demo.session_store.get(greedy.session_hash))) < 2:
+            assert time.monotonic() < deadline, "the two requests never reached the line"
+            time.sleep(0.05)
+        started = time.perf_counter()
+        with pytest.raises(AppError, match="You already have 2 requests waiting") as refused:
+            greedy.predict(max_new_tokens=13, api_name="/baseline")
+        assert time.perf_counter() - started < 3.0
+        assert "1st in line" in str(refused.value) and "2nd in line" in str(refused.value)
+        others = [client.submit(max_new_tokens=n, api_name="/baseline") for client, n in ((b, 14), (c, 15))]
+        while demo.gate.stats().waiting < 4:  # both other visitors got their places behind the greedy two
+            assert time.monotonic() < deadline, "the other visitors did not get their places"
+            time.sleep(0.05)
+    finally:
+        demo.gate.leave(ticket, completed=False)
+    for job in (*held, *others):
+        assert "Recorded" in job.result(timeout=120)[1]

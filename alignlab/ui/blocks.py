@@ -12,9 +12,11 @@ from typing import Any
 
 import gradio as gr
 
+from alignlab import model_checks, owners
 from alignlab.methods import DEFAULT_METHOD
 from alignlab.pairs import DatasetError
 from alignlab.presets import Preset, load_preset
+from alignlab.public import public_mode
 from alignlab.settings import GenerationSettings, TrainingSettings
 from alignlab.ui import baseline_tab, compare_tab, comparison_panel, dataset_tab, runs, runs_panel, service, train_tab
 from alignlab.ui.common import STORE, api_doc, close_session, default_model, session_of
@@ -29,6 +31,22 @@ HEADER = (
     "live. Record its answers, write pairs of better and worse answers, train, then see what changed — and what "
     "it cost."
 )
+
+
+def public_notice() -> str:
+    """What a public Space allows and refuses, in a line under the header (empty on a private server)."""
+    if not public_mode():
+        return ""
+    limit, described = model_checks.machine_memory()
+    per_address = runs.max_per_address()
+    return (
+        "**Public Space: everyone here shares one machine.** Models come from the list or the Hub (a model whose "
+        f"training needs more than {limit / 2**30:.0f} GiB, {described}, is refused with its size; local paths "
+        f"are refused). Each visitor may have {runs.MAX_WAITING_PER_SESSION} requests waiting for the model "
+        f"({per_address} per network address); identical runs are shared. Your files are deleted when you close "
+        "the tab, after two idle hours, or when the disk needs the room (you are told)."
+    )
+
 
 CSS = """
 .gradio-container { font-size: 1.15rem; max-width: 1400px !important; }
@@ -200,6 +218,7 @@ def _wire_presenter_chain(
 def build_app() -> gr.Blocks:
     """The whole app, queued. Launch it with ``demo.launch(**launch_options())``."""
     runs.setup()
+    owners.sweep(STORE.root, unclaimed_after=STORE.ttl)  # folders left by servers that are gone; live ones' stay
     preset = default_preset()
     # delete_cache: Gradio's copies of downloads (reports, exports) older than 2 h, checked hourly.
     with gr.Blocks(title="AlignLab — see DPO change a model", delete_cache=(3600, 7200)) as demo:
@@ -208,6 +227,8 @@ def build_app() -> gr.Blocks:
             run_all = gr.Button(
                 "Run the whole lab", variant="secondary", scale=0, min_width=260, elem_id="run-lab-button"
             )
+        if public_mode():
+            gr.Markdown(public_notice(), elem_id="public-notice")
         with gr.Tabs(overflow_behavior="wrap") as tabs:  # on a phone the steps wrap, none hidden in a menu
             with gr.Tab("1 · Baseline", id="baseline"):
                 baseline = baseline_tab.build(preset.eval_prompts)

@@ -9,11 +9,16 @@ from typing import Any
 
 import gradio as gr
 
+from alignlab import owners
 from alignlab.model_shapes import EMBEDDED_DEFAULT, LAB_MODELS
 from alignlab.ui.state import Session, SessionStore
 
 #: Every user's session, keyed by Gradio's session hash (see state.py).
-STORE = SessionStore(ttl=float(os.environ.get("ALIGNLAB_SESSION_TTL", 2 * 3600)))
+STORE = SessionStore(
+    ttl=float(os.environ.get("ALIGNLAB_SESSION_TTL", 2 * 3600)),
+    max_disk_bytes=int(float(os.environ.get("ALIGNLAB_DISK_MB", "20480")) * 2**20),
+)
+atexit.register(lambda: owners.remove_own(STORE.root))  # runs last: whatever this process still owns
 atexit.register(STORE.close_all)
 
 #: How many pieces of model work (load, generate, train, evaluate) run at once, whichever door they
@@ -34,7 +39,27 @@ def model_choices() -> list[str]:
 
 
 def session_of(request: gr.Request | None) -> Session:
-    return STORE.get(getattr(request, "session_hash", None))
+    """The request's session; its network address noted, and a notice it has not seen yet shown (a toast)."""
+    session = STORE.get(getattr(request, "session_hash", None))
+    address = address_of(request)
+    if address:
+        session.address = address
+    if session.notice:
+        notice, session.notice = session.notice, ""
+        gr.Warning(notice)
+    return session
+
+
+def address_of(request: gr.Request | None) -> str:
+    """Where a request comes from: the first address the proxy forwarded for (a Space), else the client's."""
+    if request is None:
+        return ""
+    headers = getattr(request, "headers", None) or {}
+    forwarded = headers.get("x-forwarded-for", "") if hasattr(headers, "get") else ""
+    if forwarded:
+        return forwarded.split(",")[0].strip()
+    client = getattr(request, "client", None)
+    return str(getattr(client, "host", "") or "")
 
 
 def close_session(request: gr.Request) -> None:

@@ -24,7 +24,7 @@ from alignlab.presets import load_preset
 from alignlab.runrecord import evidence_row, run_label
 from alignlab.settings import GenerationSettings, SettingsError, TrainingSettings
 from alignlab.trl_rows import trained_on
-from alignlab.ui import runs_panel, service
+from alignlab.ui import runs, runs_panel, service
 from alignlab.ui.common import api_doc, default_model, fail, session_of
 from alignlab.ui.inputs import GREEDY, generation_settings, knob_value, pairs_from_table, prompts_from_text
 from alignlab.ui.state import Session
@@ -199,13 +199,14 @@ def run_comparison(
     session = session_of(request)
     if session.training_now:
         raise fail("A training run is already in progress in this session: wait for it or press Stop.")
-    service.record_baseline(session, model or default_model(), list(lab.eval_prompts), generation, gr.Progress())
     reports = []
-    for index, run_settings in enumerate(settings):
-        what = f"Run {index + 1} ({run_settings.method_label})"
-        report = copy.deepcopy(service.train_then_compare(session, lab, run_settings, what))
-        report["run"] = {**report.get("run", {}), "index": index + 1, "of": len(settings)}
-        reports.append(report)
+    with runs.one_request():  # its baseline and every run count as one request in the visitor's share of the line
+        service.record_baseline(session, model or default_model(), list(lab.eval_prompts), generation, gr.Progress())
+        for index, run_settings in enumerate(settings):
+            what = f"Run {index + 1} ({run_settings.method_label})"
+            report = copy.deepcopy(service.train_then_compare(session, lab, run_settings, what))
+            report["run"] = {**report.get("run", {}), "index": index + 1, "of": len(settings)}
+            reports.append(report)
     return {"runs": reports, "table": [evidence_row(r) for r in reports]}
 
 

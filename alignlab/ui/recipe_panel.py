@@ -14,6 +14,8 @@ from typing import Any
 import gradio as gr
 
 from alignlab.methods import DEFAULT_METHOD, METHODS
+from alignlab.model_checks import check_source
+from alignlab.models import ModelLoadError
 from alignlab.pairs import thumbs_from_dicts
 from alignlab.presets import Preset, validate_preset
 from alignlab.recipe import (
@@ -87,6 +89,10 @@ def export_recipe_ui(
     settings = replace(settings, lora_rank=rank, use_lora=bool(use_lora))
     if adapter not in ("lab", *ADAPTERS):
         raise fail(f"adapter must be lab, {', '.join(ADAPTERS)} (got {adapter!r}).", "Out of range")
+    try:
+        check_source(target_model or "", "recipe target")
+    except ModelLoadError as exc:
+        raise gr.Error(str(exc), title="Recipe") from exc
     session = session_of(request)
     preset = _checked_data(session.preset_id, pairs, heldout_pairs, unpaired)
     try:

@@ -29,10 +29,12 @@ from typing import Any
 
 import gradio as gr
 
-from alignlab import gpu
-from alignlab.heavy import GateFull, HeavyGate, Place, Work, configure_torch_threads
+from alignlab import downloads, gpu, model_checks
+from alignlab.heavy import GateFull, HeavyGate, Place, Work, configure_torch_threads, ordinal
 from alignlab.models import ModelLoadError, is_loaded, load_model, pick_device, spec_identity
+from alignlab.owners import claim
 from alignlab.pairs import PreferencePair, UnpairedRow, pairs_to_dicts, thumbs_to_dicts
+from alignlab.public import public_mode
 from alignlab.settings import GenerationSettings, TrainingSettings
 from alignlab.sharing import Finished, Member, Published, SharedRun, SharedRuns, Waiting, link_tree, run_key
 from alignlab.ui import jobs
@@ -51,6 +53,10 @@ RUNS = SharedRuns(
     max_memory_bytes=int(float(os.environ.get("ALIGNLAB_RUN_CACHE_MB", "64")) * 2**20),
     max_disk_bytes=int(float(os.environ.get("ALIGNLAB_RUN_CACHE_DISK_MB", "4096")) * 2**20),
 )
+
+#: Downloads from the Hub: a line of their own, one at a time, so that a download never holds up model work.
+DOWNLOAD_GATE = HeavyGate(limit=1, max_waiting=QUEUE_SIZE)
+DOWNLOADS = SharedRuns(DOWNLOAD_GATE, root=lambda: STORE.root / "_shared", max_entries=0)
 
 atexit.register(RUNS.clear)  # cached policies live under the sessions' root, which outlives the app
 
@@ -72,14 +78,20 @@ def setup() -> None:
 
 
 def check_model(spec: Any) -> tuple[str, str]:
-    """A model spec checked without touching the model: (spec, identity). Raises ``gr.Error``."""
+    """A model spec checked without fetching or loading its weights: (spec, identity). Raises ``gr.Error``.
+
+    Where it may come from, what it is and whether the lab's training fits this machine (:mod:`alignlab.model_checks`).
+    """
     spec = spec.strip() if isinstance(spec, str) else ""
     if not spec:
         raise fail("Pick a model from the list, or type a Hub id or a local path.", "No model")
     if len(spec) > 500:
         raise fail("That model name is too long to be a Hub id or a path.", "Bad model name")
     try:
-        return spec, spec_identity(spec)
+        model_checks.check_source(spec)
+        identity = spec_identity(spec)
+        model_checks.check(spec)
+        return spec, identity
     except ModelLoadError as exc:
         raise gr.Error(str(exc), title="Model not loaded") from exc
 
@@ -166,13 +178,105 @@ def waiting_text(place: Place | None) -> str:
 
 
 def join(session: Session, key: str, work: Work, produce: Any) -> Member:
-    """Join (or start) the shared run for ``key``; a full line is a clear message, not a wait."""
+    """Join (or start) the shared run for ``key``; a full line, or a full share of it, is a clear message, not a
+    wait."""
     arrival, follow_on, continues = _plan(session, work.kind)
+    if not _ADMITTED.get():  # inside one request of several steps, only its first is checked
+        admit(session, key)
+        if _ADMITTED.get() is False:
+            _ADMITTED.set(True)
     try:
-        return RUNS.join(key, work, produce, arrival=arrival, follow_on=follow_on, continues=continues)
+        member = RUNS.join(key, work, produce, arrival=arrival, follow_on=follow_on, continues=continues)
     except GateFull as exc:
         end_lab(session)
         raise gr.Error(str(exc), title="The lab is full") from exc
+    session.members = [m for m in session.members if not m.left] + [member]
+    return member
+
+
+# --------------------------------------------------------------------------- a fair share of the line
+
+#: Heavy requests one visitor (a browser tab, or one client's session) may have waiting at once.
+MAX_WAITING_PER_SESSION = 2
+#: Set inside :func:`one_request`: False until its first step is admitted, then True.
+_ADMITTED: contextvars.ContextVar[bool | None] = contextvars.ContextVar("admitted", default=None)
+_WHAT = {
+    "load": "loading a model",
+    "baseline": "answers before training",
+    "train": "a training run",
+    "compare": "a comparison of before and after",
+}
+
+
+@contextlib.contextmanager
+def one_request() -> Iterator[None]:
+    """Several steps in a row that count as one request (a whole lab, a comparison of methods): the first is
+    admitted as any request is, the later ones are never refused for the visitor's share."""
+    token = _ADMITTED.set(False)
+    try:
+        yield
+    finally:
+        _ADMITTED.reset(token)
+
+
+def max_per_address() -> int | None:
+    """In public mode, waiting requests one network address may hold (``ALIGNLAB_MAX_PER_ADDRESS``, default 16: a
+    workshop room behind one router); None (no bound) otherwise."""
+    if not public_mode():
+        return None
+    try:
+        return max(1, int(os.environ.get("ALIGNLAB_MAX_PER_ADDRESS", "16")))
+    except ValueError:
+        return 16
+
+
+def waiting(session: Session) -> dict[str, Member]:
+    """The session's requests still waiting for the model, one per run (identical requests count once)."""
+    found: dict[str, Member] = {}
+    for member in session.members:
+        if not member.left and member.run.state == "waiting":
+            found.setdefault(member.run.key, member)
+    return found
+
+
+def _listed(members: dict[str, Member]) -> str:
+    items = []
+    for member in members.values():
+        place = GATE.place(member.run.ticket) if member.run.ticket is not None else None
+        where = f"{ordinal(place.position)} in line" if place is not None else "about to start"
+        items.append(f"{_WHAT.get(member.run.kind, member.run.kind)} ({where})")
+    return "; ".join(items)
+
+
+def admit(session: Session, key: str) -> None:
+    """Refuse, at once, a request that would start new work beyond the visitor's share of the line.
+
+    Joining an identical run (in flight or finished) adds no work and is always admitted.
+    """
+    if RUNS.has(key):
+        return
+    mine = waiting(session)
+    if key in mine:
+        return
+    if len(mine) >= MAX_WAITING_PER_SESSION:
+        raise fail(
+            f"You already have {len(mine)} requests waiting for the model: {_listed(mine)}. The next one is taken "
+            "once one of them starts (or stop one): this keeps the line fair for everyone on this machine.",
+            "Your share of the line",
+        )
+    limit = max_per_address()
+    if limit is None or not session.address:
+        return
+    keys: dict[str, Member] = {}
+    for other in STORE.sessions().values():
+        if other.address == session.address:
+            keys.update(waiting(other))
+    if len(keys) >= limit:
+        raise fail(
+            f"Your network address already has {len(keys)} requests waiting for the model (at most {limit} on this "
+            "public Space): try again once some have started.",
+            "Your share of the line",
+        )
 
 
 def show_place(update: Waiting, progress: gr.Progress | None) -> None:
@@ -230,9 +334,52 @@ def how_text(member: Member) -> str:
 # --------------------------------------------------------------------------- the steps
 
 
+def fetch(session: Session, spec: str, progress: gr.Progress | None = None) -> None:
+    """Fetch a Hub model's files when this machine lacks them: in the download line, after a free-disk check."""
+    try:
+        facts = model_checks.inspect(spec)
+    except ModelLoadError as exc:
+        raise gr.Error(str(exc), title="Model not loaded") from exc
+    if facts.download_bytes <= 0:
+        return
+
+    def produce(run: SharedRun) -> tuple[Any, bool]:
+        def published(done: int, total: int) -> None:
+            run.publish({"done": done, "total": total})
+
+        try:
+            return downloads.download(facts.source, facts.download_bytes, published), False
+        except ModelLoadError as exc:
+            raise gr.Error(str(exc), title="Model not fetched") from exc
+
+    work = Work("download", facts.source, facts.download_bytes / 2**20)
+    try:
+        member = DOWNLOADS.join(run_key("download", model=facts.source), work, produce)
+    except GateFull as exc:
+        raise gr.Error(str(exc), title="The lab is full") from exc
+    try:
+        for update in member.updates():
+            if isinstance(update, Waiting) and progress is not None:
+                place = update.place
+                where = f"{place.position} of {place.waiting} downloads waiting" if place else "starting"
+                progress(None, desc=f"Waiting to fetch {facts.source} from the Hub: {where}.")
+            elif isinstance(update, Published) and progress is not None:
+                done, total = update.payload["done"], update.payload["total"]
+                progress((done / 2**20, total / 2**20), desc=f"Fetching {facts.source} from the Hub", unit="MiB")
+            elif isinstance(update, Finished):
+                if update.error is not None or update.cancelled:
+                    raise_failure(update)
+                return
+    finally:
+        member.leave()
+
+
 def load(session: Session, spec: str, identity: str, progress: gr.Progress | None = None) -> dict[str, Any]:
-    """Load a model (a queued step only when it is not in memory yet); returns what the UI shows of it."""
+    """Load a model (a queued step only when it is not in memory yet); returns what the UI shows of it.
+
+    A Hub model's files are fetched first (:func:`fetch`), outside the model line."""
     if not is_loaded(spec):
+        fetch(session, spec, progress)
 
         def produce(run: SharedRun) -> tuple[Any, bool]:
             return describe(_load(spec)), False  # loading leaves nothing to serve again
@@ -269,6 +416,8 @@ def baseline(
     progress: gr.Progress | None = None,
 ) -> dict[str, Any]:
     """The model's answers before training: ``{"outputs", "model_info", "seconds"}`` (a private copy)."""
+    if not is_loaded(spec):
+        fetch(session, spec, progress)
     key = run_key("baseline", model=model_fingerprint(identity), prompts=prompts, generation=generation)
     units = generation_units(len(prompts), generation["max_new_tokens"])
 
@@ -315,7 +464,7 @@ def start_training(
     def produce(run: SharedRun) -> tuple[Any, bool]:
         token = Run()  # the cancel token train_job looks up by id (a forked ZeroGPU worker gets a copy)
         run.on_cancel(token.cancel.cancel)
-        policy_dir = str(run.directory / "policy")
+        policy_dir = str(claim(run.directory) / "policy")  # this server's: swept if it dies (alignlab.owners)
         stream = jobs.train_job(
             spec, pair_dicts, settings_dict, policy_dir, token.id, *probe_dicts, unpaired=thumb_dicts
         )
@@ -377,6 +526,7 @@ def adopt_policy(session: Session, member: Member, event: dict[str, Any]) -> Pat
         return None
     target = link_tree(event["policy_dir"], session.path("policy"))
     session.training_key = f"{member.run.key}:{event['steps_done']}:{event['stopped_early']}"
+    STORE.bound_disk(keep=session)
     return target
 
 
@@ -397,7 +547,7 @@ def compare(session: Session, preset: dict[str, Any], progress: gr.Progress | No
     units += 8 * len(preset.get("heldout_pairs", []))
 
     def produce(run: SharedRun) -> tuple[Any, bool]:
-        pinned = link_tree(policy_dir, run.directory / "policy")  # the first session may close meanwhile
+        pinned = link_tree(policy_dir, claim(run.directory) / "policy")  # the first session may close meanwhile
         try:
             report = jobs.compare_job(spec, str(pinned), preset, baseline_outputs, generation, training, timings)
         finally:

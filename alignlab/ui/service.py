@@ -35,7 +35,7 @@ from alignlab.settings import TrainingSettings
 from alignlab.sharing import Finished, Member, Published, Waiting
 from alignlab.trl_rows import trained_on
 from alignlab.ui import runs
-from alignlab.ui.common import fail, problems_markdown
+from alignlab.ui.common import STORE, fail, problems_markdown
 from alignlab.ui.state import Run, Session
 from alignlab.ui.views import progress_line
 
@@ -335,6 +335,12 @@ def compare(session: Session, progress: gr.Progress | None = None) -> tuple[dict
         raise fail("Record the baseline first (Baseline tab), then train (Train tab), then compare.")
     if session.training_now:
         raise fail("Training is still running: wait for it to finish (or press Stop), then compare.")
+    if session.files_cleared:
+        raise fail(
+            "Your trained model's files were cleared while the session was idle (this shared machine keeps its disk "
+            "within a bound): train again (Train tab), then compare.",
+            "Files cleared",
+        )
     if session.training is None or session.policy_dir is None or not session.policy_dir.is_dir():
         raise fail("Train first (Train tab): there is no trained model to compare with yet.")
     preset = Preset(
@@ -400,8 +406,9 @@ def run_lab(
         raise fail("A training run is already in progress in this session: wait for it or press Stop.")
     start_lab(session, spec, lab, settings, generation["max_new_tokens"])
     try:
-        record_baseline(session, spec, list(lab.eval_prompts), generation, gr.Progress())
-        return train_then_compare(session, lab, settings, "Training")
+        with runs.one_request():  # its three steps count as one request in the visitor's share of the line
+            record_baseline(session, spec, list(lab.eval_prompts), generation, gr.Progress())
+            return train_then_compare(session, lab, settings, "Training")
     finally:
         runs.end_lab(session)
 
@@ -483,4 +490,5 @@ def export_model(session: Session, repo_id: str = "", token: str = "") -> tuple[
     )
     archive = export.zip_folder(folder, session.path(f"{name}.zip"))
     said = f"Saved **{name}** ({export.folder_bytes(folder) / 1e6:.0f} MB): weights, tokenizer, model card."
+    STORE.bound_disk(keep=session)  # other, idle visitors' files go first when the disk is over its bound
     return str(archive), _push(folder, repo_id, token, said)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignlab.owners import claim
 from alignlab.pairs import PreferencePair, UnpairedRow
 from alignlab.runrecord import MAX_RUNS, RunRecord, run_label
 from alignlab.tracking import RunTracker
@@ -106,15 +107,34 @@ class Session:
     """Runs recorded in this session so far: the next run's label is ``run_label(runs_started + 1)``."""
     tracker: RunTracker | None = None
     """The trackio run of the session's latest training (its steps, then its evidence once compared)."""
+    address: str = ""
+    """The network address the session's requests come from (a room behind one router shares one)."""
+    members: list[Any] = field(default_factory=list)
+    """The session's memberships of shared runs still being read (``alignlab.sharing.Member``): its requests in the
+    line."""
+    notice: str = ""
+    """Something the session must be told at its next request (its files were cleared to free disk)."""
+    files_cleared: bool = False
+    """The session's trained policy was deleted to keep the disk within its bound (until it trains again)."""
 
     @property
     def training_now(self) -> bool:
         return self.run is not None and not self.run.done.is_set()
 
     def path(self, name: str) -> Path:
-        """A file or folder inside this session's private directory (created on first use)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """A file or folder inside this session's private directory (created, and claimed by this server, on first
+        use: see :mod:`alignlab.owners`)."""
+        if not self.directory.is_dir():
+            claim(self.directory)
         return self.directory / name
+
+    def clear_files(self, why: str) -> None:
+        """Delete the session's files (its trained policy, its exports) and tell the visitor at their next request."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.policy_dir = None
+        self.training_key = None
+        self.files_cleared = self.training is not None
+        self.notice = why
 
     def add_run(self, training: dict[str, Any]) -> RunRecord:
         """Keep a finished run (its training summary); the oldest run goes when there are :data:`MAX_RUNS`."""
@@ -134,6 +154,7 @@ class Session:
     def forget_training(self) -> None:
         """A new baseline or a new run makes earlier results stale."""
         self.log_rows = []
+        self.files_cleared = False
         self.training = None
         self.training_key = None
         self.report = None
@@ -145,9 +166,11 @@ class Session:
 class SessionStore:
     """Sessions by key, each with its own directory under ``root``; idle ones expire."""
 
-    def __init__(self, root: Path | None = None, ttl: float = 2 * 3600) -> None:
+    def __init__(self, root: Path | None = None, ttl: float = 2 * 3600, max_disk_bytes: int = 0) -> None:
         self._root = Path(root) if root is not None else None
         self.ttl = ttl
+        self.max_disk_bytes = max_disk_bytes
+        """Bound on the bytes under :attr:`root` (0: none); see :meth:`bound_disk`."""
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 
@@ -212,12 +235,50 @@ class SessionStore:
             _dispose(session)
         return stale
 
+    def bound_disk(self, keep: Session | None = None) -> list[str]:
+        """Keep the root's files within :attr:`max_disk_bytes`: clear the files of the sessions idle longest first
+        (never ``keep``'s, nor those of a session training now); returns their keys."""
+        if self.max_disk_bytes <= 0 or disk_used(self.root) <= self.max_disk_bytes:
+            return []
+        with self._lock:
+            idle = sorted(
+                (s for s in self._sessions.values() if s is not keep and not s.training_now and s.directory.is_dir()),
+                key=lambda s: s.last_seen,
+            )
+        cleared = []
+        for session in idle:
+            minutes = (time.monotonic() - session.last_seen) / 60
+            session.clear_files(
+                f"Your files (trained model, exports) were cleared after {minutes:.0f} min idle, to keep this shared "
+                "machine's disk within its bound: train again to compare or export."
+            )
+            cleared.append(session.key)
+            if disk_used(self.root) <= self.max_disk_bytes:
+                break
+        return cleared
+
     def close_all(self) -> None:
         with self._lock:
             sessions = list(self._sessions.values())
             self._sessions.clear()
         for session in sessions:
             _dispose(session)
+
+
+def disk_used(root: Path) -> int:
+    """Bytes of the files under ``root``, each file once however many hard links it has."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            try:
+                info = os.stat(os.path.join(folder, name))
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_size
+    return total
 
 
 def _dispose(session: Session) -> None:
