@@ -33,10 +33,16 @@ def settled():
         counts.append(tasks())
     return counts[-1]
 def holds_pool():
-    # True when this thread still has a pool: handing it back ends one of the process's threads
+    # True when this thread still has a pool: handing it back ends one of the process's threads (within a second)
+    import time
     before = settled()
     release_pool()
-    return tasks() < before
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        if tasks() < before:
+            return True
+        time.sleep(0.02)
+    return False
 """
 
 
@@ -55,7 +61,7 @@ def worker():
     parallel_op()
     results["worker_pool"] = tasks()
     results["released"] = release_pool()
-    results["after"] = tasks()
+    results["after"] = settled()  # the handed-back worker has ended
 base = tasks()
 parallel_op()
 main_pool = tasks()
