@@ -31,7 +31,8 @@ from alignlab.methods import SCORERS, Scorer
 from alignlab.models import LoadedModel
 from alignlab.pairs import PreferencePair
 from alignlab.probes import PreferenceProbe
-from alignlab.stats import paired_gain
+from alignlab.questions import CheckedAnswers
+from alignlab.stats import Proportion, paired_gain
 
 #: A neutral paragraph, unrelated to any preset, on which the policy's perplexity is measured
 #: before and after training: if it rises a lot, the run damaged general language ability.
@@ -209,6 +210,16 @@ class Evidence:
     capability_count: int = 0
     capability_accuracy_interval_before: list[float] | None = None
     capability_accuracy_interval_after: list[float] | None = None
+    checked_capability_before: float = float("nan")
+    """Share of the checked questions (:mod:`alignlab.questions`) the original model answered right."""
+    checked_capability_after: float = float("nan")
+    checked_capability_count: int = 0
+    checked_capability_interval_before: list[float] | None = None
+    checked_capability_interval_after: list[float] | None = None
+    checked_capability_lost: int = 0
+    """Questions answered right before training and wrong after."""
+    checked_capability_answers: list[dict[str, Any]] = field(default_factory=list)
+    """Each checked question: its accepted answers, both answers, and which were right."""
     answer_surprise: dict[str, list[float]] = field(default_factory=dict)
     """The original model's surprise at each eval answer, ``before`` and ``after`` training
     (:func:`answer_surprise`); the report carries it in ``eval.degeneration``."""
@@ -234,6 +245,7 @@ def gather_evidence(
     scorer: str = Scorer.IMPLICIT_REWARD,
     scored_answers: ScoredAnswers | None = None,
     baseline_outputs: list[str] | None = None,
+    checked: CheckedAnswers | None = None,
 ) -> Evidence:
     """All numeric evidence; ``loaded.model`` is the untouched reference.
 
@@ -244,6 +256,7 @@ def gather_evidence(
     (:func:`alignlab.generation.generate_scored`); the KL then needs only the reference's forward.
     ``baseline_outputs``: the original model's answers to ``eval_prompts``; with them, the original model's
     surprise at each answer before and after (:func:`answer_surprise`) is measured too.
+    ``checked``: the checked questions' answers before and after (:func:`alignlab.questions.check_answers`).
     """
     reference = loaded.model
     if probe is None:
@@ -298,4 +311,21 @@ def gather_evidence(
             if baseline_outputs is not None
             else {}
         ),
+        **checked_fields(checked),
     )
+
+
+def checked_fields(checked: CheckedAnswers | None) -> dict[str, Any]:
+    """The :class:`Evidence` fields of the checked questions: shares right, count, intervals, losses, rows."""
+    if checked is None or not checked.count:
+        return {}
+    n, before, after = checked.count, sum(checked.right_before), sum(checked.right_after)
+    return {
+        "checked_capability_before": before / n,
+        "checked_capability_after": after / n,
+        "checked_capability_count": n,
+        "checked_capability_interval_before": list(Proportion(before, n).interval),
+        "checked_capability_interval_after": list(Proportion(after, n).interval),
+        "checked_capability_lost": checked.lost,
+        "checked_capability_answers": checked.rows(),
+    }

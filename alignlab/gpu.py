@@ -19,8 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from alignlab import questions
 from alignlab.methods import DEFAULT_METHOD, METHODS  # torch-free, like this module and the two below
 from alignlab.model_shapes import ModelShape, ShapeError, known_shape
+from alignlab.questions import builtin_questions
 from alignlab.settings import LIVE_PROBE_PAIRS, GenerationSettings
 
 try:  # the package is a no-op outside a ZeroGPU Space, but it may not be installed at all
@@ -146,11 +148,14 @@ def compare_duration(
     *args: Any,
     **kwargs: Any,
 ) -> int:
-    """GPU seconds for the after-answers and the evidence (held-out scoring, KL, perplexity)."""
+    """GPU seconds for the after-answers and the evidence (held-out scoring, KL, perplexity, the checked questions
+    answered by the policy and, once per model, by the original model)."""
     n_prompts = len(preset.get("eval_prompts", []))
     paired = sum(len(preset.get(k) or []) for k in ("heldout_pairs", "contrast_pairs"))
     capability = len(preset.get("capability_pairs") or []) or 10  # imported data: the built-in set
     n_scored = paired + capability
     tokens = int(generation.get("max_new_tokens", _MAX_NEW_TOKENS))
     scoring = (n_scored * 4 + n_prompts * 2) * 0.05 * _scale(spec)
-    return _clamp(2 * _LOAD_SECONDS + generation_seconds(spec, n_prompts, tokens) + scoring)
+    asked = len(builtin_questions()) + len(preset.get("checked_questions") or [])
+    checked = 2 * generation_seconds(spec, asked, questions.MAX_NEW_TOKENS)
+    return _clamp(2 * _LOAD_SECONDS + generation_seconds(spec, n_prompts, tokens) + scoring + checked)

@@ -22,6 +22,7 @@ from alignlab.models import LoadedModel, load_model
 from alignlab.pairs import DatasetError
 from alignlab.presets import Preset, capability_probe, heldout_unavailable, validate_preset
 from alignlab.probes import PreferenceProbe
+from alignlab.questions import check_answers, question_set
 from alignlab.settings import GenerationSettings, TrainingSettings
 from alignlab.tracking import RunTracker
 from alignlab.training import CancelToken, TrainingEvent, TrainingResult, train_policy
@@ -60,6 +61,7 @@ def compare(
     answers = generate_scored(loaded, preset.eval_prompts, generation, model=result.policy)
     aligned = answers.texts
     capability, source = capability_probe(preset)
+    checked = check_answers(loaded, result.policy, question_set(preset.checked_questions))
     evidence = gather_evidence(
         result.policy,
         loaded,
@@ -75,6 +77,7 @@ def compare(
         scorer=result.settings.method_entry.scorer,
         scored_answers=answers,
         baseline_outputs=baseline,
+        checked=checked,
     )
     return aligned, evidence
 

@@ -29,6 +29,7 @@ from alignlab.pairs import (
     validate_pairs,
     validate_unpaired,
 )
+from alignlab.questions import CheckedQuestion, questions_from_dicts
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 MAX_EVAL_PROMPTS = 32
@@ -63,6 +64,9 @@ class Preset:
     measures the alignment tax on knowledge."""
     unpaired: list[UnpairedRow] = field(default_factory=list)
     """Thumbs rows to train on beside ``pairs`` (TRL's unpaired format; the preset file's optional ``unpaired``)."""
+    checked_questions: list[CheckedQuestion] = field(default_factory=list)
+    """Short questions with answers checked by matching, asked besides the built-in set (:mod:`alignlab.questions`;
+    the preset file's optional ``checked_questions``)."""
 
     @property
     def training_data(self) -> TrainingData:
@@ -77,6 +81,7 @@ class Preset:
             "eval_prompts": list(self.eval_prompts),
             **{section: pairs_to_dicts(getattr(self, section)) for section in PAIR_SECTIONS},
             "unpaired": thumbs_to_dicts(self.unpaired),
+            **({"checked_questions": [q.to_dict() for q in self.checked_questions]} if self.checked_questions else {}),
         }
 
     @classmethod
@@ -102,6 +107,7 @@ class Preset:
                 for section, label in PAIR_SECTIONS.items()
             },
             unpaired=thumbs_from_dicts(data.get("unpaired") or [], f"{source}: thumbs rows"),
+            checked_questions=questions_from_dicts(data.get("checked_questions") or [], f"{source}: checked_questions"),
         )
 
 

@@ -61,6 +61,8 @@ RANKED_SETS: dict[str, tuple[str, str, str]] = {
     "contrast": ("contrast_accuracy", "contrast_count", "contrast_margins"),
     "capability_before": ("capability_accuracy_before", "capability_count", "capability_pairs"),
     "capability_after": ("capability_accuracy_after", "capability_count", "capability_pairs"),
+    "checked_before": ("checked_capability_before", "checked_capability_count", "checked_capability_count"),
+    "checked_after": ("checked_capability_after", "checked_capability_count", "checked_capability_count"),
 }
 
 
@@ -161,6 +163,21 @@ def capability_reading(evaluation: dict[str, Any]) -> str:
     else:
         words = "knowledge unrelated to the preference is intact"
     return f"Capability{origin}: correct answer preferred {before.text()} -> {after.text()} — {words}."
+
+
+def checked_capability_reading(evaluation: dict[str, Any]) -> str:
+    """The checked questions in one line: answered right before -> after, and what turned wrong."""
+    before, after = ranked(evaluation, "checked_before"), ranked(evaluation, "checked_after")
+    if before is None or after is None:
+        return "Checked answers could not be measured (no checked questions)."
+    lost = int(evaluation.get("checked_capability_lost") or 0)
+    if lost and after.value < before.value - CAPABILITY_DROP + 1e-9:
+        words = f"{lost} answers that were right turned wrong: knowledge lost in what it writes"
+    elif lost:
+        words = f"{lost} answer(s) that were right turned wrong; most knowledge kept in what it writes"
+    else:
+        words = "no answer that was right turned wrong: knowledge kept in what it writes"
+    return f"Checked answers: right {before.text()} -> {after.text()} — {words}."
 
 
 def kl_reading(kl: float | None) -> str:
@@ -301,6 +318,7 @@ def evidence_readings(evaluation: dict[str, Any]) -> list[str]:
         heldout_reading(evaluation),
         contrast_reading(evaluation),
         capability_reading(evaluation),
+        *([checked_capability_reading(evaluation)] if evaluation.get("checked_capability_count") else []),
         kl_reading(evaluation.get("kl_to_reference")),
         perplexity_reading(evaluation.get("perplexity_before"), evaluation.get("perplexity_after")),
     ]

@@ -35,6 +35,7 @@ from alignlab.models import ModelLoadError, is_loaded, load_model, pick_device, 
 from alignlab.owners import claim
 from alignlab.pairs import PreferencePair, UnpairedRow, pairs_to_dicts, thumbs_to_dicts
 from alignlab.public import public_mode
+from alignlab.questions import MAX_NEW_TOKENS, builtin_questions
 from alignlab.settings import GenerationSettings, TrainingSettings
 from alignlab.sharing import Finished, Member, Published, SharedRun, SharedRuns, Waiting, link_tree, run_key
 from alignlab.ui import jobs
@@ -545,6 +546,7 @@ def compare(session: Session, preset: dict[str, Any], progress: gr.Progress | No
     )
     units = generation_units(len(preset["eval_prompts"]), generation.get("max_new_tokens", _MAX_NEW_TOKENS))
     units += 8 * len(preset.get("heldout_pairs", []))
+    units += generation_units(len(builtin_questions()) + len(preset.get("checked_questions") or []), MAX_NEW_TOKENS)
 
     def produce(run: SharedRun) -> tuple[Any, bool]:
         pinned = link_tree(policy_dir, claim(run.directory) / "policy")  # the first session may close meanwhile

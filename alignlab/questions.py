@@ -1,0 +1,245 @@
+"""Capability in what the model writes: short questions whose answers are checked by matching.
+
+The likelihood-based capability pairs (:mod:`alignlab.probes`) ask whether the policy still *prefers* a correct
+answer to a wrong one; a run can keep that preference and still *write* wrong answers. So the lab also asks about
+twenty short questions (facts, simple arithmetic, a unit, a name) before and after training, with greedy decoding,
+and checks each answer by matching: it is right when it names one of the accepted answers (a whole word or number,
+any case) and none of the question's known wrong ones. It measures knowledge kept in generation, not the quality
+of an explanation.
+
+The built-in set (``presets/probes/checked-questions.json``) is asked for every dataset; a preset may add its own
+(its file's ``checked_questions``). The original model's answers depend only on the model and the questions, so
+they are computed once per model and kept, in memory and on disk (:func:`answers_before`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alignlab.pairs import DatasetError
+
+if TYPE_CHECKING:
+    import torch
+
+    from alignlab.models import LoadedModel
+
+BUILTIN_FILE = Path(__file__).resolve().parent.parent / "presets" / "probes" / "checked-questions.json"
+#: Long enough for a one-line answer with its number or name; a model that rambles is read on its first words.
+MAX_NEW_TOKENS = 32
+#: The questions are answered in one batch (one generation call), up to this many at once.
+MAX_BATCH = 32
+
+
+@dataclass(frozen=True)
+class CheckedQuestion:
+    """A question and the answers that count as right (and, optionally, ones that make an answer wrong)."""
+
+    question: str
+    answers: tuple[str, ...]
+    wrong: tuple[str, ...] = ()
+
+    @property
+    def numeric(self) -> bool:
+        return any(_number(a) is not None for a in self.answers)
+
+    def is_right(self, text: str) -> bool:
+        """Whether ``text`` answers right.
+
+        A number is read as the first number the answer states that the question does not (number words count:
+        "seven" is 7), so that "10 minus 3 is 2" is wrong and "3 x 4 = 12" right; a name or word must appear as a
+        whole word, any case, with none of the question's known wrong answers.
+        """
+        if any(_names(text, w) for w in self.wrong):
+            return False
+        if self.numeric:
+            given = set(_numbers(self.question))
+            stated = next((n for n in _numbers(text) if n not in given), None)
+            return stated is not None and any(stated == _number(a) for a in self.answers)
+        return any(_names(text, a) for a in self.answers)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"question": self.question, "answers": list(self.answers)}
+        if self.wrong:
+            data["wrong"] = list(self.wrong)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "checked_questions") -> CheckedQuestion:
+        if not isinstance(data, dict):
+            raise DatasetError(f"{where}: each checked question is an object with 'question' and 'answers'.")
+        question, answers, wrong = data.get("question"), data.get("answers"), data.get("wrong", [])
+        if not isinstance(question, str) or not question.strip():
+            raise DatasetError(f"{where}: 'question' must be non-empty text.")
+        if isinstance(answers, str):
+            answers = [answers]
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+            raise DatasetError(f"{where}: 'answers' must be a non-empty list of text (answers that count as right).")
+        if not isinstance(wrong, list) or not all(isinstance(w, str) and w.strip() for w in wrong):
+            raise DatasetError(f"{where}: 'wrong' must be a list of text (answers that make a reply wrong).")
+        return cls(question.strip(), tuple(a.strip() for a in answers), tuple(w.strip() for w in wrong))
+
+
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+          "seventeen eighteen nineteen twenty")  # fmt: skip
+_TENS = {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100}
+#: Number words and their values.
+_WORDS = {w: i for i, w in enumerate(_UNITS.split())} | _TENS
+_WORD = "(?:" + "|".join(_WORDS) + ")"
+#: A number in digits (not part of a longer one: "-18.0", "1,000") or in words ("seven", "twenty-four").
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:[.,]\d+)*(?![\w])|\b" + _WORD + r"(?:[\s-]+" + _WORD + r")?\b")
+
+
+def _number(token: str) -> float | None:
+    """A number written in digits ("12", "1,000", "-18.0") or words ("twelve", "twenty-four", "one hundred")."""
+    token = token.strip().lower()
+    words = re.split(r"[\s-]+", token)
+    if words == ["one"]:  # "a crucial one" is not a number
+        return None
+    if all(w in _WORDS for w in words):
+        if len(words) == 2 and words[1] == "hundred":
+            return float(_WORDS[words[0]] * 100)
+        return float(sum(_WORDS[w] for w in words))
+    try:
+        return float(token.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def _numbers(text: str) -> list[float]:
+    found = (_number(m.group(0)) for m in _NUMBER.finditer(text.lower()))
+    return [n for n in found if n is not None]
+
+
+def _names(text: str, answer: str) -> bool:
+    pattern = r"(?<![\w])" + re.escape(answer.lower()).replace(r"\ ", r"[\s-]+") + r"(?![\w])"
+    return re.search(pattern, text.lower()) is not None
+
+
+def questions_from_dicts(rows: Any, where: str = "checked_questions") -> list[CheckedQuestion]:
+    if not isinstance(rows, list):
+        raise DatasetError(f"{where}: a list of questions is expected.")
+    return [CheckedQuestion.from_dict(row, f"{where}[{i}]") for i, row in enumerate(rows)]
+
+
+def builtin_questions() -> list[CheckedQuestion]:
+    """The built-in set every dataset is checked on."""
+    return list(_builtin())
+
+
+@functools.cache
+def _builtin() -> tuple[CheckedQuestion, ...]:
+    data = json.loads(BUILTIN_FILE.read_text(encoding="utf-8"))
+    return tuple(questions_from_dicts(data["checked_questions"], BUILTIN_FILE.name))
+
+
+def question_set(extra: list[CheckedQuestion] | None = None) -> list[CheckedQuestion]:
+    """The built-in set, then a preset's own questions (a question already in the set is asked once)."""
+    questions = builtin_questions()
+    seen = {q.question for q in questions}
+    return questions + [q for q in extra or [] if q.question not in seen]
+
+
+def ask(loaded: LoadedModel, questions: list[CheckedQuestion], model: torch.nn.Module | None = None) -> list[str]:
+    """Each question's greedy answer by ``model`` (default: the original model), all in one batch."""
+    from alignlab.generation import generate
+    from alignlab.settings import GenerationSettings
+
+    settings = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, batch_size=max(1, min(len(questions), MAX_BATCH)))
+    return generate(loaded, [q.question for q in questions], settings, model=model)
+
+
+_before: dict[str, list[str]] = {}
+_before_lock = threading.Lock()
+
+
+def _before_key(loaded: LoadedModel, questions: list[CheckedQuestion]) -> str:
+    """What the original model's answers depend on: the model (its folder's files, when local), the device's kind
+    and the questions."""
+    source = Path(loaded.source)
+    files = (
+        sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in source.iterdir() if f.is_file())
+        if source.is_dir()
+        else []
+    )
+    parts = [loaded.source, files, loaded.device.type, MAX_NEW_TOKENS, [q.question for q in questions]]
+    return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()[:32]
+
+
+def answers_before(loaded: LoadedModel, questions: list[CheckedQuestion]) -> list[str]:
+    """The original model's answers, computed once per model and question set and reused: kept in memory, and on
+    disk under the AlignLab cache, so that a CLI run and a forked GPU worker reuse them too."""
+    from alignlab.models import cache_root
+
+    key = _before_key(loaded, questions)
+    with _before_lock:
+        kept = _before.get(key)
+    stored = cache_root() / "checked-answers" / f"{key}.json"
+    if kept is None and stored.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            kept = json.loads(stored.read_text(encoding="utf-8"))
+    if not isinstance(kept, list) or len(kept) != len(questions):
+        kept = ask(loaded, questions)
+        with contextlib.suppress(OSError):
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            partial = stored.with_suffix(f".{os.getpid()}.partial")
+            partial.write_text(json.dumps(kept), encoding="utf-8")
+            partial.replace(stored)
+    with _before_lock:
+        _before[key] = kept
+    return list(kept)
+
+
+@dataclass
+class CheckedAnswers:
+    """The questions' answers before and after training, and which were right."""
+
+    questions: list[CheckedQuestion]
+    before: list[str]
+    after: list[str]
+    right_before: list[bool] = field(init=False)
+    right_after: list[bool] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.right_before = [q.is_right(a) for q, a in zip(self.questions, self.before)]
+        self.right_after = [q.is_right(a) for q, a in zip(self.questions, self.after)]
+
+    @property
+    def count(self) -> int:
+        return len(self.questions)
+
+    @property
+    def lost(self) -> int:
+        """Questions answered right before training and wrong after."""
+        return sum(b and not a for b, a in zip(self.right_before, self.right_after))
+
+    @property
+    def gained(self) -> int:
+        return sum(a and not b for b, a in zip(self.right_before, self.right_after))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per question, for the report and the Compare tab."""
+        return [
+            {
+                "question": q.question,
+                "accepted": list(q.answers),
+                "before": b,
+                "after": a,
+                "right_before": rb,
+                "right_after": ra,
+            }
+            for q, b, a, rb, ra in zip(self.questions, self.before, self.after, self.right_before, self.right_after)
+        ]
+
+
+def check_answers(loaded: LoadedModel, policy: torch.nn.Module, questions: list[CheckedQuestion]) -> CheckedAnswers:
+    """The original model's answers (kept from an earlier run when there is one) and the policy's."""
+    return CheckedAnswers(questions, answers_before(loaded, questions), ask(loaded, questions, model=policy))
