@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from alignlab.generation import ScoredAnswers
+from alignlab.judges import WinRate
 from alignlab.logprobs import (
     ANSWER_SURPRISE,
     TOKENS_PER_BATCH,
@@ -220,6 +221,12 @@ class Evidence:
     """Questions answered right before training and wrong after."""
     checked_capability_answers: list[dict[str, Any]] = field(default_factory=list)
     """Each checked question: its accepted answers, both answers, and which were right."""
+    judged: dict[str, Any] = field(default_factory=dict)
+    """The win rate against the original model and its judge (:meth:`alignlab.judges.WinRate.to_dict`): the report's
+    ``eval.judge``, ``eval.win_*`` and ``eval.mean_words_*`` fields, merged into :meth:`to_dict`."""
+    reward_model: dict[str, Any] | None = None
+    """A method that trains a reward model: how that model ranks the held-out and contrast pairs (``heldout_*`` and
+    ``contrast_*`` accuracy, count, interval, p-value); None for the others."""
     answer_surprise: dict[str, list[float]] = field(default_factory=dict)
     """The original model's surprise at each eval answer, ``before`` and ``after`` training
     (:func:`answer_surprise`); the report carries it in ``eval.degeneration``."""
@@ -227,7 +234,7 @@ class Evidence:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         del data["answer_surprise"]
-        return data
+        return {**data, **data.pop("judged")}
 
 
 def gather_evidence(
@@ -246,6 +253,8 @@ def gather_evidence(
     scored_answers: ScoredAnswers | None = None,
     baseline_outputs: list[str] | None = None,
     checked: CheckedAnswers | None = None,
+    judged: WinRate | None = None,
+    reward_model: dict[str, Any] | None = None,
 ) -> Evidence:
     """All numeric evidence; ``loaded.model`` is the untouched reference.
 
@@ -257,6 +266,9 @@ def gather_evidence(
     ``baseline_outputs``: the original model's answers to ``eval_prompts``; with them, the original model's
     surprise at each answer before and after (:func:`answer_surprise`) is measured too.
     ``checked``: the checked questions' answers before and after (:func:`alignlab.questions.check_answers`).
+    ``judged``: the win rate of the policy's answers against the original model's (:func:`alignlab.judges.win_rate`).
+    ``reward_model``: how the run's own reward model ranks held-out and contrast pairs
+    (:func:`alignlab.judges.reward_model_check`), for a method that trains one.
     """
     reference = loaded.model
     if probe is None:
@@ -312,6 +324,8 @@ def gather_evidence(
             else {}
         ),
         **checked_fields(checked),
+        judged=judged.to_dict() if judged is not None else {},
+        reward_model=reward_model,
     )
 
 

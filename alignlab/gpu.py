@@ -148,8 +148,8 @@ def compare_duration(
     *args: Any,
     **kwargs: Any,
 ) -> int:
-    """GPU seconds for the after-answers and the evidence (held-out scoring, KL, perplexity, the checked questions
-    answered by the policy and, once per model, by the original model)."""
+    """GPU seconds for the after-answers and the evidence (held-out scoring, KL, perplexity, the checked questions and
+    the held-out prompts answered by the policy and, once per model, by the original model)."""
     n_prompts = len(preset.get("eval_prompts", []))
     paired = sum(len(preset.get(k) or []) for k in ("heldout_pairs", "contrast_pairs"))
     capability = len(preset.get("capability_pairs") or []) or 10  # imported data: the built-in set
@@ -158,4 +158,5 @@ def compare_duration(
     scoring = (n_scored * 4 + n_prompts * 2) * 0.05 * _scale(spec)
     asked = len(builtin_questions()) + len(preset.get("checked_questions") or [])
     checked = 2 * generation_seconds(spec, asked, questions.MAX_NEW_TOKENS)
-    return _clamp(2 * _LOAD_SECONDS + generation_seconds(spec, n_prompts, tokens) + scoring + checked)
+    judged = 2 * generation_seconds(spec, len(preset.get("heldout_pairs") or []), tokens)  # both sides' answers
+    return _clamp(2 * _LOAD_SECONDS + generation_seconds(spec, n_prompts, tokens) + scoring + checked + judged)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from alignlab import model_checks, tracking
@@ -18,6 +19,7 @@ from alignlab.evaluation import Evidence, count_changed, gather_evidence
 from alignlab.findings import RunFacts, training_accuracy
 from alignlab.generation import generate_baseline, generate_scored
 from alignlab.health import read_health
+from alignlab.judges import reward_model_check, win_rate
 from alignlab.models import LoadedModel, load_model
 from alignlab.pairs import DatasetError
 from alignlab.presets import Preset, capability_probe, heldout_unavailable, validate_preset
@@ -62,6 +64,7 @@ def compare(
     aligned = answers.texts
     capability, source = capability_probe(preset)
     checked = check_answers(loaded, result.policy, question_set(preset.checked_questions))
+    judged = win_rate(loaded, result.policy, preset.heldout_pairs, generation.max_new_tokens)
     evidence = gather_evidence(
         result.policy,
         loaded,
@@ -78,6 +81,8 @@ def compare(
         scored_answers=answers,
         baseline_outputs=baseline,
         checked=checked,
+        judged=judged,
+        reward_model=result.reward_model,
     )
     return aligned, evidence
 
@@ -203,7 +208,10 @@ def train_and_compare(
     probe = run_probe(loaded, preset, settings)
     live = probe.curve_point if preset.heldout_pairs or preset.contrast_pairs else None
     events = _tracked(on_event, tracker)
-    result = train_policy(loaded, preset.training_data, settings, on_event=events, cancel=cancel, probe=live)
+    check = partial(reward_model_check, loaded, preset.heldout_pairs, preset.contrast_pairs)
+    result = train_policy(
+        loaded, preset.training_data, settings, on_event=events, cancel=cancel, probe=live, reward_check=check
+    )
     timings["train"] = time.perf_counter() - started
     if tracker is not None:
         tracker.end_training(result.steps_done, result.seconds, result.stopped_early)

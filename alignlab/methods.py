@@ -235,6 +235,13 @@ class Method:
         return self.stage.has_reference
 
     @property
+    def judged_by_reward_model(self) -> bool:
+        """Whether a stage trains a reward model that the policy is trained against (RLHF): such a method is read
+        from that reward model's own ranking of pairs it never saw and from the win rate, not from the policy's
+        implicit reward, a score it never optimises."""
+        return any(stage.trains_reward_model for stage in self.stages)
+
+    @property
     def data(self) -> Data:
         """The rows the policy's stage reads."""
         return self.stage.data
@@ -517,8 +524,6 @@ METHODS: dict[str, Method] = {
         # The policy has a reference, and the KL-regularised RL objective's optimum is exactly
         # beta * log(pi/pi_ref) = reward + const: the implicit reward is the reward the policy has taken on.
         scorer=Scorer.IMPLICIT_REWARD,
-        # At its defaults RLHF reads warning, not healthy: online RL learns only from the answers the policy
-        # samples, and an instruct model never samples the rejected answers' kind, so nothing pushes them down.
         defaults={"learning_rate": 5e-5, "beta": 0.05, "steps": 6},
         beta_means="weight of the KL penalty to the reference in the RL reward (RLOO's beta)",
         # A reward-model step and an RL step together: about 1.5-2.5 DPO steps on 2 CPU cores; on a GPU the RL

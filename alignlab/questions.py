@@ -54,15 +54,19 @@ class CheckedQuestion:
     def is_right(self, text: str) -> bool:
         """Whether ``text`` answers right.
 
-        A number is read as the first number the answer states that the question does not (number words count:
-        "seven" is 7), so that "10 minus 3 is 2" is wrong and "3 x 4 = 12" right; a name or word must appear as a
-        whole word, any case, with none of the question's known wrong answers.
+        A number is read as the answer's first stated result that the question does not state (a number right
+        after "is", "are", "=", "equals", "get", "gives" or "makes"; number words count: "seven" is 7), else as the
+        first number it states that the question does not; so "10 minus 3 is 2" is wrong, "which is 3 x 4 = 12" and
+        "divide 10 by 2 and get 5" right. A name
+        or word must appear as a whole word, any case, with none of the question's known wrong answers.
         """
         if any(_names(text, w) for w in self.wrong):
             return False
         if self.numeric:
             given = set(_numbers(self.question))
-            stated = next((n for n in _numbers(text) if n not in given), None)
+            stated = _result(text, given)
+            if stated is None:
+                stated = next((n for n in _numbers(text) if n not in given), None)
             return stated is not None and any(stated == _number(a) for a in self.answers)
         return any(_names(text, a) for a in self.answers)
 
@@ -112,6 +116,24 @@ def _number(token: str) -> float | None:
         return float(token.replace(",", ""))
     except ValueError:
         return None
+
+
+#: What introduces a stated result: "is", "are", "=", "equals", "get", "gives", "makes" (and "is equal to", "is
+#: about" ...).
+_RESULT = re.compile(
+    r"(?:=|\b(?:is|are|equals?|gets?|gives?|makes?)\b)\s*(?:(?:equal to|about|approximately|exactly|just)\s+)?"
+)
+
+
+def _result(text: str, given: set[float]) -> float | None:
+    """The first number that follows a result's marker in ``text`` and is not among ``given``, or None."""
+    low = text.lower()
+    for marker in _RESULT.finditer(low):
+        found = _NUMBER.match(low, marker.end())
+        value = _number(found.group(0)) if found else None
+        if value is not None and value not in given:
+            return value
+    return None
 
 
 def _numbers(text: str) -> list[float]:

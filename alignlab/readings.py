@@ -14,7 +14,7 @@ from typing import Any
 
 from alignlab.degeneration import LOOPING_RATE
 from alignlab.methods import SCORERS, Scorer
-from alignlab.stats import ALPHA, Proportion, interval_text, median
+from alignlab.stats import ALPHA, Proportion, interval_text, median, percent_range
 
 #: Preference accuracy at or below this is "about chance" whatever the count: a reading of harm or of no
 #: learning (no generalisation, a shortcut) fires on the point estimate, so that a test never hides it.
@@ -27,6 +27,13 @@ HEAVY_PPL_RATIO = 1.5
 SEVERE_FACTOR = 2.0
 #: Capability accuracy falling by this much (and by at least 2 pairs) is a capability loss.
 CAPABILITY_DROP = 0.2
+#: Checked answers (:mod:`alignlab.questions`) lost: this many right answers turned wrong, and the share answered
+#: right down by this much (three of the twenty built-in questions), read on the point estimate. A small model holds
+#: some answers by a thin margin, and the smallest move that changes anything flips them: IPO at its defaults on
+#: seed-lab (KL 0.004 nats/token) turns "Mars" into "Kepler-62f" and Spain's language into Spanish-like words, as
+#: every method at its defaults there turns two. A loss is more than that.
+CHECKED_LOST = 3
+CHECKED_DROP = 0.15
 
 
 def finite(value: Any) -> float | None:
@@ -54,6 +61,9 @@ def best_step(curve: list[dict[str, Any]]) -> int | None:
     top = score(best)[0]
     return int(min(p["step"] for p in points if score(p)[0] == top))
 
+
+#: Wins that go with answers this much longer (or shorter) than the original's, on average, are named.
+LENGTH_SHIFT = 0.25
 
 #: The report's ``eval`` keys of each ranked set: (accuracy, count, margins that count it in older reports).
 RANKED_SETS: dict[str, tuple[str, str, str]] = {
@@ -165,16 +175,110 @@ def capability_reading(evaluation: dict[str, Any]) -> str:
     return f"Capability{origin}: correct answer preferred {before.text()} -> {after.text()} — {words}."
 
 
+def win_band(evaluation: dict[str, Any]) -> str:
+    """'win' (the policy's answers preferred, a sign test at :data:`ALPHA`), 'loses' (the original's preferred,
+    the same test the other way), 'no_win' (neither), 'blind' (the judge cannot tell the held-out pairs apart) or
+    'unknown' (nothing judged)."""
+    judge = evaluation.get("judge") or {}
+    if not evaluation.get("win_count"):
+        return "unknown"
+    if not judge.get("usable"):
+        return "blind"
+    ahead, behind = finite(evaluation.get("win_p_value")), finite(evaluation.get("win_p_value_behind"))
+    if ahead is not None and ahead < ALPHA:
+        return "win"
+    if behind is not None and behind < ALPHA:
+        return "loses"
+    return "no_win"
+
+
+def judge_text(evaluation: dict[str, Any]) -> str:
+    """Which judge spoke, what it measures, and how well it tells the held-out pairs apart."""
+    judge = evaluation.get("judge") or {}
+    check = Proportion.of(judge.get("heldout_accuracy"), judge.get("heldout_count"))
+    told = f"; it ranks {check.text()} of the held-out pairs right ({check.chance_text()})" if check else ""
+    return f"judge: {judge.get('source', '?')}, measuring {judge.get('measures', '?')}{told}"
+
+
+def win_reading(evaluation: dict[str, Any]) -> str:
+    """The win rate against the original model in one paragraph: count, interval, test, lengths, judge."""
+    band = win_band(evaluation)
+    if band == "unknown":
+        return "No win rate: there are no held-out prompts to judge the answers on."
+    if band == "blind":
+        return (
+            f"The judge cannot tell the held-out pairs apart, so its win rate is not read ({judge_text(evaluation)})."
+        )
+    n, wins, ties = evaluation["win_count"], evaluation.get("wins", 0), evaluation.get("win_ties", 0)
+    rate = finite(evaluation.get("win_rate")) or 0.0
+    interval = evaluation.get("win_interval") or [0.0, 1.0]
+    p = finite(evaluation.get("win_p_value")) or 1.0
+    head = (
+        f"Win rate against the original model: the policy's answer won {wins} of {n} held-out prompts, {ties} tied "
+        f"-> {rate:.0%} ({percent_range(tuple(interval))}), p = {p:.2g}"
+    )
+    if band == "win":
+        words = "the answers it writes agree with the preference better than the original model's"
+    elif band == "loses":
+        words = "the original model's answers agree with the preference better: training moved what it writes away"
+    else:
+        decide = Proportion(round(wins + ties / 2), n).pairs_to_decide if rate > 0.5 else None
+        more = f"; about {decide} prompts at this rate would decide it" if decide else ""
+        words = f"no win a test can see{more}"
+    text = f"{head} — {words}."
+    shift = finite(evaluation.get("win_length_shift"))
+    if band == "win" and shift is not None and abs(shift) >= LENGTH_SHIFT:
+        longer = "longer" if shift > 0 else "shorter"
+        text += f" Its wins go with answers {abs(shift):.0%} {longer} than the original's: length may be what won."
+    before, after = finite(evaluation.get("mean_words_original")), finite(evaluation.get("mean_words_policy"))
+    if before is not None and after is not None:
+        text += f" Mean length {before:.0f} -> {after:.0f} words."
+    judge = judge_text(evaluation)
+    return f"{text} ({judge[0].upper()}{judge[1:]}.)"
+
+
+def reward_model_ranked(evaluation: dict[str, Any], name: str) -> Proportion | None:
+    """How the run's own reward model ranks a set (``heldout`` or ``contrast``), from ``eval.reward_model``."""
+    judged = evaluation.get("reward_model") or {}
+    return Proportion.of(judged.get(f"{name}_accuracy"), judged.get(f"{name}_count"))
+
+
+def reward_model_reading(evaluation: dict[str, Any]) -> str:
+    """The run's own reward model on pairs it never trained on, in one line."""
+    heldout, contrast = reward_model_ranked(evaluation, "heldout"), reward_model_ranked(evaluation, "contrast")
+    if heldout is None and contrast is None:
+        return "The reward model could not be checked: there are no held-out or contrast pairs."
+    parts = []
+    if heldout is not None:
+        parts.append(f"held-out pairs {heldout.text()} ranked right ({heldout.chance_text()})")
+    if contrast is not None:
+        parts.append(f"contrast pairs, the cue on the worse answer, {contrast.text()} ({contrast.chance_text()})")
+    return "The reward model, on pairs it never trained on: " + "; ".join(parts) + "."
+
+
+def checked_loss(evaluation: dict[str, Any]) -> bool:
+    """Knowledge lost in what the model writes, on the point estimate: at least :data:`CHECKED_LOST` checked answers
+    that were right turned wrong, and the share answered right fell by :data:`CHECKED_DROP` or more."""
+    before, after = ranked(evaluation, "checked_before"), ranked(evaluation, "checked_after")
+    if before is None or after is None:
+        return False
+    lost = int(evaluation.get("checked_capability_lost") or 0)
+    return lost >= CHECKED_LOST and before.value - after.value >= CHECKED_DROP - 1e-9
+
+
 def checked_capability_reading(evaluation: dict[str, Any]) -> str:
     """The checked questions in one line: answered right before -> after, and what turned wrong."""
     before, after = ranked(evaluation, "checked_before"), ranked(evaluation, "checked_after")
     if before is None or after is None:
         return "Checked answers could not be measured (no checked questions)."
     lost = int(evaluation.get("checked_capability_lost") or 0)
-    if lost and after.value < before.value - CAPABILITY_DROP + 1e-9:
+    if checked_loss(evaluation):
         words = f"{lost} answers that were right turned wrong: knowledge lost in what it writes"
     elif lost:
-        words = f"{lost} answer(s) that were right turned wrong; most knowledge kept in what it writes"
+        words = (
+            f"{lost} answer(s) that were right turned wrong, as answers held by a thin margin do under any training; "
+            "knowledge kept in what it writes"
+        )
     else:
         words = "no answer that was right turned wrong: knowledge kept in what it writes"
     return f"Checked answers: right {before.text()} -> {after.text()} — {words}."
@@ -319,6 +423,8 @@ def evidence_readings(evaluation: dict[str, Any]) -> list[str]:
         contrast_reading(evaluation),
         capability_reading(evaluation),
         *([checked_capability_reading(evaluation)] if evaluation.get("checked_capability_count") else []),
+        *([win_reading(evaluation)] if evaluation.get("win_count") else []),
+        *([reward_model_reading(evaluation)] if evaluation.get("reward_model") else []),
         kl_reading(evaluation.get("kl_to_reference")),
         perplexity_reading(evaluation.get("perplexity_before"), evaluation.get("perplexity_after")),
     ]
@@ -353,7 +459,21 @@ def evidence_markdown(evaluation: dict[str, Any]) -> str:
         table = ["| answers | before | after | reading |", "|---|---|---|---|"]
         table += [f"| {name} | {before} | {after} | {reading} |" for name, before, after, reading in rows]
         text += "\n\n### The answers themselves\n" + "\n".join(table)
+    judged = evaluation.get("win_per_prompt") or []
+    if judged and win_band(evaluation) != "blind":
+        sides = {"policy": "after training", "original": "original model", "tie": "tie (same answer)"}
+        table = ["| held-out prompt | better answer | by |", "|---|---|---|"]
+        table += [
+            f"| {_short(row['prompt'])} | {sides.get(row['winner'], row['winner'])} | {abs(row['margin']):.3f} |"
+            for row in judged
+        ]
+        text += "\n\n### Who won, prompt by prompt\n" + "\n".join(table)
     return text
+
+
+def _short(text: str, limit: int = 70) -> str:
+    text = " ".join(text.split()).replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def health_markdown(health: dict[str, Any], title: str = "Training health") -> str:

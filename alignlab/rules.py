@@ -41,8 +41,14 @@ from alignlab.readings import (
     accuracy_band,
     best_step,
     capability_reading,
+    checked_capability_reading,
+    checked_loss,
     finite,
     gain_text,
+    reward_model_ranked,
+    reward_model_reading,
+    win_band,
+    win_reading,
 )
 from alignlab.stats import ALPHA
 
@@ -481,6 +487,84 @@ def rule_capability(facts: RunFacts) -> list[Finding]:
     return [Finding("capability_kept", "good", capability_reading(facts.evidence))]
 
 
+def rule_checked_capability(facts: RunFacts) -> list[Finding]:
+    """Capability in what the model writes: checked answers that were right turned wrong
+    (:func:`alignlab.readings.checked_loss`, on the point estimate, both intervals shown)."""
+    if not facts.evidence.get("checked_capability_count"):
+        return []
+    if checked_loss(facts.evidence):
+        return [
+            Finding(
+                "capability_loss",
+                "warning",
+                checked_capability_reading(facts.evidence)
+                + " Training cost facts it was not about; raise β or train fewer steps.",
+            )
+        ]
+    return []
+
+
+def rule_reward_model(facts: RunFacts) -> list[Finding]:
+    """A method that trains a reward model (RLHF) is read from it: whether it ranks held-out pairs, never trained
+    on, right more often than a coin would, and contrast pairs too (or whether it learnt the training answers' cue).
+    The policy is only as right as the reward it was trained against."""
+    if not facts.entry.judged_by_reward_model or not facts.evidence:
+        return []
+    heldout = reward_model_ranked(facts.evidence, "heldout")
+    contrast = reward_model_ranked(facts.evidence, "contrast")
+    reading = reward_model_reading(facts.evidence)
+    if heldout is None:
+        return [Finding("reward_model_unchecked", "info", reading + " Add held-out pairs to check it.")]
+    out = []
+    band = accuracy_band(heldout)
+    if band == "chance":
+        out.append(
+            Finding(
+                "reward_model_chance",
+                "warning",
+                f"{reading} It ranks pairs it never saw about as a coin would: it did not learn the preference, so "
+                "the policy was trained against noise. Check the labels (chosen and rejected swapped on some?) or "
+                "give the reward model more pairs.",
+            )
+        )
+    elif band == "undecided":
+        out.append(
+            Finding(
+                "reward_model_undecided",
+                "warning",
+                f"{reading} Whether it learnt the preference is not shown: {heldout.undecided_text()}.",
+            )
+        )
+    if accuracy_band(contrast) == "chance":
+        out.append(
+            Finding(
+                "reward_model_cue",
+                "warning",
+                f"{reading} With the cue on the worse answer it ranks them about as a coin would: the reward model "
+                "learnt the training answers' surface cue, and the policy was rewarded for that cue.",
+            )
+        )
+    if not out:
+        out.append(Finding("reward_model_right", "good", reading))
+    return out
+
+
+def ranking(rule: Rule) -> Rule:
+    """A rule on how the policy's implicit reward ranks held-out and contrast pairs. A method judged by its reward
+    model (:attr:`alignlab.methods.Method.judged_by_reward_model`) never optimises that score, so for it these
+    findings are information; its verdict comes from :func:`rule_reward_model`, the win rate and the drift."""
+
+    def read(facts: RunFacts) -> list[Finding]:
+        found = rule(facts)
+        if not facts.entry.judged_by_reward_model:
+            return found
+        note = f" (Information only: {facts.entry.title} is read from its reward model and the win rate.)"
+        return [Finding(f.code, "info", f.text + note) for f in found]
+
+    read.__name__, read.__doc__ = rule.__name__, rule.__doc__
+    return read
+
+
 def rule_displacement(facts: RunFacts) -> list[Finding]:
     # Rewards are beta x (policy - reference) log-probability on the step's own pairs, so they compare
     # like with like; raw ``logps/*`` move with which pairs a batch drew (short or long answers). A method
@@ -534,24 +618,42 @@ def rule_method_limits(facts: RunFacts) -> list[Finding]:
     return out
 
 
+def rule_win(facts: RunFacts) -> list[Finding]:
+    """The win rate against the original model (:mod:`alignlab.judges`): ``win`` where a sign test says the
+    policy's answers are preferred, ``loses`` where it says the original's are, ``no_win`` otherwise (also when the
+    judge cannot tell the held-out pairs apart, whose win rate is not read)."""
+    band = win_band(facts.evidence)
+    if band == "unknown":
+        return []
+    reading = win_reading(facts.evidence)
+    if band == "win":
+        return [Finding("win", "good", reading)]
+    if band == "loses":
+        return [Finding("loses", "warning", reading)]
+    return [Finding("no_win", "info", reading)]
+
+
 #: The rules, in the order their findings are listed (failures are listed first by the verdict).
 RULES: list[Rule] = [
     rule_trained,
     rule_unstable,
-    rule_signal,
+    ranking(rule_signal),
     rule_collapse,
     rule_repetition,
     rule_garbage,
     rule_broken,
     rule_memorised,
-    rule_shortcut,
+    rule_reward_model,
+    ranking(rule_shortcut),
     rule_capability,
+    rule_checked_capability,
     rule_template,
     rule_displacement,
     rule_drift,
     rule_change,
     rule_learning,
     rule_reward,
-    rule_generalises,
+    ranking(rule_generalises),
+    rule_win,
     rule_method_limits,
 ]

@@ -29,6 +29,7 @@ EVIDENCE_COLUMNS: dict[str, str] = {
     "heldout_accuracy": "held-out acc",
     "contrast_accuracy": "contrast acc",
     "capability": "capability before → after",
+    "win_rate": "win rate vs original",
     "kl_to_reference": "KL to original",
     "perplexity": "perplexity before → after",
     "changed": "answers changed",
@@ -131,7 +132,8 @@ def evidence_row(report: dict[str, Any]) -> dict[str, Any]:
         "heldout_accuracy": ev.get("heldout_reward_accuracy"),
         "contrast_accuracy": ev.get("contrast_accuracy"),
         "capability": [ev.get("capability_accuracy_before"), ev.get("capability_accuracy_after")],
-        "counts": {name: ev.get(f"{name}_count") for name in ("heldout", "contrast", "capability")},
+        "win_rate": ev.get("win_rate") if (ev.get("judge") or {}).get("usable") else None,
+        "counts": {name: ev.get(f"{name}_count") for name in ("heldout", "contrast", "capability", "win")},
         "kl_to_reference": ev.get("kl_to_reference"),
         "perplexity": [ev.get("perplexity_before"), ev.get("perplexity_after")],
         "changed": report.get("changed"),
@@ -178,6 +180,9 @@ def display_row(row: dict[str, Any]) -> list[str]:
         elif key == "perplexity":
             before, after = value or (None, None)
             out.append(f"{_number(before)} → {_number(after)}" if before is not None or after is not None else "—")
+        elif key == "win_rate":
+            count = counts.get("win")
+            out.append(f"{value:.0%} of {count}" if value is not None and count else "—")
         elif key == "peak_memory":
             out.append(_memory(value))
         elif key == "kl_to_reference":

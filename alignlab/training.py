@@ -71,6 +71,9 @@ class TrainingResult:
     device: str = ""
     trained_on: dict[str, int] = field(default_factory=dict)
     """What the method trained on (:func:`trained_on`): dataset rows, pairs, thumbs rows, pairs formed from them."""
+    reward_model: dict[str, Any] | None = None
+    """A method that trains a reward model: how it ranks the held-out and contrast pairs
+    (:func:`alignlab.judges.reward_model_check`), measured when its stage ends; the report's ``eval.reward_model``."""
 
     @property
     def step_rows(self) -> list[dict[str, Any]]:
@@ -95,6 +98,7 @@ class TrainingResult:
             "peak_memory_kind": self.peak_memory_kind,
             "device": self.device,
             "trained_on": dict(self.trained_on),
+            "reward_model": dict(self.reward_model) if self.reward_model else None,
         }
 
     @classmethod
@@ -114,6 +118,7 @@ class TrainingResult:
             peak_memory_kind=data.get("peak_memory_kind"),
             device=data.get("device") or "",
             trained_on=dict(data.get("trained_on") or {}),
+            reward_model=data.get("reward_model"),
         )
 
 
@@ -222,6 +227,7 @@ def train_policy(
     cancel: CancelToken | None = None,
     output_dir: str | Path | None = None,
     probe: StepProbe | None = None,
+    reward_check: Callable[[PreTrainedModel], dict[str, Any] | None] | None = None,
 ) -> TrainingResult:
     """Run ``settings.method`` on a private copy of ``loaded.model``; the loaded model stays the reference.
 
@@ -233,7 +239,8 @@ def train_policy(
     the whole run and, for a method of several stages, carry the ``stage`` that logged them. ``probe``, when
     given, scores the policy after every logged step of the policy's stage (the live held-out curve). A
     cancel stops the stage that runs and skips the rest; if the policy's stage never ran, the policy is the
-    untrained copy.
+    untrained copy. ``reward_check``, when given, reads a reward model a stage trained (on pairs it never saw) before
+    the later stages run; its answer is the result's ``reward_model``.
     """
     if TrainingData.of(pairs).empty:
         raise SettingsError("There are no training pairs: add at least one pair before training.")
@@ -241,7 +248,7 @@ def train_policy(
     started = time.perf_counter()
     method = settings.method_entry
     per_stage = settings.stage_steps(max(1, counts["rows"] // method.stage.rows_per_pair))
-    run = _Run(planned=per_stage * len(method.stages), tagged=len(method.stages) > 1)
+    run = _Run(planned=per_stage * len(method.stages), tagged=len(method.stages) > 1, reward_check=reward_check)
     with (
         PeakMemory(loaded.device) as peak,
         tempfile.TemporaryDirectory(prefix=f"alignlab-{settings.method}-") as scratch,
@@ -279,6 +286,7 @@ def train_policy(
         peak_memory_kind=peak.kind,
         device=str(loaded.device),
         trained_on=counts,
+        reward_model=run.reward_model,
     )
     if on_event is not None:
         on_event(TrainingEvent("end", result.steps_done, result.total_steps, result.seconds, result=result))
@@ -299,6 +307,8 @@ class _Run:
     total: int = 0
     trainable: int = 0
     stopped: bool = False
+    reward_check: Callable[[PreTrainedModel], dict[str, Any] | None] | None = None
+    reward_model: dict[str, Any] | None = None
 
     def add(self, stage: Stage, trainer: Any, callback: _StreamCallback) -> None:
         """Train ``stage`` and keep what it made: its product, its rows numbered over the whole run."""
@@ -307,6 +317,8 @@ class _Run:
         with garbage_frozen():
             trainer.train()
         self.products[stage.trains] = plain_model(trainer)
+        if stage.trains_reward_model and self.reward_check is not None:
+            self.reward_model = self.reward_check(self.products[stage.trains])
         for row in trainer.state.log_history:
             row = dict(row)
             if "step" in row:
@@ -326,6 +338,7 @@ def stream_training(
     settings: TrainingSettings,
     cancel: CancelToken | None = None,
     probe: StepProbe | None = None,
+    reward_check: Callable[[PreTrainedModel], dict[str, Any] | None] | None = None,
 ) -> Iterator[TrainingEvent]:
     """Yield one event per logged step while training runs, then an ``end`` event with the result.
 
@@ -337,7 +350,9 @@ def stream_training(
 
     def work() -> None:
         try:
-            train_policy(loaded, pairs, settings, on_event=events.put, cancel=cancel, probe=probe)
+            train_policy(
+                loaded, pairs, settings, on_event=events.put, cancel=cancel, probe=probe, reward_check=reward_check
+            )
         except BaseException as exc:  # re-raised in the consumer's thread
             events.put(exc)
 

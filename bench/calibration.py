@@ -182,46 +182,66 @@ def _too_small(preset: str) -> Case:
     )
 
 
-def _method_demo(method: str) -> Case:
-    """A method at its own defaults on the opening preset: the lab's demo of that method (RLHF: see below)."""
-    if method == "rlhf":
-        # Its reward rises and answers change, but online RL never samples answers like the pairs' rejected ones,
-        # so the policy's shift ranks held-out pairs backwards: not healthy, not a failure.
+def _method_demo(method: str, preset: str = OPENING) -> Case:
+    """A method at its own defaults on a preset: the lab's demo of that method in a comparison (RLHF on the
+    opening preset: see below). Those on the opening preset guard the verdict."""
+    if method == "rlhf" and preset == OPENING:
+        # RLHF is read from its reward model and the win rate. Its reward model ranks pairs it never saw right and
+        # the reward rises, but online RL samples its own answers: they drift toward procedures ("To find the
+        # number of hours in a day, you can use the formula ...") that neither win against the original's nor keep
+        # its direct answers to the checked questions.
         return Case(
             f"rlhf on {OPENING} at its defaults",
             OPENING,
             "method demo",
             method="rlhf",
             verdicts=("warning",),
-            codes=("reward_rising",),
-            forbidden=("repetition", "collapse", "generalises"),
+            codes=("reward_model_right", "reward_rising"),
+            forbidden=("repetition", "collapse", "win"),
             min_changed=1,
-            why="the reward rises, but the policy's shift does not rank held-out pairs right: not healthy, not failed",
+            why="its reward model is right and the reward rises, but what the policy writes does not win and loses "
+            "direct answers: not healthy, not failed",
             guards=True,
         )
     return Case(
-        f"{method} on {OPENING} at its defaults",
-        OPENING,
+        f"{method} on {preset} at its defaults",
+        preset,
         "method demo",
         method=method,
         forbidden=("repetition", "collapse", "garbled"),
         min_changed=1,
         why=f"{method}'s defaults are the method's demo in a comparison",
-        guards=True,
+        guards=preset == OPENING,
+    )
+
+
+def _rlhf_swapped(seed: int) -> Case:
+    return Case(
+        f"rlhf on {OPENING} with half the labels swapped (pattern {seed})",
+        OPENING,
+        "swapped",
+        method="rlhf",
+        swap_seed=seed,
+        verdicts=NOT_HEALTHY,
+        forbidden=("reward_model_right", "win"),
+        why="a random half of the pairs contradict the rest: its reward model has no preference to learn, and the "
+        "policy none to take on",
+        guards=seed == SWAP_SEEDS[0],
     )
 
 
 def family() -> list[Case]:
     """The generated family: each source clean and with half its labels swapped (two random patterns each);
-    over-training and too small a step on two presets; each method but DPO at its defaults on the opening preset
-    (DPO's is the opening preset's clean case)."""
+    over-training and too small a step on two presets; each method but DPO at its defaults on each preset (DPO's
+    are the presets' clean cases); RLHF, judged by its reward model, with half the labels swapped."""
     cases = []
     for source in SOURCES:
         cases.append(_clean(source))
         cases += [_swapped(source, seed) for seed in SWAP_SEEDS]
     cases += [_over_trained(preset) for preset in (OPENING, "warm-tone")]
     cases += [_too_small(preset) for preset in (OPENING, "concise")]
-    cases += [_method_demo(method) for method in METHODS if method != "dpo"]
+    cases += [_method_demo(method, preset) for preset in PRESETS for method in METHODS if method != "dpo"]
+    cases.append(_rlhf_swapped(SWAP_SEEDS[0]))
     return cases
 
 
@@ -324,6 +344,15 @@ def summary(case: Case, report: dict[str, Any]) -> dict[str, Any]:
         "contrast_accuracy": ev["contrast_accuracy"],
         "contrast": _counted(ev, "contrast_accuracy", "contrast_count"),
         "capability_accuracy": [ev["capability_accuracy_before"], ev["capability_accuracy_after"]],
+        "checked": [
+            _counted(ev, "checked_capability_before", "checked_capability_count"),
+            _counted(ev, "checked_capability_after", "checked_capability_count"),
+        ],
+        "win": {
+            key: ev.get(key) for key in ("win_rate", "win_count", "wins", "win_ties", "win_interval", "win_p_value")
+        }
+        | {"usable": (ev.get("judge") or {}).get("usable")},
+        "reward_model": ev.get("reward_model"),
         "kl_to_reference": ev["kl_to_reference"],
         "perplexity": [ev["perplexity_before"], ev["perplexity_after"]],
         "final_loss": next((r["loss"] for r in reversed(report["log_history"]) if "loss" in r), None),
@@ -398,6 +427,30 @@ def _ranked(counted: dict[str, Any] | None, accuracy: float | None) -> str:
     return ranking.text() if ranking is not None else _num(accuracy)
 
 
+def _win(win: dict[str, Any]) -> str:
+    """'10/14 won, 71% (45–88%), p = 0.09' (ties count half), or why it is not read."""
+    from alignlab.stats import percent_range
+
+    if not win.get("win_count"):
+        return "-"
+    if not win.get("usable"):
+        return "judge blind"
+    text = f"{win['wins']}/{win['win_count']} won"
+    if win.get("win_ties"):
+        text += f", {win['win_ties']} tied"
+    return f"{text}, {win['win_rate']:.0%} ({percent_range(tuple(win['win_interval']))}), p = {win['win_p_value']:.2g}"
+
+
+def _reward_model(judged: dict[str, Any] | None) -> str:
+    """A reward model's held-out / contrast ranking, or '-' for a method without one."""
+    if not judged:
+        return "-"
+    return " / ".join(
+        _ranked({"accuracy": judged.get(f"{name}_accuracy"), "count": judged.get(f"{name}_count")}, None)
+        for name in ("heldout", "contrast")
+    )
+
+
 #: The figures behind a verdict: (the bench table's label, the column of docs/calibration.md, the row's value).
 FIGURES: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("changed", "answers changed", lambda r: f"{r['changed']}/{r['answers']}"),
@@ -407,6 +460,9 @@ FIGURES: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("contrast", "contrast", lambda r: _ranked(r.get("contrast"), r["contrast_accuracy"])),
     ("garbled", "garbled answers", lambda r: _change(r.get("garbled_answers", [0, 0]), None)),
     ("capability", "capability", lambda r: _change(r["capability_accuracy"])),
+    ("checked", "checked answers", lambda r: "->".join(_ranked(c, None) for c in r.get("checked") or [{}, {}])),
+    ("win rate", "win rate", lambda r: _win(r.get("win") or {})),
+    ("reward model", "reward model", lambda r: _reward_model(r.get("reward_model"))),
     ("KL", "KL", lambda r: _num(r["kl_to_reference"], 3)),
     ("ppl", "perplexity", lambda r: _change(r["perplexity"], 1)),
     ("best step", "best step", lambda r: str(r["best_step"])),
@@ -435,11 +491,11 @@ HEADER = """# The calibration family
 Runs whose right verdict is known, generated by `bench/calibration.py`: each shipped preset and the shared
 HH-RLHF sample (its first {hh_rows} pairs), clean and with half the labels swapped at random (two patterns each,
 training and held-out pairs alike); over-training (lr 5e-4 for 20 steps) and too small a step (lr 1e-8) on two
-presets; each method at its defaults on the opening preset. Each case is a real lab run (`alignlab.lab.run_lab`)
-beside the reading a person should get. `tests/test_calibration.py` asserts the core cases in `make test` (*guard*
-in the last column), so that the verdict's rules (`alignlab/rules.py`) cannot drift away from runs where the answer
-is known; the rules decide success by tests against chance (`alignlab/stats.py`), not by fractions fitted to these
-cases.
+presets; each method at its defaults on each preset, and RLHF with half the labels swapped. Each case is a real
+lab run (`alignlab.lab.run_lab`) beside the reading a person should get. `tests/test_calibration.py` asserts the
+core cases in `make test` (*guard* in the last column), so that the verdict's rules (`alignlab/rules.py`) cannot
+drift away from runs where the answer is known; the rules decide success by tests against chance
+(`alignlab/stats.py`), not by fractions fitted to these cases.
 
 Written by the bench: `make bench ARGS="--only calibration"` runs the family afresh and rewrites this file.
 Model: {model}.
@@ -452,8 +508,10 @@ verdict, the codes and the answers changed are what the case asks (else WRONG, a
 answers changed after training; distinct answers and the repeated-phrase rate (the share of an answer's 3-word
 phrases that repeat an earlier one) before->after; held-out and contrast pairs ranked right after training, with
 the count and the 95% interval; answers the original model finds garbled before->after; capability accuracy on
-general pairs before->after; KL per answer token to the reference; perplexity on a neutral text before->after;
-the step at which the live held-out curve peaked.
+general pairs before->after; the checked questions answered right before->after; the win rate against the
+original model on the held-out prompts (the agreement judge; ties count half; the p-value of a one-sided sign
+test against 50%); a reward-model method's own reward model on held-out / contrast pairs; KL per answer token to
+the reference; perplexity on a neutral text before->after; the step at which the live held-out curve peaked.
 """
 
 #: The confusion matrix's columns, in order.

@@ -29,6 +29,22 @@ EVAL_KEYS = {
     "capability_count",
     "capability_accuracy_interval_before",
     "capability_accuracy_interval_after",
+    "checked_capability_before",
+    "checked_capability_after",
+    "checked_capability_count",
+    "checked_capability_interval_before",
+    "checked_capability_interval_after",
+    "checked_capability_lost",
+}
+#: The win rate's keys, in every report of a run with held-out pairs.
+WIN_KEYS = {
+    "judge",
+    "win_rate",
+    "win_count",
+    "win_interval",
+    "win_per_prompt",
+    "mean_words_original",
+    "mean_words_policy",
 }
 #: Each point of ``eval.heldout_curve``: its step, its figures, and each accuracy's count and interval.
 CURVE_POINT_KEYS = {"step", "accuracy", "count", "accuracy_interval", "margin", "margin_interval"}

@@ -19,7 +19,7 @@ from gradio_client.exceptions import AppError
 
 from alignlab.presets import load_preset
 
-from contract import EVAL_KEYS, REPORT_KEYS
+from contract import EVAL_KEYS, REPORT_KEYS, WIN_KEYS
 
 pytestmark = pytest.mark.e2e
 
@@ -181,7 +181,7 @@ def test_journey_load_baseline_train_streams_compare_export(app, tiny_chat_dir: 
     assert all(f"`{code}`" in health for code in report["health"]["codes"])
     assert set(report) >= REPORT_KEYS
     assert report["health"]["verdict"] in {"healthy", "warning", "failed"}
-    assert set(report["eval"]) >= EVAL_KEYS
+    assert set(report["eval"]) >= EVAL_KEYS | WIN_KEYS
     assert [p["step"] for p in report["eval"]["heldout_curve"]] == [2, 4, 5]  # every other step and the last
     assert report["settings"]["preset"] == "seed-lab"
     assert set(report["health"]) >= {"verdict", "findings", "codes", "best_step"}

@@ -255,10 +255,16 @@ def test_the_calibration_family_is_generated_from_its_sources():
     for case in CASES:
         kinds.setdefault(case.kind, []).append(case)
     assert {c.source for c in kinds["clean"]} == set(SOURCES) == {c.source for c in kinds["swapped"]}
-    assert len(kinds["swapped"]) == len(SOURCES) * len(SWAP_SEEDS) and len(kinds["over-trained"]) == 2
+    swapped_dpo = [c for c in kinds["swapped"] if c.method == "dpo"]
+    assert len(swapped_dpo) == len(SOURCES) * len(SWAP_SEEDS) and len(kinds["over-trained"]) == 2
+    # RLHF, read from its reward model, with half the labels swapped on the opening preset
+    assert [(c.method, c.source) for c in kinds["swapped"] if c.method != "dpo"] == [("rlhf", OPENING)]
     assert all(c.settings == {"learning_rate": 1e-8} for c in kinds["too small a step"])
     assert {c.method for c in kinds["method demo"]} | {"dpo"} == set(METHODS)
-    assert all(c.source == OPENING for c in kinds["method demo"])
+    # every method at its defaults on every preset; those on the opening preset guard the verdict
+    demos = {(c.method, c.source) for c in kinds["method demo"]}
+    assert demos == {(m, p) for m in METHODS if m != "dpo" for p in SOURCES if p != "hh-rlhf"}
+    assert all(c.guards == (c.source == OPENING) for c in kinds["method demo"])
     # half the labels swapped at random: exactly half of each list, a different half for each pattern
     preset = load_preset(OPENING)
     patterns = []

@@ -1,7 +1,7 @@
 """The calibration cases that guard the verdict, on the embedded model: collapse fails, contradicting labels read
-no_signal, and every method at its defaults on seed-lab reads as the lab's own demo (RLHF: warning). The whole
-matrix, with long runs, runs that change nothing and the other presets, is ``make bench ARGS="--only
-calibration"`` (docs/calibration.md).
+no_signal, and every method at its defaults on seed-lab reads as the lab's own demo (RLHF, read from its reward
+model: warning; with half its labels swapped, not healthy). The whole matrix, with long runs, runs that change
+nothing and the other presets, is ``make bench ARGS="--only calibration"`` (docs/calibration.md).
 
 Slow: each case is a real lab run on SmolLM2-135M (half a minute to a minute and a half on 2 CPU cores); the
 cases share one loaded model and one baseline (the ``embedded_runs`` fixture).

@@ -7,7 +7,7 @@ import pytest
 
 from alignlab.cli import main
 
-from contract import CURVE_POINT_KEYS, DEGENERATION_KEYS, EVAL_KEYS, REPORT_KEYS
+from contract import CURVE_POINT_KEYS, DEGENERATION_KEYS, EVAL_KEYS, REPORT_KEYS, WIN_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,9 @@ def test_lab_on_tiny_model_writes_every_report_field(tmp_path, tiny_chat_dir, ca
     report = json.loads(out.read_text())
     assert f"Tracked in trackio: project `alignlab`, run `{report['tracking']['run']}`" in printed
     assert set(report) >= REPORT_KEYS
-    assert set(report["eval"]) >= EVAL_KEYS
+    assert set(report["eval"]) >= EVAL_KEYS | WIN_KEYS
+    assert report["eval"]["win_count"] == report["settings"]["heldout_pairs"]  # every held-out prompt judged
+    assert report["eval"]["judge"]["source"] == "agreement"
     assert set(report["eval"]["degeneration"]) >= DEGENERATION_KEYS
     assert [p["step"] for p in report["eval"]["heldout_curve"]] == [2, 3]  # every other step, and the last
     assert all(set(point) >= CURVE_POINT_KEYS for point in report["eval"]["heldout_curve"])

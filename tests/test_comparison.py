@@ -131,6 +131,9 @@ def test_the_table_is_each_report_as_a_row(comparison: dict) -> None:
         held = round(row["heldout_accuracy"] * row["counts"]["heldout"])
         assert cells["heldout_accuracy"].startswith(f"{held}/{row['counts']['heldout']} (")  # '5/6 (44–97%)'
         assert cells["capability"].count("/") == 2 and " → " in cells["capability"]
+        usable = report["eval"]["judge"]["usable"]  # the tiny model's judge: read only when it tells pairs apart
+        assert row["counts"]["win"] == report["eval"]["win_count"] == len(report["eval"]["win_per_prompt"])
+        assert cells["win_rate"] == (f"{row['win_rate']:.0%} of {row['counts']['win']}" if usable else "—")
 
 
 def test_overlaid_curves_have_one_series_per_run(comparison: dict) -> None:

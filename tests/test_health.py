@@ -331,3 +331,62 @@ def test_the_curve_in_one_sentence():
     assert "best 4/4 (51–100%) (contrast 3/4 (30–95%)) at step 4" in text
     assert "mean margin +0.100 (95%: +0.050 to +0.150) at the end" in text
     assert "No held-out curve" in readings.curve_reading([])
+
+
+def _checked(before: int, after: int, lost: int, n: int = 20) -> dict:
+    return {
+        "checked_capability_before": before / n,
+        "checked_capability_after": after / n,
+        "checked_capability_count": n,
+        "checked_capability_lost": lost,
+    }
+
+
+def test_checked_answers_turned_wrong_are_a_capability_loss_on_the_point_estimate():
+    # measured: rlhf on seed-lab at its defaults, "How many hours are in a day?" -> "you can use the formula 1 + 2"
+    lost = facts(evidence=_checked(19, 16, 3))
+    assert "capability_loss" in codes(lost, "warning") and read_health(lost).verdict == "warning"
+    text = next(d.text for d in read_health(lost).details if d.code == "capability_loss")
+    assert "19/20" in text and "16/20" in text and "%" in text  # both counts and their intervals
+    # two answers turned wrong, as the smallest move flips fragile ones (IPO on seed-lab, KL 0.004), are not a loss
+    assert "capability_loss" not in codes(facts(evidence=_checked(19, 17, 2)))
+    assert "capability_loss" not in codes(facts(evidence=_checked(19, 19, 3)))  # three lost, three gained
+
+
+REWARD_MODEL_RIGHT = {
+    "heldout_accuracy": 1.0,
+    "heldout_count": 14,
+    "contrast_accuracy": 1.0,
+    "contrast_count": 14,
+}
+RLHF_RANKING = {"heldout_reward_accuracy": 3 / 14, "heldout_count": 14, "heldout_margins": [-0.2] * 14}
+
+
+def test_rlhf_is_read_from_its_reward_model_and_its_implicit_ranking_is_information():
+    rlhf = facts(method="rlhf", evidence={**RLHF_RANKING, "reward_model": REWARD_MODEL_RIGHT})
+    assert "reward_model_right" in codes(rlhf, "good")
+    # the policy's implicit reward ranks held-out pairs backwards: said, but as information only
+    assert "no_generalisation" in codes(rlhf, "info") and "no_generalisation" not in codes(rlhf, "warning")
+    assert read_health(rlhf).verdict == "healthy"
+    # the same ranking under DPO, which optimises that score, is a warning
+    assert "no_generalisation" in codes(facts(evidence=RLHF_RANKING), "warning")
+
+
+@pytest.mark.parametrize(
+    ("reward_model", "code"),
+    [
+        ({**REWARD_MODEL_RIGHT, "heldout_accuracy": 7 / 14}, "reward_model_chance"),  # half the labels swapped
+        ({**REWARD_MODEL_RIGHT, "heldout_accuracy": 4 / 6, "heldout_count": 6}, "reward_model_undecided"),
+        ({**REWARD_MODEL_RIGHT, "contrast_accuracy": 5 / 14}, "reward_model_cue"),
+    ],
+)
+def test_a_reward_model_that_did_not_learn_the_preference_keeps_rlhf_from_healthy(reward_model, code):
+    rlhf = facts(method="rlhf", evidence={"reward_model": reward_model})
+    assert code in codes(rlhf, "warning") and read_health(rlhf).verdict != "healthy"
+    assert "reward_model_right" not in codes(rlhf)
+
+
+def test_a_reward_model_without_held_out_pairs_is_unchecked_and_dpo_has_none():
+    rlhf = facts(method="rlhf", evidence={"reward_model": None, "heldout_reward_accuracy": None, "heldout_count": 0})
+    assert "reward_model_unchecked" in codes(rlhf, "info")
+    assert not [c for c in codes(facts()) if c.startswith("reward_model")]

@@ -430,7 +430,8 @@ def test_health_reads_rlhf_logs_by_stage():
     }
     health = read_health(RunFacts(_rlhf_rows(), beta=0.05, method="rlhf", evidence=evidence))
     backwards = next(d for d in health.details if d.code == "no_signal")
-    assert backwards.severity == "warning" and "swapped" not in backwards.text and "sampled answers" in backwards.text
+    assert "swapped" not in backwards.text and "sampled answers" in backwards.text
+    assert backwards.severity == "info"  # RLHF's verdict is read from its reward model (tests/test_health.py)
     as_dpo = read_health(RunFacts(_rlhf_rows(), beta=0.1, method="dpo", evidence=evidence))
     assert "swapped" in " ".join(as_dpo.findings)
     falling = [dict(r, reward=-r["reward"]) if "reward" in r else r for r in _rlhf_rows()]

@@ -26,6 +26,10 @@ CAPITAL = CheckedQuestion("What is the capital of France?", ("Paris",), wrong=("
         (SUBTRACT, "10 minus 3 is 2.", False),  # the question's own numbers are not the answer
         (SUBTRACT, "It is 17, or maybe 7.", False),  # the first number it states decides
         (SUBTRACT, "The answer is 7.5.", False),
+        (SUBTRACT, "First find 10 - 3, which is 3. Then subtract 3 from 10,", False),  # a result the question states
+        # A stated result decides, whatever numbers the working shows before it.
+        (CheckedQuestion("What is half of 10?", ("5",)), "Divide 10 by 2 and get 5. So, 10 / 2 =", True),
+        (CheckedQuestion("What is 3 times 4?", ("12",)), "The formula, which is 3 × 4 = 12.", True),
         (CheckedQuestion("How many months are in a year?", ("12",)), "A year is 365 days, so 365 * 12 = 312.", False),
         (CheckedQuestion("At what temperature does water freeze?", ("0", "zero")), "It freezes at -18.0°C.", False),
         (CheckedQuestion("How many hours are in a day?", ("24",)), "A day has twenty-four hours.", True),
@@ -84,7 +88,7 @@ def test_right_answers_turned_wrong_are_counted_and_read_with_their_intervals() 
     kept = checked_fields(CheckedAnswers(asked, right, right[:19] + wrong[19:]))
     assert kept["checked_capability_lost"] == 1
     assert "20/20" in checked_capability_reading(kept) and "19/20" in checked_capability_reading(kept)
-    assert "most knowledge kept" in checked_capability_reading(kept)
+    assert "knowledge kept" in checked_capability_reading(kept) and "thin margin" in checked_capability_reading(kept)
     lost = checked_fields(CheckedAnswers(asked, right, right[:15] + wrong[15:]))
     assert lost["checked_capability_lost"] == 5 and lost["checked_capability_after"] == 0.75
     low, high = lost["checked_capability_interval_after"]

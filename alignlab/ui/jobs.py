@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 
 from alignlab import gpu
 from alignlab.generation import generate_baseline
+from alignlab.judges import reward_model_check
 from alignlab.lab import build_report, compare, run_probe
 from alignlab.models import LoadedModel, ModelLoadError, load_model
 from alignlab.pairs import DatasetError, TrainingData, pairs_from_dicts, thumbs_from_dicts
@@ -86,16 +88,20 @@ def train_job(
     cancel = RUN_TOKENS.get(run_id) or CancelToken()
     try:
         data = TrainingData(pairs_from_dicts(pairs), thumbs_from_dicts(unpaired or []))
-        probe = live_probe(
-            loaded,
-            training.beta,
-            pairs_from_dicts(heldout or [], "held-out pairs"),
-            pairs_from_dicts(contrast or [], "contrast pairs"),
-            scorer=training.method_entry.scorer,
-        )
+        heldout_pairs = pairs_from_dicts(heldout or [], "held-out pairs")
+        contrast_pairs = pairs_from_dicts(contrast or [], "contrast pairs")
+        probe = live_probe(loaded, training.beta, heldout_pairs, contrast_pairs, scorer=training.method_entry.scorer)
     except DatasetError as exc:
         raise gr.Error(str(exc), title="Training data") from exc
-    events = stream_training(loaded, data, training, cancel, probe=probe.curve_point if probe is not None else None)
+    check = partial(reward_model_check, loaded, heldout_pairs, contrast_pairs)
+    events = stream_training(
+        loaded,
+        data,
+        training,
+        cancel,
+        probe=probe.curve_point if probe is not None else None,
+        reward_check=check,
+    )
     try:
         for event in events:
             if event.kind == "log":

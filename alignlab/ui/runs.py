@@ -547,6 +547,7 @@ def compare(session: Session, preset: dict[str, Any], progress: gr.Progress | No
     units = generation_units(len(preset["eval_prompts"]), generation.get("max_new_tokens", _MAX_NEW_TOKENS))
     units += 8 * len(preset.get("heldout_pairs", []))
     units += generation_units(len(builtin_questions()) + len(preset.get("checked_questions") or []), MAX_NEW_TOKENS)
+    units += generation_units(len(preset.get("heldout_pairs", [])), generation.get("max_new_tokens", _MAX_NEW_TOKENS))
 
     def produce(run: SharedRun) -> tuple[Any, bool]:
         pinned = link_tree(policy_dir, claim(run.directory) / "policy")  # the first session may close meanwhile
