@@ -140,6 +140,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_answer_length(lab)
     _add_tracking(lab)
+    lab.add_argument(
+        "--judge",
+        default="",
+        metavar="MODEL",
+        help="who judges the win rate: empty (agreement with the data), lab_reward_model (a reward model trained on "
+        "the pairs, once per data), or a reward model's Hub id or local folder",
+    )
+    lab.add_argument(
+        "--remedy-of",
+        metavar="REPORT.json",
+        help="train with the remedy a report names (its health.remedy); give the same --preset or --dataset again; "
+        "flags given beside it win",
+    )
     lab.add_argument("--out", help="write the report JSON here")
     lab.add_argument("--save-model", metavar="DIR", help="save the aligned model with its model card in DIR")
     lab.add_argument("--overwrite", action="store_true", help="let --save-model replace a folder that is not empty")
@@ -263,7 +276,7 @@ def _timings_text(timings: dict[str, float]) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as a person reads it in a terminal (the words are :mod:`alignlab.readings`')."""
-    from alignlab.readings import answer_checks, evidence_readings, finding_details, verdict_word
+    from alignlab.readings import answer_checks, evidence_readings, finding_details, remedy_text, verdict_word
 
     lines = [f"\n=== Before vs after ({report['changed']} of {len(report['baseline_outputs'])} answers changed) ==="]
     for before, after in zip(report["baseline_outputs"], report["aligned_outputs"]):
@@ -289,6 +302,9 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(_wrap(f"{d['text']} [{d['code']}]" if d.get("code") else d["text"], "  - ", "    "))
     if health.get("best_step") is not None:
         lines.append(f"  best held-out step: {health['best_step']}")
+    cure = remedy_text(health)
+    if cure:
+        lines.append(_wrap(f"Remedy: {cure} Run it with --remedy-of on this report's JSON.", "  ", "    "))
     lines.append(_timings_text(report["timings"]))
     tracked = report.get("tracking")
     if tracked:
@@ -328,6 +344,65 @@ def _training_settings(args: argparse.Namespace, **more: Any) -> Any:
         raise CliError(str(exc)) from exc
 
 
+#: The lab's flags that are training settings: the flag's name in ``args`` -> the setting it sets.
+_SETTING_FLAGS = {
+    "method": "method",
+    "beta": "beta",
+    "lr": "learning_rate",
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "seed": "seed",
+    "loss": "loss_type",
+    "sft_weight": "sft_weight",
+    "max_length": "max_length",
+    "lora": "use_lora",
+    "lora_rank": "lora_rank",
+    "precision": "precision",
+}
+
+
+def given_flags(parser: argparse.ArgumentParser, command: str, argv: list[str]) -> set[str]:
+    """The ``dest`` of every option of ``command`` that ``argv`` gives (``--lr 1e-5`` or ``--lr=1e-5``)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    given = set()
+    for action in sub._actions:
+        if any(arg == opt or arg.startswith(opt + "=") for opt in action.option_strings for arg in argv):
+            given.add(action.dest)
+    return given
+
+
+def _remedy_of(args: argparse.Namespace, preset: Any) -> Any:
+    """The settings of ``--remedy-of``'s remedy, with the training flags given beside it applied over them."""
+    from alignlab.remedies import remedy_settings
+    from alignlab.settings import SettingsError, TrainingSettings
+
+    path = Path(args.remedy_of)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CliError(f"--remedy-of: {path} does not exist.") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CliError(f"--remedy-of: {path} is not a readable JSON report ({exc}).") from None
+    try:
+        settings = remedy_settings(report)
+    except ValueError as exc:
+        raise CliError(f"--remedy-of {path}: {exc}") from None
+    was = (report.get("settings") or {}).get("preset")
+    if was and was != preset.id:
+        raise CliError(
+            f"--remedy-of {path}: that report's run was on {was!r}, not {preset.id!r}: give the same "
+            f"--preset or --dataset as its run."
+        )
+    for dest in args.given & set(_SETTING_FLAGS):
+        settings[_SETTING_FLAGS[dest]] = getattr(args, dest)
+        if dest == "steps":
+            settings["epochs"] = None
+    try:
+        return TrainingSettings.from_dict(settings)
+    except SettingsError as exc:
+        raise CliError(f"--remedy-of {path}: {exc}") from exc
+
+
 def _generation_settings(args: argparse.Namespace) -> Any:
     from alignlab.settings import GenerationSettings, GenerationSettingsError
 
@@ -351,13 +426,19 @@ def _run_lab(args: argparse.Namespace) -> int:
     from alignlab.lab import run_lab, start_tracking
     from alignlab.trl_rows import trained_on
 
-    settings = _training_settings(args, max_length=args.max_length, use_lora=args.lora, precision=args.precision)
-    generation = _generation_settings(args)
     preset = _dataset(args)
+    if args.remedy_of:
+        settings = _remedy_of(args, preset)
+    else:
+        settings = _training_settings(args, max_length=args.max_length, use_lora=args.lora, precision=args.precision)
+    generation = _generation_settings(args)
     used = trained_on(preset.training_data, settings)  # a paired method on thumbs that form no pair stops here
     _check_out(args.out)
     track, project = _tracking_project(args)
     _check_save(args)
+    from alignlab.reward_judges import check_judge_spec
+
+    check_judge_spec(args.judge)  # a named reward model: where it comes from, what it is, that it fits
 
     print(
         f"AlignLab: {args.model} on '{preset.id}' ({len(preset.pairs)} pairs, {len(preset.heldout_pairs)} held out), "
@@ -405,7 +486,14 @@ def _run_lab(args: argparse.Namespace) -> int:
     tracker = start_tracking(preset, settings, args.model, project) if track else None
     try:
         report, result = run_lab(
-            args.model, preset, settings, generation, on_stage=on_stage, on_event=on_event, tracker=tracker
+            args.model,
+            preset,
+            settings,
+            generation,
+            on_stage=on_stage,
+            on_event=on_event,
+            tracker=tracker,
+            judge=args.judge,
         )
     finally:
         if "bar" in bar:
@@ -619,7 +707,10 @@ def main(argv: list[str] | None = None) -> int:
 
     keep_freed_memory()  # first, before torch's import starts a thread
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "lab":
+        args.given = given_flags(parser, "lab", list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     _quiet_libraries()
     from alignlab.models import ModelLoadError

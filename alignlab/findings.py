@@ -35,6 +35,9 @@ class Health:
     verdict: str
     details: list[Finding]
     best_step: int | None = None
+    remedy: dict[str, Any] | None = None
+    """The cure of the most severe finding that has one (:mod:`alignlab.remedies`), set where the run's settings
+    are known; None otherwise."""
 
     @property
     def findings(self) -> list[str]:
@@ -51,6 +54,7 @@ class Health:
             "codes": self.codes,
             "best_step": self.best_step,
             "details": [asdict(f) for f in self.details],
+            "remedy": self.remedy,
         }
 
 

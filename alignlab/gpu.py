@@ -159,4 +159,9 @@ def compare_duration(
     asked = len(builtin_questions()) + len(preset.get("checked_questions") or [])
     checked = 2 * generation_seconds(spec, asked, questions.MAX_NEW_TOKENS)
     judged = 2 * generation_seconds(spec, len(preset.get("heldout_pairs") or []), tokens)  # both sides' answers
+    judge = str(kwargs.get("judge") or (args[2] if len(args) > 2 else "") or "")  # after training, timings
+    if judge not in ("", "agreement"):  # a reward model scores every answer; the lab's is trained first (once)
+        judged += (n_scored + 2 * n_prompts) * 0.05 * _scale(spec) + _LOAD_SECONDS
+        if judge in ("lab", "lab_reward_model"):
+            judged += 6 * 2.0 * _scale(spec)
     return _clamp(2 * _LOAD_SECONDS + generation_seconds(spec, n_prompts, tokens) + scoring + checked + judged)

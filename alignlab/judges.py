@@ -10,9 +10,22 @@ cosine of the frozen original model's mean-pooled last hidden states over the an
 nothing is shared with the policy's training. The policy wins a prompt when its answer scores above the original
 model's; identical answers are ties, and ties count half.
 
-A judge is read only where it can tell the held-out pairs apart (:meth:`AgreementJudge.self_check`): leaving each
-pair out in turn, is its chosen answer closer to the other pairs' chosen answers (and farther from their rejected
-ones) than its rejected answer is? A judge that cannot beat a coin at that says so, and its win rate is not read.
+Two further judges are reward models (:class:`RewardModelJudge`): a score for a (prompt, answer) as a whole, so
+they judge the eval prompts' answers too (those whose prompt is not a training pair's):
+
+- ``lab_reward_model``: a Bradley-Terry reward model trained on the run's training pairs by TRL's RewardTrainer (the
+  construction of RLHF's first stage, :func:`lab_reward_model`), trained once per model and pairs and kept on disk.
+  It measures agreement with this data's preference as a model that learnt it; it is read only where it ranks both
+  the held-out and the contrast pairs better than a coin, and it never judges an RLHF run (the same construction on
+  the same pairs: the run's own reward model).
+- a reward model the user names (a Hub id or a local folder, :func:`load_named_judge`): it judges quality as that
+  model scores it; checked before any weight is fetched (:func:`alignlab.model_checks.check_judge`).
+
+A judge is read only where it can tell the held-out pairs apart (:meth:`AgreementJudge.self_check`,
+:meth:`RewardModelJudge.self_check`): for the agreement judge, leaving each pair out in turn, is its chosen answer
+closer to the other pairs' chosen answers (and farther from their rejected ones) than its rejected answer is; for
+a reward model, does it score each held-out pair's chosen answer above its rejected one? A judge that cannot beat a
+coin at that says so, and its win rate is not read.
 
 The original model's answers depend only on the model, the prompts and the answer length: they are computed once
 and kept, in memory and on disk (:func:`original_answers`).
@@ -21,25 +34,28 @@ and kept, in memory and on disk (:func:`original_answers`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from alignlab.generation import generate
 from alignlab.logprobs import encode_pair
-from alignlab.models import LoadedModel, cache_root
+from alignlab.models import LoadedModel, cache_root, model_key
 from alignlab.pairs import PreferencePair
 from alignlab.settings import GenerationSettings
 from alignlab.stats import Proportion, binomial_tail, wilson_interval
 from alignlab.trl_rows import thumbs_row
 
 AGREEMENT = "agreement"
+LAB_REWARD_MODEL = "lab_reward_model"
+LAB_REWARD_MODEL_MEASURES = (
+    "agreement with this data's preference as a reward model trained on the run's training pairs scores it "
+    "(TRL's RewardTrainer, a Bradley-Terry model)"
+)
 AGREEMENT_MEASURES = (
     "agreement with this data's preference, not quality: whether an answer is closer to the pair's chosen answer, "
     "and farther from its rejected one, than the other answer (the frozen original model's pooled hidden states)"
@@ -56,14 +72,7 @@ _original_lock = threading.Lock()
 
 
 def _answers_key(loaded: LoadedModel, prompts: list[str], max_new_tokens: int) -> str:
-    source = Path(loaded.source)
-    files = (
-        sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in source.iterdir() if f.is_file())
-        if source.is_dir()
-        else []
-    )
-    parts = ["judged-prompts", loaded.source, files, loaded.device.type, max_new_tokens, prompts]
-    return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()[:32]
+    return model_key(loaded, "judged-prompts", max_new_tokens, prompts)
 
 
 def answer_settings(max_new_tokens: int, n: int) -> GenerationSettings:
@@ -94,6 +103,31 @@ def original_answers(loaded: LoadedModel, prompts: list[str], max_new_tokens: in
 
 
 # --------------------------------------------------------------------------- the agreement judge
+
+
+_states: dict[str, torch.Tensor] = {}
+
+
+def kept_pooled_states(loaded: LoadedModel, prompts: list[str], answers: list[str]) -> torch.Tensor:
+    """:func:`pooled_states` of answers that do not depend on a run (a pair's chosen and rejected answers, the
+    original model's answers): computed once per model, prompts and answers, kept in memory and on disk."""
+    key = model_key(loaded, "pooled-states", prompts, answers)
+    with _original_lock:
+        kept = _states.get(key)
+    stored = cache_root() / "judged-states" / f"{key}.pt"
+    if kept is None and stored.is_file():
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            kept = torch.load(stored, weights_only=True)
+    if not isinstance(kept, torch.Tensor) or kept.shape[0] != len(answers):
+        kept = pooled_states(loaded, prompts, answers)
+        with contextlib.suppress(OSError):
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            partial = stored.with_suffix(f".{os.getpid()}.partial")
+            torch.save(kept, partial)
+            partial.replace(stored)
+    with _original_lock:
+        _states[key] = kept
+    return kept
 
 
 @torch.inference_mode()
@@ -131,24 +165,35 @@ def pooled_states(loaded: LoadedModel, prompts: list[str], answers: list[str]) -
 
 @dataclass
 class JudgeCheck:
-    """Whether a judge can tell the held-out pairs apart: ``k`` of ``n`` ranked right, and its test against chance."""
+    """Whether a judge can tell the held-out pairs apart: ``k`` of ``n`` ranked right, and its test against chance;
+    for a judge that must also rank the contrast pairs (the lab's reward model), ``contrast`` is that count."""
 
     k: int
     n: int
+    contrast: JudgeCheck | None = None
+    note: str = ""
+    """Why the judge spoke in place of the one asked for, when it did."""
 
     @property
     def usable(self) -> bool:
-        return self.n > 0 and Proportion(self.k, self.n).beats_chance
+        beats = self.n > 0 and Proportion(self.k, self.n).beats_chance
+        return beats and (self.contrast is None or self.contrast.usable)
 
     def to_dict(self) -> dict[str, Any]:
         proportion = Proportion(self.k, self.n) if self.n else None
-        return {
+        out: dict[str, Any] = {
             "heldout_accuracy": self.k / self.n if self.n else None,
             "heldout_count": self.n,
             "heldout_interval": list(proportion.interval) if proportion else None,
             "heldout_p_value": proportion.p_value if proportion else None,
             "usable": self.usable,
         }
+        if self.contrast is not None:
+            contrast = self.contrast.to_dict()
+            out.update({key.replace("heldout", "contrast"): contrast[key] for key in contrast if key != "usable"})
+        if self.note:
+            out["note"] = self.note
+        return out
 
 
 class AgreementJudge:
@@ -161,8 +206,8 @@ class AgreementJudge:
         self.loaded = loaded
         self.pairs = pairs
         prompts = [p.prompt for p in pairs]
-        self.chosen = pooled_states(loaded, prompts, [p.chosen for p in pairs])
-        self.rejected = pooled_states(loaded, prompts, [p.rejected for p in pairs])
+        self.chosen = kept_pooled_states(loaded, prompts, [p.chosen for p in pairs])
+        self.rejected = kept_pooled_states(loaded, prompts, [p.rejected for p in pairs])
 
     def self_check(self) -> JudgeCheck:
         """Leave each pair out: is its chosen answer nearer the others' chosen and farther from their rejected
@@ -177,10 +222,54 @@ class AgreementJudge:
             right += int(float(self.chosen[i] @ toward) > float(self.rejected[i] @ toward))
         return JudgeCheck(right, n)
 
-    def scores(self, answers: list[str]) -> list[float]:
-        """Each pair's answer scored: cosine to its chosen answer minus cosine to its rejected one."""
-        states = pooled_states(self.loaded, [p.prompt for p in self.pairs], answers)
+    def scores(self, prompts: list[str], answers: list[str], keep: bool = False) -> list[float]:
+        """Each pair's answer scored: cosine to its chosen answer minus cosine to its rejected one. ``prompts`` are
+        the pairs' own, in order: this judge reads an answer against its pair's two answers. ``keep``: the answers
+        do not depend on the run (the original model's), so their states are kept for later runs."""
+        if prompts != [p.prompt for p in self.pairs][: len(prompts)]:
+            raise ValueError("the agreement judge scores answers to its own pairs' prompts, in their order")
+        pool = kept_pooled_states if keep else pooled_states
+        states = pool(self.loaded, prompts, answers)
         return [float(states[i] @ self.chosen[i] - states[i] @ self.rejected[i]) for i in range(len(answers))]
+
+    @property
+    def judges_any_prompt(self) -> bool:
+        return False
+
+
+class RewardModelJudge:
+    """A sequence-classification reward model's score of each (prompt, answer): the lab's own (trained on the run's
+    pairs) or one the user names. ``chat``: whether its tokenizer reads the pair through its chat template."""
+
+    def __init__(
+        self,
+        source: str,
+        measures: str,
+        model: Any,
+        tokenizer: Any,
+        chat: bool,
+        pairs: list[PreferencePair],
+        contrast: list[PreferencePair] | None = None,
+    ) -> None:
+        self.source, self.measures = source, measures
+        self.model, self.tokenizer, self.chat = model, tokenizer, chat
+        self.pairs, self.contrast = pairs, contrast
+
+    judges_any_prompt = True
+
+    def scores(self, prompts: list[str], answers: list[str], keep: bool = False) -> list[float]:
+        padding_side = self.tokenizer.padding_side
+        try:
+            return reward_scores(self.model, self.tokenizer, self.chat, prompts, answers)
+        finally:
+            self.tokenizer.padding_side = padding_side
+
+    def self_check(self) -> JudgeCheck:
+        """The held-out pairs it ranks right (and, for the lab's reward model, the contrast pairs)."""
+        check = ranks_right(self.scores, self.pairs)
+        if self.contrast is not None:
+            check.contrast = ranks_right(self.scores, self.contrast)
+        return check
 
 
 # --------------------------------------------------------------------------- the win rate
@@ -249,7 +338,8 @@ class WinRate:
             "wins": self.wins,
             "win_losses": self.losses,
             "win_ties": self.ties,
-            "win_per_prompt": [{k: r[k] for k in ("prompt", "winner", "margin")} for r in self.per_prompt],
+            "win_per_prompt": [{k: r[k] for k in ("prompt", "winner", "margin", "set")} for r in self.per_prompt],
+            "win_eval_count": sum(r["set"] == "eval" for r in self.per_prompt),
             "win_length_shift": shift,
             "mean_words_original": self.mean_words_original,
             "mean_words_policy": self.mean_words_policy,
@@ -260,11 +350,23 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
-def judge_answers(judge: AgreementJudge, prompts: list[str], original: list[str], policy: list[str]) -> WinRate:
-    """Each prompt: the policy's answer against the original model's, by ``judge``; identical answers tie."""
-    before, after = judge.scores(original), judge.scores(policy)
+Judge = AgreementJudge | RewardModelJudge
+
+
+def judge_answers(
+    judge: Judge,
+    prompts: list[str],
+    original: list[str],
+    policy: list[str],
+    check: JudgeCheck | None = None,
+    sets: list[str] | None = None,
+) -> WinRate:
+    """Each prompt: the policy's answer against the original model's, by ``judge``; identical answers tie.
+    ``sets`` names where each prompt comes from ('heldout' or 'eval'); ``check``: the judge's self-check, when
+    already made."""
+    before, after = judge.scores(prompts, original, keep=not (sets and "eval" in sets)), judge.scores(prompts, policy)
     rows = []
-    for prompt, old, new, s_old, s_new in zip(prompts, original, policy, before, after):
+    for index, (prompt, old, new, s_old, s_new) in enumerate(zip(prompts, original, policy, before, after)):
         margin = 0.0 if old.strip() == new.strip() else s_new - s_old
         winner = "tie" if margin == 0.0 else ("policy" if margin > 0 else "original")
         rows.append(
@@ -274,13 +376,14 @@ def judge_answers(judge: AgreementJudge, prompts: list[str], original: list[str]
                 "margin": round(margin, 4),
                 "words_original": _words(old),
                 "words_policy": _words(new),
+                "set": sets[index] if sets else "heldout",
             }
         )
     n = max(1, len(rows))
     return WinRate(
         judge.source,
         judge.measures,
-        judge.self_check(),
+        check if check is not None else judge.self_check(),
         rows,
         mean_words_original=sum(r["words_original"] for r in rows) / n if rows else float("nan"),
         mean_words_policy=sum(r["words_policy"] for r in rows) / n if rows else float("nan"),
@@ -288,15 +391,34 @@ def judge_answers(judge: AgreementJudge, prompts: list[str], original: list[str]
 
 
 def win_rate(
-    loaded: LoadedModel, policy: torch.nn.Module, pairs: list[PreferencePair], max_new_tokens: int
+    loaded: LoadedModel,
+    policy: torch.nn.Module,
+    pairs: list[PreferencePair],
+    max_new_tokens: int,
+    judge: Judge | None = None,
+    eval_answers: tuple[list[str], list[str], list[str]] | None = None,
+    training_prompts: set[str] | frozenset[str] = frozenset(),
+    written: list[str] | None = None,
 ) -> WinRate | None:
-    """The win rate on the held-out pairs' prompts under the agreement judge (None without held-out pairs)."""
+    """The win rate on the held-out pairs' prompts (None without held-out pairs), under ``judge`` (default: the
+    agreement judge). A reward-model judge also judges ``eval_answers`` ((prompts, the original model's answers, the
+    policy's)), leaving out the prompts of training pairs. ``written``: the policy's answers to the held-out
+    prompts, when already generated."""
     if not pairs:
         return None
+    judge = judge if judge is not None else AgreementJudge(loaded, pairs)
+    check = judge.self_check()
     prompts = [p.prompt for p in pairs]
     original = original_answers(loaded, prompts, max_new_tokens)
-    written = generate(loaded, prompts, answer_settings(max_new_tokens, len(prompts)), model=policy)
-    return judge_answers(AgreementJudge(loaded, pairs), prompts, original, written)
+    if written is None:
+        written = generate(loaded, prompts, answer_settings(max_new_tokens, len(prompts)), model=policy)
+    sets = ["heldout"] * len(prompts)
+    if eval_answers is not None and judge.judges_any_prompt:
+        for prompt, old, new in zip(*eval_answers):
+            if prompt not in training_prompts and prompt not in prompts:
+                prompts, original, written = [*prompts, prompt], [*original, old], [*written, new]
+                sets.append("eval")
+    return judge_answers(judge, prompts, original, written, check=check, sets=sets)
 
 
 # --------------------------------------------------------------------------- reward models

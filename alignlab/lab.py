@@ -17,14 +17,16 @@ from alignlab import model_checks, tracking
 from alignlab.degeneration import degeneration_report
 from alignlab.evaluation import Evidence, count_changed, gather_evidence
 from alignlab.findings import RunFacts, training_accuracy
-from alignlab.generation import generate_baseline, generate_scored
+from alignlab.generation import generate, generate_baseline, generate_scored
 from alignlab.health import read_health
 from alignlab.judges import reward_model_check, win_rate
 from alignlab.models import LoadedModel, load_model
 from alignlab.pairs import DatasetError
 from alignlab.presets import Preset, capability_probe, heldout_unavailable, validate_preset
 from alignlab.probes import PreferenceProbe
-from alignlab.questions import check_answers, question_set
+from alignlab.questions import MAX_NEW_TOKENS, check_answers, question_set
+from alignlab.remedies import remedy
+from alignlab.reward_judges import check_judge_spec, pick_judge
 from alignlab.settings import GenerationSettings, TrainingSettings
 from alignlab.tracking import RunTracker
 from alignlab.training import CancelToken, TrainingEvent, TrainingResult, train_policy
@@ -54,17 +56,38 @@ def compare(
     generation: GenerationSettings,
     probe: PreferenceProbe | None = None,
     baseline: list[str] | None = None,
+    judge: str | None = None,
 ) -> tuple[list[str], Evidence]:
     """Step 4: the trained policy's answers on the same prompts, and the numeric evidence.
 
     ``probe``: the one that drew the run's live curve (see :func:`run_probe`), reused when given.
     ``baseline``: the original model's answers, for the original model's surprise at both.
+    ``judge``: who judges the win rate (:func:`alignlab.reward_judges.pick_judge`; default: the agreement judge).
     """
     answers = generate_scored(loaded, preset.eval_prompts, generation, model=result.policy)
     aligned = answers.texts
     capability, source = capability_probe(preset)
-    checked = check_answers(loaded, result.policy, question_set(preset.checked_questions))
-    judged = win_rate(loaded, result.policy, preset.heldout_pairs, generation.max_new_tokens)
+    questions = question_set(preset.checked_questions)
+    asked, written = policy_answers(loaded, result.policy, questions, preset.heldout_pairs, generation.max_new_tokens)
+    checked = check_answers(loaded, result.policy, questions, after=asked)
+    judged = None
+    if preset.heldout_pairs:
+        settings = result.settings
+        chosen, note = pick_judge(
+            loaded,
+            judge,
+            preset.heldout_pairs,
+            preset.contrast_pairs,
+            list(preset.pairs),
+            settings.seed,
+            settings.method_entry.judged_by_reward_model,
+        )
+        evals = (list(preset.eval_prompts), list(baseline), aligned) if baseline is not None else None
+        training = {p.prompt for p in preset.pairs} | {row.prompt for row in preset.unpaired}
+        tokens = generation.max_new_tokens
+        judged = win_rate(loaded, result.policy, preset.heldout_pairs, tokens, chosen, evals, training, written=written)
+        if judged is not None and note:
+            judged.check.note = note
     evidence = gather_evidence(
         result.policy,
         loaded,
@@ -85,6 +108,24 @@ def compare(
         reward_model=result.reward_model,
     )
     return aligned, evidence
+
+
+#: The policy's answers to the checked questions and the held-out prompts are generated in batches of up to this many.
+ANSWER_BATCH = 64
+
+
+def policy_answers(
+    loaded: LoadedModel, policy: Any, questions: list[Any], heldout: list[Any], max_new_tokens: int
+) -> tuple[list[str] | None, list[str] | None]:
+    """The policy's greedy answers to the checked questions and to the held-out prompts, in one generation where
+    both take the same length (one batch costs far less than two on a CPU; greedy answers do not depend on it);
+    (None, None) where they do not, and each is asked on its own."""
+    if not heldout or max_new_tokens != MAX_NEW_TOKENS:
+        return None, None
+    prompts = [q.question for q in questions] + [p.prompt for p in heldout]
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=max(1, min(len(prompts), ANSWER_BATCH)))
+    answers = generate(loaded, prompts, settings, model=policy)
+    return answers[: len(questions)], answers[len(questions) :]
 
 
 def run_probe(loaded: LoadedModel, preset: Preset, settings: TrainingSettings) -> PreferenceProbe:
@@ -143,6 +184,8 @@ def build_report(
             answers=len(aligned_outputs),
         )
     )
+    found = remedy(health, settings, evaluation)
+    health.remedy = found.to_dict() if found is not None else None
     report = {
         "model": {
             "spec": loaded.spec,
@@ -198,10 +241,12 @@ def train_and_compare(
     cancel: CancelToken | None = None,
     run: dict[str, Any] | None = None,
     tracker: RunTracker | None = None,
+    judge: str | None = None,
 ) -> tuple[dict[str, Any], TrainingResult]:
     """Steps 3 and 4 on a loaded model whose baseline is recorded: train ``settings``, compare, report.
 
     With a ``tracker`` the run's steps, then its evidence and verdict, go to trackio (see :mod:`alignlab.tracking`).
+    ``judge``: see :func:`compare`.
     """
     timings = dict(timings)
     started = _stage(on_stage, "train")
@@ -217,7 +262,7 @@ def train_and_compare(
         tracker.end_training(result.steps_done, result.seconds, result.stopped_early)
 
     started = _stage(on_stage, "evaluate")
-    aligned, evidence = compare(loaded, result, preset, generation, probe=probe, baseline=baseline)
+    aligned, evidence = compare(loaded, result, preset, generation, probe=probe, baseline=baseline, judge=judge)
     timings["evaluate"] = time.perf_counter() - started
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
     report = build_report(loaded, preset, settings, generation, baseline, aligned, result, evidence, timings, run)
@@ -288,11 +333,24 @@ def run_lab(
     on_event: Callable[[TrainingEvent], None] | None = None,
     cancel: CancelToken | None = None,
     tracker: RunTracker | None = None,
+    judge: str | None = None,
 ) -> tuple[dict[str, Any], TrainingResult]:
-    """Run the whole lab headless; returns (report, training result). ``tracker``: see :func:`train_and_compare`."""
+    """Run the whole lab headless; returns (report, training result). ``tracker``, ``judge``: see
+    :func:`train_and_compare`; a named judge is checked before any work."""
     settings = settings or TrainingSettings()
     generation = generation or GenerationSettings()
+    check_judge_spec(judge)
     loaded, baseline, timings = load_and_baseline(model_spec, preset, generation, on_stage)
     return train_and_compare(
-        loaded, preset, settings, generation, baseline, timings, on_stage, on_event, cancel, tracker=tracker
+        loaded,
+        preset,
+        settings,
+        generation,
+        baseline,
+        timings,
+        on_stage,
+        on_event,
+        cancel,
+        tracker=tracker,
+        judge=judge,
     )

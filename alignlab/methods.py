@@ -377,7 +377,7 @@ _DPO = Method(
 )
 
 #: Every runnable method, by the name the CLI, the API and the Train tab use. Each method's defaults are the
-#: settings that read healthy on seed-lab with the embedded model (RLHF: warning, see its entry), chosen from the
+#: settings that read healthy on seed-lab with the embedded model (RLHF read from its reward model), chosen from the
 #: bench's ``method_defaults`` sweep; the measured runs are in ``docs/calibration.md`` and ``docs/performance.md``.
 METHODS: dict[str, Method] = {
     "dpo": _DPO,

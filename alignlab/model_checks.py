@@ -211,6 +211,19 @@ def _offline() -> bool:
 
 
 def _inspect_hub(spec: str, repo: str) -> ModelFacts:
+    config_path, info = _hub_config(repo)
+    config = _read_config(spec, Path(config_path))
+    counted, architecture = _count_on_meta(spec, config)
+    parameters, counted_from = counted, "its config"
+    if info is not None and info.safetensors is not None and info.safetensors.total:
+        parameters, counted_from = int(info.safetensors.total), "the Hub's safetensors metadata"
+    download = _download_bytes(repo, info) if info is not None else 0
+    full, lora = _memory_need(parameters, _shape_of(config, repo))
+    return ModelFacts(spec, repo, parameters, counted_from, architecture, lora, full, download)
+
+
+def _hub_config(repo: str) -> tuple[str, Any]:
+    """(the local path of a Hub repo's config.json, its model info or None when the Hub did not answer)."""
     from huggingface_hub import HfApi, hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
@@ -242,14 +255,7 @@ def _inspect_hub(spec: str, repo: str) -> ModelFacts:
             f"Could not fetch '{repo}' from the Hugging Face Hub{hint}: go online, or save the model with "
             "save_pretrained and give the directory's path instead."
         )
-    config = _read_config(spec, Path(config_path))
-    counted, architecture = _count_on_meta(spec, config)
-    parameters, counted_from = counted, "its config"
-    if info is not None and info.safetensors is not None and info.safetensors.total:
-        parameters, counted_from = int(info.safetensors.total), "the Hub's safetensors metadata"
-    download = _download_bytes(repo, info) if info is not None else 0
-    full, lora = _memory_need(parameters, _shape_of(config, repo))
-    return ModelFacts(spec, repo, parameters, counted_from, architecture, lora, full, download)
+    return config_path, info
 
 
 #: The files a load fetches from a Hub repo (weights in safetensors, configs, the tokenizer).
@@ -337,3 +343,48 @@ def check(spec: str, what: str = "model") -> ModelFacts:
             f"({described}). {RECIPE_POINTER}"
         )
     return facts
+
+
+# --------------------------------------------------------------------------- a judge the user names
+
+
+#: A judge's scoring: one forward pass over each answer in fp32, with activations: twice its weights at the most.
+JUDGE_MEMORY_FACTOR = 2 * 4
+
+
+def check_judge(spec: str) -> int:
+    """A reward model named as a judge, checked before any weight is fetched: where it may come from (as a model,
+    :func:`check_source`), that its config declares a sequence-classification model with one output (a reward
+    model), that transformers builds it without remote code, and that scoring with it fits this machine. Returns
+    its parameter count; raises :class:`ModelLoadError` saying what is wrong."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    check_source(spec, "judge")
+    source = resolve_spec(spec)
+    config_path = Path(source) / "config.json" if Path(source).is_dir() else Path(_hub_config(source)[0])
+    if not config_path.is_file():
+        raise ModelLoadError(f"The judge '{spec}' has no config.json: give a reward model's folder or Hub id.")
+    config = _read_config(spec, config_path)
+    architectures = list(getattr(config, "architectures", None) or [])
+    if not any(a.endswith("ForSequenceClassification") for a in architectures) or config.num_labels != 1:
+        named = ", ".join(architectures) or "no architecture"
+        raise ModelLoadError(
+            f"'{spec}' is not a reward model: its config names {named} with {config.num_labels} output(s); a judge "
+            "is a sequence-classification model with one output (for example Skywork/Skywork-Reward-V2-Qwen3-0.6B, "
+            "or a reward model the lab saved)."
+        )
+    try:
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
+    except ValueError as exc:
+        raise ModelLoadError(f"The judge '{spec}' cannot be built: {str(exc).splitlines()[0]}") from None
+    parameters = sum(p.numel() for p in model.parameters())
+    limit, described = machine_memory()
+    need = parameters * JUDGE_MEMORY_FACTOR
+    if need > limit:
+        raise ModelLoadError(
+            f"The judge '{spec}' is too big for this machine: {count_text(parameters)} parameters need about "
+            f"{need / GIB:,.0f} GiB to score answers, and the limit is {limit / GIB:,.1f} GiB ({described})."
+        )
+    return parameters

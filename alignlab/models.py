@@ -13,8 +13,10 @@ reload weights. Callers that change weights (training) must work on a copy (see
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.util
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -97,6 +99,18 @@ def cache_root() -> Path:
     """Where converted models and session artefacts live (``ALIGNLAB_CACHE`` overrides)."""
     root = os.environ.get("ALIGNLAB_CACHE") or os.path.join(Path.home(), ".cache", "alignlab")
     return Path(root)
+
+
+def model_key(loaded: LoadedModel, *parts: Any) -> str:
+    """A cache key for what depends on this model and ``parts`` (JSON-able): the model's source, its folder's files
+    (names, sizes, times) when it is local, and the device's kind."""
+    source = Path(loaded.source)
+    files = (
+        sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in source.iterdir() if f.is_file())
+        if source.is_dir()
+        else []
+    )
+    return hashlib.sha256(json.dumps([loaded.source, files, loaded.device.type, *parts]).encode()).hexdigest()[:32]
 
 
 def use_persistent_kernel_cache() -> str:

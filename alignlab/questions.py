@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import re
@@ -33,8 +32,9 @@ if TYPE_CHECKING:
     from alignlab.models import LoadedModel
 
 BUILTIN_FILE = Path(__file__).resolve().parent.parent / "presets" / "probes" / "checked-questions.json"
-#: Long enough for a one-line answer with its number or name; a model that rambles is read on its first words.
-MAX_NEW_TOKENS = 32
+#: Long enough for an answer that opens with a sentence of context before its number or name: a preference for
+#: fuller, warmer answers (warm-tone's) delays the fact, and a shorter cap would read that style as lost knowledge.
+MAX_NEW_TOKENS = 64
 #: The questions are answered in one batch (one generation call), up to this many at once.
 MAX_BATCH = 32
 
@@ -186,14 +186,9 @@ _before_lock = threading.Lock()
 def _before_key(loaded: LoadedModel, questions: list[CheckedQuestion]) -> str:
     """What the original model's answers depend on: the model (its folder's files, when local), the device's kind
     and the questions."""
-    source = Path(loaded.source)
-    files = (
-        sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in source.iterdir() if f.is_file())
-        if source.is_dir()
-        else []
-    )
-    parts = [loaded.source, files, loaded.device.type, MAX_NEW_TOKENS, [q.question for q in questions]]
-    return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()[:32]
+    from alignlab.models import model_key
+
+    return model_key(loaded, MAX_NEW_TOKENS, [q.question for q in questions])
 
 
 def answers_before(loaded: LoadedModel, questions: list[CheckedQuestion]) -> list[str]:
@@ -262,6 +257,13 @@ class CheckedAnswers:
         ]
 
 
-def check_answers(loaded: LoadedModel, policy: torch.nn.Module, questions: list[CheckedQuestion]) -> CheckedAnswers:
-    """The original model's answers (kept from an earlier run when there is one) and the policy's."""
-    return CheckedAnswers(questions, answers_before(loaded, questions), ask(loaded, questions, model=policy))
+def check_answers(
+    loaded: LoadedModel,
+    policy: torch.nn.Module,
+    questions: list[CheckedQuestion],
+    after: list[str] | None = None,
+) -> CheckedAnswers:
+    """The original model's answers (kept from an earlier run when there is one) and the policy's (``after``, when
+    already generated)."""
+    after = after if after is not None else ask(loaded, questions, model=policy)
+    return CheckedAnswers(questions, answers_before(loaded, questions), after)

@@ -197,7 +197,14 @@ def judge_text(evaluation: dict[str, Any]) -> str:
     judge = evaluation.get("judge") or {}
     check = Proportion.of(judge.get("heldout_accuracy"), judge.get("heldout_count"))
     told = f"; it ranks {check.text()} of the held-out pairs right ({check.chance_text()})" if check else ""
-    return f"judge: {judge.get('source', '?')}, measuring {judge.get('measures', '?')}{told}"
+    contrast = Proportion.of(judge.get("contrast_accuracy"), judge.get("contrast_count"))
+    if contrast is not None:
+        told += (
+            f" and {contrast.text()} of the contrast pairs ({contrast.chance_text()}); it is read only where both "
+            "beat chance"
+        )
+    note = f"; {judge['note']}" if judge.get("note") else ""
+    return f"judge: {judge.get('source', '?')}, measuring {judge.get('measures', '?')}{told}{note}"
 
 
 def win_reading(evaluation: dict[str, Any]) -> str:
@@ -207,14 +214,16 @@ def win_reading(evaluation: dict[str, Any]) -> str:
         return "No win rate: there are no held-out prompts to judge the answers on."
     if band == "blind":
         return (
-            f"The judge cannot tell the held-out pairs apart, so its win rate is not read ({judge_text(evaluation)})."
+            "The judge cannot tell the held-out pairs apart (or, the lab's reward model, the contrast pairs), so its "
+            f"win rate is not read ({judge_text(evaluation)})."
         )
     n, wins, ties = evaluation["win_count"], evaluation.get("wins", 0), evaluation.get("win_ties", 0)
     rate = finite(evaluation.get("win_rate")) or 0.0
     interval = evaluation.get("win_interval") or [0.0, 1.0]
     p = finite(evaluation.get("win_p_value")) or 1.0
+    judged = "prompts (held-out and eval)" if evaluation.get("win_eval_count") else "held-out prompts"
     head = (
-        f"Win rate against the original model: the policy's answer won {wins} of {n} held-out prompts, {ties} tied "
+        f"Win rate against the original model: the policy's answer won {wins} of {n} {judged}, {ties} tied "
         f"-> {rate:.0%} ({percent_range(tuple(interval))}), p = {p:.2g}"
     )
     if band == "win":
@@ -462,9 +471,11 @@ def evidence_markdown(evaluation: dict[str, Any]) -> str:
     judged = evaluation.get("win_per_prompt") or []
     if judged and win_band(evaluation) != "blind":
         sides = {"policy": "after training", "original": "original model", "tie": "tie (same answer)"}
-        table = ["| held-out prompt | better answer | by |", "|---|---|---|"]
+        where = {"heldout": "held-out", "eval": "eval"}
+        table = ["| prompt | from | better answer | by |", "|---|---|---|---|"]
         table += [
-            f"| {_short(row['prompt'])} | {sides.get(row['winner'], row['winner'])} | {abs(row['margin']):.3f} |"
+            f"| {_short(row['prompt'])} | {where.get(row.get('set', 'heldout'), '')} | "
+            f"{sides.get(row['winner'], row['winner'])} | {abs(row['margin']):.3f} |"
             for row in judged
         ]
         text += "\n\n### Who won, prompt by prompt\n" + "\n".join(table)
@@ -484,4 +495,18 @@ def health_markdown(health: dict[str, Any], title: str = "Training health") -> s
     )
     best = health.get("best_step")
     best_line = f"\n\nBest held-out step: **{best}**." if best is not None else ""
-    return f"### {title}: {verdict_word(health)}\n{lines}{best_line}"
+    cure = remedy_text(health)
+    cure_line = f"\n\n**Remedy:** {cure} Press *Try the remedy* to run it beside this run." if cure else ""
+    return f"### {title}: {verdict_word(health)}\n{lines}{best_line}{cure_line}"
+
+
+def remedy_text(health: dict[str, Any]) -> str:
+    """The report's remedy in words: the settings it changes, then why (empty without one)."""
+    found = health.get("remedy")
+    if not isinstance(found, dict) or not found.get("changes"):
+        return ""
+    changes = ", ".join(
+        f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+        for name, value in found["changes"].items()
+    )
+    return f"{changes}. {found.get('because', '')}".strip()

@@ -39,8 +39,12 @@ PRESETS = ("seed-lab", "concise", "warm-tone")
 SOURCES = (*PRESETS, HH_SOURCE)
 #: The two random patterns of swapped labels on each source.
 SWAP_SEEDS = (1, 2)
-#: The opening preset: where each method's demo runs.
-OPENING = "seed-lab"
+#: The preset the app opens on (*Run the whole lab*): at the defaults it must read healthy with a real win over the
+#: original model's answers and the contrast pairs ranked beyond the cue; its clean case guards that in make test.
+OPENING = "warm-tone"
+#: Where the guards' other cases run (swapped labels, over-training, each method's demo): the lab's first preset,
+#: whose preference (politeness) the embedded instruct model already has, so its win rate reads no_win.
+GUARDED = "seed-lab"
 NOT_HEALTHY = ("warning", "failed")
 
 
@@ -129,6 +133,29 @@ class Case:
 
 
 def _clean(source: str) -> Case:
+    if source == OPENING:
+        return Case(
+            f"{source} at the defaults",
+            source,
+            "clean",
+            codes=("generalises", "beyond_cue", "win"),
+            forbidden=("repetition", "collapse", "garbled", "capability_loss"),
+            min_changed=1,
+            why="the app's opening preset at the defaults: a behaviour the model lacks, learnt beyond its cue, "
+            "with a real win over the original answers and no knowledge lost",
+            guards=True,
+        )
+    if source == GUARDED:
+        return Case(
+            f"{source} at the defaults",
+            source,
+            "clean",
+            codes=("generalises", "no_win"),
+            forbidden=("repetition", "collapse", "garbled", "win"),
+            min_changed=1,
+            why="clean labels for a preference (politeness) the instruct model already has: pairs ranked right, "
+            "no win over answers that were polite already",
+        )
     return Case(
         f"{source} at the defaults",
         source,
@@ -140,7 +167,6 @@ def _clean(source: str) -> Case:
         if source != HH_SOURCE
         else "real preference data, clean labels, at the defaults; the clean target allows it to miss: six steps of"
         " two pairs are few for HH harmlessness, whose chosen and rejected answers differ in little but stance",
-        guards=source == OPENING,
     )
 
 
@@ -153,7 +179,7 @@ def _swapped(source: str, seed: int) -> Case:
         verdicts=NOT_HEALTHY,
         forbidden=("generalises",),
         why="a random half of the pairs contradict the rest: there is no preference to learn",
-        guards=source == OPENING and seed == SWAP_SEEDS[0],
+        guards=source == GUARDED and seed == SWAP_SEEDS[0],
     )
 
 
@@ -165,7 +191,7 @@ def _over_trained(preset: str) -> Case:
         {"learning_rate": 5e-4, "steps": 20},
         verdicts=("failed",),
         why="far too large a step for far too long: the answers collapse, loop or stop making sense",
-        guards=preset == OPENING,
+        guards=preset == GUARDED,
     )
 
 
@@ -182,25 +208,23 @@ def _too_small(preset: str) -> Case:
     )
 
 
-def _method_demo(method: str, preset: str = OPENING) -> Case:
+def _method_demo(method: str, preset: str = GUARDED) -> Case:
     """A method at its own defaults on a preset: the lab's demo of that method in a comparison (RLHF on the
-    opening preset: see below). Those on the opening preset guard the verdict."""
-    if method == "rlhf" and preset == OPENING:
+    guarded preset: see below). Those on the guarded preset guard the verdict."""
+    if method == "rlhf" and preset == GUARDED:
         # RLHF is read from its reward model and the win rate. Its reward model ranks pairs it never saw right and
-        # the reward rises, but online RL samples its own answers: they drift toward procedures ("To find the
-        # number of hours in a day, you can use the formula ...") that neither win against the original's nor keep
-        # its direct answers to the checked questions.
+        # the reward rises; online RL samples its own answers, and to seed-lab's prompts those were polite already,
+        # so they do not beat the original's (no_win), as DPO's do not.
         return Case(
-            f"rlhf on {OPENING} at its defaults",
-            OPENING,
+            f"rlhf on {GUARDED} at its defaults",
+            GUARDED,
             "method demo",
             method="rlhf",
-            verdicts=("warning",),
-            codes=("reward_model_right", "reward_rising"),
-            forbidden=("repetition", "collapse", "win"),
+            codes=("reward_model_right", "reward_rising", "no_win"),
+            forbidden=("repetition", "collapse", "garbled", "win"),
             min_changed=1,
-            why="its reward model is right and the reward rises, but what the policy writes does not win and loses "
-            "direct answers: not healthy, not failed",
+            why="read from its reward model, which is right, and from what the policy writes, which does not beat "
+            "answers that were polite already: healthy, with no win",
             guards=True,
         )
     return Case(
@@ -211,14 +235,14 @@ def _method_demo(method: str, preset: str = OPENING) -> Case:
         forbidden=("repetition", "collapse", "garbled"),
         min_changed=1,
         why=f"{method}'s defaults are the method's demo in a comparison",
-        guards=preset == OPENING,
+        guards=preset == GUARDED,
     )
 
 
 def _rlhf_swapped(seed: int) -> Case:
     return Case(
-        f"rlhf on {OPENING} with half the labels swapped (pattern {seed})",
-        OPENING,
+        f"rlhf on {GUARDED} with half the labels swapped (pattern {seed})",
+        GUARDED,
         "swapped",
         method="rlhf",
         swap_seed=seed,
@@ -238,8 +262,8 @@ def family() -> list[Case]:
     for source in SOURCES:
         cases.append(_clean(source))
         cases += [_swapped(source, seed) for seed in SWAP_SEEDS]
-    cases += [_over_trained(preset) for preset in (OPENING, "warm-tone")]
-    cases += [_too_small(preset) for preset in (OPENING, "concise")]
+    cases += [_over_trained(preset) for preset in (GUARDED, "warm-tone")]
+    cases += [_too_small(preset) for preset in (GUARDED, "concise")]
     cases += [_method_demo(method, preset) for preset in PRESETS for method in METHODS if method != "dpo"]
     cases.append(_rlhf_swapped(SWAP_SEEDS[0]))
     return cases
@@ -247,8 +271,8 @@ def family() -> list[Case]:
 
 CASES: list[Case] = family()
 
-#: The core cases that guard the verdict in ``make test``: the opening preset clean, with swapped labels and
-#: over-trained, and every other method's demo.
+#: The core cases that guard the verdict in ``make test``: the opening preset clean (its win), the guarded preset with
+#: swapped labels and over-trained, and every other method's demo on it.
 GUARDS: list[Case] = [case for case in CASES if case.guards]
 
 
@@ -283,11 +307,11 @@ TARGETS: list[Target] = [
 
 
 def _demo_case(method: str, settings: dict[str, Any], why: str = "") -> Case:
-    """A method on the opening preset held to the demo's bar (the defaults sweep's cases)."""
+    """A method on the guarded preset held to the demo's bar (the defaults sweep's cases)."""
     label = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in settings.items())
     return Case(
-        f"{method} on {OPENING} at {label}",
-        OPENING,
+        f"{method} on {GUARDED} at {label}",
+        GUARDED,
         "method demo",
         dict(settings),
         method=method,
@@ -298,7 +322,7 @@ def _demo_case(method: str, settings: dict[str, Any], why: str = "") -> Case:
 
 
 #: The measurements each method's defaults were chosen from (``--only method_defaults``): settings around the
-#: defaults, each a real lab run on the opening preset held to the demo's bar. Kept so a change of defaults can be
+#: defaults, each a real lab run on the guarded preset held to the demo's bar. Kept so a change of defaults can be
 #: re-measured.
 SWEEP: list[Case] = [
     *[_demo_case("ipo", {"beta": beta, "learning_rate": 2e-5, "sft_weight": 0.0}) for beta in (0.1, 0.25, 0.5, 1.0)],
@@ -361,18 +385,49 @@ def summary(case: Case, report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_case(spec: str, case: Case) -> dict[str, Any]:
-    """Run one case in this process; returns its summary."""
+#: Verdicts from best to worst: a remedy made a run better when its verdict moved left.
+VERDICT_RANK = {"healthy": 0, "warning": 1, "failed": 2}
+
+
+def remedy_row(spec: str, dataset: Preset, report: dict[str, Any]) -> dict[str, Any] | None:
+    """The report's remedy (``health.remedy``) applied: a second real run on the same data with its settings, and
+    whether the verdict got better (None where the report names no remedy)."""
     from alignlab.lab import run_lab
     from alignlab.settings import TrainingSettings
 
-    report, _ = run_lab(spec, case.dataset(), TrainingSettings.for_method(case.method, **case.settings))
-    return {"method": case.method, "settings": report["settings"], **summary(case, report)}
+    found = report["health"].get("remedy")
+    if not found:
+        return None
+    after, _ = run_lab(spec, dataset, TrainingSettings.from_dict(found["settings"]))
+    before_verdict, after_verdict = report["health"]["verdict"], after["health"]["verdict"]
+    return {
+        "code": found["code"],
+        "changes": found["changes"],
+        "because": found["because"],
+        "verdict_before": before_verdict,
+        "verdict_after": after_verdict,
+        "codes_after": after["health"]["codes"],
+        "better": VERDICT_RANK[after_verdict] < VERDICT_RANK[before_verdict],
+    }
+
+
+def run_case(spec: str, case: Case, remedies: bool = True) -> dict[str, Any]:
+    """Run one case in this process, then its remedy where the verdict names one; returns its summary."""
+    from alignlab.lab import run_lab
+    from alignlab.settings import TrainingSettings
+
+    dataset = case.dataset()
+    report, _ = run_lab(spec, dataset, TrainingSettings.for_method(case.method, **case.settings))
+    row = {"method": case.method, "settings": report["settings"], **summary(case, report)}
+    row["remedy"] = remedy_row(spec, dataset, report) if remedies else None
+    return row
 
 
 def in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     """The worker's mode: the case (``options['case']``) or sweep run (``options['sweep']``) with that index."""
-    return run_case(spec, SWEEP[options["sweep"]] if "sweep" in options else CASES[options["case"]])
+    if "sweep" in options:
+        return run_case(spec, SWEEP[options["sweep"]], remedies=False)
+    return run_case(spec, CASES[options["case"]])
 
 
 def run(spec: str, device: str | None, names: list[str] | None = None) -> dict[str, Any]:
@@ -396,7 +451,24 @@ def run(spec: str, device: str | None, names: list[str] | None = None) -> dict[s
         "calibrated": all(not r["wrong"] for r in rows),
         "targets": [
             {"target": t.text, "met": t.met(rows), "misses": [r["case"] for r in t.misses(rows)]} for t in TARGETS
-        ],
+        ]
+        + [remedy_target(rows)],
+    }
+
+
+#: The remedies' promise: applied to the family's cases that get one, the verdict gets better in this share.
+REMEDY_TARGET = 0.8
+
+
+def remedy_target(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether the remedies made the verdict better in at least :data:`REMEDY_TARGET` of the cases that got one."""
+    tried = [r for r in rows if r.get("remedy")]
+    better = [r for r in tried if r["remedy"]["better"]]
+    return {
+        "target": f"a remedy makes the verdict better in at least 4 of 5 cases that get one ({len(better)} of "
+        f"{len(tried)})",
+        "met": bool(tried) and len(better) >= REMEDY_TARGET * len(tried),
+        "misses": [r["case"] for r in tried if not r["remedy"]["better"]],
     }
 
 
@@ -561,7 +633,9 @@ def markdown(section: dict[str, Any], machine: str) -> str:
         cases=len(rows),
     )
     lines = [header, "## Expected reading against verdict", "", *confusion(rows), "", "## Targets", ""]
-    lines += [*targets_lines(section), "", "## Every case", "", LEGEND]
+    lines += [*targets_lines(section), "", "## Remedies", "", REMEDY_LEGEND, *remedy_lines(rows)]
+    lines += ["", "## Win rate at each method's defaults", "", WIN_LEGEND, *win_lines(rows)]
+    lines += ["", "## Every case", "", LEGEND]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     guards = {case.name for case in GUARDS}
     for r in rows:
@@ -570,6 +644,54 @@ def markdown(section: dict[str, Any], machine: str) -> str:
         cells.append("guard" if r["case"] in guards else "")
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+REMEDY_LEGEND = """Each case whose verdict names a remedy (`health.remedy`: the cure of its most severe finding that has
+one, none while the data itself is the problem), run again on the same data with the remedy's settings: the verdict
+before and after, and whether it got better.
+"""
+
+
+def remedy_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The remedies' table: one row per case that got one."""
+    tried = [r for r in rows if r.get("remedy")]
+    if not tried:
+        return ["No case got a remedy."]
+    columns = ["case", "finding", "remedy", "why", "verdict before", "verdict after", "codes after", "better"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in tried:
+        cure = r["remedy"]
+        changes = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in cure["changes"].items())
+        cells = [
+            r["case"],
+            cure["code"],
+            changes,
+            cure["because"],
+            cure["verdict_before"],
+            cure["verdict_after"],
+            ", ".join(cure["codes_after"]),
+            "better" if cure["better"] else "NOT better",
+        ]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return lines
+
+
+WIN_LEGEND = """What each method writes at its own defaults against what the original model wrote, on each preset's
+held-out prompts (the agreement judge; ties count half; the p-value of a one-sided sign test against 50%): DPO's
+are the presets' clean cases, the others' their method demos.
+"""
+
+
+def win_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Method x preset: the win rate of each method's run at its defaults."""
+    at_defaults = {(r["method"], r["source"]): r for r in rows if r["kind"] in ("clean", "method demo")}
+    sources = [s for s in SOURCES if any(src == s for _, src in at_defaults)]
+    lines = ["| method | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
+    for method in METHODS:
+        found = [at_defaults.get((method, s)) for s in sources]
+        cells = [_win(r.get("win") or {}) if r else "-" for r in found]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_markdown(section: dict[str, Any], machine: str, path: Path = DOC) -> Path:

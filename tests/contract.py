@@ -45,7 +45,10 @@ WIN_KEYS = {
     "win_per_prompt",
     "mean_words_original",
     "mean_words_policy",
+    "win_eval_count",
 }
+#: The verdict's keys: ``remedy`` is the cure of its most severe finding that has one, or null.
+HEALTH_KEYS = {"verdict", "findings", "codes", "best_step", "details", "remedy"}
 #: Each point of ``eval.heldout_curve``: its step, its figures, and each accuracy's count and interval.
 CURVE_POINT_KEYS = {"step", "accuracy", "count", "accuracy_interval", "margin", "margin_interval"}
 DEGENERATION_KEYS = {

@@ -18,8 +18,9 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from alignlab.presets import load_preset
+from alignlab.ui.dataset_tab import DEFAULT_PRESET
 
-from contract import EVAL_KEYS, REPORT_KEYS, WIN_KEYS
+from contract import EVAL_KEYS, HEALTH_KEYS, REPORT_KEYS, WIN_KEYS
 
 pytestmark = pytest.mark.e2e
 
@@ -183,8 +184,8 @@ def test_journey_load_baseline_train_streams_compare_export(app, tiny_chat_dir: 
     assert report["health"]["verdict"] in {"healthy", "warning", "failed"}
     assert set(report["eval"]) >= EVAL_KEYS | WIN_KEYS
     assert [p["step"] for p in report["eval"]["heldout_curve"]] == [2, 4, 5]  # every other step and the last
-    assert report["settings"]["preset"] == "seed-lab"
-    assert set(report["health"]) >= {"verdict", "findings", "codes", "best_step"}
+    assert report["settings"]["preset"] == DEFAULT_PRESET  # the pairs the app opens with
+    assert set(report["health"]) >= HEALTH_KEYS
     assert not _has_nan(report)
     assert len(report["aligned_outputs"]) == len(report["baseline_outputs"]) == 7
     assert json.loads(Path(report_path).read_text())["changed"] == report["changed"]
@@ -262,6 +263,13 @@ def test_bad_input_gets_a_clear_message_and_the_session_keeps_working(app) -> No
     message = error_of(lambda: client.submit(method="ppo", api_name="/train").result())
     assert "Unknown method 'ppo'. Known methods: dpo, ipo, kto, orpo, simpo" in message
     assert "Known methods" in error_of(lambda: client.predict(method="ppo", api_name="/run_lab"))
+    # a judge that is no reward model, or cannot be fetched, is named before any work
+    assert "Could not fetch 'nobody/no-such-judge'" in error_of(
+        lambda: client.predict(judge="nobody/no-such-judge", api_name="/run_lab")
+    )
+    assert "a judge is a sequence-classification model" in error_of(
+        lambda: client.predict(judge=os.environ["ALIGNLAB_DEFAULT_MODEL"], api_name="/compare")
+    )
     assert "loss_type is DPO's" in error_of(
         lambda: client.submit(method="kto", loss_type="hinge", api_name="/train").result()
     )
@@ -398,21 +406,21 @@ def test_export_dataset_is_a_folder_datasets_loads_with_its_card(app) -> None:
 
     client = Client(app[1], verbose=False)
     archive, said = client.predict(api_name="/export_dataset")  # the opening preset's pairs, as the tab shows them
-    assert "Saved **alignlab-seed-lab-pairs**" in said
+    assert f"Saved **alignlab-{DEFAULT_PRESET}-pairs**" in said
     folder = Path(archive).parent / "unzipped"
     with zipfile.ZipFile(archive) as zipped:
         zipped.extractall(folder)
-    folder /= "alignlab-seed-lab-pairs"
+    folder /= f"alignlab-{DEFAULT_PRESET}-pairs"
     card = DatasetCard.load(folder / "README.md")
     assert card.data.license == "apache-2.0" and "dpo" in card.data.tags
-    preset = load_preset("seed-lab")
+    preset = load_preset(DEFAULT_PRESET)
     data = load_dataset(str(folder))
     assert data["train"].num_rows == len(preset.pairs) and data["test"].num_rows == len(preset.heldout_pairs)
     assert f"{len(preset.pairs)} pairs" in card.text
     archive, said = client.predict(
         repo_id="someone/pairs", token="hf_not_real", export_as="thumbs", api_name="/export_dataset"
     )
-    assert "alignlab-seed-lab-thumbs" in said and "Not pushed" in said and Path(archive).is_file()
+    assert f"alignlab-{DEFAULT_PRESET}-thumbs" in said and "Not pushed" in said and Path(archive).is_file()
 
 
 def test_run_lab_returns_the_report_and_fills_the_session(app) -> None:
@@ -474,7 +482,7 @@ def test_probes_follow_the_pairs_they_were_written_for(pairs) -> None:
     kept = probes_for(edited, probes)  # an edit of the preset: its probes still test the same preference
     assert kept["preset"] == "custom" and kept["contrast_pairs"] == same["contrast_pairs"]
     foreign = probes_for(pairs, probes)  # someone else's pairs (an API client's): no contrast, built-in capability
-    assert foreign == {"preset": "custom", "contrast_pairs": [], "capability_pairs": []}
+    assert foreign == {"preset": "custom", "contrast_pairs": [], "capability_pairs": [], "checked_questions": []}
 
 
 def test_a_public_space_refuses_local_paths_before_loading_and_says_what_it_allows(
@@ -500,3 +508,25 @@ def test_a_public_space_refuses_local_paths_before_loading_and_says_what_it_allo
     monkeypatch.setenv("ALIGNLAB_PUBLIC", "0")
     assert public_notice() == ""
     assert "Loaded" in client.predict(str(visitors_policy), api_name="/load_model")  # a private server loads it
+
+
+def test_a_reports_remedy_is_train_parameters_and_compare_takes_a_judge(app) -> None:
+    """Far too large a step breaks the tiny model's answers: the verdict names a remedy whose changes are /train
+    parameters; trained with them and compared under the lab's reward model, the second run is the remedy."""
+    client = Client(app[1], verbose=False)
+    client.predict(max_new_tokens=16, api_name="/baseline")
+    *_, last = list(client.submit(steps=80, learning_rate=1e-3, beta=0.01, api_name="/train"))
+    assert "Finished 80 of 80 steps" in last[0]
+    *_, health, _, first = client.predict(api_name="/compare")
+    remedy = first["health"]["remedy"]
+    assert first["health"]["verdict"] in ("warning", "failed") and remedy is not None, first["health"]
+    assert "Remedy:" in health and remedy["because"] in health
+    assert set(remedy["changes"]) <= {"learning_rate", "steps", "beta", "sft_weight"}
+    *_, last = list(client.submit(**{"steps": 80, "beta": 0.01, **remedy["changes"]}, api_name="/train"))
+    assert "Finished" in last[0]
+    *_, second = client.predict(judge="lab_reward_model", api_name="/compare")
+    training = second["settings"]["training"]
+    assert all(training[name] == value for name, value in remedy["changes"].items())
+    judge = second["eval"]["judge"]
+    assert judge["source"] == "lab_reward_model" and judge["contrast_count"] == 14
+    assert second["eval"]["win_count"] == 14 + second["eval"]["win_eval_count"]

@@ -219,7 +219,7 @@ def test_quick_calibration_section_reports_each_case_with_its_figures(tmp_path):
 
 def _cases_table(markdown: str) -> list[str]:
     """The rows of a calibration document's table of every case, its header first."""
-    lines = markdown.splitlines()
+    lines = markdown.split("## Every case")[-1].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| case |"))
     return [line for line in lines[start:] if line.startswith("| ")]
 
@@ -243,13 +243,31 @@ def test_docs_calibration_has_a_row_for_every_case_in_order():
     ]
     assert sum(counts) == len(CASES)
     targets = text.split("## Targets")[1].split("## Every case")[0]
-    assert targets.count("- met: ") == 4 and "NOT MET" not in targets
+    assert targets.count("- met: ") == 5 and "NOT MET" not in targets
+    # every remedy applied, and each method's win rate at its defaults on each preset
+    remedies = text.split("## Remedies")[1].split("## Win rate at each method's defaults")[0]
+    assert "| case | finding | remedy |" in remedies
+    wins = text.split("## Win rate at each method's defaults")[1].split("## Every case")[0]
+    from alignlab.methods import METHODS
+
+    assert [line.split(" | ")[0][2:] for line in wins.splitlines() if line.startswith("| ")][1:] == list(METHODS)
 
 
 def test_the_calibration_family_is_generated_from_its_sources():
     from alignlab.methods import METHODS
     from alignlab.presets import load_preset
-    from bench.calibration import CASES, OPENING, SOURCES, SWAP_SEEDS, TARGETS, Case, confusion, swapped_half
+    from alignlab.ui.dataset_tab import DEFAULT_PRESET
+    from bench.calibration import (
+        CASES,
+        GUARDED,
+        OPENING,
+        SOURCES,
+        SWAP_SEEDS,
+        TARGETS,
+        Case,
+        confusion,
+        swapped_half,
+    )
 
     kinds = {}
     for case in CASES:
@@ -258,15 +276,21 @@ def test_the_calibration_family_is_generated_from_its_sources():
     swapped_dpo = [c for c in kinds["swapped"] if c.method == "dpo"]
     assert len(swapped_dpo) == len(SOURCES) * len(SWAP_SEEDS) and len(kinds["over-trained"]) == 2
     # RLHF, read from its reward model, with half the labels swapped on the opening preset
-    assert [(c.method, c.source) for c in kinds["swapped"] if c.method != "dpo"] == [("rlhf", OPENING)]
+    assert [(c.method, c.source) for c in kinds["swapped"] if c.method != "dpo"] == [("rlhf", GUARDED)]
     assert all(c.settings == {"learning_rate": 1e-8} for c in kinds["too small a step"])
     assert {c.method for c in kinds["method demo"]} | {"dpo"} == set(METHODS)
     # every method at its defaults on every preset; those on the opening preset guard the verdict
     demos = {(c.method, c.source) for c in kinds["method demo"]}
     assert demos == {(m, p) for m in METHODS if m != "dpo" for p in SOURCES if p != "hh-rlhf"}
-    assert all(c.guards == (c.source == OPENING) for c in kinds["method demo"])
+    assert all(c.guards == (c.source == GUARDED) for c in kinds["method demo"])
+    # the preset the app opens on guards its claim: healthy, a real win, beyond the cue, no knowledge lost
+    assert OPENING == DEFAULT_PRESET
+    (opening,) = [c for c in kinds["clean"] if c.source == OPENING]
+    assert opening.guards and {"win", "beyond_cue"} <= set(opening.codes) and "capability_loss" in opening.forbidden
+    (guarded,) = [c for c in kinds["clean"] if c.source == GUARDED]
+    assert "no_win" in guarded.codes and "win" in guarded.forbidden
     # half the labels swapped at random: exactly half of each list, a different half for each pattern
-    preset = load_preset(OPENING)
+    preset = load_preset(GUARDED)
     patterns = []
     for seed in SWAP_SEEDS:
         swapped = swapped_half(preset, seed)

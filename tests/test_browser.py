@@ -28,6 +28,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 STEPS = 80  # long enough on the tiny model to watch the plots redraw several times
+REMEDY_STEPS = 80  # at the largest learning rate and the smallest β, the tiny model's answers break and it drifts
 
 
 @pytest.fixture(scope="module")
@@ -198,20 +199,20 @@ def test_whole_journey_in_a_browser(page, output_dir: Path) -> None:
     page.get_by_role("button", name="Load model and record answers").click()
     expect(page.locator("#baseline-status")).to_contain_text("Recorded 7 answers")
     expect(page.locator("#model-status")).to_contain_text("Loaded")
-    expect(page.locator("#baseline-table")).to_contain_text("What is the capital of France?")
+    expect(page.locator("#baseline-table")).to_contain_text("What is 12 times 12?")
     page.screenshot(path=str(output_dir / "browser-1-baseline.png"), full_page=True)
 
     # 2. Dataset: a bad edit is named by row, a good one makes the dataset ready again.
     page.get_by_role("tab", name="2 · Dataset").click()
     validation = page.locator("#dataset-validation")
     expect(validation).to_contain_text("Ready: 13 training pairs, 14 held-out pairs")
-    edit_cell(page, "#pairs-table", 0, 1, "Figure it out yourself.")
+    edit_cell(page, "#pairs-table", 0, 1, "That is your own fault. You should have practised more.")
     expect(validation).to_contain_text("pairs row 1")
     expect(validation).to_contain_text("identical")
-    new_answer = "Sure! Simmer the egg for ten minutes, then cool it in cold water. Hope that helps!"
+    new_answer = "That sounds hard, and it is completely normal to feel let down. You can book another test soon."
     edit_cell(page, "#pairs-table", 0, 1, new_answer)
     expect(validation).to_contain_text("Ready: 13 training pairs")
-    expect(page.locator("#pairs-table")).to_contain_text("Simmer the egg for ten minutes")
+    expect(page.locator("#pairs-table")).to_contain_text("completely normal to feel let down")
     page.screenshot(path=str(output_dir / "browser-2-dataset.png"), full_page=True)
 
     # 3. Train: the plots and the log redraw while the run goes on; health appears at the end.
@@ -242,7 +243,7 @@ def test_whole_journey_in_a_browser(page, output_dir: Path) -> None:
     expect(page.locator("#compare-summary")).to_contain_text("answers changed")
     expect(page.locator("#compare-summary")).to_contain_text("Tracked in trackio: project alignlab")
     expect(page.locator("#compare-table")).to_contain_text("Before training")
-    expect(page.locator("#compare-table")).to_contain_text("What is the capital of France?")
+    expect(page.locator("#compare-table")).to_contain_text("What is 12 times 12?")
     evidence = page.locator("#compare-evidence")
     for reading in ("Held-out pairs", "Contrast pairs", "Capability", "KL drift", "Perplexity"):
         expect(evidence).to_contain_text(reading)
@@ -353,7 +354,45 @@ def test_two_methods_compared_with_one_click(app, browser, output_dir: Path) -> 
     runs_table = page.locator("#runs-table")
     expect(runs_table).to_contain_text("ORPO")
     answers = page.locator("#runs-answers")
-    for text in ("Baseline", "A · DPO", "B · ORPO", "What is the capital of France?"):
+    for text in ("Baseline", "A · DPO", "B · ORPO", "What is 12 times 12?"):
         expect(answers).to_contain_text(text)
     page.screenshot(path=str(output_dir / "browser-6-runs-side-by-side.png"), full_page=True)
+    page.close()
+
+
+def test_a_failed_run_and_its_remedy_side_by_side(app, browser, output_dir: Path) -> None:
+    """A run with far too large a step fails; its verdict names a remedy, and *Try the remedy* trains it beside
+    the first run: a second row in the runs side by side and a second curve in the overlay."""
+    expect = playwright_api.expect
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.set_default_timeout(60_000)
+    page.goto(app[1])
+    page.get_by_role("tab", name="2 · Dataset").click()
+    page.locator("#preset-picker input").click()
+    page.get_by_role("option", name="seed-lab").click()
+    expect(page.locator("#preset-description")).to_contain_text("Helpful and polite")
+    page.get_by_role("tab", name="1 · Baseline").click()
+    page.get_by_role("button", name="Load model and record answers").click()
+    expect(page.locator("#baseline-status")).to_contain_text("Recorded 7 answers")
+    page.get_by_role("tab", name="3 · Train").click()
+    for label, value in (("Learning rate", "0.001"), ("β (beta)", "0.01"), ("Steps", str(REMEDY_STEPS))):
+        box = page.get_by_label(label, exact=True)
+        box.fill(value)
+        box.press("Tab")
+    page.get_by_role("button", name="Start training").click()
+    expect(page.locator("#train-status")).to_contain_text(f"Finished {REMEDY_STEPS} of", timeout=240_000)
+    page.get_by_role("tab", name="4 · Compare").click()
+    page.get_by_role("button", name="Compare before and after").click()
+    health = page.locator("#compare-health")
+    expect(health).to_contain_text("Health verdict: FAILED", timeout=120_000)
+    expect(health).to_contain_text("Remedy:")
+    expect(health).to_contain_text("learning_rate")
+    page.get_by_role("button", name="Try the remedy").click()
+    expect(page.locator("#remedy-status")).to_contain_text("Remedy tried", timeout=300_000)
+    runs_table = page.locator("#runs-table")
+    expect(runs_table).to_contain_text("A")
+    expect(runs_table).to_contain_text("B")
+    expect(page.locator("#runs-answers")).to_contain_text("B · DPO")
+    expect(page.locator("#plot-overlay")).to_contain_text("B · DPO")
+    page.screenshot(path=str(output_dir / "browser-7-remedy.png"), full_page=True)
     page.close()

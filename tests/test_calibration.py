@@ -1,5 +1,6 @@
-"""The calibration cases that guard the verdict, on the embedded model: collapse fails, contradicting labels read
-no_signal, and every method at its defaults on seed-lab reads as the lab's own demo (RLHF, read from its reward
+"""The calibration cases that guard the verdict, on the embedded model: the opening preset (warm-tone) at the defaults
+reads healthy with a real win, collapse fails, contradicting labels read no_signal, and every method at its defaults on
+seed-lab reads as the lab's own demo (RLHF, read from its reward
 model: warning; with half its labels swapped, not healthy). The whole matrix, with long runs, runs that change
 nothing and the other presets, is ``make bench ARGS="--only calibration"`` (docs/calibration.md).
 

@@ -7,7 +7,7 @@ import pytest
 
 from alignlab.cli import main
 
-from contract import CURVE_POINT_KEYS, DEGENERATION_KEYS, EVAL_KEYS, REPORT_KEYS, WIN_KEYS
+from contract import CURVE_POINT_KEYS, DEGENERATION_KEYS, EVAL_KEYS, HEALTH_KEYS, REPORT_KEYS, WIN_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def test_lab_on_tiny_model_writes_every_report_field(tmp_path, tiny_chat_dir, ca
         assert ev[count] >= 8 and 0 <= low <= ev[accuracy] <= high <= 1, accuracy
         k = round(ev[accuracy] * ev[count])
         assert f"{k}/{ev[count]} (" in printed, accuracy
-    assert set(report["health"]) >= {"verdict", "findings", "codes", "best_step"}
+    assert set(report["health"]) >= HEALTH_KEYS
     assert len(report["health"]["codes"]) >= 1 and all(f"[{c}]" in printed for c in report["health"]["codes"])
     assert "NaN" not in out.read_text() and "Infinity" not in out.read_text()
     assert report["health"]["verdict"] in {"healthy", "warning", "failed"}

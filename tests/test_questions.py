@@ -62,6 +62,14 @@ def test_the_builtin_set_and_a_presets_own_questions() -> None:
     ):
         with pytest.raises(DatasetError, match=says):
             Preset.from_dict({**data, "checked_questions": bad})
+    # in the app, a loaded preset's own questions travel with its probe sets to the run and its comparison
+    from alignlab.ui.dataset_tab import probes_of
+    from alignlab.ui.service import probes_for
+
+    preset = Preset.from_dict(data)
+    kept = probes_for(preset.pairs[:-1] + preset.pairs[-1:], probes_of(preset))
+    assert kept["checked_questions"] == [q.to_dict() for q in extra[:1]]
+    assert probes_for(preset.pairs[:2], {"preset": "nope"})["checked_questions"] == []
 
 
 def test_a_real_model_is_asked_before_once_and_after_each_time(tiny_chat) -> None:  # noqa: ANN001

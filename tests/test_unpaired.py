@@ -397,7 +397,7 @@ def test_the_train_tab_trains_on_imported_thumbs_rows_and_compare_reports_them(t
         ):
             pass
         assert session.training["trained_on"] == {"rows": 7, "pairs": 0, "unpaired": 7, "formed_pairs": 0}
-        compare_tab.compare_ui(request)
+        compare_tab.compare_ui(request=request)
         assert session.report["settings"]["train_unpaired"] == 7
         ups = [r for r in unpaired if r["label"]]
         with pytest.raises(gr.Error, match="Use kto, which trains on thumbs rows"):

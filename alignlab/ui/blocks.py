@@ -109,6 +109,7 @@ def run_lab(
     max_new_tokens: int = MAX_NEW_TOKENS,
     method: str = DEFAULT_METHOD,
     sft_weight: float | None = None,
+    judge: str = "",
     request: gr.Request = None,
 ) -> dict:
     """Run the whole lab on a preset: baseline, train, compare. Returns the report JSON.
@@ -125,8 +126,11 @@ def run_lab(
         max_new_tokens: answer length for the eval prompts, 1-512.
         method: dpo, ipo (DPO with the IPO loss), kto, orpo, simpo or rlhf; settings.training.method in the report.
         sft_weight: DPO's (and IPO's) added SFT term on the chosen answers, 0-10; empty means the method's default.
+        judge: who judges the win rate: empty (agreement with the data), "lab_reward_model" or a reward model's Hub
+            id or local folder; checked before any work.
     Returns:
-        The report: model, settings, baseline_outputs, aligned_outputs, changed, log_history, health, eval, timings.
+        The report: model, settings, baseline_outputs, aligned_outputs, changed, log_history, health (with its
+        remedy), eval (with the judge and the win rate), timings.
     """
     try:
         lab = load_preset(preset)
@@ -135,7 +139,9 @@ def run_lab(
     # Every check before any model work, so that a wrong input is answered at once.
     settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed, method, sft_weight)
     generation = generation_settings(max_new_tokens, GREEDY, 0)
-    return service.run_lab(session_of(request), model or default_model(), lab, settings, generation)
+    session = session_of(request)
+    service.choose_judge(session, judge)
+    return service.run_lab(session, model or default_model(), lab, settings, generation)
 
 
 def prepare_lab(preset_id: str, request: gr.Request) -> tuple[Any, ...]:
@@ -210,7 +216,7 @@ def _wire_presenter_chain(
     )
     show_runs_after(lab_train, comparison)
     lab_train.success(show_tab("compare"), None, tabs, **private).success(
-        compare_tab.compare_ui, None, compare_tab.outputs(compare), **heavy
+        compare_tab.compare_ui, [compare.judge], compare_tab.outputs(compare), **heavy
     ).success(compare_tab.show_runs_ui, None, compare_tab.runs_outputs(compare), **private)
     return lab_train
 
@@ -244,20 +250,22 @@ def build_app() -> gr.Blocks:
         dataset_tab.wire(dataset, baseline.prompts)
         train_event = train_tab.wire(train, dataset)
         compare_tab.wire(compare)
-        comparison_event = comparison_panel.wire(
+        comparison_event, remedy_event = comparison_panel.wire(
             comparison,
             train,
             dataset,
             baseline,
             train_tab.outputs(train),
             [*compare_tab.runs_outputs(compare), *compare_tab.outputs(compare)],
+            compare.remedy,
+            compare.remedy_status,
         )
 
         show_runs_after(train_event, comparison)
         lab_train = _wire_presenter_chain(run_all, tabs, baseline, dataset, train, compare, comparison)
 
         # Stop: cancel this session's streaming event, and tell its training thread to stop now.
-        train.stop.click(None, None, None, cancels=[train_event, lab_train, comparison_event])
+        train.stop.click(None, None, None, cancels=[train_event, lab_train, comparison_event, remedy_event])
         train.stop.click(
             train_tab.stop_ui,
             None,

@@ -20,13 +20,21 @@ INTRO = (
 # --------------------------------------------------------------------------- handlers
 
 
-def compare_ui(request: gr.Request) -> tuple[Any, ...]:
+def compare_ui(judge: str = "", request: gr.Request = None) -> tuple[Any, ...]:
     """Answer the baseline's prompts with the trained model and gather the evidence; needs /train first.
 
+    Args:
+        judge: who judges the win rate against the original model: empty or "agreement" (the default: closeness
+            to each held-out pair's chosen answer, by the frozen original model), "lab_reward_model" (a reward
+            model trained on the run's pairs, once per data) or a reward model's Hub id or local folder (a
+            one-output sequence classifier, e.g. Skywork/Skywork-Reward-V2-Qwen3-0.6B). Kept for this session's
+            later comparisons.
     Returns:
         (summary, before/after HTML, evidence, health verdict, report file, report JSON).
     """
-    report, path = service.compare(session_of(request), gr.Progress())
+    session = session_of(request)
+    service.choose_judge(session, judge)
+    report, path = service.compare(session, gr.Progress())
     return report_views(report, path)
 
 
@@ -48,9 +56,20 @@ def export_model_ui(repo_id: str = "", token: str = "", request: gr.Request = No
 
 def build() -> SimpleNamespace:
     gr.Markdown(INTRO, elem_classes="al-intro")
-    run = gr.Button("Compare before and after", variant="primary", elem_id="compare-button")
+    with gr.Row(elem_id="compare-run-row"):
+        run = gr.Button("Compare before and after", variant="primary", elem_id="compare-button", scale=1)
+        judge = gr.Textbox(
+            "",
+            label="Judge of the win rate",
+            placeholder="empty: agreement with the data · lab_reward_model · a reward model's Hub id or folder",
+            elem_id="compare-judge",
+            scale=2,
+        )
     summary = gr.Markdown(label="summary", elem_id="compare-summary")
     health = gr.Markdown(label="health", elem_id="compare-health")
+    with gr.Row(elem_id="remedy-row"):
+        remedy = gr.Button("Try the remedy", elem_id="remedy-button", scale=0, min_width=180)
+        remedy_status = gr.Markdown(elem_id="remedy-status")
     evidence = gr.Markdown(label="evidence", elem_id="compare-evidence")
     table = gr.HTML(label="before and after", elem_id="compare-table")
     report_file = gr.File(label="report file", interactive=False, elem_id="report-file")
@@ -63,6 +82,9 @@ def build() -> SimpleNamespace:
     runs_table = runs_panel.runs_table("every run of this session", "runs-table")
     runs_answers = gr.HTML(label="answers of every run", elem_id="runs-answers")
     return SimpleNamespace(
+        judge=judge,
+        remedy=remedy,
+        remedy_status=remedy_status,
         runs_table=runs_table,
         runs_answers=runs_answers,
         run=run,
@@ -87,7 +109,7 @@ def runs_outputs(tab: SimpleNamespace) -> list[Any]:
 def wire(tab: SimpleNamespace) -> Any:
     event = tab.run.click(
         compare_ui,
-        None,
+        [tab.judge],
         outputs(tab),
         api_name="compare",
         api_description=api_doc(compare_ui),

@@ -10,7 +10,7 @@ by side.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -135,13 +135,27 @@ def comparison_ui(
     total = len(settings)
     view = _ComparisonView(session, request, axis or "loss")
     frame = view.frame
-    shown = view.shown
     if not session.baseline_outputs:
         yield frame(status_line(0, total, settings[0].method_label, "recording the baseline answers first"))
         eval_prompts = prompts_from_text(prompts)
         service.check_prompts(eval_prompts)
         generation = generation_settings(max_new_tokens, decoding, generation_seed)
         service.record_baseline(session, model or default_model(), eval_prompts, generation, gr.Progress())
+    yield from _runs_in_turn(view, session, settings, data, heldout, probes)
+
+
+def _runs_in_turn(
+    view: _ComparisonView,
+    session: Session,
+    settings: list[TrainingSettings],
+    data: TrainingData,
+    heldout: list[Any],
+    probes: dict[str, Any] | None,
+    finished: Callable[[], str] | None = None,
+) -> Iterator[tuple[Any, ...]]:
+    """Train and compare each of ``settings`` in turn on ``data``, streaming the frames of ``view``; ``finished``
+    words the last status (default: the comparison's)."""
+    frame, shown, total = view.frame, view.shown, len(settings)
     for index, run_settings in enumerate(settings):
         label = run_settings.method_label
         live_title = _live_title(session, run_settings)
@@ -161,7 +175,52 @@ def comparison_ui(
             return
         yield frame(status_line(index, total, label, "comparing its answers with the baseline"))
         shown["compare"] = report_views(*service.compare(session, gr.Progress()))
-        yield frame(status_line(index + 1, total, None) if index + 1 == total else status_line(index + 1, total, "…"))
+        if index + 1 < total:
+            yield frame(status_line(index + 1, total, "…"))
+        else:
+            yield frame(finished() if finished is not None else status_line(total, total, None))
+
+
+def remedy_ui(axis: str, request: gr.Request) -> Iterator[tuple[Any, ...]]:
+    """*Try the remedy*: the compared run's remedy (its report's ``health.remedy``) trained on the same data and
+    compared, beside it in the runs side by side, its curves overlaid on the first run's."""
+    session = session_of(request)
+    report = session.report
+    if report is None:
+        raise fail("Compare a run first: the remedy is read from its verdict.", "No verdict yet")
+    found = (report.get("health") or {}).get("remedy")
+    if not found:
+        raise fail(
+            f"This run's verdict ({report['health']['verdict']}) names no remedy: none of its findings has a cure "
+            "in the settings (a healthy run, or one whose data must change).",
+            "No remedy",
+        )
+    if session.training_now:
+        raise fail("A training run is already in progress in this session: wait for it or press Stop.")
+    try:
+        settings = TrainingSettings.from_dict(dict(found["settings"]))
+    except SettingsError as exc:
+        raise fail(f"The remedy's settings are not usable: {exc}", "Remedy") from exc
+    probes = {
+        "preset": session.preset_id or "custom",
+        "contrast_pairs": [p.to_dict() for p in session.contrast_pairs],
+        "capability_pairs": [p.to_dict() for p in session.capability_pairs],
+        "checked_questions": [q.to_dict() for q in session.checked_questions],
+    }
+    data = TrainingData(list(session.pairs), list(session.unpaired))
+    view = _ComparisonView(session, request, axis or "loss")
+    changes = ", ".join(
+        f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+        for name, value in (found.get("changes") or {}).items()
+    )
+
+    def finished() -> str:
+        return (
+            f"**Remedy tried:** run {run_label(session.runs_started)} trained with {changes} and compared; it sits "
+            "beside the first in the runs side by side below."
+        )
+
+    yield from _runs_in_turn(view, session, [settings], data, list(session.heldout_pairs), probes, finished)
 
 
 def run_comparison(
@@ -264,14 +323,25 @@ def wire(
     baseline: Any,
     train_outputs: list[Any],
     compare_outputs: list[Any],
-) -> Any:
-    """The button (private: the API has ``/run_comparison``), the axis picker; returns the event for Stop.
+    remedy_button: Any,
+    remedy_status: Any,
+) -> tuple[Any, Any]:
+    """The button (private: the API has ``/run_comparison``), the axis picker and the Compare tab's *Try the
+    remedy* (``remedy_button``, its progress in ``remedy_status``); returns both events for Stop.
 
     ``train_outputs``: the Train tab's outputs; ``compare_outputs``: the Compare tab's runs table and answers, then
     its report outputs (the app passes them in, so that no tab's module reaches into another's)."""
     panel.axis.change(runs_panel.overlay_ui, panel.axis, panel.overlay, api_visibility="private", queue=False)
     gr.api(run_comparison, api_name="run_comparison", api_description=_doc(), concurrency_limit=None)
-    return panel.run.click(
+    remedy = remedy_button.click(
+        remedy_ui,
+        [panel.axis],
+        [remedy_status, panel.overlay, panel.table, panel.map, *train_outputs, *compare_outputs],
+        api_visibility="private",
+        concurrency_limit=None,
+        show_progress="minimal",
+    )
+    comparison = panel.run.click(
         comparison_ui,
         [
             panel.methods,
@@ -301,6 +371,7 @@ def wire(
         concurrency_limit=None,
         show_progress="minimal",
     )
+    return comparison, remedy
 
 
 def _doc() -> str:

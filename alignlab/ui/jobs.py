@@ -151,8 +151,10 @@ def compare_job(
     generation: dict[str, Any],
     training: dict[str, Any],
     timings: dict[str, float],
+    judge: str = "",
 ) -> dict[str, Any]:
-    """Answer the eval prompts with the trained policy, gather the evidence, return the report."""
+    """Answer the eval prompts with the trained policy, gather the evidence, return the report; ``judge``: who
+    judges the win rate (:func:`alignlab.reward_judges.pick_judge`)."""
     loaded = _load(spec)
     started = time.perf_counter()
     policy = load_policy(policy_dir, loaded)
@@ -165,7 +167,9 @@ def compare_job(
     result = TrainingResult.from_summary({**training, "settings": settings.to_dict()}, policy)
     probe = run_probe(loaded, lab_preset, settings)
     probe.reuse_scores(training.get("live_scores"))  # the live curve's last point scored this very policy
-    aligned, evidence = compare(loaded, result, lab_preset, generation_settings, probe=probe, baseline=baseline_outputs)
+    aligned, evidence = compare(
+        loaded, result, lab_preset, generation_settings, probe=probe, baseline=baseline_outputs, judge=judge
+    )
     timings = {**timings, "evaluate": time.perf_counter() - started}
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
     return build_report(

@@ -531,8 +531,11 @@ def adopt_policy(session: Session, member: Member, event: dict[str, Any]) -> Pat
     return target
 
 
-def compare(session: Session, preset: dict[str, Any], progress: gr.Progress | None = None) -> dict[str, Any]:
-    """The report for this session's trained policy (shared with identical sessions; a private copy)."""
+def compare(
+    session: Session, preset: dict[str, Any], progress: gr.Progress | None = None, judge: str = ""
+) -> dict[str, Any]:
+    """The report for this session's trained policy (shared with identical sessions; a private copy); ``judge``:
+    who judges the win rate (checked by the caller)."""
     spec, identity = session.model_spec, spec_identity(session.model_spec)
     policy_dir, baseline_outputs = str(session.policy_dir), list(session.baseline_outputs or [])
     generation, training, timings = dict(session.generation), dict(session.training or {}), dict(session.timings)
@@ -543,6 +546,7 @@ def compare(session: Session, preset: dict[str, Any], progress: gr.Progress | No
         preset=preset,
         baseline=baseline_outputs,
         generation=generation,
+        judge=judge,
     )
     units = generation_units(len(preset["eval_prompts"]), generation.get("max_new_tokens", _MAX_NEW_TOKENS))
     units += 8 * len(preset.get("heldout_pairs", []))
@@ -552,7 +556,7 @@ def compare(session: Session, preset: dict[str, Any], progress: gr.Progress | No
     def produce(run: SharedRun) -> tuple[Any, bool]:
         pinned = link_tree(policy_dir, claim(run.directory) / "policy")  # the first session may close meanwhile
         try:
-            report = jobs.compare_job(spec, str(pinned), preset, baseline_outputs, generation, training, timings)
+            report = jobs.compare_job(spec, str(pinned), preset, baseline_outputs, generation, training, timings, judge)
         finally:
             shutil.rmtree(run.directory, ignore_errors=True)
         return report, True

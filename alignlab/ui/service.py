@@ -27,9 +27,11 @@ from typing import Any
 import gradio as gr
 
 from alignlab import export, tracking
+from alignlab.models import ModelLoadError
 from alignlab.pairs import DatasetError, PreferencePair, TrainingData, UnpairedRow, pairs_from_dicts
 from alignlab.presets import Preset, load_preset, validate_eval_prompts, validate_preset
 from alignlab.public import public_mode
+from alignlab.questions import questions_from_dicts
 from alignlab.runrecord import run_label
 from alignlab.settings import TrainingSettings
 from alignlab.sharing import Finished, Member, Published, Waiting
@@ -153,6 +155,7 @@ def probes_for(pairs: list[PreferencePair], probes: dict[str, Any]) -> dict[str,
     kept = {
         "contrast_pairs": probes.get("contrast_pairs") or [],
         "capability_pairs": probes.get("capability_pairs") or [],
+        "checked_questions": probes.get("checked_questions") or [],
     }
     try:
         preset = load_preset(preset_id)
@@ -163,7 +166,7 @@ def probes_for(pairs: list[PreferencePair], probes: dict[str, Any]) -> dict[str,
     shared = len({p.prompt for p in pairs} & {p.prompt for p in preset.pairs})
     if shared * 2 >= len(pairs):
         return {"preset": "custom", **kept}
-    return {"preset": "custom", "contrast_pairs": [], "capability_pairs": []}
+    return {"preset": "custom", "contrast_pairs": [], "capability_pairs": [], "checked_questions": []}
 
 
 def train(
@@ -191,6 +194,7 @@ def train(
     session.pairs, session.heldout_pairs, session.unpaired = pairs, heldout, thumbs
     session.contrast_pairs = contrast
     session.capability_pairs = pairs_from_dicts(probes["capability_pairs"])
+    session.checked_questions = questions_from_dicts(probes["checked_questions"])
     session.preset_id = probes["preset"]
     run = session.run = Run(member=member)
     start_tracking(session, settings)
@@ -329,8 +333,22 @@ def stop(session: Session) -> str:
 # --------------------------------------------------------------------------- compare
 
 
+def choose_judge(session: Session, judge: Any) -> None:
+    """The judge of this session's comparisons from now on, checked before any work (a named model: where it may
+    come from, that it is a reward model, that it fits)."""
+    from alignlab.reward_judges import check_judge_spec
+
+    text = "" if judge is None else str(judge).strip()
+    try:
+        check_judge_spec(text)
+    except ModelLoadError as exc:
+        raise fail(str(exc), "Judge") from exc
+    session.judge = text
+
+
 def compare(session: Session, progress: gr.Progress | None = None) -> tuple[dict[str, Any], str]:
-    """The report of the session's trained policy against its baseline, kept with its run; (report, its file)."""
+    """The report of the session's trained policy against its baseline, kept with its run; (report, its file). The
+    win rate is judged by the session's judge (:func:`choose_judge`)."""
     if not session.baseline_outputs or not session.model_spec:
         raise fail("Record the baseline first (Baseline tab), then train (Train tab), then compare.")
     if session.training_now:
@@ -353,8 +371,10 @@ def compare(session: Session, progress: gr.Progress | None = None) -> tuple[dict
         session.contrast_pairs,
         session.capability_pairs,
         session.unpaired,
+        checked_questions=list(session.checked_questions),
     )
-    report = runs.compare(session, preset.to_dict(), progress)  # waits its turn; shared with identical sessions
+    # waits its turn; shared with identical sessions
+    report = runs.compare(session, preset.to_dict(), progress, judge=session.judge)
     runs.end_lab(session)
     if session.tracker is not None:
         session.tracker.log_report(report)
@@ -379,6 +399,7 @@ def train_then_compare(session: Session, lab: Preset, settings: TrainingSettings
         "preset": lab.id,
         "contrast_pairs": [p.to_dict() for p in lab.contrast_pairs],
         "capability_pairs": [p.to_dict() for p in lab.capability_pairs],
+        "checked_questions": [q.to_dict() for q in lab.checked_questions],
     }
     with runs.unpaced_replay():  # nobody watches the curves here
         for _ in train(session, settings, list(lab.pairs), list(lab.heldout_pairs), probes):

@@ -88,9 +88,13 @@ class Session:
     heldout_pairs: list[PreferencePair] = field(default_factory=list)
     contrast_pairs: list[PreferencePair] = field(default_factory=list)
     capability_pairs: list[PreferencePair] = field(default_factory=list)
+    checked_questions: list[Any] = field(default_factory=list)
+    """A preset's own checked questions (``alignlab.questions.CheckedQuestion``), asked beside the built-in set."""
     unpaired: list[UnpairedRow] = field(default_factory=list)
     """Thumbs rows trained on beside ``pairs`` (imported on the Dataset tab)."""
     preset_id: str = ""
+    judge: str = ""
+    """Who judges the win rate of this session's comparisons (the Compare tab's field; empty: the agreement judge)."""
     log_rows: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] | None = None
     policy_dir: Path | None = None
