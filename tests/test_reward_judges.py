@@ -79,9 +79,9 @@ def test_a_bad_judge_is_answered_before_any_work(tiny_chat_dir, tmp_path, monkey
         check_judge("nobody/no-such-judge")
     with pytest.raises(ModelLoadError, match="There is no directory"):
         check_judge(str(tmp_path / "missing"))
-    monkeypatch.setenv("ALIGNLAB_PUBLIC", "1")
+    monkeypatch.setenv("ALIGNLAB_PUBLIC", "1")  # a folder outside the server's allowed roots
     with pytest.raises(ModelLoadError, match="a local path as the judge is refused"):
-        check_judge(str(tiny_chat_dir))
+        check_judge(str(tmp_path))
 
 
 def test_the_cli_names_a_bad_judge_in_one_message_and_runs_with_the_labs_reward_model(tiny_chat_dir, tmp_path, capsys):
