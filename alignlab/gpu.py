@@ -145,8 +145,9 @@ def compare_duration(
     preset: dict[str, Any],
     baseline_outputs: list[str],
     generation: dict[str, Any],
-    *args: Any,
-    **kwargs: Any,
+    training: Any = None,
+    timings: Any = None,
+    judge: str = "",
 ) -> int:
     """GPU seconds for the after-answers and the evidence (held-out scoring, KL, perplexity, the checked questions and
     the held-out prompts answered by the policy and, once per model, by the original model)."""
@@ -159,7 +160,6 @@ def compare_duration(
     asked = len(builtin_questions()) + len(preset.get("checked_questions") or [])
     checked = 2 * generation_seconds(spec, asked, questions.MAX_NEW_TOKENS)
     judged = 2 * generation_seconds(spec, len(preset.get("heldout_pairs") or []), tokens)  # both sides' answers
-    judge = str(kwargs.get("judge") or (args[2] if len(args) > 2 else "") or "")  # after training, timings
     if judge not in ("", "agreement"):  # a reward model scores every answer; the lab's is trained first (once)
         judged += (n_scored + 2 * n_prompts) * 0.05 * _scale(spec) + _LOAD_SECONDS
         if judge in ("lab", "lab_reward_model"):

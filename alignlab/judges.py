@@ -232,9 +232,8 @@ class AgreementJudge:
         states = pool(self.loaded, prompts, answers)
         return [float(states[i] @ self.chosen[i] - states[i] @ self.rejected[i]) for i in range(len(answers))]
 
-    @property
-    def judges_any_prompt(self) -> bool:
-        return False
+    judges_any_prompt = False
+    """It reads an answer against its own pair's two answers, so it judges only the held-out prompts."""
 
 
 class RewardModelJudge:

@@ -505,8 +505,11 @@ def remedy_text(health: dict[str, Any]) -> str:
     found = health.get("remedy")
     if not isinstance(found, dict) or not found.get("changes"):
         return ""
-    changes = ", ".join(
-        f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
-        for name, value in found["changes"].items()
+    return f"{settings_text(found['changes'])}. {found.get('because', '')}".strip()
+
+
+def settings_text(settings: dict[str, Any]) -> str:
+    """Settings as a person reads them: 'learning_rate 2e-05, steps 6'."""
+    return ", ".join(
+        f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}" for name, value in settings.items()
     )
-    return f"{changes}. {found.get('because', '')}".strip()

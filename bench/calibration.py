@@ -25,6 +25,7 @@ from typing import Any
 from alignlab.methods import METHODS
 from alignlab.pairs import PreferencePair
 from alignlab.presets import Preset, preset_ids
+from alignlab.readings import settings_text
 from bench.protocol import ROOT, run_worker
 
 #: Where the family's matrix on the embedded model is written.
@@ -308,7 +309,7 @@ TARGETS: list[Target] = [
 
 def _demo_case(method: str, settings: dict[str, Any], why: str = "") -> Case:
     """A method on the guarded preset held to the demo's bar (the defaults sweep's cases)."""
-    label = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in settings.items())
+    label = settings_text(settings)
     return Case(
         f"{method} on {GUARDED} at {label}",
         GUARDED,
@@ -661,7 +662,7 @@ def remedy_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in tried:
         cure = r["remedy"]
-        changes = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in cure["changes"].items())
+        changes = settings_text(cure["changes"])
         cells = [
             r["case"],
             cure["code"],

@@ -21,6 +21,7 @@ from alignlab.methods import METHODS
 from alignlab.pairs import DatasetError, TrainingData, thumbs_from_dicts
 from alignlab.plots import OVERLAY_AXES
 from alignlab.presets import load_preset
+from alignlab.readings import settings_text
 from alignlab.runrecord import evidence_row, run_label
 from alignlab.settings import GenerationSettings, SettingsError, TrainingSettings
 from alignlab.trl_rows import trained_on
@@ -201,18 +202,10 @@ def remedy_ui(axis: str, request: gr.Request) -> Iterator[tuple[Any, ...]]:
         settings = TrainingSettings.from_dict(dict(found["settings"]))
     except SettingsError as exc:
         raise fail(f"The remedy's settings are not usable: {exc}", "Remedy") from exc
-    probes = {
-        "preset": session.preset_id or "custom",
-        "contrast_pairs": [p.to_dict() for p in session.contrast_pairs],
-        "capability_pairs": [p.to_dict() for p in session.capability_pairs],
-        "checked_questions": [q.to_dict() for q in session.checked_questions],
-    }
+    probes = service.probes_of(service.session_preset(session))
     data = TrainingData(list(session.pairs), list(session.unpaired))
     view = _ComparisonView(session, request, axis or "loss")
-    changes = ", ".join(
-        f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
-        for name, value in (found.get("changes") or {}).items()
-    )
+    changes = settings_text(found.get("changes") or {})
 
     def finished() -> str:
         return (

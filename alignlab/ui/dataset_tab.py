@@ -23,7 +23,6 @@ from alignlab.pairs import (
     TrainingData,
     UnpairedRow,
     describe_training_data,
-    pairs_to_dicts,
     thumbs_from_dicts,
     thumbs_to_dicts,
     thumbs_view,
@@ -33,6 +32,7 @@ from alignlab.presets import Preset, load_preset, preset_ids, validate_preset
 from alignlab.ui import service
 from alignlab.ui.common import api_doc, fail, problems_markdown, session_of, take_home_panel
 from alignlab.ui.inputs import PAIR_COLUMNS, pairs_from_table, table_from_pairs
+from alignlab.ui.service import probes_of
 
 INTRO = (
     "**Step 2 — Dataset.** Each row says: for this *prompt*, prefer the *chosen* answer over the *rejected* one. "
@@ -49,16 +49,6 @@ DEFAULT_PRESET = "warm-tone"
 
 def describe(preset: Preset) -> str:
     return f"**{preset.title}** — {preset.description}"
-
-
-def probes_of(preset: Preset) -> dict[str, Any]:
-    """The probe sets a run on this preset is judged with (kept in the page's state, see train_tab)."""
-    return {
-        "preset": preset.id,
-        "contrast_pairs": pairs_to_dicts(preset.contrast_pairs),
-        "capability_pairs": pairs_to_dicts(preset.capability_pairs),
-        "checked_questions": [q.to_dict() for q in preset.checked_questions],
-    }
 
 
 def probes_note(probes: dict[str, Any]) -> str:

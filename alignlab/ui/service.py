@@ -144,6 +144,33 @@ def check_ready(
             raise gr.Error(str(exc), title="Dataset") from exc
 
 
+def probes_of(preset: Preset) -> dict[str, Any]:
+    """The probe sets a run on this preset is judged with (kept in the page's state, see train_tab), as
+    :func:`train` takes them."""
+    return {
+        "preset": preset.id,
+        "contrast_pairs": [p.to_dict() for p in preset.contrast_pairs],
+        "capability_pairs": [p.to_dict() for p in preset.capability_pairs],
+        "checked_questions": [q.to_dict() for q in preset.checked_questions],
+    }
+
+
+def session_preset(session: Session) -> Preset:
+    """The lab dataset the session's last run trained on, with its probe sets and eval prompts."""
+    return Preset(
+        session.preset_id or "custom",
+        session.preset_id or "custom",
+        "",
+        session.eval_prompts,
+        session.pairs,
+        session.heldout_pairs,
+        session.contrast_pairs,
+        session.capability_pairs,
+        session.unpaired,
+        checked_questions=list(session.checked_questions),
+    )
+
+
 def probes_for(pairs: list[PreferencePair], probes: dict[str, Any]) -> dict[str, Any]:
     """The probe sets that fit these training pairs, and the preset id the report names.
 
@@ -361,18 +388,7 @@ def compare(session: Session, progress: gr.Progress | None = None) -> tuple[dict
         )
     if session.training is None or session.policy_dir is None or not session.policy_dir.is_dir():
         raise fail("Train first (Train tab): there is no trained model to compare with yet.")
-    preset = Preset(
-        session.preset_id or "custom",
-        session.preset_id or "custom",
-        "",
-        session.eval_prompts,
-        session.pairs,
-        session.heldout_pairs,
-        session.contrast_pairs,
-        session.capability_pairs,
-        session.unpaired,
-        checked_questions=list(session.checked_questions),
-    )
+    preset = session_preset(session)
     # waits its turn; shared with identical sessions
     report = runs.compare(session, preset.to_dict(), progress, judge=session.judge)
     runs.end_lab(session)
@@ -395,12 +411,7 @@ def train_then_compare(session: Session, lab: Preset, settings: TrainingSettings
     The whole-lab endpoint and each run of a comparison go through here; ``what`` names the run in the
     message when it stopped before its first step.
     """
-    probes = {
-        "preset": lab.id,
-        "contrast_pairs": [p.to_dict() for p in lab.contrast_pairs],
-        "capability_pairs": [p.to_dict() for p in lab.capability_pairs],
-        "checked_questions": [q.to_dict() for q in lab.checked_questions],
-    }
+    probes = probes_of(lab)
     with runs.unpaced_replay():  # nobody watches the curves here
         for _ in train(session, settings, list(lab.pairs), list(lab.heldout_pairs), probes):
             pass
