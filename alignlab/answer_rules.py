@@ -1,8 +1,8 @@
 """The verdict's rules on what the policy now writes and what it cost: behaviour change, drift from the original
 model, collapse, loops, stamped-on templates and broken text.
 
-Each is a rule of :mod:`alignlab.rules` (listed in its :data:`~alignlab.rules.RULES`), read from the report's
-``eval`` block and its ``eval.degeneration`` figures (:mod:`alignlab.degeneration`). A finding's severity rises
+Each is a rule of :mod:`alignlab.rules` (listed in its :data:`~alignlab.rules.RULES`), read from the run's evidence
+(its drift) and its answers' checks (:class:`alignlab.degeneration.Degeneration`). A finding's severity rises
 with how far past its line the figure is: KL or the perplexity ratio at :data:`SEVERE_FACTOR` times its line, or
 half the answers or more looping, garbled or collapsed, is a failure.
 """
@@ -13,7 +13,7 @@ import math
 
 from alignlab.degeneration import GARBLED_NATS, LOOPING_RATE, REPETITIVE_RATE
 from alignlab.findings import Finding, RunFacts
-from alignlab.readings import HEAVY_KL, HEAVY_PPL_RATIO, SEVERE_FACTOR
+from alignlab.readings import HEAVY_KL, HEAVY_PPL_RATIO, SEVERE_FACTOR, finite
 from alignlab.stats import median
 
 #: A policy closer than this (nats per token) to the reference has not moved.
@@ -33,7 +33,7 @@ def rule_change(facts: RunFacts) -> list[Finding]:
                 "No behaviour change: every eval prompt gives the same answer as before training.",
             )
         ]
-    kl = facts.ev("kl_to_reference")
+    kl = finite(facts.figures.drift.kl)
     if kl is not None and kl < NO_MOVE_KL:
         return [
             Finding(
@@ -52,7 +52,8 @@ def rule_drift(facts: RunFacts) -> list[Finding]:
     """KL from the reference and the perplexity ratio on neutral text: a warning past their lines, a failure at
     :data:`SEVERE_FACTOR` times the line or more."""
     out = []
-    kl = facts.ev("kl_to_reference")
+    drift = facts.figures.drift
+    kl = finite(drift.kl)
     if kl is not None and kl > HEAVY_KL:
         if kl >= SEVERE_FACTOR * HEAVY_KL:
             out.append(
@@ -73,7 +74,7 @@ def rule_drift(facts: RunFacts) -> list[Finding]:
                     "fewer steps to pay less alignment tax.",
                 )
             )
-    before, after = facts.ev("perplexity_before"), facts.ev("perplexity_after")
+    before, after = finite(drift.perplexity_before), finite(drift.perplexity_after)
     if before and after and after / before > HEAVY_PPL_RATIO:
         ratio = after / before
         severe = ratio >= SEVERE_FACTOR * HEAVY_PPL_RATIO
@@ -96,9 +97,9 @@ def _half_or_more(count: int, n: int) -> bool:
 
 def rule_collapse(facts: RunFacts) -> list[Finding]:
     d = facts.degeneration
-    if not d or not d.get("answers"):
+    if d is None or not d.answers:
         return []
-    n, before, after = d["answers"], d["distinct_answers_before"], d["distinct_answers_after"]
+    n, before, after = d.answers, d.distinct_answers_before, d.distinct_answers_after
     if after < before and after <= math.ceil(n / 2):
         return [
             Finding(
@@ -123,11 +124,11 @@ def rule_collapse(facts: RunFacts) -> list[Finding]:
 
 def rule_repetition(facts: RunFacts) -> list[Finding]:
     d = facts.degeneration
-    if not d or not d.get("answers"):
+    if d is None or not d.answers:
         return []
-    n, before, after = d["answers"], d["looping_answers_before"], d["looping_answers_after"]
+    n, before, after = d.answers, d.looping_answers_before, d.looping_answers_after
     if after <= before:
-        more = d.get("repetitive_answers_after", 0) - d.get("repetitive_answers_before", 0)
+        more = d.repetitive_answers_after - d.repetitive_answers_before
         if more > 0:
             return [
                 Finding(
@@ -145,18 +146,18 @@ def rule_repetition(facts: RunFacts) -> list[Finding]:
             "repetition",
             severity,
             f"Repetition: {after} of {n} answers now loop (at least {LOOPING_RATE:.0%} of their 3-word phrases repeat; "
-            f"before: {before}); mean repeated-phrase rate {d['repeated_ngram_rate_before']:.0%} -> "
-            f"{d['repeated_ngram_rate_after']:.0%}.",
+            f"before: {before}); mean repeated-phrase rate {d.repeated_ngram_rate_before:.0%} -> "
+            f"{d.repeated_ngram_rate_after:.0%}.",
         )
     ]
 
 
 def rule_template(facts: RunFacts) -> list[Finding]:
     d = facts.degeneration
-    phrases = (d or {}).get("new_common_phrases") or []
+    phrases = (d.new_common_phrases if d is not None else None) or []
     if not phrases:
         return []
-    share = d.get("template_share", 0.0)
+    share = d.template_share
     quoted = ", ".join(f"“{p}”" for p in phrases[:3])
     if share > TEMPLATE_WORDS:
         return [
@@ -181,10 +182,10 @@ def rule_garbage(facts: RunFacts) -> list[Finding]:
     """Broken text: symbol runs and invalid characters (*garbage*), or words that no longer make sense to the
     original model (*garbled*, :func:`alignlab.degeneration.is_garbled`). Half the answers or more: failed."""
     d = facts.degeneration
-    if not d or not d.get("answers"):
+    if d is None or not d.answers:
         return []
-    n, out = d["answers"], []
-    before, after = d["garbage_answers_before"], d["garbage_answers_after"]
+    n, out = d.answers, []
+    before, after = d.garbage_answers_before, d.garbage_answers_after
     if after > before:
         out.append(
             Finding(
@@ -194,9 +195,9 @@ def rule_garbage(facts: RunFacts) -> list[Finding]:
                 f"{before}).",
             )
         )
-    before, after = d.get("garbled_answers_before", 0), d.get("garbled_answers_after", 0)
+    before, after = d.garbled_answers_before, d.garbled_answers_after
     if after > before:
-        typical = median(d.get("surprise_before") or [])
+        typical = median(d.surprise_before or [])
         out.append(
             Finding(
                 "garbled",
@@ -214,11 +215,11 @@ def rule_broken(facts: RunFacts) -> list[Finding]:
     """Half the answers or more loop, are garbage or are garbled, counted together: failed, where no one kind
     alone already made it a failure."""
     d = facts.degeneration
-    if not d or not d.get("answers"):
+    if d is None or not d.answers:
         return []
-    n = d["answers"]
-    before, after = d.get("broken_answers_before", 0), d.get("broken_answers_after", 0)
-    alone = max(d["looping_answers_after"], d["garbage_answers_after"], d.get("garbled_answers_after", 0))
+    n = d.answers
+    before, after = d.broken_answers_before, d.broken_answers_after
+    alone = max(d.looping_answers_after, d.garbage_answers_after, d.garbled_answers_after)
     if after <= before or not _half_or_more(after, n) or _half_or_more(alone, n):
         return []
     return [

@@ -28,26 +28,50 @@ class CliError(Exception):
     """Bad input: printed as one clear message, exit code 2."""
 
 
-def _method_defaults_text(field: str, names: Iterable[str]) -> str:
-    """'dpo 6, kto 6, ...': each named method's own default of a settings field (those that set it)."""
-    from alignlab.methods import get_method
+#: The flags that set a training setting: the flag -> the :class:`~alignlab.settings.TrainingSettings` field it
+#: sets. A flag's type, default, range and help are its field's (:func:`_add_setting`).
+SETTING_FLAGS = {
+    "--method": "method",
+    "--steps": "steps",
+    "--beta": "beta",
+    "--lr": "learning_rate",
+    "--batch-size": "batch_size",
+    "--seed": "seed",
+    "--loss": "loss_type",
+    "--sft-weight": "sft_weight",
+    "--max-length": "max_length",
+    "--lora": "use_lora",
+    "--lora-rank": "lora_rank",
+    "--precision": "precision",
+}
+#: The same flags by their name in ``args`` (``lr``, ``batch_size``) -> the setting each sets.
+_SETTING_FLAGS = {flag[2:].replace("-", "_"): name for flag, name in SETTING_FLAGS.items()}
 
-    own = {name: get_method(name).defaults for name in names}
-    return ", ".join(f"{name} {values[field]:g}" for name, values in own.items() if field in values)
+
+def _add_setting(parser: Any, flag: str, methods: Iterable[str] | None = None, **kwargs: Any) -> None:
+    """The flag of a training setting, from its field: type, default (None where each method has its own, which it
+    then gets), help with the range or choices (``methods``: the command's), or a switch. A value out of range is
+    refused by the settings' own check, with the message the app gives."""
+    from alignlab.settings import KNOBS, method_default_text, method_sets
+
+    knob = KNOBS[SETTING_FLAGS[flag]]
+    if knob.switch:
+        parser.add_argument(flag, action="store_true", help=knob.help, **kwargs)
+        return
+    own = method_sets(knob.name)
+    default = None if own else knob.default
+    shown = f"default: {method_default_text(knob.name, methods)}" if own else f"default {default}"
+    kind = int if knob.whole else float if knob.number else str
+    choices = methods if knob.name == "method" else None
+    help_text = knob.doc(shown, choices)
+    parser.add_argument(flag, type=kind, default=default, help=help_text.replace("%", "%%"), **kwargs)
 
 
-def _knob_help(name: str, default: Any = None, methods: Iterable[str] | None = None) -> str:
-    """A flag's help from the settings' metadata: what it does, its range, its default (or each method's own)."""
-    from alignlab.methods import METHODS
-    from alignlab.settings import KNOBS
+def _add_answer_length(parser: argparse.ArgumentParser) -> None:
+    from alignlab.settings import GENERATION_KNOBS
 
-    knob = KNOBS[name]
-    shown = (
-        f"default {default}"
-        if default is not None
-        else f"default: the method's: {_method_defaults_text(name, methods or METHODS)}"
-    )
-    return f"{knob.means} {knob.range_text(' to ')} ({shown})"
+    knob = GENERATION_KNOBS["max_new_tokens"]
+    parser.add_argument("--max-new-tokens", type=int, default=knob.default, help=knob.doc(f"default {knob.default}"))
 
 
 def _add_source(parser: argparse.ArgumentParser) -> None:
@@ -81,63 +105,31 @@ def _tracking_project(args: argparse.Namespace) -> tuple[bool, str | None]:
         raise CliError(str(exc)) from exc
 
 
-def _add_answer_length(parser: argparse.ArgumentParser) -> None:
-    from alignlab.settings import GenerationSettings
-
-    default = GenerationSettings().max_new_tokens
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=default, help=f"answer length for eval prompts (default {default})"
-    )
-
-
 def _parser() -> argparse.ArgumentParser:
-    from alignlab.methods import DEFAULT_METHOD, LOSS_TYPES, METHODS, beta_ranges
-    from alignlab.models import EMBEDDED_DEFAULT
-    from alignlab.settings import KNOBS, TrainingSettings
-
-    defaults = TrainingSettings()
     parser = argparse.ArgumentParser(
         prog="python -m alignlab",
         description="AlignLab: see preference training (DPO, IPO, KTO, ORPO, SimPO, RLHF) change a model.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_lab_parser(sub)
+    _add_compare_parser(sub)
+    sub.add_parser("presets", help="list the presets")
+    tiny = sub.add_parser("tiny-model", help="save a tiny random model (for tests and demos without weights)")
+    tiny.add_argument("directory")
+    tiny.add_argument("--base", action="store_true", help="a base model without chat template (like GPT-2)")
+    _add_recipe_parser(sub)
+    return parser
+
+
+def _add_lab_parser(sub: Any) -> None:
+    """``lab``: the whole lab on one method, every training setting a flag."""
+    from alignlab.models import EMBEDDED_DEFAULT
 
     lab = sub.add_parser("lab", help="run baseline -> train -> compare and print the report")
     lab.add_argument("--model", default=EMBEDDED_DEFAULT, help=f"model spec (default: {EMBEDDED_DEFAULT})")
     _add_source(lab)
-    lab.add_argument(
-        "--method",
-        default=DEFAULT_METHOD,
-        help=f"preference method: {', '.join(METHODS)} (default {DEFAULT_METHOD}; ipo = dpo with the IPO loss)",
-    )
-    lab.add_argument("--steps", type=int, default=None, help=_knob_help("steps"))
-    lab.add_argument("--beta", type=float, default=None, help=f"beta ({beta_ranges()}; default: the method's)")
-    lab.add_argument("--lr", type=float, default=None, help=_knob_help("learning_rate"))
-    lab.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help=_knob_help("batch_size", defaults.batch_size)
-    )
-    lab.add_argument("--seed", type=int, default=defaults.seed, help=_knob_help("seed", defaults.seed))
-    lab.add_argument("--loss", default=defaults.loss_type, help=f"DPO's loss type: {', '.join(LOSS_TYPES)}")
-    lab.add_argument(
-        "--sft-weight",
-        type=float,
-        default=None,
-        help=f"{KNOBS['sft_weight'].means} {KNOBS['sft_weight'].range_text(' to ')} "
-        f"(default {defaults.sft_weight:g}; {_method_defaults_text('sft_weight', METHODS)})",
-    )
-    lab.add_argument(
-        "--max-length", type=int, default=defaults.max_length, help=_knob_help("max_length", defaults.max_length)
-    )
-    lab.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
-    lab.add_argument(
-        "--lora-rank", type=int, default=defaults.lora_rank, help=_knob_help("lora_rank", defaults.lora_rank)
-    )
-    lab.add_argument(
-        "--precision",
-        default=defaults.precision,
-        choices=["auto", "fp32", "bf16"],
-        help="auto = bf16 on a GPU that has it, else fp32 (default auto)",
-    )
+    for flag in SETTING_FLAGS:
+        _add_setting(lab, flag)
     _add_answer_length(lab)
     _add_tracking(lab)
     lab.add_argument(
@@ -160,22 +152,12 @@ def _parser() -> argparse.ArgumentParser:
         "--push-to", metavar="OWNER/NAME", help="push the saved model to this Hub repo (private; token: $HF_TOKEN)"
     )
 
-    _add_compare_parser(sub)
-    sub.add_parser("presets", help="list the presets")
-    tiny = sub.add_parser("tiny-model", help="save a tiny random model (for tests and demos without weights)")
-    tiny.add_argument("directory")
-    tiny.add_argument("--base", action="store_true", help="a base model without chat template (like GPT-2)")
-    _add_recipe_parser(sub)
-    return parser
-
 
 def _add_compare_parser(sub: Any) -> None:
     """``compare``: several methods on the same data, one after another, and their evidence side by side."""
     from alignlab.comparison import DEFAULT_METHODS, MAX_METHODS, method_names
     from alignlab.models import EMBEDDED_DEFAULT
-    from alignlab.settings import TrainingSettings
 
-    defaults = TrainingSettings()
     compare = sub.add_parser(
         "compare",
         help="run several methods on the same data and print their evidence side by side",
@@ -190,13 +172,8 @@ def _add_compare_parser(sub: Any) -> None:
     )
     compare.add_argument("--model", default=EMBEDDED_DEFAULT, help=f"model spec (default: {EMBEDDED_DEFAULT})")
     _add_source(compare)
-    compare.add_argument(
-        "--steps", type=int, default=None, help=_knob_help("steps", "each method's own") + ", for every run"
-    )
-    compare.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help=_knob_help("batch_size", defaults.batch_size)
-    )
-    compare.add_argument("--seed", type=int, default=defaults.seed, help=_knob_help("seed", defaults.seed))
+    for flag in ("--steps", "--batch-size", "--seed"):  # each run's; the same for every run
+        _add_setting(compare, flag)
     _add_answer_length(compare)
     _add_tracking(compare)
     compare.add_argument("--out", help='write {"runs": [report, ...]} here')
@@ -204,16 +181,10 @@ def _add_compare_parser(sub: Any) -> None:
 
 def _add_recipe_parser(sub: Any) -> None:
     """``recipe``: the lab's settings and pairs as a folder that launches TRL's own script on a cluster."""
-    from alignlab.methods import DEFAULT_METHOD, LOSS_TYPES
     from alignlab.recipe import DEFAULT_TARGET, ENGINES, KNOWN_TARGETS, PUBLIC_DATASETS, recipe_methods
-    from alignlab.settings import TrainingSettings
+    from alignlab.settings import KNOBS
 
-    defaults = TrainingSettings()
     methods = recipe_methods()
-
-    def per_method(field: str) -> str:
-        return _method_defaults_text(field, methods)
-
     recipe = sub.add_parser(
         "recipe",
         help="export a recipe for a real run (TRL's script under accelerate/DeepSpeed/FSDP)",
@@ -221,11 +192,7 @@ def _add_recipe_parser(sub: Any) -> None:
         "(rlhf, two stages: also config.reward.yaml for the reward model, train_prompts.jsonl and eval_prompts.jsonl).",
     )
     _add_source(recipe)
-    recipe.add_argument(
-        "--method",
-        default=DEFAULT_METHOD,
-        help=f"training method: {', '.join(methods)} (default {DEFAULT_METHOD}; the script is TRL's own for it)",
-    )
+    _add_setting(recipe, "--method", methods)
     recipe.add_argument(
         "--target-model",
         default=DEFAULT_TARGET,
@@ -236,9 +203,9 @@ def _add_recipe_parser(sub: Any) -> None:
     recipe.add_argument("--engine", default="ddp", choices=list(ENGINES), help="launcher (default ddp)")
     recipe.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80, an H100)")
     adapter = recipe.add_mutually_exclusive_group()
-    adapter.add_argument("--lora", action="store_true", help="train a LoRA adapter")
-    adapter.add_argument("--qlora", action="store_true", help="LoRA on a 4-bit base (bitsandbytes, CUDA)")
-    recipe.add_argument("--lora-rank", type=int, default=defaults.lora_rank, help="LoRA rank (default 16)")
+    _add_setting(adapter, "--lora")
+    adapter.add_argument("--qlora", action="store_true", help=KNOBS["use_qlora"].help)
+    _add_setting(recipe, "--lora-rank")
     recipe.add_argument(
         "--mix",
         action="append",
@@ -253,15 +220,8 @@ def _add_recipe_parser(sub: Any) -> None:
         help="repeat the lab's run exactly (its lr, schedule, steps, batch): to check the recipe against the lab",
     )
     # The lab's settings, as `lab` takes them: beta and the loss carry over; steps and batch set the passes.
-    recipe.add_argument(
-        "--steps", type=int, default=None, help=f"the lab's steps (default: the method's: {per_method('steps')})"
-    )
-    recipe.add_argument("--beta", type=float, default=None, help=f"beta (default: the method's: {per_method('beta')})")
-    recipe.add_argument("--lr", type=float, default=None, help="the lab's learning rate (default: the method's)")
-    recipe.add_argument("--batch-size", type=int, default=defaults.batch_size, help="the lab's pairs per step")
-    recipe.add_argument("--seed", type=int, default=defaults.seed, help=f"seed (default {defaults.seed})")
-    recipe.add_argument("--loss", default=defaults.loss_type, help=f"loss type: {', '.join(LOSS_TYPES)}")
-    recipe.add_argument("--sft-weight", type=float, default=None, help="DPO's SFT term (default: the method's)")
+    for flag in ("--steps", "--beta", "--lr", "--batch-size", "--seed", "--loss", "--sft-weight"):
+        _add_setting(recipe, flag, methods)
     recipe.add_argument("--out", required=True, help="the folder to write")
 
 
@@ -323,42 +283,16 @@ def _show_and_write(text: str, data: dict[str, Any], out: str | None, what: str)
     return 0
 
 
-def _training_settings(args: argparse.Namespace, **more: Any) -> Any:
-    """The training settings the flags ask for, each method's own defaults where a flag is left out."""
+def settings_from_args(args: argparse.Namespace, **more: Any) -> Any:
+    """The training settings the command's flags ask for (:data:`SETTING_FLAGS`, those it has), each method's own
+    defaults where a flag is left out, then ``more`` (a recipe's --qlora turns LoRA on); checked by the settings."""
     from alignlab.settings import SettingsError, TrainingSettings
 
+    given = {name: getattr(args, dest) for dest, name in _SETTING_FLAGS.items() if hasattr(args, dest)}
     try:
-        return TrainingSettings.for_method(
-            args.method,
-            beta=args.beta,
-            learning_rate=args.lr,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            loss_type=args.loss,
-            sft_weight=args.sft_weight,
-            lora_rank=args.lora_rank,
-            **more,
-        )
+        return TrainingSettings.for_method(given.pop("method"), **{**given, **more})
     except SettingsError as exc:
         raise CliError(str(exc)) from exc
-
-
-#: The lab's flags that are training settings: the flag's name in ``args`` -> the setting it sets.
-_SETTING_FLAGS = {
-    "method": "method",
-    "beta": "beta",
-    "lr": "learning_rate",
-    "steps": "steps",
-    "batch_size": "batch_size",
-    "seed": "seed",
-    "loss": "loss_type",
-    "sft_weight": "sft_weight",
-    "max_length": "max_length",
-    "lora": "use_lora",
-    "lora_rank": "lora_rank",
-    "precision": "precision",
-}
 
 
 def given_flags(parser: argparse.ArgumentParser, command: str, argv: list[str]) -> set[str]:
@@ -420,26 +354,44 @@ def _dataset(args: argparse.Namespace) -> Any:
     return load_preset(args.preset) if args.preset else load_dataset_file(args.dataset, seed=args.seed)
 
 
-def _run_lab(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+class _StepBar:
+    """The training's progress bar in the terminal: opened when a run starts training, closed when it ends."""
 
-    from alignlab.lab import run_lab, start_tracking
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def open(self, total: int) -> None:
+        from tqdm import tqdm
+
+        # the bar's clock starts with training, so its rate is seconds per step
+        self.bar = tqdm(total=total, unit="step", file=sys.stdout, dynamic_ncols=True, disable=False)
+
+    def show(self, step: int, figures: dict[str, Any]) -> None:
+        """Draw ``step`` with its own figures."""
+        if self.bar is not None:
+            self.bar.set_postfix(figures, refresh=False)
+            self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _lab_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, int]]:
+    """The lab's preset, training and generation settings and what the method trains on, each checked before any
+    work (a paired method on thumbs rows that form no pair stops here)."""
     from alignlab.trl_rows import trained_on
 
     preset = _dataset(args)
-    if args.remedy_of:
-        settings = _remedy_of(args, preset)
-    else:
-        settings = _training_settings(args, max_length=args.max_length, use_lora=args.lora, precision=args.precision)
+    settings = _remedy_of(args, preset) if args.remedy_of else settings_from_args(args)
     generation = _generation_settings(args)
-    used = trained_on(preset.training_data, settings)  # a paired method on thumbs that form no pair stops here
+    used = trained_on(preset.training_data, settings)
     _check_out(args.out)
-    track, project = _tracking_project(args)
-    _check_save(args)
-    from alignlab.reward_judges import check_judge_spec
+    return preset, settings, generation, used
 
-    check_judge_spec(args.judge)  # a named reward model: where it comes from, what it is, that it fits
 
+def _lab_header(args: argparse.Namespace, preset: Any, settings: Any, used: dict[str, int]) -> None:
     print(
         f"AlignLab: {args.model} on '{preset.id}' ({len(preset.pairs)} pairs, {len(preset.heldout_pairs)} held out), "
         f"method {settings.method_label} "
@@ -451,7 +403,10 @@ def _run_lab(args: argparse.Namespace) -> int:
         formed = f", {used['formed_pairs']} of them formed from thumbs rows" if used["formed_pairs"] else ""
         unit = "thumbs rows" if settings.method_entry.stage.reads_thumbs else f"pairs{formed}"
         print(f"  {settings.method_label} trains on {used['rows']} {unit}.")
-    bar: dict[str, Any] = {}
+
+
+def _lab_progress(settings: Any, n_pairs: int, bar: _StepBar) -> tuple[Any, Any]:
+    """(on_stage, on_event) of the lab: each step's line, then the training's bar with each step's figures."""
     labels = {
         "load_model": "Loading the model",
         "baseline": "Capturing baseline answers",
@@ -461,16 +416,12 @@ def _run_lab(args: argparse.Namespace) -> int:
 
     def on_stage(name: str) -> None:
         print(f"[{list(labels).index(name) + 1}/4] {labels[name]}...", flush=True)
-        if name == "train":  # the bar's clock starts with training, so its rate is seconds per step
-            total = settings.total_steps(len(preset.pairs))
-            bar["bar"] = tqdm(total=total, unit="step", file=sys.stdout, dynamic_ncols=True, disable=False)
+        if name == "train":
+            bar.open(settings.total_steps(n_pairs))
 
     def on_event(event: Any) -> None:
         if event.kind == "end":
-            if "bar" in bar:
-                bar.pop("bar").close()
-            return
-        if "bar" not in bar:
+            bar.close()
             return
         # The step's own loss and margin, or, for a stage that logs no margin (RLHF's RL), its reward and KL.
         shown = {"loss": event.row.get("loss", 0.0)}
@@ -480,27 +431,36 @@ def _run_lab(args: argparse.Namespace) -> int:
                 shown[axis] = event.row[key]
         if "stage" in event.row:
             shown["stage"] = event.row["stage"]
-        bar["bar"].set_postfix({k: v if isinstance(v, str) else f"{v:+.3f}" for k, v in shown.items()}, refresh=False)
-        bar["bar"].update(event.step - bar["bar"].n)  # draws the step with its own figures
+        bar.show(event.step, {k: v if isinstance(v, str) else f"{v:+.3f}" for k, v in shown.items()})
 
-    tracker = start_tracking(preset, settings, args.model, project) if track else None
+    return on_stage, on_event
+
+
+def _run_lab(args: argparse.Namespace) -> int:
+    """``lab``: every input checked, then the lab's steps (:func:`alignlab.lab.run_lab`'s, the judge checked here
+    first) with their progress in the terminal; the report printed and written, the model saved where asked."""
+    from alignlab.lab import load_and_baseline, train_and_compare
+    from alignlab.reward_judges import check_judge_spec
+    from alignlab.tracking import start_run
+
+    preset, settings, generation, used = _lab_inputs(args)
+    track, project = _tracking_project(args)
+    _check_save(args)
+    check_judge_spec(args.judge)  # a named reward model: where it comes from, what it is, that it fits
+    _lab_header(args, preset, settings, used)
+    bar = _StepBar()
+    on_stage, on_event = _lab_progress(settings, len(preset.pairs), bar)
+    tracker = start_run(settings, preset.id, args.model, project=project) if track else None
     try:
-        report, result = run_lab(
-            args.model,
-            preset,
-            settings,
-            generation,
-            on_stage=on_stage,
-            on_event=on_event,
-            tracker=tracker,
-            judge=args.judge,
+        baseline = load_and_baseline(args.model, preset, generation, on_stage)
+        report, trained = train_and_compare(
+            baseline, preset, settings, on_stage, on_event, tracker=tracker, judge=args.judge
         )
     finally:
-        if "bar" in bar:
-            bar["bar"].close()
+        bar.close()
     code = _show_and_write(format_report(report), report, args.out, "Report")
     if args.save_model:
-        return max(code, _save_model(args, report, result))
+        return max(code, _save_model(args, report, trained.policy))
     return code
 
 
@@ -523,7 +483,7 @@ def _check_save(args: argparse.Namespace) -> None:
         raise CliError(str(exc)) from exc
 
 
-def _save_model(args: argparse.Namespace, report: dict[str, Any], result: Any) -> int:
+def _save_model(args: argparse.Namespace, report: dict[str, Any], policy: Any) -> int:
     """Save the run's policy and its card; push it where asked. 1 when the push failed (the folder is kept)."""
     import os
 
@@ -531,7 +491,7 @@ def _save_model(args: argparse.Namespace, report: dict[str, Any], result: Any) -
     from alignlab.models import load_model
 
     folder = save_model(
-        report, args.save_model, policy=result.policy, tokenizer=load_model(args.model).tokenizer, overwrite=True
+        report, args.save_model, policy=policy, tokenizer=load_model(args.model).tokenizer, overwrite=True
     )
     print(f"Model saved to {folder} (weights, tokenizer, generation config, model card README.md)")
     if not args.push_to:
@@ -579,9 +539,37 @@ def format_comparison(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _run_compare(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _compare_progress(n_runs: int, n_pairs: int, bar: _StepBar) -> tuple[Any, Any, Any]:
+    """(on_run, on_stage, on_event) of a comparison: each run's line, its steps' lines and its training's bar."""
+    current: dict[str, Any] = {}
 
+    def on_run(index: int, run_settings: Any) -> None:
+        current["settings"] = run_settings
+        print(
+            f"\n[run {index + 1}/{n_runs}] {run_settings.method_label} "
+            f"(beta {run_settings.beta:g}, lr {run_settings.learning_rate:g}, {run_settings.steps} steps)",
+            flush=True,
+        )
+
+    def on_stage(name: str) -> None:
+        if name == "train":
+            bar.open(current["settings"].total_steps(n_pairs))
+        elif name in ("load_model", "baseline"):
+            print({"load_model": "Loading the model...", "baseline": "Capturing baseline answers..."}[name], flush=True)
+        elif name == "evaluate":
+            print("  comparing before and after...", flush=True)
+
+    def on_event(event: Any) -> None:
+        if event.kind == "end":
+            bar.close()
+        else:
+            bar.show(event.step, {"loss": f"{event.row.get('loss', 0):.3f}"})
+
+    return on_run, on_stage, on_event
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    """``compare``: every method's settings checked, then each method in turn (:mod:`alignlab.comparison`)."""
     from alignlab.comparison import comparison_settings, parse_methods, run_comparison
     from alignlab.settings import SettingsError
     from alignlab.trl_rows import trained_on
@@ -601,57 +589,21 @@ def _run_compare(args: argparse.Namespace) -> int:
         f"AlignLab: comparing {', '.join(s.method_label for s in settings)} with {args.model} on '{preset.id}' "
         f"({len(preset.pairs)} pairs, {len(preset.heldout_pairs)} held out)"
     )
-    bar: dict[str, Any] = {}
-    current: dict[str, Any] = {}
-
-    def on_run(index: int, run_settings: Any) -> None:
-        current["settings"] = run_settings
-        print(
-            f"\n[run {index + 1}/{len(settings)}] {run_settings.method_label} "
-            f"(beta {run_settings.beta:g}, lr {run_settings.learning_rate:g}, {run_settings.steps} steps)",
-            flush=True,
-        )
-
-    def on_stage(name: str) -> None:
-        if name == "train":
-            total = current["settings"].total_steps(len(preset.pairs))
-            bar["bar"] = tqdm(total=total, unit="step", file=sys.stdout, dynamic_ncols=True, disable=False)
-        elif name in ("load_model", "baseline"):
-            print({"load_model": "Loading the model...", "baseline": "Capturing baseline answers..."}[name], flush=True)
-        elif name == "evaluate":
-            print("  comparing before and after...", flush=True)
-
-    def on_event(event: Any) -> None:
-        if event.kind == "end":
-            if "bar" in bar:
-                bar.pop("bar").close()
-            return
-        if "bar" in bar:
-            bar["bar"].set_postfix(loss=f"{event.row.get('loss', 0):.3f}", refresh=False)
-            bar["bar"].update(event.step - bar["bar"].n)
-
+    bar = _StepBar()
+    on_run, on_stage, on_event = _compare_progress(len(settings), len(preset.pairs), bar)
     try:
         result = run_comparison(
-            args.model,
-            preset,
-            settings,
-            generation,
-            on_run=on_run,
-            on_stage=on_stage,
-            on_event=on_event,
-            track=track,
-            project=project,
+            args.model, preset, settings, generation, on_run, on_stage, on_event, track=track, project=project
         )
     finally:
-        if "bar" in bar:
-            bar["bar"].close()
+        bar.close()
     return _show_and_write(format_comparison(result), result, args.out, "Comparison")
 
 
 def _run_recipe(args: argparse.Namespace) -> int:
     from alignlab.recipe import build_recipe, write_recipe
 
-    settings = _training_settings(args, use_lora=args.lora or args.qlora)
+    settings = settings_from_args(args, use_lora=args.lora or args.qlora)
     preset = _dataset(args)
     recipe = build_recipe(
         preset,

@@ -6,6 +6,9 @@ or one of DPO's loss variants: ``hinge`` means DPO with the hinge loss) and writ
 ``{"runs": [report, ...], "table": [row, ...]}``: one report per run, in order, and
 the runs side by side (:func:`alignlab.runrecord.evidence_row`). The model is loaded and its baseline
 answers are recorded once; every run starts from the same original weights.
+
+:func:`in_turn` runs the methods one after another for the CLI (:func:`run_comparison`), the API's
+``/run_comparison`` and the app's *Compare methods* and *Try the remedy*, each passing how one run is done.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ from __future__ import annotations
 import gc
 import re
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Generator, Iterable
+from typing import Any, TypeVar
 
-from alignlab.lab import load_and_baseline, start_tracking, train_and_compare
+from alignlab.lab import load_and_baseline, train_and_compare
 from alignlab.methods import LOSS_TYPES, METHODS
 from alignlab.presets import Preset
 from alignlab.runrecord import evidence_row, run_label
 from alignlab.settings import GenerationSettings, SettingsError, TrainingSettings
+from alignlab.tracking import start_run
 from alignlab.training import CancelToken, TrainingEvent
+
+T = TypeVar("T")
 
 #: What a presenter's comparison runs when nobody picks: DPO, two of its siblings and a reference-free method.
 DEFAULT_METHODS = ("dpo", "ipo", "kto", "orpo")
@@ -81,6 +87,33 @@ def comparison_settings(names: Iterable[str], **overrides: Any) -> list[Training
     return out
 
 
+def in_turn(
+    settings: list[TrainingSettings], run_one: Callable[[int, TrainingSettings], Any]
+) -> Generator[Any, None, dict[str, Any]]:
+    """Each of ``settings`` run in turn, in order; returns ``{"runs": [report, ...], "table": [row, ...]}``.
+
+    ``run_one(index, settings)`` returns the run's report (None: the comparison stops there), or a generator that
+    yields the run's progress, passed on here, and returns its report.
+    """
+    reports: list[dict[str, Any]] = []
+    for index, run_settings in enumerate(settings):
+        outcome = run_one(index, run_settings)
+        report = (yield from outcome) if isinstance(outcome, Generator) else outcome
+        if report is None:
+            break
+        reports.append(report)
+    return {"runs": reports, "table": [evidence_row(r) for r in reports]}
+
+
+def drain(steps: Generator[Any, None, T]) -> T:
+    """What ``steps`` returns, its progress read and left unshown (a caller that draws none)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
 def run_comparison(
     model_spec: str,
     preset: Preset,
@@ -102,20 +135,20 @@ def run_comparison(
     """
     generation = generation or GenerationSettings()
     started = time.perf_counter()
-    loaded, baseline, shared = load_and_baseline(model_spec, preset, generation, on_stage)
-    reports: list[dict[str, Any]] = []
-    for index, run_settings in enumerate(settings):
+    baseline = load_and_baseline(model_spec, preset, generation, on_stage)
+
+    def run_one(index: int, run_settings: TrainingSettings) -> dict[str, Any] | None:
         if cancel is not None and cancel.cancelled:
-            break
+            return None
         if on_run is not None:
             on_run(index, run_settings)
         run = {"label": run_label(index + 1), "index": index + 1, "of": len(settings)}
-        tracker = start_tracking(preset, run_settings, model_spec, project, run["label"]) if track else None
-        report, result = train_and_compare(
-            loaded, preset, run_settings, generation, baseline, shared, on_stage, on_event, cancel, run, tracker
-        )
-        del result  # each run's policy is a full copy of the model: free it before the next one
+        tracker = start_run(run_settings, preset.id, model_spec, run["label"], project=project) if track else None
+        report, trained = train_and_compare(baseline, preset, run_settings, on_stage, on_event, cancel, run, tracker)
+        del trained  # each run's policy is a full copy of the model: free it before the next one
         gc.collect()
-        reports.append(report)
-    timings = {**{k: round(v, 3) for k, v in shared.items()}, "total": round(time.perf_counter() - started, 3)}
-    return {"runs": reports, "table": [evidence_row(r) for r in reports], "timings": timings}
+        return report
+
+    result = drain(in_turn(settings, run_one))
+    timings = {k: round(v, 3) for k, v in baseline.timings.items()}
+    return {**result, "timings": {**timings, "total": round(time.perf_counter() - started, 3)}}

@@ -17,7 +17,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from alignlab.stats import median
@@ -144,13 +144,13 @@ def template_share(after: list[str], phrases: list[str]) -> float:
 class Degeneration:
     """The report's ``eval.degeneration`` block (``docs/architecture.md``), plus per-answer detail."""
 
-    distinct_answers_before: int
-    distinct_answers_after: int
-    repeated_ngram_rate_before: float
-    repeated_ngram_rate_after: float
-    mean_words_before: float
-    mean_words_after: float
-    new_common_phrases: list[str]
+    distinct_answers_before: int = 0
+    distinct_answers_after: int = 0
+    repeated_ngram_rate_before: float = 0.0
+    repeated_ngram_rate_after: float = 0.0
+    mean_words_before: float = 0.0
+    mean_words_after: float = 0.0
+    new_common_phrases: list[str] = field(default_factory=list)
     answers: int = 0
     template_share: float = 0.0
     looping_answers_before: int = 0
@@ -171,6 +171,14 @@ class Degeneration:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Degeneration | None:
+        """A report's ``eval.degeneration`` block read back (None where it has none); a missing figure is 0."""
+        if not data:
+            return None
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
 
 
 #: An answer whose repeated n-gram rate is at least this loops. Calibrated on SmolLM2-135M's greedy 64-token

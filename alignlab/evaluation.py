@@ -6,20 +6,23 @@
 - :func:`perplexity` on a fixed neutral text: together with the KL, the *alignment tax*;
 - :func:`count_changed`: eval prompts whose answer differs after training;
 - :func:`gather_evidence`: every figure of the report's ``eval`` block, the probes' included
-  (:mod:`alignlab.probes`).
+  (:mod:`alignlab.probes`), as :class:`alignlab.evidence.Evidence`; :func:`finish_evidence` adds what the report
+  reads from the run (the answers' checks, the training accuracy, the live curve).
 
 The output-level checks live in :mod:`alignlab.degeneration`, and the verdict in :mod:`alignlab.health`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from alignlab.degeneration import degeneration_report
+from alignlab.evidence import Capability, CheckedQuestions, Drift, Evidence, Gain, JudgeCheck, WinRate, curve_of
+from alignlab.findings import training_accuracy
 from alignlab.generation import ScoredAnswers
-from alignlab.judges import WinRate
 from alignlab.logprobs import (
     ANSWER_SURPRISE,
     TOKENS_PER_BATCH,
@@ -31,9 +34,13 @@ from alignlab.logprobs import (
 from alignlab.methods import SCORERS, Scorer
 from alignlab.models import LoadedModel
 from alignlab.pairs import PreferencePair
-from alignlab.probes import PreferenceProbe
+from alignlab.probes import PairScores, PreferenceProbe
 from alignlab.questions import CheckedAnswers
-from alignlab.stats import Proportion, paired_gain
+from alignlab.settings import TrainingSettings
+from alignlab.stats import Proportion
+
+if TYPE_CHECKING:
+    from alignlab.training import TrainingResult
 
 #: A neutral paragraph, unrelated to any preset, on which the policy's perplexity is measured
 #: before and after training: if it rises a lot, the run damaged general language ability.
@@ -166,77 +173,6 @@ def count_changed(before: list[str], after: list[str]) -> int:
 # --------------------------------------------------------------------------- evidence
 
 
-@dataclass
-class Evidence:
-    """The numeric part of the report's ``eval`` block (``docs/architecture.md``)."""
-
-    heldout_reward_accuracy: float
-    heldout_mean_margin: float
-    kl_to_reference: float
-    perplexity_before: float
-    perplexity_after: float
-    heldout_scorer: str = Scorer.IMPLICIT_REWARD
-    """Which score ranked held-out and contrast pairs (a key of :data:`alignlab.methods.SCORERS`)."""
-    heldout_scorer_text: str = ""
-    """The same in words, for a reader of the report."""
-    heldout_reward_accuracy_before: float = float("nan")
-    """The original model's held-out accuracy under the same score (reference-free scorers only)."""
-    contrast_accuracy_before: float = float("nan")
-    contrast_accuracy: float = float("nan")
-    contrast_mean_margin: float = float("nan")
-    capability_accuracy_before: float = float("nan")
-    capability_accuracy_after: float = float("nan")
-    capability_margin_before: float = float("nan")
-    capability_margin_after: float = float("nan")
-    capability_source: str = "preset"
-    capability_pairs: int = 0
-    heldout_chosen_rewards: list[float] = field(default_factory=list)
-    heldout_rejected_rewards: list[float] = field(default_factory=list)
-    heldout_margins: list[float] = field(default_factory=list)
-    contrast_margins: list[float] = field(default_factory=list)
-    heldout_count: int = 0
-    heldout_accuracy_interval: list[float] | None = None
-    """The Wilson 95% interval of the held-out accuracy (:mod:`alignlab.stats`)."""
-    heldout_p_value: float = float("nan")
-    """How often a coin ranks as many held-out pairs right (one-sided exact binomial test)."""
-    heldout_margin_interval: list[float] | None = None
-    heldout_margins_before: list[float] = field(default_factory=list)
-    """Each held-out pair's margin under the original model (reference-free scorers; a relative score gives 0)."""
-    heldout_gain: dict[str, Any] = field(default_factory=dict)
-    """A sign test of each held-out pair's margin against the original model's: gains, losses, p-value."""
-    contrast_count: int = 0
-    contrast_accuracy_interval: list[float] | None = None
-    contrast_p_value: float = float("nan")
-    contrast_margin_interval: list[float] | None = None
-    capability_count: int = 0
-    capability_accuracy_interval_before: list[float] | None = None
-    capability_accuracy_interval_after: list[float] | None = None
-    checked_capability_before: float = float("nan")
-    """Share of the checked questions (:mod:`alignlab.questions`) the original model answered right."""
-    checked_capability_after: float = float("nan")
-    checked_capability_count: int = 0
-    checked_capability_interval_before: list[float] | None = None
-    checked_capability_interval_after: list[float] | None = None
-    checked_capability_lost: int = 0
-    """Questions answered right before training and wrong after."""
-    checked_capability_answers: list[dict[str, Any]] = field(default_factory=list)
-    """Each checked question: its accepted answers, both answers, and which were right."""
-    judged: dict[str, Any] = field(default_factory=dict)
-    """The win rate against the original model and its judge (:meth:`alignlab.judges.WinRate.to_dict`): the report's
-    ``eval.judge``, ``eval.win_*`` and ``eval.mean_words_*`` fields, merged into :meth:`to_dict`."""
-    reward_model: dict[str, Any] | None = None
-    """A method that trains a reward model: how that model ranks the held-out and contrast pairs (``heldout_*`` and
-    ``contrast_*`` accuracy, count, interval, p-value); None for the others."""
-    answer_surprise: dict[str, list[float]] = field(default_factory=dict)
-    """The original model's surprise at each eval answer, ``before`` and ``after`` training
-    (:func:`answer_surprise`); the report carries it in ``eval.degeneration``."""
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["answer_surprise"]
-        return {**data, **data.pop("judged")}
-
-
 def gather_evidence(
     policy: torch.nn.Module,
     loaded: LoadedModel,
@@ -273,73 +209,66 @@ def gather_evidence(
     reference = loaded.model
     if probe is None:
         probe = PreferenceProbe(loaded, beta, heldout_pairs, contrast_pairs, capability_pairs, scorer=scorer)
-    scores = probe.score(policy, reuse_step=reuse_step)
-    before = probe.before()
-    held, contrast = scores["heldout"], scores["contrast"]
-    held_before = before["heldout"].margins if not probe.relative else [0.0] * held.count
-    gains, losses, gain_p = paired_gain(held.margins, held_before)
+    evidence = ranked_evidence(probe, probe.score(policy, reuse_step=reuse_step))
+    evidence.capability.source = capability_source if capability_pairs else "none"
+    evidence.capability.pairs = len(capability_pairs or [])
     if scored_answers is not None and scored_answers.logps is not None:
         kl, surprise_after = reference_pass(reference, loaded, scored_answers)
     else:
         kl = mean_token_kl(policy, reference, loaded, eval_prompts, aligned_outputs)
         surprise_after = answer_surprise(reference, loaded, eval_prompts, aligned_outputs) if baseline_outputs else []
+    evidence.drift = Drift(kl, perplexity(reference, loaded), perplexity(policy, loaded))
+    if baseline_outputs is not None:
+        evidence.answer_surprise = (answer_surprise(reference, loaded, eval_prompts, baseline_outputs), surprise_after)
+    evidence.checked = checked_questions(checked)
+    evidence.win = judged
+    evidence.reward_model = JudgeCheck.from_dict(reward_model)
+    return evidence
+
+
+def ranked_evidence(probe: PreferenceProbe, scores: dict[str, PairScores]) -> Evidence:
+    """The evidence of the probe's sets (:meth:`PreferenceProbe.score`): held-out and contrast pairs under the
+    probe's score, the original model's ranking under it and the gain over it, capability before and after."""
+    before = probe.before()
+    held = scores["heldout"]
+    held_before = before["heldout"].margins if not probe.relative else [0.0] * held.count
     return Evidence(
-        heldout_reward_accuracy=held.accuracy,
-        heldout_mean_margin=held.mean_margin,
-        kl_to_reference=kl,
-        perplexity_before=perplexity(reference, loaded),
-        perplexity_after=perplexity(policy, loaded),
-        heldout_scorer=probe.scorer,
-        heldout_scorer_text=SCORERS[probe.scorer],
-        heldout_reward_accuracy_before=before["heldout"].accuracy,
-        contrast_accuracy_before=before["contrast"].accuracy,
-        contrast_accuracy=contrast.accuracy,
-        contrast_mean_margin=contrast.mean_margin,
-        capability_accuracy_before=scores["capability_before"].accuracy,
-        capability_accuracy_after=scores["capability_after"].accuracy,
-        capability_margin_before=scores["capability_before"].mean_margin,
-        capability_margin_after=scores["capability_after"].mean_margin,
-        capability_source=capability_source if capability_pairs else "none",
-        capability_pairs=len(capability_pairs or []),
-        heldout_chosen_rewards=held.chosen,
-        heldout_rejected_rewards=held.rejected,
-        heldout_margins=held.margins,
-        contrast_margins=contrast.margins,
-        heldout_count=held.count,
-        heldout_accuracy_interval=held.accuracy_interval,
-        heldout_p_value=held.p_value,
-        heldout_margin_interval=held.margin_interval,
-        heldout_margins_before=before["heldout"].margins,
-        heldout_gain={"gains": gains, "losses": losses, "p_value": gain_p} if held.count else {},
-        contrast_count=contrast.count,
-        contrast_accuracy_interval=contrast.accuracy_interval,
-        contrast_p_value=contrast.p_value,
-        contrast_margin_interval=contrast.margin_interval,
-        capability_count=scores["capability_after"].count,
-        capability_accuracy_interval_before=scores["capability_before"].accuracy_interval,
-        capability_accuracy_interval_after=scores["capability_after"].accuracy_interval,
-        answer_surprise=(
-            {"before": answer_surprise(reference, loaded, eval_prompts, baseline_outputs), "after": surprise_after}
-            if baseline_outputs is not None
-            else {}
-        ),
-        **checked_fields(checked),
-        judged=judged.to_dict() if judged is not None else {},
-        reward_model=reward_model,
+        heldout=held.ranking(),
+        heldout_before=before["heldout"].ranking(),
+        gain=Gain.of(held.margins, held_before) if held.count else None,
+        contrast=scores["contrast"].ranking(),
+        contrast_before=before["contrast"].ranking(),
+        capability=Capability(scores["capability_before"].ranking(), scores["capability_after"].ranking()),
+        scorer=probe.scorer,
+        scorer_text=SCORERS[probe.scorer],
     )
 
 
-def checked_fields(checked: CheckedAnswers | None) -> dict[str, Any]:
-    """The :class:`Evidence` fields of the checked questions: shares right, count, intervals, losses, rows."""
+def checked_questions(checked: CheckedAnswers | None) -> CheckedQuestions | None:
+    """The checked questions' figures: the answers right before and after, those lost, each row (None without any)."""
     if checked is None or not checked.count:
-        return {}
-    n, before, after = checked.count, sum(checked.right_before), sum(checked.right_after)
-    return {
-        "checked_capability_before": before / n,
-        "checked_capability_after": after / n,
-        "checked_capability_count": n,
-        "checked_capability_interval_before": list(Proportion(before, n).interval),
-        "checked_capability_interval_after": list(Proportion(after, n).interval),
-        "checked_capability_lost": checked.lost,
-        "checked_capability_answers": checked.rows(),
-    }
+        return None
+    n = checked.count
+    before, after = Proportion(sum(checked.right_before), n), Proportion(sum(checked.right_after), n)
+    return CheckedQuestions(before, after, checked.lost, checked.rows())
+
+
+def finish_evidence(
+    evidence: Evidence,
+    result: TrainingResult,
+    settings: TrainingSettings,
+    baseline_outputs: list[str],
+    aligned_outputs: list[str],
+    heldout_unavailable: str | None,
+) -> Evidence:
+    """``evidence`` with what the report adds once the run is known: the answers' checks before and after
+    (:func:`alignlab.degeneration.degeneration_report`), the training accuracy, the live curve, and why held-out
+    accuracy is missing (``heldout_unavailable``), when it is."""
+    surprise_before, surprise_after = evidence.answer_surprise or (None, None)
+    return replace(
+        evidence,
+        training=training_accuracy(result.step_rows, settings.method_entry.name, settings.batch_size),
+        curve=curve_of(result.heldout_curve),
+        degeneration=degeneration_report(baseline_outputs, aligned_outputs, surprise_before, surprise_after),
+        heldout_unavailable=heldout_unavailable,
+    )

@@ -19,9 +19,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from alignlab.evidence import curve_of
 from alignlab.model_shapes import EMBEDDED_DEFAULT, known_shape
 from alignlab.pairs import PreferencePair, TrainingData
-from alignlab.readings import evidence_readings, finding_details, verdict_word
+from alignlab.readings import evidence_readings, finding_details, finite, verdict_word
 from alignlab.runrecord import display_table, evidence_row
 from alignlab.trainer import ADAPTER_FOLDER
 
@@ -238,9 +239,9 @@ def write_curves(report: dict[str, Any], path: Path) -> Path:
     if margins:
         margin.plot(*zip(*margins), marker="o")
     margin.set(title="Reward margin", xlabel="step")
-    curve = report["eval"].get("heldout_curve") or []
+    curve = curve_of(report["eval"].get("heldout_curve"))
     for name, label in (("accuracy", "held-out"), ("contrast_accuracy", "contrast")):
-        points = [(p["step"], p[name]) for p in curve if p.get(name) is not None]
+        points = [(p.step, getattr(p, name)) for p in curve if finite(getattr(p, name)) is not None]
         if points:
             heldout.plot(*zip(*points), marker="o", label=label)
     heldout.set(title="Ranked right, never trained on", xlabel="step", ylim=(0, 1.05))

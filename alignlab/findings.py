@@ -1,10 +1,10 @@
 """What a verdict is made of: the facts of a run the rules read, and the findings they write.
 
-:class:`RunFacts` holds a run's log rows and evidence; it reads the log through the method's registry entry
-(:mod:`alignlab.methods`), whose common axes (``margin``, ``accuracy``, ``chosen``, ...) name the key each
-method logs. A :class:`Finding` has a stable *code* (part of the report contract, listed in the README and
-``docs/architecture.md``), a *severity* (failed, warning, info, good) and a sentence; :class:`Health` is the
-verdict with its findings.
+:class:`RunFacts` holds a run's log rows and its evidence (:class:`alignlab.evidence.Evidence`, read by attribute);
+it reads the log through the method's registry entry (:mod:`alignlab.methods`), whose common axes (``margin``,
+``accuracy``, ``chosen``, ...) name the key each method logs. A :class:`Finding` has a stable *code* (part of the
+report contract, listed in the README and ``docs/architecture.md``), a *severity* (failed, warning, info, good) and
+a sentence; :class:`Health` is the verdict with its findings.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from alignlab.degeneration import Degeneration
+from alignlab.evidence import CurvePoint, Evidence
 from alignlab.methods import DEFAULT_METHOD, METHODS, RELATIVE_SCORERS, Method
-from alignlab.readings import finite, ranked
+from alignlab.readings import finite
 from alignlab.stats import Proportion
 
 SEVERITY_ORDER = {"failed": 3, "warning": 2, "info": 1, "good": 0}
@@ -64,17 +66,19 @@ class RunFacts:
 
     log_rows: list[dict[str, Any]]
     beta: float
-    evidence: dict[str, Any] = field(default_factory=dict)
-    degeneration: dict[str, Any] = field(default_factory=dict)
-    heldout_curve: list[dict[str, Any]] = field(default_factory=list)
+    evidence: Evidence | None = None
+    """The compared run's evidence; None for the Train tab's reading, made before any is gathered."""
+    degeneration: Degeneration | None = None
+    heldout_curve: list[CurvePoint] = field(default_factory=list)
     changed: int | None = None
     answers: int | None = None
     method: str = DEFAULT_METHOD
     """The run's method (a key of :data:`alignlab.methods.METHODS`): which keys its log rows carry."""
 
-    def ev(self, key: str) -> float | None:
-        """A finite evidence figure, or None."""
-        return finite(self.evidence.get(key))
+    @property
+    def figures(self) -> Evidence:
+        """:attr:`evidence`, or before it is gathered an empty one: every figure missing, every set without pairs."""
+        return self.evidence if self.evidence is not None else Evidence()
 
     @property
     def entry(self) -> Method:
@@ -89,19 +93,10 @@ class RunFacts:
         key = self.key(axis)
         return series_of(self.log_rows, key) if key is not None else []
 
-    def ranked(self, name: str) -> Proportion | None:
-        """A ranked set of the evidence (``heldout``, ``contrast``, ``capability_before``, ``capability_after``)
-        as ``k`` of ``n`` pairs ranked right; None when the run has no such pairs or no evidence yet."""
-        return ranked(self.evidence, name)
-
-    def training_accuracy(self) -> Proportion | None:
-        """The training reward accuracy over the last half of the steps, counted, once the evidence has it."""
-        return Proportion.of(self.evidence.get("training_accuracy"), self.evidence.get("training_accuracy_count"))
-
     @property
     def relative_scorer(self) -> bool:
         """Whether the held-out margins are relative to the reference (a policy unchanged scores 0)."""
-        return (self.evidence.get("heldout_scorer") or self.entry.scorer) in RELATIVE_SCORERS
+        return (self.figures.scorer or self.entry.scorer) in RELATIVE_SCORERS
 
 
 def series_of(rows: list[dict[str, Any]], key: str) -> list[float]:

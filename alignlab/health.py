@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from alignlab.evidence import Evidence, curve_of
 from alignlab.findings import SEVERITY_ORDER, Finding, Health, RunFacts
 from alignlab.methods import DEFAULT_METHOD
 from alignlab.readings import best_step
+from alignlab.remedies import remedy
 from alignlab.rules import RULES, Rule, rule_trained
+from alignlab.settings import TrainingSettings
 
 VERDICT_OF = {"failed": "failed", "warning": "warning"}
 
@@ -36,5 +39,27 @@ def read_health(facts: RunFacts, rules: list[Rule] | None = None) -> Health:
 def read_training_health(
     log_rows: list[dict[str, Any]], beta: float, heldout_curve: list | None = None, method: str = DEFAULT_METHOD
 ) -> Health:
-    """The Train tab's reading at the end of a run, before any answers are compared."""
-    return read_health(RunFacts(log_rows=log_rows, beta=beta, heldout_curve=list(heldout_curve or []), method=method))
+    """The Train tab's reading at the end of a run, before any answers are compared; ``heldout_curve`` as the run
+    keeps it (plain data)."""
+    return read_health(RunFacts(log_rows=log_rows, beta=beta, heldout_curve=curve_of(heldout_curve), method=method))
+
+
+def read_run(
+    evidence: Evidence, log_rows: list[dict[str, Any]], settings: TrainingSettings, changed: int, answers: int
+) -> Health:
+    """The verdict of a compared run (``changed`` of its ``answers`` eval answers differ), with the remedy of its
+    most severe finding (:func:`alignlab.remedies.remedy`)."""
+    facts = RunFacts(
+        log_rows=log_rows,
+        beta=settings.beta,
+        method=settings.method_entry.name,
+        evidence=evidence,
+        degeneration=evidence.degeneration,
+        heldout_curve=list(evidence.curve),
+        changed=changed,
+        answers=answers,
+    )
+    health = read_health(facts)
+    found = remedy(health, settings, evidence)
+    health.remedy = found.to_dict() if found is not None else None
+    return health

@@ -293,38 +293,59 @@ def import_pairs(path: str | Path) -> ImportResult:
             (unreadable if thumbs_row else skipped).extend(exc.problems)
             continue
         if isinstance(item, UnpairedRow):
-            problems = [p.replace("thumbs rows row 1", where) for p in validate_unpaired([item])]
-            key = (item.prompt.strip(), item.completion.strip())
-            if key in seen_thumbs and not problems:
-                earlier, label = seen_thumbs[key]
-                same = label == item.label
-                problems.append(
-                    f"{where}: duplicate of row {earlier}."
-                    if same
-                    else f"{where}: the same answer as row {earlier} with the opposite label; kept row {earlier}."
-                )
-            if problems:
-                skipped += problems
-                continue
-            seen_thumbs[key] = (row, item.label)
-            unpaired.append(item)
-            continue
-        problems = [p.replace("pairs row 1", where) for p in validate_pairs([item])]
-        if item in seen_pairs:
-            problems.append(f"{where}: duplicate of an earlier row.")
+            problems, kept = _thumbs_row_problems(item, row, where, seen_thumbs), unpaired
+        else:
+            problems, kept = _pair_problems(item, where, seen_pairs), pairs
         if problems:
             skipped += problems
-            continue
-        seen_pairs.add(item)
-        pairs.append(item)
+        else:
+            kept.append(item)
+    _check_kept(path.name, pairs, unpaired, skipped, unreadable)
+    return ImportResult(pairs, skipped, unpaired)
+
+
+def _thumbs_row_problems(
+    item: UnpairedRow, row: int, where: str, seen: dict[tuple[str, str], tuple[int, bool]]
+) -> list[str]:
+    """Why a thumbs row is left out (a field empty, too long or not text, a duplicate, the same answer with the
+    opposite label); a row kept is added to ``seen`` (its prompt and answer -> its row and label)."""
+    problems = [p.replace("thumbs rows row 1", where) for p in validate_unpaired([item])]
+    key = (item.prompt.strip(), item.completion.strip())
+    if key in seen and not problems:
+        earlier, label = seen[key]
+        same = label == item.label
+        problems.append(
+            f"{where}: duplicate of row {earlier}."
+            if same
+            else f"{where}: the same answer as row {earlier} with the opposite label; kept row {earlier}."
+        )
+    if not problems:
+        seen[key] = (row, item.label)
+    return problems
+
+
+def _pair_problems(item: PreferencePair, where: str, seen: set[PreferencePair]) -> list[str]:
+    """Why a pair is left out (a field empty, too long or not text, identical answers, a duplicate); a pair kept
+    is added to ``seen``."""
+    problems = [p.replace("pairs row 1", where) for p in validate_pairs([item])]
+    if item in seen:
+        problems.append(f"{where}: duplicate of an earlier row.")
+    if not problems:
+        seen.add(item)
+    return problems
+
+
+def _check_kept(
+    name: str, pairs: list[PreferencePair], unpaired: list[UnpairedRow], skipped: list[str], unreadable: list[str]
+) -> None:
+    """A file is an error when a thumbs row could not be read, when no row is usable, or when it holds too many."""
     if unreadable:
         raise DatasetError(unreadable)
     if not pairs and not unpaired:
-        raise DatasetError(skipped or f"{path.name}: no preference pairs or thumbs rows found.")
+        raise DatasetError(skipped or f"{name}: no preference pairs or thumbs rows found.")
     for rows, what in ((pairs, "pairs"), (unpaired, "thumbs rows")):
         if len(rows) > MAX_PAIRS:
-            raise DatasetError(f"{path.name}: {len(rows)} {what} is too many; keep at most {MAX_PAIRS}.")
-    return ImportResult(pairs, skipped, unpaired)
+            raise DatasetError(f"{name}: {len(rows)} {what} is too many; keep at most {MAX_PAIRS}.")
 
 
 def split_heldout(

@@ -33,21 +33,17 @@ and kept, in memory and on disk (:func:`original_answers`).
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from alignlab.disk_cache import JSON, TENSOR, DiskCache
+from alignlab.evidence import JudgeCheck, WinRate
 from alignlab.generation import generate
 from alignlab.logprobs import encode_pair
-from alignlab.models import LoadedModel, cache_root, model_key
+from alignlab.models import LoadedModel, model_key
 from alignlab.pairs import PreferencePair
 from alignlab.settings import GenerationSettings
-from alignlab.stats import Proportion, binomial_tail, wilson_interval
 from alignlab.trl_rows import thumbs_row
 
 AGREEMENT = "agreement"
@@ -67,8 +63,7 @@ POOL_BATCH = 16
 # --------------------------------------------------------------------------- the original model's answers
 
 
-_original: dict[str, list[str]] = {}
-_original_lock = threading.Lock()
+_ORIGINAL: DiskCache[list[str]] = DiskCache("judged-answers", JSON)
 
 
 def _answers_key(loaded: LoadedModel, prompts: list[str], max_new_tokens: int) -> str:
@@ -83,51 +78,28 @@ def answer_settings(max_new_tokens: int, n: int) -> GenerationSettings:
 def original_answers(loaded: LoadedModel, prompts: list[str], max_new_tokens: int) -> list[str]:
     """The original model's greedy answers to ``prompts``, computed once per model, prompts and length; kept in
     memory and on disk under the AlignLab cache (a CLI run and a forked GPU worker reuse them)."""
-    key = _answers_key(loaded, prompts, max_new_tokens)
-    with _original_lock:
-        kept = _original.get(key)
-    stored = cache_root() / "judged-answers" / f"{key}.json"
-    if kept is None and stored.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            kept = json.loads(stored.read_text(encoding="utf-8"))
-    if not isinstance(kept, list) or len(kept) != len(prompts):
-        kept = generate(loaded, prompts, answer_settings(max_new_tokens, len(prompts)))
-        with contextlib.suppress(OSError):
-            stored.parent.mkdir(parents=True, exist_ok=True)
-            partial = stored.with_suffix(f".{os.getpid()}.partial")
-            partial.write_text(json.dumps(kept), encoding="utf-8")
-            partial.replace(stored)
-    with _original_lock:
-        _original[key] = kept
+    kept = _ORIGINAL.get(
+        _answers_key(loaded, prompts, max_new_tokens),
+        lambda: generate(loaded, prompts, answer_settings(max_new_tokens, len(prompts))),
+        lambda value: isinstance(value, list) and len(value) == len(prompts),
+    )
     return list(kept)
 
 
 # --------------------------------------------------------------------------- the agreement judge
 
 
-_states: dict[str, torch.Tensor] = {}
+_STATES: DiskCache[torch.Tensor] = DiskCache("judged-states", TENSOR)
 
 
 def kept_pooled_states(loaded: LoadedModel, prompts: list[str], answers: list[str]) -> torch.Tensor:
     """:func:`pooled_states` of answers that do not depend on a run (a pair's chosen and rejected answers, the
     original model's answers): computed once per model, prompts and answers, kept in memory and on disk."""
-    key = model_key(loaded, "pooled-states", prompts, answers)
-    with _original_lock:
-        kept = _states.get(key)
-    stored = cache_root() / "judged-states" / f"{key}.pt"
-    if kept is None and stored.is_file():
-        with contextlib.suppress(OSError, RuntimeError, ValueError):
-            kept = torch.load(stored, weights_only=True)
-    if not isinstance(kept, torch.Tensor) or kept.shape[0] != len(answers):
-        kept = pooled_states(loaded, prompts, answers)
-        with contextlib.suppress(OSError):
-            stored.parent.mkdir(parents=True, exist_ok=True)
-            partial = stored.with_suffix(f".{os.getpid()}.partial")
-            torch.save(kept, partial)
-            partial.replace(stored)
-    with _original_lock:
-        _states[key] = kept
-    return kept
+    return _STATES.get(
+        model_key(loaded, "pooled-states", prompts, answers),
+        lambda: pooled_states(loaded, prompts, answers),
+        lambda value: isinstance(value, torch.Tensor) and value.shape[0] == len(answers),
+    )
 
 
 @torch.inference_mode()
@@ -161,39 +133,6 @@ def pooled_states(loaded: LoadedModel, prompts: list[str], answers: list[str]) -
         model.train(was_training)
     pooled = torch.cat(rows) if rows else torch.zeros((0, hidden))
     return torch.nn.functional.normalize(pooled, dim=-1)
-
-
-@dataclass
-class JudgeCheck:
-    """Whether a judge can tell the held-out pairs apart: ``k`` of ``n`` ranked right, and its test against chance;
-    for a judge that must also rank the contrast pairs (the lab's reward model), ``contrast`` is that count."""
-
-    k: int
-    n: int
-    contrast: JudgeCheck | None = None
-    note: str = ""
-    """Why the judge spoke in place of the one asked for, when it did."""
-
-    @property
-    def usable(self) -> bool:
-        beats = self.n > 0 and Proportion(self.k, self.n).beats_chance
-        return beats and (self.contrast is None or self.contrast.usable)
-
-    def to_dict(self) -> dict[str, Any]:
-        proportion = Proportion(self.k, self.n) if self.n else None
-        out: dict[str, Any] = {
-            "heldout_accuracy": self.k / self.n if self.n else None,
-            "heldout_count": self.n,
-            "heldout_interval": list(proportion.interval) if proportion else None,
-            "heldout_p_value": proportion.p_value if proportion else None,
-            "usable": self.usable,
-        }
-        if self.contrast is not None:
-            contrast = self.contrast.to_dict()
-            out.update({key.replace("heldout", "contrast"): contrast[key] for key in contrast if key != "usable"})
-        if self.note:
-            out["note"] = self.note
-        return out
 
 
 class AgreementJudge:
@@ -274,77 +213,6 @@ class RewardModelJudge:
 # --------------------------------------------------------------------------- the win rate
 
 
-@dataclass
-class WinRate:
-    """The policy's answers against the original model's, prompt by prompt, as one judge read them."""
-
-    source: str
-    measures: str
-    check: JudgeCheck
-    per_prompt: list[dict[str, Any]] = field(default_factory=list)
-    mean_words_original: float = float("nan")
-    mean_words_policy: float = float("nan")
-
-    @property
-    def wins(self) -> int:
-        return sum(r["winner"] == "policy" for r in self.per_prompt)
-
-    @property
-    def losses(self) -> int:
-        return sum(r["winner"] == "original" for r in self.per_prompt)
-
-    @property
-    def ties(self) -> int:
-        return sum(r["winner"] == "tie" for r in self.per_prompt)
-
-    @property
-    def count(self) -> int:
-        return len(self.per_prompt)
-
-    @property
-    def rate(self) -> float:
-        """The share the policy wins, ties counting half."""
-        return (self.wins + self.ties / 2) / self.count if self.count else float("nan")
-
-    @property
-    def p_value(self) -> float:
-        """One-sided sign test against 50%, ties left out: how often a coin gives the policy this many wins."""
-        return binomial_tail(self.wins, self.wins + self.losses)
-
-    @property
-    def p_value_behind(self) -> float:
-        """The same test the other way: how often a coin gives the original model this many wins."""
-        return binomial_tail(self.losses, self.wins + self.losses)
-
-    def length_shift(self) -> float | None:
-        """Among the prompts the policy won, how much longer its answers were than the original's (a share)."""
-        won = [r for r in self.per_prompt if r["winner"] == "policy" and r["words_original"]]
-        if not won:
-            return None
-        return sum(r["words_policy"] / r["words_original"] - 1.0 for r in won) / len(won)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report's ``eval`` fields of the win rate."""
-        interval = wilson_interval(self.wins + self.ties / 2, self.count) if self.count else None
-        shift = self.length_shift()
-        return {
-            "judge": {"source": self.source, "measures": self.measures, **self.check.to_dict()},
-            "win_rate": self.rate,
-            "win_count": self.count,
-            "win_interval": list(interval) if interval else None,
-            "win_p_value": self.p_value if self.count else None,
-            "win_p_value_behind": self.p_value_behind if self.count else None,
-            "wins": self.wins,
-            "win_losses": self.losses,
-            "win_ties": self.ties,
-            "win_per_prompt": [{k: r[k] for k in ("prompt", "winner", "margin", "set")} for r in self.per_prompt],
-            "win_eval_count": sum(r["set"] == "eval" for r in self.per_prompt),
-            "win_length_shift": shift,
-            "mean_words_original": self.mean_words_original,
-            "mean_words_policy": self.mean_words_policy,
-        }
-
-
 def _words(text: str) -> int:
     return len(text.split())
 
@@ -386,7 +254,16 @@ def judge_answers(
         rows,
         mean_words_original=sum(r["words_original"] for r in rows) / n if rows else float("nan"),
         mean_words_policy=sum(r["words_policy"] for r in rows) / n if rows else float("nan"),
+        length_shift=length_shift(rows),
     )
+
+
+def length_shift(rows: list[dict[str, Any]]) -> float | None:
+    """Among the prompts the policy won, how much longer its answers were than the original's (a share)."""
+    won = [r for r in rows if r["winner"] == "policy" and r["words_original"]]
+    if not won:
+        return None
+    return sum(r["words_policy"] / r["words_original"] - 1.0 for r in won) / len(won)
 
 
 def win_rate(

@@ -112,9 +112,3 @@ class PeakMemory:
 
     def to_dict(self) -> dict[str, Any]:
         return {"peak_memory_bytes": self.bytes, "peak_memory_kind": self.kind}
-
-
-MEMORY_KINDS = {
-    "cuda_allocated": "peak GPU memory allocated by the run",
-    "process_rss": "peak memory of the whole process while the run trained (model, reference and server included)",
-}

@@ -133,7 +133,7 @@ class Stage:
     weights, as they are in memory, into the reference they built."""
     grad_norm_scale: float | None = None
     """Pre-clipping gradient norms up to this are the trainer's normal scale (None: the lab's usual bound,
-    :data:`alignlab.health.GRAD_NORM_LIMIT`). RLOO's loss sums log-probabilities over each sampled answer, so
+    :data:`alignlab.rules.GRAD_NORM_LIMIT`). RLOO's loss sums log-probabilities over each sampled answer, so
     its norms run to hundreds while clipping (``max_grad_norm=1``) bounds every update."""
     script: str | None = None
     """TRL's own script for a real run of this stage (``trl.scripts.<name>``), or None where TRL 1.16 ships none."""

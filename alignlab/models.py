@@ -30,6 +30,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from alignlab import cpu_head
+from alignlab.disk_cache import cache_root
 from alignlab.model_shapes import EMBEDDED_DEFAULT, LAB_MODELS, hub_id
 
 logger = logging.getLogger(__name__)
@@ -93,12 +94,6 @@ class LoadedModel:
 def pick_device() -> torch.device:
     """CUDA when present (ZeroGPU included), else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def cache_root() -> Path:
-    """Where converted models and session artefacts live (``ALIGNLAB_CACHE`` overrides)."""
-    root = os.environ.get("ALIGNLAB_CACHE") or os.path.join(Path.home(), ".cache", "alignlab")
-    return Path(root)
 
 
 def model_key(loaded: LoadedModel, *parts: Any) -> str:

@@ -19,12 +19,12 @@ from typing import Any
 import torch
 
 from alignlab import logprobs
+from alignlab.evidence import CurvePoint, Ranking
 from alignlab.logprobs import REFERENCE_SCORES, answer_tokens
 from alignlab.methods import RELATIVE_SCORERS, Scorer
 from alignlab.models import LoadedModel
 from alignlab.pairs import PreferencePair
 from alignlab.settings import LIVE_PROBE_PAIRS
-from alignlab.stats import binomial_tail, mean_interval, wilson_interval
 
 
 def implicit_rewards(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: float) -> torch.Tensor:
@@ -68,7 +68,7 @@ def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Te
 
 @dataclass
 class PairScores:
-    """One probe set's result: accuracy, mean margin and each pair's margin."""
+    """One probe set's result: accuracy, mean margin and each pair's chosen and rejected score."""
 
     accuracy: float
     mean_margin: float
@@ -83,32 +83,11 @@ class PairScores:
     def count(self) -> int:
         return len(self.chosen)
 
-    @property
-    def accuracy_interval(self) -> list[float] | None:
-        """The Wilson 95% interval of the accuracy (None without pairs)."""
-        interval = wilson_interval(round(self.accuracy * self.count), self.count) if self.count else None
-        return list(interval) if interval else None
-
-    @property
-    def p_value(self) -> float:
-        """How often a coin ranks at least as many of these pairs right (one-sided); NaN without pairs."""
-        return binomial_tail(round(self.accuracy * self.count), self.count) if self.count else float("nan")
-
-    @property
-    def margin_interval(self) -> list[float] | None:
-        """The Student-t 95% interval of the mean margin (None for fewer than two pairs)."""
-        interval = mean_interval(self.margins)
-        return list(interval) if interval else None
-
-    def figures(self, prefix: str = "") -> dict[str, Any]:
-        """Accuracy and mean margin with their count and intervals, keys prefixed (``contrast_accuracy``, ...)."""
-        return {
-            f"{prefix}accuracy": self.accuracy,
-            f"{prefix}count": self.count,
-            f"{prefix}accuracy_interval": self.accuracy_interval,
-            f"{prefix}margin": self.mean_margin,
-            f"{prefix}margin_interval": self.margin_interval,
-        }
+    def ranking(self) -> Ranking:
+        """These scores as evidence: accuracy and count (with their interval and test), margins."""
+        return Ranking(
+            self.accuracy, self.count, self.mean_margin, self.margins, list(self.chosen), list(self.rejected)
+        )
 
     @classmethod
     def empty(cls) -> PairScores:
@@ -287,7 +266,7 @@ class PreferenceProbe:
         self._last = self._pass(policy, {name: min(len(self.sets[name]), LIVE_PROBE_PAIRS) for name in LIVE_SETS})
         self.last_step = step
         scores = self._scores(self._last)
-        return {"step": step, **scores["heldout"].figures(), **scores["contrast"].figures("contrast_")}
+        return CurvePoint.of(step, scores["heldout"].ranking(), scores["contrast"].ranking()).to_dict()
 
 
 def _pairs_digest(pairs: list[PreferencePair]) -> str:

@@ -14,16 +14,14 @@ they are computed once per model and kept, in memory and on disk (:func:`answers
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import os
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alignlab.disk_cache import JSON, DiskCache
 from alignlab.pairs import DatasetError
 
 if TYPE_CHECKING:
@@ -179,8 +177,7 @@ def ask(loaded: LoadedModel, questions: list[CheckedQuestion], model: torch.nn.M
     return generate(loaded, [q.question for q in questions], settings, model=model)
 
 
-_before: dict[str, list[str]] = {}
-_before_lock = threading.Lock()
+_BEFORE: DiskCache[list[str]] = DiskCache("checked-answers", JSON)
 
 
 def _before_key(loaded: LoadedModel, questions: list[CheckedQuestion]) -> str:
@@ -194,24 +191,11 @@ def _before_key(loaded: LoadedModel, questions: list[CheckedQuestion]) -> str:
 def answers_before(loaded: LoadedModel, questions: list[CheckedQuestion]) -> list[str]:
     """The original model's answers, computed once per model and question set and reused: kept in memory, and on
     disk under the AlignLab cache, so that a CLI run and a forked GPU worker reuse them too."""
-    from alignlab.models import cache_root
-
-    key = _before_key(loaded, questions)
-    with _before_lock:
-        kept = _before.get(key)
-    stored = cache_root() / "checked-answers" / f"{key}.json"
-    if kept is None and stored.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            kept = json.loads(stored.read_text(encoding="utf-8"))
-    if not isinstance(kept, list) or len(kept) != len(questions):
-        kept = ask(loaded, questions)
-        with contextlib.suppress(OSError):
-            stored.parent.mkdir(parents=True, exist_ok=True)
-            partial = stored.with_suffix(f".{os.getpid()}.partial")
-            partial.write_text(json.dumps(kept), encoding="utf-8")
-            partial.replace(stored)
-    with _before_lock:
-        _before[key] = kept
+    kept = _BEFORE.get(
+        _before_key(loaded, questions),
+        lambda: ask(loaded, questions),
+        lambda value: isinstance(value, list) and len(value) == len(questions),
+    )
     return list(kept)
 
 

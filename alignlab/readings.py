@@ -1,9 +1,11 @@
 """Each figure of a run in plain words: the one place the CLI, the Compare tab and the comparison panel read.
 
 A reading says what a figure means for the run (held-out accuracy "about chance", KL drift "a moderate,
-deliberate move"), in the same words the verdict's findings (:mod:`alignlab.rules`) use for the same figure.
+deliberate move"), in the same words the verdict's findings (:mod:`alignlab.rules`) use for the same figure; it
+reads the figure by attribute from the run's evidence (:class:`alignlab.evidence.Evidence`).
 :func:`evidence_readings`, :func:`answer_checks` and :func:`health_markdown` turn a report's ``eval`` and
-``health`` blocks into the lines a person reads; the CLI wraps them for a terminal, the app shows them as
+``health`` blocks into the lines a person reads (the ``eval`` block read back once, by
+:meth:`~alignlab.evidence.Evidence.from_dict`); the CLI wraps them for a terminal, the app shows them as
 Markdown. Nothing here imports torch or gradio.
 """
 
@@ -12,7 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from alignlab.degeneration import LOOPING_RATE
+from alignlab.degeneration import LOOPING_RATE, Degeneration
+from alignlab.evidence import CheckedQuestions, CurvePoint, Evidence, Gain, JudgeCheck, WinRate
 from alignlab.methods import SCORERS, Scorer
 from alignlab.stats import ALPHA, Proportion, interval_text, median, percent_range
 
@@ -47,43 +50,21 @@ def finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def best_step(curve: list[dict[str, Any]]) -> int | None:
+def best_step(curve: list[CurvePoint]) -> int | None:
     """The earliest step where held-out (plus contrast, when measured) accuracy peaks, then held-out margin."""
-    points = [p for p in curve if finite(p.get("accuracy")) is not None]
+    points = [p for p in curve if finite(p.accuracy) is not None]
     if not points:
         return None
 
-    def score(p: dict[str, Any]) -> tuple[float, float]:
-        contrast = finite(p.get("contrast_accuracy"))
-        return (round(p["accuracy"] + (contrast or 0.0), 6), finite(p.get("margin")) or 0.0)
+    def score(p: CurvePoint) -> float:
+        return round(p.accuracy + (finite(p.contrast_accuracy) or 0.0), 6)
 
-    best = max(points, key=lambda p: (score(p)[0],))
-    top = score(best)[0]
-    return int(min(p["step"] for p in points if score(p)[0] == top))
+    top = max(score(p) for p in points)
+    return int(min(p.step for p in points if score(p) == top))
 
 
 #: Wins that go with answers this much longer (or shorter) than the original's, on average, are named.
 LENGTH_SHIFT = 0.25
-
-#: The report's ``eval`` keys of each ranked set: (accuracy, count, margins that count it in older reports).
-RANKED_SETS: dict[str, tuple[str, str, str]] = {
-    "heldout": ("heldout_reward_accuracy", "heldout_count", "heldout_margins"),
-    "contrast": ("contrast_accuracy", "contrast_count", "contrast_margins"),
-    "capability_before": ("capability_accuracy_before", "capability_count", "capability_pairs"),
-    "capability_after": ("capability_accuracy_after", "capability_count", "capability_pairs"),
-    "checked_before": ("checked_capability_before", "checked_capability_count", "checked_capability_count"),
-    "checked_after": ("checked_capability_after", "checked_capability_count", "checked_capability_count"),
-}
-
-
-def ranked(evaluation: dict[str, Any], name: str) -> Proportion | None:
-    """A set of :data:`RANKED_SETS` as ``k`` of ``n`` ranked right, from a report's ``eval`` block (None: no pairs)."""
-    accuracy_key, count_key, fallback = RANKED_SETS[name]
-    count = evaluation.get(count_key)
-    if count is None:
-        older = evaluation.get(fallback)
-        count = len(older) if isinstance(older, list) else older
-    return Proportion.of(evaluation.get(accuracy_key), count)
 
 
 def accuracy_band(ranking: Proportion | None) -> str:
@@ -125,47 +106,50 @@ def _ranking_sentence(ranking: Proportion, band: str, words: dict[str, str]) -> 
     return f"{ranking.text()} ranked right ({ranking.chance_text()}): {words[band]}{tail}"
 
 
-def heldout_reading(evaluation: dict[str, Any]) -> str:
+def heldout_reading(evidence: Evidence) -> str:
     """The held-out figure in words, with its count, interval and test; which score ranked the pairs when it is
     not DPO's implicit reward, and the original model's accuracy and the gain over it under that score."""
-    ranking = ranked(evaluation, "heldout")
+    held = evidence.heldout
+    ranking = held.proportion
     if ranking is None:
         return HELDOUT_WORDS["unknown"].capitalize() + "."
-    margin = margin_text(evaluation.get("heldout_mean_margin"), evaluation.get("heldout_margin_interval"))
+    margin = margin_text(held.mean_margin, held.margin_interval)
     text = f"Held-out pairs: {_ranking_sentence(ranking, accuracy_band(ranking), HELDOUT_WORDS)} ({margin})."
-    scorer = evaluation.get("heldout_scorer")
+    scorer = evidence.scorer
     if scorer and scorer != Scorer.IMPLICIT_REWARD:
-        before = finite(evaluation.get("heldout_reward_accuracy_before"))
+        before = finite(evidence.heldout_before.accuracy)
         was = f"; the original model ranked {before:.0%} right under it" if before is not None else ""
         text += f" Scored by {SCORERS.get(scorer, scorer)}{was}."
-        gain = evaluation.get("heldout_gain") or {}
-        if before is not None and gain:
-            text += f" {gain_text(gain)}."
+        if before is not None and evidence.gain is not None:
+            text += f" {gain_text(evidence.gain)}."
     return text
 
 
-def gain_text(gain: dict[str, Any]) -> str:
+def gain_text(gain: Gain | None) -> str:
     """The paired test of each held-out margin against the original model's, in words."""
-    gains, losses, p = gain.get("gains", 0), gain.get("losses", 0), finite(gain.get("p_value"))
-    shown = p is not None and p < ALPHA
-    verdict = "a gain over the original model" if shown else "no gain over the original model a test can see"
+    gain = gain or Gain()
+    p = finite(gain.p_value)
+    verdict = "a gain over the original model" if gain.shown else "no gain over the original model a test can see"
     p_text = f"{p:.2g}" if p is not None else "1"
-    return f"Training widened the margin on {gains} pairs and narrowed it on {losses} (p = {p_text}): {verdict}"
+    return (
+        f"Training widened the margin on {gain.gains} pairs and narrowed it on {gain.losses} (p = {p_text}): {verdict}"
+    )
 
 
-def contrast_reading(evaluation: dict[str, Any]) -> str:
-    ranking = ranked(evaluation, "contrast")
+def contrast_reading(evidence: Evidence) -> str:
+    ranking = evidence.contrast.proportion
     if ranking is None:
         return "Contrast: " + CONTRAST_WORDS["unknown"] + "."
     sentence = _ranking_sentence(ranking, accuracy_band(ranking), CONTRAST_WORDS)
     return f"Contrast pairs (cue on the wrong side): {sentence}."
 
 
-def capability_reading(evaluation: dict[str, Any]) -> str:
-    before, after = ranked(evaluation, "capability_before"), ranked(evaluation, "capability_after")
+def capability_reading(evidence: Evidence) -> str:
+    capability = evidence.capability
+    before, after = capability.before.proportion, capability.after.proportion
     if before is None or after is None:
         return "Capability could not be measured (no capability pairs)."
-    origin = " (the built-in general set)" if evaluation.get("capability_source") == "built-in" else ""
+    origin = " (the built-in general set)" if capability.source == "built-in" else ""
     if after.value < before.value - CAPABILITY_DROP + 1e-9:
         words = "knowledge unrelated to the preference got worse: an alignment tax"
     elif after.value < before.value:
@@ -175,86 +159,75 @@ def capability_reading(evaluation: dict[str, Any]) -> str:
     return f"Capability{origin}: correct answer preferred {before.text()} -> {after.text()} — {words}."
 
 
-def win_band(evaluation: dict[str, Any]) -> str:
+def win_band(win: WinRate | None) -> str:
     """'win' (the policy's answers preferred, a sign test at :data:`ALPHA`), 'loses' (the original's preferred,
     the same test the other way), 'no_win' (neither), 'blind' (the judge cannot tell the held-out pairs apart) or
     'unknown' (nothing judged)."""
-    judge = evaluation.get("judge") or {}
-    if not evaluation.get("win_count"):
+    if win is None or not win.count:
         return "unknown"
-    if not judge.get("usable"):
+    if not win.check.usable:
         return "blind"
-    ahead, behind = finite(evaluation.get("win_p_value")), finite(evaluation.get("win_p_value_behind"))
-    if ahead is not None and ahead < ALPHA:
+    if win.p_value < ALPHA:
         return "win"
-    if behind is not None and behind < ALPHA:
+    if win.p_value_behind < ALPHA:
         return "loses"
     return "no_win"
 
 
-def judge_text(evaluation: dict[str, Any]) -> str:
+def judge_text(win: WinRate) -> str:
     """Which judge spoke, what it measures, and how well it tells the held-out pairs apart."""
-    judge = evaluation.get("judge") or {}
-    check = Proportion.of(judge.get("heldout_accuracy"), judge.get("heldout_count"))
+    check = win.check.proportion
     told = f"; it ranks {check.text()} of the held-out pairs right ({check.chance_text()})" if check else ""
-    contrast = Proportion.of(judge.get("contrast_accuracy"), judge.get("contrast_count"))
+    contrast = win.check.contrast.proportion if win.check.contrast is not None else None
     if contrast is not None:
         told += (
             f" and {contrast.text()} of the contrast pairs ({contrast.chance_text()}); it is read only where both "
             "beat chance"
         )
-    note = f"; {judge['note']}" if judge.get("note") else ""
-    return f"judge: {judge.get('source', '?')}, measuring {judge.get('measures', '?')}{told}{note}"
+    note = f"; {win.check.note}" if win.check.note else ""
+    return f"judge: {win.source}, measuring {win.measures}{told}{note}"
 
 
-def win_reading(evaluation: dict[str, Any]) -> str:
+def win_reading(win: WinRate | None) -> str:
     """The win rate against the original model in one paragraph: count, interval, test, lengths, judge."""
-    band = win_band(evaluation)
+    band = win_band(win)
     if band == "unknown":
         return "No win rate: there are no held-out prompts to judge the answers on."
     if band == "blind":
         return (
             "The judge cannot tell the held-out pairs apart (or, the lab's reward model, the contrast pairs), so its "
-            f"win rate is not read ({judge_text(evaluation)})."
+            f"win rate is not read ({judge_text(win)})."
         )
-    n, wins, ties = evaluation["win_count"], evaluation.get("wins", 0), evaluation.get("win_ties", 0)
-    rate = finite(evaluation.get("win_rate")) or 0.0
-    interval = evaluation.get("win_interval") or [0.0, 1.0]
-    p = finite(evaluation.get("win_p_value")) or 1.0
-    judged = "prompts (held-out and eval)" if evaluation.get("win_eval_count") else "held-out prompts"
+    judged = "prompts (held-out and eval)" if win.eval_count else "held-out prompts"
     head = (
-        f"Win rate against the original model: the policy's answer won {wins} of {n} {judged}, {ties} tied "
-        f"-> {rate:.0%} ({percent_range(tuple(interval))}), p = {p:.2g}"
+        f"Win rate against the original model: the policy's answer won {win.wins} of {win.count} {judged}, "
+        f"{win.ties} tied -> {win.rate:.0%} ({percent_range(tuple(win.interval or (0.0, 1.0)))}), "
+        f"p = {win.p_value:.2g}"
     )
     if band == "win":
         words = "the answers it writes agree with the preference better than the original model's"
     elif band == "loses":
         words = "the original model's answers agree with the preference better: training moved what it writes away"
     else:
-        decide = Proportion(round(wins + ties / 2), n).pairs_to_decide if rate > 0.5 else None
+        decide = Proportion(round(win.wins + win.ties / 2), win.count).pairs_to_decide if win.rate > 0.5 else None
         more = f"; about {decide} prompts at this rate would decide it" if decide else ""
         words = f"no win a test can see{more}"
     text = f"{head} — {words}."
-    shift = finite(evaluation.get("win_length_shift"))
+    shift = finite(win.length_shift)
     if band == "win" and shift is not None and abs(shift) >= LENGTH_SHIFT:
         longer = "longer" if shift > 0 else "shorter"
         text += f" Its wins go with answers {abs(shift):.0%} {longer} than the original's: length may be what won."
-    before, after = finite(evaluation.get("mean_words_original")), finite(evaluation.get("mean_words_policy"))
+    before, after = finite(win.mean_words_original), finite(win.mean_words_policy)
     if before is not None and after is not None:
         text += f" Mean length {before:.0f} -> {after:.0f} words."
-    judge = judge_text(evaluation)
+    judge = judge_text(win)
     return f"{text} ({judge[0].upper()}{judge[1:]}.)"
 
 
-def reward_model_ranked(evaluation: dict[str, Any], name: str) -> Proportion | None:
-    """How the run's own reward model ranks a set (``heldout`` or ``contrast``), from ``eval.reward_model``."""
-    judged = evaluation.get("reward_model") or {}
-    return Proportion.of(judged.get(f"{name}_accuracy"), judged.get(f"{name}_count"))
-
-
-def reward_model_reading(evaluation: dict[str, Any]) -> str:
+def reward_model_reading(check: JudgeCheck | None) -> str:
     """The run's own reward model on pairs it never trained on, in one line."""
-    heldout, contrast = reward_model_ranked(evaluation, "heldout"), reward_model_ranked(evaluation, "contrast")
+    heldout = check.proportion if check is not None else None
+    contrast = check.contrast.proportion if check is not None and check.contrast is not None else None
     if heldout is None and contrast is None:
         return "The reward model could not be checked: there are no held-out or contrast pairs."
     parts = []
@@ -265,23 +238,20 @@ def reward_model_reading(evaluation: dict[str, Any]) -> str:
     return "The reward model, on pairs it never trained on: " + "; ".join(parts) + "."
 
 
-def checked_loss(evaluation: dict[str, Any]) -> bool:
+def checked_loss(checked: CheckedQuestions | None) -> bool:
     """Knowledge lost in what the model writes, on the point estimate: at least :data:`CHECKED_LOST` checked answers
     that were right turned wrong, and the share answered right fell by :data:`CHECKED_DROP` or more."""
-    before, after = ranked(evaluation, "checked_before"), ranked(evaluation, "checked_after")
-    if before is None or after is None:
+    if checked is None:
         return False
-    lost = int(evaluation.get("checked_capability_lost") or 0)
-    return lost >= CHECKED_LOST and before.value - after.value >= CHECKED_DROP - 1e-9
+    return checked.lost >= CHECKED_LOST and checked.before.value - checked.after.value >= CHECKED_DROP - 1e-9
 
 
-def checked_capability_reading(evaluation: dict[str, Any]) -> str:
+def checked_capability_reading(checked: CheckedQuestions | None) -> str:
     """The checked questions in one line: answered right before -> after, and what turned wrong."""
-    before, after = ranked(evaluation, "checked_before"), ranked(evaluation, "checked_after")
-    if before is None or after is None:
+    if checked is None:
         return "Checked answers could not be measured (no checked questions)."
-    lost = int(evaluation.get("checked_capability_lost") or 0)
-    if checked_loss(evaluation):
+    lost = checked.lost
+    if checked_loss(checked):
         words = f"{lost} answers that were right turned wrong: knowledge lost in what it writes"
     elif lost:
         words = (
@@ -290,7 +260,7 @@ def checked_capability_reading(evaluation: dict[str, Any]) -> str:
         )
     else:
         words = "no answer that was right turned wrong: knowledge kept in what it writes"
-    return f"Checked answers: right {before.text()} -> {after.text()} — {words}."
+    return f"Checked answers: right {checked.before.text()} -> {checked.after.text()} — {words}."
 
 
 def kl_reading(kl: float | None) -> str:
@@ -324,127 +294,129 @@ def perplexity_reading(before: float | None, after: float | None) -> str:
     return f"Perplexity {before:.1f} -> {after:.1f} (x{ratio:.2f}) — {words}."
 
 
-def curve_reading(curve: list[dict[str, Any]]) -> str:
+def _curve_at(point: CurvePoint) -> str:
+    """One curve point's held-out count (and contrast count), as the curve's sentence names it."""
+    held = point.heldout
+    text = held.text() if held else f"{point.accuracy:.0%}"
+    contrast = point.contrast
+    if contrast is not None:
+        text += f" (contrast {contrast.text()})"
+    elif finite(point.contrast_accuracy) is not None:
+        text += f" (contrast {point.contrast_accuracy:.0%})"
+    return text
+
+
+def curve_reading(curve: list[CurvePoint]) -> str:
     """The live held-out curve in one sentence: the steps it scored, where it started, peaked and ended, and how
     far apart it held the held-out pairs (the mean margin with its interval) at its last point."""
-    points = [p for p in curve if finite(p.get("accuracy")) is not None]
+    points = [p for p in curve if finite(p.accuracy) is not None]
     if not points:
         return "No held-out curve: the run had no held-out or contrast pairs to score during training."
     first, last = points[0], points[-1]
     step = best_step(points)
-    best = next(p for p in points if p["step"] == step)
-
-    def at(p: dict[str, Any]) -> str:
-        held = Proportion.of(p["accuracy"], p.get("count"))
-        text = held.text() if held else f"{p['accuracy']:.0%}"
-        contrast = Proportion.of(p.get("contrast_accuracy"), p.get("contrast_count"))
-        if contrast is not None:
-            text += f" (contrast {contrast.text()})"
-        elif finite(p.get("contrast_accuracy")) is not None:
-            text += f" (contrast {p['contrast_accuracy']:.0%})"
-        return text
-
-    steps = ", ".join(str(p["step"]) for p in points)
-    text = f"The live curve, scored after steps {steps}: held-out {at(first)} at step {first['step']}"
-    if step not in (first["step"], last["step"]):
-        text += f", best {at(best)} at step {step}"
+    best = next(p for p in points if p.step == step)
+    steps = ", ".join(str(p.step) for p in points)
+    text = f"The live curve, scored after steps {steps}: held-out {_curve_at(first)} at step {first.step}"
+    if step not in (first.step, last.step):
+        text += f", best {_curve_at(best)} at step {step}"
     if last is not first:
-        text += f", {at(last)} at step {last['step']}"
-    return text + f"; {margin_text(last.get('margin'), last.get('margin_interval'))} at the end."
+        text += f", {_curve_at(last)} at step {last.step}"
+    return text + f"; {margin_text(last.margin, last.margin_interval)} at the end."
 
 
-def degeneration_readings(d: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+Row = tuple[str, str, str, str]
+
+
+def degeneration_readings(d: Degeneration | None) -> list[Row]:
     """(figure, before, after, reading) rows for the output-level checks."""
-    if not d:
+    if d is None:
         return []
-    n = d.get("answers") or 0
-    rows = []
-    before, after = d["distinct_answers_before"], d["distinct_answers_after"]
-    rows.append(
-        (
-            "distinct answers",
-            f"{before} of {n}",
-            f"{after} of {n}",
-            "collapsed: many prompts get the same answer"
-            if after < before and after <= math.ceil(n / 2)
-            else (
-                "some answers became near-duplicates" if after < before else "every prompt still gets its own answer"
-            ),
-        )
-    )
-    rows.append(
-        (
-            "repeated 3-word phrases (mean)",
-            f"{d['repeated_ngram_rate_before']:.0%}",
-            f"{d['repeated_ngram_rate_after']:.0%}",
-            f"{d['looping_answers_after']} answer(s) loop (>= {LOOPING_RATE:.0%} repeats)"
-            if d["looping_answers_after"] > d["looping_answers_before"]
-            else "no new loops",
-        )
-    )
-    wb, wa = d["mean_words_before"], d["mean_words_after"]
-    change = (wa - wb) / wb if wb else 0.0
-    rows.append(
-        (
-            "mean words per answer",
-            f"{wb:.0f}",
-            f"{wa:.0f}",
-            f"{change:+.0%}" + (" (much shorter)" if change < -0.5 else " (much longer)" if change > 1 else ""),
-        )
-    )
-    phrases = d.get("new_common_phrases") or []
-    rows.append(
-        (
-            "phrases new in most answers",
-            "",
-            "; ".join(f"“{p}”" for p in phrases) or "none",
-            f"template: {d.get('template_share', 0):.0%} of the words" if phrases else "no template capture",
-        )
-    )
-    rows.append(
-        (
-            "broken or symbol-heavy answers",
-            str(d["garbage_answers_before"]),
-            str(d["garbage_answers_after"]),
-            "new garbage" if d["garbage_answers_after"] > d["garbage_answers_before"] else "none new",
-        )
-    )
-    if d.get("surprise_after"):
-        before, after = d.get("garbled_answers_before", 0), d.get("garbled_answers_after", 0)
+    rows = [_distinct_row(d), _repeats_row(d), _length_row(d), _phrases_row(d), _garbage_row(d)]
+    if d.surprise_after:
+        before, after = d.garbled_answers_before, d.garbled_answers_after
         rows.append(
             (
                 "answers that no longer make sense (the original model's surprise, nats/token)",
-                f"{before} (median {median(d.get('surprise_before') or []):.2f})",
-                f"{after} (median {median(d['surprise_after']):.2f})",
+                f"{before} (median {median(d.surprise_before or []):.2f})",
+                f"{after} (median {median(d.surprise_after):.2f})",
                 "new garbled answers" if after > before else "none new",
             )
         )
     return rows
 
 
+def _distinct_row(d: Degeneration) -> Row:
+    n, before, after = d.answers or 0, d.distinct_answers_before, d.distinct_answers_after
+    if after < before and after <= math.ceil(n / 2):
+        reading = "collapsed: many prompts get the same answer"
+    elif after < before:
+        reading = "some answers became near-duplicates"
+    else:
+        reading = "every prompt still gets its own answer"
+    return ("distinct answers", f"{before} of {n}", f"{after} of {n}", reading)
+
+
+def _repeats_row(d: Degeneration) -> Row:
+    looping = d.looping_answers_after > d.looping_answers_before
+    return (
+        "repeated 3-word phrases (mean)",
+        f"{d.repeated_ngram_rate_before:.0%}",
+        f"{d.repeated_ngram_rate_after:.0%}",
+        f"{d.looping_answers_after} answer(s) loop (>= {LOOPING_RATE:.0%} repeats)" if looping else "no new loops",
+    )
+
+
+def _length_row(d: Degeneration) -> Row:
+    wb, wa = d.mean_words_before, d.mean_words_after
+    change = (wa - wb) / wb if wb else 0.0
+    size = " (much shorter)" if change < -0.5 else " (much longer)" if change > 1 else ""
+    return ("mean words per answer", f"{wb:.0f}", f"{wa:.0f}", f"{change:+.0%}{size}")
+
+
+def _phrases_row(d: Degeneration) -> Row:
+    phrases = d.new_common_phrases or []
+    return (
+        "phrases new in most answers",
+        "",
+        "; ".join(f"“{p}”" for p in phrases) or "none",
+        f"template: {d.template_share or 0:.0%} of the words" if phrases else "no template capture",
+    )
+
+
+def _garbage_row(d: Degeneration) -> Row:
+    before, after = d.garbage_answers_before, d.garbage_answers_after
+    return ("broken or symbol-heavy answers", str(before), str(after), "new garbage" if after > before else "none new")
+
+
 # --------------------------------------------------------------------------- a report, read
 
 
-def evidence_readings(evaluation: dict[str, Any]) -> list[str]:
-    """The evidence of a report's ``eval`` block, one sentence per figure (the live curve's when it has one)."""
+def evidence_lines(evidence: Evidence) -> list[str]:
+    """The evidence, one sentence per figure (the live curve's when it has one)."""
+    win = evidence.win
     lines = [
-        heldout_reading(evaluation),
-        contrast_reading(evaluation),
-        capability_reading(evaluation),
-        *([checked_capability_reading(evaluation)] if evaluation.get("checked_capability_count") else []),
-        *([win_reading(evaluation)] if evaluation.get("win_count") else []),
-        *([reward_model_reading(evaluation)] if evaluation.get("reward_model") else []),
-        kl_reading(evaluation.get("kl_to_reference")),
-        perplexity_reading(evaluation.get("perplexity_before"), evaluation.get("perplexity_after")),
+        heldout_reading(evidence),
+        contrast_reading(evidence),
+        capability_reading(evidence),
+        *([checked_capability_reading(evidence.checked)] if evidence.checked is not None else []),
+        *([win_reading(win)] if win is not None and win.count else []),
+        *([reward_model_reading(evidence.reward_model)] if evidence.reward_model is not None else []),
+        kl_reading(evidence.drift.kl),
+        perplexity_reading(evidence.drift.perplexity_before, evidence.drift.perplexity_after),
     ]
-    if evaluation.get("heldout_curve"):
-        lines.append(curve_reading(evaluation["heldout_curve"]))
+    if evidence.curve:
+        lines.append(curve_reading(evidence.curve))
     return lines
 
 
-def answer_checks(evaluation: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+def evidence_readings(evaluation: dict[str, Any]) -> list[str]:
+    """The evidence of a report's ``eval`` block, one sentence per figure (:func:`evidence_lines`)."""
+    return evidence_lines(Evidence.from_dict(evaluation))
+
+
+def answer_checks(evaluation: dict[str, Any]) -> list[Row]:
     """The output-level checks of a report's ``eval`` block: (figure, before, after, reading) rows."""
-    return degeneration_readings(evaluation.get("degeneration") or {})
+    return degeneration_readings(Evidence.from_dict(evaluation).degeneration)
 
 
 SEVERITY_MARKS = {"failed": "✖", "warning": "⚠", "info": "ℹ", "good": "✔"}
@@ -461,22 +433,23 @@ def verdict_word(health: dict[str, Any]) -> str:
 
 
 def evidence_markdown(evaluation: dict[str, Any]) -> str:
-    """The evidence and the output-level checks as Markdown: each figure with what it means."""
-    text = "### Evidence\n" + "\n".join(f"- {line}" for line in evidence_readings(evaluation))
-    rows = answer_checks(evaluation)
+    """A report's evidence and output-level checks as Markdown: each figure with what it means."""
+    evidence = Evidence.from_dict(evaluation)
+    text = "### Evidence\n" + "\n".join(f"- {line}" for line in evidence_lines(evidence))
+    rows = degeneration_readings(evidence.degeneration)
     if rows:
         table = ["| answers | before | after | reading |", "|---|---|---|---|"]
         table += [f"| {name} | {before} | {after} | {reading} |" for name, before, after, reading in rows]
         text += "\n\n### The answers themselves\n" + "\n".join(table)
-    judged = evaluation.get("win_per_prompt") or []
-    if judged and win_band(evaluation) != "blind":
+    win = evidence.win
+    if win is not None and win.per_prompt and win_band(win) != "blind":
         sides = {"policy": "after training", "original": "original model", "tie": "tie (same answer)"}
         where = {"heldout": "held-out", "eval": "eval"}
         table = ["| prompt | from | better answer | by |", "|---|---|---|---|"]
         table += [
             f"| {_short(row['prompt'])} | {where.get(row.get('set', 'heldout'), '')} | "
             f"{sides.get(row['winner'], row['winner'])} | {abs(row['margin']):.3f} |"
-            for row in judged
+            for row in win.per_prompt
         ]
         text += "\n\n### Who won, prompt by prompt\n" + "\n".join(table)
     return text

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from alignlab.answer_rules import NO_MOVE_KL
+from alignlab.evidence import Evidence
 from alignlab.findings import Finding, Health
 from alignlab.methods import METHODS
+from alignlab.readings import finite
 from alignlab.settings import KNOBS, TrainingSettings
 
 
@@ -42,7 +44,7 @@ class Remedy:
         }
 
 
-Cure = Callable[[TrainingSettings, dict[str, Any], int | None], tuple[dict[str, Any], str] | None]
+Cure = Callable[[TrainingSettings, Evidence, int | None], tuple[dict[str, Any], str] | None]
 
 
 def _clamped(name: str, value: float) -> float:
@@ -55,7 +57,7 @@ def _smaller_step(factor: float, why: str) -> Cure:
     """The learning rate divided by ``factor``, and at most the method's own default where the run's was above it
     (the defaults are the highest rates at which no preset's answers loop, measured by the bench)."""
 
-    def cure(settings: TrainingSettings, evidence: dict[str, Any], best: int | None) -> tuple[dict[str, Any], str]:
+    def cure(settings: TrainingSettings, evidence: Evidence, best: int | None) -> tuple[dict[str, Any], str]:
         default = float(settings.method_entry.defaults.get("learning_rate", settings.learning_rate))
         rate = _clamped("learning_rate", settings.learning_rate / factor)
         if settings.learning_rate > default and rate > default:
@@ -72,7 +74,7 @@ def _smaller_step(factor: float, why: str) -> Cure:
 def _fewer_steps_or_smaller(why: str) -> Cure:
     """Stop at the held-out curve's best step where it came before the end; else half the learning rate."""
 
-    def cure(settings: TrainingSettings, evidence: dict[str, Any], best: int | None) -> tuple[dict[str, Any], str]:
+    def cure(settings: TrainingSettings, evidence: Evidence, best: int | None) -> tuple[dict[str, Any], str]:
         steps = settings.steps
         one_stage = len(settings.method_entry.stages) == 1  # a later stage's steps are numbered after the first's
         if one_stage and best is not None and steps is not None and 1 <= best < steps:
@@ -87,7 +89,7 @@ def _closer_leash(why: str) -> Cure:
     rate. An online method (RLHF's RL stage) samples its own answers and pays β only as a KL penalty on their
     reward, which a short run barely feels: its step size is what moves it, so it gets the smaller step."""
 
-    def cure(settings: TrainingSettings, evidence: dict[str, Any], best: int | None) -> tuple[dict[str, Any], str]:
+    def cure(settings: TrainingSettings, evidence: Evidence, best: int | None) -> tuple[dict[str, Any], str]:
         entry = settings.method_entry
         low, high = entry.beta_range
         if entry.has_reference and not entry.stage.samples_answers and settings.beta * 2 <= high:
@@ -98,7 +100,7 @@ def _closer_leash(why: str) -> Cure:
     return cure
 
 
-def _sft_term(settings: TrainingSettings, evidence: dict[str, Any], best: int | None) -> tuple[dict[str, Any], str]:
+def _sft_term(settings: TrainingSettings, evidence: Evidence, best: int | None) -> tuple[dict[str, Any], str]:
     entry = METHODS.get(settings.method)
     if entry is not None and entry.loss_variants and settings.sft_weight < 1.0:
         return (
@@ -111,7 +113,7 @@ def _sft_term(settings: TrainingSettings, evidence: dict[str, Any], best: int | 
     )
 
 
-def _bigger_step(settings: TrainingSettings, evidence: dict[str, Any], best: int | None) -> tuple[dict[str, Any], str]:
+def _bigger_step(settings: TrainingSettings, evidence: Evidence, best: int | None) -> tuple[dict[str, Any], str]:
     """The method's own learning rate where the run's was below it, else ten times the run's."""
     default = float(settings.method_entry.defaults.get("learning_rate", KNOBS["learning_rate"].low))
     rate = default if settings.learning_rate < default else _clamped("learning_rate", settings.learning_rate * 10)
@@ -123,10 +125,10 @@ def _bigger_step(settings: TrainingSettings, evidence: dict[str, Any], best: int
 
 
 def _bigger_step_if_unmoved(
-    settings: TrainingSettings, evidence: dict[str, Any], best: int | None
+    settings: TrainingSettings, evidence: Evidence, best: int | None
 ) -> tuple[dict[str, Any], str] | None:
-    kl = evidence.get("kl_to_reference")
-    if isinstance(kl, (int, float)) and kl < NO_MOVE_KL:
+    kl = finite(evidence.drift.kl)
+    if kl is not None and kl < NO_MOVE_KL:
         return _bigger_step(settings, evidence, best)
     return None  # moved, but too few held-out pairs to decide: the data needs more pairs, not other settings
 
@@ -165,7 +167,7 @@ DATA_PROBLEMS = frozenset(
 )
 
 
-def remedy(health: Health, settings: TrainingSettings, evidence: dict[str, Any]) -> Remedy | None:
+def remedy(health: Health, settings: TrainingSettings, evidence: Evidence) -> Remedy | None:
     """The cure of the most severe failed or warning finding that has one (findings are listed worst first); none
     while a failed or warning finding is a problem of the data (:data:`DATA_PROBLEMS`): the data must change first."""
     problems = _worst_first(health.details)

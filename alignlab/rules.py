@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 from alignlab.answer_rules import (
     NO_MOVE_KL,
@@ -30,6 +29,7 @@ from alignlab.answer_rules import (
     rule_repetition,
     rule_template,
 )
+from alignlab.evidence import CurvePoint, Evidence
 from alignlab.findings import Finding, RunFacts, tail_mean
 from alignlab.methods import SCORERS, Scorer
 from alignlab.readings import (
@@ -45,12 +45,11 @@ from alignlab.readings import (
     checked_loss,
     finite,
     gain_text,
-    reward_model_ranked,
     reward_model_reading,
     win_band,
     win_reading,
 )
-from alignlab.stats import ALPHA
+from alignlab.stats import Proportion
 
 #: Training reward margin that moved less than this (reward units) did not move.
 FLAT_MARGIN = 0.05
@@ -146,7 +145,7 @@ def _flat_training_signal(facts: RunFacts) -> list[Finding]:
 
 
 def _fresh_pairs_at_chance(facts: RunFacts) -> list[Finding]:
-    heldout = facts.ranked("heldout")
+    heldout = facts.figures.heldout.proportion
     # Each step's reward accuracy is measured on its batch before the update: in the first epoch those
     # pairs are unseen, so the log itself says whether what was learnt so far carries to new pairs.
     accuracy_key = facts.key("accuracy") if facts.entry.rewards_relative else None
@@ -173,9 +172,9 @@ def _fresh_pairs_at_chance(facts: RunFacts) -> list[Finding]:
 
 
 def _backwards(facts: RunFacts) -> list[Finding]:
-    heldout = facts.ranked("heldout")
+    heldout = facts.figures.heldout.proportion
     accuracy = heldout.value if heldout is not None else None
-    before = facts.ev("heldout_reward_accuracy_before")  # reference-free scorers: the original model's ranking
+    before = finite(facts.figures.heldout_before.accuracy)  # reference-free scorers: the original model's ranking
     backwards = accuracy is not None and accuracy <= BACKWARDS_ACCURACY and (before is None or accuracy < before)
     if backwards and facts.entry.stage.samples_answers:
         # Online RL trains the policy on its own sampled answers, never on the pairs: a backwards ranking says
@@ -205,8 +204,8 @@ def _backwards(facts: RunFacts) -> list[Finding]:
 
 
 def _inconsistent_margins(facts: RunFacts) -> list[Finding]:
-    heldout = facts.ranked("heldout")
-    held = [m for m in (facts.evidence.get("heldout_margins") or []) if finite(m) is not None]
+    heldout = facts.figures.heldout.proportion
+    held = [m for m in facts.figures.heldout.margins if finite(m) is not None]
     # Margins that point both ways mean "moved, but not in one direction" only when they measure the move
     # (relative to the reference); a reference-free score's margins carry the original model's own ranking.
     if len(held) >= 4 and accuracy_band(heldout) == "chance" and facts.relative_scorer:
@@ -230,7 +229,7 @@ def rule_learning(facts: RunFacts) -> list[Finding]:
     margins = facts.series("margin")
     accuracies = facts.series("accuracy")
     if len(margins) >= 2 and tail_mean(margins) - margins[0] > FLAT_MARGIN:
-        counted = facts.training_accuracy()
+        counted = facts.figures.training
         reached = (
             f" and training reward accuracy reached {counted.text()} over the last half of the steps"
             if counted is not None
@@ -282,71 +281,90 @@ def rule_reward(facts: RunFacts) -> list[Finding]:
 
 
 def rule_memorised(facts: RunFacts) -> list[Finding]:
-    out = []
+    """Training pairs memorised: separated far beyond the held-out pairs after being seen again, all ranked right
+    while held-out pairs sit at chance, or a live curve that peaked and fell once pairs were revisited."""
+    return [*_memorised_margin(facts), *_memorised_not_generalised(facts), *_stopped_generalising(facts)]
+
+
+def _revisited(facts: RunFacts) -> bool:
+    """Whether the last logged step was past the first epoch: its pairs had been seen before."""
+    return bool(facts.log_rows) and (finite(facts.log_rows[-1].get("epoch")) or 0.0) > 1.0
+
+
+def _train_accuracy(facts: RunFacts) -> float:
     accuracies = facts.series("accuracy")
+    return tail_mean(accuracies) if accuracies else float("nan")
+
+
+def _memorised_margin(facts: RunFacts) -> list[Finding]:
     margins = facts.series("margin")
-    train_accuracy = tail_mean(accuracies) if accuracies else float("nan")
     # margin / beta is nats of log-ratio to the reference only where the rewards are relative to it.
-    if margins and accuracies and train_accuracy >= 0.99 and facts.entry.rewards_relative:
-        # Pairs separated by a huge log-ratio are memorised only if they were seen before (a batch of
-        # pairs seen for the first time measures generalisation, not memory: warm-tone's first epoch at the
-        # defaults separates fresh pairs by twice the held-out ones) and if unseen pairs are not separated alike.
-        train_margin = tail_mean(margins[-2:])
-        curve = [p for p in facts.heldout_curve if finite(p.get("margin")) is not None]
-        heldout_margin = curve[-1]["margin"] if curve else facts.ev("heldout_mean_margin")
-        if not facts.relative_scorer:
-            heldout_margin = None  # another unit: no gap to compare
-        revisited = (finite(facts.log_rows[-1].get("epoch")) or 0.0) > 1.0
-        nats = train_margin / facts.beta
-        gap = heldout_margin is None or train_margin > MEMORISED_GAP * max(heldout_margin, 0.0)
-        if nats > MEMORISED_NATS and gap and revisited:
-            unseen = (
-                f" against {heldout_margin / facts.beta:.0f} on held-out pairs" if heldout_margin is not None else ""
-            )
-            out.append(
-                Finding(
-                    "memorised",
-                    "warning",
-                    f"Memorised: the training pairs are separated by {nats:.0f} nats of log-ratio{unseen}; the "
-                    "loss is near zero and further steps only push these exact answers apart. Train fewer steps "
-                    "or lower the learning rate.",
-                )
-            )
-    heldout = facts.ranked("heldout")
+    if not (margins and _train_accuracy(facts) >= 0.99 and facts.entry.rewards_relative):
+        return []
+    # Pairs separated by a huge log-ratio are memorised only if they were seen before (a batch of
+    # pairs seen for the first time measures generalisation, not memory: warm-tone's first epoch at the
+    # defaults separates fresh pairs by twice the held-out ones) and if unseen pairs are not separated alike.
+    train_margin = tail_mean(margins[-2:])
+    curve = [p for p in facts.heldout_curve if finite(p.margin) is not None]
+    heldout_margin = curve[-1].margin if curve else finite(facts.figures.heldout.mean_margin)
+    if not facts.relative_scorer:
+        heldout_margin = None  # another unit: no gap to compare
+    nats = train_margin / facts.beta
+    gap = heldout_margin is None or train_margin > MEMORISED_GAP * max(heldout_margin, 0.0)
+    if not (nats > MEMORISED_NATS and gap and _revisited(facts)):
+        return []
+    unseen = f" against {heldout_margin / facts.beta:.0f} on held-out pairs" if heldout_margin is not None else ""
+    return [
+        Finding(
+            "memorised",
+            "warning",
+            f"Memorised: the training pairs are separated by {nats:.0f} nats of log-ratio{unseen}; the "
+            "loss is near zero and further steps only push these exact answers apart. Train fewer steps "
+            "or lower the learning rate.",
+        )
+    ]
+
+
+def _memorised_not_generalised(facts: RunFacts) -> list[Finding]:
+    heldout = facts.figures.heldout.proportion
     # Only where the log's accuracy and the held-out pairs rank by the policy (rlhf's log is its reward model's).
-    if train_accuracy >= 0.99 and accuracy_band(heldout) == "chance" and facts.entry.rewards_from_policy:
-        out.append(
+    if _train_accuracy(facts) >= 0.99 and accuracy_band(heldout) == "chance" and facts.entry.rewards_from_policy:
+        return [
             Finding(
                 "memorised",
                 "warning",
                 f"Memorised, not generalised: training pairs are all ranked right but held-out pairs only "
                 f"{heldout.text()}, about chance.",
             )
-        )
-    curve = [p for p in facts.heldout_curve if finite(p.get("accuracy")) is not None]
+        ]
+    return []
+
+
+def _stopped_generalising(facts: RunFacts) -> list[Finding]:
+    curve = [p for p in facts.heldout_curve if finite(p.accuracy) is not None]
     step = best_step(curve)
-    revisited = bool(facts.log_rows) and (finite(facts.log_rows[-1].get("epoch")) or 0.0) > 1.0
     # Only re-seen pairs can be memorised: a dip within the first epoch is noise or drift (warm-tone's first
     # epoch at the defaults moves two of its 8 contrast pairs).
-    if step is not None and len(curve) >= 3 and revisited:
-        best = next(p for p in curve if p["step"] == step)
-        last = curve[-1]
+    if step is None or len(curve) < 3 or not _revisited(facts):
+        return []
+    best = next(p for p in curve if p.step == step)
+    last = curve[-1]
 
-        def total(p: dict[str, Any]) -> float:
-            return p["accuracy"] + (finite(p.get("contrast_accuracy")) or 0.0)
+    def total(p: CurvePoint) -> float:
+        return p.accuracy + (finite(p.contrast_accuracy) or 0.0)
 
-        if last["step"] > step and total(best) - total(last) >= CURVE_DROP:
-            which = "held-out and contrast" if finite(best.get("contrast_accuracy")) is not None else "held-out"
-            out.append(
-                Finding(
-                    "memorised",
-                    "warning",
-                    f"Stopped generalising: {which} accuracy peaked at step {step} and fell by the last step "
-                    f"({total(best):.2f} -> {total(last):.2f} summed); the later steps memorised the training "
-                    f"pairs. Train about {step} steps instead.",
-                )
-            )
-    return out
+    if last.step <= step or total(best) - total(last) < CURVE_DROP:
+        return []
+    which = "held-out and contrast" if finite(best.contrast_accuracy) is not None else "held-out"
+    return [
+        Finding(
+            "memorised",
+            "warning",
+            f"Stopped generalising: {which} accuracy peaked at step {step} and fell by the last step "
+            f"({total(best):.2f} -> {total(last):.2f} summed); the later steps memorised the training "
+            f"pairs. Train about {step} steps instead.",
+        )
+    ]
 
 
 def rule_generalises(facts: RunFacts) -> list[Finding]:
@@ -354,9 +372,9 @@ def rule_generalises(facts: RunFacts) -> list[Finding]:
     binomial test); for a reference-free score, also whether training widened their margins over the original
     model's (a sign test on the same pairs). Below :data:`CHANCE_ACCURACY` the reading is no generalisation
     whatever the count; between, too few pairs to tell, and how many would."""
-    if not facts.evidence:  # the Train tab's reading, before any evidence is gathered
+    if facts.evidence is None:  # the Train tab's reading, before any evidence is gathered
         return []
-    heldout = facts.ranked("heldout")
+    heldout = facts.evidence.heldout.proportion
     if heldout is None:
         return [Finding("no_heldout", "info", HELDOUT_WORDS["unknown"].capitalize() + ".")]
     band = accuracy_band(heldout)
@@ -378,42 +396,11 @@ def rule_generalises(facts: RunFacts) -> list[Finding]:
                 f"{heldout.undecided_text()}. Add held-out pairs on the Dataset tab to decide it.",
             )
         ]
-    kl = facts.ev("kl_to_reference")
-    if kl is not None and kl < NO_MOVE_KL and facts.relative_scorer:
-        # Under a score relative to the original model, the first tiny step in the right direction ranks every pair
-        # right: the direction generalises, the size is nothing.
-        margin = facts.ev("heldout_mean_margin")
-        return [
-            Finding(
-                "weak_generalisation",
-                "warning",
-                f"Held-out pairs: {heldout.text()} ranked right, but by a mean margin of {margin or 0:+.2g} while the "
-                f"policy is only {kl:.4f} nats/token from the original: the step went the right way and moved "
-                "nothing. Raise the learning rate or train more steps.",
-            )
-        ]
-    gain = facts.evidence.get("heldout_gain") or {}
-    before = facts.ev("heldout_reward_accuracy_before")
-    if not facts.relative_scorer and before is not None and not _gain_shown(gain):
-        return [
-            Finding(
-                "no_gain",
-                "info",
-                f"Held-out pairs: {heldout.text()} ranked right, but the original model already ranked {before:.0%} "
-                "right under the same score (this method has no reference, so the score is the policy's own). "
-                f"{gain_text(gain)}: training added no held-out preference of its own.",
-            )
-        ]
-    contrast = facts.ranked("contrast")
-    if accuracy_band(contrast) == "chance":
-        return [
-            Finding(
-                "cue_only",
-                "info",
-                f"Held-out pairs: {heldout.text()} ranked right, but they share the training answers' surface cue, "
-                f"and the contrast pairs ({contrast.text()}) show that the cue, not the preference, does the ranking.",
-            )
-        ]
+    for check in (_moved_nothing, _no_gain, _cue_only):
+        found = check(facts, facts.evidence, heldout)
+        if found:
+            return found
+    before = finite(facts.evidence.heldout_before.accuracy)
     was = f"; the original model: {before:.0%}" if before is not None else ""
     return [
         Finding(
@@ -425,17 +412,63 @@ def rule_generalises(facts: RunFacts) -> list[Finding]:
     ]
 
 
-def _gain_shown(gain: dict[str, Any]) -> bool:
-    p = finite(gain.get("p_value"))
-    return p is not None and p < ALPHA
+def _moved_nothing(facts: RunFacts, evidence: Evidence, heldout: Proportion) -> list[Finding]:
+    """Held-out pairs ranked right under a relative score by a policy that barely moved."""
+    kl = finite(evidence.drift.kl)
+    if kl is None or kl >= NO_MOVE_KL or not facts.relative_scorer:
+        return []
+    # Under a score relative to the original model, the first tiny step in the right direction ranks every pair
+    # right: the direction generalises, the size is nothing.
+    margin = finite(evidence.heldout.mean_margin)
+    return [
+        Finding(
+            "weak_generalisation",
+            "warning",
+            f"Held-out pairs: {heldout.text()} ranked right, but by a mean margin of {margin or 0:+.2g} while the "
+            f"policy is only {kl:.4f} nats/token from the original: the step went the right way and moved "
+            "nothing. Raise the learning rate or train more steps.",
+        )
+    ]
+
+
+def _no_gain(facts: RunFacts, evidence: Evidence, heldout: Proportion) -> list[Finding]:
+    """A reference-free score that the original model already earned, with no gain a sign test can see."""
+    before = finite(evidence.heldout_before.accuracy)
+    gain = evidence.gain
+    if facts.relative_scorer or before is None or (gain is not None and gain.shown):
+        return []
+    return [
+        Finding(
+            "no_gain",
+            "info",
+            f"Held-out pairs: {heldout.text()} ranked right, but the original model already ranked {before:.0%} "
+            "right under the same score (this method has no reference, so the score is the policy's own). "
+            f"{gain_text(gain)}: training added no held-out preference of its own.",
+        )
+    ]
+
+
+def _cue_only(facts: RunFacts, evidence: Evidence, heldout: Proportion) -> list[Finding]:
+    """Held-out pairs ranked right while the contrast pairs show the training answers' cue does the ranking."""
+    contrast = evidence.contrast.proportion
+    if accuracy_band(contrast) != "chance":
+        return []
+    return [
+        Finding(
+            "cue_only",
+            "info",
+            f"Held-out pairs: {heldout.text()} ranked right, but they share the training answers' surface cue, "
+            f"and the contrast pairs ({contrast.text()}) show that the cue, not the preference, does the ranking.",
+        )
+    ]
 
 
 def rule_shortcut(facts: RunFacts) -> list[Finding]:
     """Contrast pairs put the training answers' cue on the worse answer: at chance, a shortcut (read on the point
     estimate); beyond the cue only where they are ranked right more often than a coin would."""
-    contrast = facts.ranked("contrast")
+    contrast = facts.figures.contrast.proportion
     if contrast is None:
-        if "heldout_reward_accuracy" in facts.evidence:
+        if facts.evidence is not None:
             return [Finding("no_contrast", "info", "Contrast: " + CONTRAST_WORDS["unknown"] + ".")]
         return []
     band = accuracy_band(contrast)
@@ -471,7 +504,8 @@ def rule_shortcut(facts: RunFacts) -> list[Finding]:
 def rule_capability(facts: RunFacts) -> list[Finding]:
     """Capability loss is read on the point estimate (a fall of :data:`CAPABILITY_DROP` and of two pairs or more),
     with both intervals shown."""
-    before, after = facts.ranked("capability_before"), facts.ranked("capability_after")
+    capability = facts.figures.capability
+    before, after = capability.before.proportion, capability.after.proportion
     if before is None or after is None:
         return []
     dropped = before.value - after.value
@@ -484,20 +518,19 @@ def rule_capability(facts: RunFacts) -> list[Finding]:
                 f"{before.text()}; training cost knowledge it was not about. Raise β or train fewer steps.",
             )
         ]
-    return [Finding("capability_kept", "good", capability_reading(facts.evidence))]
+    return [Finding("capability_kept", "good", capability_reading(facts.figures))]
 
 
 def rule_checked_capability(facts: RunFacts) -> list[Finding]:
     """Capability in what the model writes: checked answers that were right turned wrong
     (:func:`alignlab.readings.checked_loss`, on the point estimate, both intervals shown)."""
-    if not facts.evidence.get("checked_capability_count"):
-        return []
-    if checked_loss(facts.evidence):
+    checked = facts.figures.checked
+    if checked_loss(checked):
         return [
             Finding(
                 "capability_loss",
                 "warning",
-                checked_capability_reading(facts.evidence)
+                checked_capability_reading(checked)
                 + " Training cost facts it was not about; raise β or train fewer steps.",
             )
         ]
@@ -508,11 +541,12 @@ def rule_reward_model(facts: RunFacts) -> list[Finding]:
     """A method that trains a reward model (RLHF) is read from it: whether it ranks held-out pairs, never trained
     on, right more often than a coin would, and contrast pairs too (or whether it learnt the training answers' cue).
     The policy is only as right as the reward it was trained against."""
-    if not facts.entry.judged_by_reward_model or not facts.evidence:
+    if not facts.entry.judged_by_reward_model or facts.evidence is None:
         return []
-    heldout = reward_model_ranked(facts.evidence, "heldout")
-    contrast = reward_model_ranked(facts.evidence, "contrast")
-    reading = reward_model_reading(facts.evidence)
+    check = facts.evidence.reward_model
+    heldout = check.proportion if check is not None else None
+    contrast = check.contrast.proportion if check is not None and check.contrast is not None else None
+    reading = reward_model_reading(check)
     if heldout is None:
         return [Finding("reward_model_unchecked", "info", reading + " Add held-out pairs to check it.")]
     out = []
@@ -612,7 +646,7 @@ def rule_method_limits(facts: RunFacts) -> list[Finding]:
                 "and memorised-log-ratio checks are not read from them (the held-out pairs speak instead).",
             )
         )
-    scorer = facts.evidence.get("heldout_scorer")
+    scorer = facts.figures.scorer
     if scorer and scorer != Scorer.IMPLICIT_REWARD:
         out.append(Finding("heldout_scorer", "info", f"Held-out pairs are scored by {SCORERS.get(scorer, scorer)}."))
     return out
@@ -622,10 +656,11 @@ def rule_win(facts: RunFacts) -> list[Finding]:
     """The win rate against the original model (:mod:`alignlab.judges`): ``win`` where a sign test says the
     policy's answers are preferred, ``loses`` where it says the original's are, ``no_win`` otherwise (also when the
     judge cannot tell the held-out pairs apart, whose win rate is not read)."""
-    band = win_band(facts.evidence)
+    win = facts.figures.win
+    band = win_band(win)
     if band == "unknown":
         return []
-    reading = win_reading(facts.evidence)
+    reading = win_reading(win)
     if band == "win":
         return [Finding("win", "good", reading)]
     if band == "loses":

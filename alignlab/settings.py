@@ -1,10 +1,13 @@
-"""What a person sets: the training settings (one dataclass, one place for each knob) and the generation settings.
+"""What a person sets: the training settings and the generation settings, each setting declared once.
 
-:class:`TrainingSettings` is the one place where the lab's training knobs live: the Train tab's widgets, the
-API's documentation, the CLI's flags and the TRL config all come from it and from :data:`KNOBS` (each knob's
-label, range and meaning). :meth:`TrainingSettings.trainer_config` is the one place where a TRL config is
-built. The method (``method``: DPO, IPO, KTO, ORPO, SimPO, RLHF) is an entry of :mod:`alignlab.methods`,
-whose own defaults (learning rate, beta, steps) are this dataclass's defaults for DPO and
+Each field of :class:`TrainingSettings` and :class:`GenerationSettings` declares, in the style of TRL's config
+dataclasses (``field(metadata={"help": ...})``), its type, its default, its range or choices, its label and its
+help. Everything else reads them from there through :class:`Knob`: the one check (``problems``, run by
+``__post_init__``), the app's widgets and its API documentation (:mod:`alignlab.ui.inputs`,
+:func:`alignlab.ui.common.api_doc`) and the CLI's flags (:mod:`alignlab.cli`). β's range and the choices of
+``method`` and ``loss_type`` are the registry's (:mod:`alignlab.methods`): each method's own β range, and every
+method and loss type it lists. :meth:`TrainingSettings.trainer_config` is the one place where a TRL config is
+built. The method's own defaults (learning rate, beta, steps) are this dataclass's defaults for DPO and
 :meth:`TrainingSettings.for_method`'s for the others.
 
 This module imports torch, TRL and PEFT only inside the methods that need them, so that the torch-free
@@ -13,7 +16,8 @@ modules (:mod:`alignlab.gpu`) can read the defaults.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterable
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +28,9 @@ from alignlab.methods import (
     Method,
     Stage,
     UnknownMethodError,
+    beta_ranges,
     entry_for,
     get_method,
-    known_methods,
     method_title,
     resolve,
 )
@@ -36,6 +40,8 @@ if TYPE_CHECKING:
 
 #: The default method's own defaults: the dataclass's defaults below.
 _DEFAULT = METHODS[DEFAULT_METHOD].defaults
+#: The longest answer the lab generates, in tokens.
+MAX_NEW_TOKENS_LIMIT = 512
 
 
 class SettingsError(ValueError):
@@ -44,65 +50,129 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Knob:
-    """A tunable setting as a person meets it: its label, its range and what it does.
+    """A setting as its field declares it: what the check, the widgets, the API's docs and the CLI's flags read.
 
-    :data:`KNOBS` is the one source of these for the checks (:meth:`TrainingSettings.problems`), the Train
-    tab's widgets, the API's documentation (:func:`alignlab.ui.common.api_doc`) and the CLI's flags.
+    ``low``/``high``: the range of a number (None: none, or β's, which is the method's: :meth:`bounds`);
+    ``choices``: the values a text setting takes; ``switch``: on or off; ``optional``: None is accepted (steps or
+    epochs).
     """
 
+    name: str
     label: str
-    low: float
-    high: float
-    means: str
+    help: str
+    default: Any
     whole: bool = False
+    number: bool = False
+    switch: bool = False
+    optional: bool = False
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
 
-    @property
-    def noun(self) -> str:
-        """The label as a sentence names it: 'steps', 'learning rate'; 'LoRA rank' and 'β (beta)' as they are."""
-        keep = not self.label[0].isascii() or any(c.isupper() for c in self.label[1:])
-        return self.label if keep else self.label.lower()
+    @classmethod
+    def of(cls, declared: Field) -> Knob:
+        """The knob of a settings field (its type is the annotation's text: ``from __future__ import annotations``)."""
+        meta = declared.metadata
+        kind = str(declared.type)
+        low, high = meta.get("range", (None, None))
+        return cls(
+            name=declared.name,
+            label=meta.get("label", declared.name),
+            help=meta["help"],
+            default=None if declared.default is MISSING else declared.default,
+            whole=kind.startswith("int"),
+            number=kind.startswith(("int", "float")),
+            switch=kind == "bool",
+            optional="None" in kind,
+            low=low,
+            high=high,
+            choices=tuple(meta.get("choices", ())),
+        )
 
-    def range_text(self, join: str = "-") -> str:
-        high = "2^32-1" if self.high == 2**32 - 1 else _number_text(self.high)
-        return f"{_number_text(self.low)}{join}{high}"
+    def bounds(self, method: Method | None = None) -> tuple[float, float] | None:
+        """The range a value must lie in: the field's own, or for β the method's (the default method's without one)."""
+        if self.name == "beta":
+            return (method or METHODS[DEFAULT_METHOD]).beta_range
+        return None if self.low is None or self.high is None else (self.low, self.high)
+
+    def range_text(self, join: str = "-", method: Method | None = None, exact: bool = False) -> str:
+        """'1-500', '1e-8 to 1e-3', '0 to 2^32-1'; ``exact``: reals as Python writes them ('0.01 and 1.0')."""
+        low, high = self.bounds(method) or (0, 0)
+        return f"{self._number(low, exact)}{join}{self._number(high, exact)}"
+
+    def _number(self, value: float, exact: bool) -> str:
+        if self.whole:
+            value = int(value)
+            if value > 2**16 and (value + 1).bit_count() == 1:
+                return f"2^{(value + 1).bit_length() - 1}-1"
+            return str(value)
+        if 0 < abs(value) < 0.01:  # 1e-8 and 1e-3 as people write them, not 1e-08 and 0.001
+            mantissa, exponent = f"{value:.0e}".split("e")
+            return f"{mantissa}e{int(exponent)}"
+        return repr(float(value)) if exact else f"{value:g}"
 
     def info(self) -> str:
-        """The widget's help line: the range, then what the setting does."""
-        return f"{self.range_text('–')}. {self.means}"
+        """A widget's help line: the range, then what the setting does."""
+        return f"{self.range_text('–')}. {self.help}" if self.bounds() else self.help
 
-    def accepts(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            return False
-        if self.whole and not isinstance(value, int):
-            return False
-        return self.low <= value <= self.high
+    def doc(self, default: str | None = None, choices: Iterable[str] | None = None) -> str:
+        """The setting for a reader of the API page or of ``--help``: what it does, then its range or choices (β's
+        per method, from the registry; ``choices`` where a door takes fewer than the field), and ``default``."""
+        if self.name == "beta":
+            allowed = beta_ranges()
+        elif self.bounds():
+            allowed = self.range_text(" to ")
+        else:
+            named = tuple(self.choices if choices is None else choices)
+            allowed = f"one of {', '.join(named)}" if named else ""
+        said = "; ".join(part for part in (allowed, default) if part)
+        return f"{self.help.rstrip('.')} ({said})." if said else self.help
 
-    def problem(self, name: str, value: Any) -> str:
+    def problem(self, value: Any, method: Method | None = None) -> str | None:
+        """What is wrong with ``value`` for this setting, as a sentence naming it and its range; None when it fits."""
+        if value is None and self.optional:
+            return None
+        if self.choices:
+            if value in self.choices:
+                return None
+            return f"{self.name} must be one of {', '.join(self.choices)} (got {value!r})."
+        bounds = self.bounds(method)
+        if not self.number or bounds is None:
+            return None
+        low, high = bounds
+        real = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+        if real and (isinstance(value, int) or not self.whole) and low <= value <= high:
+            return None
         if self.whole:
-            return f"{name} must be a whole number from {self.range_text(' to ')} (got {value!r})."
-        return f"{name} must be between {self.range_text(' and ')} (got {value!r})."
+            return f"{self.name} must be a whole number from {self.range_text(' to ', method, True)} (got {value!r})."
+        return f"{self.name} must be between {self.range_text(' and ', method, True)} (got {value!r})."
 
 
-def _number_text(value: float) -> str:
-    """1e-8 and 1e-3 as people write them (not 1e-08 and 0.001); other numbers as ``:g`` has them."""
-    if 0 < abs(value) < 0.01:
-        mantissa, exponent = f"{value:.0e}".split("e")
-        return f"{mantissa}e{int(exponent)}"
-    return f"{value:g}"
+def knobs(settings: type) -> dict[str, Knob]:
+    """Every field of a settings dataclass as its :class:`Knob`, in the fields' order."""
+    return {declared.name: Knob.of(declared) for declared in fields(settings)}
 
 
-#: Every numeric training setting's label, range and meaning (β's range is the method's: ``Method.beta_range``).
-KNOBS: dict[str, Knob] = {
-    "beta": Knob("β (beta)", 0.01, 1.0, "How tightly the model is held to the original: higher = closer."),
-    "learning_rate": Knob("Learning rate", 1e-8, 1e-3, "Optimizer step size; too high and training goes unstable."),
-    "steps": Knob("Steps", 1, 500, "Optimizer steps; more = bigger change.", whole=True),
-    "epochs": Knob("Epochs", 0.1, 50, "Passes over the pairs, instead of steps."),
-    "batch_size": Knob("Batch size", 1, 64, "Pairs per optimizer step.", whole=True),
-    "sft_weight": Knob("SFT weight", 0.0, 10.0, "DPO: weight of an added SFT term on the chosen answers (0 = none)."),
-    "seed": Knob("Seed", 0, 2**32 - 1, "Same seed + data = same run.", whole=True),
-    "max_length": Knob("Max length", 32, 2048, "Tokens kept per prompt + answer; longer pairs are cut.", whole=True),
-    "lora_rank": Knob("LoRA rank", 1, 256, "LoRA adapter rank; higher = more capacity.", whole=True),
-}
+def method_defaults_text(name: str, methods: Iterable[str] | None = None) -> str:
+    """'dpo 6, kto 6, ...': each method's own default of the setting ``name`` (those that set it), from the registry."""
+    names = METHODS if methods is None else methods
+    own = {method: get_method(method).defaults for method in names}
+    return ", ".join(f"{method} {values[name]:g}" for method, values in own.items() if name in values)
+
+
+def method_default_text(name: str, methods: Iterable[str] | None = None) -> str:
+    """ "the method's: dpo 6, kto 6, ..." (methods that have none of their own: "; else" the field's default), for a
+    setting left out or empty."""
+    names = list(METHODS if methods is None else methods)
+    text = f"the method's: {method_defaults_text(name, names)}"
+    if any(name not in get_method(method).defaults for method in names):
+        text += f"; else {KNOBS[name].default:g}"
+    return text
+
+
+def method_sets(name: str) -> bool:
+    """Whether some method of the registry has its own default for the setting ``name`` (learning rate, β, ...)."""
+    return any(name in entry.defaults for entry in METHODS.values())
 
 
 @dataclass
@@ -110,47 +180,111 @@ class TrainingSettings:
     """Everything that shapes a lab's run. The defaults are DPO's registry entry's (each method's own are in its
     entry: :meth:`for_method`); the bench's calibration section is where they were chosen."""
 
-    method: str = DEFAULT_METHOD
-    """The preference method, a name in :data:`alignlab.methods.METHODS` (dpo, ipo, kto, orpo, simpo, rlhf).
-    ``ipo`` is DPO with the IPO loss: it is stored as ``method='dpo'``, ``loss_type='ipo'``."""
-    beta: float = _DEFAULT["beta"]
-    """How tightly the policy is held to the reference (0.01-1.0; SimPO's reward scale goes to 10). Small
-    beta lets it move far; large beta keeps it close and needs a bigger log-prob gap for the same reward."""
-    learning_rate: float = _DEFAULT["learning_rate"]
-    """Adam step size (1e-8 to 1e-3). A lab run has few steps, so it is higher than a real run's; DPO's 2e-5 is
-    the highest at which no seed-lab answer loops after 6 steps on the embedded model while every preset moves."""
-    steps: int | None = _DEFAULT["steps"]
-    """Optimizer steps to run (1-500), in each stage of a method of several (RLHF). Set this or ``epochs``, not both."""
-    epochs: float | None = None
-    """Passes over the pairs (0.1-50), instead of ``steps``."""
-    batch_size: int = 2
-    """Pairs per optimizer step (1-64). 2 puts a point on the plot every few seconds on a CPU; 6
-    steps then see 12 pairs, enough for the seed lab's shift (the bench's shift section)."""
-    loss_type: str = "sigmoid"
-    """DPO's loss variant, one of :data:`LOSS_TYPES`; ``sigmoid`` is DPO. Other methods keep ``sigmoid``."""
-    sft_weight: float = 0.0
-    """Weight of an SFT term (the chosen answers' negative log-likelihood) added to the preference
-    loss (0-10; 0 = none): the production habit that keeps a model fluent while its preference
-    moves. TRL's ``loss_type=[loss, "sft"]`` with ``loss_weights=[1, sft_weight]``."""
-    seed: int = 42
-    """Seeds data order and initialisation: same seed and data, same run."""
-    max_length: int = 256
-    """Tokens kept per prompt+answer (32-2048); longer pairs are cut at the end."""
-    use_lora: bool = False
-    """Train a LoRA adapter instead of every weight; the reference is the adapter switched off."""
-    lora_rank: int = 16
-    """LoRA rank (1-256), when ``use_lora``."""
-    precompute_ref_log_probs: bool = False
-    """Full fine-tuning: score every pair with the reference once, before the first step, instead of
-    scoring each batch as it trains. Off by default: that pass delays the first plotted step by
-    several seconds on a CPU and saves no memory, since the reference shares the cached weights
-    (the bench's candidates section)."""
-    precision: str = "auto"
-    """'auto' (bf16 on a GPU that has it, else fp32), 'fp32' or 'bf16'."""
-    use_qlora: bool = False
-    """QLoRA: the LoRA adapter trains on the base loaded in 4-bit NF4 (bitsandbytes), a quarter of its bf16
-    memory. Needs ``use_lora``, a CUDA GPU and the bitsandbytes package
-    (see :func:`alignlab.trainer.qlora_unavailable`)."""
+    # ``ipo`` (a loss variant with its own entry) is stored as ``method='dpo'``, ``loss_type='ipo'``.
+    method: str = field(
+        default=DEFAULT_METHOD,
+        metadata={
+            "label": "Method",
+            "help": "The preference method, each on TRL's own trainer; ipo is DPO with the IPO loss.",
+            "choices": METHODS,
+        },
+    )
+    beta: float = field(
+        default=_DEFAULT["beta"],
+        metadata={
+            "label": "β (beta)",
+            "help": "How tightly the model is held to the original: higher = closer.",
+            # no "range": each method's own (Method.beta_range); a large beta needs a bigger log-prob gap for
+            # the same reward
+        },
+    )
+    # A lab run has few steps, so its rate is higher than a real run's; DPO's 2e-5 is the highest at which no
+    # seed-lab answer loops after 6 steps on the embedded model while every preset moves.
+    learning_rate: float = field(
+        default=_DEFAULT["learning_rate"],
+        metadata={
+            "label": "Learning rate",
+            "help": "Optimizer step size; too high and training goes unstable.",
+            "range": (1e-8, 1e-3),
+        },
+    )
+    # In each stage of a method of several (RLHF). Set this or ``epochs``, not both.
+    steps: int | None = field(
+        default=_DEFAULT["steps"],
+        metadata={"label": "Steps", "help": "Optimizer steps; more = bigger change.", "range": (1, 500)},
+    )
+    epochs: float | None = field(
+        default=None,
+        metadata={"label": "Epochs", "help": "Passes over the pairs, instead of steps.", "range": (0.1, 50)},
+    )
+    # 2 puts a point on the plot every few seconds on a CPU; 6 steps then see 12 pairs, enough for the seed lab's
+    # shift (the bench's shift section).
+    batch_size: int = field(
+        default=2, metadata={"label": "Batch size", "help": "Pairs per optimizer step.", "range": (1, 64)}
+    )
+    # ``sigmoid`` is DPO; methods other than DPO keep ``sigmoid``.
+    loss_type: str = field(
+        default="sigmoid",
+        metadata={
+            "label": "Loss type",
+            "help": "DPO's loss variant; sigmoid is the original DPO.",
+            "choices": LOSS_TYPES,
+        },
+    )
+    # The production habit that keeps a model fluent while its preference moves: TRL's
+    # ``loss_type=[loss, "sft"]`` with ``loss_weights=[1, sft_weight]``.
+    sft_weight: float = field(
+        default=0.0,
+        metadata={
+            "label": "SFT weight",
+            "help": "DPO: weight of an added SFT term on the chosen answers (0 = none).",
+            "range": (0.0, 10.0),
+        },
+    )
+    seed: int = field(
+        default=42, metadata={"label": "Seed", "help": "Same seed + data = same run.", "range": (0, 2**32 - 1)}
+    )
+    max_length: int = field(
+        default=256,
+        metadata={
+            "label": "Max length",
+            "help": "Tokens kept per prompt + answer; longer pairs are cut.",
+            "range": (32, 2048),
+        },
+    )
+    use_lora: bool = field(
+        default=False,
+        metadata={
+            "label": "LoRA adapter",
+            "help": "Train a LoRA adapter instead of every weight; the reference is the adapter switched off.",
+        },
+    )
+    lora_rank: int = field(
+        default=16,
+        metadata={"label": "LoRA rank", "help": "LoRA adapter rank; higher = more capacity.", "range": (1, 256)},
+    )
+    # Off by default: that pass delays the first plotted step by several seconds on a CPU and saves no memory,
+    # since the reference shares the cached weights (the bench's candidates section).
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata={
+            "help": "Full fine-tuning: score every pair with the reference once, before the first step, instead "
+            "of scoring each batch as it trains."
+        },
+    )
+    precision: str = field(
+        default="auto",
+        metadata={"help": "auto = bf16 on a GPU that has it, else fp32.", "choices": ("auto", "fp32", "bf16")},
+    )
+    # Needs a CUDA GPU and the bitsandbytes package (see :func:`alignlab.trainer.qlora_unavailable`).
+    use_qlora: bool = field(
+        default=False,
+        metadata={
+            "label": "QLoRA (4-bit base)",
+            "help": "QLoRA: the LoRA adapter trains on the base loaded in 4-bit NF4 (bitsandbytes), a quarter of "
+            "its bf16 memory; needs use_lora.",
+        },
+    )
 
     def __post_init__(self) -> None:
         entry = METHODS.get(self.method) if isinstance(self.method, str) else None
@@ -191,31 +325,17 @@ class TrainingSettings:
         return entry_for(self.method, self.loss_type)
 
     def problems(self) -> list[str]:
-        """Each out-of-range field as a sentence; empty when the settings are usable."""
-        out: list[str] = []
-
-        def check(name: str, ok: bool, what: str) -> None:
-            if not ok:
-                out.append(f"{name} must be {what} (got {getattr(self, name)!r}).")
-
-        def number(value: Any) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-
+        """Each unusable field as a sentence (its range and choices from its declaration, β's from the method),
+        then each setting that does not go with another; empty when the settings are usable."""
         entry = METHODS.get(self.method) if isinstance(self.method, str) else None
-        if entry is None:
-            out.append(f"method must be one of {known_methods()} (got {self.method!r}).")
-        low, high = entry.beta_range if entry is not None else (KNOBS["beta"].low, KNOBS["beta"].high)
-        check("beta", number(self.beta) and low <= self.beta <= high, f"between {low} and {high}")
+        out = [
+            problem
+            for name, knob in KNOBS.items()
+            if not (name == "beta" and entry is None)  # an unknown method has no β range; its name is the problem
+            and (problem := knob.problem(getattr(self, name), entry))
+        ]
         if (self.steps is None) == (self.epochs is None):
             out.append("Give either steps or epochs (exactly one).")
-        for name in ("learning_rate", "steps", "epochs", "batch_size", "sft_weight", "seed", "max_length", "lora_rank"):
-            value = getattr(self, name)
-            if value is None and name in ("steps", "epochs"):
-                continue
-            if not KNOBS[name].accepts(value):
-                out.append(KNOBS[name].problem(name, value))
-        check("loss_type", self.loss_type in LOSS_TYPES, f"one of {', '.join(LOSS_TYPES)}")
-        check("precision", self.precision in ("auto", "fp32", "bf16"), "'auto', 'fp32' or 'bf16'")
         if self.use_qlora and not self.use_lora:
             out.append("use_qlora needs use_lora: QLoRA is a LoRA adapter on a 4-bit base.")
         if entry is not None and not entry.loss_variants:
@@ -316,8 +436,6 @@ class TrainingSettings:
         return config_class(**{**shared, **stage.own_fields(self)})
 
 
-#: The longest answer the lab generates, in tokens.
-MAX_NEW_TOKENS_LIMIT = 512
 #: The live held-out curve scores at most this many held-out and contrast pairs at each of its points.
 LIVE_PROBE_PAIRS = 24
 #: The live curve scores every this many steps at least: a point costs about two thirds of a CPU training step
@@ -345,23 +463,39 @@ class GenerationSettingsError(ValueError):
 class GenerationSettings:
     """How eval prompts are answered."""
 
-    max_new_tokens: int = 64
-    """Answer length cap in tokens (1-512). Longer answers cost time linearly. The lab's one default for it:
-    the CLI, the API and the app read it from here."""
-    do_sample: bool = False
-    """False: greedy decoding (deterministic). True: seeded sampling."""
-    temperature: float = 0.7
-    """Sampling temperature (0.05-2.0); used only when sampling."""
-    top_p: float = 0.9
-    """Nucleus sampling mass (0.05-1.0); used only when sampling."""
-    seed: int = 0
-    """Seed for sampling, so that a sampled run can be repeated exactly."""
-    batch_size: int = 16
-    """Prompts per forward batch (1-64)."""
-    min_new_tokens: int = 0
-    """Answer length floor in tokens (0 to max_new_tokens): the end-of-turn token is held back until then.
-    0 for the lab; the bench sets it to max_new_tokens so that a random-weight model, which tends to stop
-    at once, generates its full length."""
+    # Longer answers cost time linearly. The lab's one default for it: the CLI, the API and the app read it here.
+    max_new_tokens: int = field(
+        default=64,
+        metadata={
+            "label": "Max new tokens",
+            "help": "Answer length cap in tokens; longer costs time.",
+            "range": (1, MAX_NEW_TOKENS_LIMIT),
+        },
+    )
+    do_sample: bool = field(
+        default=False, metadata={"help": "False: greedy decoding (repeatable). True: seeded sampling."}
+    )
+    temperature: float = field(
+        default=0.7, metadata={"help": "Sampling temperature; used only when sampling.", "range": (0.05, 2.0)}
+    )
+    top_p: float = field(
+        default=0.9, metadata={"help": "Nucleus sampling mass; used only when sampling.", "range": (0.05, 1.0)}
+    )
+    # So that a sampled run can be repeated exactly.
+    seed: int = field(
+        default=0, metadata={"label": "Sampling seed", "help": "Used only when sampling.", "range": (0, 2**31 - 1)}
+    )
+    batch_size: int = field(default=16, metadata={"help": "Prompts per forward batch.", "range": (1, 64)})
+    # 0 for the lab; the bench sets it to max_new_tokens so that a random-weight model, which tends to stop at once,
+    # generates its full length.
+    min_new_tokens: int = field(
+        default=0,
+        metadata={
+            "help": "Answer length floor in tokens (at most max_new_tokens): the end-of-turn token is held back "
+            "until then.",
+            "range": (0, MAX_NEW_TOKENS_LIMIT),
+        },
+    )
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -369,21 +503,19 @@ class GenerationSettings:
             raise GenerationSettingsError(" ".join(problems))
 
     def problems(self) -> list[str]:
-        out = []
-        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+        """Each out-of-range field as a sentence (its range from its declaration); empty when usable."""
+        out = [problem for name, knob in GENERATION_KNOBS.items() if (problem := knob.problem(getattr(self, name)))]
+        if not out and self.min_new_tokens > self.max_new_tokens:
             out.append(
-                f"max_new_tokens must be a whole number from 1 to {MAX_NEW_TOKENS_LIMIT} (got {self.max_new_tokens!r})."
+                f"min_new_tokens must be at most max_new_tokens ({self.max_new_tokens}) (got {self.min_new_tokens!r})."
             )
-        if not 0.05 <= float(self.temperature) <= 2.0:
-            out.append(f"temperature must be between 0.05 and 2.0 (got {self.temperature!r}).")
-        if not 0.05 <= float(self.top_p) <= 1.0:
-            out.append(f"top_p must be between 0.05 and 1.0 (got {self.top_p!r}).")
-        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 64:
-            out.append(f"batch_size must be from 1 to 64 (got {self.batch_size!r}).")
-        ceiling = self.max_new_tokens if isinstance(self.max_new_tokens, int) else MAX_NEW_TOKENS_LIMIT
-        if not isinstance(self.min_new_tokens, int) or not 0 <= self.min_new_tokens <= ceiling:
-            out.append(f"min_new_tokens must be from 0 to max_new_tokens (got {self.min_new_tokens!r}).")
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: Every training setting as declared on its field (label, help, range, choices), in the fields' order.
+KNOBS: dict[str, Knob] = knobs(TrainingSettings)
+#: Every generation setting, likewise.
+GENERATION_KNOBS: dict[str, Knob] = knobs(GenerationSettings)

@@ -28,6 +28,7 @@ from typing import Any
 
 from alignlab.methods import METHODS
 from alignlab.public import public_mode
+from alignlab.settings import TrainingSettings
 
 LOG = logging.getLogger(__name__)
 
@@ -211,6 +212,14 @@ class RunTracker:
         metrics = step_metrics(row, self.method)
         self._call("logging a step", lambda: self._run.log(metrics, step=step))
 
+    def follow(self, event: dict[str, Any]) -> None:
+        """One event of the lab's training step (:func:`alignlab.lab.train`): a logged step, or the end of training."""
+        if event["kind"] == "log":
+            self.log_row(event["row"])
+        else:
+            stopped = bool(event.get("stopped_early"))
+            self.end_training(event.get("steps_done") or 0, event.get("seconds") or 0.0, stopped)
+
     def end_training(self, steps_done: int, seconds: float, stopped_early: bool) -> None:
         """The end of training: its summary, then the trackio run is closed until the evidence reopens it."""
         if self._run is None:
@@ -254,6 +263,26 @@ def start(name: str, method: str, config: dict[str, Any], project: str | None = 
     if chosen is None:
         return None
     return RunTracker(check_project(chosen), name, method, config).start()
+
+
+def start_run(
+    settings: TrainingSettings,
+    preset: str,
+    model: str,
+    label: str = "",
+    title: str = "",
+    owner: str = "",
+    project: str | None = None,
+) -> RunTracker | None:
+    """The trackio run of a lab run of ``settings`` on ``preset`` with ``model``, started (None when tracking is off).
+
+    Its name reads ``preset-owner-label-method-<random>`` (``owner``: a session's key, so that no other visitor's run
+    shares it); its config carries ``title`` (default: ``label``, else the method), the preset, the model and every
+    setting. ``project``: see :func:`project_name`.
+    """
+    name = run_name(preset, owner, label, settings.method)
+    config = run_config(title or label or settings.method_label, settings.to_dict(), preset=preset, model=model)
+    return start(name, settings.method, config, project)
 
 
 def run_config(label: str, settings: dict[str, Any], **more: Any) -> dict[str, Any]:

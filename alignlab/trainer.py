@@ -104,25 +104,8 @@ def build_trainer(
     use_persistent_kernel_cache()  # before TRL compiles its Triton kernels on a GPU
     set_seed(settings.seed)
     args = settings.trainer_config(output_dir, loaded.device, stage)
-    extra: dict[str, Any] = {}
-    for keyword, product in stage.inputs.items():
-        if product not in (inputs or {}):
-            raise SettingsError(
-                f"The {stage.trains} stage of {settings.method!r} trains on the {product} of an earlier stage: "
-                "run the method's stages in order (train_policy does)."
-            )
-        extra[keyword] = inputs[product]
-    if "reward_funcs" in extra:  # the reward model reads (prompt, answer) with the policy's own tokenizer
-        extra["reward_processing_classes"] = loaded.tokenizer
-    peft_config = None
-    if stage.trains_reward_model:  # LoRA and QLoRA are the policy's: the small reward model trains every weight
-        model = reward_model_from(loaded)
-    elif settings.use_qlora:  # TRL loads the 4-bit base itself; nothing is copied
-        model, extra["quantization_config"] = qlora_model_arguments(loaded, args)
-        peft_config = settings.peft_config()
-    else:
-        model = copy_for_training(loaded)
-        peft_config = settings.peft_config()
+    extra = _earlier_products(loaded, settings, stage, inputs or {})
+    model, peft_config = _model_to_train(loaded, settings, stage, args, extra)
     if stage.has_reference and stage.ref_model_argument:
         # Always explicit: left to itself, TRL would reload the reference from config._name_or_path (the
         # weights on disk, not the model in memory). LoRA's reference is the adapter switched off; DPO's
@@ -143,6 +126,37 @@ def build_trainer(
         pin_reference(trainer, loaded)  # the trainer built its reference from disk: make it the model in memory
     trainer.remove_callback(PrinterCallback)  # rows reach the caller as events, not as prints
     return trainer
+
+
+def _earlier_products(
+    loaded: LoadedModel, settings: TrainingSettings, stage: Stage, inputs: dict[str, Any]
+) -> dict[str, Any]:
+    """The trainer keywords the stage takes from earlier stages (RLOO's ``reward_funcs`` <- the reward model)."""
+    extra: dict[str, Any] = {}
+    for keyword, product in stage.inputs.items():
+        if product not in inputs:
+            raise SettingsError(
+                f"The {stage.trains} stage of {settings.method!r} trains on the {product} of an earlier stage: "
+                "run the method's stages in order (train_policy does)."
+            )
+        extra[keyword] = inputs[product]
+    if "reward_funcs" in extra:  # the reward model reads (prompt, answer) with the policy's own tokenizer
+        extra["reward_processing_classes"] = loaded.tokenizer
+    return extra
+
+
+def _model_to_train(
+    loaded: LoadedModel, settings: TrainingSettings, stage: Stage, args: Any, extra: dict[str, Any]
+) -> tuple[Any, Any]:
+    """(the model the trainer trains, its LoRA config or None): a private copy of the loaded model, a reward model
+    on its backbone, or under QLoRA the base's path for TRL to load in 4-bit (its ``quantization_config`` goes into
+    ``extra``)."""
+    if stage.trains_reward_model:  # LoRA and QLoRA are the policy's: the small reward model trains every weight
+        return reward_model_from(loaded), None
+    if settings.use_qlora:  # TRL loads the 4-bit base itself; nothing is copied
+        model, extra["quantization_config"] = qlora_model_arguments(loaded, args)
+        return model, settings.peft_config()
+    return copy_for_training(loaded), settings.peft_config()
 
 
 def qlora_unavailable() -> str | None:

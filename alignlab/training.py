@@ -49,6 +49,16 @@ class TrainingEvent:
     def steps_left(self) -> int:
         return max(0, self.total_steps - self.step)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The event as plain data (a log event's row included; the end's result is the caller's to add)."""
+        plain = {"kind": self.kind, "step": self.step, "total_steps": self.total_steps, "elapsed": self.elapsed}
+        return {**plain, "row": dict(self.row)} if self.kind == "log" else plain
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingEvent:
+        """An event again from :meth:`to_dict` (or a step's richer end event), without a result."""
+        return cls(data["kind"], data["step"], data["total_steps"], data["elapsed"], dict(data.get("row") or {}))
+
 
 @dataclass
 class TrainingResult:
@@ -270,24 +280,7 @@ def train_policy(
             run.add(stage, trainer, callback)
             del trainer
     loaded.tokenizer.padding_side = "left"  # the trainer may have changed it; generation needs left
-    trained = run.products.get(Product.POLICY) or copy_for_training(loaded)
-    trained.eval()
-    result = TrainingResult(
-        policy=trained,
-        log_history=run.log_history,
-        steps_done=run.done,
-        total_steps=run.total,
-        stopped_early=run.stopped,
-        seconds=time.perf_counter() - started,
-        settings=settings,
-        heldout_curve=run.curve,
-        trainable_parameters=run.trainable,
-        peak_memory_bytes=peak.bytes,
-        peak_memory_kind=peak.kind,
-        device=str(loaded.device),
-        trained_on=counts,
-        reward_model=run.reward_model,
-    )
+    result = run.result(loaded, settings, counts, time.perf_counter() - started, peak)
     if on_event is not None:
         on_event(TrainingEvent("end", result.steps_done, result.total_steps, result.seconds, result=result))
     return result
@@ -331,6 +324,29 @@ class _Run:
         self.total += trainer.state.max_steps
         self.stopped = callback.stopped_early
 
+    def result(
+        self, loaded: LoadedModel, settings: TrainingSettings, counts: dict[str, int], seconds: float, peak: PeakMemory
+    ) -> TrainingResult:
+        """What the run made: the last stage's policy (the untrained copy if the policy's stage never ran)."""
+        trained = self.products.get(Product.POLICY) or copy_for_training(loaded)
+        trained.eval()
+        return TrainingResult(
+            policy=trained,
+            log_history=self.log_history,
+            steps_done=self.done,
+            total_steps=self.total,
+            stopped_early=self.stopped,
+            seconds=seconds,
+            settings=settings,
+            heldout_curve=self.curve,
+            trainable_parameters=self.trainable,
+            peak_memory_bytes=peak.bytes,
+            peak_memory_kind=peak.kind,
+            device=str(loaded.device),
+            trained_on=counts,
+            reward_model=self.reward_model,
+        )
+
 
 def stream_training(
     loaded: LoadedModel,
@@ -343,7 +359,8 @@ def stream_training(
     """Yield one event per logged step while training runs, then an ``end`` event with the result.
 
     If the consumer stops iterating (a closed generator, a cancelled request), the run is
-    cancelled and the thread joined before this generator finishes.
+    cancelled and the thread joined before this generator finishes; a run that ended leaves ``cancel`` as it was
+    (a comparison's token goes on to its next run).
     """
     cancel = cancel or CancelToken()
     events: queue.Queue[TrainingEvent | BaseException] = queue.Queue()
@@ -359,14 +376,18 @@ def stream_training(
     release_pool()  # this thread only waits from here: its OpenMP workers would slow the training's (alignlab.openmp)
     thread = threading.Thread(target=work, name=f"alignlab-{settings.method}", daemon=True)
     thread.start()
+    ended = False
     try:
         while True:
             item = events.get()
             if isinstance(item, BaseException):
+                ended = True
                 raise item
+            ended = item.kind == "end"
             yield item
-            if item.kind == "end":
+            if ended:
                 return
     finally:
-        cancel.cancel()
+        if not ended:
+            cancel.cancel()
         thread.join()

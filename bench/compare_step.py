@@ -75,11 +75,13 @@ def verdict(evidence: Any, aligned: list[str], beta: float) -> str | None:
     run_facts = find("alignlab.findings:RunFacts", "alignlab.health:RunFacts", required=False)
     if report is None or read_health is None or run_facts is None:
         return None
+    typed = find("alignlab.evidence:Evidence", required=False) is not None  # the facts hold the evidence itself
+    degeneration = report(aligned, aligned)
     facts = run_facts(
         log_rows=[{"step": 1, "loss": 0.69}],
         beta=beta,
-        evidence=evidence.to_dict(),
-        degeneration=report(aligned, aligned).to_dict(),
+        evidence=evidence if typed else evidence.to_dict(),
+        degeneration=degeneration if typed else degeneration.to_dict(),
         changed=0,
         answers=len(aligned),
     )
@@ -139,7 +141,7 @@ def measure(spec: str, dataset: str) -> dict[str, Any]:
         "repeat_seconds": repeated - again,
         "peak_rss_mib": peak_rss_mib(),  # the whole process, the second evaluation included
         "rss_before_mib": rss_before,
-        "figures": {key: getattr(evidence, key) for key in FIGURES},
+        "figures": {key: evidence.to_dict()[key] for key in FIGURES},
         "verdict": read,
         "capability_source": probes.get("capability_source"),
         "capability_pairs": len(probes.get("capability_pairs", [])),

@@ -81,27 +81,25 @@ def embedded_runs():
     a full copy of the model)."""
     import gc
 
-    from alignlab.lab import load_and_baseline, start_tracking, train_and_compare
+    from alignlab.lab import Baseline, load_and_baseline, train_and_compare
     from alignlab.model_shapes import EMBEDDED_DEFAULT
     from alignlab.settings import GenerationSettings, TrainingSettings
+    from alignlab.tracking import start_run
     from bench.calibration import source_dataset
 
     generation = GenerationSettings()
-    baselines: dict[str, tuple] = {}
+    baselines: dict[str, Baseline] = {}
     reports: dict[str, dict] = {}
 
     def run(case) -> dict:  # noqa: ANN001 - a bench.calibration.Case
         if case.name not in reports:
             if case.source not in baselines:
                 baselines[case.source] = load_and_baseline(EMBEDDED_DEFAULT, source_dataset(case.source), generation)
-            loaded, baseline, timings = baselines[case.source]
             settings = TrainingSettings.for_method(case.method, **case.settings)
             dataset = case.dataset()
-            tracker = start_tracking(dataset, settings, EMBEDDED_DEFAULT, EMBEDDED_PROJECT, case.slug)
-            report, result = train_and_compare(
-                loaded, dataset, settings, generation, baseline, timings, tracker=tracker
-            )
-            del result
+            tracker = start_run(settings, dataset.id, EMBEDDED_DEFAULT, case.slug, project=EMBEDDED_PROJECT)
+            report, trained = train_and_compare(baselines[case.source], dataset, settings, tracker=tracker)
+            del trained
             gc.collect()
             reports[case.name] = report
         return reports[case.name]

@@ -17,6 +17,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from alignlab.methods import LOSS_TYPES
 from alignlab.presets import load_preset
 from alignlab.ui.dataset_tab import DEFAULT_PRESET
 
@@ -120,10 +121,18 @@ def test_every_contract_endpoint_is_public_and_documented(app) -> None:
     ]
     for name in ENDPOINTS:
         assert api["named_endpoints"][name]["description"], f"{name} has no description"
-    # each input's range is documented, from the settings' metadata (β's per method, from the registry)
-    assert "steps — optimizer steps (1 to 500)" in train["description"]
-    assert "beta — β: how tightly the model is held to the original" in train["description"]
+    # each input's range is documented, from the settings' fields (β's per method, from the registry)
+    assert "steps — Optimizer steps; more = bigger change (1 to 500;" in train["description"]
+    assert "beta — How tightly the model is held to the original" in train["description"]
     assert "dpo, ipo, kto, orpo" in train["description"] and "simpo: 0.01 to 10" in train["description"]
+    # every method and loss type of the registry, on every endpoint that takes them
+    for name in ("/train", "/run_lab", "/export_recipe"):
+        description = api["named_endpoints"][name]["description"]
+        assert "loss_type — " in description and all(loss in description for loss in LOSS_TYPES)
+    for name in ("/train", "/run_lab"):
+        assert "one of dpo, ipo, kto, orpo, simpo, rlhf" in api["named_endpoints"][name]["description"]
+    assert "rlhf" in api["named_endpoints"]["/run_comparison"]["description"]
+    assert "concise, seed-lab, warm-tone" in api["named_endpoints"]["/run_lab"]["description"]
     lab = api["named_endpoints"]["/run_lab"]
     steps = {p["parameter_name"]: p["type"] for p in lab["parameters"]}["steps"]
     assert {"type": "integer"} in steps["oneOf"] and {"type": "null"} in steps["oneOf"]  # empty: the method's own
@@ -213,7 +222,7 @@ def test_stop_ends_only_this_sessions_run_and_the_session_keeps_working(app, tra
     assert "Stopped after" in job.outputs()[-1][0]
     assert "Recorded 7 answers" in waiting.result(timeout=60)[1]  # the queued job ran once the slot was free
     session = demo.session_store.peek(client.session_hash)
-    assert not session.training_now and session.policy_dir.is_dir()
+    assert not session.training_now and session.trained.policy_dir.is_dir()
     assert "answers changed" in client.predict(api_name="/compare")[0]  # a stopped run can still be compared
 
 
@@ -226,7 +235,7 @@ def test_a_client_cancel_closes_the_stream_and_stops_training(app) -> None:
     job.cancel()
     session = demo.session_store.peek(client.session_hash)
     wait_until(lambda: not session.training_now, timeout=60)
-    assert session.run.cancel.cancelled
+    assert session.training_handle.cancel.cancelled
     *_, last = list(client.submit(steps=2, api_name="/train"))  # the session is free to train again
     assert "Finished 2 of 2 steps" in last[0]
 
@@ -243,7 +252,8 @@ def test_bad_input_gets_a_clear_message_and_the_session_keeps_working(app) -> No
     assert "Write at least one eval prompt" in message
     assert "limit is 4000" in error_of(lambda: client.predict(eval_prompts="x" * 5000, api_name="/baseline"))
     assert "under" in error_of(lambda: client.predict(eval_prompts="x" * 300_000, api_name="/baseline"))
-    assert "max new tokens" in error_of(lambda: client.predict(max_new_tokens=10_000, api_name="/baseline"))
+    message = error_of(lambda: client.predict(max_new_tokens=10_000, api_name="/baseline"))
+    assert "max_new_tokens must be a whole number from 1 to 512" in message
 
     rows = [[f"prompt {i}", f"good {i}", f"bad {i}"] for i in range(3000)]
     huge = {"headers": ["prompt", "chosen", "rejected"], "data": rows}
@@ -254,10 +264,11 @@ def test_bad_input_gets_a_clear_message_and_the_session_keeps_working(app) -> No
 
     client.predict(api_name="/baseline")
     message = error_of(lambda: client.submit(beta=5, api_name="/train").result())
-    assert "β (beta) must be a number from 0.01 to 1" in message
+    assert "beta must be between 0.01 and 1.0" in message
     assert "steps must be a whole number" in error_of(lambda: client.submit(steps=0, api_name="/train").result())
     assert "steps must be a whole number" in error_of(lambda: client.submit(steps=2.5, api_name="/train").result())
-    assert "learning rate" in error_of(lambda: client.submit(learning_rate=1.0, api_name="/train").result())
+    message = error_of(lambda: client.submit(learning_rate=1.0, api_name="/train").result())
+    assert "learning_rate must be between 1e-8 and 1e-3" in message
     assert "Fix the dataset first" in error_of(lambda: client.submit(pairs=broken, api_name="/train").result())
     assert "Unknown preset" in error_of(lambda: client.predict(preset="nope", api_name="/run_lab"))
     message = error_of(lambda: client.submit(method="ppo", api_name="/train").result())
@@ -436,7 +447,7 @@ def test_run_lab_returns_the_report_and_fills_the_session(app) -> None:
     assert report["eval"]["contrast_accuracy"] is not None
     assert [p["step"] for p in report["eval"]["heldout_curve"]] == [2]
     session = demo.session_store.peek(client.session_hash)
-    assert session.report == report and session.policy_dir.is_dir()
+    assert session.report == report and session.trained.policy_dir.is_dir()
 
 
 def test_run_lab_and_train_take_a_method(app) -> None:

@@ -7,12 +7,26 @@ import torch
 import torch.nn.functional as F
 
 from alignlab import evaluation, generation, logprobs, probes
+from alignlab.degeneration import Degeneration
 from alignlab.evaluation import count_changed, gather_evidence, mean_token_kl, perplexity
+from alignlab.evidence import (
+    Capability,
+    CheckedQuestions,
+    CurvePoint,
+    Drift,
+    Evidence,
+    Gain,
+    JudgeCheck,
+    Ranking,
+    WinRate,
+)
 from alignlab.generation import generate, generate_scored
+from alignlab.lab import json_ready
 from alignlab.logprobs import sequence_logps
 from alignlab.pairs import PreferencePair
 from alignlab.probes import PreferenceProbe, implicit_rewards, preference_accuracy
 from alignlab.settings import GenerationSettings, TrainingSettings
+from alignlab.stats import Proportion
 from alignlab.training import train_policy
 
 
@@ -84,10 +98,10 @@ def test_perplexity_is_exp_of_mean_nll(tiny_base):
 def test_training_on_pairs_raises_their_implicit_reward_margin(tiny_chat, pairs):
     result = train_policy(tiny_chat, pairs, TrainingSettings(steps=6, batch_size=4, learning_rate=1e-3, max_length=64))
     evidence = gather_evidence(result.policy, tiny_chat, pairs, ["Hi"], ["Hello"], beta=0.1)
-    assert evidence.heldout_reward_accuracy == 1.0  # measured on the trained pairs: must be learnt
-    assert evidence.heldout_mean_margin > 0
-    assert evidence.kl_to_reference > 0
-    assert evidence.perplexity_before != evidence.perplexity_after
+    assert evidence.heldout.accuracy == 1.0  # measured on the trained pairs: must be learnt
+    assert evidence.heldout.mean_margin > 0
+    assert evidence.drift.kl > 0
+    assert evidence.drift.perplexity_before != evidence.drift.perplexity_after
 
 
 def naive_logps(model, loaded, prompts, completions):
@@ -382,12 +396,12 @@ def test_evidence_takes_the_kl_from_the_generation_and_falls_back_past_the_memor
     calls = []
     monkeypatch.setattr(evaluation, "mean_token_kl", lambda *a, **k: calls.append(a) or 0.5)
     expected = _kl_by_full_forward(policy, tiny_chat.model, answers)
-    assert evidence(answers).kl_to_reference == pytest.approx(expected, rel=1e-3)
+    assert evidence(answers).drift.kl == pytest.approx(expected, rel=1e-3)
     assert not calls  # the policy did not run again
     monkeypatch.setattr(generation, "KEPT_LOGPS_BYTES", 1)
     capped = generate_scored(tiny_chat, prompts, GenerationSettings(max_new_tokens=10), model=policy)
     assert capped.logps is None and capped.texts == answers.texts
-    assert evidence(capped).kl_to_reference == 0.5 and len(calls) == 1  # the text path, without kept log-probs
+    assert evidence(capped).drift.kl == 0.5 and len(calls) == 1  # the text path, without kept log-probs
 
 
 def test_the_original_models_surprise_is_kept_as_it_writes_and_read_from_the_kl_pass(tiny_chat, pairs):
@@ -423,5 +437,36 @@ def test_the_original_models_surprise_is_kept_as_it_writes_and_read_from_the_kl_
     evidence = gather_evidence(
         policy, tiny_chat, pairs, prompts, drifted.texts, 0.1, scored_answers=drifted, baseline_outputs=baseline
     )
-    assert evidence.answer_surprise["before"] == remembered and len(evidence.answer_surprise["after"]) == len(prompts)
+    before, after = evidence.answer_surprise
+    assert before == remembered and len(after) == len(prompts)
     assert "answer_surprise" not in evidence.to_dict()  # the report carries it in eval.degeneration
+
+
+def test_a_reports_eval_block_reads_back_key_for_key():
+    """:meth:`Evidence.to_dict` writes the report's ``eval`` block; :meth:`Evidence.from_dict` reads it back whole."""
+    rows = [{"prompt": f"p{i}", "winner": w, "margin": 0.1, "set": "heldout"} for i, w in enumerate("ppot")]
+    evidence = Evidence(
+        heldout=Ranking(0.75, 4, 0.2, [0.3, 0.2, -0.1, 0.4], [0.5, 0.4, 0.1, 0.6], [0.2, 0.2, 0.2, 0.2]),
+        heldout_before=Ranking(0.5, 4, margins=[0.1, 0.0, 0.0, 0.1]),
+        gain=Gain.of([0.3, 0.2, -0.1, 0.4], [0.1, 0.0, 0.0, 0.1]),
+        contrast=Ranking(1.0, 2, 0.3, [0.2, 0.4]),
+        capability=Capability(Ranking(0.5, 2, 0.1), Ranking(1.0, 2, 0.2), "built-in", 2),
+        drift=Drift(0.1, 20.0, 21.0),
+        scorer="mean_logprob",
+        scorer_text="the policy's mean log-probability",
+        checked=CheckedQuestions(Proportion(19, 20), Proportion(17, 20), 2, [{"question": "q", "accepted": ["a"]}]),
+        win=WinRate("agreement", "agreement", JudgeCheck(12, 14), rows, 30.0, 35.0, 0.2),
+        reward_model=JudgeCheck(13, 14, JudgeCheck(5, 8)),
+        training=Proportion(11, 12),
+        curve=[CurvePoint(2, 0.5, 4, [0.15, 0.85], 0.1, None, float("nan"), 0)],
+        degeneration=Degeneration(7, 6, 0.1, 0.2, 30.0, 31.0, ["hope that helps"], answers=7),
+        heldout_unavailable=None,
+    )
+    block = json_ready(evidence.to_dict())
+    again = json_ready(Evidence.from_dict(block).to_dict())
+    assert again == block and list(again) == list(block)
+    assert "usable" not in block["reward_model"] and block["judge"]["usable"] and block["judged"]["win_count"] == 4
+    # with nothing judged, the win rate's keys are left out and every other key is there, in the same order
+    assert list(json_ready(Evidence().to_dict())) == [
+        key for key in block if key not in WinRate.from_dict(block).to_dict()
+    ]

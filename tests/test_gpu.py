@@ -55,7 +55,7 @@ def test_parameter_estimates_count_the_models_shape(tiny_chat_dir: Path, tiny_ch
 def test_every_value_crossing_the_gpu_boundary_pickles(tiny_chat_dir: Path, tmp_path: Path) -> None:
     from alignlab.settings import TrainingSettings
     from alignlab.ui import jobs
-    from alignlab.ui.state import Run
+    from alignlab.ui.state import TrainingHandle
 
     spec = str(tiny_chat_dir)
     preset = load_preset("seed-lab")
@@ -65,7 +65,7 @@ def test_every_value_crossing_the_gpu_boundary_pickles(tiny_chat_dir: Path, tmp_
     baseline = jobs.baseline_job(spec, prompts, generation)
     pickle.dumps(baseline)
 
-    run = Run()
+    run = TrainingHandle()
     args = (spec, pairs_to_dicts(preset.pairs), TrainingSettings(steps=2).to_dict(), str(tmp_path / "p"), run.id)
     pickle.dumps(args)
     events = list(jobs.train_job(*args))
@@ -83,7 +83,7 @@ def test_every_value_crossing_the_gpu_boundary_pickles(tiny_chat_dir: Path, tmp_
         "pairs": pairs_to_dicts(preset.pairs),
         "heldout_pairs": pairs_to_dicts(preset.heldout_pairs),
     }
-    compare_args = (spec, end["policy_dir"], preset_dict, baseline, generation, training, {"train": 1.0})
+    compare_args = (spec, end["policy_dir"], preset_dict, baseline["outputs"], generation, training, {"train": 1.0})
     pickle.dumps(compare_args)
     report = jobs.compare_job(*compare_args)
     pickle.dumps(report)
@@ -105,13 +105,13 @@ def test_the_compare_job_reuses_the_runs_last_live_scores(tiny_chat_dir: Path, t
     from alignlab import logprobs
     from alignlab.settings import TrainingSettings
     from alignlab.ui import jobs
-    from alignlab.ui.state import Run
+    from alignlab.ui.state import TrainingHandle
 
     spec = str(tiny_chat_dir)
     preset = load_preset("seed-lab")
     settings = TrainingSettings(steps=2).to_dict()
     heldout = pairs_to_dicts(preset.heldout_pairs)
-    run = Run()
+    run = TrainingHandle()
     args = (spec, pairs_to_dicts(preset.pairs), settings, str(tmp_path / "p"), run.id, heldout)
     end = list(jobs.train_job(*args))[-1]
     run.finish()

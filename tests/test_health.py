@@ -3,6 +3,8 @@
 import pytest
 
 from alignlab import readings
+from alignlab.degeneration import Degeneration
+from alignlab.evidence import Evidence, curve_of
 from alignlab.findings import RunFacts
 from alignlab.health import read_health, read_training_health
 from alignlab.readings import accuracy_band, best_step
@@ -60,12 +62,14 @@ GOOD_OUTPUTS = {
 }
 
 
-def facts(log=None, evidence=None, outputs=None, **kw):
+def facts(log=None, evidence=None, outputs=None, heldout_curve=(), **kw):
+    """A run's facts from report-shaped evidence and answers' checks (``eval`` and ``eval.degeneration`` keys)."""
     return RunFacts(
         log_rows=rows() if log is None else log,
         beta=kw.pop("beta", BETA),
-        evidence={**GOOD_EVIDENCE, **(evidence or {})},
-        degeneration={**GOOD_OUTPUTS, **(outputs or {})},
+        evidence=Evidence.from_dict({**GOOD_EVIDENCE, **(evidence or {})}),
+        degeneration=Degeneration.from_dict({**GOOD_OUTPUTS, **(outputs or {})}),
+        heldout_curve=curve_of(list(heldout_curve)),
         changed=kw.pop("changed", 5),
         answers=7,
         **kw,
@@ -258,7 +262,7 @@ def test_one_source_of_thresholds_for_readings_and_verdict():
     # the Compare tab and the verdict use the same bands: 60% is "about chance" in both, whatever the count
     assert accuracy_band(Proportion(6, 10)) == "chance" and accuracy_band(Proportion(60, 100)) == "chance"
     evidence = {**GOOD_EVIDENCE, "heldout_reward_accuracy": 0.6, "heldout_count": 10}
-    assert "about chance" in readings.heldout_reading(evidence)
+    assert "about chance" in readings.heldout_reading(Evidence.from_dict(evidence))
     assert "no_generalisation" in codes(facts(evidence=evidence))
     # above it, a test against chance decides: 5/5 beats a coin (p = 0.031), 4/5 and 5/6 do not
     assert accuracy_band(Proportion(5, 5)) == "beats_chance" and accuracy_band(Proportion(6, 6)) == "beats_chance"
@@ -317,7 +321,7 @@ def test_training_tab_reading_needs_only_the_log():
 
 def test_best_step_is_the_earliest_peak():
     curve = [{"step": s, "accuracy": a} for s, a in [(1, 0.5), (2, 1.0), (3, 1.0), (4, 0.83)]]
-    assert best_step(curve) == 2 and best_step([]) is None
+    assert best_step(curve_of(curve)) == 2 and best_step([]) is None
 
 
 def test_the_curve_in_one_sentence():
@@ -326,7 +330,7 @@ def test_the_curve_in_one_sentence():
         for s, a, c, m in [(2, 0.5, 0.25, 0.01), (4, 1.0, 0.75, 0.2), (6, 1.0, 0.5, 0.1)]
     ]
     curve[-1]["margin_interval"] = [0.05, 0.15]
-    text = readings.curve_reading(curve)
+    text = readings.curve_reading(curve_of(curve))
     assert "scored after steps 2, 4, 6" in text and "2/4 (15–85%) (contrast 1/4 (5–70%)) at step 2" in text
     assert "best 4/4 (51–100%) (contrast 3/4 (30–95%)) at step 4" in text
     assert "mean margin +0.100 (95%: +0.050 to +0.150) at the end" in text

@@ -18,6 +18,8 @@ import pytest
 import torch
 
 from alignlab import gpu, plots
+from alignlab.degeneration import Degeneration
+from alignlab.evidence import Evidence, curve_of
 from alignlab.findings import RunFacts
 from alignlab.health import read_health
 from alignlab.methods import AXES, METHODS, PRODUCTS, RELATIVE_SCORERS, SCORERS, get_method, method_choices
@@ -222,7 +224,7 @@ def test_health_reads_each_methods_keys_and_says_what_it_cannot_check():
         "heldout_gain": {"gains": 6, "losses": 6, "p_value": 0.61},
         "heldout_scorer": "mean_logprob",
     }
-    health = read_health(RunFacts(simpo, beta=2.0, method="simpo", evidence=evidence))
+    health = read_health(RunFacts(simpo, beta=2.0, method="simpo", evidence=Evidence.from_dict(evidence)))
     assert "no_gain" in health.codes and "generalises" not in health.codes and "heldout_scorer" in health.codes
 
 
@@ -248,11 +250,12 @@ def test_picking_a_method_on_the_train_tab_sets_its_own_defaults():
     assert ipo[4].value == METHODS["ipo"].defaults.get("sft_weight", 0.0) and ipo[4].interactive
     assert dpo[4].value == 0.0
     # the settings the widgets make: an empty SFT weight takes the method's own, and a label that says so
-    from alignlab.ui.inputs import settings_from_inputs
+    from alignlab.ui.inputs import settings_from_values
 
-    settings = settings_from_inputs(None, None, None, 2, "sigmoid", 0, "ipo")
+    chosen = {"beta": None, "learning_rate": None, "steps": None, "batch_size": 2.0, "seed": 0.0, "sft_weight": None}
+    settings = settings_from_values({**chosen, "method": "ipo"})
     assert settings.sft_weight == METHODS["ipo"].defaults.get("sft_weight", 0.0)
-    assert settings_from_inputs(None, None, None, 2, "sigmoid", 0, "dpo", 0.5).method_label == "DPO + SFT×0.5"
+    assert settings_from_values({**chosen, "sft_weight": 0.5}).method_label == "DPO + SFT×0.5"
 
 
 def test_gpu_estimate_follows_the_methods_cost():
@@ -419,7 +422,7 @@ def test_health_reads_rlhf_logs_by_stage():
         "heldout_mean_margin": 0.0,
         "heldout_scorer": "implicit_reward",
     }
-    health = read_health(RunFacts(_rlhf_rows(), beta=0.05, method="rlhf", evidence=evidence))
+    health = read_health(RunFacts(_rlhf_rows(), beta=0.05, method="rlhf", evidence=Evidence.from_dict(evidence)))
     assert "memorised" not in health.codes and "no_generalisation" in health.codes
     # a backwards held-out ranking is where RL moved the policy, not swapped labels: the policy never saw the pairs
     evidence = {
@@ -428,11 +431,11 @@ def test_health_reads_rlhf_logs_by_stage():
         "heldout_mean_margin": -0.1,
         "heldout_scorer": "implicit_reward",
     }
-    health = read_health(RunFacts(_rlhf_rows(), beta=0.05, method="rlhf", evidence=evidence))
+    health = read_health(RunFacts(_rlhf_rows(), beta=0.05, method="rlhf", evidence=Evidence.from_dict(evidence)))
     backwards = next(d for d in health.details if d.code == "no_signal")
     assert "swapped" not in backwards.text and "sampled answers" in backwards.text
     assert backwards.severity == "info"  # RLHF's verdict is read from its reward model (tests/test_health.py)
-    as_dpo = read_health(RunFacts(_rlhf_rows(), beta=0.1, method="dpo", evidence=evidence))
+    as_dpo = read_health(RunFacts(_rlhf_rows(), beta=0.1, method="dpo", evidence=Evidence.from_dict(evidence)))
     assert "swapped" in " ".join(as_dpo.findings)
     falling = [dict(r, reward=-r["reward"]) if "reward" in r else r for r in _rlhf_rows()]
     assert "reward_flat" in read_health(RunFacts(falling, beta=0.05, method="rlhf")).codes
@@ -500,9 +503,9 @@ def test_each_method_runs_the_whole_lab_and_reports_it(index, tiny_comparison):
         RunFacts(
             log_rows=rows,
             beta=training["beta"],
-            evidence=report["eval"],
-            degeneration=report["eval"]["degeneration"],
-            heldout_curve=report["eval"]["heldout_curve"],
+            evidence=Evidence.from_dict(report["eval"]),
+            degeneration=Degeneration.from_dict(report["eval"]["degeneration"]),
+            heldout_curve=curve_of(report["eval"]["heldout_curve"]),
             changed=report["changed"],
             answers=len(report["aligned_outputs"]),
             method=entry.name,

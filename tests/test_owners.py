@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 from alignlab.owners import RECORD, claim, remove_own, sweep
-from alignlab.ui.state import SessionStore, disk_used
+from alignlab.presets import Preset
+from alignlab.settings import TrainingSettings
+from alignlab.ui.state import SessionStore, TrainedRun, disk_used
 
 CLAIM = "import sys; from alignlab.owners import claim; claim(sys.argv[1]); print('claimed', flush=True)"
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +107,8 @@ def test_the_disk_bound_clears_the_longest_idle_visitors_files_first_and_tells_t
         policy.mkdir()
         (policy / "model.safetensors").write_bytes(b"\0" * 2**20)
         os.link(policy / "model.safetensors", session.path("same-file-linked"))  # counted once
-        session.policy_dir, session.training = policy, {"method": "dpo"}
+        lab = Preset("custom", "custom", "", [], [])
+        session.trained = TrainedRun(TrainingSettings(), lab, summary={"method": "dpo"}, policy_dir=policy)
     assert disk_used(tmp_path) <= bound
     newest = sessions[-1]
     (newest.path("export.zip")).write_bytes(b"\0" * 2**20)  # over the bound now
@@ -114,8 +117,8 @@ def test_the_disk_bound_clears_the_longest_idle_visitors_files_first_and_tells_t
 
     assert cleared == ["oldest"]
     oldest = sessions[0]
-    assert not oldest.directory.exists() and oldest.policy_dir is None and oldest.files_cleared
+    assert not oldest.directory.exists() and oldest.trained.policy_dir is None and oldest.files_cleared
     assert "cleared" in oldest.notice and "idle" in oldest.notice
-    assert sessions[1].policy_dir.is_dir() and newest.policy_dir.is_dir()
+    assert sessions[1].trained.policy_dir.is_dir() and newest.trained.policy_dir.is_dir()
     assert disk_used(tmp_path) <= bound
     assert store.bound_disk(keep=newest) == []  # within the bound: nothing more goes

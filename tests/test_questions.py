@@ -7,7 +7,8 @@ import json
 import pytest
 
 from alignlab import questions
-from alignlab.evaluation import checked_fields
+from alignlab.evaluation import checked_questions
+from alignlab.evidence import Evidence
 from alignlab.models import cache_root
 from alignlab.pairs import DatasetError
 from alignlab.presets import Preset, load_preset
@@ -76,14 +77,14 @@ def test_a_real_model_is_asked_before_once_and_after_each_time(tiny_chat) -> Non
     asked = builtin_questions()[:4]
     checked = check_answers(tiny_chat, tiny_chat.model, asked)
     key = questions._before_key(tiny_chat, asked)
-    assert questions._before[key] == checked.before  # kept: the next run reuses the original model's answers
+    assert questions._BEFORE.memory[key] == checked.before  # kept: the next run reuses the original model's answers
     stored = cache_root() / "checked-answers" / f"{key}.json"
     assert json.loads(stored.read_text()) == checked.before  # and on disk, for the next process
     stored.write_text(json.dumps(["kept on disk"] * 4))
-    questions._before.clear()
+    questions._BEFORE.memory.clear()
     assert questions.answers_before(tiny_chat, asked) == ["kept on disk"] * 4  # read back, not asked again
     stored.unlink()
-    questions._before.clear()
+    questions._BEFORE.memory.clear()
     assert checked.after == checked.before  # the same weights write the same greedy answers
     assert checked.lost == checked.gained == 0 and len(checked.rows()) == 4
     assert checked.right_before == [q.is_right(a) for q, a in zip(asked, checked.before)]
@@ -93,14 +94,15 @@ def test_right_answers_turned_wrong_are_counted_and_read_with_their_intervals() 
     asked = [CheckedQuestion(f"What is {n} plus 10?", (str(n + 10),)) for n in range(1, 21)]
     right = [f"It is {n + 10}." for n in range(1, 21)]
     wrong = [f"It is {n + 11}." for n in range(1, 21)]
-    kept = checked_fields(CheckedAnswers(asked, right, right[:19] + wrong[19:]))
-    assert kept["checked_capability_lost"] == 1
+    kept = checked_questions(CheckedAnswers(asked, right, right[:19] + wrong[19:]))
+    assert kept.lost == 1
     assert "20/20" in checked_capability_reading(kept) and "19/20" in checked_capability_reading(kept)
     assert "knowledge kept" in checked_capability_reading(kept) and "thin margin" in checked_capability_reading(kept)
-    lost = checked_fields(CheckedAnswers(asked, right, right[:15] + wrong[15:]))
-    assert lost["checked_capability_lost"] == 5 and lost["checked_capability_after"] == 0.75
-    low, high = lost["checked_capability_interval_after"]
+    lost = checked_questions(CheckedAnswers(asked, right, right[:15] + wrong[15:]))
+    report = Evidence(checked=lost).to_dict()  # the report's eval block
+    assert report["checked_capability_lost"] == 5 and report["checked_capability_after"] == 0.75
+    low, high = report["checked_capability_interval_after"]
     assert low < 0.75 < high
     reading = checked_capability_reading(lost)
     assert "15/20 (" in reading and "5 answers that were right turned wrong" in reading
-    assert reading in evidence_readings(lost)
+    assert reading in evidence_readings(report)

@@ -40,7 +40,7 @@ WRONG_CLICKS = [
     ("/run_lab", {"steps": 0}, "steps must be a whole number"),
     ("/run_lab", {"model": "no-such-owner/no-such-model-xyz"}, "no-such-owner/no-such-model-xyz"),
     ("/load_model", {"model": "/no/such/model"}, "There is no directory"),
-    ("/baseline", {"max_new_tokens": 10_000}, "max new tokens"),
+    ("/baseline", {"max_new_tokens": 10_000}, "max_new_tokens must be a whole number from 1 to 512"),
 ]
 
 
@@ -211,7 +211,7 @@ def test_a_late_visitor_sees_a_finished_identical_run_replayed_step_by_step(app)
     assert points == sorted(points) and points[-1] == 3 and len(set(points)) >= 3
     assert updates[-1][5] == done[5] and "Finished 3 of 3 steps" in statuses[-1]  # the same log, its own copy
     mine, theirs = (demo.session_store.peek(c.session_hash) for c in (late, first))
-    assert mine.policy_dir != theirs.policy_dir and (mine.policy_dir / "config.json").is_file()
+    assert mine.trained.policy_dir != theirs.trained.policy_dir and (mine.trained.policy_dir / "config.json").is_file()
     assert "answers changed" in late.predict(api_name="/compare")[0]
 
 
@@ -236,7 +236,7 @@ def test_stop_leaves_a_shared_run_to_the_others_and_the_last_one_stops_it(app) -
     stopped = b.predict(api_name="/stop")  # the last one stops the run itself, at the end of a step
     assert "Stopped after" in stopped[0] and "of 400 steps" in stopped[0]
     assert run.cancelled and demo.runs.stats().in_flight == 0
-    assert demo.session_store.peek(a.session_hash).policy_dir is None  # a left: nothing to compare
+    assert demo.session_store.peek(a.session_hash).trained.policy_dir is None  # a left: nothing to compare
     assert "answers changed" in b.predict(api_name="/compare")[0]  # b kept the stopped run's policy
 
 

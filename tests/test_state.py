@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from alignlab.ui.state import RUN_TOKENS, Run, SessionStore
+from alignlab.ui.state import RUN_TOKENS, SessionStore, TrainingHandle
 
 
 def wait_for(predicate, timeout: float = 5.0) -> None:  # noqa: ANN001
@@ -54,9 +54,9 @@ def test_using_a_session_keeps_it_alive_and_get_expires_the_others(tmp_path: Pat
 def test_a_session_that_is_training_never_expires(tmp_path: Path) -> None:
     store = SessionStore(root=tmp_path, ttl=1)
     session = store.get("trainer")
-    session.run = Run()
+    session.training_handle = TrainingHandle()
     assert store.expire(now=time.monotonic() + 10) == [] and "trainer" in store
-    session.run.finish()
+    session.training_handle.finish()
     assert store.expire(now=time.monotonic() + 10) == ["trainer"]
 
 
@@ -64,7 +64,7 @@ def test_closing_a_session_stops_its_run_and_deletes_its_files_once_the_run_has_
     store = SessionStore(root=tmp_path)
     session = store.get("s")
     session.path("policy").mkdir()
-    run = session.run = Run()
+    run = session.training_handle = TrainingHandle()
     assert RUN_TOKENS[run.id] is run.cancel
     store.close("s")
     assert "s" not in store and run.cancel.cancelled

@@ -227,14 +227,14 @@ def test_a_saved_policy_loads_back_as_the_same_plain_model(tiny_chat, pairs, tmp
 
 
 def test_every_range_comes_from_the_settings_metadata(capsys) -> None:
-    """KNOBS is the one source of each setting's range: the checks, the CLI's flags and the API docs read it."""
+    """A setting's field is the one source of its range: the check, the CLI's flags and the API docs read it."""
     from alignlab.cli import main
     from alignlab.settings import KNOBS
     from alignlab.ui.common import api_doc
-    from alignlab.ui.train_tab import train_ui
+    from alignlab.ui.train_tab import TRAIN_SETTINGS, train_ui
 
     for name, knob in KNOBS.items():
-        if name in ("beta", "epochs"):  # beta's range is the method's; epochs is set instead of steps
+        if knob.low is None or name == "epochs":  # beta's range is the method's; epochs is set instead of steps
             continue
         inside = int(knob.high) if knob.whole else knob.high
         outside = inside + 1 if knob.whole else knob.high * 2
@@ -245,6 +245,7 @@ def test_every_range_comes_from_the_settings_metadata(capsys) -> None:
     assert "max_length must be a whole number from 32 to 2048" in capsys.readouterr().err
     main(["lab", "--preset", "seed-lab", "--lora-rank", "300"])
     assert "lora_rank must be a whole number from 1 to 256" in capsys.readouterr().err
-    doc = api_doc(train_ui)
-    assert "steps — optimizer steps (1 to 500)" in doc and "lora_rank — LoRA rank (1 to 256)" in doc
+    doc = api_doc(train_ui, KNOBS, TRAIN_SETTINGS)
+    assert "steps — Optimizer steps; more = bigger change (1 to 500;" in doc
+    assert "lora_rank — LoRA adapter rank; higher = more capacity (1 to 256)." in doc
     assert "simpo: 0.01 to 10" in doc

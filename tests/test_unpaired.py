@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from alignlab.importers import export_jsonl, import_pairs, load_dataset_file
+from alignlab.lab import Baseline
 from alignlab.pairs import DatasetError, PreferencePair, TrainingData, UnpairedRow, pairs_from_thumbs, thumbs_view
 from alignlab.presets import Preset, checked_preset, validate_preset
 from alignlab.settings import TrainingSettings
@@ -387,21 +388,21 @@ def test_the_train_tab_trains_on_imported_thumbs_rows_and_compare_reports_them(t
 
     _, _, prompts, _, _, _, _, _, unpaired, _, _ = import_tab_outputs(tmp_path)
     session = STORE.get("thumbs-train-test")
-    session.model_spec, session.eval_prompts = str(tiny_chat_dir), prompts.splitlines()
-    session.baseline_outputs, session.generation = ["-"] * len(session.eval_prompts), {"max_new_tokens": 4}
+    eval_prompts = prompts.splitlines()
+    generation = {"max_new_tokens": 4}
+    session.baseline = Baseline(str(tiny_chat_dir), {}, eval_prompts, generation, ["-"] * len(eval_prompts))
     request = SimpleNamespace(session_hash="thumbs-train-test")
     no_pairs = table_from_pairs([])
     try:
-        for _ in train_tab.train_ui(
-            no_pairs, no_pairs, {}, 0.1, 1e-3, 2, 2, "sigmoid", 1, request, method="kto", unpaired=unpaired
-        ):
+        values = {"beta": 0.1, "learning_rate": 1e-3, "steps": 2, "batch_size": 2, "loss_type": "sigmoid", "seed": 1}
+        for _ in train_tab.train_ui(no_pairs, no_pairs, {}, unpaired, request, **values, method="kto"):
             pass
-        assert session.training["trained_on"] == {"rows": 7, "pairs": 0, "unpaired": 7, "formed_pairs": 0}
+        assert session.trained.summary["trained_on"] == {"rows": 7, "pairs": 0, "unpaired": 7, "formed_pairs": 0}
         compare_tab.compare_ui(request=request)
         assert session.report["settings"]["train_unpaired"] == 7
         ups = [r for r in unpaired if r["label"]]
         with pytest.raises(gr.Error, match="Use kto, which trains on thumbs rows"):
-            list(train_tab.train_ui(no_pairs, no_pairs, {}, 0.1, 1e-3, 2, 2, "sigmoid", 1, request, unpaired=ups))
+            list(train_tab.train_ui(no_pairs, no_pairs, {}, ups, request, **values))
     finally:
         STORE.close("thumbs-train-test")
 

@@ -18,7 +18,7 @@ from alignlab.model_shapes import ModelShape
 from alignlab.presets import Preset
 from alignlab.recipe.files import readme, run_sh
 from alignlab.recipe.folder import Recipe, StageRecipe
-from alignlab.recipe.memory import ADAPTERS, ENGINES, Adapter, Engine
+from alignlab.recipe.memory import ADAPTERS, ENGINES, Adapter, Engine, MemoryEstimate
 from alignlab.recipe.plan import RunPlan, plan_run
 from alignlab.recipe.stages import (
     PUBLIC_DATASETS,
@@ -174,45 +174,16 @@ def _stage_recipe(
 ) -> StageRecipe:
     """One stage: its data files, plan, memory estimate and config file (written into ``files``); ``saved_to``
     maps each earlier stage's product to the folder it saves it to, and gets this stage's."""
-    preset, settings, shape, mixed = request.preset, request.settings, request.shape, bool(request.mix)
-    thumbs = list(preset.unpaired)
-    train_rows = stage.rows(preset.pairs, shape.chat, mixed, thumbs)
+    preset, shape, mixed = request.preset, request.shape, bool(request.mix)
+    train_rows = stage.rows(preset.pairs, shape.chat, mixed, list(preset.unpaired))
     train_file, eval_file = stage.data_files
     files[train_file] = _jsonl(train_rows * request.user_repeat)
     files[eval_file] = _jsonl(stage.rows(preset.heldout_pairs, shape.chat, mixed))
-    plan = plan_run(
-        settings,
-        stage,
-        shape,
-        n_train=len(train_rows) if stage.samples else len(preset.pairs) + math.ceil(len(thumbs) / stage.rows_per_pair),
-        gpus=request.gpus,
-        engine=request.engine,
-        adapter=request.adapter,
-        mixed=mixed,
-        scale=request.scale,
-        gpu_memory_gib=request.gpu_memory_gib,
-        learning_rate=learning_rate if stage.stage.trains_policy else None,
-        prompt_tokens=request.prompt_tokens if stage.samples else 0,
-    )
-    memory = stage.estimate(
-        shape,
-        engine=request.engine,
-        gpus=request.gpus,
-        adapter=request.adapter,
-        lora_rank=settings.lora_rank,
-        per_device_batch=plan.per_device_batch,
-        global_batch=plan.global_batch,
-        max_length=plan.max_length,
-        gradient_checkpointing=plan.gradient_checkpointing,
-        prompt_tokens=plan.prompt_tokens,
-        completion_tokens=plan.max_completion_length,
-    )
-    # `datasets` caches a folder's splits under its folder and config names only, not its files' content:
-    # a config named after the content keeps a re-exported folder from reading the old rows' cache.
-    digest = hashlib.sha256((files[train_file] + files[eval_file]).encode()).hexdigest()[:12]
-    dataset_config = f"{stage.data_config}-{digest}"
+    plan = _stage_plan(request, stage, len(train_rows), learning_rate)
+    memory = _stage_memory(request, stage, plan)
+    dataset_config = _dataset_config(stage, files[train_file] + files[eval_file])
     config = _config(
-        settings,
+        request.settings,
         stage,
         shape,
         plan,
@@ -226,6 +197,55 @@ def _stage_recipe(
     saved_to[stage.trains] = stage.output_dir
     files[stage.config_file] = _yaml_text(config, _config_header(stage, shape, number, count))
     return StageRecipe(stage, plan, memory, config, dataset_config)
+
+
+def _stage_plan(request: _Request, stage: RecipeStage, train_rows: int, learning_rate: float | None) -> RunPlan:
+    """The stage's batch, rate and lengths for the target. A stage that samples answers draws its batch from its
+    ``train_rows`` (the distinct prompts); one that reads given answers from the pairs, its thumbs rows counted as
+    pairs of ``rows_per_pair`` rows."""
+    preset = request.preset
+    thumbs = math.ceil(len(preset.unpaired) / stage.rows_per_pair)
+    return plan_run(
+        request.settings,
+        stage,
+        request.shape,
+        n_train=train_rows if stage.samples else len(preset.pairs) + thumbs,
+        gpus=request.gpus,
+        engine=request.engine,
+        adapter=request.adapter,
+        mixed=bool(request.mix),
+        scale=request.scale,
+        gpu_memory_gib=request.gpu_memory_gib,
+        learning_rate=learning_rate if stage.stage.trains_policy else None,
+        prompt_tokens=request.prompt_tokens if stage.samples else 0,
+    )
+
+
+def _stage_memory(request: _Request, stage: RecipeStage, plan: RunPlan) -> MemoryEstimate:
+    """The stage's memory per GPU at its planned batch and lengths."""
+    return stage.estimate(
+        request.shape,
+        engine=request.engine,
+        gpus=request.gpus,
+        adapter=request.adapter,
+        lora_rank=request.settings.lora_rank,
+        per_device_batch=plan.per_device_batch,
+        global_batch=plan.global_batch,
+        max_length=plan.max_length,
+        gradient_checkpointing=plan.gradient_checkpointing,
+        prompt_tokens=plan.prompt_tokens,
+        completion_tokens=plan.max_completion_length,
+    )
+
+
+def _dataset_config(stage: RecipeStage, data: str) -> str:
+    """The name of the folder's dataset config that holds the stage's ``data`` (its files' text).
+
+    `datasets` caches a folder's splits under its folder and config names only, not its files' content: a config
+    named after the content keeps a re-exported folder from reading the old rows' cache.
+    """
+    digest = hashlib.sha256(data.encode()).hexdigest()[:12]
+    return f"{stage.data_config}-{digest}"
 
 
 def _config(
@@ -247,21 +267,36 @@ def _config(
     """
     config: dict[str, Any] = {"model_name_or_path": shape.hub_id, "dtype": plan.dtype}
     config.update(inputs or {})
+    config.update(_data_arguments(method, mix, dataset_config))
+    config.update(method.config_keys(settings))
+    # TRL's script takes an eval split only from `dataset_name` or a random split: a mixture has none.
+    config.update(_training_arguments(settings, method, plan, has_eval=has_eval and not mix))
+    config.update(_adapter_arguments(settings, method, adapter, engine))
+    return config
+
+
+def _data_arguments(method: RecipeStage, mix: list[str], dataset_config: str | None) -> dict[str, Any]:
+    """Where the stage's script reads its rows: the recipe folder's splits, or a mixture with the public sets."""
     if mix:
         # A mixture: TRL's `datasets` list, concatenated (paths relative to the recipe folder).
-        config["datasets"] = [{"path": "json", "data_files": method.data_files[0], "split": "train"}] + [
-            {"path": PUBLIC_DATASETS[name].hub_id, "split": "train", "columns": ["chosen", "rejected"]} for name in mix
-        ]
-        has_eval = False  # TRL's script takes an eval split only from `dataset_name` or a random split
-    else:
-        # The recipe folder is the dataset: README.md's YAML header maps train.jsonl and eval.jsonl to
-        # the train and test splits. `datasets` needs the folder's absolute path (with "." it fails),
-        # which only the launch knows: run.sh passes `--dataset_name <this folder>`.
-        if dataset_config:
-            config["dataset_config"] = dataset_config
-        config["dataset_train_split"] = "train"
-        config["dataset_test_split"] = "test"
-    config.update(method.config_keys(settings))
+        return {
+            "datasets": [{"path": "json", "data_files": method.data_files[0], "split": "train"}]
+            + [
+                {"path": PUBLIC_DATASETS[name].hub_id, "split": "train", "columns": ["chosen", "rejected"]}
+                for name in mix
+            ]
+        }
+    # The recipe folder is the dataset: README.md's YAML header maps train.jsonl and eval.jsonl to
+    # the train and test splits. `datasets` needs the folder's absolute path (with "." it fails),
+    # which only the launch knows: run.sh passes `--dataset_name <this folder>`.
+    arguments: dict[str, Any] = {"dataset_config": dataset_config} if dataset_config else {}
+    return arguments | {"dataset_train_split": "train", "dataset_test_split": "test"}
+
+
+def _training_arguments(
+    settings: TrainingSettings, method: RecipeStage, plan: RunPlan, has_eval: bool
+) -> dict[str, Any]:
+    """The plan's numbers as the stage's TRL config fields, with the run's logging, saving and evaluation."""
     training = {
         "learning_rate": plan.learning_rate,
         "lr_scheduler_type": plan.lr_scheduler_type,
@@ -287,26 +322,30 @@ def _config(
     }
     # Only what the stage's TRL config takes: RLOO has no max_length (its lengths are the prompt's and the answer's).
     accepted = method.config_class_fields()
-    config.update({key: value for key, value in training.items() if key in accepted and value is not None})
+    arguments = {key: value for key, value in training.items() if key in accepted and value is not None}
     if has_eval:
-        config["eval_steps"] = 50
-    if adapter != Adapter.FULL:
-        config.update(
-            {
-                "use_peft": True,
-                "lora_r": settings.lora_rank,
-                "lora_alpha": 2 * settings.lora_rank,
-                "lora_dropout": 0.0,
-                "lora_target_modules": "all-linear",
-            }
-        )
-        if method.lora_task_type:
-            config["lora_task_type"] = method.lora_task_type
+        arguments["eval_steps"] = 50
+    return arguments
+
+
+def _adapter_arguments(settings: TrainingSettings, method: RecipeStage, adapter: str, engine: str) -> dict[str, Any]:
+    """TRL's ModelConfig fields for a LoRA adapter (on a 4-bit base under QLoRA); none for full fine-tuning."""
+    if adapter == Adapter.FULL:
+        return {}
+    arguments: dict[str, Any] = {
+        "use_peft": True,
+        "lora_r": settings.lora_rank,
+        "lora_alpha": 2 * settings.lora_rank,
+        "lora_dropout": 0.0,
+        "lora_target_modules": "all-linear",
+    }
+    if method.lora_task_type:
+        arguments["lora_task_type"] = method.lora_task_type
     if adapter == Adapter.QLORA:
-        config.update({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "use_bnb_nested_quant": True})
+        arguments.update({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "use_bnb_nested_quant": True})
         if ENGINES[engine].shards_weights:
-            config["bnb_4bit_quant_storage"] = "bfloat16"  # lets ZeRO-3/FSDP shard the 4-bit weights
-    return config
+            arguments["bnb_4bit_quant_storage"] = "bfloat16"  # lets ZeRO-3/FSDP shard the 4-bit weights
+    return arguments
 
 
 def _config_header(method: RecipeStage, shape: ModelShape, number: int, stages: int) -> str:

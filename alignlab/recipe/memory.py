@@ -150,12 +150,7 @@ def estimate_memory(
     Rough by design (a few GiB either way): it is there to choose an engine, a GPU count and
     LoRA/QLoRA before renting the GPUs, not to replace a first short run.
     """
-    if engine not in ENGINES:
-        raise RecipeError(f"engine must be one of {', '.join(ENGINES)} (got {engine!r}).")
-    if adapter not in ADAPTERS:
-        raise RecipeError(f"adapter must be one of {', '.join(ADAPTERS)} (got {adapter!r}).")
-    if not isinstance(gpus, int) or gpus < 1:
-        raise RecipeError(f"gpus must be a whole number of at least 1 (got {gpus!r}).")
+    _check_setup(engine, adapter, gpus)
     params = shape.parameters()
     trainable = params if adapter == Adapter.FULL else shape.lora_parameters(lora_rank)
     components: dict[str, float] = {}
@@ -164,15 +159,9 @@ def estimate_memory(
         _full_fine_tuning(ENGINES[engine], gpus, params, reference, components, notes)
     else:
         _adapter_states(shape, ENGINES[engine], gpus, adapter, lora_rank, components, notes)
-    tokens = per_device_batch * rows_per_example * max_length  # a pair: chosen and rejected rows
-    per_layer = 34 * shape.hidden * tokens
-    rows = f"{per_device_batch} pair(s) x 2" if rows_per_example == 2 else f"{per_device_batch} row(s)"
-    if gradient_checkpointing:
-        components["activations"] = 2 * shape.hidden * tokens * shape.layers + per_layer
-        notes["activations"] = f"{rows} x {max_length} tokens, checkpointed"
-    else:
-        components["activations"] = per_layer * shape.layers
-        notes["activations"] = f"{rows} x {max_length} tokens, no checkpointing"
+    components["activations"], notes["activations"] = _activations(
+        shape, per_device_batch, rows_per_example, max_length, gradient_checkpointing
+    )
     components["overhead"] = float(OVERHEAD_BYTES)
     notes["overhead"] = "CUDA context, NCCL buffers, allocator slack"
     return MemoryEstimate(
@@ -188,6 +177,28 @@ def estimate_memory(
         components=components,
         notes=notes,
     )
+
+
+def _check_setup(engine: str, adapter: str, gpus: Any) -> None:
+    """A known engine and adapter, and at least one GPU."""
+    if engine not in ENGINES:
+        raise RecipeError(f"engine must be one of {', '.join(ENGINES)} (got {engine!r}).")
+    if adapter not in ADAPTERS:
+        raise RecipeError(f"adapter must be one of {', '.join(ADAPTERS)} (got {adapter!r}).")
+    if not isinstance(gpus, int) or gpus < 1:
+        raise RecipeError(f"gpus must be a whole number of at least 1 (got {gpus!r}).")
+
+
+def _activations(
+    shape: ModelShape, per_device_batch: int, rows_per_example: int, max_length: int, gradient_checkpointing: bool
+) -> tuple[float, str]:
+    """(bytes, note) of the activations kept for the backward pass (see :func:`estimate_memory`)."""
+    tokens = per_device_batch * rows_per_example * max_length  # a pair: chosen and rejected rows
+    per_layer = 34 * shape.hidden * tokens
+    rows = f"{per_device_batch} pair(s) x 2" if rows_per_example == 2 else f"{per_device_batch} row(s)"
+    if gradient_checkpointing:
+        return 2 * shape.hidden * tokens * shape.layers + per_layer, f"{rows} x {max_length} tokens, checkpointed"
+    return per_layer * shape.layers, f"{rows} x {max_length} tokens, no checkpointing"
 
 
 def _split(value: float, gpus: int, sharded: bool) -> float:
@@ -223,20 +234,27 @@ def _adapter_states(
     notes: dict[str, str],
 ) -> None:
     """A LoRA adapter trained on a frozen base (4-bit under QLoRA): the adapter's own weights and states in fp32."""
-    params, linear = shape.parameters(), shape.linear_parameters()
     trainable = shape.lora_parameters(lora_rank)
     if adapter == Adapter.QLORA:
-        base = QLORA_WEIGHT_BYTES * linear + 2 * (params - linear)
         notes["weights"] = "frozen base: linear layers 4-bit NF4, the rest bf16"
     else:
-        base = 2.0 * params
         notes["weights"] = "frozen base in bf16"
-    components["weights"] = _split(base, gpus, e.shards_weights) + 4 * trainable
+    components["weights"] = _split(_policy_weight_bytes(shape, e, adapter), gpus, e.shards_weights) + 4 * trainable
     components["gradients"] = 4.0 * trainable
     components["optimizer"] = 8.0 * trainable
     notes["gradients"] = notes["optimizer"] = f"LoRA r={lora_rank} only ({trainable / 1e6:.1f} M params, fp32)"
     components["reference"] = 0.0
     notes["reference"] = "none: the base with the adapter switched off"
+
+
+def _policy_weight_bytes(shape: ModelShape, e: Engine, adapter: str) -> float:
+    """The policy's whole weights: the frozen base under an adapter (4-bit linear layers under QLoRA, else bf16),
+    or every weight as the engine keeps it for full fine-tuning."""
+    if adapter == Adapter.QLORA:
+        return QLORA_WEIGHT_BYTES * shape.linear_parameters() + 2 * (shape.parameters() - shape.linear_parameters())
+    if adapter == Adapter.LORA:
+        return 2.0 * shape.parameters()
+    return e.full_weight_bytes * shape.parameters()
 
 
 def reward_model_shape(shape: ModelShape) -> ModelShape:
@@ -297,30 +315,34 @@ def estimate_sampling_memory(
     scorer = reward_model_shape(shape).parameters()
     adapter_weights = shape.lora_parameters(lora_rank) if adapter != Adapter.FULL else 0
     reward = frozen_bytes * scorer / (gpus if e.shards_weights else 1) + frozen_bytes * adapter_weights
+    reward_note = f"frozen sequence classifier, {frozen_bytes} B/param" + _over(gpus, e.shards_weights)
+    generation = _generation(shape, e, gpus, adapter, frozen_bytes, tokens, per_device_batch * accumulation)
+    _add_before_overhead(estimate, {"reward model": (reward, reward_note), "generation": generation})
+    return estimate
+
+
+def _generation(
+    shape: ModelShape, e: Engine, gpus: int, adapter: str, frozen_bytes: int, tokens: int, sequences: int
+) -> tuple[float, str]:
+    """(bytes, note) of sampling: the KV cache of ``sequences`` answers of ``tokens`` tokens, and under ZeRO-3 the
+    policy's weights gathered whole on each GPU while it samples (TRL's ``ds3_gather_for_generation``)."""
     head_dim = shape.head_dim or shape.hidden // shape.heads
-    sequences = per_device_batch * accumulation
     kv_cache = 2 * shape.layers * shape.kv_heads * head_dim * frozen_bytes * tokens * sequences  # keys and values
-    generation_note = f"KV cache of {sequences} answer(s) x {tokens} tokens"
+    note = f"KV cache of {sequences} answer(s) x {tokens} tokens"
     gathered = 0.0
-    if engine == "zero3" and gpus > 1:  # ds3_gather_for_generation: the whole policy on each GPU while it samples
-        if adapter == Adapter.QLORA:
-            base = QLORA_WEIGHT_BYTES * shape.linear_parameters() + 2 * (shape.parameters() - shape.linear_parameters())
-        elif adapter == Adapter.LORA:
-            base = 2.0 * shape.parameters()
-        else:
-            base = e.full_weight_bytes * shape.parameters()
-        gathered = base * (gpus - 1) / gpus
-        generation_note += ", plus the policy's weights gathered whole for sampling"
+    if e.name == "zero3" and gpus > 1:
+        gathered = _policy_weight_bytes(shape, e, adapter) * (gpus - 1) / gpus
+        note += ", plus the policy's weights gathered whole for sampling"
+    return kv_cache + gathered, note
+
+
+def _add_before_overhead(estimate: MemoryEstimate, components: dict[str, tuple[float, str]]) -> None:
+    """Add ``components`` (name -> (bytes, note)) to ``estimate``, the per-GPU overhead staying its last line."""
     overhead = estimate.components.pop("overhead")
     overhead_note = estimate.notes.pop("overhead")
-    estimate.components["reward model"] = reward
-    estimate.notes["reward model"] = f"frozen sequence classifier, {frozen_bytes} B/param" + (
-        f", split over {gpus}" if e.shards_weights else ""
-    )
-    estimate.components["generation"] = kv_cache + gathered
-    estimate.notes["generation"] = generation_note
+    for name, (value, note) in components.items():
+        estimate.components[name], estimate.notes[name] = value, note
     estimate.components["overhead"], estimate.notes["overhead"] = overhead, overhead_note
-    return estimate
 
 
 def lab_memory_estimate(shape: ModelShape, settings: TrainingSettings, on_gpu: bool) -> float:

@@ -79,6 +79,36 @@ def plan_run(
         return _as_in_lab(settings, stage, gpus=gpus, learning_rate=learning_rate, prompt_tokens=prompt_tokens)
     if scale != "target":
         raise RecipeError(f"scale must be 'target' or 'lab' (got {scale!r}).")
+    return _as_target(
+        settings,
+        stage,
+        shape,
+        n_train=n_train,
+        gpus=gpus,
+        engine=engine,
+        adapter=adapter,
+        mixed=mixed,
+        gpu_memory_gib=gpu_memory_gib,
+        learning_rate=learning_rate,
+        prompt_tokens=prompt_tokens,
+    )
+
+
+def _as_target(
+    settings: TrainingSettings,
+    stage: RecipeStage,
+    shape: ModelShape,
+    *,
+    n_train: int,
+    gpus: int,
+    engine: str,
+    adapter: str,
+    mixed: bool,
+    gpu_memory_gib: float,
+    learning_rate: float | None,
+    prompt_tokens: int,
+) -> RunPlan:
+    """A real run on the target (``scale='target'``, see :func:`plan_run`), with the reason for each number."""
     multiple = stage.batch_multiple(settings)
     reasons: dict[str, str] = {
         "learning_rate": "given"
@@ -98,13 +128,7 @@ def plan_run(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion,
     )
-    per_device, accumulation = _fitting_batch(estimate, global_batch, gpus, multiple, gpu_memory_gib)
-    reasons["per_device_batch"] = (
-        f"the largest of {', '.join(map(str, PER_DEVICE_CHOICES))} whose estimate fits 90% of {gpu_memory_gib:g} GiB"
-    )
-    reasons["gradient_accumulation"] = (
-        f"{per_device} x {gpus} GPUs x {accumulation} = {per_device * gpus * accumulation}"
-    )
+    per_device, accumulation = _fitting_batch(estimate, global_batch, gpus, multiple, gpu_memory_gib, reasons)
     dtype = load_dtype(engine, adapter)
     reasons["dtype"] = _dtype_reason(engine, adapter, dtype)
     return RunPlan(
@@ -211,10 +235,16 @@ def _dtype_reason(engine: str, adapter: str, dtype: str) -> str:
 
 
 def _fitting_batch(
-    estimate: Callable[..., MemoryEstimate], global_batch: int, gpus: int, multiple: int, gpu_memory_gib: float
+    estimate: Callable[..., MemoryEstimate],
+    global_batch: int,
+    gpus: int,
+    multiple: int,
+    gpu_memory_gib: float,
+    reasons: dict[str, str],
 ) -> tuple[int, int]:
     """(per-GPU batch, gradient accumulation): the largest of :data:`PER_DEVICE_CHOICES` whose memory estimate fits
-    90% of a GPU, and the accumulation making up the global batch, rounded up to whole groups of answers (RLOO)."""
+    90% of a GPU, and the accumulation making up the global batch, rounded up to whole groups of answers (RLOO);
+    their reasons go into ``reasons``."""
 
     def accumulation_for(per_device: int) -> int:
         accumulation = max(1, math.ceil(global_batch / (per_device * gpus)))
@@ -222,10 +252,19 @@ def _fitting_batch(
             accumulation += 1
         return accumulation
 
+    per_device = 1  # when none fits: the smallest batch, for the estimate to say how far it is over
     for candidate in PER_DEVICE_CHOICES:
         if candidate * gpus > global_batch:
             continue
         total = candidate * gpus * accumulation_for(candidate)
         if estimate(per_device_batch=candidate, global_batch=total).fits(gpu_memory_gib * 0.9):
-            return candidate, accumulation_for(candidate)
-    return 1, accumulation_for(1)
+            per_device = candidate
+            break
+    accumulation = accumulation_for(per_device)
+    reasons["per_device_batch"] = (
+        f"the largest of {', '.join(map(str, PER_DEVICE_CHOICES))} whose estimate fits 90% of {gpu_memory_gib:g} GiB"
+    )
+    reasons["gradient_accumulation"] = (
+        f"{per_device} x {gpus} GPUs x {accumulation} = {per_device * gpus * accumulation}"
+    )
+    return per_device, accumulation

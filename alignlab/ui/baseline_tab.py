@@ -8,10 +8,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from alignlab.settings import MAX_NEW_TOKENS_LIMIT, GenerationSettings
+from alignlab.settings import GENERATION_KNOBS
 from alignlab.ui import service
 from alignlab.ui.common import api_doc, default_model, model_choices, session_of
-from alignlab.ui.inputs import GREEDY, SAMPLING, generation_settings, prompts_from_text
+from alignlab.ui.inputs import GREEDY, SAMPLING, generation_settings, prompts_from_text, setting_widget
 
 INTRO = (
     "**Step 1 — Baseline.** Record how the model answers *before* training. "
@@ -41,9 +41,7 @@ def baseline_ui(
     Args:
         model: model spec, as for /load_model.
         eval_prompts: the prompts to answer, one per line (at most 32).
-        max_new_tokens: answer length cap in tokens (1-512).
         decoding: 'greedy (repeatable)' or 'sampling (seeded)'.
-        seed: seed for sampling (ignored when greedy).
     Returns:
         A table of (prompt, answer) rows, and a status line. While it waits for the model, progress
         updates say the place in line and the estimated wait.
@@ -55,7 +53,7 @@ def baseline_ui(
     outputs, seconds = service.record_baseline(session, model, prompts, generation, gr.Progress())
     table = pd.DataFrame({"prompt": prompts, "answer before training": outputs})
     status = (
-        f"**Recorded {len(outputs)} answers** from `{session.model_spec}` in {seconds:.1f} s. "
+        f"**Recorded {len(outputs)} answers** from `{session.baseline.model_spec}` in {seconds:.1f} s. "
         "Next: check the preference pairs on the **Dataset** tab, then **Train**."
     )
     return table, status
@@ -86,13 +84,9 @@ def build(eval_prompts: list[str]) -> SimpleNamespace:
         elem_id="eval-prompts",
     )
     with gr.Row():
-        max_new_tokens = gr.Number(
-            GenerationSettings().max_new_tokens,
-            label="Max new tokens",
-            info=f"Answer length cap, 1-{MAX_NEW_TOKENS_LIMIT}. Longer costs time.",
-        )
+        max_new_tokens = setting_widget(GENERATION_KNOBS["max_new_tokens"])
         decoding = gr.Radio([GREEDY, SAMPLING], value=GREEDY, label="Decoding")
-        seed = gr.Number(0, label="Sampling seed", info="Used only when sampling.")
+        seed = setting_widget(GENERATION_KNOBS["seed"])
     status = gr.Markdown(label="status", elem_id="baseline-status")
     outputs = gr.Dataframe(
         headers=["prompt", "answer before training"],
@@ -140,7 +134,7 @@ def wire(tab: SimpleNamespace) -> tuple[Any, Any]:
         [tab.model, tab.prompts, tab.max_new_tokens, tab.decoding, tab.seed],
         [tab.outputs, tab.status],
         api_name="baseline",
-        api_description=api_doc(baseline_ui),
+        api_description=api_doc(baseline_ui, GENERATION_KNOBS),
         concurrency_limit=None,
     )
     return load, record

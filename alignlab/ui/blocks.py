@@ -15,12 +15,12 @@ import gradio as gr
 from alignlab import model_checks, owners
 from alignlab.methods import DEFAULT_METHOD
 from alignlab.pairs import DatasetError
-from alignlab.presets import Preset, load_preset
+from alignlab.presets import Preset, list_presets, load_preset
 from alignlab.public import public_mode
-from alignlab.settings import GenerationSettings, TrainingSettings
+from alignlab.settings import GENERATION_KNOBS, KNOBS, GenerationSettings, TrainingSettings
 from alignlab.ui import baseline_tab, compare_tab, comparison_panel, dataset_tab, runs, runs_panel, service, train_tab
 from alignlab.ui.common import STORE, api_doc, close_session, default_model, session_of
-from alignlab.ui.inputs import GREEDY, generation_settings, settings_from_inputs
+from alignlab.ui.inputs import GREEDY, generation_settings, settings_from_values
 
 DEFAULTS = TrainingSettings()
 MAX_NEW_TOKENS = GenerationSettings().max_new_tokens
@@ -116,18 +116,10 @@ def run_lab(
 
     Args:
         model: model spec (a listed name, a Hub id or a local path); empty means the app's default model.
-        preset: preset id: seed-lab, concise or warm-tone.
-        steps: optimizer steps; empty means the method's default.
-        beta: β (simpo: up to 10); empty means the method's default.
-        learning_rate: optimizer step size; empty means the method's default.
-        batch_size: pairs per step.
-        loss_type: sigmoid (DPO), ipo, hinge, robust, apo_zero, sppo_hard, nca_pair or bco_pair.
-        seed: training seed.
-        max_new_tokens: answer length for the eval prompts, 1-512.
-        method: dpo, ipo (DPO with the IPO loss), kto, orpo, simpo or rlhf; settings.training.method in the report.
-        sft_weight: DPO's (and IPO's) added SFT term on the chosen answers, 0-10; empty means the method's default.
-        judge: who judges the win rate: empty (agreement with the data), "lab_reward_model" or a reward model's Hub
-            id or local folder; checked before any work.
+        preset: preset id.
+        max_new_tokens: For the eval prompts.
+        method: The report's settings.training.method.
+        judge: who judges the win rate: empty (the data), "lab_reward_model", or a reward model's Hub id or folder.
     Returns:
         The report: model, settings, baseline_outputs, aligned_outputs, changed, log_history, health (with its
         remedy), eval (with the judge and the win rate), timings.
@@ -137,11 +129,28 @@ def run_lab(
     except DatasetError as exc:
         raise gr.Error(str(exc), title="Unknown preset") from exc
     # Every check before any model work, so that a wrong input is answered at once.
-    settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed, method, sft_weight)
+    settings = settings_from_values(
+        {
+            "method": method,
+            "beta": beta,
+            "learning_rate": learning_rate,
+            "steps": steps,
+            "batch_size": batch_size,
+            "loss_type": loss_type,
+            "seed": seed,
+            "sft_weight": sft_weight,
+        }
+    )
     generation = generation_settings(max_new_tokens, GREEDY, 0)
     session = session_of(request)
     service.choose_judge(session, judge)
     return service.run_lab(session, model or default_model(), lab, settings, generation)
+
+
+def run_lab_doc() -> str:
+    """/run_lab's description: its settings from their fields, its presets those found."""
+    knobs = {**KNOBS, "max_new_tokens": GENERATION_KNOBS["max_new_tokens"]}
+    return api_doc(run_lab, knobs, choices={"preset": [p.id for p in list_presets()]})
 
 
 def prepare_lab(preset_id: str, request: gr.Request) -> tuple[Any, ...]:
@@ -212,7 +221,7 @@ def _wire_presenter_chain(
             **heavy,
         )
         .success(show_tab("train"), None, tabs, **private)
-        .success(train_tab.train_ui, train_tab.inputs(train, dataset), train_tab.outputs(train), **heavy)
+        .success(train_tab.train_ui, outputs=train_tab.outputs(train), **train_tab.inputs(train, dataset), **heavy)
     )
     show_runs_after(lab_train, comparison)
     lab_train.success(show_tab("compare"), None, tabs, **private).success(
@@ -275,7 +284,7 @@ def build_app() -> gr.Blocks:
             concurrency_limit=None,
         )
 
-        gr.api(run_lab, api_name="run_lab", api_description=api_doc(run_lab), concurrency_limit=None)
+        gr.api(run_lab, api_name="run_lab", api_description=run_lab_doc(), concurrency_limit=None)
         demo.unload(close_session)
     demo.queue(default_concurrency_limit=None, max_size=runs.QUEUE_SIZE)
     demo.session_store = STORE  # for tests and operators: who is here, and clean-up

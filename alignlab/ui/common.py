@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -11,6 +13,7 @@ import gradio as gr
 
 from alignlab import owners
 from alignlab.model_shapes import EMBEDDED_DEFAULT, LAB_MODELS
+from alignlab.settings import Knob, method_default_text, method_sets
 from alignlab.ui.state import Session, SessionStore
 
 #: Every user's session, keyed by Gradio's session hash (see state.py).
@@ -77,33 +80,64 @@ def problems_markdown(problems: list[str], limit: int = 8) -> str:
     return shown + more
 
 
-def api_doc(fn: Any) -> str:
+def api_doc(
+    fn: Any,
+    knobs: Mapping[str, Knob] | None = None,
+    keywords: Sequence[str] = (),
+    choices: Mapping[str, Iterable[str]] | None = None,
+) -> str:
     """The endpoint description for the API page: the docstring's summary, each input and the result.
 
-    Gradio shows only a handler's summary line; the ranges in its ``Args:`` section matter to a
-    script author as much as to a person reading the UI, so they go into the description too.
+    Gradio shows only a handler's summary line; what each input does and takes matters to a script author as much
+    as to a person reading the UI, so it goes into the description too. An input that is a setting (in ``knobs``)
+    is described by its field (help, range or choices from the registry, each method's own default where methods
+    set it), followed by the docstring's words for this endpoint if any; ``choices`` names the values another input
+    takes (the presets found). The inputs come in the signature's order, ``**kwargs`` being the ``keywords`` the
+    event passes by name (its ``inputs_kwargs``); an input the docstring does not describe, and no setting, is left
+    out (a state, the request).
     """
     from gradio.utils import get_function_description
 
-    from alignlab.methods import beta_ranges
-    from alignlab.settings import KNOBS
-
-    summary, params, returns = get_function_description(fn)
+    names = _input_names(fn, keywords)
+    summary, params, returns = get_function_description(_taking(fn, names))
+    knobs, choices = knobs or {}, choices or {}
     lines = [summary.strip()]
 
-    def described(name: str, text: str) -> str:
-        text = text.strip()
-        if name == "beta":  # β's range is the method's own
-            text = text.rstrip(".") + f" ({beta_ranges()})."
-        elif name in KNOBS:  # the range from the settings' metadata
-            text = text.rstrip(".") + f" ({KNOBS[name].range_text(' to ')})."
-        return f"{name} — {text}"
+    def described(name: str) -> str | None:
+        text = params.get(name, "").strip()
+        if name in knobs:
+            own = f"empty: {method_default_text(name)}" if method_sets(name) else None
+            text = " ".join(part for part in (knobs[name].doc(own, choices.get(name)), text) if part)
+        elif name in choices:
+            text = text.rstrip(".") + f" (one of {', '.join(choices[name])})."
+        return f"{name} — {text}" if text else None
 
-    if params:
-        lines.append("Inputs: " + "; ".join(described(name, text) for name, text in params.items()))
+    inputs = [line for line in map(described, names) if line]
+    if inputs:
+        lines.append("Inputs: " + "; ".join(inputs))
     if returns:
         lines.append("Returns: " + " ".join(r.strip() for r in returns))
     return "\n".join(lines)
+
+
+def _input_names(fn: Any, keywords: Sequence[str]) -> list[str]:
+    """The names an endpoint's inputs fill: the handler's positional parameters, then ``keywords`` (its
+    ``inputs_kwargs``, filling keyword-only parameters and ``**kwargs``); without keywords, every parameter."""
+    parameters = inspect.signature(fn).parameters.values()
+    if not keywords:
+        return [p.name for p in parameters]
+    return [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)] + list(keywords)
+
+
+def _taking(fn: Any, names: list[str]) -> Any:
+    """A stand-in for ``fn`` with its docstring and the parameters ``names``: gradio's docstring reader keeps the
+    words of the parameters a signature has, and a handler's ``**kwargs`` has none by name."""
+
+    def stand_in() -> None: ...
+
+    stand_in.__doc__ = fn.__doc__
+    stand_in.__signature__ = inspect.Signature([inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in names])
+    return stand_in
 
 
 def take_home_panel(title: str, what: str, placeholder: str, prefix: str, button: str) -> SimpleNamespace:

@@ -16,18 +16,18 @@ from typing import Any
 
 import gradio as gr
 
-from alignlab.comparison import DEFAULT_METHODS, comparison_settings, method_names, parse_methods
+from alignlab.comparison import DEFAULT_METHODS, comparison_settings, drain, in_turn, method_names, parse_methods
 from alignlab.methods import METHODS
 from alignlab.pairs import DatasetError, TrainingData, thumbs_from_dicts
 from alignlab.plots import OVERLAY_AXES
-from alignlab.presets import load_preset
+from alignlab.presets import list_presets, load_preset
 from alignlab.readings import settings_text
-from alignlab.runrecord import evidence_row, run_label
-from alignlab.settings import GenerationSettings, SettingsError, TrainingSettings
+from alignlab.runrecord import run_label
+from alignlab.settings import GENERATION_KNOBS, KNOBS, GenerationSettings, SettingsError, TrainingSettings
 from alignlab.trl_rows import trained_on
 from alignlab.ui import runs, runs_panel, service
 from alignlab.ui.common import api_doc, default_model, fail, session_of
-from alignlab.ui.inputs import GREEDY, generation_settings, knob_value, pairs_from_table, prompts_from_text
+from alignlab.ui.inputs import GREEDY, generation_settings, pairs_from_table, prompts_from_text, typed_values
 from alignlab.ui.state import Session
 from alignlab.ui.views import finished_view, report_views, train_view
 
@@ -44,13 +44,7 @@ def _settings(methods: Any, steps: Any, batch_size: Any, seed: Any) -> list[Trai
     """Every run's settings, checked before any model work; a bad input raises a gr.Error naming it."""
     try:
         names = parse_methods(methods)
-        chosen_steps = None if steps in (None, "") else knob_value("steps", steps)
-        return comparison_settings(
-            names,
-            steps=chosen_steps,
-            batch_size=knob_value("batch_size", batch_size),
-            seed=knob_value("seed", seed),
-        )
+        return comparison_settings(names, **typed_values({"steps": steps, "batch_size": batch_size, "seed": seed}))
     except SettingsError as exc:
         raise fail(str(exc), "Methods") from exc
 
@@ -136,7 +130,7 @@ def comparison_ui(
     total = len(settings)
     view = _ComparisonView(session, request, axis or "loss")
     frame = view.frame
-    if not session.baseline_outputs:
+    if session.baseline is None:
         yield frame(status_line(0, total, settings[0].method_label, "recording the baseline answers first"))
         eval_prompts = prompts_from_text(prompts)
         service.check_prompts(eval_prompts)
@@ -154,10 +148,11 @@ def _runs_in_turn(
     probes: dict[str, Any] | None,
     finished: Callable[[], str] | None = None,
 ) -> Iterator[tuple[Any, ...]]:
-    """Train and compare each of ``settings`` in turn on ``data``, streaming the frames of ``view``; ``finished``
-    words the last status (default: the comparison's)."""
+    """Train and compare each of ``settings`` in turn on ``data`` (:func:`alignlab.comparison.in_turn`), streaming
+    the frames of ``view``; ``finished`` words the last status (default: the comparison's)."""
     frame, shown, total = view.frame, view.shown, len(settings)
-    for index, run_settings in enumerate(settings):
+
+    def run_one(index: int, run_settings: TrainingSettings) -> Iterator[tuple[Any, ...]]:
         label = run_settings.method_label
         live_title = _live_title(session, run_settings)
         training = service.train(session, run_settings, data.pairs, heldout, probes, data.unpaired)
@@ -171,15 +166,19 @@ def _runs_in_turn(
                 yield frame(status_line(index, total, label, "training"), live)
         finally:
             training.close()
-        if session.policy_dir is None:
+        if session.trained is None or session.trained.policy_dir is None:
             yield frame(f"**Stopped** during run {index + 1} ({label}) before its first step ended.")
-            return
+            return None
         yield frame(status_line(index, total, label, "comparing its answers with the baseline"))
-        shown["compare"] = report_views(*service.compare(session, gr.Progress()))
+        report, path = service.compare(session, gr.Progress())
+        shown["compare"] = report_views(report, path)
         if index + 1 < total:
             yield frame(status_line(index + 1, total, "…"))
         else:
             yield frame(finished() if finished is not None else status_line(total, total, None))
+        return report
+
+    yield from in_turn(settings, run_one)
 
 
 def remedy_ui(axis: str, request: gr.Request) -> Iterator[tuple[Any, ...]]:
@@ -203,7 +202,8 @@ def remedy_ui(axis: str, request: gr.Request) -> Iterator[tuple[Any, ...]]:
     except SettingsError as exc:
         raise fail(f"The remedy's settings are not usable: {exc}", "Remedy") from exc
     probes = service.probes_of(service.session_preset(session))
-    data = TrainingData(list(session.pairs), list(session.unpaired))
+    lab = session.trained.lab
+    data = TrainingData(list(lab.pairs), list(lab.unpaired))
     view = _ComparisonView(session, request, axis or "loss")
     changes = settings_text(found.get("changes") or {})
 
@@ -213,7 +213,7 @@ def remedy_ui(axis: str, request: gr.Request) -> Iterator[tuple[Any, ...]]:
             "beside the first in the runs side by side below."
         )
 
-    yield from _runs_in_turn(view, session, [settings], data, list(session.heldout_pairs), probes, finished)
+    yield from _runs_in_turn(view, session, [settings], data, list(lab.heldout_pairs), probes, finished)
 
 
 def run_comparison(
@@ -229,14 +229,12 @@ def run_comparison(
     """Several methods on one preset, one after another, each with its own defaults. Returns the comparison JSON.
 
     Args:
-        methods: comma-separated method names, up to 6: dpo, ipo, kto, orpo, simpo, or a DPO loss variant
-            (hinge, robust, ...: DPO with that loss). Default dpo,ipo,kto,orpo.
+        methods: comma-separated method names, up to 6, a DPO loss variant meaning DPO with that loss.
         model: model spec (a listed name, a Hub id or a local path); empty means the app's default model.
-        preset: preset id: seed-lab, concise or warm-tone.
-        steps: optimizer steps for every run; empty means each method's default.
-        batch_size: pairs per step.
-        seed: training seed (the same for every run).
-        max_new_tokens: answer length for the eval prompts, 1-512.
+        preset: preset id.
+        steps: For every run.
+        seed: The same for every run.
+        max_new_tokens: For the eval prompts.
     Returns:
         {"runs": [report, ...], "table": [row, ...]}: one report per method, in order (each names its run:
         report["run"] = {"label", "index", "of"}), and each run's evidence row (held-out, contrast and capability
@@ -251,15 +249,16 @@ def run_comparison(
     session = session_of(request)
     if session.training_now:
         raise fail("A training run is already in progress in this session: wait for it or press Stop.")
-    reports = []
+
+    def run_one(index: int, run_settings: TrainingSettings) -> dict[str, Any]:
+        what = f"Run {index + 1} ({run_settings.method_label})"
+        report = copy.deepcopy(service.train_then_compare(session, lab, run_settings, what))
+        report["run"] = {**report.get("run", {}), "index": index + 1, "of": len(settings)}
+        return report
+
     with runs.one_request():  # its baseline and every run count as one request in the visitor's share of the line
         service.record_baseline(session, model or default_model(), list(lab.eval_prompts), generation, gr.Progress())
-        for index, run_settings in enumerate(settings):
-            what = f"Run {index + 1} ({run_settings.method_label})"
-            report = copy.deepcopy(service.train_then_compare(session, lab, run_settings, what))
-            report["run"] = {**report.get("run", {}), "index": index + 1, "of": len(settings)}
-            reports.append(report)
-    return {"runs": reports, "table": [evidence_row(r) for r in reports]}
+        return drain(in_turn(settings, run_one))
 
 
 # --------------------------------------------------------------------------- layout and events
@@ -368,4 +367,7 @@ def wire(
 
 
 def _doc() -> str:
-    return api_doc(run_comparison) + f" Known method names: {', '.join(method_names())}."
+    """/run_comparison's description: its settings from their fields, the method names and presets those known."""
+    knobs = {**KNOBS, "max_new_tokens": GENERATION_KNOBS["max_new_tokens"]}
+    choices = {"methods": method_names(), "preset": [p.id for p in list_presets()]}
+    return api_doc(run_comparison, knobs, choices=choices)

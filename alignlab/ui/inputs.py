@@ -2,22 +2,33 @@
 
 Every handler reads its inputs through here before any model work or any place in line, so that a wrong value
 is answered at once. Tables come as pandas frames from the page, as ``{"headers", "data"}`` dicts from an API
-client, or as lists of rows; numbers as floats from a widget or anything from a script.
+client, or as lists of rows; numbers as floats from a widget or anything from a script. A setting's widget and
+its check are its field's (:class:`alignlab.settings.Knob`): values are keyed by field name, given the field's
+type here and checked by the settings themselves.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from collections.abc import Mapping
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
-from alignlab.methods import DEFAULT_METHOD, LOSS_TYPES, UnknownMethodError, get_method
+from alignlab.methods import DEFAULT_METHOD
 from alignlab.pairs import MAX_TEXT_CHARS, PreferencePair
 from alignlab.presets import MAX_EVAL_PROMPTS
-from alignlab.settings import KNOBS, MAX_NEW_TOKENS_LIMIT, SettingsError, TrainingSettings
+from alignlab.settings import (
+    GENERATION_KNOBS,
+    KNOBS,
+    GenerationSettings,
+    GenerationSettingsError,
+    Knob,
+    SettingsError,
+    TrainingSettings,
+    method_sets,
+)
 from alignlab.trainer import qlora_unavailable
 from alignlab.ui.common import fail
 
@@ -82,7 +93,7 @@ def prompts_from_text(text: str | None) -> list[str]:
 
 
 def whole_number(value: Any, name: str, low: int, high: int) -> int:
-    """A whole number from a slider or the API, or a clear error naming the field and range."""
+    """A whole number from a widget or the API that is no setting's (a recipe's GPUs), or a clear error naming it."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -93,6 +104,7 @@ def whole_number(value: Any, name: str, low: int, high: int) -> int:
 
 
 def real_number(value: Any, name: str, low: float, high: float) -> float:
+    """A number from a widget or the API that is no setting's (a recipe's GiB per GPU), or a clear error naming it."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -102,67 +114,76 @@ def real_number(value: Any, name: str, low: float, high: float) -> float:
     return number
 
 
-def knob_value(name: str, value: Any) -> Any:
-    """A widget's (or API argument's) value for the setting ``name``, checked against its range in :data:`KNOBS`."""
-    knob = KNOBS[name]
-    if knob.whole:
-        return whole_number(value, knob.noun, int(knob.low), int(knob.high))
-    return real_number(value, knob.noun, knob.low, knob.high)
+def setting_widget(knob: Knob, **kwargs: Any) -> gr.Number:
+    """A number box for a setting: its default, label and help line (range, then meaning) from its field."""
+    return gr.Number(knob.default, label=knob.label, info=knob.info(), **kwargs)
 
 
-def settings_from_inputs(
-    beta: Any,
-    learning_rate: Any,
-    steps: Any,
-    batch_size: Any,
-    loss_type: Any,
-    seed: Any,
-    method: Any = DEFAULT_METHOD,
-    sft_weight: Any = None,
-) -> TrainingSettings:
-    """TrainingSettings from the widgets (or API values), each field checked with a clear message.
-
-    ``beta``, ``learning_rate``, ``steps`` and ``sft_weight`` left empty (None) take the method's own defaults.
-    """
+def _typed(knob: Knob, value: Any) -> Any:
+    """A widget's or an API client's value as the field's type: a whole float (6.0) as an int, a number's text as
+    the number, an empty box as None. Anything else stays as it came, for the settings' check to name."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not knob.number:
+        return bool(value) if knob.switch else value
+    if isinstance(value, bool):
+        return value
     try:
-        entry = get_method(method)
-    except UnknownMethodError as exc:
-        raise fail(str(exc), "Unknown method") from None
-    if loss_type not in LOSS_TYPES:
-        raise fail(f"loss type must be one of {', '.join(LOSS_TYPES)} (got {loss_type!r}).", "Out of range")
-    low, high = entry.beta_range
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(number) if knob.whole and number.is_integer() else number
+
+
+def typed_values(values: Mapping[str, Any], knobs: Mapping[str, Knob] = KNOBS) -> dict[str, Any]:
+    """Values keyed by field name, each as its field's type; a setting left empty that no method sets (batch size,
+    seed) is refused here by its own check, since the settings would fill it with their default."""
+    out = {}
+    for name, value in values.items():
+        knob = knobs[name]
+        out[name] = _typed(knob, value)
+        if out[name] is None and not method_sets(name) and (problem := knob.problem(None)):
+            raise fail(problem, "Training settings")
+    return out
+
+
+def settings_from_values(values: Mapping[str, Any]) -> TrainingSettings:
+    """TrainingSettings from values keyed by field name (the widgets' or an API client's), checked by the settings
+    themselves: each bad field a clear message. A setting a method sets (β, learning rate, steps, SFT weight)
+    left empty takes the chosen method's own default."""
+    chosen = typed_values(values)
+    method = chosen.pop("method", None) or DEFAULT_METHOD
     try:
-        return TrainingSettings.for_method(
-            method,
-            beta=real_number(beta, KNOBS["beta"].noun, low, high) if beta is not None else None,
-            learning_rate=knob_value("learning_rate", learning_rate) if learning_rate is not None else None,
-            steps=knob_value("steps", steps) if steps is not None else None,
-            batch_size=knob_value("batch_size", batch_size),
-            loss_type=loss_type,
-            seed=knob_value("seed", seed),
-            sft_weight=knob_value("sft_weight", sft_weight) if sft_weight is not None else None,
-        )
+        return TrainingSettings.for_method(method, **chosen)
     except SettingsError as exc:
         raise gr.Error(str(exc), title="Training settings") from exc
 
 
-def with_adapter(settings: TrainingSettings, use_lora: Any, lora_rank: Any, use_qlora: Any) -> TrainingSettings:
-    """The settings with the LoRA/QLoRA switches; QLoRA where it cannot run is refused with the reason."""
-    if not use_lora and not use_qlora:
-        return settings
-    rank = knob_value("lora_rank", lora_rank)
-    if use_qlora and (reason := qlora_unavailable()):
-        raise fail(reason, "QLoRA not available here")
-    return replace(settings, use_lora=True, lora_rank=rank, use_qlora=bool(use_qlora))
+def train_settings(values: Mapping[str, Any]) -> TrainingSettings:
+    """The Train tab's settings: LoRA's rank read only with an adapter on, and QLoRA (which turns LoRA on) refused
+    with the reason where it cannot run."""
+    chosen = dict(values)
+    if chosen.get("use_qlora"):
+        if reason := qlora_unavailable():
+            raise fail(reason, "QLoRA not available here")
+        chosen["use_lora"] = True
+    if not chosen.get("use_lora"):
+        chosen.pop("lora_rank", None)
+    return settings_from_values(chosen)
 
 
 def generation_settings(max_new_tokens: Any, decoding: str, seed: Any) -> dict[str, Any]:
-    """Plain generation settings from the widgets, each checked with a message naming its range."""
+    """Plain generation settings from the widgets, checked by :class:`GenerationSettings` (each range its field's)."""
     if decoding not in (GREEDY, SAMPLING):
         raise fail(f"decoding must be '{GREEDY}' or '{SAMPLING}' (got {decoding!r}).", "Out of range")
-    return {
-        "max_new_tokens": whole_number(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS_LIMIT),
+    plain = {
+        "max_new_tokens": _typed(GENERATION_KNOBS["max_new_tokens"], max_new_tokens),
         "do_sample": decoding == SAMPLING,
-        "seed": whole_number(seed, "seed", 0, 2**31 - 1),
-        "temperature": real_number(0.7, "temperature", 0.05, 2.0),
+        "seed": _typed(GENERATION_KNOBS["seed"], seed),
+        "temperature": GENERATION_KNOBS["temperature"].default,
     }
+    try:
+        GenerationSettings(**plain)
+    except GenerationSettingsError as exc:
+        raise fail(str(exc), "Out of range") from exc
+    return plain

@@ -7,13 +7,12 @@ README with the memory estimate (:mod:`alignlab.recipe`). It loads no model, so 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
 
-from alignlab.methods import DEFAULT_METHOD, METHODS
+from alignlab.methods import METHODS
 from alignlab.model_checks import check_source
 from alignlab.models import ModelLoadError
 from alignlab.pairs import thumbs_from_dicts
@@ -26,67 +25,72 @@ from alignlab.recipe import (
     PUBLIC_DATASETS,
     RecipeError,
     build_recipe,
+    recipe_methods,
     recipe_zip,
 )
+from alignlab.settings import KNOBS
 from alignlab.ui.common import api_doc, fail, problems_markdown, session_of
-from alignlab.ui.inputs import knob_value, pairs_from_table, real_number, settings_from_inputs, whole_number
+from alignlab.ui.inputs import pairs_from_table, real_number, settings_from_values, whole_number
 
 # --------------------------------------------------------------------------- handler
+
+
+#: /export_recipe's inputs after the pairs, in the API's order: the Train tab's settings (by field name) and the
+#: recipe's own.
+RECIPE_INPUTS = (
+    "beta",
+    "learning_rate",
+    "steps",
+    "batch_size",
+    "loss_type",
+    "seed",
+    "use_lora",
+    "lora_rank",
+    "target_model",
+    "gpus",
+    "engine",
+    "adapter",
+    "gpu_memory",
+    "mix",
+    "method",
+    "sft_weight",
+)
 
 
 def export_recipe_ui(
     pairs: Any,
     heldout_pairs: Any,
-    beta: float,
-    learning_rate: float,
-    steps: float,
-    batch_size: float,
-    loss_type: str,
-    seed: float,
-    use_lora: bool,
-    lora_rank: float,
+    unpaired: list[dict[str, Any]] | None,
+    request: gr.Request,
+    *,
     target_model: str,
     gpus: float,
     engine: str,
     adapter: str,
     gpu_memory: float,
     mix: list[str] | None,
-    method: str = DEFAULT_METHOD,
-    sft_weight: float | None = None,
-    unpaired: list[dict[str, Any]] | None = None,
-    request: gr.Request = None,
+    **values: Any,
 ) -> tuple[str, str]:
     """Export a recipe for a real run: the pairs, TRL's own script's config, launcher configs, run.sh, a README.
 
     Args:
         pairs: training pairs, a table with the columns prompt, chosen, rejected.
         heldout_pairs: held-out pairs (same columns), the recipe's eval.jsonl.
-        beta: the method's β (carried over as is; empty: the method's default).
-        learning_rate: the lab's learning rate (a real run uses the method's usual rate).
-        steps: the lab's steps (the recipe makes as many passes over the pairs).
-        batch_size: the lab's pairs per step.
-        loss_type: sigmoid (DPO), ipo, hinge, robust, apo_zero, sppo_hard, nca_pair or bco_pair.
-        seed: seed for data order.
-        use_lora: whether the lab trains LoRA (used when adapter is 'lab').
-        lora_rank: LoRA rank.
-        target_model: the model to train for real: a known name (e.g. llama-3.1-8b-instruct), its Hub id, or a
-            local directory holding its config.json.
+        unpaired: thumbs rows (prompt, completion, label) imported on the Dataset tab; a KTO recipe trains on them.
+        learning_rate: The lab's: a real run uses the method's usual rate.
+        steps: The lab's: the recipe makes as many passes over the pairs.
+        use_lora: Used when adapter is 'lab'.
+        target_model: the model to train for real: a known name (llama-3.1-8b-instruct), a Hub id, or a config's folder.
         gpus: GPUs the run is sized for, 1-1024.
         engine: ddp, zero2, zero3 or fsdp (DeepSpeed ZeRO-2/3, FSDP).
         adapter: lab (as in the lab), none (full fine-tuning), lora or qlora.
         gpu_memory: GiB per GPU, 8-4096 (80 for an H100).
         mix: public preference sets to train on too: ultrafeedback, hh-rlhf.
-        method: the method to run for real: dpo, ipo or kto (TRL's own dpo or kto script), or rlhf (TRL's reward
-            script, then its rloo script on the reward model); orpo and simpo have no recipe (TRL ships no script
-            for them), and the error says why.
-        sft_weight: DPO's (and IPO's) SFT term, 0-10; empty means the method's default.
-        unpaired: thumbs rows (prompt, completion, label) imported on the Dataset tab; a KTO recipe trains on them.
+        method: The method to run for real, on TRL's own script for it (rlhf: reward, then rloo).
     Returns:
         (the recipe as a .zip file, a summary with the memory estimate).
     """
-    settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed, method, sft_weight)
-    rank = knob_value("lora_rank", lora_rank)
-    settings = replace(settings, lora_rank=rank, use_lora=bool(use_lora))
+    settings = settings_from_values(values)
     if adapter not in ("lab", *ADAPTERS):
         raise fail(f"adapter must be lab, {', '.join(ADAPTERS)} (got {adapter!r}).", "Out of range")
     try:
@@ -94,7 +98,7 @@ def export_recipe_ui(
     except ModelLoadError as exc:
         raise gr.Error(str(exc), title="Recipe") from exc
     session = session_of(request)
-    preset = _checked_data(session.preset_id, pairs, heldout_pairs, unpaired)
+    preset = _checked_data(session.trained.lab.id if session.trained else "", pairs, heldout_pairs, unpaired)
     try:
         recipe = build_recipe(
             preset,
@@ -108,13 +112,16 @@ def export_recipe_ui(
         )
     except RecipeError as exc:
         raise gr.Error(str(exc), title="Recipe") from exc
-    path = recipe_zip(recipe, session.path("alignlab-recipe.zip"))
-    summary = (
+    return str(recipe_zip(recipe, session.path("alignlab-recipe.zip"))), _summary(recipe)
+
+
+def _summary(recipe: Any) -> str:
+    """The recipe's summary with the memory estimate, and how to try it small, then run it."""
+    return (
         recipe.summary().replace("\n", "  \n")
         + "  \nUnzip, then `alignlab-recipe/run.sh --cpu --processes 2 --model <a small model> --max-steps 3` "
         "tries it anywhere; `alignlab-recipe/run.sh` runs it on the GPUs. Its README says what runs and why."
     )
-    return str(path), summary
 
 
 def _checked_data(preset_id: str, pairs: Any, heldout_pairs: Any, unpaired: list[dict[str, Any]] | None) -> Preset:
@@ -188,30 +195,17 @@ def build() -> SimpleNamespace:
     )
 
 
-def wire(tab: SimpleNamespace, dataset: SimpleNamespace, knobs: list[Any]) -> None:
+def wire(tab: SimpleNamespace, dataset: SimpleNamespace) -> None:
     """Export streams nothing and loads no model: it runs outside the model-work queue (``/export_recipe``).
 
-    ``knobs``: the Train tab's settings widgets (β, learning rate, steps, batch size, loss type, seed)."""
+    ``tab``: the Train tab, whose settings widgets (by field name) and this panel's the handler takes by name."""
+    widgets = {name: getattr(tab, "recipe_adapter" if name == "adapter" else name) for name in RECIPE_INPUTS}
     tab.export.click(
         export_recipe_ui,
-        [
-            dataset.pairs,
-            dataset.heldout,
-            *knobs,
-            tab.use_lora,
-            tab.lora_rank,
-            tab.target_model,
-            tab.gpus,
-            tab.engine,
-            tab.recipe_adapter,
-            tab.gpu_memory,
-            tab.mix,
-            tab.method,
-            tab.sft_weight,
-            dataset.unpaired,  # a state: thumbs rows imported on the Dataset tab (not an API parameter)
-        ],
+        [dataset.pairs, dataset.heldout, dataset.unpaired],  # unpaired: a state, not an API parameter
         [tab.recipe_file, tab.recipe_summary],
+        inputs_kwargs=widgets,
         api_name="export_recipe",
-        api_description=api_doc(export_recipe_ui),
+        api_description=api_doc(export_recipe_ui, KNOBS, RECIPE_INPUTS, {"method": recipe_methods()}),
         concurrency_limit=None,
     )

@@ -31,16 +31,18 @@ import gradio as gr
 
 from alignlab import downloads, gpu, model_checks
 from alignlab.heavy import GateFull, HeavyGate, Place, Work, configure_torch_threads, ordinal
+from alignlab.lab import model_info
 from alignlab.models import ModelLoadError, is_loaded, load_model, pick_device, spec_identity
 from alignlab.owners import claim
-from alignlab.pairs import PreferencePair, UnpairedRow, pairs_to_dicts, thumbs_to_dicts
+from alignlab.pairs import pairs_to_dicts, thumbs_to_dicts
+from alignlab.presets import Preset
 from alignlab.public import public_mode
 from alignlab.questions import MAX_NEW_TOKENS, builtin_questions
 from alignlab.settings import GenerationSettings, TrainingSettings
 from alignlab.sharing import Finished, Member, Published, SharedRun, SharedRuns, Waiting, link_tree, run_key
 from alignlab.ui import jobs
 from alignlab.ui.common import HEAVY_LIMIT, STORE, fail
-from alignlab.ui.state import LabPlan, Run, Session
+from alignlab.ui.state import LabPlan, Session, TrainedRun, TrainingHandle
 
 _MAX_NEW_TOKENS = GenerationSettings().max_new_tokens
 #: How many requests may wait for the model at once (beyond that, "the lab is full").
@@ -383,11 +385,11 @@ def load(session: Session, spec: str, identity: str, progress: gr.Progress | Non
         fetch(session, spec, progress)
 
         def produce(run: SharedRun) -> tuple[Any, bool]:
-            return describe(_load(spec)), False  # loading leaves nothing to serve again
+            return model_info(_load(spec)), False  # loading leaves nothing to serve again
 
         member = join(session, run_key("load", model=identity), Work("load", identity, 1.0, _scale(spec)), produce)
         return follow(session, member, progress)
-    return describe(_load(spec))
+    return model_info(_load(spec))
 
 
 def _load(spec: str) -> Any:
@@ -399,15 +401,6 @@ def _load(spec: str) -> Any:
         raise gr.Error(f"'{spec}' could not be loaded as a language model: {exc}", title="Model not loaded") from exc
 
 
-def describe(loaded: Any) -> dict[str, Any]:
-    return {
-        "spec": loaded.spec,
-        "parameters": loaded.num_parameters,
-        "chat_template": loaded.is_chat,
-        "source": loaded.source,
-    }
-
-
 def baseline(
     session: Session,
     spec: str,
@@ -416,7 +409,8 @@ def baseline(
     generation: dict[str, Any],
     progress: gr.Progress | None = None,
 ) -> dict[str, Any]:
-    """The model's answers before training: ``{"outputs", "model_info", "seconds"}`` (a private copy)."""
+    """The model's answers before training: :class:`alignlab.lab.Baseline`'s plain form (a private copy), its
+    seconds those of the whole step, the model's load included."""
     if not is_loaded(spec):
         fetch(session, spec, progress)
     key = run_key("baseline", model=model_fingerprint(identity), prompts=prompts, generation=generation)
@@ -424,32 +418,24 @@ def baseline(
 
     def produce(run: SharedRun) -> tuple[Any, bool]:
         started = time.perf_counter()
-        info = describe(_load(spec))
-        outputs = jobs.baseline_job(spec, prompts, generation)
-        return {"outputs": outputs, "model_info": info, "seconds": time.perf_counter() - started}, True
+        _load(spec)  # loaded in this process first: a forked ZeroGPU worker inherits it
+        record = jobs.baseline_job(spec, prompts, generation)
+        return {**record, "timings": {"baseline": time.perf_counter() - started}}, True
 
     member = join(session, key, Work("baseline", identity, units, _scale(spec)), produce)
     return copy.deepcopy(follow(session, member, progress))
 
 
-def start_training(
-    session: Session,
-    spec: str,
-    identity: str,
-    pairs: list[PreferencePair],
-    heldout: list[PreferencePair],
-    settings: TrainingSettings,
-    contrast: list[PreferencePair] | None = None,
-    unpaired: list[UnpairedRow] | None = None,
-) -> Member:
-    """Join (or start) the shared run for these exact inputs; its events are the training job's dicts.
+def start_training(session: Session, spec: str, identity: str, lab: Preset, settings: TrainingSettings) -> Member:
+    """Join (or start) the shared run of ``settings`` on the lab dataset ``lab``; its events are the training job's
+    dicts.
 
     The held-out and contrast pairs are part of the run (its live held-out curve), so of its key;
-    so are the thumbs rows (``unpaired``) trained on beside the pairs.
+    so are the thumbs rows trained on beside the pairs.
     """
-    pair_dicts, settings_dict = pairs_to_dicts(pairs), settings.to_dict()
-    probe_dicts = (pairs_to_dicts(heldout), pairs_to_dicts(contrast or []))
-    thumb_dicts = thumbs_to_dicts(unpaired or [])
+    pair_dicts, settings_dict = pairs_to_dicts(lab.pairs), settings.to_dict()
+    probe_dicts = (pairs_to_dicts(lab.heldout_pairs), pairs_to_dicts(lab.contrast_pairs))
+    thumb_dicts = thumbs_to_dicts(lab.unpaired)
     thumbs = {"unpaired": thumb_dicts} if thumb_dicts else {}  # pairs alone keep their keys
     key = run_key(
         "train",
@@ -460,14 +446,15 @@ def start_training(
         settings=settings_dict,
         **thumbs,
     )
-    units = settings.total_steps(len(pairs) + len(unpaired or []) // 2) * settings.batch_size
+    units = settings.total_steps(len(lab.pairs) + len(lab.unpaired) // 2) * settings.batch_size
+    capability = pairs_to_dicts(lab.capability_pairs)
 
     def produce(run: SharedRun) -> tuple[Any, bool]:
-        token = Run()  # the cancel token train_job looks up by id (a forked ZeroGPU worker gets a copy)
+        token = TrainingHandle()  # the cancel token train_job looks up by id (a forked ZeroGPU worker gets a copy)
         run.on_cancel(token.cancel.cancel)
         policy_dir = str(claim(run.directory) / "policy")  # this server's: swept if it dies (alignlab.owners)
         stream = jobs.train_job(
-            spec, pair_dicts, settings_dict, policy_dir, token.id, *probe_dicts, unpaired=thumb_dicts
+            spec, pair_dicts, settings_dict, policy_dir, token.id, *probe_dicts, thumb_dicts, capability
         )
         try:
             for event in stream:
@@ -520,15 +507,15 @@ def unpaced_replay() -> Iterator[None]:
         _PACED_REPLAY.reset(token)
 
 
-def adopt_policy(session: Session, member: Member, event: dict[str, Any]) -> Path | None:
-    """The session's own copy (hard links) of a finished run's policy, and the run it came from."""
+def adopt_policy(session: Session, trained: TrainedRun, member: Member, event: dict[str, Any]) -> None:
+    """Keep in the session's run ``trained`` its own copy (hard links) of a finished run's policy, and the run it
+    came from."""
     if not event.get("policy_dir"):
-        session.training_key = None
-        return None
-    target = link_tree(event["policy_dir"], session.path("policy"))
-    session.training_key = f"{member.run.key}:{event['steps_done']}:{event['stopped_early']}"
+        trained.policy_dir, trained.key = None, None
+        return
+    trained.policy_dir = link_tree(event["policy_dir"], session.path("policy"))
+    trained.key = f"{member.run.key}:{event['steps_done']}:{event['stopped_early']}"
     STORE.bound_disk(keep=session)
-    return target
 
 
 def compare(
@@ -536,13 +523,15 @@ def compare(
 ) -> dict[str, Any]:
     """The report for this session's trained policy (shared with identical sessions; a private copy); ``judge``:
     who judges the win rate (checked by the caller)."""
-    spec, identity = session.model_spec, spec_identity(session.model_spec)
-    policy_dir, baseline_outputs = str(session.policy_dir), list(session.baseline_outputs or [])
-    generation, training, timings = dict(session.generation), dict(session.training or {}), dict(session.timings)
+    baseline, trained = session.baseline, session.trained
+    spec, identity = baseline.model_spec, spec_identity(baseline.model_spec)
+    policy_dir, baseline_outputs = str(trained.policy_dir), list(baseline.outputs)
+    generation, training = dict(baseline.generation), dict(trained.summary)
+    timings = {**baseline.timings, "train": training["seconds"]}
     key = run_key(
         "compare",
         model=model_fingerprint(identity),
-        training=session.training_key or policy_dir,
+        training=trained.key or policy_dir,
         preset=preset,
         baseline=baseline_outputs,
         generation=generation,

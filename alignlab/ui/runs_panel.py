@@ -63,10 +63,10 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
 def answers_html(session: Session) -> str:
     """Baseline | run A | run B | ... for the runs that have been compared."""
     compared = [r for r in session.runs if r.report is not None]
-    if not compared or not session.baseline_outputs:
+    if not compared or session.baseline is None:
         return ""
     columns = [(r.title, [row["text"] for row in r.report["aligned_outputs"]]) for r in compared]
-    return runs_html(session.eval_prompts, session.baseline_outputs, columns)
+    return runs_html(session.baseline.eval_prompts, session.baseline.outputs, columns)
 
 
 def runs_views_ui(request: gr.Request) -> tuple[Any, ...]:

@@ -10,6 +10,7 @@ run in the line, its result kept in the session (:class:`alignlab.ui.state.Sessi
 - :func:`compare`: the report of the session's trained policy against its baseline;
 - :func:`train_then_compare` and :func:`run_lab`: the same, unwatched, for ``/run_lab`` and a comparison's runs.
 
+The work itself is the lab's steps (:mod:`alignlab.lab`), each a GPU job (:mod:`alignlab.ui.jobs`) run in the line.
 No tab calls another tab: each goes through here, and the views (:mod:`alignlab.ui.views`) draw the result.
 """
 
@@ -21,24 +22,26 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import gradio as gr
 
 from alignlab import export, tracking
+from alignlab.lab import Baseline, Trained
 from alignlab.models import ModelLoadError
 from alignlab.pairs import DatasetError, PreferencePair, TrainingData, UnpairedRow, pairs_from_dicts
 from alignlab.presets import Preset, load_preset, validate_eval_prompts, validate_preset
 from alignlab.public import public_mode
 from alignlab.questions import questions_from_dicts
+from alignlab.reward_judges import check_judge_spec
 from alignlab.runrecord import run_label
 from alignlab.settings import TrainingSettings
 from alignlab.sharing import Finished, Member, Published, Waiting
 from alignlab.trl_rows import trained_on
 from alignlab.ui import runs
 from alignlab.ui.common import STORE, fail, problems_markdown
-from alignlab.ui.state import Run, Session
+from alignlab.ui.state import Session, TrainedRun, TrainingHandle
 from alignlab.ui.views import progress_line
 
 #: Steps logged closer together than this are drawn together (every row is kept): a tiny model or a fast GPU
@@ -57,12 +60,10 @@ def not_training(session: Session) -> None:
 
 def _adopt_model(session: Session, spec: str, info: dict[str, Any]) -> str:
     """Make ``spec`` the session's model and describe it in one line."""
-    if session.model_spec != spec:  # another model: earlier answers and training are not comparable
-        session.baseline_outputs = None
+    if session.baseline is not None and session.baseline.model_spec != spec:  # earlier answers are not comparable
+        session.baseline = None
         session.forget_training()
         session.forget_runs()
-    session.model_spec = spec
-    session.model_info = dict(info)
     chat = info["chat_template"]
     kind = "chat model (its chat template wraps each prompt)" if chat else "base model (plain-text prompts)"
     return f"**Loaded `{spec}`** — {info['parameters'] / 1e6:,.1f} M parameters, {kind}."
@@ -91,15 +92,14 @@ def record_baseline(
     check_prompts(prompts)
     spec, identity = runs.check_model(model)
     not_training(session)
-    result = runs.baseline(session, spec, identity, prompts, generation, progress)
-    _adopt_model(session, spec, result["model_info"])
-    outputs, seconds = result["outputs"], result["seconds"]
-    if (prompts, outputs) != (session.eval_prompts, session.baseline_outputs):
+    baseline = Baseline.from_dict(runs.baseline(session, spec, identity, prompts, generation, progress))
+    _adopt_model(session, spec, baseline.model_info)
+    earlier = session.baseline
+    if earlier is None or (prompts, baseline.outputs) != (earlier.eval_prompts, earlier.outputs):
         session.forget_runs()  # other answers before training: earlier runs no longer compare with them
-    session.eval_prompts, session.generation, session.baseline_outputs = prompts, generation, outputs
+    session.baseline = replace(baseline, eval_prompts=prompts, generation=generation)
     session.report = None
-    session.timings = {"baseline": seconds}
-    return outputs, seconds
+    return baseline.outputs, baseline.timings["baseline"]
 
 
 # --------------------------------------------------------------------------- training
@@ -127,7 +127,7 @@ def check_ready(
     """Whether the session can train on these pairs; a clear message when it cannot."""
     if session.training_now:
         raise fail("A training run is already in progress in this session: wait for it or press Stop.")
-    if not session.baseline_outputs or not session.model_spec:
+    if session.baseline is None:
         raise fail(
             "Record the baseline first (Baseline tab, “Load model and record answers”): "
             "Compare needs the answers from before training."
@@ -156,18 +156,23 @@ def probes_of(preset: Preset) -> dict[str, Any]:
 
 
 def session_preset(session: Session) -> Preset:
-    """The lab dataset the session's last run trained on, with its probe sets and eval prompts."""
+    """The lab dataset the session's last run trained on, with its probe sets and the baseline's eval prompts."""
+    return replace(session.trained.lab, eval_prompts=list(session.baseline.eval_prompts))
+
+
+def _lab_of(pairs: list[PreferencePair], heldout: list[PreferencePair], thumbs: list, probes: dict) -> Preset:
+    """The lab dataset a run trains on: its pairs and thumbs rows, and the probe sets :func:`probes_for` kept."""
     return Preset(
-        session.preset_id or "custom",
-        session.preset_id or "custom",
+        probes["preset"],
+        probes["preset"],
         "",
-        session.eval_prompts,
-        session.pairs,
-        session.heldout_pairs,
-        session.contrast_pairs,
-        session.capability_pairs,
-        session.unpaired,
-        checked_questions=list(session.checked_questions),
+        [],
+        pairs,
+        heldout,
+        pairs_from_dicts(probes["contrast_pairs"]),
+        pairs_from_dicts(probes["capability_pairs"]),
+        thumbs,
+        checked_questions=questions_from_dicts(probes["checked_questions"]),
     )
 
 
@@ -213,19 +218,15 @@ def train(
     """
     thumbs = list(thumbs or [])
     check_ready(session, pairs, heldout, thumbs, settings)
-    probes = probes_for(pairs, probes or {})
-    contrast = pairs_from_dicts(probes["contrast_pairs"])
-    _, identity = runs.check_model(session.model_spec)
-    member = runs.start_training(session, session.model_spec, identity, pairs, heldout, settings, contrast, thumbs)
+    lab = _lab_of(pairs, heldout, thumbs, probes_for(pairs, probes or {}))
+    spec = session.baseline.model_spec
+    _, identity = runs.check_model(spec)
+    member = runs.start_training(session, spec, identity, lab, settings)
     session.forget_training()
-    session.pairs, session.heldout_pairs, session.unpaired = pairs, heldout, thumbs
-    session.contrast_pairs = contrast
-    session.capability_pairs = pairs_from_dicts(probes["capability_pairs"])
-    session.checked_questions = questions_from_dicts(probes["checked_questions"])
-    session.preset_id = probes["preset"]
-    run = session.run = Run(member=member)
+    trained = session.trained = TrainedRun(settings, lab)
+    handle = session.training_handle = TrainingHandle(member=member)
     start_tracking(session, settings)
-    return _follow_training(session, settings, member, run, len(pairs))
+    return _follow_training(session, trained, member, handle)
 
 
 def start_tracking(session: Session, settings: TrainingSettings) -> None:
@@ -234,21 +235,20 @@ def start_tracking(session: Session, settings: TrainingSettings) -> None:
     if session.tracker is not None:
         session.tracker.finish()
     label = run_label(session.runs_started + 1)
-    name = tracking.run_name(session.preset_id or "custom", session.key[:8], label, settings.method)
-    config = tracking.run_config(
-        f"{label} · {settings.method_label}", settings.to_dict(), preset=session.preset_id, model=session.model_spec
-    )
-    session.tracker = tracking.start(name, settings.method, config)
+    title = f"{label} · {settings.method_label}"
+    spec, preset = session.baseline.model_spec, session.trained.lab.id
+    session.tracker = tracking.start_run(settings, preset, spec, label, title, owner=session.key[:8])
 
 
 def _follow_training(
-    session: Session, settings: TrainingSettings, member: Member, run: Run, n_pairs: int
+    session: Session, trained: TrainedRun, member: Member, handle: TrainingHandle
 ) -> Iterator[TrainingUpdate]:
     progress = gr.Progress()
-    rows: list[dict[str, Any]] = []
+    rows = trained.log_rows
+    method, n_pairs, spec = trained.settings.method_label, len(trained.lab.pairs), session.baseline.model_spec
     finished = False
     try:
-        yield TrainingUpdate(starting_line(member, n_pairs, session.model_spec, settings.method_label), rows)
+        yield TrainingUpdate(starting_line(member, n_pairs, spec, method), rows)
         last_redraw = 0.0
         for update in runs.training_updates(member):
             if isinstance(update, Waiting):
@@ -260,7 +260,7 @@ def _follow_training(
                     runs.raise_failure(update)
                 break
             event = update.payload
-            record(session, settings, rows, event, member)
+            record(session, trained, event, member)
             if event["kind"] != "log":
                 yield TrainingUpdate("", rows, finished=True)
             elif update.replayed:  # a late joiner: the steps already run, redrawn one by one
@@ -277,15 +277,15 @@ def _follow_training(
     finally:
         if finished:
             member.leave()
-            run.finish()
+            handle.finish()
             runs.touch_lab(session)
         else:  # cancelled (Stop, a closed tab, a client's cancel): end the run without blocking the server
             runs.end_lab(session)
-            if run.stop():  # nobody else follows it: it ends at this step; keep what it made
-                args = (member, run, session, settings, rows)
+            if handle.stop():  # nobody else follows it: it ends at this step; keep what it made
+                args = (member, handle, session, trained)
                 threading.Thread(target=_wind_down, args=args, name="alignlab-stop", daemon=True).start()
             else:  # others share the run: it goes on for them
-                run.finish()
+                handle.finish()
 
 
 def starting_line(member: Member, n_pairs: int, spec: str, method: str = "DPO") -> str:
@@ -302,33 +302,20 @@ def starting_line(member: Member, n_pairs: int, spec: str, method: str = "DPO") 
     )
 
 
-#: Keys of a run's end event that describe the event, not the run (the rest is its training summary).
-_EVENT_ONLY = ("kind", "step", "elapsed", "policy_dir")
-
-
-def record(
-    session: Session, settings: TrainingSettings, rows: list[dict[str, Any]], event: dict[str, Any], member: Member
-) -> None:
-    """Keep a streamed event in the session: a log row, or the finished run and where its policy is."""
-    tracker = session.tracker
+def record(session: Session, trained: TrainedRun, event: dict[str, Any], member: Member) -> None:
+    """Keep a streamed event in the session's run: a log row, or its training summary and where its policy is."""
+    if session.tracker is not None:
+        session.tracker.follow(event)
     if event["kind"] == "log":
-        rows.append(event["row"])
-        session.log_rows = rows
-        if tracker is not None:
-            tracker.log_row(event["row"])
+        trained.log_rows.append(event["row"])
         return
-    if tracker is not None:
-        stopped = bool(event.get("stopped_early"))
-        tracker.end_training(event.get("steps_done") or 0, event.get("seconds") or 0.0, stopped)
-    session.training = {key: value for key, value in event.items() if key not in _EVENT_ONLY}
-    session.training["settings"] = settings.to_dict()
-    session.timings["train"] = event["seconds"]
-    session.policy_dir = runs.adopt_policy(session, member, event)
-    if session.policy_dir is not None:  # a run that made at least one step joins the session's runs
-        session.add_run(session.training)
+    trained.summary = Trained.from_event(event).summary
+    runs.adopt_policy(session, trained, member, event)
+    if trained.policy_dir is not None:  # a run that made at least one step joins the session's runs
+        session.add_run(trained.summary, trained.lab.id)
 
 
-def _wind_down(member: Member, run: Run, session: Session, settings: TrainingSettings, rows: list) -> None:
+def _wind_down(member: Member, handle: TrainingHandle, session: Session, trained: TrainedRun) -> None:
     """After a cancelled stream: let the run end at this step and keep its result (policy included).
 
     Locally the cancel reaches the training thread, so the run ends after the current step and its
@@ -338,22 +325,22 @@ def _wind_down(member: Member, run: Run, session: Session, settings: TrainingSet
     try:
         for update in runs.training_updates(member):
             if isinstance(update, Published):
-                record(session, settings, rows, update.payload, member)
+                record(session, trained, update.payload, member)
     except Exception:  # noqa: BLE001 - nobody is listening any more; the session shows what was kept
         pass
     finally:
         member.leave()
-        run.finish()
+        handle.finish()
 
 
 def stop(session: Session) -> str:
     """Stop this session's run at the end of its step: ``idle`` (nothing ran), ``stopped``, or ``left`` (others
     share the run, which goes on for them)."""
-    run = session.run
-    if run is None or run.done.is_set():
+    handle = session.training_handle
+    if handle is None or handle.done.is_set():
         return "idle"
-    stopped = run.stop()
-    run.done.wait(timeout=600)
+    stopped = handle.stop()
+    handle.done.wait(timeout=600)
     return "stopped" if stopped else "left"
 
 
@@ -363,8 +350,6 @@ def stop(session: Session) -> str:
 def choose_judge(session: Session, judge: Any) -> None:
     """The judge of this session's comparisons from now on, checked before any work (a named model: where it may
     come from, that it is a reward model, that it fits)."""
-    from alignlab.reward_judges import check_judge_spec
-
     text = "" if judge is None else str(judge).strip()
     try:
         check_judge_spec(text)
@@ -376,7 +361,7 @@ def choose_judge(session: Session, judge: Any) -> None:
 def compare(session: Session, progress: gr.Progress | None = None) -> tuple[dict[str, Any], str]:
     """The report of the session's trained policy against its baseline, kept with its run; (report, its file). The
     win rate is judged by the session's judge (:func:`choose_judge`)."""
-    if not session.baseline_outputs or not session.model_spec:
+    if session.baseline is None:
         raise fail("Record the baseline first (Baseline tab), then train (Train tab), then compare.")
     if session.training_now:
         raise fail("Training is still running: wait for it to finish (or press Stop), then compare.")
@@ -386,7 +371,8 @@ def compare(session: Session, progress: gr.Progress | None = None) -> tuple[dict
             "within a bound): train again (Train tab), then compare.",
             "Files cleared",
         )
-    if session.training is None or session.policy_dir is None or not session.policy_dir.is_dir():
+    trained = session.trained
+    if trained is None or trained.summary is None or trained.policy_dir is None or not trained.policy_dir.is_dir():
         raise fail("Train first (Train tab): there is no trained model to compare with yet.")
     preset = session_preset(session)
     # waits its turn; shared with identical sessions
@@ -396,7 +382,7 @@ def compare(session: Session, progress: gr.Progress | None = None) -> tuple[dict
         session.tracker.log_report(report)
         report = {**report, "tracking": session.tracker.summary()}
     record = session.latest_run
-    if record is not None and record.training is session.training:  # the run this report describes
+    if record is not None and record.training is trained.summary:  # the run this report describes
         report = {**report, "run": {"label": record.label, "index": session.runs_started, "of": session.runs_started}}
         record.report = report
     session.report = report
@@ -415,9 +401,10 @@ def train_then_compare(session: Session, lab: Preset, settings: TrainingSettings
     with runs.unpaced_replay():  # nobody watches the curves here
         for _ in train(session, settings, list(lab.pairs), list(lab.heldout_pairs), probes):
             pass
-    if session.policy_dir is None:
+    trained = session.trained
+    if trained is None or trained.policy_dir is None:
         raise fail(f"{what} stopped before its first step ended, so there is nothing to compare.", "Stopped")
-    session.preset_id = lab.id
+    trained.lab = replace(trained.lab, id=lab.id, title=lab.id)
     report, _ = compare(session)
     return report
 
@@ -495,13 +482,14 @@ def export_model(session: Session, repo_id: str = "", token: str = "") -> tuple[
     download's size); a failed push keeps the zip. On a public Space the token comes only from the visitor's
     field, never from the Space's own secrets, and it is used for this push alone.
     """
-    if session.report is None or session.policy_dir is None or not session.policy_dir.is_dir():
+    policy_dir = session.trained.policy_dir if session.trained is not None else None
+    if session.report is None or policy_dir is None or not policy_dir.is_dir():
         raise fail("Train and compare first: the model is saved with its evidence, which Compare produces.")
     repo_id = (repo_id or "").strip()
     try:
         if repo_id:
             export.check_repo_id(repo_id)
-        size = export.folder_bytes(session.policy_dir)
+        size = export.folder_bytes(policy_dir)
         free = shutil.disk_usage(session.directory).free
         if 2 * size > free:
             raise export.ExportError(
@@ -517,9 +505,7 @@ def export_model(session: Session, repo_id: str = "", token: str = "") -> tuple[
         raise fail(str(exc), "Cannot save") from exc
     training = session.report["settings"]["training"]
     name = f"alignlab-{training['method']}-{session.report['settings'].get('preset') or 'custom'}"
-    folder = export.save_model(
-        session.report, session.path("export") / name, policy_dir=session.policy_dir, overwrite=True
-    )
+    folder = export.save_model(session.report, session.path("export") / name, policy_dir=policy_dir, overwrite=True)
     archive = export.zip_folder(folder, session.path(f"{name}.zip"))
     said = f"Saved **{name}** ({export.folder_bytes(folder) / 1e6:.0f} MB): weights, tokenizer, model card."
     STORE.bound_disk(keep=session)  # other, idle visitors' files go first when the disk is over its bound

@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignlab.lab import Baseline
 from alignlab.owners import claim
-from alignlab.pairs import PreferencePair, UnpairedRow
+from alignlab.presets import Preset
 from alignlab.runrecord import MAX_RUNS, RunRecord, run_label
+from alignlab.settings import TrainingSettings
 from alignlab.tracking import RunTracker
 from alignlab.training import CancelToken
 
@@ -35,8 +37,8 @@ RUN_TOKENS: dict[str, CancelToken] = {}
 
 
 @dataclass
-class Run:
-    """A training run in progress: how to stop it and how to know it has finished.
+class TrainingHandle:
+    """A training run in progress, as its session holds it: how to stop it and how to know it has finished.
 
     ``member`` is the session's membership of the shared run that does the work (see
     ``alignlab/sharing.py``): stopping this run stops that one only if nobody else shares it.
@@ -73,40 +75,41 @@ class LabPlan:
 
 
 @dataclass
+class TrainedRun:
+    """The session's latest training run: what it trains on and with, its rows as they stream, then what it made."""
+
+    settings: TrainingSettings
+    lab: Preset
+    """The lab dataset it trains on: pairs, held-out pairs, probe sets, checked questions, thumbs rows, and the preset
+    id the report names (its eval prompts are the baseline's)."""
+    log_rows: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+    """The training summary once the run has ended (its end event: :class:`alignlab.lab.Trained`)."""
+    policy_dir: Path | None = None
+    """The session's own copy of the trained policy (None: no step finished, or its files were cleared)."""
+    key: str | None = None
+    """Which shared training run produced ``policy_dir`` (its key, steps done and whether stopped)."""
+
+
+@dataclass
 class Session:
     """Everything one user's lab has produced; the handlers read and update it."""
 
     key: str
     directory: Path
     last_seen: float = field(default_factory=time.monotonic)
-    model_spec: str | None = None
-    model_info: dict[str, Any] | None = None
-    eval_prompts: list[str] = field(default_factory=list)
-    generation: dict[str, Any] = field(default_factory=dict)
-    baseline_outputs: list[str] | None = None
-    pairs: list[PreferencePair] = field(default_factory=list)
-    heldout_pairs: list[PreferencePair] = field(default_factory=list)
-    contrast_pairs: list[PreferencePair] = field(default_factory=list)
-    capability_pairs: list[PreferencePair] = field(default_factory=list)
-    checked_questions: list[Any] = field(default_factory=list)
-    """A preset's own checked questions (``alignlab.questions.CheckedQuestion``), asked beside the built-in set."""
-    unpaired: list[UnpairedRow] = field(default_factory=list)
-    """Thumbs rows trained on beside ``pairs`` (imported on the Dataset tab)."""
-    preset_id: str = ""
+    baseline: Baseline | None = None
+    """The model and its answers before training (the Baseline tab's record), which every run is compared with."""
+    trained: TrainedRun | None = None
     judge: str = ""
     """Who judges the win rate of this session's comparisons (the Compare tab's field; empty: the agreement judge)."""
-    log_rows: list[dict[str, Any]] = field(default_factory=list)
-    training: dict[str, Any] | None = None
-    policy_dir: Path | None = None
     report: dict[str, Any] | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    run: Run | None = None
-    training_key: str | None = None
-    """Which shared training run produced ``policy_dir`` (its key, steps done and whether stopped)."""
+    """The report of the latest compared run (the Compare tab's)."""
+    training_handle: TrainingHandle | None = None
     lab: LabPlan | None = None
     runs: list[RunRecord] = field(default_factory=list)
     """The session's finished runs, oldest first, at most :data:`MAX_RUNS` (the Compare tab shows them side by
-    side); the last one is the run ``training`` and ``report`` describe."""
+    side); the last one is the run ``trained`` and ``report`` describe."""
     runs_started: int = 0
     """Runs recorded in this session so far: the next run's label is ``run_label(runs_started + 1)``."""
     tracker: RunTracker | None = None
@@ -123,7 +126,12 @@ class Session:
 
     @property
     def training_now(self) -> bool:
-        return self.run is not None and not self.run.done.is_set()
+        return self.training_handle is not None and not self.training_handle.done.is_set()
+
+    @property
+    def log_rows(self) -> list[dict[str, Any]]:
+        """The latest run's logged rows so far (none before a run)."""
+        return self.trained.log_rows if self.trained is not None else []
 
     def path(self, name: str) -> Path:
         """A file or folder inside this session's private directory (created, and claimed by this server, on first
@@ -135,15 +143,17 @@ class Session:
     def clear_files(self, why: str) -> None:
         """Delete the session's files (its trained policy, its exports) and tell the visitor at their next request."""
         shutil.rmtree(self.directory, ignore_errors=True)
-        self.policy_dir = None
-        self.training_key = None
-        self.files_cleared = self.training is not None
+        trained = self.trained
+        if trained is not None:
+            trained.policy_dir, trained.key = None, None
+        self.files_cleared = trained is not None and trained.summary is not None
         self.notice = why
 
-    def add_run(self, training: dict[str, Any]) -> RunRecord:
-        """Keep a finished run (its training summary); the oldest run goes when there are :data:`MAX_RUNS`."""
+    def add_run(self, training: dict[str, Any], preset_id: str = "") -> RunRecord:
+        """Keep a finished run (its training summary, and the preset it trained on); the oldest run goes when there
+        are :data:`MAX_RUNS`."""
         self.runs_started += 1
-        record = RunRecord(run_label(self.runs_started), self.preset_id or "custom", training)
+        record = RunRecord(run_label(self.runs_started), preset_id or "custom", training)
         self.runs = [*self.runs, record][-MAX_RUNS:]
         return record
 
@@ -157,14 +167,11 @@ class Session:
 
     def forget_training(self) -> None:
         """A new baseline or a new run makes earlier results stale."""
-        self.log_rows = []
         self.files_cleared = False
-        self.training = None
-        self.training_key = None
         self.report = None
-        if self.policy_dir is not None:
-            shutil.rmtree(self.policy_dir, ignore_errors=True)
-            self.policy_dir = None
+        if self.trained is not None and self.trained.policy_dir is not None:
+            shutil.rmtree(self.trained.policy_dir, ignore_errors=True)
+        self.trained = None
 
 
 class SessionStore:
@@ -288,12 +295,12 @@ def disk_used(root: Path) -> int:
 def _dispose(session: Session) -> None:
     if session.tracker is not None:  # its trackio run, if still open (trained, never compared), is closed
         session.tracker.finish()
-    run = session.run
-    if run is not None and not run.done.is_set():
-        run.stop()
+    handle = session.training_handle
+    if handle is not None and not handle.done.is_set():
+        handle.stop()
 
         def wait_then_delete() -> None:
-            run.done.wait(timeout=600)
+            handle.done.wait(timeout=600)
             shutil.rmtree(session.directory, ignore_errors=True)
 
         threading.Thread(target=wait_then_delete, name="alignlab-session-cleanup", daemon=True).start()

@@ -17,11 +17,11 @@ from alignlab import plots
 from alignlab.methods import DEFAULT_METHOD, LOSS_TYPES, METHODS, method_choices
 from alignlab.pairs import thumbs_from_dicts
 from alignlab.plots import SEPARATION_COLORS
-from alignlab.settings import KNOBS, TrainingSettings
+from alignlab.settings import KNOBS
 from alignlab.trainer import qlora_unavailable
 from alignlab.ui import recipe_panel, service
 from alignlab.ui.common import api_doc, session_of
-from alignlab.ui.inputs import pairs_from_table, settings_from_inputs, with_adapter
+from alignlab.ui.inputs import pairs_from_table, setting_widget, train_settings
 from alignlab.ui.views import finished_view, train_view
 
 INTRO = (
@@ -30,7 +30,6 @@ INTRO = (
     "on the same pairs: IPO, KTO (thumbs up/down), ORPO and SimPO (no reference model), RLHF (a reward model, then "
     "online RL)."
 )
-DEFAULTS = TrainingSettings()
 #: Above the live curve's two plots, whose titles stay short enough for a phone.
 CURVE_CAPTION = (
     "**The live held-out curve**: pairs never trained on (held-out, and contrast pairs with the cue on the wrong "
@@ -65,19 +64,9 @@ def train_ui(
     pairs: Any,
     heldout_pairs: Any,
     probes: dict[str, Any] | None,
-    beta: float,
-    learning_rate: float,
-    steps: float,
-    batch_size: float,
-    loss_type: str,
-    seed: float,
+    unpaired: list[dict[str, Any]] | None,
     request: gr.Request,
-    use_lora: bool = False,
-    lora_rank: float = DEFAULTS.lora_rank,
-    use_qlora: bool = False,
-    method: str = DEFAULT_METHOD,
-    sft_weight: float | None = None,
-    unpaired: list[dict[str, Any]] | None = None,
+    **values: Any,
 ) -> Iterator[tuple[Any, ...]]:
     """Run a preference method (DPO by default) on the pairs, streaming each logged step; needs /baseline first.
 
@@ -85,28 +74,16 @@ def train_ui(
         pairs: training pairs, a table with the columns prompt, chosen, rejected.
         heldout_pairs: held-out pairs (same columns), scored after every step (the live held-out curve) and on Compare.
         probes: the preset's probe sets (contrast and capability pairs), kept by the Dataset tab.
-        beta: β: how tightly the model is held to the original (SimPO's scale goes to 10).
-        learning_rate: optimizer step size.
-        steps: optimizer steps.
-        batch_size: pairs per step.
-        loss_type: sigmoid (DPO), ipo, hinge, robust, apo_zero, sppo_hard, nca_pair or bco_pair.
-        seed: seed for data order: the same seed and data give the same run.
-        use_lora: train a LoRA adapter instead of every weight (the reference is the adapter switched off).
-        lora_rank: LoRA rank.
-        use_qlora: QLoRA, LoRA on a 4-bit base (needs a CUDA GPU and bitsandbytes).
-        method: dpo, ipo (DPO with the IPO loss), kto (each pair's answers as thumbs up/down), orpo or simpo (no
-            reference model). β, learning rate and steps are used as given: each method's own defaults are listed by
-            /run_lab, which uses them when those are left empty. Other methods than dpo take loss_type sigmoid.
-        sft_weight: DPO's (and IPO's) added SFT term on the chosen answers, 0-10 (0 = none); empty means the
-            method's default (IPO's is 2, see its registry entry). Other methods take none.
+        unpaired: thumbs rows (prompt, completion, label) imported on the Dataset tab.
+        use_qlora: Needs a CUDA GPU and bitsandbytes.
+        method: Methods other than DPO and IPO take loss_type sigmoid and no SFT weight.
     Returns:
         Streams (status, loss plot, margin plot, rewards plot, accuracy plot, held-out plot, log table, health).
         While the run waits for the model, the status (and the API's progress updates) say the place
         in line and the estimated wait. An identical run already in progress or finished is joined
         (its steps replayed), not run twice.
     """
-    settings = settings_from_inputs(beta, learning_rate, steps, batch_size, loss_type, seed, method, sft_weight)
-    settings = with_adapter(settings, use_lora, lora_rank, use_qlora)
+    settings = train_settings(values)
     session = session_of(request)
     updates = service.train(
         session,
@@ -133,7 +110,8 @@ def stop_ui(request: gr.Request) -> tuple[Any, ...]:
         The Train tab's final state: status, plots, log table, health.
     """
     session = session_of(request)
-    others = session.run.member.others if session.run is not None and session.run.member is not None else 0
+    handle = session.training_handle
+    others = handle.member.others if handle is not None and handle.member is not None else 0
     outcome = service.stop(session)
     if outcome == "idle":
         gr.Info("Nothing is training in this session.")
@@ -160,12 +138,6 @@ def adapter_note() -> str:
 # --------------------------------------------------------------------------- layout and events
 
 
-def knob_widget(name: str, **kwargs: Any) -> gr.Number:
-    """A number box for the setting ``name``: its label and range from :data:`KNOBS`, its default from the settings."""
-    knob = KNOBS[name]
-    return gr.Number(getattr(DEFAULTS, name), label=knob.label, info=knob.info(), **kwargs)
-
-
 def build(beside: Callable[[], SimpleNamespace]) -> tuple[SimpleNamespace, SimpleNamespace]:
     """The tab's widgets, and what ``beside`` builds next to the method and *Start training* (the comparison's
     controls), so that a presenter finds both buttons in the first screen of the tab."""
@@ -174,8 +146,8 @@ def build(beside: Callable[[], SimpleNamespace]) -> tuple[SimpleNamespace, Simpl
         with gr.Column(scale=3, min_width=300):
             method = gr.Dropdown(
                 method_choices(),
-                value=DEFAULT_METHOD,
-                label="Method",
+                value=KNOBS["method"].default,
+                label=KNOBS["method"].label,
                 info="Each on TRL's own trainer; picking one sets its own β, learning rate and steps.",
                 allow_custom_value=True,  # an API client's unknown name gets the list of known ones
                 elem_id="train-method",
@@ -190,20 +162,20 @@ def build(beside: Callable[[], SimpleNamespace]) -> tuple[SimpleNamespace, Simpl
     )
     with gr.Accordion("Settings: β, learning rate, steps, batch, loss, seed, LoRA", open=True, elem_id="settings"):
         with gr.Row():
-            beta = knob_widget("beta")
-            learning_rate = knob_widget("learning_rate")
-            steps = knob_widget("steps")
-            batch_size = knob_widget("batch_size")
+            beta = setting_widget(KNOBS["beta"])
+            learning_rate = setting_widget(KNOBS["learning_rate"])
+            steps = setting_widget(KNOBS["steps"])
+            batch_size = setting_widget(KNOBS["batch_size"])
         with gr.Row():
             loss_type = gr.Dropdown(
                 [(f"{name} — {text}", name) for name, text in LOSS_TYPES.items()],
-                value=DEFAULTS.loss_type,
-                label="Loss type",
+                value=KNOBS["loss_type"].default,
+                label=KNOBS["loss_type"].label,
                 info="sigmoid is the original DPO.",
                 scale=3,
             )
-            sft_weight = knob_widget("sft_weight", scale=1)
-            seed = knob_widget("seed", scale=1)
+            sft_weight = setting_widget(KNOBS["sft_weight"], scale=1)
+            seed = setting_widget(KNOBS["seed"], scale=1)
         with gr.Accordion("LoRA and QLoRA adapters", open=False, elem_id="adapter-panel"):
             adapter = build_adapter_controls()
     curves = _build_plots()
@@ -303,11 +275,11 @@ def _build_plots() -> SimpleNamespace:
 def build_adapter_controls() -> SimpleNamespace:
     """The LoRA switch, its rank, and QLoRA (offered only where CUDA and bitsandbytes are)."""
     with gr.Row():
-        use_lora = gr.Checkbox(DEFAULTS.use_lora, label="LoRA adapter", elem_id="train-lora", scale=1)
-        lora_rank = knob_widget("lora_rank", scale=1)
+        use_lora = gr.Checkbox(KNOBS["use_lora"].default, label=KNOBS["use_lora"].label, elem_id="train-lora", scale=1)
+        lora_rank = setting_widget(KNOBS["lora_rank"], scale=1)
         use_qlora = gr.Checkbox(
-            False,
-            label="QLoRA (4-bit base)",
+            KNOBS["use_qlora"].default,
+            label=KNOBS["use_qlora"].label,
             interactive=qlora_unavailable() is None,
             elem_id="train-qlora",
             scale=1,
@@ -316,24 +288,34 @@ def build_adapter_controls() -> SimpleNamespace:
     return SimpleNamespace(use_lora=use_lora, lora_rank=lora_rank, use_qlora=use_qlora)
 
 
-def knobs(tab: SimpleNamespace) -> list[Any]:
-    """The settings' widgets, in the order the handlers (and the API) take them."""
-    return [tab.beta, tab.learning_rate, tab.steps, tab.batch_size, tab.loss_type, tab.seed]
+#: The settings /train takes after the pairs, in the API's order: each a field of the settings and a widget of the tab.
+TRAIN_SETTINGS = (
+    "beta",
+    "learning_rate",
+    "steps",
+    "batch_size",
+    "loss_type",
+    "seed",
+    "use_lora",
+    "lora_rank",
+    "use_qlora",
+    "method",  # after the others, so that clients that pass them by position keep working
+    "sft_weight",
+)
 
 
-def inputs(tab: SimpleNamespace, dataset: SimpleNamespace) -> list[Any]:
-    return [
-        dataset.pairs,
-        dataset.heldout,
-        dataset.probes,
-        *knobs(tab),
-        tab.use_lora,
-        tab.lora_rank,
-        tab.use_qlora,
-        tab.method,
-        tab.sft_weight,
-        dataset.unpaired,  # a state: thumbs rows imported on the Dataset tab (not an API parameter)
-    ]
+def setting_widgets(tab: SimpleNamespace, names: tuple[str, ...] = TRAIN_SETTINGS) -> dict[str, Any]:
+    """The tab's widgets of the settings ``names``, keyed by field name: an event's ``inputs_kwargs``, so that its
+    handler gets the values by name (and builds one settings object from them)."""
+    return {name: getattr(tab, name) for name in names}
+
+
+def inputs(tab: SimpleNamespace, dataset: SimpleNamespace) -> dict[str, Any]:
+    """The event arguments of /train: the pairs and the Dataset tab's states by position, the settings by name."""
+    return {
+        "inputs": [dataset.pairs, dataset.heldout, dataset.probes, dataset.unpaired],
+        "inputs_kwargs": setting_widgets(tab),
+    }
 
 
 def outputs(tab: SimpleNamespace) -> list[Any]:
@@ -352,7 +334,7 @@ def outputs(tab: SimpleNamespace) -> list[Any]:
 
 def wire(tab: SimpleNamespace, dataset: SimpleNamespace) -> Any:
     """Start streams ``/train``; returns that event so that Stop (wired in blocks.py) can cancel it."""
-    recipe_panel.wire(tab, dataset, knobs(tab))
+    recipe_panel.wire(tab, dataset)
     tab.method.change(
         method_defaults_ui,
         tab.method,
@@ -362,10 +344,10 @@ def wire(tab: SimpleNamespace, dataset: SimpleNamespace) -> Any:
     )
     return tab.start.click(
         train_ui,
-        inputs(tab, dataset),
-        outputs(tab),
+        outputs=outputs(tab),
+        **inputs(tab, dataset),
         api_name="train",
-        api_description=api_doc(train_ui),
+        api_description=api_doc(train_ui, KNOBS, TRAIN_SETTINGS),
         concurrency_limit=None,  # checks answer at once; the model work waits in runs.GATE
         show_progress="minimal",
     )

@@ -34,7 +34,8 @@ def train_view(status: str, rows: list[dict[str, Any]], health: str = "", method
 
 def finished_view(session: Session) -> tuple:
     """The Train tab after a run: final figures, where it stopped, and the health reading."""
-    training = session.training
+    trained = session.trained
+    training = trained.summary if trained is not None else None
     if training is None:
         return train_view("No training run has finished in this session yet.", session.log_rows)
     done, total = training["steps_done"], training["total_steps"]
@@ -42,11 +43,11 @@ def finished_view(session: Session) -> tuple:
         status = f"**Stopped after {done} of {total} steps** ({training['seconds']:.1f} s)."
     else:
         status = f"**Finished {done} of {total} steps** in {training['seconds']:.1f} s."
-    if session.policy_dir is not None:
+    if trained.policy_dir is not None:
         status += " Next: the **Compare** tab shows what changed."
     else:
         status += " No step finished, so there is nothing to compare: press Start again."
-    status += "\n\n" + run_cost(training, session.model_spec)
+    status += "\n\n" + run_cost(training, session.baseline.model_spec if session.baseline is not None else None)
     settings = training["settings"]
     method = entry_for(settings.get("method", DEFAULT_METHOD), settings.get("loss_type", "sigmoid")).name
     health = read_training_health(
