@@ -439,8 +439,7 @@ def _lab_progress(settings: Any, n_pairs: int, bar: _StepBar) -> tuple[Any, Any]
 def _run_lab(args: argparse.Namespace) -> int:
     """``lab``: every input checked, then the lab's steps (:func:`alignlab.lab.run_lab`'s, the judge checked here
     first) with their progress in the terminal; the report printed and written, the model saved where asked."""
-    from alignlab.lab import load_and_baseline, train_and_compare
-    from alignlab.reward_judges import check_judge_spec
+    from alignlab.lab import check_judge_spec, load_and_baseline, train_and_compare
     from alignlab.tracking import start_run
 
     preset, settings, generation, used = _lab_inputs(args)

@@ -31,7 +31,7 @@ from alignlab.pairs import DatasetError
 from alignlab.presets import Preset, capability_probe, heldout_unavailable, validate_preset
 from alignlab.probes import PreferenceProbe
 from alignlab.questions import MAX_NEW_TOKENS, check_answers, question_set
-from alignlab.reward_judges import check_judge_spec, pick_judge
+from alignlab.reward_judges import AGREEMENT, LAB_REWARD_MODEL, judge_source, pick_judge
 from alignlab.settings import GenerationSettings, TrainingSettings
 from alignlab.tracking import RunTracker
 from alignlab.trainer import load_policy
@@ -458,6 +458,17 @@ def train_and_compare(
         tracker.log_report(result)
         result["tracking"] = tracker.summary()
     return result, trained
+
+
+def check_judge_spec(spec: str | None) -> str:
+    """The judge asked for, checked before any work (the CLI, the API, the Compare tab and :func:`run_lab` all call
+    this): a named model passes :func:`alignlab.model_checks.check_judge` (where it may come from, that it is a
+    one-output reward model, that it fits). Returns its source name; raises :class:`ModelLoadError` with what is
+    wrong."""
+    source = judge_source(spec)
+    if source not in (AGREEMENT, LAB_REWARD_MODEL):
+        model_checks.check_judge(source)
+    return source
 
 
 def run_lab(

@@ -1,8 +1,8 @@
 """The reward-model judges: the lab's own, trained on a run's pairs, and one the user names; and which judge speaks.
 
 :func:`pick_judge` turns the judge a person asked for (``""``/``"agreement"``, ``"lab_reward_model"`` or a model
-id/path) into a judge of :mod:`alignlab.judges`; :func:`check_judge_spec` checks that choice at the boundary (the
-CLI, the API, the Compare tab) before any work, with :func:`alignlab.model_checks.check_judge` for a named model.
+id/path) into a judge of :mod:`alignlab.judges` (the choice itself is checked at the boundary, before any work, by
+:func:`alignlab.lab.check_judge_spec`).
 
 The lab's reward model is trained by TRL's RewardTrainer through the same stage as RLHF's first
 (:data:`alignlab.methods.METHODS` ``["rlhf"].stages[0]``, built by :func:`alignlab.trainer.build_trainer`) on the
@@ -47,18 +47,6 @@ def judge_source(spec: str | None) -> str:
     if spec in LAB_NAMES:
         return LAB_REWARD_MODEL
     return spec
-
-
-def check_judge_spec(spec: str | None) -> str:
-    """The judge asked for, checked before any work: a named model passes
-    :func:`alignlab.model_checks.check_judge` (where it may come from, that it is a one-output reward model, that
-    it fits). Returns its source name; raises :class:`ModelLoadError` with what is wrong."""
-    from alignlab import model_checks
-
-    source = judge_source(spec)
-    if source not in (AGREEMENT, LAB_REWARD_MODEL):
-        model_checks.check_judge(source)
-    return source
 
 
 def pick_judge(

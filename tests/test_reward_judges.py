@@ -10,10 +10,11 @@ import pytest
 
 from alignlab.cli import main
 from alignlab.judges import AGREEMENT, LAB_REWARD_MODEL, win_rate
+from alignlab.lab import check_judge_spec
 from alignlab.model_checks import check_judge
 from alignlab.models import ModelLoadError, cache_root, copy_for_training
 from alignlab.presets import load_preset
-from alignlab.reward_judges import check_judge_spec, lab_reward_model, load_named_judge, pick_judge
+from alignlab.reward_judges import lab_reward_model, load_named_judge, pick_judge
 
 pytestmark = pytest.mark.slow
 

@@ -28,13 +28,12 @@ from typing import Any
 import gradio as gr
 
 from alignlab import export, tracking
-from alignlab.lab import Baseline, Trained
+from alignlab.lab import Baseline, Trained, check_judge_spec
 from alignlab.models import ModelLoadError
 from alignlab.pairs import DatasetError, PreferencePair, TrainingData, UnpairedRow, pairs_from_dicts
 from alignlab.presets import Preset, load_preset, validate_eval_prompts, validate_preset
 from alignlab.public import public_mode
 from alignlab.questions import questions_from_dicts
-from alignlab.reward_judges import check_judge_spec
 from alignlab.runrecord import run_label
 from alignlab.settings import TrainingSettings
 from alignlab.sharing import Finished, Member, Published, Waiting
