@@ -2,21 +2,21 @@
 
 import os
 
-import alignlab.gpu  # noqa: F401  (first: on ZeroGPU, `spaces` must be imported before torch)
-from alignlab.memory import keep_freed_memory
+import alignlab.serving.gpu  # noqa: F401  (first: on ZeroGPU, `spaces` must be imported before torch)
+from alignlab.training.memory import keep_freed_memory
 
 keep_freed_memory()  # next, before torch's and gradio's imports start threads: every thread reuses freed memory
 
+from alignlab.pipeline.warmup import preload  # noqa: E402
 from alignlab.ui import build_app, default_preset, launch_options  # noqa: E402
-from alignlab.warmup import preload  # noqa: E402
 
 demo = build_app()
 preload()  # TRL's trainers and Triton's key at start-up, not in the first click (a ZeroGPU worker inherits them)
 
 if __name__ == "__main__":
-    if os.environ.get("ALIGNLAB_WARMUP", "1") != "0" and not alignlab.gpu.on_zero_gpu():
+    if os.environ.get("ALIGNLAB_WARMUP", "1") != "0" and not alignlab.serving.gpu.on_zero_gpu():
+        from alignlab.pipeline.warmup import warm_up
         from alignlab.ui.common import default_model
-        from alignlab.warmup import warm_up
 
         # The first user's click should not pay for a process's first training (on a GPU: compiling the kernels),
         # nor for the original model's scores of the opening preset's probe pairs.

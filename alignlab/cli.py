@@ -28,7 +28,7 @@ class CliError(Exception):
     """Bad input: printed as one clear message, exit code 2."""
 
 
-#: The flags that set a training setting: the flag -> the :class:`~alignlab.settings.TrainingSettings` field it
+#: The flags that set a training setting: the flag -> the :class:`~alignlab.registry.settings.TrainingSettings` field it
 #: sets. A flag's type, default, range and help are its field's (:func:`_add_setting`).
 SETTING_FLAGS = {
     "--method": "method",
@@ -52,7 +52,7 @@ def _add_setting(parser: Any, flag: str, methods: Iterable[str] | None = None, *
     """The flag of a training setting, from its field: type, default (None where each method has its own, which it
     then gets), help with the range or choices (``methods``: the command's), or a switch. A value out of range is
     refused by the settings' own check, with the message the app gives."""
-    from alignlab.settings import KNOBS, method_default_text, method_sets
+    from alignlab.registry.settings import KNOBS, method_default_text, method_sets
 
     knob = KNOBS[SETTING_FLAGS[flag]]
     if knob.switch:
@@ -68,7 +68,7 @@ def _add_setting(parser: Any, flag: str, methods: Iterable[str] | None = None, *
 
 
 def _add_answer_length(parser: argparse.ArgumentParser) -> None:
-    from alignlab.settings import GENERATION_KNOBS
+    from alignlab.registry.settings import GENERATION_KNOBS
 
     knob = GENERATION_KNOBS["max_new_tokens"]
     parser.add_argument("--max-new-tokens", type=int, default=knob.default, help=knob.doc(f"default {knob.default}"))
@@ -92,7 +92,7 @@ def _add_tracking(parser: argparse.ArgumentParser) -> None:
 
 def _tracking_project(args: argparse.Namespace) -> tuple[bool, str | None]:
     """(track, project) from ``--no-track`` and ``--project``, the project name checked before any work."""
-    from alignlab.tracking import check_project, project_name
+    from alignlab.takehome.tracking import check_project, project_name
 
     if args.no_track:
         return False, None
@@ -123,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_lab_parser(sub: Any) -> None:
     """``lab``: the whole lab on one method, every training setting a flag."""
-    from alignlab.models import EMBEDDED_DEFAULT
+    from alignlab.models.loading import EMBEDDED_DEFAULT
 
     lab = sub.add_parser("lab", help="run baseline -> train -> compare and print the report")
     lab.add_argument("--model", default=EMBEDDED_DEFAULT, help=f"model spec (default: {EMBEDDED_DEFAULT})")
@@ -155,8 +155,8 @@ def _add_lab_parser(sub: Any) -> None:
 
 def _add_compare_parser(sub: Any) -> None:
     """``compare``: several methods on the same data, one after another, and their evidence side by side."""
-    from alignlab.comparison import DEFAULT_METHODS, MAX_METHODS, method_names
-    from alignlab.models import EMBEDDED_DEFAULT
+    from alignlab.models.loading import EMBEDDED_DEFAULT
+    from alignlab.pipeline.comparison import DEFAULT_METHODS, MAX_METHODS, method_names
 
     compare = sub.add_parser(
         "compare",
@@ -182,7 +182,7 @@ def _add_compare_parser(sub: Any) -> None:
 def _add_recipe_parser(sub: Any) -> None:
     """``recipe``: the lab's settings and pairs as a folder that launches TRL's own script on a cluster."""
     from alignlab.recipe import DEFAULT_TARGET, ENGINES, KNOWN_TARGETS, PUBLIC_DATASETS, recipe_methods
-    from alignlab.settings import KNOBS
+    from alignlab.registry.settings import KNOBS
 
     methods = recipe_methods()
     recipe = sub.add_parser(
@@ -235,8 +235,8 @@ def _timings_text(timings: dict[str, float]) -> str:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The report as a person reads it in a terminal (the words are :mod:`alignlab.readings`')."""
-    from alignlab.readings import answer_checks, evidence_readings, finding_details, remedy_text, verdict_word
+    """The report as a person reads it in a terminal (the words are :mod:`alignlab.verdict.readings`')."""
+    from alignlab.verdict.readings import answer_checks, evidence_readings, finding_details, remedy_text, verdict_word
 
     lines = [f"\n=== Before vs after ({report['changed']} of {len(report['baseline_outputs'])} answers changed) ==="]
     for before, after in zip(report["baseline_outputs"], report["aligned_outputs"]):
@@ -286,7 +286,7 @@ def _show_and_write(text: str, data: dict[str, Any], out: str | None, what: str)
 def settings_from_args(args: argparse.Namespace, **more: Any) -> Any:
     """The training settings the command's flags ask for (:data:`SETTING_FLAGS`, those it has), each method's own
     defaults where a flag is left out, then ``more`` (a recipe's --qlora turns LoRA on); checked by the settings."""
-    from alignlab.settings import SettingsError, TrainingSettings
+    from alignlab.registry.settings import SettingsError, TrainingSettings
 
     given = {name: getattr(args, dest) for dest, name in _SETTING_FLAGS.items() if hasattr(args, dest)}
     try:
@@ -307,8 +307,8 @@ def given_flags(parser: argparse.ArgumentParser, command: str, argv: list[str]) 
 
 def _remedy_of(args: argparse.Namespace, preset: Any) -> Any:
     """The settings of ``--remedy-of``'s remedy, with the training flags given beside it applied over them."""
-    from alignlab.remedies import remedy_settings
-    from alignlab.settings import SettingsError, TrainingSettings
+    from alignlab.registry.settings import SettingsError, TrainingSettings
+    from alignlab.verdict.remedies import remedy_settings
 
     path = Path(args.remedy_of)
     try:
@@ -338,7 +338,7 @@ def _remedy_of(args: argparse.Namespace, preset: Any) -> Any:
 
 
 def _generation_settings(args: argparse.Namespace) -> Any:
-    from alignlab.settings import GenerationSettings, GenerationSettingsError
+    from alignlab.registry.settings import GenerationSettings, GenerationSettingsError
 
     try:
         return GenerationSettings(max_new_tokens=args.max_new_tokens)
@@ -348,8 +348,8 @@ def _generation_settings(args: argparse.Namespace) -> Any:
 
 def _dataset(args: argparse.Namespace) -> Any:
     """The preset or the user's dataset file the flags name."""
-    from alignlab.importers import load_dataset_file
-    from alignlab.presets import load_preset
+    from alignlab.data.importers import load_dataset_file
+    from alignlab.data.presets import load_preset
 
     return load_preset(args.preset) if args.preset else load_dataset_file(args.dataset, seed=args.seed)
 
@@ -381,7 +381,7 @@ class _StepBar:
 def _lab_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, int]]:
     """The lab's preset, training and generation settings and what the method trains on, each checked before any
     work (a paired method on thumbs rows that form no pair stops here)."""
-    from alignlab.trl_rows import trained_on
+    from alignlab.training.trl_rows import trained_on
 
     preset = _dataset(args)
     settings = _remedy_of(args, preset) if args.remedy_of else settings_from_args(args)
@@ -437,10 +437,11 @@ def _lab_progress(settings: Any, n_pairs: int, bar: _StepBar) -> tuple[Any, Any]
 
 
 def _run_lab(args: argparse.Namespace) -> int:
-    """``lab``: every input checked, then the lab's steps (:func:`alignlab.lab.run_lab`'s, the judge checked here
+    """``lab``: every input checked, then the lab's steps (:func:`alignlab.pipeline.steps.run_lab`'s, the judge checked
+    here
     first) with their progress in the terminal; the report printed and written, the model saved where asked."""
-    from alignlab.lab import check_judge_spec, load_and_baseline, train_and_compare
-    from alignlab.tracking import start_run
+    from alignlab.pipeline.steps import check_judge_spec, load_and_baseline, train_and_compare
+    from alignlab.takehome.tracking import start_run
 
     preset, settings, generation, used = _lab_inputs(args)
     track, project = _tracking_project(args)
@@ -467,7 +468,7 @@ def _check_save(args: argparse.Namespace) -> None:
     """--save-model, --push-to: the folder, the repo id and the token checked before any work."""
     import os
 
-    from alignlab.export import ExportError, check_repo_id, check_target
+    from alignlab.takehome.export import ExportError, check_repo_id, check_target
 
     if args.push_to and not args.save_model:
         raise CliError("--push-to pushes the folder --save-model writes: give --save-model DIR too.")
@@ -486,8 +487,8 @@ def _save_model(args: argparse.Namespace, report: dict[str, Any], policy: Any) -
     """Save the run's policy and its card; push it where asked. 1 when the push failed (the folder is kept)."""
     import os
 
-    from alignlab.export import ExportError, push_folder, save_model
-    from alignlab.models import load_model
+    from alignlab.models.loading import load_model
+    from alignlab.takehome.export import ExportError, push_folder, save_model
 
     folder = save_model(
         report, args.save_model, policy=policy, tokenizer=load_model(args.model).tokenizer, overwrite=True
@@ -513,7 +514,7 @@ def _check_out(out: str | None) -> None:
 
 def format_comparison(result: dict[str, Any]) -> str:
     """The runs side by side, then each prompt's answers: baseline and every run's."""
-    from alignlab.runrecord import markdown_table
+    from alignlab.verdict.runs_table import markdown_table
 
     reports = result["runs"]
     lines = ["\n=== Runs side by side ===", markdown_table(result["table"])]
@@ -568,10 +569,10 @@ def _compare_progress(n_runs: int, n_pairs: int, bar: _StepBar) -> tuple[Any, An
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    """``compare``: every method's settings checked, then each method in turn (:mod:`alignlab.comparison`)."""
-    from alignlab.comparison import comparison_settings, parse_methods, run_comparison
-    from alignlab.settings import SettingsError
-    from alignlab.trl_rows import trained_on
+    """``compare``: every method's settings checked, then each method in turn (:mod:`alignlab.pipeline.comparison`)."""
+    from alignlab.pipeline.comparison import comparison_settings, parse_methods, run_comparison
+    from alignlab.registry.settings import SettingsError
+    from alignlab.training.trl_rows import trained_on
 
     try:
         names = parse_methods(args.methods)
@@ -626,7 +627,7 @@ def _run_recipe(args: argparse.Namespace) -> int:
 
 
 def _list_presets() -> int:
-    from alignlab.presets import list_presets
+    from alignlab.data.presets import list_presets
 
     for preset in list_presets():
         print(
@@ -654,7 +655,7 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    from alignlab.memory import keep_freed_memory
+    from alignlab.training.memory import keep_freed_memory
 
     keep_freed_memory()  # first, before torch's import starts a thread
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -664,15 +665,15 @@ def main(argv: list[str] | None = None) -> int:
         args.given = given_flags(parser, "lab", list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     _quiet_libraries()
-    from alignlab.models import ModelLoadError
-    from alignlab.pairs import DatasetError
+    from alignlab.data.pairs import DatasetError
+    from alignlab.models.loading import ModelLoadError
     from alignlab.recipe import RecipeError
 
     try:
         if args.command == "presets":
             return _list_presets()
         if args.command == "tiny-model":
-            from alignlab.tiny import build_tiny_model
+            from alignlab.models.tiny import build_tiny_model
 
             print(build_tiny_model(args.directory, chat=not args.base))
             return 0

@@ -70,7 +70,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from alignlab.model_shapes import EMBEDDED_DEFAULT
+    from alignlab.registry.model_shapes import EMBEDDED_DEFAULT
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, 1 repeat, 2 timed steps: a smoke test")
@@ -134,9 +134,9 @@ def _say(text: str) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from alignlab.model_shapes import EMBEDDED_DEFAULT
-    from alignlab.models import load_model, pick_device
-    from alignlab.settings import GenerationSettings
+    from alignlab.models.loading import load_model, pick_device
+    from alignlab.registry.model_shapes import EMBEDDED_DEFAULT
+    from alignlab.registry.settings import GenerationSettings
     from bench.common import BUILT_MODELS, build_model, load_seed_lab, machine, machine_words, quiet
 
     quiet()
@@ -278,7 +278,7 @@ TARGETS: list[tuple[str, str, str, float, str]] = [
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The bench's targets, each with the figure it reads and whether this run's setup is the one it names."""
-    from alignlab.model_shapes import EMBEDDED_DEFAULT
+    from alignlab.registry.model_shapes import EMBEDDED_DEFAULT
 
     config, info = results["config"], results["machine"]
     on_gpu = config["device"].startswith("cuda")
@@ -368,7 +368,7 @@ def table(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    from alignlab.lab import json_ready
+    from alignlab.pipeline.steps import json_ready
 
     results = json_ready(run(args))
     print(table(results))

@@ -3,7 +3,7 @@
 Policy + frozen reference, chosen and rejected rows in one forward pass, completion-only summed
 log-probs, the sigmoid DPO loss ``-logsigmoid(beta * ((pc - rc) - (pr - rr)))`` and AdamW.
 It mirrors what TRL does for the same settings, so its losses can be checked against TRL's:
-- tokens: :func:`alignlab.logprobs.encode_pair` (TRL's rule: the completion starts where the
+- tokens: :func:`alignlab.models.logprobs.encode_pair` (TRL's rule: the completion starts where the
   tokenised prompt and prompt+completion diverge), cut to ``max_length`` from the start;
 - data order: per epoch ``randperm(n)`` from a generator seeded ``seed + epoch`` (accelerate's
   seedable sampler, which TRL's Trainer uses), batches of ``batch_size``, the last one short;
@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from alignlab.logprobs import encode_pair
-from alignlab.models import LoadedModel, copy_for_training
-from alignlab.pairs import PreferencePair
-from alignlab.settings import TrainingSettings
+from alignlab.data.pairs import PreferencePair
+from alignlab.models.loading import LoadedModel, copy_for_training
+from alignlab.models.logprobs import encode_pair
+from alignlab.registry.settings import TrainingSettings
 from bench.common import sync
 
 

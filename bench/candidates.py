@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alignlab.settings import TrainingSettings
+from alignlab.registry.settings import TrainingSettings
 from bench.common import Figure
 from bench.protocol import run_worker
 

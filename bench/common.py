@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-#: Model specs the bench builds itself (no hub needed); anything else goes to alignlab.models.
+#: Model specs the bench builds itself (no hub needed); anything else goes to alignlab.models.loading.
 BUILT_MODELS = ("tiny", "tiny-base", "gpt2-sized")
 PRESET = "seed-lab"
 
@@ -201,7 +201,7 @@ def machine_line(info: dict[str, Any]) -> str:
 
 def build_model(spec: str, workdir: Path) -> str:
     """Turn the bench's own model names into a saved directory; other specs pass through."""
-    from alignlab.tiny import build_gpt2_sized_model, build_tiny_model
+    from alignlab.models.tiny import build_gpt2_sized_model, build_tiny_model
 
     target = workdir / spec
     if (target / "config.json").is_file():
@@ -216,6 +216,6 @@ def build_model(spec: str, workdir: Path) -> str:
 
 
 def load_seed_lab():
-    from alignlab.presets import load_preset
+    from alignlab.data.presets import load_preset
 
     return load_preset(PRESET)

@@ -41,7 +41,7 @@ def find(*paths: str, required: bool = True) -> Any:
         try:
             found = importlib.import_module(module)
         except ModuleNotFoundError as error:
-            if error.name != module:  # the module is there but fails to import: not a name that moved
+            if not (module == error.name or module.startswith(f"{error.name}.")):  # there, but fails to import
                 raise
             continue
         if hasattr(found, name):
@@ -61,7 +61,9 @@ def peak_rss_mib() -> float:
 
 def probe_sets(preset: Any, gather_evidence: Any) -> dict[str, Any]:
     """The contrast and capability pairs of the revision's compare step, where its ``gather_evidence`` takes them."""
-    capability_probe = find("alignlab.presets:capability_probe", required=False)
+    capability_probe = find(
+        "alignlab.data.presets:capability_probe", "alignlab.presets:capability_probe", required=False
+    )
     if capability_probe is None or "capability_pairs" not in inspect.signature(gather_evidence).parameters:
         return {}
     capability, source = capability_probe(preset)
@@ -70,12 +72,20 @@ def probe_sets(preset: Any, gather_evidence: Any) -> dict[str, Any]:
 
 def verdict(evidence: Any, aligned: list[str], beta: float) -> str | None:
     """The revision's verdict on this evidence (one logged step), where it has one."""
-    report = find("alignlab.degeneration:degeneration_report", required=False)
-    read_health = find("alignlab.health:read_health", required=False)
-    run_facts = find("alignlab.findings:RunFacts", "alignlab.health:RunFacts", required=False)
+    report = find(
+        "alignlab.evidence.degeneration:degeneration_report",
+        "alignlab.degeneration:degeneration_report",
+        required=False,
+    )
+    read_health = find("alignlab.verdict.health:read_health", "alignlab.health:read_health", required=False)
+    run_facts = find(
+        "alignlab.verdict.findings:RunFacts", "alignlab.findings:RunFacts", "alignlab.health:RunFacts", required=False
+    )
     if report is None or read_health is None or run_facts is None:
         return None
-    typed = find("alignlab.evidence:Evidence", required=False) is not None  # the facts hold the evidence itself
+    typed = (
+        find("alignlab.evidence.figures:Evidence", "alignlab.evidence:Evidence", required=False) is not None
+    )  # the facts hold the evidence itself
     degeneration = report(aligned, aligned)
     facts = run_facts(
         log_rows=[{"step": 1, "loss": 0.69}],
@@ -89,17 +99,31 @@ def verdict(evidence: Any, aligned: list[str], beta: float) -> str | None:
 
 
 def measure(spec: str, dataset: str) -> dict[str, Any]:
-    keep_freed_memory = find("alignlab.memory:keep_freed_memory", required=False)
+    keep_freed_memory = find(
+        "alignlab.training.memory:keep_freed_memory", "alignlab.memory:keep_freed_memory", required=False
+    )
     if keep_freed_memory is not None:
         keep_freed_memory()  # what the revision's app and CLI do first at start-up
     import torch
 
-    load_model = find("alignlab.models:load_model")
-    load_dataset_file = find("alignlab.importers:load_dataset_file", "alignlab.presets:load_dataset_file")
-    generation_settings = find("alignlab.settings:GenerationSettings", "alignlab.generation:GenerationSettings")
-    training_settings = find("alignlab.settings:TrainingSettings", "alignlab.training:TrainingSettings")
-    generate = find("alignlab.generation:generate")
-    gather_evidence = find("alignlab.evaluation:gather_evidence")
+    load_model = find("alignlab.models.loading:load_model", "alignlab.models:load_model")
+    load_dataset_file = find(
+        "alignlab.data.importers:load_dataset_file",
+        "alignlab.importers:load_dataset_file",
+        "alignlab.presets:load_dataset_file",
+    )
+    generation_settings = find(
+        "alignlab.registry.settings:GenerationSettings",
+        "alignlab.settings:GenerationSettings",
+        "alignlab.generation:GenerationSettings",
+    )
+    training_settings = find(
+        "alignlab.registry.settings:TrainingSettings",
+        "alignlab.settings:TrainingSettings",
+        "alignlab.training:TrainingSettings",
+    )
+    generate = find("alignlab.models.generation:generate", "alignlab.generation:generate")
+    gather_evidence = find("alignlab.evidence.evaluation:gather_evidence", "alignlab.evaluation:gather_evidence")
 
     loaded = load_model(spec)
     preset = load_dataset_file(dataset, seed=0)

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from alignlab.models import load_model
-from alignlab.pairs import PreferencePair
-from alignlab.settings import TrainingSettings
-from alignlab.tiny import build_tiny_model
+from alignlab.data.pairs import PreferencePair
+from alignlab.models.loading import load_model
+from alignlab.models.tiny import build_tiny_model
+from alignlab.registry.settings import TrainingSettings
 from bench.bare_dpo import train_bare_as
 from bench.training import alignlab_steps, loss_agreement
 

@@ -1,6 +1,6 @@
 """Batched generation (the lab's) vs one prompt at a time, on the same prompts and token budget.
 
-Both call ``alignlab.generation.generate`` with the same greedy settings; "one at a time" passes
+Both call ``alignlab.models.generation.generate`` with the same greedy settings; "one at a time" passes
 one prompt per call, as the seed lab's loop did. One untimed batched call warms the model first.
 Greedy decoding stops a row at its end-of-turn token, so the two modes may generate different
 token counts; both counts are reported, as is how many answers came out identical.
@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from alignlab.generation import generate
-from alignlab.models import LoadedModel
-from alignlab.settings import GenerationSettings
+from alignlab.models.generation import generate
+from alignlab.models.loading import LoadedModel
+from alignlab.registry.settings import GenerationSettings
 from bench.common import Figure, figure_text, ratio, timed
 
 

@@ -1,4 +1,4 @@
-"""The whole lab (``alignlab.lab.run_lab``, seed-lab preset, default settings), stage by stage.
+"""The whole lab (``alignlab.pipeline.steps.run_lab``, seed-lab preset, default settings), stage by stage.
 
 Every run is a fresh process (:func:`in_process`, through :mod:`bench.worker`) sharing one new
 ``ALIGNLAB_CACHE``: the first run finds the cache empty and pays the cold load (for the embedded
@@ -10,7 +10,7 @@ without a process start).
 
 The first lab in a process is reported apart from the ``warm_runs`` that follow it in the same
 process (a GPU server's later clicks), and one more process runs the start-up warm-up
-(:mod:`alignlab.warmup`) before its first lab, as app.py does.
+(:mod:`alignlab.pipeline.warmup`) before its first lab, as app.py does.
 """
 
 from __future__ import annotations
@@ -97,11 +97,11 @@ def in_process(spec: str, options: dict[str, Any], started: float) -> dict[str, 
     """The whole lab in this fresh process (its first call), then ``warm_runs`` more (warm calls).
 
     ``started``: when the process began (``time.perf_counter``). With ``warm_up``,
-    :func:`alignlab.warmup.warm_up` runs first, as app.py does at start-up.
+    :func:`alignlab.pipeline.warmup.warm_up` runs first, as app.py does at start-up.
     """
-    from alignlab.lab import run_lab
-    from alignlab.models import clear_model_cache, load_model
-    from alignlab.warmup import preload, warm_up
+    from alignlab.models.loading import clear_model_cache, load_model
+    from alignlab.pipeline.steps import run_lab
+    from alignlab.pipeline.warmup import preload, warm_up
 
     preset = load_seed_lab()
     preload()  # what app.py does at start-up on any machine
@@ -149,7 +149,7 @@ def in_process(spec: str, options: dict[str, Any], started: float) -> dict[str, 
 
 def load_in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     """One model load in this fresh process (a cold load, when its cache is empty)."""
-    from alignlab.models import load_model
+    from alignlab.models.loading import load_model
 
     mark = time.perf_counter()
     load_model(spec)
@@ -174,7 +174,7 @@ def table_rows(lb: dict[str, Any]) -> list[tuple[str, str]]:
         ("total_warm", "lab: total, warm call (same process, after the first)"),
         ("train_warm", "lab: training, warm call"),
         ("evaluate_warm", "lab: evaluation, warm call"),
-        ("warm_up", "lab: start-up warm-up (alignlab.warmup, as app.py runs it)"),
+        ("warm_up", "lab: start-up warm-up (alignlab.pipeline.warmup, as app.py runs it)"),
         ("total_after_warm_up", "lab: total, first call after the start-up warm-up"),
         ("process_start_and_imports", "lab: process start + imports + preload (before the click)"),
         ("peak_rss_cached", "lab: peak RSS, cached run"),

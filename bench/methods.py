@@ -72,8 +72,8 @@ def comparison_in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     from bench.common import peak_rss_mib
 
     os.environ["ALIGNLAB_DEFAULT_MODEL"] = spec
+    from alignlab.pipeline.warmup import preload, warm_up
     from alignlab.ui import build_app, default_preset, launch_options
-    from alignlab.warmup import preload, warm_up
 
     demo = build_app()
     preload()  # the app as app.py starts it: preload, then the start-up warm-up on the opening preset
@@ -103,10 +103,10 @@ def comparison_in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def method_steps(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     """One method's training in this fresh process: AlignLab's runner or a plain TRL script."""
-    from alignlab.lab import run_probe
-    from alignlab.models import load_model
-    from alignlab.settings import TrainingSettings
-    from alignlab.training import train_policy
+    from alignlab.models.loading import load_model
+    from alignlab.pipeline.steps import run_probe
+    from alignlab.registry.settings import TrainingSettings
+    from alignlab.training.run import train_policy
     from bench.common import load_seed_lab, peak_rss_mib
 
     preset = load_seed_lab()
@@ -123,7 +123,7 @@ def method_steps(spec: str, options: dict[str, Any]) -> dict[str, Any]:
         probe = run_probe(loaded, preset, settings)
         train_policy(loaded, preset.pairs, settings, on_event=on_event, probe=probe.curve_point)
         steps = [b - a for a, b in zip([0.0, *marks], marks)]
-        config = {"runner": "alignlab.training.train_policy", "probe": "held-out and contrast after every step"}
+        config = {"runner": "alignlab.training.run.train_policy", "probe": "held-out and contrast after every step"}
     else:
         steps, config = plain_trl(loaded, preset.pairs, settings)
     return {"step_seconds": steps, "peak_rss_mib": peak_rss_mib(), "config": config}
@@ -134,9 +134,9 @@ def plain_trl(loaded: Any, pairs: list, settings: Any) -> tuple[list[float], dic
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
 
-    from alignlab.methods import resolve
-    from alignlab.pairs import thumbs_from_pairs
-    from alignlab.trl_rows import preference_row, thumbs_row
+    from alignlab.data.pairs import thumbs_from_pairs
+    from alignlab.registry.methods import resolve
+    from alignlab.training.trl_rows import preference_row, thumbs_row
     from bench.training import StepClock
 
     stage = settings.method_entry.stage

@@ -1,6 +1,6 @@
 """AlignLab's DPO run with a probe: step times, and held-out preference accuracy after every step.
 
-It trains what :func:`alignlab.trainer.build_trainer` builds (the trainer ``train_policy`` runs)
+It trains what :func:`alignlab.training.trainer.build_trainer` builds (the trainer ``train_policy`` runs)
 with one callback added. After each step the callback scores the held-out pairs with the policy
 (the reference's scores are computed once, before training) and the time that takes is left out
 of the step times. Used by the time-to-shift section and by the candidates.
@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from alignlab.evaluation import mean_token_kl, perplexity
-from alignlab.logprobs import sequence_logps
-from alignlab.models import LoadedModel
-from alignlab.pairs import PreferencePair
-from alignlab.probes import implicit_rewards, preference_accuracy
-from alignlab.settings import TrainingSettings
-from alignlab.trainer import build_trainer
+from alignlab.data.pairs import PreferencePair
+from alignlab.evidence.evaluation import mean_token_kl, perplexity
+from alignlab.evidence.probes import implicit_rewards, preference_accuracy
+from alignlab.models.loading import LoadedModel
+from alignlab.models.logprobs import sequence_logps
+from alignlab.registry.settings import TrainingSettings
+from alignlab.training.trainer import build_trainer
 from bench.common import cuda_peak_mib, load_seed_lab, peak_rss_mib, reset_cuda_peak, sync
 
 SHIFT_ACCURACY = 0.75
@@ -158,7 +158,7 @@ def probe_run(
 
 def in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     """One probed run on the seed lab in this fresh process (a candidate's): ``options['settings']``."""
-    from alignlab.models import load_model
+    from alignlab.models.loading import load_model
 
     preset = load_seed_lab()
     return probe_run(

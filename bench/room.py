@@ -17,7 +17,7 @@ Figures, each measured in this one process, side by side:
   read on the server every 0.1 s);
 - answers to a wrong click (``/compare`` with no baseline), one every :data:`CLICK_EVERY` seconds while the
   room waits, the slowest of all;
-- peak resident memory of the server process during the room (sampled by alignlab.memory.PeakMemory, so
+- peak resident memory of the server process during the room (sampled by alignlab.training.memory.PeakMemory, so
   it is the peak of this room, not the process's high-water mark), and the cache's memory and disk after it.
 
 Nothing here passes or fails: the bench's targets are reported as met or not.
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alignlab.memory import PeakMemory
+from alignlab.training.memory import PeakMemory
 from bench.protocol import run_worker
 
 #: The distinct requests, in the order clients arrive: presets first, then seeds.
@@ -53,8 +53,8 @@ def room(demo: Any, url: str, requests: list[dict], lab: dict, probe: bool = Fal
     from gradio_client.exceptions import AppError
 
     store = demo.session_store
-    demo.runs.clear()
-    before = demo.runs.stats()
+    demo.shared.clear()
+    before = demo.shared.stats()
     clients = [Client(url, verbose=False) for _ in requests]
     clicker = Client(url, verbose=False) if probe else None
     submitted: list[float] = [0.0] * len(requests)
@@ -85,7 +85,7 @@ def room(demo: Any, url: str, requests: list[dict], lab: dict, probe: bool = Fal
                 session = store.peek(client.session_hash)
                 if first_step[i] is None and session is not None and session.log_rows:
                     first_step[i] = now - submitted[i]
-            if clicker is not None and demo.gate.stats().waiting and now - last_click >= CLICK_EVERY:
+            if clicker is not None and demo.line.stats().waiting and now - last_click >= CLICK_EVERY:
                 started = last_click = time.perf_counter()
                 try:
                     clicker.predict(api_name="/compare")
@@ -98,7 +98,7 @@ def room(demo: Any, url: str, requests: list[dict], lab: dict, probe: bool = Fal
         for thread in threads:
             thread.join()
     cpu_seconds = time.process_time() - cpu_started
-    stats = demo.runs.stats()
+    stats = demo.shared.stats()
     for client in [*clients, *([clicker] if clicker else [])]:
         store.close(client.session_hash)
     return {
@@ -170,7 +170,7 @@ def in_process(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     finally:
         demo.close()
         demo.session_store.close_all()
-        demo.runs.clear()
+        demo.shared.clear()
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -23,14 +23,14 @@ from typing import Any
 
 import torch
 
-from alignlab.model_shapes import ModelShape, count_text
-from alignlab.models import LoadedModel, prepare_tokenizer
-from alignlab.pairs import PreferencePair
+from alignlab.data.pairs import PreferencePair
+from alignlab.models.loading import LoadedModel, prepare_tokenizer
+from alignlab.models.tiny import build_tokenizer
 from alignlab.recipe import bytes_text, lab_memory_estimate
-from alignlab.settings import TrainingSettings
-from alignlab.tiny import build_tokenizer
-from alignlab.trainer import qlora_unavailable
-from alignlab.training import train_policy
+from alignlab.registry.model_shapes import ModelShape, count_text
+from alignlab.registry.settings import TrainingSettings
+from alignlab.training.run import train_policy
+from alignlab.training.trainer import qlora_unavailable
 
 SHAPES: dict[str, dict[str, int]] = {
     "1b": {

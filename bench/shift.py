@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from alignlab.models import LoadedModel
-from alignlab.presets import Preset
-from alignlab.settings import TrainingSettings
+from alignlab.data.presets import Preset
+from alignlab.models.loading import LoadedModel
+from alignlab.registry.settings import TrainingSettings
 from bench.common import Figure, figure_text
 from bench.probe import SHIFT_ACCURACY, probe_run
 

@@ -5,7 +5,7 @@ the first step of each is a warm-up and is left out, and on a GPU an untimed pas
 batches runs before all three, so that the first to run does not pay alone for each new shape.
 A step's time is the full period from one step's end to the next (forward, backward, optimiser,
 logging), so the three are comparable:
-- AlignLab: :func:`alignlab.training.train_policy` with ``TrainingSettings()`` (only ``steps`` changed),
+- AlignLab: :func:`alignlab.training.run.train_policy` with ``TrainingSettings()`` (only ``steps`` changed),
   timed from the streamed events' timestamps;
 - plain TRL: ``DPOTrainer`` with ``DPOConfig`` defaults (bf16, gradient checkpointing, explicit
   reference model: a copy of the loaded model, as a script would load it twice). Changed only:
@@ -31,11 +31,11 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from alignlab.models import LoadedModel, copy_for_training
-from alignlab.pairs import PreferencePair, TrainingData
-from alignlab.settings import TrainingSettings
-from alignlab.training import train_policy
-from alignlab.trl_rows import stage_dataset
+from alignlab.data.pairs import PreferencePair, TrainingData
+from alignlab.models.loading import LoadedModel, copy_for_training
+from alignlab.registry.settings import TrainingSettings
+from alignlab.training.run import train_policy
+from alignlab.training.trl_rows import stage_dataset
 from bench.bare_dpo import encode_pairs, train_bare_as
 from bench.common import Figure, cuda_peak_mib, figure_text, ratio, reset_cuda_peak, sync
 

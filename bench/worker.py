@@ -41,7 +41,7 @@ def modes() -> dict[str, Mode]:
 def main(argv: list[str]) -> None:
     mode, spec = argv[0], argv[1]
     options = json.loads(argv[2]) if len(argv) > 2 else {}
-    from alignlab.memory import keep_freed_memory
+    from alignlab.training.memory import keep_freed_memory
 
     keep_freed_memory()  # what app.py and the CLI do first at start-up, before any thread starts
     from bench.common import quiet

@@ -18,10 +18,10 @@ os.environ.pop("ALIGNLAB_TRACKIO_PROJECT", None)
 TINY_PROJECT = "alignlab-tiny"
 EMBEDDED_PROJECT = "alignlab-embedded"
 
-from alignlab.memory import keep_freed_memory  # noqa: E402
-from alignlab.models import LoadedModel, load_model  # noqa: E402
-from alignlab.presets import PreferencePair  # noqa: E402
-from alignlab.tiny import build_tiny_model  # noqa: E402
+from alignlab.data.presets import PreferencePair  # noqa: E402
+from alignlab.models.loading import LoadedModel, load_model  # noqa: E402
+from alignlab.models.tiny import build_tiny_model  # noqa: E402
+from alignlab.training.memory import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()  # as the app and the CLI do at start-up
 
@@ -54,11 +54,11 @@ def tiny_base(tiny_base_dir: Path) -> LoadedModel:
 @pytest.fixture(scope="session")
 def tiny_comparison(tiny_chat_dir: Path) -> dict:
     """Every method of the registry run on seed-lab with the tiny model, one after another on one baseline
-    (``alignlab.comparison.run_comparison``, 2 steps each): the runs the comparison and method tests read."""
-    from alignlab.comparison import comparison_settings, run_comparison
-    from alignlab.methods import METHODS
-    from alignlab.presets import load_preset
-    from alignlab.settings import GenerationSettings
+    (``alignlab.pipeline.comparison.run_comparison``, 2 steps each): the runs the comparison and method tests read."""
+    from alignlab.data.presets import load_preset
+    from alignlab.pipeline.comparison import comparison_settings, run_comparison
+    from alignlab.registry.methods import METHODS
+    from alignlab.registry.settings import GenerationSettings
 
     settings = comparison_settings(list(METHODS), steps=2)
     return run_comparison(
@@ -76,15 +76,15 @@ def embedded_runs():
     """Calibration cases (``bench.calibration.Case``) run on the embedded model, each at most once per session, on
     one loaded model and one baseline per source: ``run(case)`` -> the case's report.
 
-    The same path as ``alignlab.lab.run_lab`` (``load_and_baseline``, then ``train_and_compare``), with the
+    The same path as ``alignlab.pipeline.steps.run_lab`` (``load_and_baseline``, then ``train_and_compare``), with the
     baseline answers of a source recorded once for every case on it. Only the report is kept (a run's policy is
     a full copy of the model)."""
     import gc
 
-    from alignlab.lab import Baseline, load_and_baseline, train_and_compare
-    from alignlab.model_shapes import EMBEDDED_DEFAULT
-    from alignlab.settings import GenerationSettings, TrainingSettings
-    from alignlab.tracking import start_run
+    from alignlab.pipeline.steps import Baseline, load_and_baseline, train_and_compare
+    from alignlab.registry.model_shapes import EMBEDDED_DEFAULT
+    from alignlab.registry.settings import GenerationSettings, TrainingSettings
+    from alignlab.takehome.tracking import start_run
     from bench.calibration import source_dataset
 
     generation = GenerationSettings()

@@ -17,8 +17,8 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from alignlab.methods import LOSS_TYPES
-from alignlab.presets import load_preset
+from alignlab.data.presets import load_preset
+from alignlab.registry.methods import LOSS_TYPES
 from alignlab.ui.dataset_tab import DEFAULT_PRESET
 
 from contract import EVAL_KEYS, HEALTH_KEYS, REPORT_KEYS, WIN_KEYS
@@ -60,7 +60,7 @@ def app(tiny_chat_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     redraw, service.MIN_REDRAW_SECONDS = service.MIN_REDRAW_SECONDS, 0.0  # one update per step, however fast
     demo = build_app()
     demo.session_store.root = tmp_path_factory.mktemp("sessions")
-    demo.runs.clear()  # earlier test modules may have left identical runs in the shared-run cache
+    demo.shared.clear()  # earlier test modules may have left identical runs in the shared-run cache
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_options())
     yield demo, url
     demo.close()
@@ -313,7 +313,7 @@ def test_uploads_good_malformed_and_binary(tmp_path: Path, shared_dir: Path) -> 
 
 
 def test_lora_run_shows_its_cost_and_qlora_is_explained_where_it_cannot_run(app) -> None:
-    from alignlab.trainer import qlora_unavailable
+    from alignlab.training.trainer import qlora_unavailable
 
     client = Client(app[1], verbose=False)
     client.predict(max_new_tokens=8, api_name="/baseline")
@@ -451,7 +451,7 @@ def test_run_lab_returns_the_report_and_fills_the_session(app) -> None:
 
 
 def test_run_lab_and_train_take_a_method(app) -> None:
-    from alignlab.methods import METHODS
+    from alignlab.registry.methods import METHODS
 
     _, url = app
     client = Client(url, verbose=False)
@@ -480,7 +480,7 @@ def test_session_files_are_deleted_when_the_session_ends(app) -> None:
 
 
 def test_probes_follow_the_pairs_they_were_written_for(pairs) -> None:
-    from alignlab.pairs import PreferencePair
+    from alignlab.data.pairs import PreferencePair
     from alignlab.ui.dataset_tab import probes_of
     from alignlab.ui.service import probes_for
 
@@ -499,7 +499,7 @@ def test_probes_follow_the_pairs_they_were_written_for(pairs) -> None:
 def test_a_public_space_refuses_local_paths_before_loading_and_says_what_it_allows(
     app, tiny_chat_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from alignlab import models
+    from alignlab.models import loading
     from alignlab.ui.blocks import public_notice
 
     client = Client(app[1], verbose=False)
@@ -512,7 +512,7 @@ def test_a_public_space_refuses_local_paths_before_loading_and_says_what_it_allo
         ("recipe target", lambda: client.predict(target_model=str(visitors_policy), api_name="/export_recipe")),
     ):
         assert f"public Space: a local path as the {field} is refused" in error_of(call)
-    assert not models.is_loaded(str(visitors_policy))
+    assert not loading.is_loaded(str(visitors_policy))
     assert "Loaded" in client.predict(str(tiny_chat_dir), api_name="/load_model")  # the server's own default model
     notice = public_notice()
     assert "local paths are refused" in notice and "2 requests waiting" in notice and "16 per network address" in notice

@@ -248,14 +248,14 @@ def test_docs_calibration_has_a_row_for_every_case_in_order():
     remedies = text.split("## Remedies")[1].split("## Win rate at each method's defaults")[0]
     assert "| case | finding | remedy |" in remedies
     wins = text.split("## Win rate at each method's defaults")[1].split("## Every case")[0]
-    from alignlab.methods import METHODS
+    from alignlab.registry.methods import METHODS
 
     assert [line.split(" | ")[0][2:] for line in wins.splitlines() if line.startswith("| ")][1:] == list(METHODS)
 
 
 def test_the_calibration_family_is_generated_from_its_sources():
-    from alignlab.methods import METHODS
-    from alignlab.presets import load_preset
+    from alignlab.data.presets import load_preset
+    from alignlab.registry.methods import METHODS
     from alignlab.ui.dataset_tab import DEFAULT_PRESET
     from bench.calibration import (
         CASES,
@@ -345,8 +345,8 @@ def test_quick_bench_room_section_runs_rooms_on_a_real_server(tmp_path):
 def test_the_defaults_sweep_is_valid_settings_around_each_methods_defaults():
     """Every case of the method_defaults sweep is a method's settings the lab accepts, held to the demo's bar, and
     the chosen defaults were among the candidates measured (they are what the registry comments cite)."""
-    from alignlab.methods import METHODS
-    from alignlab.settings import TrainingSettings
+    from alignlab.registry.methods import METHODS
+    from alignlab.registry.settings import TrainingSettings
     from bench.calibration import CASES, SWEEP
 
     assert len({case.name for case in SWEEP}) == len(SWEEP)

@@ -39,7 +39,7 @@ def app(tiny_chat_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
     demo = build_app()
     demo.session_store.root = tmp_path_factory.mktemp("browser-sessions")
-    demo.runs.clear()  # the journey must train for real, not replay an identical run from another module
+    demo.shared.clear()  # the journey must train for real, not replay an identical run from another module
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_options())
     yield demo, url
     demo.close()

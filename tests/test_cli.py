@@ -129,7 +129,7 @@ def test_lab_on_tiny_model_writes_every_report_field(tmp_path, tiny_chat_dir, ca
 
 
 def test_lab_method_is_in_the_report_with_its_own_defaults(tmp_path, tiny_chat_dir, capsys):
-    from alignlab.methods import METHODS
+    from alignlab.registry.methods import METHODS
 
     out = tmp_path / "r.json"
     args = ["lab", "--model", str(tiny_chat_dir), "--preset", "seed-lab", "--method", "simpo", "--steps", "2"]
@@ -162,7 +162,7 @@ def test_lab_runs_rlhf_and_reports_both_stages(tmp_path, tiny_chat_dir, capsys):
 
 
 def test_lab_on_a_list_of_pairs_holds_out_a_quarter(tmp_path, tiny_base_dir, pairs):
-    from alignlab.importers import export_jsonl
+    from alignlab.data.importers import export_jsonl
 
     many = pairs + [type(pairs[0])(f"Extra question {i}?", "Sure! Here is a full answer.", "No.") for i in range(4)]
     data = export_jsonl(many, tmp_path / "mine.jsonl")

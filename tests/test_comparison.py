@@ -16,18 +16,18 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from alignlab.cli import main
-from alignlab.comparison import (
+from alignlab.pipeline.comparison import (
     MAX_METHODS,
     comparison_settings,
     parse_methods,
     settings_for,
 )
-from alignlab.methods import METHODS
-from alignlab.plots import overlay_frame
-from alignlab.runrecord import EVIDENCE_COLUMNS, MAX_RUNS, RunRecord, display_row, evidence_row, run_label
-from alignlab.settings import GenerationSettings, SettingsError, TrainingSettings
-from alignlab.training import TrainingResult, train_policy
+from alignlab.pipeline.plots import overlay_frame
+from alignlab.registry.methods import METHODS
+from alignlab.registry.settings import GenerationSettings, SettingsError, TrainingSettings
+from alignlab.training.run import TrainingResult, train_policy
 from alignlab.ui.state import Session
+from alignlab.verdict.runs_table import EVIDENCE_COLUMNS, MAX_RUNS, RunRecord, display_row, evidence_row, run_label
 
 GENERATION = GenerationSettings(max_new_tokens=6)
 
@@ -190,7 +190,7 @@ def app(tiny_chat_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
     demo = build_app()
     demo.session_store.root = tmp_path_factory.mktemp("comparison-sessions")
-    demo.runs.clear()
+    demo.shared.clear()
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_options())
     yield demo, url
     demo.close()

@@ -1,10 +1,10 @@
 import torch
 import torch.nn.functional as F
 
-from alignlab import cpu_head
-from alignlab.cpu_head import CpuProjectionHead
-from alignlab.generation import generate
-from alignlab.settings import GenerationSettings
+from alignlab.models import cpu_head
+from alignlab.models.cpu_head import CpuProjectionHead
+from alignlab.models.generation import generate
+from alignlab.registry.settings import GenerationSettings
 
 
 def test_loaded_models_project_with_the_cpu_head_and_keep_their_tied_weights(tiny_chat):

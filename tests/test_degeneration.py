@@ -1,6 +1,6 @@
 """Output-level checks, on answers like the ones real runs produced (see the calibration matrix)."""
 
-from alignlab.degeneration import (
+from alignlab.evidence.degeneration import (
     LOOPING_RATE,
     degeneration_report,
     distinct_answers,
@@ -70,7 +70,7 @@ def test_report_has_every_contract_field_before_and_after():
 
 
 def test_garbled_answers_surprise_the_original_model_far_beyond_its_own():
-    from alignlab.degeneration import GARBLED_NATS, is_garbled
+    from alignlab.evidence.degeneration import GARBLED_NATS, is_garbled
 
     typical = 1.0  # nats per token: the original model's median surprise at its own answers
     assert is_garbled("It can be a little thing like small kids can you take", typical + GARBLED_NATS, typical)

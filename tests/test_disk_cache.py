@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from alignlab.disk_cache import JSON, TENSOR, DiskCache, cache_root
+from alignlab.models.disk_cache import JSON, TENSOR, DiskCache, cache_root
 
 
 @pytest.fixture

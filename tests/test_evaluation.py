@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alignlab import evaluation, generation, logprobs, probes
-from alignlab.degeneration import Degeneration
-from alignlab.evaluation import count_changed, gather_evidence, mean_token_kl, perplexity
-from alignlab.evidence import (
+from alignlab.data.pairs import PreferencePair
+from alignlab.evidence import evaluation, probes
+from alignlab.evidence.degeneration import Degeneration
+from alignlab.evidence.evaluation import count_changed, gather_evidence, mean_token_kl, perplexity
+from alignlab.evidence.figures import (
     Capability,
     CheckedQuestions,
     CurvePoint,
@@ -20,14 +21,14 @@ from alignlab.evidence import (
     Ranking,
     WinRate,
 )
-from alignlab.generation import generate, generate_scored
-from alignlab.lab import json_ready
-from alignlab.logprobs import sequence_logps
-from alignlab.pairs import PreferencePair
-from alignlab.probes import PreferenceProbe, implicit_rewards, preference_accuracy
-from alignlab.settings import GenerationSettings, TrainingSettings
-from alignlab.stats import Proportion
-from alignlab.training import train_policy
+from alignlab.evidence.probes import PreferenceProbe, implicit_rewards, preference_accuracy
+from alignlab.evidence.stats import Proportion
+from alignlab.models import generation, logprobs
+from alignlab.models.generation import generate, generate_scored
+from alignlab.models.logprobs import sequence_logps
+from alignlab.pipeline.steps import json_ready
+from alignlab.registry.settings import GenerationSettings, TrainingSettings
+from alignlab.training.run import train_policy
 
 
 def _perturbed(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
@@ -405,8 +406,8 @@ def test_evidence_takes_the_kl_from_the_generation_and_falls_back_past_the_memor
 
 
 def test_the_original_models_surprise_is_kept_as_it_writes_and_read_from_the_kl_pass(tiny_chat, pairs):
-    from alignlab.generation import generate_baseline
-    from alignlab.logprobs import ANSWER_SURPRISE, mean_surprise
+    from alignlab.models.generation import generate_baseline
+    from alignlab.models.logprobs import ANSWER_SURPRISE, mean_surprise
 
     prompts = [p.prompt for p in pairs]
     settings = GenerationSettings(max_new_tokens=10)
@@ -422,7 +423,7 @@ def test_the_original_models_surprise_is_kept_as_it_writes_and_read_from_the_kl_
     assert kl == pytest.approx(0.0, abs=1e-5) and surprise == pytest.approx(remembered, abs=1e-3)
     # without a generation to read, a forward over the answer's text as the model writes it (no end-of-turn token
     # added): the mean negative log-likelihood of its tokens, as one plain forward computes it
-    from alignlab.logprobs import encode_answer
+    from alignlab.models.logprobs import encode_answer
 
     forward = mean_surprise(tiny_chat.model, tiny_chat, prompts, baseline).tolist()
     for i, scored in enumerate(forward):

@@ -12,10 +12,10 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM
 
 from alignlab.cli import main
-from alignlab.export import EMBEDDED_NOTE, ExportError, check_repo_id, model_card, push_folder
-from alignlab.generation import generate_baseline
-from alignlab.models import load_model
-from alignlab.settings import GenerationSettings
+from alignlab.models.generation import generate_baseline
+from alignlab.models.loading import load_model
+from alignlab.registry.settings import GenerationSettings
+from alignlab.takehome.export import EMBEDDED_NOTE, ExportError, check_repo_id, model_card, push_folder
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_a_push_offline_says_so_and_keeps_the_folder(saved) -> None:
 def test_a_lora_run_saves_its_adapter_beside_the_merged_weights(tiny_chat_dir: Path, tmp_path: Path) -> None:
     from peft import PeftModel
 
-    from alignlab.models import LoadedModel
+    from alignlab.models.loading import LoadedModel
 
     folder, out = tmp_path / "lora", tmp_path / "report.json"
     args = ["lab", "--model", str(tiny_chat_dir), "--preset", "concise", "--steps", "2", "--lr", "1e-3", "--lora"]

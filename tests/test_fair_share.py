@@ -1,7 +1,7 @@
 """A fair share of the line: one visitor holds at most two waiting requests, one address (on a public Space) at most
 ``ALIGNLAB_MAX_PER_ADDRESS``; identical runs count once, and a lab's later steps are never refused.
 
-The real line (``runs.GATE``) and the real shared runs, its slot held by a piece of work that does not end until the
+The real line (``work.LINE``) and the real shared work, its slot held by a piece of work that does not end until the
 test lets it; the end-to-end version with real clients is in ``test_room.py``.
 """
 
@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import gradio as gr
 import pytest
 
-from alignlab.heavy import Work
-from alignlab.sharing import run_key
-from alignlab.ui import runs
+from alignlab.serving.line import Work
+from alignlab.serving.sharing import work_key
+from alignlab.ui import work
 from alignlab.ui.common import STORE
 
 
@@ -27,11 +27,11 @@ def produce(run) -> tuple[str, bool]:  # noqa: ANN001
 @pytest.fixture
 def busy_line() -> Iterator[None]:
     """The line's only slot taken by other work; every request made meanwhile waits."""
-    ticket = runs.GATE.enter(Work("train", "someone-else"))
-    assert runs.GATE.wait(ticket, timeout=30)
+    ticket = work.LINE.enter(Work("train", "someone-else"))
+    assert work.LINE.wait(ticket, timeout=30)
     joined = []
     yield joined
-    runs.GATE.leave(ticket, completed=False)
+    work.LINE.leave(ticket, completed=False)
     for member in joined:
         member.leave()
     for key in [k for k in STORE.sessions() if k.startswith("fair-")]:
@@ -39,7 +39,7 @@ def busy_line() -> Iterator[None]:
 
 
 def ask(session, name: str, joined: list, kind: str = "baseline"):  # noqa: ANN001, ANN201
-    member = runs.join(session, run_key(kind, test=name), Work(kind, "tiny"), produce)
+    member = work.join(session, work_key(kind, test=name), Work(kind, "tiny"), produce)
     joined.append(member)
     return member
 
@@ -59,7 +59,7 @@ def test_a_visitor_holds_two_waiting_requests_and_the_third_is_told_what_is_queu
     ask(me, "a", joined)  # identical to one of its own: it joins that run and counts once
     ask(other, "c", joined)  # other visitors keep their places
     ask(me, "c", joined)  # ... and an identical run someone else started adds no work: joined, not refused
-    assert len(runs.waiting(me)) == 3 and len(runs.waiting(other)) == 1
+    assert len(work.waiting(me)) == 3 and len(work.waiting(other)) == 1
 
 
 def test_a_lab_counts_once_its_later_steps_are_never_refused(busy_line) -> None:  # noqa: ANN001
@@ -69,7 +69,7 @@ def test_a_lab_counts_once_its_later_steps_are_never_refused(busy_line) -> None:
     def elsewhere(name: str):  # noqa: ANN202
         return contextvars.Context().run(ask, me, name, joined)  # another request of the same visitor
 
-    with runs.one_request():  # a whole lab (or a comparison of methods): its first step is admitted as any request
+    with work.one_request():  # a whole lab (or a comparison of methods): its first step is admitted as any request
         ask(me, "lab-baseline", joined)
         elsewhere("other-1")
         with pytest.raises(gr.Error, match="already have 2 requests"):

@@ -1,7 +1,7 @@
 import pytest
 
-from alignlab.generation import generate
-from alignlab.settings import GenerationSettings, GenerationSettingsError
+from alignlab.models.generation import generate
+from alignlab.registry.settings import GenerationSettings, GenerationSettingsError
 
 PROMPTS = ["How do I boil an egg?", "Hi", "Tell me something about rivers and the sea, please."]
 

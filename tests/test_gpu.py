@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from alignlab import gpu
-from alignlab.pairs import pairs_to_dicts
-from alignlab.presets import load_preset
+from alignlab.data.pairs import pairs_to_dicts
+from alignlab.data.presets import load_preset
+from alignlab.serving import gpu
 
 
 def test_decorator_is_a_no_op_off_zerogpu() -> None:
@@ -43,7 +43,7 @@ def test_durations_grow_with_steps_and_model_size_and_stay_bounded(tiny_chat_dir
 def test_parameter_estimates_count_the_models_shape(tiny_chat_dir: Path, tiny_chat) -> None:
     """Known models and local folders are counted from their shape, as the loaded model counts itself; an unknown
     Hub id by the size in its name, else as a large model (a GPU lease too short kills the run)."""
-    from alignlab.model_shapes import KNOWN_SHAPES
+    from alignlab.registry.model_shapes import KNOWN_SHAPES
 
     assert gpu.estimate_parameters("gpt2") == KNOWN_SHAPES["gpt2"].parameters()
     assert gpu.estimate_parameters("openai-community/gpt2") == KNOWN_SHAPES["gpt2"].parameters()
@@ -53,7 +53,7 @@ def test_parameter_estimates_count_the_models_shape(tiny_chat_dir: Path, tiny_ch
 
 
 def test_every_value_crossing_the_gpu_boundary_pickles(tiny_chat_dir: Path, tmp_path: Path) -> None:
-    from alignlab.settings import TrainingSettings
+    from alignlab.registry.settings import TrainingSettings
     from alignlab.ui import jobs
     from alignlab.ui.state import TrainingHandle
 
@@ -102,8 +102,8 @@ def test_expected_failures_reach_the_user_as_gradio_errors() -> None:
 def test_the_compare_job_reuses_the_runs_last_live_scores(tiny_chat_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """Train and compare are separate calls (on ZeroGPU, separate processes): the end event carries the live
     curve's last scores, and the compare job scores only what the curve did not (the capability pairs)."""
-    from alignlab import logprobs
-    from alignlab.settings import TrainingSettings
+    from alignlab.models import logprobs
+    from alignlab.registry.settings import TrainingSettings
     from alignlab.ui import jobs
     from alignlab.ui.state import TrainingHandle
 

@@ -2,12 +2,12 @@
 
 import pytest
 
-from alignlab import readings
-from alignlab.degeneration import Degeneration
-from alignlab.evidence import Evidence, curve_of
-from alignlab.findings import RunFacts
-from alignlab.health import read_health, read_training_health
-from alignlab.readings import accuracy_band, best_step
+from alignlab.evidence.degeneration import Degeneration
+from alignlab.evidence.figures import Evidence, curve_of
+from alignlab.verdict import readings
+from alignlab.verdict.findings import RunFacts
+from alignlab.verdict.health import read_health, read_training_health
+from alignlab.verdict.readings import accuracy_band, best_step
 
 BETA = 0.1  # the synthetic histories' rewards are read as if trained with this beta
 
@@ -257,7 +257,7 @@ def test_drift_is_a_warning_past_its_line_and_a_failure_at_twice_the_line():
 
 
 def test_one_source_of_thresholds_for_readings_and_verdict():
-    from alignlab.stats import Proportion
+    from alignlab.evidence.stats import Proportion
 
     # the Compare tab and the verdict use the same bands: 60% is "about chance" in both, whatever the count
     assert accuracy_band(Proportion(6, 10)) == "chance" and accuracy_band(Proportion(60, 100)) == "chance"

@@ -7,15 +7,15 @@ import random
 
 import pytest
 
-from alignlab import judges
-from alignlab.evidence import Evidence, WinRate
-from alignlab.findings import RunFacts
-from alignlab.judges import AgreementJudge, judge_answers
-from alignlab.models import cache_root, load_model
-from alignlab.pairs import PreferencePair
-from alignlab.presets import load_preset
-from alignlab.readings import win_band, win_reading
-from alignlab.rules import rule_win
+from alignlab.data.pairs import PreferencePair
+from alignlab.data.presets import load_preset
+from alignlab.evidence import judges
+from alignlab.evidence.figures import Evidence, WinRate
+from alignlab.evidence.judges import AgreementJudge, judge_answers
+from alignlab.models.loading import cache_root, load_model
+from alignlab.verdict.findings import RunFacts
+from alignlab.verdict.readings import win_band, win_reading
+from alignlab.verdict.rules import rule_win
 
 pytestmark = pytest.mark.slow
 

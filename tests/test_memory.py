@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from alignlab.memory import keep_freed_memory
+from alignlab.training.memory import keep_freed_memory
 
 PAGES = (64 << 20) // 4096  # 4 KB pages of a 64 MB tensor
 
@@ -15,7 +15,7 @@ PAGES = (64 << 20) // 4096  # 4 KB pages of a 64 MB tensor
 #: arena of its own, which maps every block over 64 MB afresh whatever the process's settings).
 MEASURE = """
 import resource, sys, threading
-from alignlab.memory import keep_freed_memory
+from alignlab.training.memory import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
 import torch
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt

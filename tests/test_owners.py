@@ -10,12 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-from alignlab.owners import RECORD, claim, remove_own, sweep
-from alignlab.presets import Preset
-from alignlab.settings import TrainingSettings
+from alignlab.data.presets import Preset
+from alignlab.registry.settings import TrainingSettings
+from alignlab.serving.owners import RECORD, claim, remove_own, sweep
 from alignlab.ui.state import SessionStore, TrainedRun, disk_used
 
-CLAIM = "import sys; from alignlab.owners import claim; claim(sys.argv[1]); print('claimed', flush=True)"
+CLAIM = "import sys; from alignlab.serving.owners import claim; claim(sys.argv[1]); print('claimed', flush=True)"
 ROOT = Path(__file__).resolve().parent.parent
 
 

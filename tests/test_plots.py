@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from alignlab import plots
+from alignlab.pipeline import plots
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_empty_run_gives_empty_numeric_frames() -> None:
 
 
 def test_overlay_reads_each_methods_own_keys() -> None:
-    from alignlab.plots import overlay_frame
+    from alignlab.pipeline.plots import overlay_frame
 
     kto = [{"step": 1, "loss": 0.5, "kl": 0.2, "rewards/margins": 0.3}, {"step": 2, "loss": 0.4, "kl": 0.25}]
     orpo = [{"step": 1, "loss": 2.0, "log_odds_ratio": -0.6, "rewards/margins": 0.01}]

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from alignlab.importers import export_jsonl, import_pairs, load_dataset_file, split_heldout
-from alignlab.pairs import DatasetError, PreferencePair, validate_pairs
-from alignlab.presets import checked_preset, list_presets, load_preset
+from alignlab.data.importers import export_jsonl, import_pairs, load_dataset_file, split_heldout
+from alignlab.data.pairs import DatasetError, PreferencePair, validate_pairs
+from alignlab.data.presets import checked_preset, list_presets, load_preset
 
 
 def test_shipped_presets_meet_the_lab_minimums():
@@ -21,7 +21,7 @@ def test_shipped_presets_meet_the_lab_minimums():
 
 
 def test_every_preset_ships_probe_sets_that_probe_what_they_claim():
-    from alignlab.degeneration import new_common_phrases, words
+    from alignlab.evidence.degeneration import new_common_phrases, words
 
     for preset in list_presets():
         assert len(preset.contrast_pairs) >= 6 and len(preset.capability_pairs) >= 6, preset.id
@@ -47,7 +47,7 @@ def test_every_preset_ships_probe_sets_that_probe_what_they_claim():
 
 
 def test_imported_data_gets_the_built_in_capability_set_and_no_contrast(tmp_path, pairs):
-    from alignlab.presets import capability_probe, general_capability_pairs
+    from alignlab.data.presets import capability_probe, general_capability_pairs
 
     path = export_jsonl(pairs * 1, tmp_path / "pairs.jsonl")
     preset = load_dataset_file(path)

@@ -6,14 +6,15 @@ import json
 
 import pytest
 
-from alignlab import questions
-from alignlab.evaluation import checked_questions
-from alignlab.evidence import Evidence
-from alignlab.models import cache_root
-from alignlab.pairs import DatasetError
-from alignlab.presets import Preset, load_preset
-from alignlab.questions import CheckedAnswers, CheckedQuestion, builtin_questions, check_answers, question_set
-from alignlab.readings import checked_capability_reading, evidence_readings
+from alignlab.data.pairs import DatasetError
+from alignlab.data.presets import Preset, load_preset
+from alignlab.data.question_set import CheckedQuestion, builtin_questions, question_set
+from alignlab.evidence import questions
+from alignlab.evidence.evaluation import checked_questions
+from alignlab.evidence.figures import Evidence
+from alignlab.evidence.questions import CheckedAnswers, check_answers
+from alignlab.models.loading import cache_root
+from alignlab.verdict.readings import checked_capability_reading, evidence_readings
 
 SUBTRACT = CheckedQuestion("What is 10 minus 3?", ("7", "seven"))
 CAPITAL = CheckedQuestion("What is the capital of France?", ("Paris",), wrong=("Lyon",))

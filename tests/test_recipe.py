@@ -17,10 +17,8 @@ import torch
 import yaml
 
 from alignlab.cli import main
-from alignlab.methods import METHODS, get_method
-from alignlab.model_shapes import ModelShape
-from alignlab.pairs import PreferencePair, TrainingData, UnpairedRow
-from alignlab.presets import load_preset
+from alignlab.data.pairs import PreferencePair, TrainingData, UnpairedRow
+from alignlab.data.presets import load_preset
 from alignlab.recipe import (
     ENGINES,
     GIB,
@@ -35,9 +33,11 @@ from alignlab.recipe import (
     reward_model_shape,
     write_recipe,
 )
-from alignlab.settings import TrainingSettings
-from alignlab.training import train_policy
-from alignlab.trl_rows import recipe_rows, stage_rows
+from alignlab.registry.methods import METHODS, get_method
+from alignlab.registry.model_shapes import ModelShape
+from alignlab.registry.settings import TrainingSettings
+from alignlab.training.run import train_policy
+from alignlab.training.trl_rows import recipe_rows, stage_rows
 
 LLAMA_8B = KNOWN_TARGETS["llama-3.1-8b-instruct"]
 

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from alignlab.cli import main
-from alignlab.evidence import Drift, Evidence
-from alignlab.findings import Finding, Health
-from alignlab.remedies import CURES, DATA_PROBLEMS, remedy, remedy_settings
-from alignlab.settings import KNOBS, TrainingSettings
+from alignlab.evidence.figures import Drift, Evidence
+from alignlab.registry.settings import KNOBS, TrainingSettings
+from alignlab.verdict.findings import Finding, Health
+from alignlab.verdict.remedies import CURES, DATA_PROBLEMS, remedy, remedy_settings
 
 
 def health(*codes: str, best_step: int | None = None) -> Health:

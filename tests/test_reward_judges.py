@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from alignlab.cli import main
-from alignlab.judges import AGREEMENT, LAB_REWARD_MODEL, win_rate
-from alignlab.lab import check_judge_spec
-from alignlab.model_checks import check_judge
-from alignlab.models import ModelLoadError, cache_root, copy_for_training
-from alignlab.presets import load_preset
-from alignlab.reward_judges import lab_reward_model, load_named_judge, pick_judge
+from alignlab.data.presets import load_preset
+from alignlab.evidence.judges import AGREEMENT, LAB_REWARD_MODEL, win_rate
+from alignlab.evidence.reward_judges import lab_reward_model, load_named_judge, pick_judge
+from alignlab.models.loading import ModelLoadError, cache_root, copy_for_training
+from alignlab.pipeline.steps import check_judge_spec
+from alignlab.serving.model_checks import check_judge
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from alignlab.presets import load_preset
+from alignlab.data.presets import load_preset
 from alignlab.ui.dataset_tab import DEFAULT_PRESET
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -52,7 +52,7 @@ def app(tiny_chat_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     redraw, service.MIN_REDRAW_SECONDS = service.MIN_REDRAW_SECONDS, 0.0
     demo = build_app()
     demo.session_store.root = tmp_path_factory.mktemp("room-sessions")
-    demo.runs.clear()  # earlier test modules may have left identical runs in the cache
+    demo.shared.clear()  # earlier test modules may have left identical runs in the cache
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_options())
     yield demo, url
     demo.close()
@@ -79,7 +79,7 @@ def without_timings(report: dict) -> dict:
 
 def test_a_room_of_eight_clients(app) -> None:
     demo, url = app
-    store, runs, gate = demo.session_store, demo.runs, demo.gate
+    store, shared, line = demo.session_store, demo.shared, demo.line
     clients = {name: Client(url, verbose=False) for name, _ in LABS}
     tabs = Client(url, verbose=False)  # the eighth visitor works tab by tab, with the defaults
     clicker = Client(url, verbose=False)  # a ninth who only clicks the wrong things
@@ -107,7 +107,7 @@ def test_a_room_of_eight_clients(app) -> None:
         except Exception as exc:  # noqa: BLE001
             errors.append(f"tabs: {exc!r}")
 
-    before = runs.stats()  # the cache's counters run for the process's life: count this test's share
+    before = shared.stats()  # the cache's counters run for the process's life: count this test's share
     threads = [threading.Thread(target=lab, args=item) for item in LABS]
     threads.append(threading.Thread(target=step_by_step))
     for thread in threads:
@@ -115,13 +115,13 @@ def test_a_room_of_eight_clients(app) -> None:
 
     # Wrong clicks while the line is full: each is answered at once, with what to do.
     deadline = time.monotonic() + 240
-    while gate.stats().waiting == 0 and any(t.is_alive() for t in threads):
+    while line.stats().waiting == 0 and any(t.is_alive() for t in threads):
         assert time.monotonic() < deadline, "the line never filled"
         time.sleep(0.02)
     answered: list[tuple[str, float, int]] = []
     while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
         for endpoint, arguments, message in WRONG_CLICKS:
-            waiting = gate.stats().waiting
+            waiting = line.stats().waiting
             started = time.perf_counter()
             with pytest.raises(AppError) as info:
                 clicker.predict(api_name=endpoint, **arguments)
@@ -159,7 +159,7 @@ def test_a_room_of_eight_clients(app) -> None:
     assert len({r["tracking"]["run"] for r in defaults}) == len(defaults)  # the same run, each visitor's own record
     assert reports["tabs"]["log_history"] == defaults[0]["log_history"]
     assert reports["seed-7"]["log_history"] != defaults[0]["log_history"]
-    stats = runs.stats()
+    stats = shared.stats()
     # Distinct work: 3 baselines (one per preset), 4 trainings, 4 compares, and the tabs visitor's
     # compare, which shares the default one when its session's copy of the run matches it exactly
     # (it does when it joined the default training in flight; measured both ways: 11 and 12).
@@ -167,7 +167,7 @@ def test_a_room_of_eight_clients(app) -> None:
     assert misses in (11, 12) and shared >= 3 * 3 + 2, (before, stats)
 
     # The same request again after the cache is emptied: recomputed, and still the same report.
-    runs.clear()
+    shared.clear()
     again = clients["default-1"].predict(steps=STEPS, max_new_tokens=TOKENS, preset=DEFAULT_PRESET, api_name="/run_lab")
     assert without_timings(again) == without_timings(defaults[0])
 
@@ -180,12 +180,12 @@ def test_a_room_of_eight_clients(app) -> None:
     assert len(store) == 0
     assert [p.name for p in store.root.iterdir()] in ([], ["_shared"]), "a session left files behind"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (runs.workers() or gate.stats().running or gate.stats().holds):
+    while time.monotonic() < deadline and (shared.workers() or line.stats().running or line.stats().holds):
         time.sleep(0.1)
-    stats, line = runs.stats(), gate.stats()
-    assert (line.running, line.waiting, line.holds) == (0, 0, 0)
-    assert (stats.in_flight, stats.draining, runs.workers()) == (0, 0, 0)
-    assert stats.disk_bytes <= runs.max_disk_bytes and stats.memory_bytes <= runs.max_memory_bytes
+    stats, places = shared.stats(), line.stats()
+    assert (places.running, places.waiting, places.holds) == (0, 0, 0)
+    assert (stats.in_flight, stats.draining, shared.workers()) == (0, 0, 0)
+    assert stats.disk_bytes <= shared.max_disk_bytes and stats.memory_bytes <= shared.max_memory_bytes
     from alignlab.ui.state import RUN_TOKENS
 
     assert not RUN_TOKENS
@@ -235,24 +235,24 @@ def test_stop_leaves_a_shared_run_to_the_others_and_the_last_one_stops_it(app) -
     assert not run.cancelled and run.state == "running"
     stopped = b.predict(api_name="/stop")  # the last one stops the run itself, at the end of a step
     assert "Stopped after" in stopped[0] and "of 400 steps" in stopped[0]
-    assert run.cancelled and demo.runs.stats().in_flight == 0
+    assert run.cancelled and demo.shared.stats().in_flight == 0
     assert demo.session_store.peek(a.session_hash).trained.policy_dir is None  # a left: nothing to compare
     assert "answers changed" in b.predict(api_name="/compare")[0]  # b kept the stopped run's policy
 
 
 def test_one_visitor_holds_two_places_in_line_and_a_third_request_is_refused_at_once(app) -> None:
     """A scripted client cannot fill the line: its third waiting request is answered at once, others keep theirs."""
-    from alignlab.heavy import Work
-    from alignlab.ui import runs
+    from alignlab.serving.line import Work
+    from alignlab.ui import work
 
     demo, url = app
     greedy, b, c = (Client(url, verbose=False) for _ in range(3))
-    ticket = demo.gate.enter(Work("train", "someone-else"))  # the line's slot taken until the test lets it go
-    assert demo.gate.wait(ticket, timeout=60)
+    ticket = demo.line.enter(Work("train", "someone-else"))  # the line's slot taken until the test lets it go
+    assert demo.line.wait(ticket, timeout=60)
     try:
         held = [greedy.submit(max_new_tokens=n, api_name="/baseline") for n in (11, 12)]  # none ran before
         deadline = time.monotonic() + 60
-        while len(runs.waiting(demo.session_store.get(greedy.session_hash))) < 2:
+        while len(work.waiting(demo.session_store.get(greedy.session_hash))) < 2:
             assert time.monotonic() < deadline, "the two requests never reached the line"
             time.sleep(0.05)
         started = time.perf_counter()
@@ -261,10 +261,10 @@ def test_one_visitor_holds_two_places_in_line_and_a_third_request_is_refused_at_
         assert time.perf_counter() - started < 3.0
         assert "1st in line" in str(refused.value) and "2nd in line" in str(refused.value)
         others = [client.submit(max_new_tokens=n, api_name="/baseline") for client, n in ((b, 14), (c, 15))]
-        while demo.gate.stats().waiting < 4:  # both other visitors got their places behind the greedy two
+        while demo.line.stats().waiting < 4:  # both other visitors got their places behind the greedy two
             assert time.monotonic() < deadline, "the other visitors did not get their places"
             time.sleep(0.05)
     finally:
-        demo.gate.leave(ticket, completed=False)
+        demo.line.leave(ticket, completed=False)
     for job in (*held, *others):
         assert "Recorded" in job.result(timeout=120)[1]

@@ -1,4 +1,5 @@
-"""Identical runs computed once (alignlab/sharing.py): joining, replaying, cancelling, and the cache's bounds."""
+"""Identical runs computed once (alignlab/serving/sharing.py): joining, replaying, cancelling, and the cache's
+bounds."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from alignlab.heavy import HeavyGate, Work
-from alignlab.sharing import Finished, Published, SharedRuns, Waiting, link_tree, run_key, tree_size
+from alignlab.serving.line import Line, Work
+from alignlab.serving.sharing import Finished, Published, SharedWorks, Waiting, link_tree, tree_size, work_key
 
 WORK = Work("train", "model", 1.0)
 
@@ -44,8 +45,8 @@ class Producer:
 
 
 @pytest.fixture
-def runs(tmp_path: Path) -> SharedRuns:
-    return SharedRuns(HeavyGate(limit=1), root=tmp_path / "shared", poll_seconds=0.05)
+def runs(tmp_path: Path) -> SharedWorks:
+    return SharedWorks(Line(limit=1), root=tmp_path / "shared", poll_seconds=0.05)
 
 
 def wait_for(predicate, timeout: float = 5.0) -> None:  # noqa: ANN001
@@ -66,17 +67,17 @@ def drain(member) -> tuple[list[Published], Finished | None]:  # noqa: ANN001
 
 
 def test_the_key_changes_with_any_input_and_not_with_dict_order() -> None:
-    key = run_key("train", model="m", pairs=[{"prompt": "a", "chosen": "b", "rejected": "c"}], settings={"beta": 0.1})
-    same = run_key("train", settings={"beta": 0.1}, model="m", pairs=[{"rejected": "c", "chosen": "b", "prompt": "a"}])
+    key = work_key("train", model="m", pairs=[{"prompt": "a", "chosen": "b", "rejected": "c"}], settings={"beta": 0.1})
+    same = work_key("train", settings={"beta": 0.1}, model="m", pairs=[{"rejected": "c", "chosen": "b", "prompt": "a"}])
     assert key == same and key.startswith("train-")
-    assert key != run_key("train", model="m", pairs=[{"prompt": "a", "chosen": "b", "rejected": "c"}], settings={})
-    assert key != run_key(
+    assert key != work_key("train", model="m", pairs=[{"prompt": "a", "chosen": "b", "rejected": "c"}], settings={})
+    assert key != work_key(
         "train", model="m", pairs=[{"prompt": "a", "chosen": "B", "rejected": "c"}], settings={"beta": 0.1}
     )
-    assert key != run_key("compare", model="m", pairs=[{"prompt": "a", "chosen": "b", "rejected": "c"}], settings={})
+    assert key != work_key("compare", model="m", pairs=[{"prompt": "a", "chosen": "b", "rejected": "c"}], settings={})
 
 
-def test_an_identical_request_in_flight_joins_and_sees_every_event(runs: SharedRuns) -> None:
+def test_an_identical_request_in_flight_joins_and_sees_every_event(runs: SharedWorks) -> None:
     produce = Producer(steps=3)
     first = runs.join("k", WORK, produce)
     produce.release(1)
@@ -98,7 +99,7 @@ def test_an_identical_request_in_flight_joins_and_sees_every_event(runs: SharedR
     assert (stats.misses, stats.joins, stats.in_flight, stats.cached) == (1, 1, 0, 1)
 
 
-def test_a_finished_run_is_served_from_the_cache_with_its_events_replayed(runs: SharedRuns) -> None:
+def test_a_finished_run_is_served_from_the_cache_with_its_events_replayed(runs: SharedWorks) -> None:
     produce = Producer(steps=2)
     produce.release()
     member = runs.join("k", WORK, produce)
@@ -112,7 +113,7 @@ def test_a_finished_run_is_served_from_the_cache_with_its_events_replayed(runs: 
     assert runs.stats().hits == 1
 
 
-def test_a_run_stopped_early_or_failed_is_never_served_again(runs: SharedRuns) -> None:
+def test_a_run_stopped_early_or_failed_is_never_served_again(runs: SharedWorks) -> None:
     stopped = Producer(steps=1, cacheable=False)
     stopped.release()
     member = runs.join("k", WORK, stopped)
@@ -141,7 +142,7 @@ def test_a_run_stopped_early_or_failed_is_never_served_again(runs: SharedRuns) -
     assert member.how == "new" and fresh.calls == 1 and runs.stats().misses == 3
 
 
-def test_waiting_members_see_their_place_and_the_last_to_leave_withdraws_the_run(runs: SharedRuns) -> None:
+def test_waiting_members_see_their_place_and_the_last_to_leave_withdraws_the_run(runs: SharedWorks) -> None:
     busy = Producer(steps=1)
     holder = runs.join("busy", WORK, busy)
     assert busy.started.wait(5)
@@ -159,10 +160,10 @@ def test_waiting_members_see_their_place_and_the_last_to_leave_withdraws_the_run
     wait_for(lambda: runs.stats().in_flight == 0 and runs.stats().cached == 1)  # filed by the worker thread
     assert queued.calls == 0
     wait_for(lambda: runs.workers() == 0)  # every worker thread has ended
-    assert runs.gate.stats().waiting == runs.gate.stats().running == 0
+    assert runs.line.stats().waiting == runs.line.stats().running == 0
 
 
-def test_stop_cancels_a_run_only_when_nobody_else_follows_it(runs: SharedRuns) -> None:
+def test_stop_cancels_a_run_only_when_nobody_else_follows_it(runs: SharedWorks) -> None:
     produce = Producer(steps=3)
     mine = runs.join("k", WORK, produce)
     theirs = runs.join("k", WORK, produce)
@@ -178,7 +179,7 @@ def test_stop_cancels_a_run_only_when_nobody_else_follows_it(runs: SharedRuns) -
 
 
 def test_every_bound_evicts_the_least_recently_used_and_files_go_when_unread(tmp_path: Path) -> None:
-    runs = SharedRuns(HeavyGate(limit=1), root=tmp_path / "shared", max_entries=2, poll_seconds=0.05)
+    runs = SharedWorks(Line(limit=1), root=tmp_path / "shared", max_entries=2, poll_seconds=0.05)
 
     def finish(key: str, files: int = 0) -> object:
         produce = Producer(steps=1, files=files)
@@ -195,7 +196,7 @@ def test_every_bound_evicts_the_least_recently_used_and_files_go_when_unread(tmp
     assert stats.cached == 2 and stats.evictions == 1
     assert runs.join("a", WORK, Producer()).how == "cached" and runs.join("b", WORK, Producer()).how == "new"
 
-    disk = SharedRuns(HeavyGate(limit=1), root=tmp_path / "disk", max_disk_bytes=2500, poll_seconds=0.05)
+    disk = SharedWorks(Line(limit=1), root=tmp_path / "disk", max_disk_bytes=2500, poll_seconds=0.05)
     runs = disk
     finish("x", files=1000).leave()
     reader = finish("y", files=1000)  # still reading when "z" pushes it out
@@ -210,7 +211,7 @@ def test_every_bound_evicts_the_least_recently_used_and_files_go_when_unread(tmp
     assert not reader.run.directory.exists() and disk.stats().draining == 0
     assert (copy / "weights.bin").read_bytes() == b"x" * 1000  # the linked copy outlives the cache entry
 
-    memory = SharedRuns(HeavyGate(limit=1), root=tmp_path / "mem", max_memory_bytes=60, poll_seconds=0.05)
+    memory = SharedWorks(Line(limit=1), root=tmp_path / "mem", max_memory_bytes=60, poll_seconds=0.05)
     runs = memory
     finish("m1").leave()
     one = memory.stats().memory_bytes
@@ -219,13 +220,13 @@ def test_every_bound_evicts_the_least_recently_used_and_files_go_when_unread(tmp
     finish("m3").leave()
     assert memory.stats().memory_bytes <= 60 and memory.stats().cached == 60 // one
 
-    off = SharedRuns(HeavyGate(limit=1), root=tmp_path / "off", max_entries=0, poll_seconds=0.05)
+    off = SharedWorks(Line(limit=1), root=tmp_path / "off", max_entries=0, poll_seconds=0.05)
     runs = off
     finish("q", files=10).leave()
     assert off.stats().cached == 0 and not (tmp_path / "off" / "q").exists()
 
 
-def test_clear_forgets_finished_runs_and_deletes_their_files(runs: SharedRuns) -> None:
+def test_clear_forgets_finished_runs_and_deletes_their_files(runs: SharedWorks) -> None:
     produce = Producer(steps=1, files=100)
     produce.release()
     member = runs.join("k", WORK, produce)

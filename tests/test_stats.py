@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from alignlab.stats import (
+from alignlab.evidence.stats import (
     Proportion,
     beats_chance,
     binomial_tail,

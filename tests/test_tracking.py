@@ -8,8 +8,8 @@ import pytest
 from conftest import EMBEDDED_PROJECT, TINY_PROJECT
 from trackio.sqlite_storage import SQLiteStorage
 
-from alignlab import tracking
-from alignlab.methods import METHODS
+from alignlab.registry.methods import METHODS
+from alignlab.takehome import tracking
 
 
 def _logs(project: str, run: str) -> list[dict]:

@@ -3,12 +3,12 @@ import pickle
 import pytest
 import torch
 
-from alignlab.methods import LOSS_TYPES
-from alignlab.models import reference_view
-from alignlab.pairs import TrainingData
-from alignlab.settings import SettingsError, TrainingSettings
-from alignlab.training import CancelToken, stream_training, train_policy
-from alignlab.trl_rows import stage_rows
+from alignlab.data.pairs import TrainingData
+from alignlab.models.loading import reference_view
+from alignlab.registry.methods import LOSS_TYPES
+from alignlab.registry.settings import SettingsError, TrainingSettings
+from alignlab.training.run import CancelToken, stream_training, train_policy
+from alignlab.training.trl_rows import stage_rows
 
 FAST = {"steps": 3, "batch_size": 2, "learning_rate": 1e-3, "max_length": 64}
 
@@ -195,7 +195,7 @@ def test_the_trained_policy_is_a_plain_model_without_the_trainers_wrappers(tiny_
 
 
 def test_qlora_needs_lora_and_says_why_it_cannot_run_here(tiny_chat, pairs):
-    from alignlab.trainer import qlora_unavailable
+    from alignlab.training.trainer import qlora_unavailable
 
     with pytest.raises(SettingsError, match="use_qlora needs use_lora"):
         TrainingSettings(use_qlora=True)
@@ -218,7 +218,7 @@ def test_events_and_settings_are_picklable(tiny_chat, pairs):
 
 
 def test_a_saved_policy_loads_back_as_the_same_plain_model(tiny_chat, pairs, tmp_path):
-    from alignlab.trainer import load_policy, save_policy
+    from alignlab.training.trainer import load_policy, save_policy
 
     result = train_policy(tiny_chat, pairs, TrainingSettings(**FAST))
     loaded_back = load_policy(save_policy(result.policy, tiny_chat.tokenizer, tmp_path / "policy"), tiny_chat)
@@ -229,7 +229,7 @@ def test_a_saved_policy_loads_back_as_the_same_plain_model(tiny_chat, pairs, tmp
 def test_every_range_comes_from_the_settings_metadata(capsys) -> None:
     """A setting's field is the one source of its range: the check, the CLI's flags and the API docs read it."""
     from alignlab.cli import main
-    from alignlab.settings import KNOBS
+    from alignlab.registry.settings import KNOBS
     from alignlab.ui.common import api_doc
     from alignlab.ui.train_tab import TRAIN_SETTINGS, train_ui
 

@@ -15,13 +15,13 @@ import gradio as gr
 import pytest
 import torch
 
-from alignlab.importers import export_jsonl, import_pairs, load_dataset_file
-from alignlab.lab import Baseline
-from alignlab.pairs import DatasetError, PreferencePair, TrainingData, UnpairedRow, pairs_from_thumbs, thumbs_view
-from alignlab.presets import Preset, checked_preset, validate_preset
-from alignlab.settings import TrainingSettings
-from alignlab.training import train_policy
-from alignlab.trl_rows import kto_layout, thumbs_row, trained_on
+from alignlab.data.importers import export_jsonl, import_pairs, load_dataset_file
+from alignlab.data.pairs import DatasetError, PreferencePair, TrainingData, UnpairedRow, pairs_from_thumbs, thumbs_view
+from alignlab.data.presets import Preset, checked_preset, validate_preset
+from alignlab.pipeline.steps import Baseline
+from alignlab.registry.settings import TrainingSettings
+from alignlab.training.run import train_policy
+from alignlab.training.trl_rows import kto_layout, thumbs_row, trained_on
 
 FAST = {"steps": 2, "batch_size": 2, "learning_rate": 1e-3, "max_length": 64}
 
@@ -370,7 +370,7 @@ def test_cli_lab_without_held_out_pairs_reports_null_with_the_reason(tmp_path, t
 
 
 def test_the_reason_held_out_accuracy_is_unavailable(tmp_path, pairs):
-    from alignlab.presets import heldout_unavailable
+    from alignlab.data.presets import heldout_unavailable
 
     ups = load_dataset_file(write_jsonl(tmp_path / "ups.jsonl", [r for r in THUMBS if r["label"]]))
     assert "no prompt of the thumbs rows has both" in heldout_unavailable(ups)

@@ -5,7 +5,7 @@ several GPUs. :func:`build_recipe` turns what the learner settled on in the lab 
 variant, LoRA, their pairs) into that run, and :func:`write_recipe` writes it:
 
 - ``train.jsonl``, ``eval.jsonl``: the pairs in TRL's format for the target model, the rows the lab trains on
-  (:mod:`alignlab.trl_rows`);
+  (:mod:`alignlab.training.trl_rows`);
 - ``config.yaml``: the arguments of TRL's own script for the method (``trl.scripts.dpo`` for DPO), the lab's
   settings mapped and scaled for the target (:mod:`alignlab.recipe.plan`);
 - ``accelerate/*.yaml``: TRL's own launcher configs (DDP, DeepSpeed ZeRO-2/3, FSDP) for N GPUs;
@@ -13,7 +13,7 @@ variant, LoRA, their pairs) into that run, and :func:`write_recipe` writes it:
 - ``README.md``: what runs, the memory estimate (:mod:`alignlab.recipe.memory`) and the dataset mixing; its YAML
   header is also the dataset card that tells ``datasets`` which file is which split.
 
-Which script a method runs, its rows and its config fields are the method registry's (:mod:`alignlab.methods`);
+Which script a method runs, its rows and its config fields are the method registry's (:mod:`alignlab.registry.methods`);
 nothing here branches on a method's name. A method of several stages (RLHF) runs one TRL script per stage, in
 order, each with its own config file, data and output folder (:mod:`alignlab.recipe.stages`).
 

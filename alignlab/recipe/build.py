@@ -13,9 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from alignlab.methods import Method, get_method
-from alignlab.model_shapes import ModelShape
-from alignlab.presets import Preset
+from alignlab.data.presets import Preset
 from alignlab.recipe.files import readme, run_sh
 from alignlab.recipe.folder import Recipe, StageRecipe
 from alignlab.recipe.memory import ADAPTERS, ENGINES, Adapter, Engine, MemoryEstimate
@@ -30,7 +28,9 @@ from alignlab.recipe.stages import (
     thumbs_takers,
 )
 from alignlab.recipe.targets import DEFAULT_TARGET, RecipeError, resolve_target
-from alignlab.settings import TrainingSettings
+from alignlab.registry.methods import Method, get_method
+from alignlab.registry.model_shapes import ModelShape
+from alignlab.registry.settings import TrainingSettings
 
 
 def build_recipe(

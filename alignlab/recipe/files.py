@@ -17,13 +17,13 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alignlab.model_shapes import count_text
-from alignlab.presets import Preset
+from alignlab.data.presets import Preset
 from alignlab.recipe.folder import Recipe, StageRecipe
 from alignlab.recipe.memory import ENGINES, GIB, Adapter, MemoryEstimate, reward_model_shape
 from alignlab.recipe.stages import PUBLIC_DATASETS, SAMPLING_NO_MIX, RecipeStage, mixable
 from alignlab.recipe.targets import RecipeError
-from alignlab.settings import TrainingSettings
+from alignlab.registry.model_shapes import count_text
+from alignlab.registry.settings import TrainingSettings
 
 if TYPE_CHECKING:
     import jinja2

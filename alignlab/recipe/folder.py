@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from alignlab.methods import Method
-from alignlab.model_shapes import ModelShape, count_text
 from alignlab.recipe.memory import ADAPTERS, ENGINES, GIB, MemoryEstimate
 from alignlab.recipe.plan import RunPlan
 from alignlab.recipe.stages import RecipeStage
+from alignlab.registry.methods import Method
+from alignlab.registry.model_shapes import ModelShape, count_text
 
 
 @dataclass

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from alignlab.model_shapes import ModelShape
 from alignlab.recipe.targets import RecipeError
+from alignlab.registry.model_shapes import ModelShape
 
 if TYPE_CHECKING:
-    from alignlab.settings import TrainingSettings
+    from alignlab.registry.settings import TrainingSettings
 
 GIB = 1024**3
 
@@ -349,7 +349,7 @@ def lab_memory_estimate(shape: ModelShape, settings: TrainingSettings, on_gpu: b
     """Bytes the lab's own run holds: the cached fp32 model, the policy copy, gradients, AdamW, activations.
 
     The lab keeps fp32 weights (bf16 only as autocast on a GPU), shares the cached model as the
-    reference (:func:`alignlab.models.reference_view`) and trains a private fp32 copy; QLoRA trains
+    reference (:func:`alignlab.models.loading.reference_view`) and trains a private fp32 copy; QLoRA trains
     on a 4-bit base TRL loads from disk instead of the copy (the cached model stays for the rest).
     """
     params = shape.parameters()

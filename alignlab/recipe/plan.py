@@ -7,11 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from alignlab.model_shapes import ModelShape
 from alignlab.recipe.memory import ENGINES, Adapter, MemoryEstimate, load_dtype
 from alignlab.recipe.stages import RecipeStage
 from alignlab.recipe.targets import RecipeError
-from alignlab.settings import TrainingSettings
+from alignlab.registry.model_shapes import ModelShape
+from alignlab.registry.settings import TrainingSettings
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """A method's stages as a recipe runs them: each one of TRL's own scripts, with its files and its batch.
 
-Everything here is read from the method registry (:mod:`alignlab.methods`): which script a stage runs, its rows,
+Everything here is read from the method registry (:mod:`alignlab.registry.methods`): which script a stage runs, its
+rows,
 whether it keeps a frozen reference, its config fields and a real run's learning rates. A
 :class:`RecipeStage` adds only what follows from the stage's place in a recipe folder: its config file, its data
 files and the folder it saves to (a method of several stages, RLHF, runs one script per stage, in order, each
@@ -14,9 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from alignlab.methods import METHODS, Data, Method, Product, Stage, UnknownMethodError, get_method, resolve
-from alignlab.model_shapes import ModelShape
-from alignlab.pairs import PreferencePair, UnpairedRow
+from alignlab.data.pairs import PreferencePair, UnpairedRow
 from alignlab.recipe.memory import (
     Adapter,
     MemoryEstimate,
@@ -25,8 +24,10 @@ from alignlab.recipe.memory import (
     reward_model_shape,
 )
 from alignlab.recipe.targets import RecipeError
-from alignlab.settings import TrainingSettings
-from alignlab.trl_rows import recipe_rows
+from alignlab.registry.methods import METHODS, Data, Method, Product, Stage, UnknownMethodError, get_method, resolve
+from alignlab.registry.model_shapes import ModelShape
+from alignlab.registry.settings import TrainingSettings
+from alignlab.training.trl_rows import recipe_rows
 
 #: The unit of a stage's batch, by the rows it reads: a pair, a thumbs row, or an answer it samples.
 BATCH_UNITS = {Data.PAIRED: "pairs", Data.UNPAIRED: "rows", Data.PROMPTS: "answers"}
@@ -147,7 +148,7 @@ class RecipeStage:
     def rows(
         self, pairs: list[PreferencePair], chat: bool, implicit_prompt: bool = False, unpaired: list[UnpairedRow] = ()
     ) -> list[dict[str, Any]]:
-        """Rows of the stage's data file (:func:`alignlab.trl_rows.recipe_rows`)."""
+        """Rows of the stage's data file (:func:`alignlab.training.trl_rows.recipe_rows`)."""
         return recipe_rows(self.stage, pairs, chat, implicit_prompt, unpaired)
 
     def lab_fields(self, settings: TrainingSettings) -> dict[str, Any]:

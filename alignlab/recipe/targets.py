@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alignlab.model_shapes import KNOWN_SHAPES, RECIPE_TARGETS, ModelShape, ShapeError, known_shape
+from alignlab.registry.model_shapes import KNOWN_SHAPES, RECIPE_TARGETS, ModelShape, ShapeError, known_shape
 
 
 class RecipeError(ValueError):

@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from alignlab.settings import GENERATION_KNOBS
+from alignlab.registry.settings import GENERATION_KNOBS
 from alignlab.ui import service
 from alignlab.ui.common import api_doc, default_model, model_choices, session_of
 from alignlab.ui.inputs import GREEDY, SAMPLING, generation_settings, prompts_from_text, setting_widget
@@ -126,7 +126,7 @@ def wire(tab: SimpleNamespace) -> tuple[Any, Any]:
         tab.model_status,
         api_name="load_model",
         api_description=api_doc(load_model_ui),
-        concurrency_limit=None,  # checks answer at once; the model work waits in runs.GATE
+        concurrency_limit=None,  # checks answer at once; the model work waits in runs.LINE
     )
     load.failure(load_failed, None, tab.status, api_visibility="private", queue=False)
     record = load.success(

@@ -12,13 +12,13 @@ from typing import Any
 
 import gradio as gr
 
-from alignlab import model_checks, owners
-from alignlab.methods import DEFAULT_METHOD
-from alignlab.pairs import DatasetError
-from alignlab.presets import Preset, list_presets, load_preset
-from alignlab.public import public_mode
-from alignlab.settings import GENERATION_KNOBS, KNOBS, GenerationSettings, TrainingSettings
-from alignlab.ui import baseline_tab, compare_tab, comparison_panel, dataset_tab, runs, runs_panel, service, train_tab
+from alignlab.data.pairs import DatasetError
+from alignlab.data.presets import Preset, list_presets, load_preset
+from alignlab.registry.methods import DEFAULT_METHOD
+from alignlab.registry.settings import GENERATION_KNOBS, KNOBS, GenerationSettings, TrainingSettings
+from alignlab.serving import model_checks, owners
+from alignlab.serving.public import public_mode
+from alignlab.ui import baseline_tab, compare_tab, comparison_panel, dataset_tab, runs_panel, service, train_tab, work
 from alignlab.ui.common import STORE, api_doc, close_session, default_model, session_of
 from alignlab.ui.inputs import GREEDY, generation_settings, settings_from_values
 
@@ -38,11 +38,11 @@ def public_notice() -> str:
     if not public_mode():
         return ""
     limit, described = model_checks.machine_memory()
-    per_address = runs.max_per_address()
+    per_address = work.max_per_address()
     return (
         "**Public Space: everyone here shares one machine.** Models come from the list or the Hub (a model whose "
         f"training needs more than {limit / 2**30:.0f} GiB, {described}, is refused with its size; local paths "
-        f"are refused). Each visitor may have {runs.MAX_WAITING_PER_SESSION} requests waiting for the model "
+        f"are refused). Each visitor may have {work.MAX_WAITING_PER_SESSION} requests waiting for the model "
         f"({per_address} per network address); identical runs are shared. Your files are deleted when you close "
         "the tab, after two idle hours, or when the disk needs the room (you are told)."
     )
@@ -91,9 +91,9 @@ def launch_options() -> dict[str, Any]:
         "css": CSS,
         "footer_links": ["api", "gradio"],
         "max_file_size": "20mb",  # the importer's own limit; larger uploads are refused before they land
-        # Every request waiting for the model holds a worker while it waits in runs.GATE; keep room
+        # Every request waiting for the model holds a worker while it waits in work.LINE; keep room
         # beyond a full line so that checks and wrong clicks are always answered at once.
-        "max_threads": runs.QUEUE_SIZE + 40,
+        "max_threads": work.QUEUE_SIZE + 40,
     }
 
 
@@ -156,7 +156,7 @@ def run_lab_doc() -> str:
 def prepare_lab(preset_id: str, request: gr.Request) -> tuple[Any, ...]:
     """The presenter chain's first link: load the chosen preset into every tab, show the Baseline tab.
 
-    The lab's later steps keep this click's place in line (see ``runs.start_lab``).
+    The lab's later steps keep this click's place in line (see ``work.start_lab``).
     """
     filled = dataset_tab.load_preset_ui(preset_id)
     service.start_lab(session_of(request), default_model(), load_preset(preset_id), DEFAULTS, MAX_NEW_TOKENS)
@@ -194,7 +194,7 @@ def _wire_presenter_chain(
     """Presenter mode: the same handlers as the tabs, chained, each tab shown as its step runs; returns the
     training event (for Stop).
 
-    Model work waits in ``runs.GATE``, not in Gradio's queue: each step's checks answer at once.
+    Model work waits in ``work.LINE``, not in Gradio's queue: each step's checks answer at once.
     """
     heavy = {"concurrency_limit": None, "api_visibility": "private"}
     private = {"api_visibility": "private", "queue": False}
@@ -232,7 +232,7 @@ def _wire_presenter_chain(
 
 def build_app() -> gr.Blocks:
     """The whole app, queued. Launch it with ``demo.launch(**launch_options())``."""
-    runs.setup()
+    work.setup()
     owners.sweep(STORE.root, unclaimed_after=STORE.ttl)  # folders left by servers that are gone; live ones' stay
     preset = default_preset()
     # delete_cache: Gradio's copies of downloads (reports, exports) older than 2 h, checked hourly.
@@ -286,8 +286,8 @@ def build_app() -> gr.Blocks:
 
         gr.api(run_lab, api_name="run_lab", api_description=run_lab_doc(), concurrency_limit=None)
         demo.unload(close_session)
-    demo.queue(default_concurrency_limit=None, max_size=runs.QUEUE_SIZE)
+    demo.queue(default_concurrency_limit=None, max_size=work.QUEUE_SIZE)
     demo.session_store = STORE  # for tests and operators: who is here, and clean-up
-    demo.runs = runs.RUNS  # the shared runs and their cache (bounds, counts)
-    demo.gate = runs.GATE  # the line for model work
+    demo.shared = work.SHARED  # the shared runs and their cache (bounds, counts)
+    demo.line = work.LINE  # the line for model work
     return demo

@@ -11,9 +11,9 @@ from typing import Any
 
 import gradio as gr
 
-from alignlab import owners
-from alignlab.model_shapes import EMBEDDED_DEFAULT, LAB_MODELS
-from alignlab.settings import Knob, method_default_text, method_sets
+from alignlab.registry.model_shapes import EMBEDDED_DEFAULT, LAB_MODELS
+from alignlab.registry.settings import Knob, method_default_text, method_sets
+from alignlab.serving import owners
 from alignlab.ui.state import Session, SessionStore
 
 #: Every user's session, keyed by Gradio's session hash (see state.py).
@@ -25,8 +25,8 @@ atexit.register(lambda: owners.remove_own(STORE.root))  # runs last: whatever th
 atexit.register(STORE.close_all)
 
 #: How many pieces of model work (load, generate, train, evaluate) run at once, whichever door they
-#: come through; everyone else waits in ``runs.GATE`` and is shown their place in line.
-HEAVY_LIMIT = int(os.environ.get("ALIGNLAB_CONCURRENCY", "1"))
+#: come through; everyone else waits in ``runs.LINE`` and is shown their place in line.
+LINE_LIMIT = int(os.environ.get("ALIGNLAB_CONCURRENCY", "1"))
 
 
 def default_model() -> str:

@@ -113,7 +113,7 @@ def wire(tab: SimpleNamespace) -> Any:
         outputs(tab),
         api_name="compare",
         api_description=api_doc(compare_ui),
-        concurrency_limit=None,  # checks answer at once; the model work waits in runs.GATE
+        concurrency_limit=None,  # checks answer at once; the model work waits in runs.LINE
     )
     event.success(show_runs_ui, None, runs_outputs(tab), api_visibility="private", queue=False)
     tab.home.run.click(

@@ -2,7 +2,7 @@
 
 Each method of the comparison is an ordinary run of the session: the run service trains it
 (:func:`alignlab.ui.service.train`, streaming its curves, sharing identical runs with the room), compares it
-(:func:`alignlab.ui.service.compare`), and it joins the session's runs. So a comparison is nothing but Start
+(:func:`alignlab.ui.service.compare`), and it joins the session's work. So a comparison is nothing but Start
 and Compare pressed once per method, with each method's own defaults; its table is the runs' evidence rows side
 by side.
 """
@@ -16,20 +16,27 @@ from typing import Any
 
 import gradio as gr
 
-from alignlab.comparison import DEFAULT_METHODS, comparison_settings, drain, in_turn, method_names, parse_methods
-from alignlab.methods import METHODS
-from alignlab.pairs import DatasetError, TrainingData, thumbs_from_dicts
-from alignlab.plots import OVERLAY_AXES
-from alignlab.presets import list_presets, load_preset
-from alignlab.readings import settings_text
-from alignlab.runrecord import run_label
-from alignlab.settings import GENERATION_KNOBS, KNOBS, GenerationSettings, SettingsError, TrainingSettings
-from alignlab.trl_rows import trained_on
-from alignlab.ui import runs, runs_panel, service
+from alignlab.data.pairs import DatasetError, TrainingData, thumbs_from_dicts
+from alignlab.data.presets import list_presets, load_preset
+from alignlab.pipeline.comparison import (
+    DEFAULT_METHODS,
+    comparison_settings,
+    drain,
+    in_turn,
+    method_names,
+    parse_methods,
+)
+from alignlab.pipeline.plots import OVERLAY_AXES
+from alignlab.registry.methods import METHODS
+from alignlab.registry.settings import GENERATION_KNOBS, KNOBS, GenerationSettings, SettingsError, TrainingSettings
+from alignlab.training.trl_rows import trained_on
+from alignlab.ui import runs_panel, service, work
 from alignlab.ui.common import api_doc, default_model, fail, session_of
 from alignlab.ui.inputs import GREEDY, generation_settings, pairs_from_table, prompts_from_text, typed_values
 from alignlab.ui.state import Session
 from alignlab.ui.views import finished_view, report_views, train_view
+from alignlab.verdict.readings import settings_text
+from alignlab.verdict.runs_table import run_label
 
 DEFAULTS = TrainingSettings()
 INTRO = (
@@ -148,7 +155,8 @@ def _runs_in_turn(
     probes: dict[str, Any] | None,
     finished: Callable[[], str] | None = None,
 ) -> Iterator[tuple[Any, ...]]:
-    """Train and compare each of ``settings`` in turn on ``data`` (:func:`alignlab.comparison.in_turn`), streaming
+    """Train and compare each of ``settings`` in turn on ``data`` (:func:`alignlab.pipeline.comparison.in_turn`),
+    streaming
     the frames of ``view``; ``finished`` words the last status (default: the comparison's)."""
     frame, shown, total = view.frame, view.shown, len(settings)
 
@@ -256,7 +264,7 @@ def run_comparison(
         report["run"] = {**report.get("run", {}), "index": index + 1, "of": len(settings)}
         return report
 
-    with runs.one_request():  # its baseline and every run count as one request in the visitor's share of the line
+    with work.one_request():  # its baseline and every run count as one request in the visitor's share of the line
         service.record_baseline(session, model or default_model(), list(lab.eval_prompts), generation, gr.Progress())
         return drain(in_turn(settings, run_one))
 
@@ -299,7 +307,7 @@ def build(controls: SimpleNamespace) -> SimpleNamespace:
             color="run",
             height=300,
             show_label=False,
-            title="This session's runs, overlaid",
+            title="This session's work, overlaid",
             elem_id="plot-overlay",
         )
         table = runs_panel.runs_table("runs of this comparison", "comparison-table")

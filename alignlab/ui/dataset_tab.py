@@ -2,7 +2,7 @@
 
 Imported thumbs-up/down rows (TRL's unpaired format) are kept beside the pairs table in a state, and the
 thumbs view shows the whole training set as thumbs rows. What the rows mean, how they are counted and
-how they are written out is :mod:`alignlab.presets`' business; the handlers here only adapt it.
+how they are written out is :mod:`alignlab.data.presets`' business; the handlers here only adapt it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from alignlab.importers import EXPORT_FORMATS, export_jsonl, load_dataset_file
-from alignlab.pairs import (
+from alignlab.data.importers import EXPORT_FORMATS, export_jsonl, load_dataset_file
+from alignlab.data.pairs import (
     MAX_PAIRS,
     THUMBS_COLUMNS,
     DatasetError,
@@ -28,7 +28,7 @@ from alignlab.pairs import (
     thumbs_view,
     validate_unpaired,
 )
-from alignlab.presets import Preset, load_preset, preset_ids, validate_preset
+from alignlab.data.presets import Preset, load_preset, preset_ids, validate_preset
 from alignlab.ui import service
 from alignlab.ui.common import api_doc, fail, problems_markdown, session_of, take_home_panel
 from alignlab.ui.inputs import PAIR_COLUMNS, pairs_from_table, table_from_pairs
@@ -325,28 +325,27 @@ def build(preset: Preset) -> SimpleNamespace:
     )
 
 
+def _probe_table(pairs: list, label: str, name: str) -> gr.Dataframe:
+    """A probe set's pairs, read-only."""
+    return gr.Dataframe(
+        table_from_pairs(pairs),
+        headers=PAIR_COLUMNS,
+        interactive=False,
+        wrap=True,
+        label=label,
+        elem_id=f"{name}-table",
+        max_height=260,
+    )
+
+
 def _build_probe_sets(preset: Preset) -> SimpleNamespace:
     """The probe sets (contrast and capability pairs) the Compare tab reads, shown read-only, and their state."""
     probes = gr.State(probes_of(preset))
     with gr.Accordion("Probe sets: how the Compare tab tells real alignment from a shortcut", open=False):
         probes_text = gr.Markdown(probes_note(probes_of(preset)), elem_id="probes-note")
-        contrast = gr.Dataframe(
-            table_from_pairs(preset.contrast_pairs),
-            headers=PAIR_COLUMNS,
-            interactive=False,
-            wrap=True,
-            label="Contrast pairs (the cue sits on the rejected side)",
-            elem_id="contrast-table",
-            max_height=260,
-        )
-        capability = gr.Dataframe(
-            table_from_pairs(preset.capability_pairs),
-            headers=PAIR_COLUMNS,
-            interactive=False,
-            wrap=True,
-            label="Capability pairs (chosen = the correct answer)",
-            elem_id="capability-table",
-            max_height=260,
+        contrast = _probe_table(preset.contrast_pairs, "Contrast pairs (the cue sits on the rejected side)", "contrast")
+        capability = _probe_table(
+            preset.capability_pairs, "Capability pairs (chosen = the correct answer)", "capability"
         )
     return SimpleNamespace(probes=probes, probes_text=probes_text, contrast=contrast, capability=capability)
 

@@ -3,7 +3,7 @@
 Every handler reads its inputs through here before any model work or any place in line, so that a wrong value
 is answered at once. Tables come as pandas frames from the page, as ``{"headers", "data"}`` dicts from an API
 client, or as lists of rows; numbers as floats from a widget or anything from a script. A setting's widget and
-its check are its field's (:class:`alignlab.settings.Knob`): values are keyed by field name, given the field's
+its check are its field's (:class:`alignlab.registry.settings.Knob`): values are keyed by field name, given the field's
 type here and checked by the settings themselves.
 """
 
@@ -16,10 +16,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from alignlab.methods import DEFAULT_METHOD
-from alignlab.pairs import MAX_TEXT_CHARS, PreferencePair
-from alignlab.presets import MAX_EVAL_PROMPTS
-from alignlab.settings import (
+from alignlab.data.pairs import MAX_TEXT_CHARS, PreferencePair
+from alignlab.data.presets import MAX_EVAL_PROMPTS
+from alignlab.registry.methods import DEFAULT_METHOD
+from alignlab.registry.settings import (
     GENERATION_KNOBS,
     KNOBS,
     GenerationSettings,
@@ -29,10 +29,13 @@ from alignlab.settings import (
     TrainingSettings,
     method_sets,
 )
-from alignlab.trainer import qlora_unavailable
+from alignlab.training.trainer import qlora_unavailable
 from alignlab.ui.common import fail
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
+#: The Train tab's settings that /train and /export_recipe both take first after their data, in the API's order
+#: (each a field of the training settings and a widget of the tab).
+TAB_SETTINGS = ("beta", "learning_rate", "steps", "batch_size", "loss_type", "seed", "use_lora", "lora_rank")
 MAX_EVAL_TEXT = MAX_EVAL_PROMPTS * (MAX_TEXT_CHARS + 1)
 GREEDY, SAMPLING = "greedy (repeatable)", "sampling (seeded)"
 

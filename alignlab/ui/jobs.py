@@ -1,9 +1,9 @@
-"""The lab's steps (:mod:`alignlab.lab`) as GPU jobs: each may run in a ZeroGPU worker.
+"""The lab's steps (:mod:`alignlab.pipeline.steps`) as GPU jobs: each may run in a ZeroGPU worker.
 
 On ZeroGPU these functions run in a forked process: their arguments, return values and every
 yielded value are pickled, nothing they change flows back, and only a ``gr.Error`` reaches the
 user with its message (any other exception becomes a generic worker error). So each wraps one step
-in the GPU decorator (with its duration, :mod:`alignlab.gpu`), hands its plain data on, saves the trained
+in the GPU decorator (with its duration, :mod:`alignlab.serving.gpu`), hands its plain data on, saves the trained
 policy *to the session's directory* rather than returning it, and turns every expected failure into a
 ``gr.Error``. Locally (no ZeroGPU) the decorator is a no-op and they are ordinary functions.
 """
@@ -18,13 +18,13 @@ from typing import Any
 import gradio as gr
 import torch
 
-from alignlab import gpu
-from alignlab.lab import Baseline, Trained, evaluate, record_baseline, report, train
-from alignlab.models import ModelLoadError, load_model
-from alignlab.pairs import DatasetError
-from alignlab.settings import GenerationSettingsError, SettingsError
-from alignlab.trainer import is_quantized, save_policy
-from alignlab.training import CancelToken
+from alignlab.data.pairs import DatasetError
+from alignlab.models.loading import ModelLoadError, load_model
+from alignlab.pipeline.steps import Baseline, Trained, evaluate, record_baseline, report, train
+from alignlab.registry.settings import GenerationSettingsError, SettingsError
+from alignlab.serving import gpu
+from alignlab.training.run import CancelToken
+from alignlab.training.trainer import is_quantized, save_policy
 from alignlab.ui.state import RUN_TOKENS
 
 _EXPECTED = (ModelLoadError, DatasetError, SettingsError, GenerationSettingsError)
@@ -32,7 +32,8 @@ _EXPECTED = (ModelLoadError, DatasetError, SettingsError, GenerationSettingsErro
 
 @gpu.gpu(duration=gpu.baseline_duration)
 def baseline_job(spec: str, prompts: list[str], generation: dict[str, Any]) -> dict[str, Any]:
-    """Load ``spec`` and answer every prompt in one batched call: :func:`alignlab.lab.record_baseline`'s record."""
+    """Load ``spec`` and answer every prompt in one batched call: :func:`alignlab.pipeline.steps.record_baseline`'s
+    record."""
     try:
         return record_baseline(spec, prompts, generation).to_dict()
     except ModelLoadError as exc:
@@ -63,11 +64,12 @@ def train_job(
     unpaired: list[dict[str, Any]] | None = None,
     capability: list[dict[str, str]] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Stream :func:`alignlab.lab.train` as plain dicts: one ``log`` per step, then ``end`` (policy saved to disk).
+    """Stream :func:`alignlab.pipeline.steps.train` as plain dicts: one ``log`` per step, then ``end`` (policy saved to
+    disk).
 
     ``heldout`` and ``contrast`` pairs are scored after every step (the live held-out curve); ``capability``: the
     run's capability pairs, whose reference scores the probe takes before training. ``unpaired``: thumbs rows
-    trained on beside the pairs (see :class:`alignlab.pairs.TrainingData`). Closing this generator stops the run at
+    trained on beside the pairs (see :class:`alignlab.data.pairs.TrainingData`). Closing this generator stops the run at
     the end of the current step.
     """
     sets = {"heldout_pairs": heldout, "contrast_pairs": contrast, "capability_pairs": capability}
@@ -113,10 +115,11 @@ def compare_job(
     timings: dict[str, float],
     judge: str = "",
 ) -> dict[str, Any]:
-    """:func:`alignlab.lab.evaluate` and :func:`alignlab.lab.report` on the policy saved in ``policy_dir``: the report.
+    """:func:`alignlab.pipeline.steps.evaluate` and :func:`alignlab.pipeline.steps.report` on the policy saved in
+    ``policy_dir``: the report.
 
     ``training``: the run's summary (its end event); ``timings``: the steps' seconds so far; ``judge``: who judges
-    the win rate (:func:`alignlab.reward_judges.pick_judge`)."""
+    the win rate (:func:`alignlab.evidence.reward_judges.pick_judge`)."""
     baseline = Baseline(spec, {}, list(preset.get("eval_prompts") or []), generation, baseline_outputs)
     trained = Trained(training, policy_dir)
     try:

@@ -12,11 +12,9 @@ from typing import Any
 
 import gradio as gr
 
-from alignlab.methods import METHODS
-from alignlab.model_checks import check_source
-from alignlab.models import ModelLoadError
-from alignlab.pairs import thumbs_from_dicts
-from alignlab.presets import Preset, validate_preset
+from alignlab.data.pairs import thumbs_from_dicts
+from alignlab.data.presets import Preset, validate_preset
+from alignlab.models.loading import ModelLoadError
 from alignlab.recipe import (
     ADAPTERS,
     DEFAULT_TARGET,
@@ -28,9 +26,11 @@ from alignlab.recipe import (
     recipe_methods,
     recipe_zip,
 )
-from alignlab.settings import KNOBS
+from alignlab.registry.methods import METHODS
+from alignlab.registry.settings import KNOBS
+from alignlab.serving.model_checks import check_source
 from alignlab.ui.common import api_doc, fail, problems_markdown, session_of
-from alignlab.ui.inputs import pairs_from_table, real_number, settings_from_values, whole_number
+from alignlab.ui.inputs import TAB_SETTINGS, pairs_from_table, real_number, settings_from_values, whole_number
 
 # --------------------------------------------------------------------------- handler
 
@@ -38,14 +38,7 @@ from alignlab.ui.inputs import pairs_from_table, real_number, settings_from_valu
 #: /export_recipe's inputs after the pairs, in the API's order: the Train tab's settings (by field name) and the
 #: recipe's own.
 RECIPE_INPUTS = (
-    "beta",
-    "learning_rate",
-    "steps",
-    "batch_size",
-    "loss_type",
-    "seed",
-    "use_lora",
-    "lora_rank",
+    *TAB_SETTINGS,
     "target_model",
     "gpus",
     "engine",

@@ -1,7 +1,7 @@
 """The session's runs side by side: overlaid curves (Train tab), the evidence table and every run's
 answers beside the baseline (Compare tab), and the map of methods filled in with what they measured.
 
-Views only: the figures come from :mod:`alignlab.runrecord` and :mod:`alignlab.plots`, the runs from
+Views only: the figures come from :mod:`alignlab.verdict.runs_table` and :mod:`alignlab.pipeline.plots`, the runs from
 the session (:class:`alignlab.ui.state.Session`).
 """
 
@@ -12,12 +12,12 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from alignlab import plots
-from alignlab.methods import METHODS, Data, Method
-from alignlab.runrecord import EVIDENCE_COLUMNS, RunRecord, display_table, method_label
+from alignlab.pipeline import plots
+from alignlab.registry.methods import METHODS, Data, Method
 from alignlab.ui.common import session_of
 from alignlab.ui.diff import runs_html
 from alignlab.ui.state import Session
+from alignlab.verdict.runs_table import EVIDENCE_COLUMNS, RunRecord, display_table, method_label
 
 RUNS_INTRO = (
     "### Runs side by side\n"

@@ -1,16 +1,17 @@
 """The run service: every tab hands it settings and data, and gets back events and reports.
 
-Below the tabs, above the room (:mod:`alignlab.ui.runs`): each function here is one thing a session does with a
+Below the tabs, above the room (:mod:`alignlab.ui.work`): each function here is one thing a session does with a
 model, checked first (a wrong click or value is answered at once, however long the line), then done as a shared
 run in the line, its result kept in the session (:class:`alignlab.ui.state.Session`).
 
 - :func:`load` and :func:`record_baseline`: the model and its answers before training;
 - :func:`train`: a run streamed as :class:`TrainingUpdate` s (settings in, events out), joined with identical
-  runs, stopped by :func:`stop`; the Train tab, the presenter's chain and the comparison panel all draw it;
+  work, stopped by :func:`stop`; the Train tab, the presenter's chain and the comparison panel all draw it;
 - :func:`compare`: the report of the session's trained policy against its baseline;
-- :func:`train_then_compare` and :func:`run_lab`: the same, unwatched, for ``/run_lab`` and a comparison's runs.
+- :func:`train_then_compare` and :func:`run_lab`: the same, unwatched, for ``/run_lab`` and a comparison's work.
 
-The work itself is the lab's steps (:mod:`alignlab.lab`), each a GPU job (:mod:`alignlab.ui.jobs`) run in the line.
+The work itself is the lab's steps (:mod:`alignlab.pipeline.steps`), each a GPU job (:mod:`alignlab.ui.jobs`) run in
+the line.
 No tab calls another tab: each goes through here, and the views (:mod:`alignlab.ui.views`) draw the result.
 """
 
@@ -27,21 +28,21 @@ from typing import Any
 
 import gradio as gr
 
-from alignlab import export, tracking
-from alignlab.lab import Baseline, Trained, check_judge_spec
-from alignlab.models import ModelLoadError
-from alignlab.pairs import DatasetError, PreferencePair, TrainingData, UnpairedRow, pairs_from_dicts
-from alignlab.presets import Preset, load_preset, validate_eval_prompts, validate_preset
-from alignlab.public import public_mode
-from alignlab.questions import questions_from_dicts
-from alignlab.runrecord import run_label
-from alignlab.settings import TrainingSettings
-from alignlab.sharing import Finished, Member, Published, Waiting
-from alignlab.trl_rows import trained_on
-from alignlab.ui import runs
+from alignlab.data.pairs import DatasetError, PreferencePair, TrainingData, UnpairedRow, pairs_from_dicts
+from alignlab.data.presets import Preset, load_preset, validate_eval_prompts, validate_preset
+from alignlab.data.question_set import questions_from_dicts
+from alignlab.models.loading import ModelLoadError
+from alignlab.pipeline.steps import Baseline, Trained, check_judge_spec
+from alignlab.registry.settings import TrainingSettings
+from alignlab.serving.public import public_mode
+from alignlab.serving.sharing import Finished, Member, Published, Waiting
+from alignlab.takehome import export, tracking
+from alignlab.training.trl_rows import trained_on
+from alignlab.ui import work
 from alignlab.ui.common import STORE, fail, problems_markdown
 from alignlab.ui.state import Session, TrainedRun, TrainingHandle
 from alignlab.ui.views import progress_line
+from alignlab.verdict.runs_table import run_label
 
 #: Steps logged closer together than this are drawn together (every row is kept): a tiny model or a fast GPU
 #: logs many steps a second, more redraws than a browser can follow. A CPU takes seconds per step, so every
@@ -70,9 +71,9 @@ def _adopt_model(session: Session, spec: str, info: dict[str, Any]) -> str:
 
 def load(session: Session, model: Any, progress: gr.Progress | None = None) -> str:
     """Load ``model`` for the session; one line describing it."""
-    spec, identity = runs.check_model(model)  # checks first: a bad name is answered at once
+    spec, identity = work.check_model(model)  # checks first: a bad name is answered at once
     not_training(session)
-    return _adopt_model(session, spec, runs.load(session, spec, identity, progress))
+    return _adopt_model(session, spec, work.load(session, spec, identity, progress))
 
 
 def check_prompts(prompts: list[str]) -> None:
@@ -89,9 +90,9 @@ def record_baseline(
 ) -> tuple[list[str], float]:
     """The model's answers to ``prompts`` before training, kept as the session's baseline; (answers, seconds)."""
     check_prompts(prompts)
-    spec, identity = runs.check_model(model)
+    spec, identity = work.check_model(model)
     not_training(session)
-    baseline = Baseline.from_dict(runs.baseline(session, spec, identity, prompts, generation, progress))
+    baseline = Baseline.from_dict(work.baseline(session, spec, identity, prompts, generation, progress))
     _adopt_model(session, spec, baseline.model_info)
     earlier = session.baseline
     if earlier is None or (prompts, baseline.outputs) != (earlier.eval_prompts, earlier.outputs):
@@ -219,8 +220,8 @@ def train(
     check_ready(session, pairs, heldout, thumbs, settings)
     lab = _lab_of(pairs, heldout, thumbs, probes_for(pairs, probes or {}))
     spec = session.baseline.model_spec
-    _, identity = runs.check_model(spec)
-    member = runs.start_training(session, spec, identity, lab, settings)
+    _, identity = work.check_model(spec)
+    member = work.start_training(session, spec, identity, lab, settings)
     session.forget_training()
     trained = session.trained = TrainedRun(settings, lab)
     handle = session.training_handle = TrainingHandle(member=member)
@@ -249,21 +250,21 @@ def _follow_training(
     try:
         yield TrainingUpdate(starting_line(member, n_pairs, spec, method), rows)
         last_redraw = 0.0
-        for update in runs.training_updates(member):
+        for update in work.training_updates(member):
             if isinstance(update, Waiting):
-                runs.show_place(update, progress)
-                yield TrainingUpdate(f"**{runs.waiting_text(update.place)}**", rows)
+                work.show_place(update, progress)
+                yield TrainingUpdate(f"**{work.waiting_text(update.place)}**", rows)
                 continue
             if isinstance(update, Finished):
                 if update.error is not None:
-                    runs.raise_failure(update)
+                    work.raise_failure(update)
                 break
             event = update.payload
             record(session, trained, event, member)
             if event["kind"] != "log":
                 yield TrainingUpdate("", rows, finished=True)
             elif update.replayed:  # a late joiner: the steps already run, redrawn one by one
-                if runs.replay_frame(member, update.index, MIN_REDRAW_SECONDS):
+                if work.replay_frame(member, update.index, MIN_REDRAW_SECONDS):
                     yield TrainingUpdate(progress_line(event["step"], event["total_steps"], event["elapsed"]), rows)
             elif time.monotonic() - last_redraw >= MIN_REDRAW_SECONDS or event["step"] >= event["total_steps"]:
                 last_redraw = time.monotonic()
@@ -271,15 +272,15 @@ def _follow_training(
         finished = True
     except Exception:
         finished = True  # a failed run: nothing to wind down
-        runs.end_lab(session)
+        work.end_lab(session)
         raise
     finally:
         if finished:
             member.leave()
             handle.finish()
-            runs.touch_lab(session)
+            work.touch_lab(session)
         else:  # cancelled (Stop, a closed tab, a client's cancel): end the run without blocking the server
-            runs.end_lab(session)
+            work.end_lab(session)
             if handle.stop():  # nobody else follows it: it ends at this step; keep what it made
                 args = (member, handle, session, trained)
                 threading.Thread(target=_wind_down, args=args, name="alignlab-stop", daemon=True).start()
@@ -289,10 +290,10 @@ def _follow_training(
 
 def starting_line(member: Member, n_pairs: int, spec: str, method: str = "DPO") -> str:
     """The first status of a run: starting, waiting for the model, or sharing an identical run."""
-    shared = runs.how_text(member)
+    shared = work.how_text(member)
     if member.run.state == "waiting":
-        place = runs.GATE.place(member.run.ticket) if member.run.ticket is not None else None
-        return f"**{runs.waiting_text(place)}** {shared}".strip()
+        place = work.LINE.place(member.run.ticket) if member.run.ticket is not None else None
+        return f"**{work.waiting_text(place)}** {shared}".strip()
     if shared:
         return f"**Starting** — {shared}"
     return (
@@ -309,7 +310,7 @@ def record(session: Session, trained: TrainedRun, event: dict[str, Any], member:
         trained.log_rows.append(event["row"])
         return
     trained.summary = Trained.from_event(event).summary
-    runs.adopt_policy(session, trained, member, event)
+    work.adopt_policy(session, trained, member, event)
     if trained.policy_dir is not None:  # a run that made at least one step joins the session's runs
         session.add_run(trained.summary, trained.lab.id)
 
@@ -319,10 +320,10 @@ def _wind_down(member: Member, handle: TrainingHandle, session: Session, trained
 
     Locally the cancel reaches the training thread, so the run ends after the current step and its
     remaining events are read here. In a ZeroGPU worker it cannot, so the run's stream is closed
-    instead (see ``runs.start_training``), which stops the run without a result.
+    instead (see ``work.start_training``), which stops the run without a result.
     """
     try:
-        for update in runs.training_updates(member):
+        for update in work.training_updates(member):
             if isinstance(update, Published):
                 record(session, trained, update.payload, member)
     except Exception:  # noqa: BLE001 - nobody is listening any more; the session shows what was kept
@@ -375,8 +376,8 @@ def compare(session: Session, progress: gr.Progress | None = None) -> tuple[dict
         raise fail("Train first (Train tab): there is no trained model to compare with yet.")
     preset = session_preset(session)
     # waits its turn; shared with identical sessions
-    report = runs.compare(session, preset.to_dict(), progress, judge=session.judge)
-    runs.end_lab(session)
+    report = work.compare(session, preset.to_dict(), progress, judge=session.judge)
+    work.end_lab(session)
     if session.tracker is not None:
         session.tracker.log_report(report)
         report = {**report, "tracking": session.tracker.summary()}
@@ -397,7 +398,7 @@ def train_then_compare(session: Session, lab: Preset, settings: TrainingSettings
     message when it stopped before its first step.
     """
     probes = probes_of(lab)
-    with runs.unpaced_replay():  # nobody watches the curves here
+    with work.unpaced_replay():  # nobody watches the curves here
         for _ in train(session, settings, list(lab.pairs), list(lab.heldout_pairs), probes):
             pass
     trained = session.trained
@@ -409,8 +410,8 @@ def train_then_compare(session: Session, lab: Preset, settings: TrainingSettings
 
 
 def start_lab(session: Session, spec: str, lab: Preset, settings: TrainingSettings, max_new_tokens: int) -> None:
-    """A whole lab begins: its steps keep this click's place in line (see ``runs.start_lab``)."""
-    runs.start_lab(
+    """A whole lab begins: its steps keep this click's place in line (see ``work.start_lab``)."""
+    work.start_lab(
         session, spec, len(lab.eval_prompts), max_new_tokens, len(lab.pairs), len(lab.heldout_pairs), settings
     )
 
@@ -419,16 +420,16 @@ def run_lab(
     session: Session, model: Any, lab: Preset, settings: TrainingSettings, generation: dict[str, Any]
 ) -> dict[str, Any]:
     """The whole lab on a preset in this session (baseline, train, compare), its place in line kept: the report."""
-    spec, _ = runs.check_model(model)
+    spec, _ = work.check_model(model)
     if session.training_now:
         raise fail("A training run is already in progress in this session: wait for it or press Stop.")
     start_lab(session, spec, lab, settings, generation["max_new_tokens"])
     try:
-        with runs.one_request():  # its three steps count as one request in the visitor's share of the line
+        with work.one_request():  # its three steps count as one request in the visitor's share of the line
             record_baseline(session, spec, list(lab.eval_prompts), generation, gr.Progress())
             return train_then_compare(session, lab, settings, "Training")
     finally:
-        runs.end_lab(session)
+        work.end_lab(session)
 
 
 # --------------------------------------------------------------------------- take it home

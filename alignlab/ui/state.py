@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignlab.lab import Baseline
-from alignlab.owners import claim
-from alignlab.presets import Preset
-from alignlab.runrecord import MAX_RUNS, RunRecord, run_label
-from alignlab.settings import TrainingSettings
-from alignlab.tracking import RunTracker
-from alignlab.training import CancelToken
+from alignlab.data.presets import Preset
+from alignlab.pipeline.steps import Baseline
+from alignlab.registry.settings import TrainingSettings
+from alignlab.serving.owners import claim
+from alignlab.takehome.tracking import RunTracker
+from alignlab.training.run import CancelToken
+from alignlab.verdict.runs_table import MAX_RUNS, RunRecord, run_label
 
 #: Cancel tokens of the runs in progress, by run id. A heavy job looks its token up here: in the
 #: same process (a local run) Stop reaches it at once; in a forked ZeroGPU worker it finds a copy
@@ -41,7 +41,7 @@ class TrainingHandle:
     """A training run in progress, as its session holds it: how to stop it and how to know it has finished.
 
     ``member`` is the session's membership of the shared run that does the work (see
-    ``alignlab/sharing.py``): stopping this run stops that one only if nobody else shares it.
+    ``alignlab/serving/sharing.py``): stopping this run stops that one only if nobody else shares it.
     """
 
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -84,7 +84,7 @@ class TrainedRun:
     id the report names (its eval prompts are the baseline's)."""
     log_rows: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] | None = None
-    """The training summary once the run has ended (its end event: :class:`alignlab.lab.Trained`)."""
+    """The training summary once the run has ended (its end event: :class:`alignlab.pipeline.steps.Trained`)."""
     policy_dir: Path | None = None
     """The session's own copy of the trained policy (None: no step finished, or its files were cleared)."""
     key: str | None = None
@@ -117,7 +117,8 @@ class Session:
     address: str = ""
     """The network address the session's requests come from (a room behind one router shares one)."""
     members: list[Any] = field(default_factory=list)
-    """The session's memberships of shared runs still being read (``alignlab.sharing.Member``): its requests in the
+    """The session's memberships of shared runs still being read (``alignlab.serving.sharing.Member``): its requests in
+    the
     line."""
     notice: str = ""
     """Something the session must be told at its next request (its files were cleared to free disk)."""
@@ -135,7 +136,7 @@ class Session:
 
     def path(self, name: str) -> Path:
         """A file or folder inside this session's private directory (created, and claimed by this server, on first
-        use: see :mod:`alignlab.owners`)."""
+        use: see :mod:`alignlab.serving.owners`)."""
         if not self.directory.is_dir():
             claim(self.directory)
         return self.directory / name

@@ -13,15 +13,15 @@ from typing import Any
 
 import gradio as gr
 
-from alignlab import plots
-from alignlab.methods import DEFAULT_METHOD, LOSS_TYPES, METHODS, method_choices
-from alignlab.pairs import thumbs_from_dicts
-from alignlab.plots import SEPARATION_COLORS
-from alignlab.settings import KNOBS
-from alignlab.trainer import qlora_unavailable
+from alignlab.data.pairs import thumbs_from_dicts
+from alignlab.pipeline import plots
+from alignlab.pipeline.plots import SEPARATION_COLORS
+from alignlab.registry.methods import DEFAULT_METHOD, LOSS_TYPES, METHODS, method_choices
+from alignlab.registry.settings import KNOBS
+from alignlab.training.trainer import qlora_unavailable
 from alignlab.ui import recipe_panel, service
 from alignlab.ui.common import api_doc, session_of
-from alignlab.ui.inputs import pairs_from_table, setting_widget, train_settings
+from alignlab.ui.inputs import TAB_SETTINGS, pairs_from_table, setting_widget, train_settings
 from alignlab.ui.views import finished_view, train_view
 
 INTRO = (
@@ -290,14 +290,7 @@ def build_adapter_controls() -> SimpleNamespace:
 
 #: The settings /train takes after the pairs, in the API's order: each a field of the settings and a widget of the tab.
 TRAIN_SETTINGS = (
-    "beta",
-    "learning_rate",
-    "steps",
-    "batch_size",
-    "loss_type",
-    "seed",
-    "use_lora",
-    "lora_rank",
+    *TAB_SETTINGS,
     "use_qlora",
     "method",  # after the others, so that clients that pass them by position keep working
     "sft_weight",
@@ -348,6 +341,6 @@ def wire(tab: SimpleNamespace, dataset: SimpleNamespace) -> Any:
         **inputs(tab, dataset),
         api_name="train",
         api_description=api_doc(train_ui, KNOBS, TRAIN_SETTINGS),
-        concurrency_limit=None,  # checks answer at once; the model work waits in runs.GATE
+        concurrency_limit=None,  # checks answer at once; the model work waits in runs.LINE
         show_progress="minimal",
     )

@@ -2,23 +2,23 @@
 
 The Train tab, the presenter's chain and the comparison panel all draw a run's progress and its end through
 :func:`train_view` and :func:`finished_view`, and a report through :func:`report_views`; the words come from
-:mod:`alignlab.readings`.
+:mod:`alignlab.verdict.readings`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from alignlab import plots
-from alignlab.health import read_training_health
-from alignlab.methods import DEFAULT_METHOD, entry_for
-from alignlab.model_shapes import count_text
-from alignlab.readings import evidence_markdown, health_markdown
+from alignlab.pipeline import plots
 from alignlab.recipe import RecipeError, bytes_text, lab_memory_estimate, resolve_target
-from alignlab.settings import TrainingSettings
-from alignlab.training import training_rows
+from alignlab.registry.methods import DEFAULT_METHOD, entry_for
+from alignlab.registry.model_shapes import count_text
+from alignlab.registry.settings import TrainingSettings
+from alignlab.training.run import training_rows
 from alignlab.ui.diff import comparison_html
 from alignlab.ui.state import Session
+from alignlab.verdict.health import read_training_health
+from alignlab.verdict.readings import evidence_markdown, health_markdown
 
 
 def progress_line(step: int, total: int, elapsed: float) -> str:

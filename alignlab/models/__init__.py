@@ -1,0 +1,1 @@
+"""A model spec to a loaded model, batched generation, log-probabilities, a tiny model for tests."""
