@@ -359,7 +359,7 @@ def test_two_sessions_do_not_see_each_others_state(app, trained) -> None:
     mine = demo.session_store.peek(trained.session_hash)
     theirs = demo.session_store.peek(stranger.session_hash)
     assert mine is not theirs and mine.directory != theirs.directory
-    assert mine.training is not None and theirs.training is None and theirs.baseline_outputs is None
+    assert mine.trained is not None and theirs.trained is None and theirs.baseline is None
     assert Path(trained.predict(api_name="/export")).read_text() != ""
     assert "answers changed" in trained.predict(api_name="/compare")[0]  # the first session is unaffected
 

@@ -158,7 +158,7 @@ def test_the_revisions_worktree_is_removed_also_when_its_measurement_fails():
 
     before = _worktrees()
     with pytest.raises(RuntimeError, match="the measurement failed"), worktree("HEAD") as (tree, _):
-        assert (tree / "alignlab" / "evaluation.py").is_file() and len(_worktrees()) == len(before) + 1
+        assert (tree / "alignlab" / "evidence" / "evaluation.py").is_file() and len(_worktrees()) == len(before) + 1
         raise RuntimeError("the measurement failed")
     assert not tree.exists() and _worktrees() == before
     with pytest.raises(RuntimeError, match="names no commit"), worktree("no-such-revision"):

@@ -79,7 +79,7 @@ def without_timings(report: dict) -> dict:
 
 def test_a_room_of_eight_clients(app) -> None:
     demo, url = app
-    store, shared, line = demo.session_store, demo.shared, demo.line
+    store, cache, line = demo.session_store, demo.shared, demo.line
     clients = {name: Client(url, verbose=False) for name, _ in LABS}
     tabs = Client(url, verbose=False)  # the eighth visitor works tab by tab, with the defaults
     clicker = Client(url, verbose=False)  # a ninth who only clicks the wrong things
@@ -107,7 +107,7 @@ def test_a_room_of_eight_clients(app) -> None:
         except Exception as exc:  # noqa: BLE001
             errors.append(f"tabs: {exc!r}")
 
-    before = shared.stats()  # the cache's counters run for the process's life: count this test's share
+    before = cache.stats()  # the cache's counters run for the process's life: count this test's share
     threads = [threading.Thread(target=lab, args=item) for item in LABS]
     threads.append(threading.Thread(target=step_by_step))
     for thread in threads:
@@ -159,7 +159,7 @@ def test_a_room_of_eight_clients(app) -> None:
     assert len({r["tracking"]["run"] for r in defaults}) == len(defaults)  # the same run, each visitor's own record
     assert reports["tabs"]["log_history"] == defaults[0]["log_history"]
     assert reports["seed-7"]["log_history"] != defaults[0]["log_history"]
-    stats = shared.stats()
+    stats = cache.stats()
     # Distinct work: 3 baselines (one per preset), 4 trainings, 4 compares, and the tabs visitor's
     # compare, which shares the default one when its session's copy of the run matches it exactly
     # (it does when it joined the default training in flight; measured both ways: 11 and 12).
@@ -167,7 +167,7 @@ def test_a_room_of_eight_clients(app) -> None:
     assert misses in (11, 12) and shared >= 3 * 3 + 2, (before, stats)
 
     # The same request again after the cache is emptied: recomputed, and still the same report.
-    shared.clear()
+    cache.clear()
     again = clients["default-1"].predict(steps=STEPS, max_new_tokens=TOKENS, preset=DEFAULT_PRESET, api_name="/run_lab")
     assert without_timings(again) == without_timings(defaults[0])
 
@@ -180,12 +180,12 @@ def test_a_room_of_eight_clients(app) -> None:
     assert len(store) == 0
     assert [p.name for p in store.root.iterdir()] in ([], ["_shared"]), "a session left files behind"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (shared.workers() or line.stats().running or line.stats().holds):
+    while time.monotonic() < deadline and (cache.workers() or line.stats().running or line.stats().holds):
         time.sleep(0.1)
-    stats, places = shared.stats(), line.stats()
+    stats, places = cache.stats(), line.stats()
     assert (places.running, places.waiting, places.holds) == (0, 0, 0)
-    assert (stats.in_flight, stats.draining, shared.workers()) == (0, 0, 0)
-    assert stats.disk_bytes <= shared.max_disk_bytes and stats.memory_bytes <= shared.max_memory_bytes
+    assert (stats.in_flight, stats.draining, cache.workers()) == (0, 0, 0)
+    assert stats.disk_bytes <= cache.max_disk_bytes and stats.memory_bytes <= cache.max_memory_bytes
     from alignlab.ui.state import RUN_TOKENS
 
     assert not RUN_TOKENS
@@ -231,7 +231,7 @@ def test_stop_leaves_a_shared_run_to_the_others_and_the_last_one_stops_it(app) -
         time.sleep(0.05)
     assert "Joined an identical run" in job_b.outputs()[0][0]
     assert "Stopped following the shared run" in a.predict(api_name="/stop")[0]  # b still follows it
-    run = demo.session_store.peek(b.session_hash).run.member.run
+    run = demo.session_store.peek(b.session_hash).training_handle.member.run
     assert not run.cancelled and run.state == "running"
     stopped = b.predict(api_name="/stop")  # the last one stops the run itself, at the end of a step
     assert "Stopped after" in stopped[0] and "of 400 steps" in stopped[0]
