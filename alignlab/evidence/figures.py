@@ -19,25 +19,23 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from alignlab.evidence.degeneration import Degeneration
-from alignlab.evidence.stats import ALPHA, Proportion, binomial_tail, mean_interval, paired_gain, wilson_interval
+from alignlab.evidence.stats import (
+    ALPHA,
+    Proportion,
+    binomial_tail,
+    finite,
+    mean_interval,
+    paired_gain,
+    wilson_interval,
+)
 
 NAN = float("nan")
 
 
 def _number(value: Any) -> float:
     """A reported figure as a float: NaN where it is missing (null) or not a number."""
-    if value is None or isinstance(value, bool):
-        return NAN
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return NAN
-
-
-def _counted(value: Any) -> float | None:
-    """A reported figure as a float, or None where it is missing (an accuracy that was never measured)."""
-    number = _number(value)
-    return None if math.isnan(number) else number
+    number = finite(value)
+    return NAN if number is None else number
 
 
 # --------------------------------------------------------------------------- ranked pairs
@@ -290,7 +288,7 @@ class WinRate:
             [dict(row) for row in data.get("win_per_prompt") or []],
             mean_words_original=_number(data.get("mean_words_original")),
             mean_words_policy=_number(data.get("mean_words_policy")),
-            length_shift=_counted(data.get("win_length_shift")),
+            length_shift=finite(data.get("win_length_shift")),
         )
 
 

@@ -1,8 +1,8 @@
 """The run service: every tab hands it settings and data, and gets back events and reports.
 
-Below the tabs, above the room (:mod:`alignlab.ui.work`): each function here is one thing a session does with a
-model, checked first (a wrong click or value is answered at once, however long the line), then done as a shared
-run in the line, its result kept in the session (:class:`alignlab.ui.state.Session`).
+Below the tabs, above the sessions' model work (:mod:`alignlab.ui.work`): each function here is one thing a session
+does with a model, checked first (a wrong click or value is answered at once, however long the line), then done as
+shared work in the line, its result kept in the session (:class:`alignlab.ui.state.Session`).
 
 - :func:`load` and :func:`record_baseline`: the model and its answers before training;
 - :func:`train`: a run streamed as :class:`TrainingUpdate` s (settings in, events out), joined with identical

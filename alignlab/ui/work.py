@@ -1,8 +1,8 @@
-"""The room: one fair line for all model work, and identical runs computed once.
+"""The sessions' model work: one fair line for all of it, and identical work computed once.
 
 Every handler that touches a model does its own checks first (answered at once, however long the
-line) and then comes here. Each piece of model work is a shared run (:mod:`alignlab.serving.sharing`) keyed
-by everything its result depends on; a new run takes a ticket in the process-wide line
+line) and then comes here. Each piece of model work is shared work (:mod:`alignlab.serving.sharing`) keyed
+by everything its result depends on; new work takes a ticket in the process-wide line
 (:mod:`alignlab.serving.line`), so at most ``ALIGNLAB_CONCURRENCY`` pieces run at once, in arrival order,
 whichever path they come from (the tabs, the presenter's chain, ``/run_lab``, the API steps). A
 request identical to one in flight joins it; one identical to a finished run is served from the
