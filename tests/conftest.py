@@ -18,6 +18,8 @@ os.environ.pop("ALIGNLAB_TRACKIO_PROJECT", None)
 TINY_PROJECT = "alignlab-tiny"
 EMBEDDED_PROJECT = "alignlab-embedded"
 
+from embedded_cases import EmbeddedRuns  # noqa: E402
+
 from alignlab.data.presets import PreferencePair  # noqa: E402
 from alignlab.models.loading import LoadedModel, load_model  # noqa: E402
 from alignlab.models.tiny import build_tiny_model  # noqa: E402
@@ -71,40 +73,30 @@ def tiny_comparison(tiny_chat_dir: Path) -> dict:
     )
 
 
+#: The embedded model's calibration cases, run in worker processes while the rest of the suite runs.
+EMBEDDED_RUNS = EmbeddedRuns(EMBEDDED_PROJECT, OUTPUT_DIR)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that read the embedded model's cases run last, and the cases the calibration tests name start now,
+    in worker processes (:mod:`embedded_cases`), so that the rest of the suite runs while they do."""
+    reading = [item for item in items if "embedded_runs" in getattr(item, "fixturenames", ())]
+    if not reading:
+        return
+    items[:] = [item for item in items if item not in reading] + reading
+    callspecs = [getattr(item, "callspec", None) for item in reading]
+    EMBEDDED_RUNS.submit([spec.params["case"] for spec in callspecs if spec is not None and "case" in spec.params])
+
+
+def pytest_sessionfinish() -> None:
+    EMBEDDED_RUNS.close()
+
+
 @pytest.fixture(scope="session")
-def embedded_runs():
-    """Calibration cases (``bench.calibration.Case``) run on the embedded model, each at most once per session, on
-    one loaded model and one baseline per source: ``run(case)`` -> the case's report.
-
-    The same path as ``alignlab.pipeline.steps.run_lab`` (``load_and_baseline``, then ``train_and_compare``), with the
-    baseline answers of a source recorded once for every case on it. Only the report is kept (a run's policy is
-    a full copy of the model)."""
-    import gc
-
-    from alignlab.pipeline.steps import Baseline, load_and_baseline, train_and_compare
-    from alignlab.registry.model_shapes import EMBEDDED_DEFAULT
-    from alignlab.registry.settings import GenerationSettings, TrainingSettings
-    from alignlab.takehome.tracking import start_run
-    from bench.calibration import source_dataset
-
-    generation = GenerationSettings()
-    baselines: dict[str, Baseline] = {}
-    reports: dict[str, dict] = {}
-
-    def run(case) -> dict:  # noqa: ANN001 - a bench.calibration.Case
-        if case.name not in reports:
-            if case.source not in baselines:
-                baselines[case.source] = load_and_baseline(EMBEDDED_DEFAULT, source_dataset(case.source), generation)
-            settings = TrainingSettings.for_method(case.method, **case.settings)
-            dataset = case.dataset()
-            tracker = start_run(settings, dataset.id, EMBEDDED_DEFAULT, case.slug, project=EMBEDDED_PROJECT)
-            report, trained = train_and_compare(baselines[case.source], dataset, settings, tracker=tracker)
-            del trained
-            gc.collect()
-            reports[case.name] = report
-        return reports[case.name]
-
-    return run
+def embedded_runs() -> EmbeddedRuns:
+    """Calibration cases (``bench.calibration.Case``) run on the embedded model, each at most once per session:
+    ``embedded_runs(case)`` -> the case's report (:class:`embedded_cases.EmbeddedRuns`)."""
+    return EMBEDDED_RUNS
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ seed-lab reads as the lab's own demo (RLHF, read from its reward
 model: warning; with half its labels swapped, not healthy). The whole matrix, with long runs, runs that change
 nothing and the other presets, is ``make bench ARGS="--only calibration"`` (docs/calibration.md).
 
-Slow: each case is a real lab run on SmolLM2-135M (half a minute to a minute and a half on 2 CPU cores); the
-cases share one loaded model and one baseline (the ``embedded_runs`` fixture).
+Slow: each case is a real lab run on SmolLM2-135M (one to three minutes on a CPU core); the cases run in worker
+processes while the rest of the suite runs, each worker on one loaded model and one baseline per source (the
+``embedded_runs`` fixture, :mod:`embedded_cases`).
 """
 
 import json
