@@ -3,10 +3,13 @@
 Mixed presets and settings, some identical, one working tab by tab: every report matches its own
 request, identical requests get identical reports (and share the work), wrong clicks made while the
 line is full are answered in under a second, and nothing is left behind once the clients have gone.
+On a public Space, a burst of distinct whole labs or comparisons from one address is held to the address's share
+from the moment each is accepted, and a forged ``X-Forwarded-For`` does not make a visitor someone new.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -268,3 +271,105 @@ def test_one_visitor_holds_two_places_in_line_and_a_third_request_is_refused_at_
         demo.line.leave(ticket, completed=False)
     for job in (*held, *others):
         assert "Recorded" in job.result(timeout=120)[1]
+
+
+def _burst(demo, url: str, endpoint: str, arguments: list[dict], headers: list[dict] | None = None):  # noqa: ANN001, ANN202
+    """Sessions submitting ``endpoint`` at once (one client each, its ``headers``), while the line's slot is held
+    until every request has been accepted or refused: (seconds each refusal took, {client: result}, errors, the
+    addresses the sessions were counted as)."""
+    from alignlab.serving.line import Work
+
+    clients = [Client(url, verbose=False, headers=(headers or [{}] * len(arguments))[i]) for i in range(len(arguments))]
+    refused: list[tuple[float, str]] = []
+    results: dict[int, object] = {}
+    errors: list[str] = []
+    start = threading.Barrier(len(clients))
+
+    def submit(index: int) -> None:
+        with contextlib.suppress(AppError):  # each client's first round trip (its connections), before the burst
+            clients[index].predict(api_name="/compare")
+        start.wait()
+        began = time.perf_counter()
+        try:
+            results[index] = clients[index].predict(api_name=endpoint, **arguments[index])
+        except AppError as exc:
+            refused.append((time.perf_counter() - began, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            errors.append(f"{index}: {exc!r}")
+
+    def accepted() -> int:
+        sessions = [demo.session_store.peek(client.session_hash) for client in clients]
+        return sum(len(session.accepted) for session in sessions if session is not None)
+
+    ticket = demo.line.enter(Work("train", "someone-else"))  # nothing accepted can start before all have arrived
+    assert demo.line.wait(ticket, timeout=60)
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(clients))]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while len(refused) + accepted() < len(clients) and not errors:
+            assert time.monotonic() < deadline, (refused, accepted(), errors)
+            time.sleep(0.05)
+    finally:
+        demo.line.leave(ticket, completed=False)
+    for thread in threads:
+        thread.join(timeout=300)
+    sessions = [demo.session_store.peek(client.session_hash) for client in clients]
+    return refused, results, errors, {session.address for session in sessions if session is not None}
+
+
+@pytest.fixture
+def public_space(app, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN001, ANN201
+    """The room's server in public mode, at most 4 waiting requests per address."""
+    monkeypatch.setenv("ALIGNLAB_PUBLIC", "1")
+    monkeypatch.setenv("ALIGNLAB_MAX_PER_ADDRESS", "4")
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("ALIGNLAB_TRUSTED_PROXIES", raising=False)
+    return app
+
+
+def _labs(count: int, first_seed: int) -> list[dict]:
+    """``count`` distinct short whole labs (their seeds differ)."""
+    return [{"steps": 2, "max_new_tokens": 4, "seed": first_seed + i} for i in range(count)]
+
+
+def test_a_burst_of_whole_labs_from_one_address_is_held_to_its_share(public_space) -> None:  # noqa: ANN001
+    """Eight sessions from one address submit distinct whole labs at once: four are refused at once (each lab counts
+    from its acceptance, not from its shared first step), with what is already waiting; the four others run."""
+    demo, url = public_space
+    refused, reports, errors, _ = _burst(demo, url, "/run_lab", _labs(8, 100))
+    assert not errors, errors
+    assert len(refused) >= 4 and all(seconds < 1.0 for seconds, _ in refused[:4]), refused
+    message = refused[0][1]
+    assert "Your network address already has 4 requests waiting" in message and "a whole lab (" in message
+    assert len(reports) == 8 - len(refused)
+    assert {report["settings"]["training"]["seed"] for report in reports.values()} == {
+        100 + i for i in reports
+    }  # each accepted lab returned its own report
+
+
+def test_a_burst_of_comparisons_from_one_address_is_held_to_its_share(public_space) -> None:  # noqa: ANN001
+    demo, url = public_space
+    arguments = [{"methods": "dpo,kto", "steps": 2, "max_new_tokens": 4, "seed": 200 + i} for i in range(8)]
+    refused, results, errors, _ = _burst(demo, url, "/run_comparison", arguments)
+    assert not errors, errors
+    assert len(refused) >= 4 and all(seconds < 1.0 for seconds, _ in refused[:4]), refused
+    assert "a comparison of methods (" in refused[0][1]
+    assert len(results) == 8 - len(refused) and all(len(result["runs"]) == 2 for result in results.values())
+
+
+def test_a_forged_forwarded_address_does_not_buy_a_new_share(public_space, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Each session writes its own first X-Forwarded-For entry: with no trusted proxy (a local public server) the
+    socket's peer is counted, and the cap holds. Behind one trusted proxy that appends each visitor's own address,
+    the eight are eight visitors, and none is refused."""
+    demo, url = public_space
+    forged = [{"X-Forwarded-For": f"198.51.100.{i}"} for i in range(8)]
+    refused, _, errors, counted = _burst(demo, url, "/run_lab", _labs(8, 300), forged)
+    assert not errors and len(refused) >= 4, (errors, refused)
+    assert counted == {"address:127.0.0.1"}, counted  # the socket's peer, whatever the header said
+    monkeypatch.setenv("ALIGNLAB_TRUSTED_PROXIES", "1")
+    proxied = [{"X-Forwarded-For": f"198.51.100.{i}, 203.0.113.{i}"} for i in range(8)]  # the proxy's entry last
+    refused, reports, errors, counted = _burst(demo, url, "/run_lab", _labs(8, 400), proxied)
+    assert not errors and not refused and len(reports) == 8, (errors, refused)
+    assert counted == {f"address:203.0.113.{i}" for i in range(8)}, counted

@@ -16,10 +16,10 @@ from alignlab.data.pairs import DatasetError
 from alignlab.data.presets import Preset, list_presets, load_preset
 from alignlab.registry.methods import DEFAULT_METHOD
 from alignlab.registry.settings import GENERATION_KNOBS, KNOBS, GenerationSettings, TrainingSettings
-from alignlab.serving import model_checks, owners
+from alignlab.serving import addresses, model_checks, owners
 from alignlab.serving.public import public_mode
 from alignlab.ui import baseline_tab, compare_tab, comparison_panel, dataset_tab, runs_panel, service, train_tab, work
-from alignlab.ui.common import STORE, api_doc, close_session, default_model, session_of
+from alignlab.ui.common import STORE, api_doc, close_session, default_model, session_of, visitor_of
 from alignlab.ui.inputs import GREEDY, generation_settings, settings_from_values
 
 DEFAULTS = TrainingSettings()
@@ -43,9 +43,19 @@ def public_notice() -> str:
         "**Public Space: everyone here shares one machine.** Models come from the list or the Hub (a model whose "
         f"training needs more than {limit / 2**30:.0f} GiB, {described}, is refused with its size; local paths "
         f"are refused). Each visitor may have {work.MAX_WAITING_PER_SESSION} requests waiting for the model "
-        f"({per_address} per network address); identical runs are shared. Your files are deleted when you close "
-        "the tab, after two idle hours, or when the disk needs the room (you are told)."
+        f"({per_address} per network address, or per account for a visitor who is logged in); identical runs are "
+        "shared. Your files are deleted when you close the tab, after two idle hours, or when the disk needs the room "
+        "(you are told)."
     )
+
+
+def visitor_notice(request: gr.Request) -> str:
+    """The public notice as this visitor reads it: who their share of the line is counted for (their account where
+    they are logged in, else their network address)."""
+    notice = public_notice()
+    if not notice:
+        return ""
+    return f"{notice} Here, requests are counted for {visitor_of(request).text()}."
 
 
 CSS = """
@@ -233,6 +243,7 @@ def _wire_presenter_chain(
 def build_app() -> gr.Blocks:
     """The whole app, queued. Launch it with ``demo.launch(**launch_options())``."""
     work.setup()
+    addresses.keep_the_peer()  # before the server starts: the visitor's address is read by the lab alone
     owners.sweep(STORE.root, unclaimed_after=STORE.ttl)  # folders left by servers that are gone; live ones' stay
     preset = default_preset()
     # delete_cache: Gradio's copies of downloads (reports, exports) older than 2 h, checked hourly.
@@ -242,8 +253,7 @@ def build_app() -> gr.Blocks:
             run_all = gr.Button(
                 "Run the whole lab", variant="secondary", scale=0, min_width=260, elem_id="run-lab-button"
             )
-        if public_mode():
-            gr.Markdown(public_notice(), elem_id="public-notice")
+        notice = gr.Markdown(public_notice(), elem_id="public-notice") if public_mode() else None
         with gr.Tabs(overflow_behavior="wrap") as tabs:  # on a phone the steps wrap, none hidden in a menu
             with gr.Tab("1 · Baseline", id="baseline"):
                 baseline = baseline_tab.build(preset.eval_prompts)
@@ -285,6 +295,8 @@ def build_app() -> gr.Blocks:
         )
 
         gr.api(run_lab, api_name="run_lab", api_description=run_lab_doc(), concurrency_limit=None)
+        if notice is not None:
+            demo.load(visitor_notice, None, notice, api_visibility="private", queue=False)
         demo.unload(close_session)
     demo.queue(default_concurrency_limit=None, max_size=work.QUEUE_SIZE)
     demo.session_store = STORE  # for tests and operators: who is here, and clean-up

@@ -13,7 +13,7 @@ import gradio as gr
 
 from alignlab.registry.model_shapes import EMBEDDED_DEFAULT, LAB_MODELS
 from alignlab.registry.settings import Knob, method_default_text, method_sets
-from alignlab.serving import owners
+from alignlab.serving import addresses, owners
 from alignlab.ui.state import Session, SessionStore
 
 #: Every user's session, keyed by Gradio's session hash (see state.py).
@@ -42,27 +42,44 @@ def model_choices() -> list[str]:
 
 
 def session_of(request: gr.Request | None) -> Session:
-    """The request's session; its network address noted, and a notice it has not seen yet shown (a toast)."""
+    """The request's session; who it is counted as noted (:func:`visitor_of`), and a notice it has not seen yet
+    shown (a toast)."""
     session = STORE.get(getattr(request, "session_hash", None))
-    address = address_of(request)
-    if address:
-        session.address = address
+    visitor = visitor_of(request)
+    if visitor.key:
+        session.address, session.counted_as = visitor.key, visitor.text()
     if session.notice:
         notice, session.notice = session.notice, ""
         gr.Warning(notice)
     return session
 
 
-def address_of(request: gr.Request | None) -> str:
-    """Where a request comes from: the first address the proxy forwarded for (a Space), else the client's."""
-    if request is None:
+def _account(request: gr.Request) -> str:
+    """The logged-in visitor's name: Gradio's own login, else the Hugging Face login of a Space (OAuth)."""
+    name = getattr(request, "username", None)
+    if isinstance(name, str) and name:
+        return name
+    try:  # only where the Space's login is on (Gradio installs the session middleware then)
+        info = request.request.session.get("oauth_info") if request.request is not None else None
+    except (AssertionError, AttributeError):
         return ""
+    user = (info or {}).get("userinfo") or {}
+    return str(user.get("preferred_username") or "")
+
+
+def visitor_of(request: gr.Request | None) -> addresses.Visitor:
+    """Who a request is counted as in the fair share of the line: the logged-in account, else the network address
+    the nearest trusted proxy saw (:mod:`alignlab.serving.addresses`)."""
+    if request is None:
+        return addresses.Visitor("address", "")
+    account = _account(request)
+    if account:
+        return addresses.Visitor("account", account)
     headers = getattr(request, "headers", None) or {}
     forwarded = headers.get("x-forwarded-for", "") if hasattr(headers, "get") else ""
-    if forwarded:
-        return forwarded.split(",")[0].strip()
     client = getattr(request, "client", None)
-    return str(getattr(client, "host", "") or "")
+    peer = str(getattr(client, "host", "") or "")
+    return addresses.Visitor("address", addresses.forwarded_address(forwarded, peer, addresses.trusted_proxies()))
 
 
 def close_session(request: gr.Request) -> None:

@@ -29,6 +29,7 @@ from alignlab.pipeline.comparison import (
 from alignlab.pipeline.plots import OVERLAY_AXES
 from alignlab.registry.methods import METHODS
 from alignlab.registry.settings import GENERATION_KNOBS, KNOBS, GenerationSettings, SettingsError, TrainingSettings
+from alignlab.serving.sharing import work_key
 from alignlab.training.trl_rows import trained_on
 from alignlab.ui import runs_panel, service, work
 from alignlab.ui.common import api_doc, default_model, fail, session_of
@@ -258,14 +259,18 @@ def run_comparison(
     if session.training_now:
         raise fail("A training run is already in progress in this session: wait for it or press Stop.")
 
+    spec, identity = work.check_model(model or default_model())
+
     def run_one(index: int, run_settings: TrainingSettings) -> dict[str, Any]:
         what = f"Run {index + 1} ({run_settings.method_label})"
-        report = copy.deepcopy(service.train_then_compare(session, lab, run_settings, what))
+        last = index == len(settings) - 1
+        report = copy.deepcopy(service.train_then_compare(session, lab, run_settings, what, last=last))
         report["run"] = {**report.get("run", {}), "index": index + 1, "of": len(settings)}
         return report
 
-    with work.one_request():  # its baseline and every run count as one request in the visitor's share of the line
-        service.record_baseline(session, model or default_model(), list(lab.eval_prompts), generation, gr.Progress())
+    key = work_key("comparison", model=identity, lab=lab.to_dict(), settings=settings, generation=generation)
+    with work.one_request(session, "a comparison of methods", key):  # one request in the share of the line
+        service.record_baseline(session, spec, list(lab.eval_prompts), generation, gr.Progress())
         return drain(in_turn(settings, run_one))
 
 

@@ -72,6 +72,27 @@ class LabPlan:
     arrival: float
     touched: float
     follow_on: dict[str, float] = field(default_factory=dict)
+    request: AcceptedRequest | None = None
+    """The lab as one request in the share of the line, from its first step until its comparison starts."""
+
+
+@dataclass
+class AcceptedRequest:
+    """A request of several steps (a whole lab, a comparison of methods) accepted into the line: until its last step
+    starts it counts, as one request, in its visitor's and its address's share, whichever step it is on."""
+
+    what: str
+    """What it is, as a refusal lists it (``"a whole lab"``)."""
+    key: str
+    """Everything its result depends on: identical requests are one piece of work and count once."""
+    steps: set[str] = field(default_factory=set)
+    """The work keys of the steps it has joined so far (counted as part of it, not one by one)."""
+    member: Any = None
+    """The membership of the step it is on (``alignlab.serving.sharing.Member``), None before its first."""
+    final: bool = False
+    """Its last step has been joined: from then on that step counts as any waiting request, until it starts."""
+    free: bool = False
+    """Identical to a request already accepted, whose work it joins: it adds nothing to the line."""
 
 
 @dataclass
@@ -115,11 +136,15 @@ class Session:
     tracker: RunTracker | None = None
     """The trackio run of the session's latest training (its steps, then its evidence once compared)."""
     address: str = ""
-    """The network address the session's requests come from (a room behind one router shares one)."""
+    """Who the session's requests are counted as in the fair share of the line: its visitor's account, or the network
+    address they come from (a room behind one router shares one); see ``ui.common.visitor_of``."""
+    counted_as: str = "your network address"
+    """``address`` as the page names it to the visitor."""
     members: list[Any] = field(default_factory=list)
     """The session's memberships of shared runs still being read (``alignlab.serving.sharing.Member``): its requests in
-    the
-    line."""
+    the line."""
+    accepted: list[AcceptedRequest] = field(default_factory=list)
+    """Its requests of several steps that were accepted and have not ended (``ui.work.one_request``)."""
     notice: str = ""
     """Something the session must be told at its next request (its files were cleared to free disk)."""
     files_cleared: bool = False

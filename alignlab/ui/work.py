@@ -22,6 +22,7 @@ import copy
 import math
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +43,7 @@ from alignlab.serving.public import public_mode
 from alignlab.serving.sharing import Finished, Member, Published, SharedWork, SharedWorks, Waiting, link_tree, work_key
 from alignlab.ui import jobs
 from alignlab.ui.common import LINE_LIMIT, STORE, fail
-from alignlab.ui.state import LabPlan, Session, TrainedRun, TrainingHandle
+from alignlab.ui.state import AcceptedRequest, LabPlan, Session, TrainedRun, TrainingHandle
 
 _MAX_NEW_TOKENS = GenerationSettings().max_new_tokens
 #: How many requests may wait for the model at once (beyond that, "the lab is full").
@@ -145,9 +146,13 @@ def start_lab(
     n_pairs: int,
     n_heldout: int,
     settings: TrainingSettings,
+    key: str,
 ) -> None:
-    """A whole lab begins: its steps keep this arrival, and each carries the cost of the steps after it."""
+    """A whole lab begins (``key``: everything its result depends on): it is checked against the visitor's and the
+    address's share now, before its first step (:func:`accept`; refused: ``gr.Error``), and counts as one request
+    until its comparison starts; its steps keep this arrival, and each carries the cost of the steps after it."""
     end_lab(session)
+    request = accept(session, "a whole lab", key)
     try:
         identity = spec_identity(spec)
     except ModelLoadError:
@@ -162,14 +167,17 @@ def start_lab(
         arrival=now,
         touched=now,
         follow_on={"load": baseline + train + compare, "baseline": train + compare, "train": compare, "compare": 0.0},
+        request=request,
     )
 
 
 def end_lab(session: Session) -> None:
-    """The lab is over (finished, failed or stopped): its held place goes to the next in line."""
+    """The lab is over (finished, failed or stopped): its held place goes to the next in line, and it no longer
+    counts in the share of the line."""
     lab, session.lab = session.lab, None
     if lab is not None:
         LINE.release_hold(lab.arrival)
+        release(session, lab.request)
 
 
 # --------------------------------------------------------------------------- joining and following
@@ -183,18 +191,23 @@ def waiting_text(place: Place | None) -> str:
 
 def join(session: Session, key: str, work: Work, produce: Any) -> Member:
     """Join (or start) the shared run for ``key``; a full line, or a full share of it, is a clear message, not a
-    wait."""
+    wait. A step of an accepted request of several steps (:func:`one_request`) was admitted with its request."""
     arrival, follow_on, continues = _plan(session, work.kind)
-    if not _ADMITTED.get():  # inside one request of several steps, only its first is checked
-        admit(session, key)
-        if _ADMITTED.get() is False:
-            _ADMITTED.set(True)
-    try:
-        member = SHARED.join(key, work, produce, arrival=arrival, follow_on=follow_on, continues=continues)
-    except LineFull as exc:
-        end_lab(session)
-        raise gr.Error(str(exc), title="The lab is full") from exc
-    session.members = [m for m in session.members if not m.left] + [member]
+    request = _REQUEST.get() or (session.lab.request if session.lab is not None else None)
+    if request is not None and session.lab is not None and request is session.lab.request and work.kind == "compare":
+        request.final = True  # a whole lab's comparison is its last step
+    with _ADMISSION:  # the check and the place it grants, at once: simultaneous requests see each other
+        if request is None:
+            admit(session, key)
+        try:
+            member = SHARED.join(key, work, produce, arrival=arrival, follow_on=follow_on, continues=continues)
+        except LineFull as exc:
+            end_lab(session)
+            raise gr.Error(str(exc), title="The lab is full") from exc
+        if request is not None:
+            request.steps.add(key)
+            request.member = member
+        session.members = [m for m in session.members if not m.left] + [member]
     return member
 
 
@@ -202,8 +215,10 @@ def join(session: Session, key: str, work: Work, produce: Any) -> Member:
 
 #: Heavy requests one visitor (a browser tab, or one client's session) may have waiting at once.
 MAX_WAITING_PER_SESSION = 2
-#: Set inside :func:`one_request`: False until its first step is admitted, then True.
-_ADMITTED: contextvars.ContextVar[bool | None] = contextvars.ContextVar("admitted", default=None)
+#: The request of several steps the current step belongs to (set inside :func:`one_request`).
+_REQUEST: contextvars.ContextVar[AcceptedRequest | None] = contextvars.ContextVar("request", default=None)
+#: Held while a request is checked and takes its place, so that requests arriving at once are counted one by one.
+_ADMISSION = threading.RLock()
 _WHAT = {
     "load": "loading a model",
     "baseline": "answers before training",
@@ -213,14 +228,47 @@ _WHAT = {
 
 
 @contextlib.contextmanager
-def one_request() -> Iterator[None]:
-    """Several steps in a row that count as one request (a whole lab, a comparison of methods): the first is
-    admitted as any request is, the later ones are never refused for the visitor's share."""
-    token = _ADMITTED.set(False)
+def one_request(session: Session, what: str, key: str) -> Iterator[AcceptedRequest]:
+    """Several steps in a row that are one request (a whole lab, a comparison of methods; ``key``: everything its
+    result depends on): checked before its first step against everything the visitor and their address already
+    have waiting (:func:`admit`), then counted as one request whatever step it is on, until its last step
+    (:func:`last_step`) starts. Its steps are never refused for the share. An identical request already accepted
+    (``key``) adds no work: it is admitted free. A whole lab is such a request too, begun by :func:`start_lab`."""
+    request = accept(session, what, key)
+    token = _REQUEST.set(request)
     try:
-        yield
+        yield request
     finally:
-        _ADMITTED.reset(token)
+        _REQUEST.reset(token)
+        release(session, request)
+
+
+def accept(session: Session, what: str, key: str) -> AcceptedRequest:
+    """Check a request of several steps against the share of the line (:func:`admit`) and count it from now on;
+    one identical to a request already accepted is free. Raises ``gr.Error`` when refused."""
+    with _ADMISSION:
+        free = any(r.key == key and not r.final and not r.free for other in _sessions(session) for r in other.accepted)
+        if not free:
+            admit(session, key)
+        request = AcceptedRequest(what, key, free=free)
+        session.accepted.append(request)
+    return request
+
+
+def release(session: Session, request: AcceptedRequest | None) -> None:
+    """The request has ended: it no longer counts."""
+    if request is None:
+        return
+    with _ADMISSION:
+        session.accepted = [r for r in session.accepted if r is not request]
+
+
+def last_step() -> None:
+    """The current request's next step is its last: from then on that step counts as any waiting request does (a
+    whole lab's comparison is marked by :func:`join` itself)."""
+    request = _REQUEST.get()
+    if request is not None:
+        request.final = True
 
 
 def max_per_address() -> int | None:
@@ -234,26 +282,46 @@ def max_per_address() -> int | None:
         return 16
 
 
-def waiting(session: Session) -> dict[str, Member]:
-    """The session's requests still waiting for the model, one per run (identical requests count once)."""
-    found: dict[str, Member] = {}
+def _sessions(session: Session) -> list[Session]:
+    """Every live session, ``session`` among them (a session the store no longer holds still counts its own)."""
+    others = list(STORE.sessions().values())
+    return others if any(other is session for other in others) else [*others, session]
+
+
+def waiting(session: Session) -> dict[str, str]:
+    """What the session has waiting for the model, one entry per piece of work (identical work counts once), each
+    described as a refusal lists it: its accepted requests of several steps that have not reached their last step,
+    and its other requests still waiting for the line."""
+    found: dict[str, str] = {}
+    counted: set[str] = set()
+    for request in session.accepted:
+        if request.free or request.final:
+            continue
+        counted |= request.steps
+        found.setdefault(request.key, _request_text(request))
     for member in session.members:
-        if not member.left and member.run.state == "waiting":
-            found.setdefault(member.run.key, member)
+        if not member.left and member.run.state == "waiting" and member.run.key not in counted:
+            found.setdefault(member.run.key, _step_text(member))
     return found
 
 
-def _listed(members: dict[str, Member]) -> str:
-    items = []
-    for member in members.values():
-        place = LINE.place(member.run.ticket) if member.run.ticket is not None else None
-        where = f"{ordinal(place.position)} in line" if place is not None else "about to start"
-        items.append(f"{_WHAT.get(member.run.kind, member.run.kind)} ({where})")
-    return "; ".join(items)
+def _step_text(member: Member) -> str:
+    place = LINE.place(member.run.ticket) if member.run.ticket is not None else None
+    where = f"{ordinal(place.position)} in line" if place is not None else "about to start"
+    return f"{_WHAT.get(member.run.kind, member.run.kind)} ({where})"
+
+
+def _request_text(request: AcceptedRequest) -> str:
+    member = request.member
+    if member is None or member.left:
+        return f"{request.what} (accepted, about to start)"
+    state = "waits" if member.run.state == "waiting" else "runs"
+    return f"{request.what} (its {_WHAT.get(member.run.kind, member.run.kind)} {state})"
 
 
 def admit(session: Session, key: str) -> None:
-    """Refuse, at once, a request that would start new work beyond the visitor's share of the line.
+    """Refuse, at once, a request that would add work beyond the visitor's share of the line, or (in public mode)
+    beyond their address's: what is already waiting for them is listed, and nothing already accepted is touched.
 
     Joining an identical run (in flight or finished) adds no work and is always admitted.
     """
@@ -271,16 +339,23 @@ def admit(session: Session, key: str) -> None:
     limit = max_per_address()
     if limit is None or not session.address:
         return
-    keys: dict[str, Member] = {}
-    for other in STORE.sessions().values():
+    theirs: dict[str, str] = {}
+    for other in _sessions(session):
         if other.address == session.address:
-            keys.update(waiting(other))
-    if len(keys) >= limit:
+            theirs.update(waiting(other))
+    if key not in theirs and len(theirs) >= limit:
         raise fail(
-            f"Your network address already has {len(keys)} requests waiting for the model (at most {limit} on this "
-            "public Space): try again once some have started.",
+            f"{session.counted_as[0].upper()}{session.counted_as[1:]} already has {len(theirs)} requests waiting for "
+            f"the model (at most {limit} on this public Space): {_listed(theirs)}. Try again once some of them "
+            "have started; a run identical to one of them is shared, and always taken.",
             "Your share of the line",
         )
+
+
+def _listed(waiting: dict[str, str], limit: int = 6) -> str:
+    items = list(waiting.values())
+    more = f"; and {len(items) - limit} more" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more
 
 
 def show_place(update: Waiting, progress: gr.Progress | None) -> None:
