@@ -10,7 +10,11 @@ from the moment each is accepted, and a forged ``X-Forwarded-For`` does not make
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import queue
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -274,49 +278,58 @@ def test_one_visitor_holds_two_places_in_line_and_a_third_request_is_refused_at_
 
 
 def _burst(demo, url: str, endpoint: str, arguments: list[dict], headers: list[dict] | None = None):  # noqa: ANN001, ANN202
-    """Sessions submitting ``endpoint`` at once (one client each, its ``headers``), while the line's slot is held
-    until every request has been accepted or refused: (seconds each refusal took, {client: result}, errors, the
-    addresses the sessions were counted as)."""
+    """Visitors in a process of their own (``burst_clients.py``) submitting ``endpoint`` at once, one client each
+    with its ``headers``, while the line's slot is held until every request has been accepted or refused: (seconds
+    each refusal took, {client: result}, errors, the addresses the sessions were counted as)."""
     from alignlab.serving.line import Work
 
-    clients = [Client(url, verbose=False, headers=(headers or [{}] * len(arguments))[i]) for i in range(len(arguments))]
+    job = {"url": url, "endpoint": endpoint, "arguments": arguments, "headers": headers or [{}] * len(arguments)}
     refused: list[tuple[float, str]] = []
     results: dict[int, object] = {}
     errors: list[str] = []
-    start = threading.Barrier(len(clients))
-
-    def submit(index: int) -> None:
-        with contextlib.suppress(AppError):  # each client's first round trip (its connections), before the burst
-            clients[index].predict(api_name="/compare")
-        start.wait()
-        began = time.perf_counter()
-        try:
-            results[index] = clients[index].predict(api_name=endpoint, **arguments[index])
-        except AppError as exc:
-            refused.append((time.perf_counter() - began, str(exc)))
-        except Exception as exc:  # noqa: BLE001 - reported by the test
-            errors.append(f"{index}: {exc!r}")
-
-    def accepted() -> int:
-        sessions = [demo.session_store.peek(client.session_hash) for client in clients]
-        return sum(len(session.accepted) for session in sessions if session is not None)
-
     ticket = demo.line.enter(Work("train", "someone-else"))  # nothing accepted can start before all have arrived
     assert demo.line.wait(ticket, timeout=60)
-    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(clients))]
+    visitors = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("burst_clients.py"))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        for thread in threads:
-            thread.start()
+        visitors.stdin.write(json.dumps(job))
+        visitors.stdin.close()
+        sessions = json.loads(visitors.stdout.readline())["sessions"]
+
+        def accepted() -> int:
+            found = [demo.session_store.peek(key) for key in sessions]
+            return sum(len(session.accepted) for session in found if session is not None)
+
+        def read(line: str) -> None:
+            outcome = json.loads(line)
+            if "refused" in outcome:
+                refused.append((outcome["seconds"], outcome["refused"]))
+            elif "error" in outcome:
+                errors.append(f"{outcome['index']}: {outcome['error']}")
+            else:
+                results[outcome["index"]] = outcome["result"]
+
+        outcomes: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [outcomes.put(line) for line in visitors.stdout], daemon=True)
+        reader.start()
         deadline = time.monotonic() + 60
-        while len(refused) + accepted() < len(clients) and not errors:
+        while len(refused) + accepted() < len(arguments) and not errors:  # the accepted say nothing until they end
             assert time.monotonic() < deadline, (refused, accepted(), errors)
-            time.sleep(0.05)
+            with contextlib.suppress(queue.Empty):
+                read(outcomes.get(timeout=0.05))
+        found = [demo.session_store.peek(key) for key in sessions]  # while the visitors are here
+        counted = {session.address for session in found if session is not None}
     finally:
         demo.line.leave(ticket, completed=False)
-    for thread in threads:
-        thread.join(timeout=300)
-    sessions = [demo.session_store.peek(client.session_hash) for client in clients]
-    return refused, results, errors, {session.address for session in sessions if session is not None}
+    assert visitors.wait(timeout=300) == 0
+    reader.join(timeout=10)
+    while not outcomes.empty():
+        read(outcomes.get())
+    return refused, results, errors, counted
 
 
 @pytest.fixture
@@ -334,11 +347,12 @@ def _labs(count: int, first_seed: int) -> list[dict]:
     return [{"steps": 2, "max_new_tokens": 4, "seed": first_seed + i} for i in range(count)]
 
 
-def test_a_burst_of_whole_labs_from_one_address_is_held_to_its_share(public_space) -> None:  # noqa: ANN001
+def test_a_burst_of_whole_labs_from_one_address_is_held_to_its_share(public_space, output_dir: Path) -> None:  # noqa: ANN001
     """Eight sessions from one address submit distinct whole labs at once: four are refused at once (each lab counts
     from its acceptance, not from its shared first step), with what is already waiting; the four others run."""
     demo, url = public_space
     refused, reports, errors, _ = _burst(demo, url, "/run_lab", _labs(8, 100))
+    (output_dir / "burst-labs.json").write_text(json.dumps({"refusal_seconds": [s for s, _ in refused]}))
     assert not errors, errors
     assert len(refused) >= 4 and all(seconds < 1.0 for seconds, _ in refused[:4]), refused
     message = refused[0][1]
@@ -349,10 +363,11 @@ def test_a_burst_of_whole_labs_from_one_address_is_held_to_its_share(public_spac
     }  # each accepted lab returned its own report
 
 
-def test_a_burst_of_comparisons_from_one_address_is_held_to_its_share(public_space) -> None:  # noqa: ANN001
+def test_a_burst_of_comparisons_from_one_address_is_held_to_its_share(public_space, output_dir: Path) -> None:  # noqa: ANN001
     demo, url = public_space
     arguments = [{"methods": "dpo,kto", "steps": 2, "max_new_tokens": 4, "seed": 200 + i} for i in range(8)]
     refused, results, errors, _ = _burst(demo, url, "/run_comparison", arguments)
+    (output_dir / "burst-comparisons.json").write_text(json.dumps({"refusal_seconds": [s for s, _ in refused]}))
     assert not errors, errors
     assert len(refused) >= 4 and all(seconds < 1.0 for seconds, _ in refused[:4]), refused
     assert "a comparison of methods (" in refused[0][1]

@@ -135,15 +135,40 @@ def comparison_ui(
             raise fail(str(exc), "Dataset") from exc
     if session.training_now:
         raise fail("A training run is already in progress in this session: wait for it or press Stop.")
-    total = len(settings)
     view = _ComparisonView(session, request, axis or "loss")
-    frame = view.frame
+    baseline = None  # what the baseline will be recorded from, where the session has none yet
     if session.baseline is None:
-        yield frame(status_line(0, total, settings[0].method_label, "recording the baseline answers first"))
         eval_prompts = prompts_from_text(prompts)
         service.check_prompts(eval_prompts)
-        generation = generation_settings(max_new_tokens, decoding, generation_seed)
-        service.record_baseline(session, model or default_model(), eval_prompts, generation, gr.Progress())
+        baseline = (
+            model or default_model(),
+            eval_prompts,
+            generation_settings(max_new_tokens, decoding, generation_seed),
+        )
+    recorded = session.baseline.to_dict() if session.baseline is not None else None
+    key = work_key(
+        "comparison", baseline=baseline or recorded, data=data, heldout=heldout, probes=probes, settings=settings
+    )
+    steps = _compare_methods(view, settings, data, heldout, probes, baseline)
+    # One request in the share of the line, from this click until its last comparison starts.
+    yield from work.as_one_request(session, "a comparison of methods", key, steps)
+
+
+def _compare_methods(
+    view: _ComparisonView,
+    settings: list[TrainingSettings],
+    data: TrainingData,
+    heldout: list[Any],
+    probes: dict[str, Any] | None,
+    baseline: tuple[str, list[str], dict[str, Any]] | None,
+) -> Iterator[tuple[Any, ...]]:
+    """The page's comparison: the baseline first where one is to be recorded (model, prompts, generation), then each
+    method in turn."""
+    session = view.session
+    if baseline is not None:
+        first = settings[0].method_label
+        yield view.frame(status_line(0, len(settings), first, "recording the baseline answers first"))
+        service.record_baseline(session, *baseline, gr.Progress())
     yield from _runs_in_turn(view, session, settings, data, heldout, probes)
 
 
@@ -179,6 +204,8 @@ def _runs_in_turn(
             yield frame(f"**Stopped** during run {index + 1} ({label}) before its first step ended.")
             return None
         yield frame(status_line(index, total, label, "comparing its answers with the baseline"))
+        if index + 1 == total:
+            work.last_step()  # a page comparison's last step (no-op outside one)
         report, path = service.compare(session, gr.Progress())
         shown["compare"] = report_views(report, path)
         if index + 1 < total:

@@ -243,6 +243,25 @@ def one_request(session: Session, what: str, key: str) -> Iterator[AcceptedReque
         release(session, request)
 
 
+def as_one_request(session: Session, what: str, key: str, steps: Iterator[Any]) -> Iterator[Any]:
+    """:func:`one_request` for a streaming handler: ``steps`` (a generator whose steps join the line) iterated as one
+    request. Gradio may resume a generator in another thread's context, so the request is set around each step."""
+    request = accept(session, what, key)
+    try:
+        while True:
+            token = _REQUEST.set(request)
+            try:
+                item = next(steps)
+            except StopIteration:
+                return
+            finally:
+                _REQUEST.reset(token)
+            yield item
+    finally:
+        steps.close()
+        release(session, request)
+
+
 def accept(session: Session, what: str, key: str) -> AcceptedRequest:
     """Check a request of several steps against the share of the line (:func:`admit`) and count it from now on;
     one identical to a request already accepted is free. Raises ``gr.Error`` when refused."""
