@@ -16,6 +16,7 @@ This module has no side effects on import: the workers import it by name (``spaw
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -74,6 +75,16 @@ def expected_cost(case: Any) -> int:
     return settings.steps * len(settings.method_entry.stages)
 
 
+def running_order(cases: list[Any]) -> list[Any]:
+    """The longest case of each source first (so that the workers start on different sources, and what a source's
+    cases share on disk, such as the original model's judged answers, is computed once), then the rest, the longest
+    first."""
+    longest = sorted(cases, key=expected_cost, reverse=True)
+    firsts = list({case.source: case for case in reversed(longest)}.values())[::-1]
+    firsts.sort(key=expected_cost, reverse=True)
+    return firsts + [case for case in longest if case not in firsts]
+
+
 class EmbeddedRuns:
     """The cases' runs: ``runs(case)`` -> the case's report, run at most once per session."""
 
@@ -84,9 +95,14 @@ class EmbeddedRuns:
         self._runs: dict[str, Future[dict[str, Any]]] = {}
 
     def submit(self, cases: list[Any]) -> None:
-        """Start ``cases`` that are not started yet, the longest first."""
+        """Start ``cases`` that are not started yet (:func:`running_order`)."""
         if self._pool is None:
             import os
+
+            from alignlab.models.loading import ModelLoadError, ensure_embedded_model
+
+            with contextlib.suppress(ModelLoadError):  # a missing model is each case's own error
+                ensure_embedded_model()  # converted once here, not by each worker at once
 
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             self._pool = ProcessPoolExecutor(
@@ -95,7 +111,7 @@ class EmbeddedRuns:
                 initializer=_start_worker,
                 initargs=(max(1, cores // WORKERS), str(self.logs)),
             )
-        for case in sorted(cases, key=expected_cost, reverse=True):
+        for case in running_order(cases):
             if case.name not in self._runs:
                 self._runs[case.name] = self._pool.submit(run_case, case, self.project)
 

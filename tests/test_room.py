@@ -344,7 +344,7 @@ def public_space(app, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN001, ANN201
 
 def _labs(count: int, first_seed: int) -> list[dict]:
     """``count`` distinct short whole labs (their seeds differ)."""
-    return [{"steps": 2, "max_new_tokens": 4, "seed": first_seed + i} for i in range(count)]
+    return [{"steps": 1, "max_new_tokens": 2, "seed": first_seed + i} for i in range(count)]
 
 
 def test_a_burst_of_whole_labs_from_one_address_is_held_to_its_share(public_space, output_dir: Path) -> None:  # noqa: ANN001
@@ -365,7 +365,7 @@ def test_a_burst_of_whole_labs_from_one_address_is_held_to_its_share(public_spac
 
 def test_a_burst_of_comparisons_from_one_address_is_held_to_its_share(public_space, output_dir: Path) -> None:  # noqa: ANN001
     demo, url = public_space
-    arguments = [{"methods": "dpo,kto", "steps": 2, "max_new_tokens": 4, "seed": 200 + i} for i in range(8)]
+    arguments = [{"methods": "dpo,kto", "steps": 1, "max_new_tokens": 2, "seed": 200 + i} for i in range(8)]
     refused, results, errors, _ = _burst(demo, url, "/run_comparison", arguments)
     (output_dir / "burst-comparisons.json").write_text(json.dumps({"refusal_seconds": [s for s, _ in refused]}))
     assert not errors, errors
