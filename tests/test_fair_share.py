@@ -97,10 +97,21 @@ def test_a_lab_counts_once_its_later_steps_are_never_refused(busy_line) -> None:
         assert "a whole lab (its answers before training waits)" in refused.value.message
         ask(me, "lab-train", joined, kind="train")  # the lab's next step: admitted although two are waiting
         assert len(work.waiting(me)) == 2  # the lab, whichever step it is on, and the other request
-        work.last_step()
         ask(me, "lab-compare", joined, kind="compare")  # its last step counts as any waiting request from now on
         assert "lab-1" not in work.waiting(me) and len(work.waiting(me)) == 4  # the lab's three steps wait here
     assert not me.accepted
+
+
+def test_a_comparison_of_methods_counts_until_its_last_methods_comparison(busy_line) -> None:  # noqa: ANN001
+    joined = busy_line
+    me = STORE.get("fair-methods")
+    with work.one_request(me, "a comparison of methods", "methods-1", comparisons=2):
+        ask(me, "dpo-train", joined, kind="train")
+        ask(me, "dpo-compare", joined, kind="compare")  # the first method's comparison: not its last step
+        assert list(work.waiting(me)) == ["methods-1"]
+        ask(me, "kto-train", joined, kind="train")
+        ask(me, "kto-compare", joined, kind="compare")  # the last method's: from now on its steps count one by one
+        assert "methods-1" not in work.waiting(me) and len(work.waiting(me)) == 4
 
 
 def enter(request):  # noqa: ANN001, ANN201
@@ -197,25 +208,29 @@ def test_a_whole_lab_from_the_page_counts_from_its_click_until_its_comparison(
     tiny_chat_dir,  # noqa: ANN001
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from alignlab.data.presets import load_preset
     from alignlab.registry.settings import TrainingSettings
 
     joined = busy_line
     a, b, c = public_room(monkeypatch, "page", 3, cap=2)
+    lab = load_preset("seed-lab")
 
-    def click(session, key: str) -> None:  # noqa: ANN001 - *Run the whole lab*: the chain's first link
-        work.start_lab(session, str(tiny_chat_dir), 6, 8, 8, 4, TrainingSettings(), key)
+    def click(session, seed: int) -> None:  # noqa: ANN001 - *Run the whole lab*: the chain's first link
+        work.start_lab(session, str(tiny_chat_dir), lab, TrainingSettings(seed=seed), 8)
 
-    click(a, "page-lab-a")
-    click(b, "page-lab-b")
+    click(a, 1)
+    click(b, 2)
     with pytest.raises(gr.Error, match="address already has 2 requests") as refused:
-        click(c, "page-lab-c")  # refused at the click, before any of its steps
+        click(c, 3)  # refused at the click, before any of its steps
     assert refused.value.message.count("a whole lab (accepted, about to start)") == 2 and c.lab is None
-    click(c, "page-lab-a")  # identical to a neighbour's lab: free
+    click(c, 1)  # identical to a neighbour's lab: free
+    assert c.lab.request.free and c.lab.request.key == a.lab.request.key
     ask(a, "a-baseline", joined)  # its steps are never refused, though the address is full
     ask(a, "a-train", joined, kind="train")
-    assert not a.lab.request.final and "page-lab-a" in work.waiting(a)
+    key = a.lab.request.key
+    assert not a.lab.request.final and key in work.waiting(a)
     ask(a, "a-compare", joined, kind="compare")  # its comparison: from now on the lab counts as that step
-    assert a.lab.request.final and "page-lab-a" not in work.waiting(a)
+    assert a.lab.request.final and key not in work.waiting(a)
     work.end_lab(a)
     assert not a.accepted and a.lab is None
 

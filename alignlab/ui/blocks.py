@@ -169,7 +169,7 @@ def prepare_lab(preset_id: str, request: gr.Request) -> tuple[Any, ...]:
     The lab's later steps keep this click's place in line (see ``work.start_lab``).
     """
     filled = dataset_tab.load_preset_ui(preset_id)
-    service.start_lab(session_of(request), default_model(), load_preset(preset_id), DEFAULTS, MAX_NEW_TOKENS)
+    work.start_lab(session_of(request), default_model(), load_preset(preset_id), DEFAULTS, MAX_NEW_TOKENS)
     return (*filled, gr.Tabs(selected="baseline"))
 
 

@@ -151,7 +151,7 @@ def comparison_ui(
     )
     steps = _compare_methods(view, settings, data, heldout, probes, baseline)
     # One request in the share of the line, from this click until its last comparison starts.
-    yield from work.as_one_request(session, "a comparison of methods", key, steps)
+    yield from work.as_one_request(session, "a comparison of methods", key, len(settings), steps)
 
 
 def _compare_methods(
@@ -204,8 +204,6 @@ def _runs_in_turn(
             yield frame(f"**Stopped** during run {index + 1} ({label}) before its first step ended.")
             return None
         yield frame(status_line(index, total, label, "comparing its answers with the baseline"))
-        if index + 1 == total:
-            work.last_step()  # a page comparison's last step (no-op outside one)
         report, path = service.compare(session, gr.Progress())
         shown["compare"] = report_views(report, path)
         if index + 1 < total:
@@ -290,13 +288,14 @@ def run_comparison(
 
     def run_one(index: int, run_settings: TrainingSettings) -> dict[str, Any]:
         what = f"Run {index + 1} ({run_settings.method_label})"
-        last = index == len(settings) - 1
-        report = copy.deepcopy(service.train_then_compare(session, lab, run_settings, what, last=last))
+        report = copy.deepcopy(service.train_then_compare(session, lab, run_settings, what))
         report["run"] = {**report.get("run", {}), "index": index + 1, "of": len(settings)}
         return report
 
     key = work_key("comparison", model=identity, lab=lab.to_dict(), settings=settings, generation=generation)
-    with work.one_request(session, "a comparison of methods", key):  # one request in the share of the line
+    with work.one_request(
+        session, "a comparison of methods", key, comparisons=len(settings)
+    ):  # one request in the share of the line
         service.record_baseline(session, spec, list(lab.eval_prompts), generation, gr.Progress())
         return drain(in_turn(settings, run_one))
 

@@ -31,11 +31,11 @@ import gradio as gr
 from alignlab.data.pairs import DatasetError, PreferencePair, TrainingData, UnpairedRow, pairs_from_dicts
 from alignlab.data.presets import Preset, load_preset, validate_eval_prompts, validate_preset
 from alignlab.data.question_set import questions_from_dicts
-from alignlab.models.loading import ModelLoadError, spec_identity
+from alignlab.models.loading import ModelLoadError
 from alignlab.pipeline.steps import Baseline, Trained, check_judge_spec
 from alignlab.registry.settings import TrainingSettings
 from alignlab.serving.public import public_mode
-from alignlab.serving.sharing import Finished, Member, Published, Waiting, work_key
+from alignlab.serving.sharing import Finished, Member, Published, Waiting
 from alignlab.takehome import export, tracking
 from alignlab.training.trl_rows import trained_on
 from alignlab.ui import work
@@ -391,13 +391,11 @@ def compare(session: Session, progress: gr.Progress | None = None) -> tuple[dict
     return report, str(path)
 
 
-def train_then_compare(
-    session: Session, lab: Preset, settings: TrainingSettings, what: str, last: bool = True
-) -> dict[str, Any]:
+def train_then_compare(session: Session, lab: Preset, settings: TrainingSettings, what: str) -> dict[str, Any]:
     """Train ``settings`` on a preset's pairs in this session, unwatched, then compare: the report.
 
     The whole-lab endpoint and each run of a comparison go through here; ``what`` names the run in the
-    message when it stopped before its first step; ``last``: its comparison is the last step of the request.
+    message when it stopped before its first step.
     """
     probes = probes_of(lab)
     with work.unpaced_replay():  # nobody watches the curves here
@@ -407,23 +405,8 @@ def train_then_compare(
     if trained is None or trained.policy_dir is None:
         raise fail(f"{what} stopped before its first step ended, so there is nothing to compare.", "Stopped")
     trained.lab = replace(trained.lab, id=lab.id, title=lab.id)
-    if last:
-        work.last_step()
     report, _ = compare(session)
     return report
-
-
-def start_lab(session: Session, spec: str, lab: Preset, settings: TrainingSettings, max_new_tokens: int) -> None:
-    """A whole lab begins: checked against the share of the line now, its steps keep this click's place in line
-    (see ``work.start_lab``)."""
-    try:
-        identity = spec_identity(spec)
-    except ModelLoadError:
-        identity = spec
-    key = work_key("lab", model=identity, lab=lab.to_dict(), settings=settings, max_new_tokens=max_new_tokens)
-    work.start_lab(
-        session, spec, len(lab.eval_prompts), max_new_tokens, len(lab.pairs), len(lab.heldout_pairs), settings, key
-    )
 
 
 def run_lab(
@@ -433,7 +416,7 @@ def run_lab(
     spec, _ = work.check_model(model)
     if session.training_now:
         raise fail("A training run is already in progress in this session: wait for it or press Stop.")
-    start_lab(session, spec, lab, settings, generation["max_new_tokens"])  # one request in the share of the line
+    work.start_lab(session, spec, lab, settings, generation["max_new_tokens"])  # one request in the share of the line
     try:
         record_baseline(session, spec, list(lab.eval_prompts), generation, gr.Progress())
         return train_then_compare(session, lab, settings, "Training")

@@ -89,10 +89,16 @@ class AcceptedRequest:
     """The work keys of the steps it has joined so far (counted as part of it, not one by one)."""
     member: Any = None
     """The membership of the step it is on (``alignlab.serving.sharing.Member``), None before its first."""
-    final: bool = False
-    """Its last step has been joined: from then on that step counts as any waiting request, until it starts."""
+    comparisons: int = 1
+    """The comparisons of before and after it has still to join: its last step is its last comparison (a whole lab
+    makes one; a comparison of methods, one per method)."""
     free: bool = False
     """Identical to a request already accepted, whose work it joins: it adds nothing to the line."""
+
+    @property
+    def final(self) -> bool:
+        """Its last step has been joined: from then on that step counts as any waiting request, until it starts."""
+        return self.comparisons <= 0
 
 
 @dataclass

@@ -138,29 +138,22 @@ def touch_lab(session: Session) -> None:
         session.lab.touched = time.monotonic()
 
 
-def start_lab(
-    session: Session,
-    spec: str,
-    n_prompts: int,
-    max_new_tokens: int,
-    n_pairs: int,
-    n_heldout: int,
-    settings: TrainingSettings,
-    key: str,
-) -> None:
-    """A whole lab begins (``key``: everything its result depends on): it is checked against the visitor's and the
-    address's share now, before its first step (:func:`accept`; refused: ``gr.Error``), and counts as one request
-    until its comparison starts; its steps keep this arrival, and each carries the cost of the steps after it."""
+def start_lab(session: Session, spec: str, lab: Preset, settings: TrainingSettings, max_new_tokens: int) -> None:
+    """A whole lab begins (``/run_lab``, or the page's *Run the whole lab*): it is checked against the visitor's and
+    the address's share now, before its first step (:func:`accept`; refused: ``gr.Error``), and counts as one
+    request, keyed by everything its result depends on, until its comparison starts; its steps keep this arrival,
+    and each carries the cost of the steps after it."""
     end_lab(session)
-    request = accept(session, "a whole lab", key)
     try:
         identity = spec_identity(spec)
     except ModelLoadError:
         identity = spec
+    key = work_key("lab", model=identity, lab=lab.to_dict(), settings=settings, max_new_tokens=max_new_tokens)
+    request = accept(session, "a whole lab", key)
     rates, scale = LINE.rates, _scale(spec)
-    gen = generation_units(n_prompts, max_new_tokens)
-    train = rates.seconds(Work("train", identity, settings.total_steps(n_pairs) * settings.batch_size, scale))
-    compare = rates.seconds(Work("compare", identity, gen + 8 * n_heldout, scale))
+    gen = generation_units(len(lab.eval_prompts), max_new_tokens)
+    train = rates.seconds(Work("train", identity, settings.total_steps(len(lab.pairs)) * settings.batch_size, scale))
+    compare = rates.seconds(Work("compare", identity, gen + 8 * len(lab.heldout_pairs), scale))
     baseline = rates.seconds(Work("baseline", identity, gen, scale))
     now = time.monotonic()
     session.lab = LabPlan(
@@ -194,11 +187,11 @@ def join(session: Session, key: str, work: Work, produce: Any) -> Member:
     wait. A step of an accepted request of several steps (:func:`one_request`) was admitted with its request."""
     arrival, follow_on, continues = _plan(session, work.kind)
     request = _REQUEST.get() or (session.lab.request if session.lab is not None else None)
-    if request is not None and session.lab is not None and request is session.lab.request and work.kind == "compare":
-        request.final = True  # a whole lab's comparison is its last step
     with _ADMISSION:  # the check and the place it grants, at once: simultaneous requests see each other
         if request is None:
             admit(session, key)
+        elif work.kind == "compare":
+            request.comparisons -= 1  # its last comparison is its last step
         try:
             member = SHARED.join(key, work, produce, arrival=arrival, follow_on=follow_on, continues=continues)
         except LineFull as exc:
@@ -228,13 +221,13 @@ _WHAT = {
 
 
 @contextlib.contextmanager
-def one_request(session: Session, what: str, key: str) -> Iterator[AcceptedRequest]:
-    """Several steps in a row that are one request (a whole lab, a comparison of methods; ``key``: everything its
-    result depends on): checked before its first step against everything the visitor and their address already
-    have waiting (:func:`admit`), then counted as one request whatever step it is on, until its last step
-    (:func:`last_step`) starts. Its steps are never refused for the share. An identical request already accepted
+def one_request(session: Session, what: str, key: str, comparisons: int = 1) -> Iterator[AcceptedRequest]:
+    """Several steps in a row that are one request (a comparison of methods; ``key``: everything its result depends
+    on): checked before its first step against everything the visitor and their address already have waiting
+    (:func:`admit`), then counted as one request whatever step it is on, until its last step, the last of its
+    ``comparisons``, starts. Its steps are never refused for the share. An identical request already accepted
     (``key``) adds no work: it is admitted free. A whole lab is such a request too, begun by :func:`start_lab`."""
-    request = accept(session, what, key)
+    request = accept(session, what, key, comparisons)
     token = _REQUEST.set(request)
     try:
         yield request
@@ -243,10 +236,10 @@ def one_request(session: Session, what: str, key: str) -> Iterator[AcceptedReque
         release(session, request)
 
 
-def as_one_request(session: Session, what: str, key: str, steps: Iterator[Any]) -> Iterator[Any]:
+def as_one_request(session: Session, what: str, key: str, comparisons: int, steps: Iterator[Any]) -> Iterator[Any]:
     """:func:`one_request` for a streaming handler: ``steps`` (a generator whose steps join the line) iterated as one
     request. Gradio may resume a generator in another thread's context, so the request is set around each step."""
-    request = accept(session, what, key)
+    request = accept(session, what, key, comparisons)
     try:
         while True:
             token = _REQUEST.set(request)
@@ -262,14 +255,15 @@ def as_one_request(session: Session, what: str, key: str, steps: Iterator[Any]) 
         release(session, request)
 
 
-def accept(session: Session, what: str, key: str) -> AcceptedRequest:
-    """Check a request of several steps against the share of the line (:func:`admit`) and count it from now on;
-    one identical to a request already accepted is free. Raises ``gr.Error`` when refused."""
+def accept(session: Session, what: str, key: str, comparisons: int = 1) -> AcceptedRequest:
+    """Check a request of several steps, ending with ``comparisons`` comparisons, against the share of the line
+    (:func:`admit`) and count it from now on; one identical to a request already accepted is free. Raises
+    ``gr.Error`` when refused."""
     with _ADMISSION:
         free = any(r.key == key and not r.final and not r.free for other in _sessions(session) for r in other.accepted)
         if not free:
             admit(session, key)
-        request = AcceptedRequest(what, key, free=free)
+        request = AcceptedRequest(what, key, comparisons=comparisons, free=free)
         session.accepted.append(request)
     return request
 
@@ -280,14 +274,6 @@ def release(session: Session, request: AcceptedRequest | None) -> None:
         return
     with _ADMISSION:
         session.accepted = [r for r in session.accepted if r is not request]
-
-
-def last_step() -> None:
-    """The current request's next step is its last: from then on that step counts as any waiting request does (a
-    whole lab's comparison is marked by :func:`join` itself)."""
-    request = _REQUEST.get()
-    if request is not None:
-        request.final = True
 
 
 def max_per_address() -> int | None:
