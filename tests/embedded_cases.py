@@ -97,19 +97,17 @@ class EmbeddedRuns:
     def submit(self, cases: list[Any]) -> None:
         """Start ``cases`` that are not started yet (:func:`running_order`)."""
         if self._pool is None:
-            import os
-
             from alignlab.models.loading import ModelLoadError, ensure_embedded_model
+            from alignlab.serving.line import torch_threads_per_run
 
             with contextlib.suppress(ModelLoadError):  # a missing model is each case's own error
                 ensure_embedded_model()  # converted once here, not by each worker at once
 
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             self._pool = ProcessPoolExecutor(
                 WORKERS,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
-                initargs=(max(1, cores // WORKERS), str(self.logs)),
+                initargs=(torch_threads_per_run(WORKERS), str(self.logs)),
             )
         for case in running_order(cases):
             if case.name not in self._runs:
